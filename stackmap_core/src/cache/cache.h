@@ -1,0 +1,282 @@
+/*
+ * cache.h -- the cache engine's internal API: items, lookups, stores,
+ * deletes, arithmetic, expiry, flush, eviction and statistics.
+ *
+ * The protocol modules (proto/text.c, proto/meta.c) are the only callers
+ * on the request path; the engine (engine.c) creates the cache and starts
+ * its maintainer thread.  All calls are thread-safe.  There is no global
+ * lock on the get/set path: an item is guarded by one of a fixed array of
+ * striped locks chosen by its key's hash; a slab class's free list and LRU
+ * by that class's own lock.  The hash table grows incrementally, bucket by
+ * bucket, under the same stripe locks.
+ *
+ * Items are reference counted.  The hash table owns one reference while an
+ * item is linked; every item returned by a lookup carries one more that the
+ * caller must drop with cache_release().  A response can therefore point an
+ * iovec at item memory and release the item only once the bytes are sent.
+ *
+ * Time is kept in "rel_time": seconds since the process started (minus a
+ * small offset so that 1 is always in the past), updated once a second by
+ * the maintainer thread, as memcached does.
+ */
+#ifndef SM_CACHE_H
+#define SM_CACHE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../stats.h"
+
+typedef uint32_t rel_time_t;
+
+/* it_flags bits. */
+#define ITEM_LINKED     0x01 /* in the hash table and an LRU */
+#define ITEM_FETCHED    0x02 /* read at least once since stored */
+#define ITEM_ACTIVE     0x04 /* read again while in the LRU (segmented LRU) */
+#define ITEM_STALE      0x08 /* meta: invalidated (md I / ms I) */
+#define ITEM_TOKEN_SENT 0x10 /* meta: a recache "win" token was handed out */
+
+/* Longest key, in bytes (memcached's KEY_MAX_LENGTH). */
+#define KEY_MAX_LENGTH 250
+
+/*
+ * One cached item, laid out in a slab chunk.  data[] holds the key, a NUL,
+ * then the value including its trailing "\r\n" (nbytes counts the "\r\n"),
+ * so a get response can send the value straight from item memory.
+ */
+typedef struct item {
+    struct item *h_next;       /* next item in the same hash bucket */
+    struct item *prev;         /* LRU neighbour towards the head (newer) */
+    struct item *next;         /* LRU neighbour towards the tail (older) */
+    uint64_t cas;              /* CAS unique, 0 when CAS is disabled */
+    rel_time_t exptime;        /* absolute rel_time of expiry, 0 = never */
+    rel_time_t time;           /* rel_time of the last access */
+    uint32_t nbytes;           /* value length including the trailing "\r\n" */
+    uint32_t client_flags;     /* opaque client flags (32 bits) */
+    atomic_uint refcount;      /* 1 for the hash table while linked, +1 per user */
+    _Atomic uint16_t it_flags; /* ITEM_* bits; change with atomic ops or under the item lock */
+    uint8_t slabs_clsid;       /* slab class id (1..), also selects the LRU */
+    uint8_t nkey;              /* key length in bytes (no NUL) */
+    char data[];               /* key, NUL, value + "\r\n" */
+} item;
+
+#define ITEM_key(it)   ((it)->data)
+#define ITEM_value(it) ((it)->data + (it)->nkey + 1)
+/* Value length without the trailing "\r\n". */
+#define ITEM_vlen(it)  ((it)->nbytes - 2)
+
+/* Everything the cache is configured with (a subset of sm_settings). */
+typedef struct cache_config {
+    uint64_t maxbytes;        /* memory limit for slab pages in bytes */
+    uint32_t item_size_max;   /* largest item: header + key + value */
+    uint32_t chunk_size;      /* -n: key+value+flags space of the smallest class */
+    double factor;            /* -f: chunk size growth factor between classes */
+    uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
+    int hashpower_init;       /* initial hash table size, power of two */
+    int use_cas;              /* 0: CAS uniques are always 0 */
+    int lru_segmented;        /* 1: hot/warm/cold LRU per class, 0: one LRU per class */
+    int verbose;              /* log level for the maintainer's messages */
+} cache_config;
+
+typedef struct cache cache;
+
+/* ---- life cycle ---- */
+
+/* Allocate the hash table and slab classes. NULL + err on failure. */
+cache *cache_create(const cache_config *cfg, char *err, size_t errlen);
+/* Start the maintainer thread: clock tick, expired-item reclaimer, hash growth. */
+int cache_start(cache *c);
+/* Stop and join the maintainer thread. */
+void cache_stop(cache *c);
+/* Free all memory; no other thread may use the cache any more. */
+void cache_destroy(cache *c);
+
+/* ---- time ---- */
+
+/* Current rel_time (updated once a second). */
+rel_time_t cache_now(const cache *c);
+/* Unix time at which rel_time 0 was. */
+int64_t cache_process_started(const cache *c);
+/*
+ * Convert a protocol exptime to rel_time: 0 -> 0 (never); negative -> 1
+ * (always in the past, so immediately expired); up to 30 days -> relative to
+ * now; above -> an absolute unix time (in the past -> 1).
+ */
+rel_time_t cache_realtime(const cache *c, int64_t exptime);
+
+/* ---- keys and locks ---- */
+
+/* Hash of a key; pass it to the calls below. */
+uint32_t cache_hash(const char *key, size_t nkey);
+/*
+ * The item lock (stripe) for hash hv.  Meta commands use it to read and
+ * change an item's flags and exptime atomically with a lookup
+ * (cache_get_locked).  Never hold it across calls other than the *_locked ones.
+ */
+void cache_lock(cache *c, uint32_t hv);
+void cache_unlock(cache *c, uint32_t hv);
+
+/* ---- lookups ---- */
+
+typedef enum {
+    GET_HIT = 0,     /* found and live */
+    GET_MISS = 1,    /* never stored, deleted or evicted */
+    GET_EXPIRED = 2, /* found but its exptime passed (unlinked now) */
+    GET_FLUSHED = 3  /* found but older than a flush_all (unlinked now) */
+} get_status;
+
+#define CACHE_GET_NOBUMP 0x1 /* do not update access time / LRU position / FETCHED */
+#define CACHE_GET_TOUCH  0x2 /* set exptime to the given value (gat, touch) */
+
+/* What a lookup saw before it changed anything (for meta's h and l flags). */
+typedef struct get_info {
+    get_status status;     /* hit, miss, expired or flushed */
+    rel_time_t prev_time;  /* item->time before this access */
+    int was_fetched;       /* ITEM_FETCHED was set before this access */
+} get_info;
+
+/*
+ * Look a key up.  On a hit returns the item with a reference taken (release
+ * it with cache_release), marks it fetched and bumps it unless NOBUMP; with
+ * TOUCH also sets its exptime.  Expired or flushed items found on the way
+ * are unlinked.  info may be NULL.
+ */
+item *cache_get(cache *c, const char *key, size_t nkey, uint32_t hv, int flags, rel_time_t exptime,
+                get_info *info);
+/* The same with the item lock for hv already held by the caller. */
+item *cache_get_locked(cache *c, const char *key, size_t nkey, uint32_t hv, int flags,
+                       rel_time_t exptime, get_info *info);
+
+/* Drop one reference; the item is freed when the last one goes. */
+void cache_release(cache *c, item *it);
+
+/* ---- stores ---- */
+
+typedef enum {
+    STORE_SET = 0,
+    STORE_ADD = 1,
+    STORE_REPLACE = 2,
+    STORE_APPEND = 3,
+    STORE_PREPEND = 4,
+    STORE_CAS = 5
+} store_op;
+
+typedef enum {
+    STORE_STORED = 0,     /* STORED / HD */
+    STORE_NOT_STORED = 1, /* add found one, replace/append/prepend found none */
+    STORE_EXISTS = 2,     /* CAS mismatch */
+    STORE_NOT_FOUND = 3,  /* CAS given but no item */
+    STORE_TOO_LARGE = 4,  /* append/prepend result would exceed the size limit */
+    STORE_NO_MEMORY = 5   /* append/prepend result could not be allocated */
+} store_result;
+
+typedef enum {
+    ALLOC_OK = 0,
+    ALLOC_TOO_LARGE = 1, /* bigger than item_size_max */
+    ALLOC_NO_MEMORY = 2  /* nothing evictable in the class and no free page */
+} alloc_error;
+
+/*
+ * Allocate an unlinked item with one reference (the caller's) for a key and
+ * a value of nbytes (value length + 2 for "\r\n").  The key is copied; the
+ * caller fills ITEM_value(it) (including the "\r\n").  Evicts from the
+ * class's LRU tail when memory is full.  NULL and *err when impossible.
+ */
+item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags, rel_time_t exptime,
+                  uint32_t nbytes, alloc_error *err);
+
+/* Largest nbytes (value + 2) that cache_alloc accepts for a key of nkey bytes. */
+uint32_t cache_max_value_bytes(const cache *c, size_t nkey);
+
+/* How to store. */
+typedef struct store_req {
+    store_op op;           /* set/add/replace/append/prepend/cas */
+    uint64_t cas_compare;  /* STORE_CAS, or any op with cas_compare != 0 (meta C): must match */
+    uint64_t cas_new;      /* 0: assign the next unique; else use this value (meta E) */
+    int invalidate;        /* meta I: a cas_compare older than the item's stores and marks stale */
+} store_req;
+
+/*
+ * Store an item from cache_alloc.  Links it (replacing any old one) or, for
+ * append/prepend, links a new combined item.  The caller keeps its own
+ * reference and must still cache_release(it).  *cas_out gets the stored
+ * item's CAS (may be NULL).  The slab class of the stored item is written to
+ * *clsid_out when not NULL (for per-class stats).
+ */
+store_result cache_store(cache *c, item *it, uint32_t hv, const store_req *req, uint64_t *cas_out,
+                         int *clsid_out);
+
+/* ---- delete ---- */
+
+typedef enum {
+    DEL_DELETED = 0,   /* DELETED / HD */
+    DEL_NOT_FOUND = 1, /* NOT_FOUND / NF */
+    DEL_EXISTS = 2     /* CAS mismatch: EX */
+} delete_result;
+
+/*
+ * Delete a key.  cas_compare != 0 must match the item's CAS.  invalidate
+ * (meta md I): keep the item but mark it stale, give it a new CAS and, when
+ * new_exptime != 0, that exptime.  *clsid_out as for cache_store.
+ */
+delete_result cache_delete(cache *c, const char *key, size_t nkey, uint32_t hv, uint64_t cas_compare,
+                           int invalidate, rel_time_t new_exptime, int *clsid_out);
+
+/* ---- arithmetic ---- */
+
+typedef enum {
+    ARITH_OK = 0,
+    ARITH_NOT_FOUND = 1,   /* NOT_FOUND / NF */
+    ARITH_NON_NUMERIC = 2, /* value is not a decimal uint64 */
+    ARITH_EXISTS = 3,      /* cas_compare mismatch (meta C) */
+    ARITH_NO_MEMORY = 4    /* could not allocate the new value */
+} arith_result;
+
+/* What meta arithmetic asks beyond incr/decr. */
+typedef struct arith_req {
+    int incr;             /* 1 incr (wraps at 2^64), 0 decr (floors at 0) */
+    uint64_t delta;       /* amount */
+    uint64_t cas_compare; /* != 0: must match */
+    int vivify;           /* meta N: create with `initial` when missing */
+    uint64_t initial;     /* meta J: initial value for vivify */
+    rel_time_t viv_exptime; /* exptime of a vivified item */
+    int set_exptime;      /* meta T: set exptime on success */
+    rel_time_t exptime;   /* the exptime for set_exptime */
+} arith_req;
+
+/*
+ * incr/decr.  On ARITH_OK *value_out is the new value and, when it_out is
+ * not NULL, *it_out the (referenced) item now holding it, for meta's t/c
+ * flags; release it.  *clsid_out as for cache_store.
+ */
+arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, const arith_req *req,
+                         uint64_t *value_out, item **it_out, int *clsid_out);
+
+/* ---- whole-cache operations ---- */
+
+/* Next CAS unique (0 when CAS is disabled). */
+uint64_t cache_next_cas(cache *c);
+/* flush_all: items stored up to now (+delay seconds) become invalid then. */
+void cache_flush(cache *c, rel_time_t when);
+/* cache_memlimit: new limit in bytes; 0 or -1 + err. Shrinking evicts lazily. */
+int cache_set_memlimit(cache *c, uint64_t maxbytes, char *err, size_t errlen);
+uint64_t cache_memlimit(const cache *c);
+
+/* ---- statistics (names as memcached's "stats", "stats items", "stats slabs") ---- */
+
+/* curr_items, total_items, bytes, evictions, reclaimed, expired_unfetched,
+ * evicted_unfetched, evicted_active, hash_power_level, hash_bytes,
+ * hash_is_expanding, slab_global_page_pool, total_malloced... */
+void cache_stats_general(cache *c, sm_stat_sink *sink);
+/* "items:<cls>:number", "items:<cls>:age", ... for classes with items. */
+void cache_stats_items(cache *c, sm_stat_sink *sink);
+/* "<cls>:chunk_size", ..., with per-class hit counters from sum, then
+ * "active_slabs" and "total_malloced". */
+void cache_stats_slabs(cache *c, const struct sm_stats_sum *sum, sm_stat_sink *sink);
+/* "stats sizes" is not kept; this writes nothing but "sizes_status disabled". */
+void cache_stats_sizes(cache *c, sm_stat_sink *sink);
+/* Slab class id an item of total size `ntotal` would use (0 if too large). */
+int cache_slab_class(const cache *c, size_t nkey, uint32_t nbytes);
+
+#endif

@@ -1,0 +1,146 @@
+/*
+ * conn.h -- one client connection as the protocols and the worker loop see it.
+ *
+ * A connection is owned by exactly one worker thread from accept to close,
+ * so nothing here is locked.  The worker hands received bytes to the
+ * protocol layer (proto_process in proto/proto.h); the protocol layer
+ * appends responses to the connection's output queue with the out_* calls
+ * below; the backend sends the queue as iovecs and calls conn_out_sent().
+ *
+ * The output queue is a list of iovecs.  Short responses (status lines,
+ * "VALUE ..." headers) are either constant strings or copied into scratch
+ * chunks that never move while queued; values are sent straight from item
+ * memory, and the items stay referenced until the queue is sent.  Scratch
+ * chunks come from a per-worker free list, so steady-state requests
+ * allocate nothing.
+ */
+#ifndef SM_CONN_H
+#define SM_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "cache/cache.h"
+
+struct worker;
+
+/* Bytes of one output scratch chunk. */
+#define OUT_CHUNK_SIZE 16384
+
+/* Longest command line memcached accepts before deciding it is garbage. */
+#define SM_LINE_MAX 2048
+
+/* Output queue above which a connection stops parsing input (back-pressure). */
+#define OUT_HIGH_WATER (4u * 1024u * 1024u)
+
+/* A scratch chunk holding copied response bytes. */
+typedef struct out_chunk {
+    struct out_chunk *next; /* next chunk in the queue or the free list */
+    uint32_t used;          /* bytes used in data[] */
+    char data[OUT_CHUNK_SIZE]; /* response bytes */
+} out_chunk;
+
+/* Where the protocol parser is in the byte stream. */
+typedef enum {
+    CONN_PARSE = 0,   /* expecting a command line */
+    CONN_NREAD = 1,   /* copying a value's bytes into c->nread_item */
+    CONN_SWALLOW = 2, /* discarding the value of a rejected store */
+    CONN_CLOSING = 3  /* send what is queued, then close */
+} conn_state;
+
+/* Which protocol a pending value belongs to. */
+typedef enum { PROTO_TEXT = 0, PROTO_META = 1 } proto_kind;
+
+/* A store waiting for its value bytes (text "set ..." or meta "ms ..."). */
+typedef struct pending_store {
+    proto_kind proto;     /* who completes it */
+    store_op op;          /* set/add/replace/append/prepend/cas */
+    bool noreply;         /* text noreply / meta q */
+    uint64_t cas;         /* text cas unique */
+    uint32_t hv;          /* hash of the key */
+    char meta_flags[SM_LINE_MAX]; /* meta: the request's flag tokens, re-read on completion */
+    uint16_t meta_flags_len;      /* bytes in meta_flags */
+} pending_store;
+
+typedef struct conn {
+    int fd;                  /* the socket */
+    uint32_t id;             /* engine-wide connection number (for -vv logs) */
+    struct worker *worker;   /* owning worker thread */
+    conn_state state;        /* parser state */
+    bool noreply;            /* the current text command asked for no reply */
+
+    /* input carried over between receives (a partial line or request) */
+    char *rbuf;              /* buffered unparsed bytes */
+    uint32_t rbytes;         /* bytes in rbuf */
+    uint32_t rsize;          /* capacity of rbuf */
+
+    /* value being received */
+    item *nread_item;        /* item being filled (CONN_NREAD), referenced */
+    char *nread_dst;         /* where the next value byte goes */
+    uint32_t nread_left;     /* value bytes (incl. "\r\n") still to come */
+    uint64_t swallow_left;   /* bytes still to discard (CONN_SWALLOW) */
+    pending_store pending;   /* what to do when the value is complete */
+
+    /* output queue */
+    struct iovec *iov;       /* queued iovecs, in order */
+    int iovcnt;              /* iovecs queued */
+    int iovcap;              /* capacity of iov */
+    int iov_done;            /* iovecs fully sent */
+    size_t iov_off;          /* bytes of iov[iov_done] already sent */
+    size_t out_bytes;        /* bytes queued and not yet sent */
+    item **held;             /* items referenced by queued iovecs */
+    int nheld;               /* entries in held */
+    int heldcap;             /* capacity of held */
+    out_chunk *chunk_head;   /* first scratch chunk in use */
+    out_chunk *chunk_tail;   /* last scratch chunk (the one being filled) */
+
+    /* bookkeeping */
+    uint64_t last_active;    /* rel_time of the last request (idle timeout, stats conns) */
+    int backend_state;       /* the backend's own per-connection flags */
+    struct conn *next_ready; /* backend's list of connections with work */
+    void *backend_data;      /* the backend's own per-connection data */
+    char peer[64];           /* "addr:port" for stats conns and logs */
+} conn;
+
+/* ---- output queue (conn.c) ---- */
+
+/* Queue a constant string (lives forever): no copy. 0 or -1 (out of memory). */
+int out_static(conn *c, const char *s, size_t len);
+/* Queue a copy of len bytes. */
+int out_copy(conn *c, const void *s, size_t len);
+/* Reserve up to max (<= OUT_CHUNK_SIZE) bytes of scratch to format into; NULL on OOM. */
+char *out_reserve(conn *c, size_t max);
+/* Queue `used` bytes of the last out_reserve(). */
+void out_commit(conn *c, size_t used);
+/* printf into scratch and queue it (max OUT_CHUNK_SIZE bytes). */
+int out_printf(conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*
+ * Queue len bytes at p inside item memory; the queue takes over one
+ * reference to it (released once sent).  Pass the same item several times
+ * with the extra references taken by the caller.
+ */
+int out_item(conn *c, item *it, const char *p, size_t len);
+/* Drop everything queued (on close). */
+void out_reset(conn *c);
+/* Bytes queued and not yet sent. */
+static inline size_t out_pending(const conn *c) { return c->out_bytes; }
+/* The backend sent n more bytes; releases items and chunks once all is sent. */
+void conn_out_sent(conn *c, size_t n);
+/* The iovecs still to send, for writev/sendmsg. */
+struct iovec *conn_out_iov(conn *c, int *cnt);
+
+/* Initialise a freshly accepted connection / free its resources. */
+void conn_init(conn *c, struct worker *w, int fd, uint32_t id);
+void conn_cleanup(conn *c);
+
+/*
+ * Feed received bytes: buffers leftovers in c->rbuf so callers can pass
+ * bytes from any transient buffer (a ring slot, a stack buffer).  Returns
+ * false when the connection must close now (CONN_CLOSING also means: flush
+ * the queue, then close).
+ */
+bool conn_feed(conn *c, const char *data, size_t len);
+
+#endif

@@ -1,0 +1,111 @@
+/*
+ * engine.h -- the public C API of stackmapd's data plane.
+ *
+ * This is the only header the cffi builder (stackmap_core/_build.py) reads:
+ * everything between the SM_CDEF_BEGIN and SM_CDEF_END markers is fed to
+ * cffi's cdef() verbatim, so it must stay plain C that pycparser accepts
+ * (no macros, no includes, no inline functions).  The control plane (Python)
+ * fills a struct sm_settings, creates an engine, starts it and then only
+ * talks to it through these calls: it never reaches into C structs.
+ *
+ * Threads: sm_engine_start() spawns the worker threads (one event loop each)
+ * and the cache maintainer.  Every other call is safe from any thread while
+ * the workers run; cffi releases the GIL around each of them, so Python
+ * never blocks the data path and the data path never calls into Python.
+ */
+#ifndef SM_ENGINE_H
+#define SM_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* SM_CDEF_BEGIN */
+
+/* Backends a worker loop can run over (--backend). */
+enum sm_backend_kind {
+    SM_BACKEND_AUTO = 0,     /* best available: uring, then epoll */
+    SM_BACKEND_EPOLL = 1,    /* epoll_wait + read + writev */
+    SM_BACKEND_URING = 2,    /* io_uring rings */
+    SM_BACKEND_STACKMAP = 3  /* /dev/stackmap rings */
+};
+
+/*
+ * Every engine option, with memcached's meaning.  Defaults come from
+ * sm_settings_init(); the control plane overrides what the user gave.
+ */
+struct sm_settings {
+    int port;                   /* TCP port (-p), 11211 */
+    char listen[512];           /* comma-separated listen addresses (-l) */
+    uint64_t maxbytes;          /* memory limit for items in bytes (-m) */
+    int maxconns;               /* simultaneous connection limit (-c) */
+    int num_threads;            /* worker threads (-t) */
+    uint32_t item_size_max;     /* largest item in bytes (-I) */
+    double factor;              /* slab chunk growth factor (-f) */
+    uint32_t chunk_size;        /* key+value+flags space of the smallest chunk (-n) */
+    uint32_t slab_page_size;    /* bytes per slab page (-o slab_page_size) */
+    int use_cas;                /* 0 when -C disables CAS */
+    int verbose;                /* -v count: 0 quiet, 1 errors, 2 commands, 3 internals */
+    int shutdown_enabled;       /* -A: allow the "shutdown" command */
+    int backlog;                /* listen() backlog (-b) */
+    int reqs_per_event;         /* max requests per connection per event (-R) */
+    int hashpower_init;         /* initial hash table size as a power of two (-o hashpower) */
+    int lru_segmented;          /* 1: hot/warm/cold LRU (-o lru_segmented / no_lru_segmented) */
+    int backend;                /* enum sm_backend_kind (--backend) */
+    int uring_entries;          /* io_uring SQ size per worker (-o uring_entries) */
+    int uring_bufs;             /* provided buffers per worker ring (-o uring_bufs) */
+    int uring_buf_size;         /* bytes per provided buffer (-o uring_buf_size) */
+    int uring_zc_threshold;     /* send zero-copy above this many bytes, 0 = never */
+    int uring_sqpoll;           /* 1: kernel submission polling thread */
+    int tcp_nodelay;            /* set TCP_NODELAY on accepted sockets */
+    int idle_timeout;           /* close connections idle this many seconds, 0 = never */
+};
+
+typedef struct sm_engine sm_engine;
+
+/* Fill `s` with memcached 1.6's defaults. */
+void sm_settings_init(struct sm_settings *s);
+
+/* Check `s`; on error write a one-line reason into err and return -1. */
+int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen);
+
+/* Create an engine (cache allocated, nothing bound yet). NULL + err on failure. */
+sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errlen);
+
+/* Bind listeners and start workers and the maintainer. 0, or -1 + err. */
+int sm_engine_start(sm_engine *e, char *err, size_t errlen);
+
+/*
+ * Block up to timeout_ms.  Returns 1 if a client asked for "shutdown"
+ * (only possible with -A), 0 otherwise.  The control plane calls this in a
+ * loop so it can handle signals between calls.
+ */
+int sm_engine_wait(sm_engine *e, int timeout_ms);
+
+/* Stop accepting, let in-flight requests finish (up to grace_ms), join threads. */
+void sm_engine_stop(sm_engine *e, int grace_ms);
+
+/* Free everything; the engine must be stopped (or never started). */
+void sm_engine_destroy(sm_engine *e);
+
+/* The backend actually in use (resolves AUTO), and why AUTO fell back if it did. */
+int sm_engine_backend(sm_engine *e);
+const char *sm_engine_backend_note(sm_engine *e);
+
+/*
+ * Write a stats group ("" for general, "settings", "items", "slabs",
+ * "conns", ...) as memcached's "STAT name value\r\n" lines followed by
+ * "END\r\n" into buf.  Returns the length written, -1 for an unknown group,
+ * or the negative needed size minus one (-(n+1)) when buf is too small.
+ */
+long sm_engine_stats_text(sm_engine *e, const char *group, char *buf, size_t buflen);
+
+/* Change settings that may change live; 0 or -1 + err. */
+int sm_engine_set_memlimit(sm_engine *e, uint64_t maxbytes, char *err, size_t errlen);
+void sm_engine_set_verbosity(sm_engine *e, int level);
+
+/* Number of this library's version string, e.g. "1.6.18-stackmapd". */
+const char *sm_version(void);
+
+/* SM_CDEF_END */
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * engine_internal.h -- the engine's own state, shared by engine.c, stats.c,
+ * worker.c and the protocols' few whole-server commands (stats, shutdown,
+ * verbosity, flush_all, cache_memlimit).  Not part of the public API: the
+ * control plane only sees engine.h.
+ */
+#ifndef SM_ENGINE_INTERNAL_H
+#define SM_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache/cache.h"
+#include "engine.h"
+#include "stats.h"
+#include "worker.h"
+
+struct sm_engine {
+    struct sm_settings settings;    /* as given, checked; read-only while running */
+    cache *cache;                   /* the key store */
+    worker *workers;                /* settings.num_threads workers */
+    const struct backend_ops *ops;  /* backend chosen at start */
+    char backend_note[256];         /* why AUTO fell back, "" otherwise */
+    atomic_int verbose;             /* live verbosity (verbosity command, -v) */
+    atomic_int curr_conns;          /* open client connections, all workers */
+    atomic_uint_fast64_t total_conns;    /* connections accepted since start */
+    atomic_uint_fast64_t rejected_conns; /* connections refused over -c */
+    atomic_uint next_conn_id;       /* id for the next accepted connection */
+    atomic_bool shutdown_requested; /* a client sent "shutdown" (-A) */
+    atomic_bool accepting;          /* listeners active */
+    pthread_mutex_t wait_lock;      /* guards wait_cond for sm_engine_wait */
+    pthread_cond_t wait_cond;       /* signalled on shutdown request */
+    int64_t started;                /* unix time of start */
+    bool running;                   /* start() succeeded and stop() not yet called */
+};
+
+/* A client asked for "shutdown" (only honoured with -A). */
+void engine_request_shutdown(struct sm_engine *e);
+
+/*
+ * Emit a "stats" group: "" (general), "settings", "items", "slabs",
+ * "sizes", "conns".  Returns 0, or -1 for an unknown group.
+ */
+int engine_stats_group(struct sm_engine *e, const char *group, sm_stat_sink *sink);
+
+/* Sum every worker's counters. */
+void engine_stats_sum(struct sm_engine *e, struct sm_stats_sum *sum);
+
+/* "stats reset": zero counters that memcached resets. */
+void engine_stats_reset(struct sm_engine *e);
+
+/* Log at verbosity >= level, memcached style, to stderr. */
+void engine_log(struct sm_engine *e, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,48 @@
+/*
+ * backend.h -- the interface every ring backend implements.
+ *
+ * A backend owns one worker thread's I/O: it accepts connections on the
+ * worker's listening sockets, delivers received bytes to conn_feed() and
+ * sends each connection's queued iovecs (conn_out_iov / conn_out_sent).
+ * The worker loop logic (protocols, cache) is the same for every backend;
+ * only how bytes move differs.  Like Redis's ae_*.c, the backend is chosen
+ * once at start and called through this table of function pointers.
+ *
+ * Backends are designed for batching: between two waits a backend should
+ * deliver every connection's received bytes, let the protocols queue every
+ * response, and only then send, one send per connection and as few
+ * syscalls as the mechanism allows.
+ */
+#ifndef SM_BACKEND_H
+#define SM_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../worker.h"
+
+typedef struct backend_ops {
+    const char *name;                                      /* "epoll", "uring", "stackmap" */
+    /* Can this backend run here? 0, or -1 with a reason (for AUTO's log line). */
+    int (*probe)(const struct sm_settings *s, char *why, size_t whylen);
+    /* Per-worker set-up (rings, listeners registered). 0 or -1 + err. */
+    int (*init)(worker *w, char *err, size_t errlen);
+    /* The loop: runs until w->stop; when w->draining, stops accepting. */
+    void (*run)(worker *w);
+    /* Free per-worker state and close every connection. */
+    void (*destroy)(worker *w);
+} backend_ops;
+
+extern const backend_ops backend_epoll;
+
+/*
+ * Shared helpers every backend uses (worker.c).
+ */
+/* Account a new connection: enforces -c (writes memcached's
+ * "ERROR Too many open connections" and returns NULL when over), allocates
+ * and initialises the conn, sets TCP_NODELAY/non-blocking as configured. */
+conn *worker_conn_open(worker *w, int fd);
+/* Close the socket and free the connection. */
+void worker_conn_close(worker *w, conn *c);
+
+#endif

@@ -1,0 +1,120 @@
+/*
+ * stats.h -- every per-thread counter declared once.
+ *
+ * The tables below (X-macros, after Pelikan's cc_metric.h) generate the
+ * per-thread counter structs and the names used by the "stats" command, so a
+ * counter is added in exactly one place.  The names are memcached 1.6's
+ * thread-stat names; the "stats" printer maps a few of them to their public
+ * names (get_cmds -> cmd_get, ...) exactly as memcached does.
+ *
+ * Counters are written only by the thread that owns them, with relaxed
+ * atomic load+store (a plain increment on x86, no locked instruction), and
+ * summed across threads only when somebody reads stats.  So the hot path
+ * takes no lock and shares no cache line for statistics.
+ */
+#ifndef SM_STATS_H
+#define SM_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* Largest number of slab classes (memcached's MAX_NUMBER_OF_SLAB_CLASSES). */
+#define SM_MAX_SLAB_CLASSES 64
+
+/* Counters kept per worker thread. */
+#define SM_THREAD_STATS(X) \
+    X(get_cmds)            \
+    X(get_misses)          \
+    X(get_expired)         \
+    X(get_flushed)         \
+    X(touch_cmds)          \
+    X(touch_misses)        \
+    X(delete_misses)       \
+    X(incr_misses)         \
+    X(decr_misses)         \
+    X(cas_misses)          \
+    X(meta_cmds)           \
+    X(bytes_read)          \
+    X(bytes_written)       \
+    X(flush_cmds)          \
+    X(conn_yields)         \
+    X(auth_cmds)           \
+    X(auth_errors)         \
+    X(idle_kicks)          \
+    X(response_obj_oom)    \
+    X(read_buf_oom)        \
+    X(store_too_large)     \
+    X(store_no_memory)     \
+    X(syscalls)            \
+    X(uring_submits)       \
+    X(uring_cqes)          \
+    X(uring_buf_ring_empty)\
+    X(uring_send_zc)
+
+/* Counters kept per worker thread and per slab class. */
+#define SM_SLAB_STATS(X) \
+    X(set_cmds)          \
+    X(get_hits)          \
+    X(touch_hits)        \
+    X(delete_hits)       \
+    X(cas_hits)          \
+    X(cas_badval)        \
+    X(incr_hits)         \
+    X(decr_hits)
+
+typedef _Atomic uint64_t sm_counter;
+
+/* One slab class's share of a thread's counters. */
+struct sm_slab_stats {
+#define SM_X(name) sm_counter name; /* see SM_SLAB_STATS */
+    SM_SLAB_STATS(SM_X)
+#undef SM_X
+};
+
+/* All counters of one worker thread; written only by that thread. */
+struct sm_thread_stats {
+#define SM_X(name) sm_counter name; /* see SM_THREAD_STATS */
+    SM_THREAD_STATS(SM_X)
+#undef SM_X
+    struct sm_slab_stats slab[SM_MAX_SLAB_CLASSES]; /* indexed by slab class id */
+};
+
+/* Plain (non-atomic) sums, produced when stats are read. */
+struct sm_stats_sum {
+#define SM_X(name) uint64_t name; /* see SM_THREAD_STATS */
+    SM_THREAD_STATS(SM_X)
+#undef SM_X
+#define SM_X(name) uint64_t slab_##name; /* total over classes, see SM_SLAB_STATS */
+    SM_SLAB_STATS(SM_X)
+#undef SM_X
+    /* per class sums, plain */
+    struct {
+#define SM_X(name) uint64_t name; /* see SM_SLAB_STATS */
+        SM_SLAB_STATS(SM_X)
+#undef SM_X
+    } slab[SM_MAX_SLAB_CLASSES]; /* indexed by slab class id */
+};
+
+/* Owner-thread increment: relaxed load + store, no locked instruction. */
+#define SM_STAT_ADD(ctr, n) \
+    atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + (uint64_t)(n), \
+                          memory_order_relaxed)
+#define SM_STAT_INC(ctr) SM_STAT_ADD(ctr, 1)
+
+/* Reader side: add one thread's counters into a sum. */
+void sm_stats_accumulate(struct sm_stats_sum *sum, const struct sm_thread_stats *ts);
+
+/*
+ * A sink for "stats" output: modules emit name/value pairs into it without
+ * knowing whether they end up as protocol text or Prometheus samples.
+ */
+typedef struct sm_stat_sink {
+    void (*add)(struct sm_stat_sink *sink, const char *name, const char *value); /* emit one pair */
+    void *ctx;                                                                   /* the sink's own state */
+} sm_stat_sink;
+
+/* printf-style helper: formats value and calls sink->add. */
+void sm_stat_addf(sm_stat_sink *sink, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * worker.h -- a worker thread: one run-to-completion event loop over one
+ * ring backend, owning its listeners' share of the connections.
+ *
+ * Everything a request needs is reachable from its connection's worker: the
+ * cache, the settings, this thread's counters and its free lists.  Nothing
+ * on the request path hands work to another thread.
+ */
+#ifndef SM_WORKER_H
+#define SM_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "cache/cache.h"
+#include "conn.h"
+#include "engine.h"
+#include "stats.h"
+
+struct sm_engine;
+struct backend_ops;
+
+typedef struct worker {
+    int id;                          /* 0..num_threads-1 */
+    pthread_t thread;                /* the loop's thread */
+    struct sm_engine *engine;        /* owner */
+    cache *cache;                    /* shared cache */
+    const struct sm_settings *settings; /* engine settings (read-only after start) */
+    struct sm_thread_stats stats;    /* this thread's counters */
+    const struct backend_ops *ops;   /* the backend driving this loop */
+    void *backend;                   /* the backend's per-worker state */
+    out_chunk *free_chunks;          /* recycled output scratch chunks */
+    int nfree_chunks;                /* length of free_chunks */
+    int *listen_fds;                 /* this worker's listening sockets */
+    int nlisten;                     /* number of listen_fds */
+    int nconns;                      /* connections this worker owns */
+    atomic_bool stop;                /* set by the engine to end the loop */
+    atomic_bool draining;            /* stop accepting, finish in-flight requests */
+} worker;
+
+/* Get a scratch chunk from the worker's free list (or malloc when empty). */
+out_chunk *worker_chunk_get(worker *w);
+/* Return a chunk to the free list (keeps a bounded number). */
+void worker_chunk_put(worker *w, out_chunk *ch);
+
+#endif
