@@ -100,6 +100,8 @@ typedef struct conn {
     uint64_t last_active;    /* rel_time of the last request (idle timeout, stats conns) */
     int backend_state;       /* the backend's own per-connection flags */
     struct conn *next_ready; /* backend's list of connections with work */
+    struct conn *prev_conn;  /* worker's list of open connections (stats conns) */
+    struct conn *next_conn;  /* worker's list of open connections (stats conns) */
     void *backend_data;      /* the backend's own per-connection data */
     char peer[64];           /* "addr:port" for stats conns and logs */
 } conn;
@@ -137,10 +139,11 @@ void conn_cleanup(conn *c);
 
 /*
  * Feed received bytes: buffers leftovers in c->rbuf so callers can pass
- * bytes from any transient buffer (a ring slot, a stack buffer).  Returns
+ * bytes from any transient, writable buffer (a ring slot, a worker buffer);
+ * conn_feed(c, NULL, 0) resumes parsing buffered input after back-pressure.  Returns
  * false when the connection must close now (CONN_CLOSING also means: flush
  * the queue, then close).
  */
-bool conn_feed(conn *c, const char *data, size_t len);
+bool conn_feed(conn *c, char *data, size_t len);
 
 #endif

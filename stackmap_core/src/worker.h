@@ -35,6 +35,8 @@ typedef struct worker {
     int *listen_fds;                 /* this worker's listening sockets */
     int nlisten;                     /* number of listen_fds */
     int nconns;                      /* connections this worker owns */
+    pthread_mutex_t conns_lock;      /* guards the conns list (taken on open/close and by stats conns) */
+    conn *conns;                     /* open connections of this worker */
     atomic_bool stop;                /* set by the engine to end the loop */
     atomic_bool draining;            /* stop accepting, finish in-flight requests */
 } worker;
@@ -43,5 +45,11 @@ typedef struct worker {
 out_chunk *worker_chunk_get(worker *w);
 /* Return a chunk to the free list (keeps a bounded number). */
 void worker_chunk_put(worker *w, out_chunk *ch);
+
+/* Emit memcached's "stats conns" lines for this worker's listeners and connections. */
+void worker_stats_conns(worker *w, sm_stat_sink *sink);
+
+/* Thread entry: runs w->ops->run(w). */
+void *worker_main(void *arg);
 
 #endif

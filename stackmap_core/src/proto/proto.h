@@ -27,8 +27,10 @@
  * connection must close (c->state == CONN_CLOSING).  An unterminated line
  * longer than SM_LINE_MAX that is not a get/gets closes the connection, as
  * memcached does; a long get line is left unconsumed until complete.
+ * data must be writable: lines are tokenised in place (every backend's
+ * receive buffers are private to the worker).
  */
-size_t proto_process(conn *c, const char *data, size_t len);
+size_t proto_process(conn *c, char *data, size_t len);
 
 /* Text protocol: handle one complete command line (without "\r\n"/"\n"). */
 void proto_text_command(conn *c, char *line, size_t len);
@@ -42,7 +44,8 @@ void proto_meta_complete_store(conn *c);
 /*
  * Shared helpers (proto.c).
  */
-/* A key is valid: 1..250 bytes, no control characters or spaces. */
+/* A key is valid: 1..250 bytes (memcached 1.6's text protocol accepts control
+ * characters inside keys; the tokenizer already split on spaces). */
 bool proto_key_valid(const char *key, size_t nkey);
 /* memcached's safe_strtoull/strtoul/strtol/strtoll: whole token must be a number. */
 bool safe_strtoull(const char *s, uint64_t *out);

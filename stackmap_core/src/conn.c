@@ -1,0 +1,297 @@
+/*
+ * conn.c -- a connection's output queue and input carry-over.
+ *
+ * Responses are queued as iovecs so that a whole batch of pipelined
+ * requests leaves in one send, and values leave straight from item memory.
+ * Short response bytes are copied into scratch chunks that never move while
+ * queued (iovecs point into them); chunks are recycled through the worker's
+ * free list.  The iovec and held-item arrays grow on demand and keep their
+ * size, so a connection in steady state allocates nothing per request.
+ *
+ * Input: conn_feed() parses directly from the backend's buffer; only the
+ * unconsumed tail (a partial line) is copied into the connection's rbuf and
+ * parsed together with the next bytes.
+ */
+#include "conn.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/proto.h"
+#include "worker.h"
+
+/* Initial sizes of the per-connection arrays. */
+#define IOV_INITIAL 64
+#define HELD_INITIAL 32
+#define RBUF_INITIAL 4096
+
+void conn_init(conn *c, worker *w, int fd, uint32_t id)
+{
+    memset(c, 0, sizeof(*c));
+    c->fd = fd;
+    c->id = id;
+    c->worker = w;
+    c->state = CONN_PARSE;
+}
+
+void conn_cleanup(conn *c)
+{
+    out_reset(c);
+    if (c->nread_item) {
+        cache_release(c->worker->cache, c->nread_item);
+        c->nread_item = NULL;
+    }
+    free(c->iov);
+    free(c->held);
+    free(c->rbuf);
+    c->iov = NULL;
+    c->held = NULL;
+    c->rbuf = NULL;
+    c->iovcap = c->heldcap = 0;
+    c->rsize = c->rbytes = 0;
+}
+
+/* Make room for one more iovec. */
+static int iov_reserve(conn *c)
+{
+    if (c->iovcnt < c->iovcap)
+        return 0;
+    int ncap = c->iovcap ? c->iovcap * 2 : IOV_INITIAL;
+    struct iovec *n = realloc(c->iov, (size_t)ncap * sizeof(*n));
+    if (!n)
+        return -1;
+    c->iov = n;
+    c->iovcap = ncap;
+    return 0;
+}
+
+int out_static(conn *c, const char *s, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (iov_reserve(c) < 0)
+        return -1;
+    c->iov[c->iovcnt].iov_base = (void *)s;
+    c->iov[c->iovcnt].iov_len = len;
+    c->iovcnt++;
+    c->out_bytes += len;
+    return 0;
+}
+
+/* A chunk with at least `need` free bytes at the tail of the queue. */
+static out_chunk *chunk_with_room(conn *c, size_t need)
+{
+    out_chunk *t = c->chunk_tail;
+    if (t && OUT_CHUNK_SIZE - t->used >= need)
+        return t;
+    out_chunk *n = worker_chunk_get(c->worker);
+    if (!n)
+        return NULL;
+    n->next = NULL;
+    n->used = 0;
+    if (t)
+        t->next = n;
+    else
+        c->chunk_head = n;
+    c->chunk_tail = n;
+    return n;
+}
+
+/* Queue bytes that were just written at the end of the tail chunk. */
+static int queue_chunk_bytes(conn *c, char *p, size_t len)
+{
+    if (c->iovcnt > c->iov_done) {
+        struct iovec *last = &c->iov[c->iovcnt - 1];
+        if ((char *)last->iov_base + last->iov_len == p) {
+            last->iov_len += len;
+            c->out_bytes += len;
+            return 0;
+        }
+    }
+    if (iov_reserve(c) < 0)
+        return -1;
+    c->iov[c->iovcnt].iov_base = p;
+    c->iov[c->iovcnt].iov_len = len;
+    c->iovcnt++;
+    c->out_bytes += len;
+    return 0;
+}
+
+int out_copy(conn *c, const void *s, size_t len)
+{
+    const char *src = s;
+    while (len > 0) {
+        size_t n = len < OUT_CHUNK_SIZE ? len : OUT_CHUNK_SIZE;
+        out_chunk *ch = chunk_with_room(c, n);
+        if (!ch)
+            return -1;
+        char *dst = ch->data + ch->used;
+        memcpy(dst, src, n);
+        ch->used += (uint32_t)n;
+        if (queue_chunk_bytes(c, dst, n) < 0)
+            return -1;
+        src += n;
+        len -= n;
+    }
+    return 0;
+}
+
+char *out_reserve(conn *c, size_t max)
+{
+    if (max > OUT_CHUNK_SIZE)
+        return NULL;
+    out_chunk *ch = chunk_with_room(c, max);
+    return ch ? ch->data + ch->used : NULL;
+}
+
+void out_commit(conn *c, size_t used)
+{
+    out_chunk *ch = c->chunk_tail;
+    char *p = ch->data + ch->used;
+    ch->used += (uint32_t)used;
+    if (queue_chunk_bytes(c, p, used) < 0) {
+        /* No room for an iovec: give the bytes back; the caller's reply is lost
+         * and the connection will be closed by the protocol's OOM handling. */
+        ch->used -= (uint32_t)used;
+        SM_STAT_INC(c->worker->stats.response_obj_oom);
+    }
+}
+
+int out_printf(conn *c, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return -1;
+    if ((size_t)n < sizeof(tmp))
+        return out_copy(c, tmp, (size_t)n);
+    /* Long: format straight into a chunk. */
+    char *p = out_reserve(c, (size_t)n + 1);
+    if (!p)
+        return -1;
+    va_start(ap, fmt);
+    vsnprintf(p, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    out_commit(c, (size_t)n);
+    return 0;
+}
+
+int out_item(conn *c, item *it, const char *p, size_t len)
+{
+    if (c->nheld == c->heldcap) {
+        int ncap = c->heldcap ? c->heldcap * 2 : HELD_INITIAL;
+        item **n = realloc(c->held, (size_t)ncap * sizeof(*n));
+        if (!n) {
+            cache_release(c->worker->cache, it);
+            return -1;
+        }
+        c->held = n;
+        c->heldcap = ncap;
+    }
+    c->held[c->nheld++] = it;
+    return out_static(c, p, len);
+}
+
+/* Release held items and recycle chunks: everything queued is gone. */
+void out_reset(conn *c)
+{
+    for (int i = 0; i < c->nheld; i++)
+        cache_release(c->worker->cache, c->held[i]);
+    c->nheld = 0;
+    out_chunk *ch = c->chunk_head;
+    while (ch) {
+        out_chunk *next = ch->next;
+        worker_chunk_put(c->worker, ch);
+        ch = next;
+    }
+    c->chunk_head = c->chunk_tail = NULL;
+    c->iovcnt = 0;
+    c->iov_done = 0;
+    c->iov_off = 0;
+    c->out_bytes = 0;
+}
+
+struct iovec *conn_out_iov(conn *c, int *cnt)
+{
+    *cnt = c->iovcnt - c->iov_done;
+    return c->iov + c->iov_done;
+}
+
+void conn_out_sent(conn *c, size_t n)
+{
+    c->out_bytes -= n;
+    while (n > 0 && c->iov_done < c->iovcnt) {
+        struct iovec *v = &c->iov[c->iov_done];
+        if (n >= v->iov_len) {
+            n -= v->iov_len;
+            c->iov_done++;
+        } else {
+            v->iov_base = (char *)v->iov_base + n;
+            v->iov_len -= n;
+            n = 0;
+        }
+    }
+    if (c->iov_done == c->iovcnt)
+        out_reset(c);
+}
+
+/* Append bytes to rbuf, growing it. */
+static bool rbuf_append(conn *c, const char *data, size_t len)
+{
+    size_t need = (size_t)c->rbytes + len;
+    if (need > c->rsize) {
+        size_t cap = c->rsize ? c->rsize : RBUF_INITIAL;
+        while (cap < need)
+            cap *= 2;
+        /* A request line longer than this is abuse, not a multiget. */
+        size_t limit = (size_t)c->worker->settings->item_size_max + (1u << 20);
+        if (cap > limit) {
+            if (need > limit)
+                return false;
+            cap = limit;
+        }
+        char *n = realloc(c->rbuf, cap);
+        if (!n) {
+            SM_STAT_INC(c->worker->stats.read_buf_oom);
+            return false;
+        }
+        c->rbuf = n;
+        c->rsize = (uint32_t)cap;
+    }
+    memcpy(c->rbuf + c->rbytes, data, len);
+    c->rbytes += (uint32_t)len;
+    return true;
+}
+
+bool conn_feed(conn *c, char *data, size_t len)
+{
+    if (c->rbytes == 0 && len > 0) {
+        size_t used = proto_process(c, data, len);
+        if (c->state == CONN_CLOSING)
+            return true;
+        if (used < len && !rbuf_append(c, data + used, len - used))
+            return false;
+        return true;
+    }
+    if (len > 0 && !rbuf_append(c, data, len))
+        return false;
+    if (c->rbytes == 0)
+        return true;
+    size_t used = proto_process(c, c->rbuf, c->rbytes);
+    if (used > 0) {
+        memmove(c->rbuf, c->rbuf + used, c->rbytes - used);
+        c->rbytes -= (uint32_t)used;
+    }
+    /* A big buffer left over from a large multiget is given back once empty. */
+    if (c->rbytes == 0 && c->rsize > 65536) {
+        free(c->rbuf);
+        c->rbuf = NULL;
+        c->rsize = 0;
+    }
+    return true;
+}

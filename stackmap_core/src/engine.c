@@ -1,0 +1,475 @@
+/*
+ * engine.c -- the engine's life cycle: settings with memcached's defaults
+ * and limits, binding the listeners (one SO_REUSEPORT socket per worker per
+ * address, so each worker accepts its own connections), choosing the ring
+ * backend, starting and stopping the worker threads and the cache
+ * maintainer, and the few whole-server calls the control plane makes.
+ */
+#include "engine.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine_internal.h"
+#include "io/backend.h"
+
+#define ONE_MB (1024u * 1024u)
+
+const char *sm_version(void)
+{
+    return "1.6.18";
+}
+
+void sm_settings_init(struct sm_settings *s)
+{
+    memset(s, 0, sizeof(*s));
+    s->port = 11211;
+    snprintf(s->listen, sizeof(s->listen), "127.0.0.1");
+    s->maxbytes = 64ull * ONE_MB;
+    s->maxconns = 1024;
+    s->num_threads = 4;
+    s->item_size_max = ONE_MB;
+    s->factor = 1.25;
+    s->chunk_size = 48;
+    s->slab_page_size = ONE_MB;
+    s->use_cas = 1;
+    s->verbose = 0;
+    s->shutdown_enabled = 0;
+    s->backlog = 1024;
+    s->reqs_per_event = 20;
+    s->hashpower_init = 16;
+    s->lru_segmented = 1;
+    s->backend = SM_BACKEND_AUTO;
+    s->uring_entries = 256;
+    s->uring_bufs = 1024;
+    s->uring_buf_size = 4096;
+    s->uring_zc_threshold = 0;
+    s->uring_sqpoll = 0;
+    s->tcp_nodelay = 1;
+    s->idle_timeout = 0;
+}
+
+int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
+{
+#define FAIL(...)                            \
+    do {                                     \
+        snprintf(err, errlen, __VA_ARGS__); \
+        return -1;                           \
+    } while (0)
+    if (s->port < 0 || s->port > 65535)
+        FAIL("port must be between 0 and 65535");
+    if (s->listen[0] == '\0')
+        FAIL("no listen address");
+    if (s->maxbytes < ONE_MB)
+        FAIL("memory limit must be at least 1 megabyte");
+    if (s->maxconns < 1)
+        FAIL("connection limit must be at least 1");
+    if (s->num_threads < 1 || s->num_threads > 256)
+        FAIL("number of threads must be between 1 and 256");
+    if (s->item_size_max < 1024)
+        FAIL("Item max size cannot be less than 1024 bytes.");
+    if (s->item_size_max > 1024u * ONE_MB)
+        FAIL("Cannot set item size limit higher than 1 gigabyte.");
+    if ((uint64_t)s->item_size_max > s->maxbytes / 2)
+        FAIL("Cannot set item size limit higher than 1/2 of memory max.");
+    if (!(s->factor > 1.0))
+        FAIL("Factor must be greater than 1");
+    if (s->chunk_size < 1)
+        FAIL("Chunk size must be greater than 0");
+    if (s->backlog < 1)
+        FAIL("listen backlog must be at least 1");
+    if (s->reqs_per_event < 1)
+        FAIL("Number of requests per event must be greater than 0");
+    if (s->hashpower_init < 12 || s->hashpower_init > 32)
+        FAIL("Initial hashtable multiplier of %d is out of range (12..32)", s->hashpower_init);
+    if (s->backend < SM_BACKEND_AUTO || s->backend > SM_BACKEND_STACKMAP)
+        FAIL("unknown backend %d", s->backend);
+    if (s->idle_timeout < 0)
+        FAIL("idle_timeout must not be negative");
+    return 0;
+#undef FAIL
+}
+
+void engine_log(struct sm_engine *e, int level, const char *fmt, ...)
+{
+    if (atomic_load_explicit(&e->verbose, memory_order_relaxed) < level)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
+sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errlen)
+{
+    if (sm_settings_check(s, err, errlen) < 0)
+        return NULL;
+    sm_engine *e = calloc(1, sizeof(*e));
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->settings = *s;
+    if (e->settings.slab_page_size < e->settings.item_size_max)
+        e->settings.slab_page_size = e->settings.item_size_max;
+    if (e->settings.slab_page_size < ONE_MB)
+        e->settings.slab_page_size = ONE_MB;
+    atomic_init(&e->verbose, s->verbose);
+    pthread_mutex_init(&e->wait_lock, NULL);
+    pthread_cond_init(&e->wait_cond, NULL);
+    cache_config cc = {
+        .maxbytes = e->settings.maxbytes,
+        .item_size_max = e->settings.item_size_max,
+        .chunk_size = e->settings.chunk_size,
+        .factor = e->settings.factor,
+        .slab_page_size = e->settings.slab_page_size,
+        .hashpower_init = e->settings.hashpower_init,
+        .use_cas = e->settings.use_cas,
+        .lru_segmented = e->settings.lru_segmented,
+        .verbose = e->settings.verbose,
+    };
+    e->cache = cache_create(&cc, err, errlen);
+    if (!e->cache) {
+        free(e);
+        return NULL;
+    }
+    e->workers = calloc((size_t)s->num_threads, sizeof(worker));
+    if (!e->workers) {
+        cache_destroy(e->cache);
+        free(e);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < s->num_threads; i++) {
+        worker *w = &e->workers[i];
+        w->id = i;
+        w->engine = e;
+        w->cache = e->cache;
+        w->settings = &e->settings;
+        pthread_mutex_init(&w->conns_lock, NULL);
+    }
+    return e;
+}
+
+/* Pick the backend for the settings; fills e->backend_note when AUTO falls back. */
+static const backend_ops *choose_backend(sm_engine *e, char *err, size_t errlen)
+{
+    switch (e->settings.backend) {
+    case SM_BACKEND_EPOLL:
+        return &backend_epoll;
+    case SM_BACKEND_AUTO:
+        snprintf(e->backend_note, sizeof(e->backend_note),
+                 "auto: io_uring and stackmap backends are not built yet; using epoll");
+        return &backend_epoll;
+    case SM_BACKEND_URING:
+        snprintf(err, errlen, "backend uring is not available in this build");
+        return NULL;
+    default:
+        snprintf(err, errlen, "backend stackmap is not available in this build");
+        return NULL;
+    }
+}
+
+/* Make sure the process may open maxconns sockets plus some spare. */
+static void raise_fd_limit(int maxconns)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = (rlim_t)maxconns + 64;
+    if (rl.rlim_cur >= want)
+        return;
+    rl.rlim_cur = want > rl.rlim_max ? rl.rlim_max : want;
+    setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/* A bound, listening socket for one address; -1 + err. */
+static int open_listener(const struct addrinfo *ai, int backlog, bool reuseport, char *err,
+                         size_t errlen, const char *host)
+{
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket(): %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (ai->ai_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+        snprintf(err, errlen, "failed to listen on %s: %s", host, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, backlog) < 0) {
+        snprintf(err, errlen, "listen() on %s: %s", host, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Port of a bound socket. */
+static int bound_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+/* Bind every listen address for every worker. */
+static int bind_all(sm_engine *e, char *err, size_t errlen)
+{
+    char list[sizeof(e->settings.listen)];
+    snprintf(list, sizeof(list), "%s", e->settings.listen);
+    int nthreads = e->settings.num_threads;
+    int port = e->settings.port;
+    char *save = NULL;
+    for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        char *end = tok + strlen(tok);
+        while (end > tok && end[-1] == ' ')
+            *--end = '\0';
+        char host[256];
+        snprintf(host, sizeof(host), "%s", tok);
+        /* Accept "[::1]" as well as "::1". */
+        if (host[0] == '[') {
+            memmove(host, host + 1, strlen(host));
+            char *rb = strchr(host, ']');
+            if (rb)
+                *rb = '\0';
+        }
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                 .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+        struct addrinfo *res = NULL;
+        char portstr[16];
+        snprintf(portstr, sizeof(portstr), "%d", port);
+        int rc = getaddrinfo(host, portstr, &hints, &res);
+        if (rc != 0) {
+            snprintf(err, errlen, "getaddrinfo(%s): %s", host, gai_strerror(rc));
+            return -1;
+        }
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+            /* First a probe without SO_REUSEPORT: fails if anybody holds the port. */
+            int probe = open_listener(ai, 1, false, err, errlen, host);
+            if (probe < 0) {
+                freeaddrinfo(res);
+                return -1;
+            }
+            if (port == 0) {
+                port = bound_port(probe);
+                ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)port);
+                e->settings.port = port;
+            }
+            close(probe);
+            for (int i = 0; i < nthreads; i++) {
+                int fd = open_listener(ai, e->settings.backlog, true, err, errlen, host);
+                if (fd < 0) {
+                    freeaddrinfo(res);
+                    return -1;
+                }
+                worker *w = &e->workers[i];
+                int *n = realloc(w->listen_fds, (size_t)(w->nlisten + 1) * sizeof(int));
+                if (!n) {
+                    close(fd);
+                    freeaddrinfo(res);
+                    snprintf(err, errlen, "out of memory");
+                    return -1;
+                }
+                w->listen_fds = n;
+                w->listen_fds[w->nlisten++] = fd;
+            }
+        }
+        freeaddrinfo(res);
+    }
+    return 0;
+}
+
+static void close_listeners(sm_engine *e)
+{
+    for (int i = 0; i < e->settings.num_threads; i++) {
+        worker *w = &e->workers[i];
+        for (int j = 0; j < w->nlisten; j++)
+            close(w->listen_fds[j]);
+        free(w->listen_fds);
+        w->listen_fds = NULL;
+        w->nlisten = 0;
+    }
+}
+
+int sm_engine_start(sm_engine *e, char *err, size_t errlen)
+{
+    if (e->running) {
+        snprintf(err, errlen, "engine already started");
+        return -1;
+    }
+    e->ops = choose_backend(e, err, errlen);
+    if (!e->ops)
+        return -1;
+    raise_fd_limit(e->settings.maxconns);
+    if (bind_all(e, err, errlen) < 0) {
+        close_listeners(e);
+        return -1;
+    }
+    int n = e->settings.num_threads;
+    for (int i = 0; i < n; i++) {
+        e->workers[i].ops = e->ops;
+        if (e->ops->init(&e->workers[i], err, errlen) < 0) {
+            for (int j = 0; j < i; j++)
+                e->ops->destroy(&e->workers[j]);
+            close_listeners(e);
+            return -1;
+        }
+    }
+    if (cache_start(e->cache) < 0) {
+        snprintf(err, errlen, "cannot start the cache maintainer thread");
+        for (int j = 0; j < n; j++)
+            e->ops->destroy(&e->workers[j]);
+        close_listeners(e);
+        return -1;
+    }
+    e->started = time(NULL);
+    atomic_store(&e->accepting, true);
+    for (int i = 0; i < n; i++) {
+        if (pthread_create(&e->workers[i].thread, NULL, worker_main, &e->workers[i]) != 0) {
+            snprintf(err, errlen, "cannot create worker thread: %s", strerror(errno));
+            for (int j = 0; j < i; j++) {
+                atomic_store(&e->workers[j].stop, true);
+                pthread_join(e->workers[j].thread, NULL);
+            }
+            for (int j = 0; j < n; j++)
+                e->ops->destroy(&e->workers[j]);
+            cache_stop(e->cache);
+            close_listeners(e);
+            return -1;
+        }
+    }
+    e->running = true;
+    return 0;
+}
+
+void engine_request_shutdown(struct sm_engine *e)
+{
+    pthread_mutex_lock(&e->wait_lock);
+    atomic_store(&e->shutdown_requested, true);
+    pthread_cond_broadcast(&e->wait_cond);
+    pthread_mutex_unlock(&e->wait_lock);
+}
+
+int sm_engine_wait(sm_engine *e, int timeout_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&e->wait_lock);
+    while (!atomic_load(&e->shutdown_requested)) {
+        if (pthread_cond_timedwait(&e->wait_cond, &e->wait_lock, &ts) == ETIMEDOUT)
+            break;
+    }
+    int r = atomic_load(&e->shutdown_requested) ? 1 : 0;
+    pthread_mutex_unlock(&e->wait_lock);
+    return r;
+}
+
+/* Monotonic milliseconds. */
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void sm_engine_stop(sm_engine *e, int grace_ms)
+{
+    if (!e->running)
+        return;
+    int n = e->settings.num_threads;
+    atomic_store(&e->accepting, false);
+    for (int i = 0; i < n; i++)
+        atomic_store(&e->workers[i].draining, true);
+    /* Let in-flight requests finish: workers leave once their connections are idle. */
+    int64_t deadline = now_ms() + grace_ms;
+    while (now_ms() < deadline && atomic_load(&e->curr_conns) > 0) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    for (int i = 0; i < n; i++)
+        atomic_store(&e->workers[i].stop, true);
+    for (int i = 0; i < n; i++)
+        pthread_join(e->workers[i].thread, NULL);
+    for (int i = 0; i < n; i++)
+        e->ops->destroy(&e->workers[i]);
+    close_listeners(e);
+    cache_stop(e->cache);
+    e->running = false;
+}
+
+void sm_engine_destroy(sm_engine *e)
+{
+    if (!e)
+        return;
+    if (e->running)
+        sm_engine_stop(e, 0);
+    for (int i = 0; i < e->settings.num_threads; i++) {
+        worker *w = &e->workers[i];
+        while (w->free_chunks) {
+            out_chunk *ch = w->free_chunks;
+            w->free_chunks = ch->next;
+            free(ch);
+        }
+        pthread_mutex_destroy(&w->conns_lock);
+    }
+    free(e->workers);
+    cache_destroy(e->cache);
+    pthread_mutex_destroy(&e->wait_lock);
+    pthread_cond_destroy(&e->wait_cond);
+    free(e);
+}
+
+int sm_engine_backend(sm_engine *e)
+{
+    if (e->ops == &backend_epoll)
+        return SM_BACKEND_EPOLL;
+    return e->settings.backend;
+}
+
+const char *sm_engine_backend_note(sm_engine *e)
+{
+    return e->backend_note;
+}
+
+int sm_engine_set_memlimit(sm_engine *e, uint64_t maxbytes, char *err, size_t errlen)
+{
+    if (cache_set_memlimit(e->cache, maxbytes, err, errlen) < 0)
+        return -1;
+    e->settings.maxbytes = maxbytes;
+    return 0;
+}
+
+void sm_engine_set_verbosity(sm_engine *e, int level)
+{
+    atomic_store(&e->verbose, level);
+}

@@ -1,0 +1,197 @@
+/*
+ * worker.c -- what every ring backend shares about a worker thread:
+ * accounting connections in and out (the -c limit, socket options, the
+ * list "stats conns" prints), the free list of output scratch chunks, and
+ * the thread entry point.  The loops themselves are in the io/ backends.
+ */
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "engine_internal.h"
+#include "io/backend.h"
+
+/* Chunks kept on a worker's free list; more are freed. */
+#define FREE_CHUNKS_MAX 256
+
+out_chunk *worker_chunk_get(worker *w)
+{
+    out_chunk *ch = w->free_chunks;
+    if (ch) {
+        w->free_chunks = ch->next;
+        w->nfree_chunks--;
+        return ch;
+    }
+    ch = malloc(sizeof(*ch));
+    if (!ch)
+        SM_STAT_INC(w->stats.response_obj_oom);
+    return ch;
+}
+
+void worker_chunk_put(worker *w, out_chunk *ch)
+{
+    if (w->nfree_chunks >= FREE_CHUNKS_MAX) {
+        free(ch);
+        return;
+    }
+    ch->next = w->free_chunks;
+    w->free_chunks = ch;
+    w->nfree_chunks++;
+}
+
+/* "tcp:addr:port" of a socket address. */
+static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+        port = ntohs(a->sin_port);
+        snprintf(buf, len, "tcp:%s:%d", host, port);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+        port = ntohs(a->sin6_port);
+        snprintf(buf, len, "tcp6:[%s]:%d", host, port);
+    } else {
+        snprintf(buf, len, "unknown");
+    }
+}
+
+conn *worker_conn_open(worker *w, int fd)
+{
+    struct sm_engine *e = w->engine;
+    int cur = atomic_fetch_add(&e->curr_conns, 1);
+    if (cur >= w->settings->maxconns) {
+        atomic_fetch_sub(&e->curr_conns, 1);
+        atomic_fetch_add(&e->rejected_conns, 1);
+        static const char msg[] = "ERROR Too many open connections\r\n";
+        ssize_t rc = send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL);
+        (void)rc;
+        close(fd);
+        engine_log(e, 1, "Too many open connections\n");
+        return NULL;
+    }
+    conn *c = malloc(sizeof(*c));
+    if (!c) {
+        atomic_fetch_sub(&e->curr_conns, 1);
+        close(fd);
+        return NULL;
+    }
+    uint32_t id = atomic_fetch_add(&e->next_conn_id, 1);
+    conn_init(c, w, fd, id);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+    if (w->settings->tcp_nodelay) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
+        format_addr(&ss, c->peer, sizeof(c->peer));
+    c->last_active = cache_now(w->cache);
+    atomic_fetch_add(&e->total_conns, 1);
+    w->nconns++;
+    pthread_mutex_lock(&w->conns_lock);
+    c->prev_conn = NULL;
+    c->next_conn = w->conns;
+    if (w->conns)
+        w->conns->prev_conn = c;
+    w->conns = c;
+    pthread_mutex_unlock(&w->conns_lock);
+    engine_log(e, 2, "<%d new auto-negotiating client connection\n", fd);
+    return c;
+}
+
+void worker_conn_close(worker *w, conn *c)
+{
+    struct sm_engine *e = w->engine;
+    pthread_mutex_lock(&w->conns_lock);
+    if (c->prev_conn)
+        c->prev_conn->next_conn = c->next_conn;
+    else
+        w->conns = c->next_conn;
+    if (c->next_conn)
+        c->next_conn->prev_conn = c->prev_conn;
+    pthread_mutex_unlock(&w->conns_lock);
+    engine_log(e, 2, "<%d connection closed.\n", c->fd);
+    close(c->fd);
+    conn_cleanup(c);
+    free(c);
+    w->nconns--;
+    atomic_fetch_sub(&e->curr_conns, 1);
+}
+
+/* memcached's name for where a connection is in its life. */
+static const char *conn_state_name(const conn *c)
+{
+    switch (c->state) {
+    case CONN_NREAD:
+        return "conn_nread";
+    case CONN_SWALLOW:
+        return "conn_swallow";
+    case CONN_CLOSING:
+        return "conn_closing";
+    default:
+        return out_pending(c) ? "conn_mwrite" : "conn_parse_cmd";
+    }
+}
+
+void worker_stats_conns(worker *w, sm_stat_sink *sink)
+{
+    char name[64], addr[96];
+    rel_time_t now = cache_now(w->cache);
+    if (w->id == 0) {
+        for (int i = 0; i < w->nlisten; i++) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof(ss);
+            if (getsockname(w->listen_fds[i], (struct sockaddr *)&ss, &sl) != 0)
+                continue;
+            format_addr(&ss, addr, sizeof(addr));
+            snprintf(name, sizeof(name), "%d:addr", w->listen_fds[i]);
+            sink->add(sink, name, addr);
+            snprintf(name, sizeof(name), "%d:state", w->listen_fds[i]);
+            sink->add(sink, name, "conn_listening");
+            snprintf(name, sizeof(name), "%d:secs_since_last_cmd", w->listen_fds[i]);
+            sink->add(sink, name, "0");
+        }
+    }
+    pthread_mutex_lock(&w->conns_lock);
+    for (conn *c = w->conns; c; c = c->next_conn) {
+        snprintf(name, sizeof(name), "%d:addr", c->fd);
+        sink->add(sink, name, c->peer);
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        if (getsockname(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
+            format_addr(&ss, addr, sizeof(addr));
+            snprintf(name, sizeof(name), "%d:listen_addr", c->fd);
+            sink->add(sink, name, addr);
+        }
+        snprintf(name, sizeof(name), "%d:state", c->fd);
+        sink->add(sink, name, conn_state_name(c));
+        snprintf(name, sizeof(name), "%d:secs_since_last_cmd", c->fd);
+        sm_stat_addf(sink, name, "%u", (unsigned)(now - (rel_time_t)c->last_active));
+    }
+    pthread_mutex_unlock(&w->conns_lock);
+}
+
+void *worker_main(void *arg)
+{
+    worker *w = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "sm-worker-%d", w->id);
+    pthread_setname_np(pthread_self(), name);
+    w->ops->run(w);
+    return NULL;
+}
