@@ -164,18 +164,23 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
 /* Pick the backend for the settings; fills e->backend_note when AUTO falls back. */
 static const backend_ops *choose_backend(sm_engine *e, char *err, size_t errlen)
 {
+    char why[200];
     switch (e->settings.backend) {
     case SM_BACKEND_EPOLL:
         return &backend_epoll;
-    case SM_BACKEND_AUTO:
-        snprintf(e->backend_note, sizeof(e->backend_note),
-                 "auto: io_uring and stackmap backends are not built yet; using epoll");
-        return &backend_epoll;
     case SM_BACKEND_URING:
-        snprintf(err, errlen, "backend uring is not available in this build");
-        return NULL;
+        if (backend_uring.probe(&e->settings, why, sizeof(why)) < 0) {
+            snprintf(err, errlen, "backend uring is not usable here: %s", why);
+            return NULL;
+        }
+        return &backend_uring;
+    case SM_BACKEND_AUTO:
+        if (backend_uring.probe(&e->settings, why, sizeof(why)) == 0)
+            return &backend_uring;
+        snprintf(e->backend_note, sizeof(e->backend_note), "auto: io_uring unusable (%s); using epoll", why);
+        return &backend_epoll;
     default:
-        snprintf(err, errlen, "backend stackmap is not available in this build");
+        snprintf(err, errlen, "backend stackmap is not available in this build (no /dev/stackmap support yet)");
         return NULL;
     }
 }
@@ -453,6 +458,8 @@ int sm_engine_backend(sm_engine *e)
 {
     if (e->ops == &backend_epoll)
         return SM_BACKEND_EPOLL;
+    if (e->ops == &backend_uring)
+        return SM_BACKEND_URING;
     return e->settings.backend;
 }
 

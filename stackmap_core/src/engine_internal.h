@@ -34,6 +34,10 @@ struct sm_engine {
     pthread_cond_t wait_cond;       /* signalled on shutdown request */
     int64_t started;                /* unix time of start */
     bool running;                   /* start() succeeded and stop() not yet called */
+    /* "stats reset" baselines, subtracted when stats are read (stats_groups.c; guarded by its lock) */
+    struct sm_stats_sum stats_base; /* worker counters at the last reset */
+    uint64_t total_conns_base;      /* total_conns at the last reset */
+    uint64_t rejected_conns_base;   /* rejected_conns at the last reset */
 };
 
 /* A client asked for "shutdown" (only honoured with -A). */

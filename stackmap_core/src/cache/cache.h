@@ -36,6 +36,7 @@ typedef uint32_t rel_time_t;
 #define ITEM_ACTIVE     0x04 /* read again while in the LRU (segmented LRU) */
 #define ITEM_STALE      0x08 /* meta: invalidated (md I / ms I) */
 #define ITEM_TOKEN_SENT 0x10 /* meta: a recache "win" token was handed out */
+#define ITEM_KEY_BINARY 0x20 /* meta: the key was sent base64-encoded (ms b); k/me echo it encoded */
 
 /* Longest key, in bytes (memcached's KEY_MAX_LENGTH). */
 #define KEY_MAX_LENGTH 250
@@ -269,6 +270,9 @@ uint64_t cache_memlimit(const cache *c);
  * evicted_unfetched, evicted_active, hash_power_level, hash_bytes,
  * hash_is_expanding, slab_global_page_pool, total_malloced... */
 void cache_stats_general(cache *c, sm_stat_sink *sink);
+/* (Added by the cache helper.)  "stats reset": zero total_items, evictions,
+ * reclaimed and the other counters memcached resets (not curr_items/bytes). */
+void cache_stats_reset(cache *c);
 /* "items:<cls>:number", "items:<cls>:age", ... for classes with items. */
 void cache_stats_items(cache *c, sm_stat_sink *sink);
 /* "<cls>:chunk_size", ..., with per-class hit counters from sum, then

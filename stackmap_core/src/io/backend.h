@@ -34,6 +34,7 @@ typedef struct backend_ops {
 } backend_ops;
 
 extern const backend_ops backend_epoll;
+extern const backend_ops backend_uring;
 
 /*
  * Shared helpers every backend uses (worker.c).

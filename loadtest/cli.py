@@ -1,0 +1,344 @@
+"""Command line of ``python -m loadtest``: choose targets and scenarios, run, report.
+
+Typical use (the README's table):
+
+    python -m loadtest --targets memcached,stackmapd-epoll --values 64,1024 \\
+        --pin same --duration 10 --reps 5 --redo-noisy 2 --json bench.json --markdown
+
+Progress goes to stderr, the table (console or markdown) to stdout, every raw run to the
+JSON file.  ``--quick`` is a 2-second, one-repetition smoke run (used by the tests); its
+figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtest import __version__, report
+from loadtest.runner import (
+    Pinning,
+    RunRecord,
+    Scenario,
+    Schedule,
+    Workload,
+    check_environment,
+    run_schedule,
+)
+from loadtest.targets import (
+    DEFAULT_MEMCACHED,
+    DEFAULT_STACKMAPD,
+    REPO_ROOT,
+    TARGETS,
+    TargetOptions,
+    backend_flag_for,
+    default_stackmapd,
+)
+
+QUICK_DURATION_S = 2
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _sizes(text: str) -> list[int]:
+    out = []
+    for item in _csv(text):
+        mult = 1
+        low = item.lower()
+        if low.endswith(("k", "kib", "kb")):
+            mult, low = 1024, low.rstrip("bi").rstrip("k")
+        try:
+            value = int(low) * mult
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad size: {item!r}") from exc
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"size must be positive: {item!r}")
+        out.append(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description="memaslap side by side: stackmapd targets against memcached, pinned,"
+        " alternated, with server CPU per operation and foreign-load checks.",
+    )
+    p.add_argument(
+        "--targets",
+        type=_csv,
+        default=["memcached", "stackmapd-epoll"],
+        help="comma-separated targets, alternated in this order"
+        " (default memcached,stackmapd-epoll; see --list-targets)",
+    )
+    p.add_argument("--list-targets", action="store_true", help="list targets and exit")
+    p.add_argument("--baseline", default="memcached", help="target ratios are against")
+    p.add_argument("--values", type=_sizes, default=[64, 1024], help="value sizes, e.g. 64,1k")
+    p.add_argument("--key-size", type=int, default=64, help="key size in bytes (64)")
+    p.add_argument("--get-ratio", type=float, default=0.9, help="share of gets (0.9)")
+    p.add_argument(
+        "--pin",
+        choices=("same", "split", "both"),
+        default="same",
+        help="same: server and client on --server-cpu; split: client on --client-cpu",
+    )
+    p.add_argument("--server-cpu", type=int, default=0, help="CPU for the server (0)")
+    p.add_argument("--client-cpu", type=int, default=1, help="client CPU in split mode (1)")
+    p.add_argument("--duration", type=int, default=None, help="seconds per run (10)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per target (5)")
+    p.add_argument("--stat-interval", type=int, default=None, help="memaslap -S seconds (= duration)")
+    p.add_argument("--concurrency", type=int, default=64, help="memaslap -c (64)")
+    p.add_argument("--client-threads", type=int, default=1, help="memaslap -T (1)")
+    p.add_argument("--server-threads", type=int, default=1, help="server -t (1)")
+    p.add_argument(
+        "--memory-mb",
+        type=int,
+        default=1024,
+        help="server -m, MiB (1024, so that gets hit: with memcached's default of 64, items"
+        " are evicted within a 10 s run of 1 KiB values and many gets miss)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_DURATION_S} s, 1 repetition (figures are meaningless)",
+    )
+    p.add_argument(
+        "--noise-threshold",
+        type=float,
+        default=1.0,
+        help="foreign CPU seconds per 10 s that flag a run as noisy (1.0)",
+    )
+    p.add_argument(
+        "--redo-noisy",
+        type=int,
+        nargs="?",
+        const=2,
+        default=0,
+        metavar="N",
+        help="redo a noisy run up to N times (N=2 if given without a value)",
+    )
+    p.add_argument(
+        "--stackmapd",
+        default=None,
+        help=f"stackmapd executable, or build/smd (default {DEFAULT_STACKMAPD}, else the one"
+        " next to this Python, else on PATH)",
+    )
+    p.add_argument(
+        "--backend-flag",
+        default=None,
+        help="option that selects stackmapd's backend (default: -B for an executable named"
+        " smd*, the bare C driver; --backend otherwise)",
+    )
+    p.add_argument("--memcached", default=DEFAULT_MEMCACHED, help="memcached executable")
+    p.add_argument("--memaslap", default="memcaslap", help="memaslap executable (memcaslap)")
+    p.add_argument("--ready-timeout", type=float, default=15.0, help="server start-up limit, s")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write raw runs")
+    p.add_argument("--markdown", action="store_true", help="print markdown tables")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep memaslap outputs, configs and server logs here (default: temporary)",
+    )
+    p.add_argument("--version", action="version", version=f"loadtest {__version__}")
+    return p
+
+
+def _tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "unknown"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _command_line(argv: list[str]) -> str:
+    return shlex.join(["python", "-m", "loadtest", *argv])
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, appended otherwise."""
+
+    def __init__(self, per_run_s: float) -> None:
+        self.tty = sys.stderr.isatty()
+        self.per_run_s = per_run_s
+
+    def __call__(self, done: int, total: int, rec: RunRecord | None, what: str) -> None:
+        eta = (total - done) * self.per_run_s
+        head = f"[{done}/{total}, ~{eta / 60:.1f} min left] {what}"
+        if rec is None:
+            if self.tty:
+                sys.stderr.write(f"\r\x1b[K{head}: running")
+                sys.stderr.flush()
+            return
+        if rec.error:
+            first = rec.error.splitlines()[0] if rec.error else ""
+            line = f"{head}: FAILED: {first}"
+        else:
+            flag = "  NOISY" if rec.noisy else ""
+            cpu = rec.server_cpu_us_per_op or 0.0
+            line = (
+                f"{head}: {rec.ops_per_s / 1000:.1f}k ops/s, {cpu:.2f} us/op server CPU,"
+                f" foreign {rec.foreign_per_10s:.2f} s/10s{flag}"
+            )
+        sys.stderr.write(("\r\x1b[K" if self.tty else "") + line + "\n")
+        sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+
+    if args.list_targets:
+        for t in TARGETS.values():
+            print(f"{t.name:18} {t.description}")
+        return 0
+
+    if args.quick:
+        duration = args.duration or QUICK_DURATION_S
+        reps = args.reps or 1
+    else:
+        duration = args.duration or 10
+        reps = args.reps or 5
+    stat_interval = args.stat_interval or duration
+    if duration < 1 or reps < 1 or stat_interval < 1:
+        parser.error("--duration, --reps and --stat-interval must be at least 1")
+    if not 0.0 <= args.get_ratio <= 1.0:
+        parser.error("--get-ratio must be between 0 and 1")
+
+    unknown = [t for t in args.targets if t not in TARGETS]
+    if unknown or not args.targets:
+        parser.error(f"unknown targets {unknown}; known: {', '.join(TARGETS)}")
+    if len(set(args.targets)) != len(args.targets):
+        parser.error("a target is listed twice")
+    targets = [TARGETS[t] for t in args.targets]
+
+    allowed = os.sched_getaffinity(0)
+    modes = ["same", "split"] if args.pin == "both" else [args.pin]
+    pinnings = []
+    for mode in modes:
+        client_cpu = args.server_cpu if mode == "same" else args.client_cpu
+        for cpu in {args.server_cpu, client_cpu}:
+            if cpu not in allowed:
+                parser.error(f"CPU {cpu} is not available (allowed: {sorted(allowed)})")
+        if mode == "split" and client_cpu == args.server_cpu:
+            parser.error("split mode needs --client-cpu different from --server-cpu")
+        pinnings.append(Pinning(mode, args.server_cpu, client_cpu))
+    scenarios = [Scenario(v, pin) for pin in pinnings for v in args.values]
+
+    stackmapd = args.stackmapd or default_stackmapd()
+    topts = TargetOptions(
+        memcached=args.memcached,
+        stackmapd=stackmapd,
+        memory_mb=args.memory_mb,
+        threads=args.server_threads,
+        backend_flag=args.backend_flag or backend_flag_for(stackmapd),
+    )
+    problems = check_environment(args.memaslap, sorted({t.binary(topts) for t in targets}))
+    if problems:
+        for line in problems:
+            print(f"loadtest: {line}", file=sys.stderr)
+        return 2
+
+    workload = Workload(
+        memaslap=args.memaslap,
+        key_size=args.key_size,
+        get_ratio=args.get_ratio,
+        duration_s=duration,
+        stat_interval_s=stat_interval,
+        concurrency=args.concurrency,
+        threads=args.client_threads,
+        ready_timeout_s=args.ready_timeout,
+    )
+    schedule = Schedule(
+        targets=targets,
+        scenarios=scenarios,
+        reps=reps,
+        redo_noisy=args.redo_noisy,
+        noise_threshold=args.noise_threshold,
+    )
+    meta: dict[str, Any] = {
+        "command": _command_line(args_list),
+        "loadtest_version": __version__,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "kernel": platform.release(),
+        "nproc": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "memcached_version": _tool_version([args.memcached, "-V"]),
+        "memaslap_version": _tool_version([args.memaslap, "-V"]),
+        "git": _tool_version(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"]),
+        "stackmapd": topts.stackmapd,
+        "targets": [t.name for t in targets],
+        "baseline": args.baseline,
+        "reps": reps,
+        "memory_mb": args.memory_mb,
+        "server_threads": args.server_threads,
+        "noise_threshold": args.noise_threshold,
+        "redo_noisy": args.redo_noisy,
+        "quick": args.quick,
+        "workload": {
+            "key_size": workload.key_size,
+            "value_sizes": args.values,
+            "get_ratio": workload.get_ratio,
+            "duration_s": workload.duration_s,
+            "stat_interval_s": workload.stat_interval_s,
+            "concurrency": workload.concurrency,
+            "threads": workload.threads,
+        },
+        "latency_resolution": "memaslap log2 histogram: bucket i holds 2^(i-1) < t <= 2^i"
+        " us; p99_le_us is the upper bound, p99_gt_us the lower bound",
+    }
+
+    progress = Progress(per_run_s=duration + 2.5)
+    records: list[RunRecord] = []
+    interrupted = False
+    try:
+        run_schedule(schedule, topts, workload, progress, records, args.workdir)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\nloadtest: interrupted; reporting the {len(records)} runs done", file=sys.stderr)
+    meta["ended"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    meta["interrupted"] = interrupted
+
+    summaries = report.summarise(records, [t.name for t in targets], args.baseline)
+    if args.json:
+        payload = {
+            "meta": meta,
+            "summary": [s.to_json() for s in summaries],
+            "runs": [r.to_json() for r in records],
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if args.markdown:
+        sys.stdout.write(report.markdown(summaries, meta, duration))
+    else:
+        sys.stdout.write(report.text_table(summaries, duration))
+        sys.stdout.write(f"\ncommand: {meta['command']}\n")
+    failed = [r for r in records if r.error]
+    for r in failed:
+        print(f"loadtest: {r.target} rep {r.rep + 1} failed: {r.error}", file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if failed else 0

@@ -1,0 +1,184 @@
+/*
+ * cache.c -- the cache's life cycle, its clock, item locks and the
+ * whole-cache operations (flush_all, memory limit, CAS counter).
+ *
+ * Time follows memcached: rel_time is seconds since process_started, which
+ * is set ITEM_UPDATE_INTERVAL + 2 seconds in the past, so rel_time starts at
+ * 62 and small values such as 1 are always in the past.  The maintainer
+ * thread advances the clock once a second from CLOCK_MONOTONIC; readers
+ * load it with a relaxed atomic.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache_int.h"
+
+static _Atomic uint64_t next_cache_id = 1;
+
+static int64_t mono_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
+{
+    if (cfg->item_size_max < 1024 || cfg->factor <= 1.0) {
+        snprintf(err, errlen, "cache: item_size_max must be >= 1024 and factor > 1.0");
+        return NULL;
+    }
+    cache *c = aligned_alloc(64, (sizeof(cache) + 63) & ~(size_t)63);
+    if (!c) {
+        snprintf(err, errlen, "cache: out of memory");
+        return NULL;
+    }
+    memset(c, 0, sizeof(*c));
+    c->cfg = *cfg;
+    c->cache_id = atomic_fetch_add(&next_cache_id, 1);
+    c->process_started = (int64_t)time(NULL) - ITEM_UPDATE_INTERVAL - 2;
+    c->mono_start = mono_seconds() - ITEM_UPDATE_INTERVAL - 2;
+    atomic_store(&c->current_time, (rel_time_t)(ITEM_UPDATE_INTERVAL + 2));
+    atomic_store(&c->maxbytes, cfg->maxbytes);
+    pthread_mutex_init(&c->maint_lock, NULL);
+    pthread_cond_init(&c->maint_cond, NULL);
+    c->hit_blocks = aligned_alloc(64, sizeof(struct hit_block) * HIT_BLOCKS);
+    if (!c->hit_blocks || hash_init(c, cfg->hashpower_init ? cfg->hashpower_init : 16) != 0 ||
+        slabs_init(c) != 0) {
+        snprintf(err, errlen, "cache: out of memory");
+        cache_destroy(c);
+        return NULL;
+    }
+    memset(c->hit_blocks, 0, sizeof(struct hit_block) * HIT_BLOCKS);
+    return c;
+}
+
+void cache_destroy(cache *c)
+{
+    if (!c)
+        return;
+    cache_stop(c);
+    slabs_free_all(c);
+    hash_free(c);
+    free(c->hit_blocks);
+    pthread_mutex_destroy(&c->maint_lock);
+    pthread_cond_destroy(&c->maint_cond);
+    free(c);
+}
+
+rel_time_t cache_clock_now(cache *c)
+{
+    return (rel_time_t)(mono_seconds() - c->mono_start);
+}
+
+void cache_update_clock(cache *c)
+{
+    if (atomic_load(&c->time_frozen))
+        return;
+    atomic_store_explicit(&c->current_time, cache_clock_now(c), memory_order_relaxed);
+}
+
+rel_time_t cache_now(const cache *c)
+{
+    return atomic_load_explicit(&c->current_time, memory_order_relaxed);
+}
+
+int64_t cache_process_started(const cache *c)
+{
+    return c->process_started;
+}
+
+rel_time_t cache_realtime(const cache *c, int64_t exptime)
+{
+    if (exptime == 0)
+        return 0;
+    if (exptime < 0)
+        return 1;
+    if (exptime > REALTIME_MAXDELTA) {
+        if (exptime <= c->process_started)
+            return 1;
+        return (rel_time_t)(exptime - c->process_started);
+    }
+    return (rel_time_t)(exptime + cache_now(c));
+}
+
+void cache_lock(cache *c, uint32_t hv)
+{
+    pthread_mutex_lock(stripe_of(c, hv));
+}
+
+void cache_unlock(cache *c, uint32_t hv)
+{
+    pthread_mutex_unlock(stripe_of(c, hv));
+}
+
+uint64_t cache_next_cas(cache *c)
+{
+    if (!c->cfg.use_cas)
+        return 0;
+    return atomic_fetch_add_explicit(&c->cas_id, 1, memory_order_relaxed) + 1;
+}
+
+/*
+ * memcached's flush_all: the new oldest_live is `when` (or now when `when`
+ * is 0 or already past).  With CAS on, oldest_live is one second earlier and,
+ * for an immediate flush, oldest_cas takes the next unique: everything
+ * stored before this call is dead, while items stored later in the same
+ * second survive.  Without CAS, everything stored up to the end of this
+ * second is dead (memcached's -C behaviour).
+ */
+void cache_flush(cache *c, rel_time_t when)
+{
+    rel_time_t now = cache_now(c);
+    rel_time_t new_oldest = (when == 0 || when < now) ? now : when;
+    if (c->cfg.use_cas) {
+        rel_time_t ol = new_oldest - 1;
+        atomic_store(&c->oldest_live, ol);
+        if (ol <= now)
+            atomic_store(&c->oldest_cas, cache_next_cas(c));
+    } else {
+        atomic_store(&c->oldest_live, new_oldest);
+    }
+}
+
+int cache_set_memlimit(cache *c, uint64_t maxbytes, char *err, size_t errlen)
+{
+    if (maxbytes == 0) {
+        snprintf(err, errlen, "memory limit must be > 0");
+        return -1;
+    }
+    atomic_store(&c->maxbytes, maxbytes);
+    return 0;
+}
+
+uint64_t cache_memlimit(const cache *c)
+{
+    return atomic_load(&c->maxbytes);
+}
+
+/* ---- test hooks ---- */
+
+void cache_test_set_time(cache *c, rel_time_t t)
+{
+    atomic_store(&c->time_frozen, true);
+    atomic_store(&c->current_time, t);
+}
+
+uint64_t cache_test_mem_malloced(cache *c)
+{
+    return atomic_load(&c->mem_malloced);
+}
+
+uint64_t cache_test_count_lru(cache *c)
+{
+    uint64_t n = 0;
+    for (int k = 1; k <= c->nclasses; k++) {
+        pthread_mutex_lock(&c->classes[k].lock);
+        for (item *it = c->classes[k].head; it; it = it->next)
+            n++;
+        pthread_mutex_unlock(&c->classes[k].lock);
+    }
+    return n;
+}

@@ -1,0 +1,213 @@
+/*
+ * cache_int.h -- the cache engine's private state, shared by the files of
+ * stackmap_core/src/cache/ only.  Protocol code sees cache.h alone.
+ *
+ * Locking (see also the notes in items.c and lru.c):
+ *   - stripes[]: item locks, chosen by hv & (nstripes-1).  They guard hash
+ *     chains, an item's LINKED flag, its value, exptime, cas and time.
+ *     nstripes never exceeds the smallest bucket count the table ever has,
+ *     so during an expansion old bucket b and new buckets b and b+oldsize
+ *     share one stripe.
+ *   - slabclass.lock: one per class; guards its free list, its pages and
+ *     its LRU list and counters.
+ *   - Order: stripe, then class.  Code that already holds a class lock
+ *     (eviction, the reclaimer) only ever TRYLOCKs a stripe.  Nobody holds
+ *     two class locks, nor two stripes, except the maintainer when it swaps
+ *     hash tables (it takes every stripe, in index order, holding no class
+ *     lock).
+ *   - Page accounting (mem_malloced) is one atomic counter, no lock.
+ */
+#ifndef SM_CACHE_INT_H
+#define SM_CACHE_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache.h"
+
+/* memcached's ITEM_UPDATE_INTERVAL: a hit moves an item at most this often. */
+#define ITEM_UPDATE_INTERVAL 60
+/* Exptimes above this many seconds are absolute unix times. */
+#define REALTIME_MAXDELTA (60 * 60 * 24 * 30)
+/* Tail items an allocation looks at before giving up (memcached: 5). */
+#define LRU_TAIL_TRIES 5
+/* Tail items the reclaimer checks per class per batch. */
+#define RECLAIM_BATCH 64
+/* Upper bound of item lock stripes. */
+#define MAX_STRIPES 4096
+/* Threads that get a private block of hit counters; the rest share one. */
+#define HIT_BLOCKS 64
+
+/* Relaxed access to plain item fields that are read outside their lock. */
+#define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define ST(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+
+/* Total size of an item with this key and value length. */
+#define ITEM_ntotal(nkey, nbytes) (sizeof(item) + (size_t)(nkey) + 1 + (size_t)(nbytes))
+
+/* One padded stripe lock, so neighbours do not share a cache line. */
+struct stripe {
+    pthread_mutex_t m; /* the lock itself */
+} __attribute__((aligned(64)));
+
+/* Per-class counters printed by "stats items" (memcached's itemstats_t). */
+struct class_stats {
+    uint64_t evicted;           /* items evicted while live */
+    uint64_t evicted_nonzero;   /* evicted items that had an exptime */
+    rel_time_t evicted_time;    /* seconds since last access of the last evicted item */
+    uint64_t outofmemory;       /* allocations that failed in this class */
+    uint64_t reclaimed;         /* expired/flushed items whose memory was taken back */
+    uint64_t expired_unfetched; /* reclaimed items that were never read */
+    uint64_t evicted_unfetched; /* evicted items that were never read */
+    uint64_t evicted_active;    /* evicted items that were read at least twice */
+    uint64_t lrutail_reflocked; /* tail items skipped because a reader held them */
+    uint64_t moves_within_lru;  /* hits that moved an item to the LRU head */
+    uint64_t direct_reclaims;   /* allocations that had to pull from the LRU tail */
+};
+
+/* One slab class: chunks of one size, their pages, free list and LRU. */
+struct slabclass {
+    pthread_mutex_t lock;        /* guards everything below */
+    uint32_t size;               /* chunk size in bytes (8-byte aligned) */
+    uint32_t perslab;            /* chunks per page */
+    item *free_list;             /* freed chunks, linked through item->next */
+    uint64_t free_count;         /* chunks on free_list (memcached's sl_curr) */
+    char *end_page_ptr;          /* next never-used chunk of the newest page */
+    uint32_t end_page_free;      /* never-used chunks left on the newest page */
+    uint32_t npages;             /* pages owned by this class */
+    uint32_t pages_cap;          /* capacity of pages[] */
+    char **pages;                /* every page, for cache_destroy */
+    item *head;                  /* LRU head: most recently used */
+    item *tail;                  /* LRU tail: eviction candidate */
+    _Atomic uint64_t curr_items; /* linked items (relaxed; written under lock) */
+    _Atomic uint64_t curr_bytes; /* sum of linked items' total sizes (mem_requested) */
+    uint64_t total_items;        /* items ever linked (since stats reset) */
+    struct class_stats st;       /* eviction/reclaim counters */
+} __attribute__((aligned(64)));
+
+/* A thread's private hit counters ("items:N:hits_to_cold"). */
+struct hit_block {
+    _Atomic uint64_t hits[SM_MAX_SLAB_CLASSES]; /* get hits per class */
+} __attribute__((aligned(64)));
+
+struct cache {
+    cache_config cfg;               /* as given (item_size_max, factor, ...) */
+    uint64_t cache_id;              /* distinguishes caches for thread-local hit blocks */
+
+    /* ---- time ---- */
+    _Atomic rel_time_t current_time;  /* rel_time now, set by the maintainer */
+    int64_t process_started;          /* unix time of rel_time 0 */
+    int64_t mono_start;               /* CLOCK_MONOTONIC seconds at rel_time 0 */
+    atomic_bool time_frozen;          /* a test set the clock; the maintainer leaves it */
+
+    /* ---- flush_all (memcached's settings.oldest_live / oldest_cas) ---- */
+    _Atomic rel_time_t oldest_live;   /* items with time <= this are dead once now >= it */
+    _Atomic uint64_t oldest_cas;      /* items with a CAS below this are dead (same time rule) */
+
+    /* ---- CAS ---- */
+    _Atomic uint64_t cas_id;          /* last CAS unique handed out */
+
+    /* ---- hash table ---- */
+    struct stripe *stripes;           /* item locks */
+    uint32_t nstripes;                /* power of two, <= initial bucket count */
+    item **primary;                   /* current table (the new one while expanding) */
+    _Atomic uint32_t hashpower;       /* log2 of primary's bucket count */
+    item **old;                       /* table being migrated from, or NULL */
+    uint32_t oldpower;                /* log2 of old's bucket count */
+    atomic_bool expanding;            /* a migration is in progress */
+    _Atomic uint32_t expand_bucket;   /* old buckets below this are migrated */
+    _Atomic uint64_t hash_items;      /* items linked in the hash table */
+    atomic_bool expand_wanted;        /* set by inserts when the load factor is passed */
+    _Atomic uint64_t hash_expansions; /* completed expansions (for the maintainer's log) */
+
+    /* ---- slabs and memory ---- */
+    struct slabclass *classes;        /* [0] unused, [1..nclasses] */
+    int nclasses;                     /* largest valid class id */
+    uint32_t page_size;               /* bytes per slab page */
+    _Atomic uint64_t maxbytes;        /* memory limit (cache_set_memlimit) */
+    _Atomic uint64_t mem_malloced;    /* bytes of pages allocated */
+    _Atomic uint64_t malloc_fails;    /* page allocations that failed */
+
+    /* ---- per-thread hit counters ---- */
+    struct hit_block *hit_blocks;     /* HIT_BLOCKS blocks; the last one is shared */
+    atomic_uint hit_blocks_used;      /* blocks handed out */
+
+    /* ---- maintainer ---- */
+    pthread_t maint_thread;           /* the maintainer thread */
+    bool maint_started;               /* maint_thread is running */
+    atomic_bool maint_stop;           /* ask the maintainer to exit */
+    pthread_mutex_t maint_lock;       /* guards maint_cond */
+    pthread_cond_t maint_cond;        /* wakes the maintainer early (expansion, stop) */
+    _Atomic uint64_t maint_juggles;   /* reclaimer batches run (lru_maintainer_juggles) */
+};
+
+/* ---- cache.c ---- */
+rel_time_t cache_clock_now(cache *c);  /* read the monotonic clock, as rel_time */
+void cache_update_clock(cache *c);     /* maintainer tick */
+
+/* ---- hash.c ---- */
+int hash_init(cache *c, int hashpower);
+void hash_free(cache *c);
+/* With the stripe of hv held. */
+item *hash_find(cache *c, const char *key, size_t nkey, uint32_t hv);
+void hash_insert(cache *c, item *it, uint32_t hv);
+void hash_delete(cache *c, item *it, uint32_t hv);
+/* Maintainer: start, step (migrate up to n buckets; returns 1 when done), finish. */
+bool hash_needs_expand(cache *c);
+int hash_expand_start(cache *c);
+int hash_expand_step(cache *c, uint32_t n);
+static inline pthread_mutex_t *stripe_of(cache *c, uint32_t hv)
+{
+    return &c->stripes[hv & (c->nstripes - 1)].m;
+}
+
+/* ---- slabs.c ---- */
+int slabs_init(cache *c);
+void slabs_free_all(cache *c);
+int slabs_clsid(const cache *c, size_t ntotal);
+/* With the class lock held: a free chunk or a chunk of a new page, or NULL. */
+item *slabs_alloc_locked(cache *c, struct slabclass *cls);
+/* With the class lock held: put a chunk on the free list. */
+void slabs_free_locked(struct slabclass *cls, item *it);
+
+/* ---- lru.c ---- */
+/* With the class lock held. */
+void lru_link_locked(struct slabclass *cls, item *it);
+void lru_unlink_locked(struct slabclass *cls, item *it);
+/* With the class lock held: reclaim or evict a tail item for reuse (refcount 1,
+ * unlinked), or NULL; *busy tells whether a stripe trylock failed on the way. */
+item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy);
+/* Allocation attempts when tail items' stripes are momentarily busy. */
+#define ALLOC_RETRIES 10
+/* Maintainer: one pass of the expired-item reclaimer over every class. */
+uint64_t lru_reclaim_pass(cache *c);
+/* Is it dead (expired or flushed) at `now`?  Stripe lock held or fields read relaxed. */
+int item_is_dead(cache *c, item *it, rel_time_t now, get_status *why);
+/* Stripe held and class lock held: unlink and drop the hash table's
+ * reference, freeing under the held class lock. */
+void item_unlink_classlocked(cache *c, struct slabclass *cls, item *it, uint32_t hv);
+
+/* ---- items.c ---- */
+/* Stripe of hv held: link (hash + LRU, refcount+1, time, cas). */
+void item_link(cache *c, item *it, uint32_t hv, uint64_t cas);
+/* Stripe of hv held: unlink and drop the hash table's reference. */
+void item_unlink(cache *c, item *it, uint32_t hv);
+
+/* ---- maint.c ---- */
+/* Wake the maintainer (hash expansion wanted). */
+void maint_wake(cache *c);
+
+/* ---- test hooks (tests/c/test_cache.c) ---- */
+/* Freeze the clock at t; the maintainer stops moving it. */
+void cache_test_set_time(cache *c, rel_time_t t);
+/* Run one maintainer pass synchronously (reclaimer + a whole pending expansion).
+ * Only while the maintainer thread is not running. */
+void cache_test_maintain(cache *c);
+/* Bytes of pages allocated so far. */
+uint64_t cache_test_mem_malloced(cache *c);
+/* Items linked, counted by walking every LRU (takes the class locks). */
+uint64_t cache_test_count_lru(cache *c);
+
+#endif

@@ -1,0 +1,223 @@
+/*
+ * cache_stats.c -- the cache's part of "stats", "stats items",
+ * "stats slabs" and "stats sizes", with memcached 1.6.18's names and order.
+ *
+ * memcached prints the cache's general stats in two blocks: hash table,
+ * slab mover and LRU maintainer right after conn_yields, the item counters
+ * at the end.  cache_stats_general emits both, each in memcached's order;
+ * stats_groups.c places every name where memcached prints it.  Names that
+ * describe machinery we do not have (slab page mover, LRU crawler, segmented
+ * LRU, async bump queue) are printed as 0, which is the truth here: none of
+ * those events can happen.  Counters are read under each class lock in
+ * turn, so the output is consistent per class, not across classes.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cache_int.h"
+
+/* Everything "stats" needs from one class, copied under its lock. */
+struct class_snap {
+    uint64_t curr_items;    /* linked items */
+    uint64_t curr_bytes;    /* their total size */
+    uint64_t total_items;   /* items ever linked */
+    uint32_t npages;        /* pages */
+    uint64_t free_count;    /* chunks on the free list */
+    uint32_t end_page_free; /* uncarved chunks of the newest page */
+    rel_time_t tail_time;   /* time of the LRU tail item, 0 if empty */
+    struct class_stats st;  /* eviction/reclaim counters */
+};
+
+static void snap_class(cache *c, int k, struct class_snap *s)
+{
+    struct slabclass *cls = &c->classes[k];
+    pthread_mutex_lock(&cls->lock);
+    s->curr_items = atomic_load(&cls->curr_items);
+    s->curr_bytes = atomic_load(&cls->curr_bytes);
+    s->total_items = cls->total_items;
+    s->npages = cls->npages;
+    s->free_count = cls->free_count;
+    s->end_page_free = cls->end_page_free;
+    s->tail_time = cls->tail ? LD(cls->tail->time) : 0;
+    s->st = cls->st;
+    pthread_mutex_unlock(&cls->lock);
+}
+
+/* The block memcached prints right after conn_yields. */
+static void stats_general_hash(cache *c, sm_stat_sink *sink)
+{
+    uint32_t hp = atomic_load(&c->hashpower);
+    uint64_t hbytes = ((uint64_t)1 << hp) * sizeof(item *);
+    bool expanding = atomic_load(&c->expanding);
+    if (expanding)
+        hbytes += ((uint64_t)1 << c->oldpower) * sizeof(item *);
+    sm_stat_addf(sink, "hash_power_level", "%u", hp);
+    sm_stat_addf(sink, "hash_bytes", "%llu", (unsigned long long)hbytes);
+    sm_stat_addf(sink, "hash_is_expanding", "%d", expanding ? 1 : 0);
+    /* No slab page mover: none of these can happen. */
+    sink->add(sink, "slab_reassign_rescues", "0");
+    sink->add(sink, "slab_reassign_chunk_rescues", "0");
+    sink->add(sink, "slab_reassign_evictions_nomem", "0");
+    sink->add(sink, "slab_reassign_inline_reclaim", "0");
+    sink->add(sink, "slab_reassign_busy_items", "0");
+    sink->add(sink, "slab_reassign_busy_deletes", "0");
+    sink->add(sink, "slab_reassign_running", "0");
+    sink->add(sink, "slabs_moved", "0");
+    /* No LRU crawler (the reclaimer is a tail walker, counted as "reclaimed"). */
+    sink->add(sink, "lru_crawler_running", "0");
+    sink->add(sink, "lru_crawler_starts", "0");
+    sm_stat_addf(sink, "lru_maintainer_juggles", "%llu", (unsigned long long)atomic_load(&c->maint_juggles));
+    sm_stat_addf(sink, "malloc_fails", "%llu", (unsigned long long)atomic_load(&c->malloc_fails));
+}
+
+void cache_stats_general(cache *c, sm_stat_sink *sink)
+{
+    stats_general_hash(c, sink);
+    struct class_snap tot;
+    memset(&tot, 0, sizeof(tot));
+    for (int k = 1; k <= c->nclasses; k++) {
+        struct class_snap s;
+        snap_class(c, k, &s);
+        tot.curr_items += s.curr_items;
+        tot.curr_bytes += s.curr_bytes;
+        tot.total_items += s.total_items;
+        tot.st.expired_unfetched += s.st.expired_unfetched;
+        tot.st.evicted_unfetched += s.st.evicted_unfetched;
+        tot.st.evicted_active += s.st.evicted_active;
+        tot.st.evicted += s.st.evicted;
+        tot.st.reclaimed += s.st.reclaimed;
+        tot.st.lrutail_reflocked += s.st.lrutail_reflocked;
+        tot.st.moves_within_lru += s.st.moves_within_lru;
+        tot.st.direct_reclaims += s.st.direct_reclaims;
+    }
+#define U(x) ((unsigned long long)(x))
+    sm_stat_addf(sink, "bytes", "%llu", U(tot.curr_bytes));
+    sm_stat_addf(sink, "curr_items", "%llu", U(tot.curr_items));
+    sm_stat_addf(sink, "total_items", "%llu", U(tot.total_items));
+    sink->add(sink, "slab_global_page_pool", "0"); /* pages never go back to a pool */
+    sm_stat_addf(sink, "expired_unfetched", "%llu", U(tot.st.expired_unfetched));
+    sm_stat_addf(sink, "evicted_unfetched", "%llu", U(tot.st.evicted_unfetched));
+    sm_stat_addf(sink, "evicted_active", "%llu", U(tot.st.evicted_active));
+    sm_stat_addf(sink, "evictions", "%llu", U(tot.st.evicted));
+    sm_stat_addf(sink, "reclaimed", "%llu", U(tot.st.reclaimed));
+    sink->add(sink, "crawler_reclaimed", "0");
+    sink->add(sink, "crawler_items_checked", "0");
+    sm_stat_addf(sink, "lrutail_reflocked", "%llu", U(tot.st.lrutail_reflocked));
+    sink->add(sink, "moves_to_cold", "0"); /* plain LRU: no segments to move between */
+    sink->add(sink, "moves_to_warm", "0");
+    sm_stat_addf(sink, "moves_within_lru", "%llu", U(tot.st.moves_within_lru));
+    sm_stat_addf(sink, "direct_reclaims", "%llu", U(tot.st.direct_reclaims));
+    sink->add(sink, "lru_bumps_dropped", "0"); /* bumps are synchronous, never dropped */
+}
+
+/* "items:<k>:<name>" */
+static void item_stat(sm_stat_sink *sink, int k, const char *name, unsigned long long v)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "items:%d:%s", k, name);
+    sm_stat_addf(sink, key, "%llu", v);
+}
+
+void cache_stats_items(cache *c, sm_stat_sink *sink)
+{
+    rel_time_t now = cache_now(c);
+    for (int k = 1; k <= c->nclasses; k++) {
+        struct class_snap s;
+        snap_class(c, k, &s);
+        if (s.curr_items == 0)
+            continue;
+        uint64_t hits = 0;
+        for (int b = 0; b < HIT_BLOCKS; b++)
+            hits += atomic_load_explicit(&c->hit_blocks[b].hits[k], memory_order_relaxed);
+        item_stat(sink, k, "number", s.curr_items);
+        item_stat(sink, k, "number_hot", 0);
+        item_stat(sink, k, "number_warm", 0);
+        item_stat(sink, k, "number_cold", s.curr_items);
+        item_stat(sink, k, "age_hot", 0);
+        item_stat(sink, k, "age_warm", 0);
+        item_stat(sink, k, "age", s.tail_time && now > s.tail_time ? now - s.tail_time : 0);
+        item_stat(sink, k, "mem_requested", s.curr_bytes);
+        item_stat(sink, k, "evicted", s.st.evicted);
+        item_stat(sink, k, "evicted_nonzero", s.st.evicted_nonzero);
+        item_stat(sink, k, "evicted_time", s.st.evicted_time);
+        item_stat(sink, k, "outofmemory", s.st.outofmemory);
+        item_stat(sink, k, "tailrepairs", 0); /* refcount leaks are never "repaired" */
+        item_stat(sink, k, "reclaimed", s.st.reclaimed);
+        item_stat(sink, k, "expired_unfetched", s.st.expired_unfetched);
+        item_stat(sink, k, "evicted_unfetched", s.st.evicted_unfetched);
+        item_stat(sink, k, "evicted_active", s.st.evicted_active);
+        item_stat(sink, k, "crawler_reclaimed", 0);
+        item_stat(sink, k, "crawler_items_checked", 0);
+        item_stat(sink, k, "lrutail_reflocked", s.st.lrutail_reflocked);
+        item_stat(sink, k, "moves_to_cold", 0);
+        item_stat(sink, k, "moves_to_warm", 0);
+        item_stat(sink, k, "moves_within_lru", s.st.moves_within_lru);
+        item_stat(sink, k, "direct_reclaims", s.st.direct_reclaims);
+        item_stat(sink, k, "hits_to_hot", 0);
+        item_stat(sink, k, "hits_to_warm", 0);
+        item_stat(sink, k, "hits_to_cold", hits);
+        item_stat(sink, k, "hits_to_temp", 0);
+    }
+}
+
+/* "<k>:<name>" */
+static void slab_stat(sm_stat_sink *sink, int k, const char *name, unsigned long long v)
+{
+    char key[64];
+    snprintf(key, sizeof(key), "%d:%s", k, name);
+    sm_stat_addf(sink, key, "%llu", v);
+}
+
+void cache_stats_slabs(cache *c, const struct sm_stats_sum *sum, sm_stat_sink *sink)
+{
+    int active = 0;
+    for (int k = 1; k <= c->nclasses; k++) {
+        struct class_snap s;
+        snap_class(c, k, &s);
+        if (s.npages == 0)
+            continue;
+        active++;
+        const struct slabclass *cls = &c->classes[k];
+        uint64_t total = (uint64_t)s.npages * cls->perslab;
+        uint64_t free_chunks = s.free_count + s.end_page_free;
+        slab_stat(sink, k, "chunk_size", cls->size);
+        slab_stat(sink, k, "chunks_per_page", cls->perslab);
+        slab_stat(sink, k, "total_pages", s.npages);
+        slab_stat(sink, k, "total_chunks", total);
+        slab_stat(sink, k, "used_chunks", total - free_chunks);
+        slab_stat(sink, k, "free_chunks", free_chunks);
+        slab_stat(sink, k, "free_chunks_end", s.end_page_free);
+        slab_stat(sink, k, "get_hits", sum ? sum->slab[k].get_hits : 0);
+        slab_stat(sink, k, "cmd_set", sum ? sum->slab[k].set_cmds : 0);
+        slab_stat(sink, k, "delete_hits", sum ? sum->slab[k].delete_hits : 0);
+        slab_stat(sink, k, "incr_hits", sum ? sum->slab[k].incr_hits : 0);
+        slab_stat(sink, k, "decr_hits", sum ? sum->slab[k].decr_hits : 0);
+        slab_stat(sink, k, "cas_hits", sum ? sum->slab[k].cas_hits : 0);
+        slab_stat(sink, k, "cas_badval", sum ? sum->slab[k].cas_badval : 0);
+        slab_stat(sink, k, "touch_hits", sum ? sum->slab[k].touch_hits : 0);
+    }
+    sm_stat_addf(sink, "active_slabs", "%d", active);
+    sm_stat_addf(sink, "total_malloced", "%llu", U(atomic_load(&c->mem_malloced)));
+}
+
+void cache_stats_sizes(cache *c, sm_stat_sink *sink)
+{
+    (void)c;
+    sink->add(sink, "sizes_status", "disabled");
+}
+
+void cache_stats_reset(cache *c)
+{
+    for (int k = 1; k <= c->nclasses; k++) {
+        struct slabclass *cls = &c->classes[k];
+        pthread_mutex_lock(&cls->lock);
+        cls->st = (struct class_stats){0};
+        cls->total_items = 0;
+        pthread_mutex_unlock(&cls->lock);
+    }
+    for (int b = 0; b < HIT_BLOCKS; b++)
+        for (int k = 0; k < SM_MAX_SLAB_CLASSES; k++)
+            atomic_store_explicit(&c->hit_blocks[b].hits[k], 0, memory_order_relaxed);
+    atomic_store(&c->malloc_fails, 0);
+    atomic_store(&c->maint_juggles, 0);
+}

@@ -1,0 +1,547 @@
+/*
+ * items.c -- the item operations behind the protocols: allocate, look up,
+ * store, delete, incr/decr and release.
+ *
+ * Every operation on a key runs under that key's stripe lock (cache_int.h),
+ * never a global lock.  A hit costs: hash, stripe lock, chain walk, expiry
+ * and flush check, refcount increment, unlock.  The class lock is taken on
+ * a hit only when the item was last moved in its LRU more than
+ * ITEM_UPDATE_INTERVAL (60) seconds ago, as memcached does.  Link, unlink
+ * and free take the item's class lock after the stripe lock.
+ *
+ * Reference counts: cache_alloc returns an item with one reference (the
+ * caller's); linking adds the hash table's; every lookup adds one.  The
+ * chunk goes back to its class's free list when the count reaches zero,
+ * which can only happen once the item is unlinked.
+ *
+ * cache_store, cache_delete and cache_arith follow memcached 1.6.18's
+ * do_store_item, meta delete and do_add_delta (see the comments there).
+ */
+#include <inttypes.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cache_int.h"
+
+/* ---- per-thread hit counters ("items:N:hits_to_cold") ---- */
+
+static _Thread_local struct {
+    uint64_t cache_id;   /* cache the block belongs to */
+    struct hit_block *b; /* this thread's block */
+    bool shared;         /* b is the shared overflow block: use atomic adds */
+} tl_hits;
+
+static void count_hit(cache *c, int clsid)
+{
+    if (tl_hits.cache_id != c->cache_id) {
+        unsigned i = atomic_fetch_add(&c->hit_blocks_used, 1);
+        tl_hits.shared = i >= HIT_BLOCKS - 1;
+        tl_hits.b = &c->hit_blocks[tl_hits.shared ? HIT_BLOCKS - 1 : i];
+        tl_hits.cache_id = c->cache_id;
+    }
+    _Atomic uint64_t *h = &tl_hits.b->hits[clsid];
+    if (tl_hits.shared)
+        atomic_fetch_add_explicit(h, 1, memory_order_relaxed);
+    else
+        atomic_store_explicit(h, atomic_load_explicit(h, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
+/* ---- allocation and release ---- */
+
+uint32_t cache_max_value_bytes(const cache *c, size_t nkey)
+{
+    size_t hdr = sizeof(item) + nkey + 1;
+    return c->cfg.item_size_max > hdr ? (uint32_t)(c->cfg.item_size_max - hdr) : 0;
+}
+
+int cache_slab_class(const cache *c, size_t nkey, uint32_t nbytes)
+{
+    return slabs_clsid(c, ITEM_ntotal(nkey, nbytes));
+}
+
+item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags, rel_time_t exptime,
+                  uint32_t nbytes, alloc_error *err)
+{
+    alloc_error dummy;
+    if (!err)
+        err = &dummy;
+    int id = nkey > KEY_MAX_LENGTH ? 0 : slabs_clsid(c, ITEM_ntotal(nkey, nbytes));
+    if (id == 0) {
+        *err = ALLOC_TOO_LARGE;
+        return NULL;
+    }
+    struct slabclass *cls = &c->classes[id];
+    pthread_mutex_lock(&cls->lock);
+    item *it = slabs_alloc_locked(c, cls);
+    /* No free chunk and no new page: take the LRU tail's.  When its stripes
+     * were only momentarily busy, let go of the class lock and try again
+     * (memcached also retries its tail pull). */
+    for (int tries = 0; !it && tries < ALLOC_RETRIES; tries++) {
+        int busy;
+        it = lru_pull_tail_locked(c, cls, &busy);
+        if (it) {
+            cls->st.direct_reclaims++;
+            break;
+        }
+        if (!busy)
+            break;
+        pthread_mutex_unlock(&cls->lock);
+        sched_yield();
+        pthread_mutex_lock(&cls->lock);
+        it = slabs_alloc_locked(c, cls);
+    }
+    if (!it)
+        cls->st.outofmemory++;
+    pthread_mutex_unlock(&cls->lock);
+    if (!it) {
+        *err = ALLOC_NO_MEMORY;
+        return NULL;
+    }
+    it->h_next = it->prev = it->next = NULL;
+    ST(it->cas, 0);
+    ST(it->exptime, exptime);
+    ST(it->time, cache_now(c));
+    it->nbytes = nbytes;
+    it->client_flags = client_flags;
+    atomic_store(&it->refcount, 1);
+    atomic_store(&it->it_flags, 0);
+    it->slabs_clsid = (uint8_t)id;
+    it->nkey = (uint8_t)nkey;
+    memcpy(ITEM_key(it), key, nkey);
+    ITEM_key(it)[nkey] = '\0';
+    *err = ALLOC_OK;
+    return it;
+}
+
+void cache_release(cache *c, item *it)
+{
+    if (atomic_fetch_sub(&it->refcount, 1) == 1) {
+        struct slabclass *cls = &c->classes[it->slabs_clsid];
+        pthread_mutex_lock(&cls->lock);
+        slabs_free_locked(cls, it);
+        pthread_mutex_unlock(&cls->lock);
+    }
+}
+
+/* ---- link / unlink (stripe of hv held) ---- */
+
+void item_link(cache *c, item *it, uint32_t hv, uint64_t cas)
+{
+    struct slabclass *cls = &c->classes[it->slabs_clsid];
+    atomic_fetch_or(&it->it_flags, ITEM_LINKED);
+    ST(it->time, cache_now(c));
+    ST(it->cas, cas);
+    atomic_fetch_add(&it->refcount, 1);
+    hash_insert(c, it, hv);
+    pthread_mutex_lock(&cls->lock);
+    lru_link_locked(cls, it);
+    atomic_store_explicit(&cls->curr_items, atomic_load_explicit(&cls->curr_items, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&cls->curr_bytes,
+                          atomic_load_explicit(&cls->curr_bytes, memory_order_relaxed) +
+                              ITEM_ntotal(it->nkey, it->nbytes),
+                          memory_order_relaxed);
+    cls->total_items++;
+    pthread_mutex_unlock(&cls->lock);
+}
+
+void item_unlink(cache *c, item *it, uint32_t hv)
+{
+    if (!(atomic_load(&it->it_flags) & ITEM_LINKED))
+        return;
+    struct slabclass *cls = &c->classes[it->slabs_clsid];
+    pthread_mutex_lock(&cls->lock);
+    item_unlink_classlocked(c, cls, it, hv);
+    pthread_mutex_unlock(&cls->lock);
+}
+
+/* memcached's do_item_update: move to the LRU head at most once a minute. */
+static void item_update(cache *c, item *it, rel_time_t now)
+{
+    if (LD(it->time) + ITEM_UPDATE_INTERVAL >= now)
+        return;
+    struct slabclass *cls = &c->classes[it->slabs_clsid];
+    pthread_mutex_lock(&cls->lock);
+    if (atomic_load(&it->it_flags) & ITEM_LINKED) {
+        lru_unlink_locked(cls, it);
+        lru_link_locked(cls, it);
+        ST(it->time, now);
+        cls->st.moves_within_lru++;
+    }
+    pthread_mutex_unlock(&cls->lock);
+}
+
+/* A hit: FETCHED on the first read, ACTIVE on the second, then update. */
+static void item_bump(cache *c, item *it, rel_time_t now)
+{
+    uint16_t f = atomic_load_explicit(&it->it_flags, memory_order_relaxed);
+    if (!(f & ITEM_FETCHED))
+        atomic_fetch_or(&it->it_flags, ITEM_FETCHED);
+    else if (!(f & ITEM_ACTIVE))
+        atomic_fetch_or(&it->it_flags, ITEM_ACTIVE);
+    item_update(c, it, now);
+}
+
+/*
+ * memcached's do_item_get(DONT_UPDATE): the live item for the key with a
+ * reference taken, unlinking a dead one found on the way.
+ */
+static item *find_live(cache *c, const char *key, size_t nkey, uint32_t hv, get_status *st)
+{
+    item *it = hash_find(c, key, nkey, hv);
+    if (!it) {
+        *st = GET_MISS;
+        return NULL;
+    }
+    if (item_is_dead(c, it, cache_now(c), st)) {
+        item_unlink(c, it, hv);
+        return NULL;
+    }
+    atomic_fetch_add(&it->refcount, 1);
+    *st = GET_HIT;
+    return it;
+}
+
+/* ---- lookups ---- */
+
+item *cache_get_locked(cache *c, const char *key, size_t nkey, uint32_t hv, int flags, rel_time_t exptime,
+                       get_info *info)
+{
+    get_info dummy;
+    if (!info)
+        info = &dummy;
+    info->prev_time = 0;
+    info->was_fetched = 0;
+    item *it = hash_find(c, key, nkey, hv);
+    if (!it) {
+        info->status = GET_MISS;
+        return NULL;
+    }
+    rel_time_t now = cache_now(c);
+    if (item_is_dead(c, it, now, &info->status)) {
+        item_unlink(c, it, hv);
+        return NULL;
+    }
+    info->status = GET_HIT;
+    info->prev_time = LD(it->time);
+    info->was_fetched = (atomic_load_explicit(&it->it_flags, memory_order_relaxed) & ITEM_FETCHED) != 0;
+    atomic_fetch_add(&it->refcount, 1);
+    if (flags & CACHE_GET_TOUCH)
+        ST(it->exptime, exptime);
+    if (!(flags & CACHE_GET_NOBUMP))
+        item_bump(c, it, now);
+    if (!(flags & CACHE_GET_TOUCH))
+        count_hit(c, it->slabs_clsid);
+    return it;
+}
+
+item *cache_get(cache *c, const char *key, size_t nkey, uint32_t hv, int flags, rel_time_t exptime,
+                get_info *info)
+{
+    pthread_mutex_t *m = stripe_of(c, hv);
+    pthread_mutex_lock(m);
+    item *it = cache_get_locked(c, key, nkey, hv, flags, exptime, info);
+    pthread_mutex_unlock(m);
+    return it;
+}
+
+/* ---- stores ---- */
+
+static uint64_t store_cas(cache *c, uint64_t cas_new)
+{
+    if (!c->cfg.use_cas)
+        return 0;
+    return cas_new ? cas_new : cache_next_cas(c);
+}
+
+/*
+ * memcached's do_store_item.  The CAS comparison is made up front for every
+ * mode: set and replace with a cas_compare behave as cas (meta C); add on
+ * an existing item is NOT_STORED whatever the CAS, and refreshes the old
+ * item's LRU position; append/prepend require a matching CAS if one was
+ * given (else EXISTS) and keep the old item's flags and exptime; cas on a
+ * missing item is NOT_FOUND.  With invalidate (meta I) a cas_compare lower
+ * than the item's CAS still stores, keeps the old exptime and marks the new
+ * item stale.  A failed append/prepend allocation (too large or no memory)
+ * is NOT_STORED, as in memcached 1.6.18.
+ */
+store_result cache_store(cache *c, item *it, uint32_t hv, const store_req *req, uint64_t *cas_out,
+                         int *clsid_out)
+{
+    pthread_mutex_t *m = stripe_of(c, hv);
+    pthread_mutex_lock(m);
+    get_status gs;
+    item *old = find_live(c, ITEM_key(it), it->nkey, hv, &gs);
+    store_op op = req->op;
+    if (req->cas_compare != 0 && (op == STORE_SET || op == STORE_REPLACE))
+        op = STORE_CAS;
+    store_result res = STORE_NOT_STORED;
+    item *stored = NULL;
+    int clsid = it->slabs_clsid;
+    if (old) {
+        enum { CAS_NONE, CAS_MATCH, CAS_BADVAL, CAS_STALE } cr;
+        uint64_t old_cas = LD(old->cas);
+        if (req->cas_compare == 0)
+            cr = CAS_NONE;
+        else if (req->cas_compare == old_cas)
+            cr = CAS_MATCH;
+        else if (req->invalidate && req->cas_compare < old_cas)
+            cr = CAS_STALE;
+        else
+            cr = CAS_BADVAL;
+        item *new_it = NULL;
+        bool do_store = false;
+        switch (op) {
+        case STORE_ADD:
+            item_update(c, old, cache_now(c));
+            break;
+        case STORE_CAS:
+            if (cr == CAS_MATCH) {
+                do_store = true;
+            } else if (cr == CAS_STALE) {
+                ST(it->exptime, LD(old->exptime));
+                atomic_fetch_or(&it->it_flags,
+                                (uint16_t)(ITEM_STALE | (atomic_load(&old->it_flags) & ITEM_TOKEN_SENT)));
+                do_store = true;
+            } else {
+                res = STORE_EXISTS;
+            }
+            break;
+        case STORE_APPEND:
+        case STORE_PREPEND: {
+            if (cr != CAS_NONE && cr != CAS_MATCH) {
+                res = STORE_EXISTS;
+                break;
+            }
+            alloc_error ae;
+            new_it = cache_alloc(c, ITEM_key(it), it->nkey, old->client_flags, LD(old->exptime),
+                                 it->nbytes + old->nbytes - 2, &ae);
+            if (!new_it)
+                break; /* NOT_STORED */
+            char *d = ITEM_value(new_it);
+            if (op == STORE_APPEND) {
+                memcpy(d, ITEM_value(old), old->nbytes - 2);
+                memcpy(d + old->nbytes - 2, ITEM_value(it), it->nbytes);
+            } else {
+                memcpy(d, ITEM_value(it), it->nbytes - 2);
+                memcpy(d + it->nbytes - 2, ITEM_value(old), old->nbytes);
+            }
+            do_store = true;
+            break;
+        }
+        case STORE_SET:
+        case STORE_REPLACE:
+            do_store = true;
+            break;
+        }
+        if (do_store) {
+            stored = new_it ? new_it : it;
+            item_unlink(c, old, hv);
+            item_link(c, stored, hv, store_cas(c, req->cas_new));
+            res = STORE_STORED;
+            clsid = stored->slabs_clsid;
+            if (cas_out)
+                *cas_out = LD(stored->cas);
+        } else {
+            clsid = old->slabs_clsid;
+        }
+        cache_release(c, old);
+        if (new_it)
+            cache_release(c, new_it); /* the hash table keeps it, or it is freed */
+    } else {
+        switch (op) {
+        case STORE_ADD:
+        case STORE_SET:
+            item_link(c, it, hv, store_cas(c, req->cas_new));
+            res = STORE_STORED;
+            if (cas_out)
+                *cas_out = LD(it->cas);
+            break;
+        case STORE_CAS:
+            res = STORE_NOT_FOUND;
+            break;
+        case STORE_REPLACE:
+        case STORE_APPEND:
+        case STORE_PREPEND:
+            break;
+        }
+    }
+    pthread_mutex_unlock(m);
+    if (clsid_out)
+        *clsid_out = clsid;
+    return res;
+}
+
+/* ---- delete ---- */
+
+delete_result cache_delete(cache *c, const char *key, size_t nkey, uint32_t hv, uint64_t cas_compare,
+                           int invalidate, rel_time_t new_exptime, int *clsid_out)
+{
+    pthread_mutex_t *m = stripe_of(c, hv);
+    pthread_mutex_lock(m);
+    get_status gs;
+    item *it = find_live(c, key, nkey, hv, &gs);
+    delete_result res = DEL_NOT_FOUND;
+    if (it) {
+        if (clsid_out)
+            *clsid_out = it->slabs_clsid;
+        if (cas_compare != 0 && LD(it->cas) != cas_compare) {
+            res = DEL_EXISTS;
+        } else if (invalidate) {
+            /* meta md I: keep it, stale, new CAS, so the next client can win */
+            if (new_exptime != 0)
+                ST(it->exptime, new_exptime);
+            atomic_fetch_or(&it->it_flags, ITEM_STALE);
+            atomic_fetch_and(&it->it_flags, (uint16_t)~ITEM_TOKEN_SENT);
+            ST(it->cas, cache_next_cas(c));
+            res = DEL_DELETED;
+        } else {
+            item_unlink(c, it, hv);
+            res = DEL_DELETED;
+        }
+        cache_release(c, it);
+    }
+    pthread_mutex_unlock(m);
+    return res;
+}
+
+/* ---- arithmetic ---- */
+
+static inline int is_space(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\v' || ch == '\f' || ch == '\r';
+}
+
+/*
+ * memcached's safe_strtoull applied to the value (which ends in "\r\n"):
+ * leading white space and a sign are accepted, the number must be followed
+ * by white space or a NUL, overflow fails, and a '-' fails unless
+ * strtoull's wrapped result is still non-negative as int64 ("-0").
+ */
+static int value_to_u64(const char *p, const char *end, uint64_t *out)
+{
+    const char *s = p;
+    while (s < end && is_space(*s))
+        s++;
+    int neg = 0;
+    if (s < end && (*s == '+' || *s == '-')) {
+        neg = *s == '-';
+        s++;
+    }
+    const char *digits = s;
+    uint64_t v = 0;
+    int overflow = 0;
+    while (s < end && *s >= '0' && *s <= '9') {
+        unsigned d = (unsigned)(*s - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            overflow = 1;
+        else
+            v = v * 10 + d;
+        s++;
+    }
+    if (s == digits || overflow)
+        return 0;
+    if (s < end && !is_space(*s) && *s != '\0')
+        return 0;
+    if (neg) {
+        v = (uint64_t)0 - v;
+        if ((int64_t)v < 0)
+            return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/*
+ * memcached's do_add_delta: the new value is written in place (padded with
+ * spaces, as memcached does, e.g. decr 100 -> "99 ") when it fits in the
+ * old value and nobody else holds the item; otherwise a new item replaces
+ * the old one.  The CAS changes either way.  Missing + vivify (meta N)
+ * creates the item with `initial`.
+ */
+arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, const arith_req *req,
+                         uint64_t *value_out, item **it_out, int *clsid_out)
+{
+    pthread_mutex_t *m = stripe_of(c, hv);
+    pthread_mutex_lock(m);
+    get_status gs;
+    char buf[24];
+    item *target = NULL;
+    arith_result res = ARITH_OK;
+    uint64_t value = 0;
+    item *it = find_live(c, key, nkey, hv, &gs);
+    if (!it) {
+        if (!req->vivify) {
+            res = ARITH_NOT_FOUND;
+            goto out;
+        }
+        int len = snprintf(buf, sizeof(buf), "%" PRIu64, req->initial);
+        target = cache_alloc(c, key, nkey, 0, req->viv_exptime, (uint32_t)len + 2, NULL);
+        if (!target) {
+            res = ARITH_NO_MEMORY;
+            goto out;
+        }
+        memcpy(ITEM_value(target), buf, (size_t)len);
+        memcpy(ITEM_value(target) + len, "\r\n", 2);
+        item_link(c, target, hv, cache_next_cas(c));
+        value = req->initial;
+        goto done;
+    }
+    if (clsid_out)
+        *clsid_out = it->slabs_clsid;
+    if (it->nbytes <= 2) {
+        res = ARITH_NON_NUMERIC;
+        goto release;
+    }
+    if (req->cas_compare != 0 && LD(it->cas) != req->cas_compare) {
+        res = ARITH_EXISTS;
+        goto release;
+    }
+    if (!value_to_u64(ITEM_value(it), ITEM_value(it) + it->nbytes, &value)) {
+        res = ARITH_NON_NUMERIC;
+        goto release;
+    }
+    if (req->incr)
+        value += req->delta;
+    else
+        value = req->delta > value ? 0 : value - req->delta;
+    int len = snprintf(buf, sizeof(buf), "%" PRIu64, value);
+    if ((uint32_t)len + 2 <= it->nbytes && atomic_load(&it->refcount) == 2) {
+        ST(it->cas, cache_next_cas(c));
+        memcpy(ITEM_value(it), buf, (size_t)len);
+        memset(ITEM_value(it) + len, ' ', it->nbytes - 2 - (uint32_t)len);
+        item_update(c, it, cache_now(c));
+        target = it;
+        it = NULL;
+    } else {
+        target = cache_alloc(c, key, nkey, it->client_flags, LD(it->exptime), (uint32_t)len + 2, NULL);
+        if (!target) {
+            res = ARITH_NO_MEMORY;
+            goto release;
+        }
+        memcpy(ITEM_value(target), buf, (size_t)len);
+        memcpy(ITEM_value(target) + len, "\r\n", 2);
+        item_unlink(c, it, hv);
+        item_link(c, target, hv, cache_next_cas(c));
+    }
+done:
+    if (req->set_exptime)
+        ST(target->exptime, req->exptime);
+    if (clsid_out)
+        *clsid_out = target->slabs_clsid;
+    if (value_out)
+        *value_out = value;
+    if (it_out) {
+        *it_out = target;
+        target = NULL;
+    }
+release:
+    if (it)
+        cache_release(c, it);
+    if (target)
+        cache_release(c, target);
+out:
+    pthread_mutex_unlock(m);
+    return res;
+}

@@ -1,0 +1,585 @@
+/*
+ * uring.c -- the io_uring ring backend: StackMap's data path as mainline
+ * Linux offers it.
+ *
+ * One ring per worker thread, run to completion: one io_uring_enter both
+ * submits everything queued in the last round and waits for the next batch
+ * of completions; the batch is parsed and executed in full, every response
+ * is queued, and each connection's queue leaves in one sendmsg SQE.  So the
+ * number of syscalls falls with the load instead of growing with it.
+ *
+ * - Accept: a multishot accept SQE per listening socket (each worker has
+ *   its own SO_REUSEPORT listeners, so no cross-thread hand-off).
+ * - Receive: a multishot recv per connection into a provided-buffer ring
+ *   of static buffers registered once per worker.  The protocol parses
+ *   straight out of the ring buffer; the buffer goes back to the ring as
+ *   soon as conn_feed() returns (a partial request is copied aside by
+ *   conn_feed), so the ring never waits on a slow client.
+ * - Registered files: every accepted socket is installed in the ring's
+ *   sparse file table; recv and send use the fixed index, which saves the
+ *   kernel a file-table lookup and reference per operation.
+ * - Send: the iovecs of a connection's queue are snapshotted into the
+ *   connection's own array for the in-flight sendmsg (the protocol may keep
+ *   appending to the live queue meanwhile); values go straight from item
+ *   memory, which stays referenced until the send completes.
+ * - Back-pressure: a connection whose queue passes OUT_HIGH_WATER has its
+ *   multishot receive cancelled until the client drains its responses.
+ *
+ * The ring is created on the worker thread itself, so it can be
+ * SINGLE_ISSUER | DEFER_TASKRUN (completions are processed only when this
+ * thread enters the kernel: no inter-processor wake-ups for task work).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "../engine_internal.h"
+#include "backend.h"
+
+/* user_data tags in the low bits (conn and state pointers are 16-aligned). */
+#define TAG_ACCEPT 1u
+#define TAG_RECV   2u
+#define TAG_SEND   3u
+#define TAG_IGNORE 4u
+#define TAG_MASK   7u
+
+/* Provided-buffer group id used for receives. */
+#define BGID 0
+/* How often (ms) an idle loop looks at the stop/drain flags. */
+#define URING_TICK_MS 100
+
+/* Per-connection io_uring state (conn->backend_data). */
+typedef struct uring_conn {
+    struct msghdr msg;    /* header of the in-flight sendmsg */
+    struct iovec *snap;   /* iovecs of the in-flight send (snapshot of the queue) */
+    int snapcap;          /* capacity of snap */
+    int fixed;            /* index in the ring's registered file table */
+    int inflight;         /* SQEs in flight that reference this connection */
+    bool recv_armed;      /* a multishot recv is active */
+    bool send_inflight;   /* a sendmsg is active */
+    bool paused;          /* receive cancelled for back-pressure */
+    bool closing;         /* close once nothing is in flight */
+    bool in_flush;        /* on the flush list this round */
+} uring_conn;
+
+/* Per-worker io_uring state (worker->backend). */
+typedef struct uring_state {
+    struct io_uring ring;        /* the worker's ring */
+    bool ring_ok;                /* ring initialised */
+    struct io_uring_buf_ring *br; /* provided-buffer ring (shared with the kernel) */
+    char *bufs;                  /* nbufs * bufsize bytes of static receive buffers */
+    unsigned nbufs;              /* buffers in the ring (power of two) */
+    unsigned bufsize;            /* bytes per buffer */
+    unsigned buf_added;          /* buffers returned this round, not yet published */
+    int *free_fixed;             /* stack of free registered-file slots */
+    int nfree_fixed;             /* entries in free_fixed */
+    int nfixed;                  /* size of the registered file table */
+    bool accepting;              /* multishot accepts are armed */
+    conn *flush;                 /* connections with output to send this round */
+} uring_state;
+
+/* Largest power of two <= v (v >= 1). */
+static unsigned pow2_floor(unsigned v)
+{
+    unsigned p = 1;
+    while (p * 2 <= v)
+        p *= 2;
+    return p;
+}
+
+static int uring_probe(const struct sm_settings *s, char *why, size_t whylen)
+{
+    (void)s;
+    FILE *f = fopen("/proc/sys/kernel/io_uring_disabled", "r");
+    if (f) {
+        int v = 0;
+        if (fscanf(f, "%d", &v) == 1 && v == 2) {
+            fclose(f);
+            snprintf(why, whylen, "io_uring is disabled by sysctl kernel.io_uring_disabled=2");
+            return -1;
+        }
+        fclose(f);
+    }
+    struct io_uring ring;
+    int rc = io_uring_queue_init(8, &ring, 0);
+    if (rc < 0) {
+        snprintf(why, whylen, "io_uring_setup failed: %s", strerror(-rc));
+        return -1;
+    }
+    struct io_uring_probe *p = io_uring_get_probe_ring(&ring);
+    bool ok = p && io_uring_opcode_supported(p, IORING_OP_RECV) &&
+              io_uring_opcode_supported(p, IORING_OP_SENDMSG) &&
+              io_uring_opcode_supported(p, IORING_OP_ACCEPT);
+    if (p)
+        io_uring_free_probe(p);
+    io_uring_queue_exit(&ring);
+    if (!ok) {
+        snprintf(why, whylen, "io_uring lacks recv/sendmsg/accept support");
+        return -1;
+    }
+    return 0;
+}
+
+static int uring_init(worker *w, char *err, size_t errlen)
+{
+    uring_state *st = calloc(1, sizeof(*st));
+    if (!st) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    const struct sm_settings *s = w->settings;
+    st->nbufs = pow2_floor((unsigned)(s->uring_bufs > 0 ? s->uring_bufs : 1024));
+    if (st->nbufs > 32768)
+        st->nbufs = 32768;
+    st->bufsize = (unsigned)(s->uring_buf_size >= 512 ? s->uring_buf_size : 4096);
+    /* Every connection may hold one registered slot. */
+    st->nfixed = s->maxconns + 16;
+    st->free_fixed = malloc((size_t)st->nfixed * sizeof(int));
+    st->bufs = malloc((size_t)st->nbufs * st->bufsize);
+    if (!st->free_fixed || !st->bufs) {
+        free(st->free_fixed);
+        free(st->bufs);
+        free(st);
+        snprintf(err, errlen, "out of memory for io_uring buffers");
+        return -1;
+    }
+    for (int i = 0; i < st->nfixed; i++)
+        st->free_fixed[st->nfree_fixed++] = st->nfixed - 1 - i;
+    w->backend = st;
+    return 0;
+}
+
+/* An SQE, submitting the queue first when it is full. */
+static struct io_uring_sqe *get_sqe(worker *w)
+{
+    uring_state *st = w->backend;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&st->ring);
+    if (!sqe) {
+        io_uring_submit(&st->ring);
+        SM_STAT_INC(w->stats.syscalls);
+        SM_STAT_INC(w->stats.uring_submits);
+        sqe = io_uring_get_sqe(&st->ring);
+    }
+    return sqe;
+}
+
+/* Create the ring and the buffer ring; runs on the worker thread. */
+static int ring_setup(worker *w, char *err, size_t errlen)
+{
+    uring_state *st = w->backend;
+    const struct sm_settings *s = w->settings;
+    unsigned entries = (unsigned)(s->uring_entries > 0 ? s->uring_entries : 256);
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+    if (s->uring_sqpoll) {
+        p.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER;
+        p.sq_thread_idle = 1000;
+    }
+    p.flags |= IORING_SETUP_CQSIZE;
+    p.cq_entries = entries * 8;
+    int rc = io_uring_queue_init_params(entries, &st->ring, &p);
+    if (rc < 0) {
+        /* Older kernels: no DEFER_TASKRUN / SINGLE_ISSUER. */
+        memset(&p, 0, sizeof(p));
+        p.flags = IORING_SETUP_CQSIZE;
+        p.cq_entries = entries * 8;
+        rc = io_uring_queue_init_params(entries, &st->ring, &p);
+    }
+    if (rc < 0) {
+        snprintf(err, errlen, "io_uring_queue_init: %s", strerror(-rc));
+        return -1;
+    }
+    st->ring_ok = true;
+    size_t brsize = (size_t)st->nbufs * sizeof(struct io_uring_buf);
+    void *mem = NULL;
+    if (posix_memalign(&mem, 4096, brsize) != 0) {
+        snprintf(err, errlen, "out of memory for the buffer ring");
+        return -1;
+    }
+    memset(mem, 0, brsize);
+    st->br = mem;
+    io_uring_buf_ring_init(st->br);
+    struct io_uring_buf_reg reg = {.ring_addr = (unsigned long)st->br, .ring_entries = st->nbufs,
+                                   .bgid = BGID};
+    rc = io_uring_register_buf_ring(&st->ring, &reg, 0);
+    if (rc < 0) {
+        snprintf(err, errlen, "io_uring_register_buf_ring: %s", strerror(-rc));
+        return -1;
+    }
+    unsigned mask = io_uring_buf_ring_mask(st->nbufs);
+    for (unsigned i = 0; i < st->nbufs; i++)
+        io_uring_buf_ring_add(st->br, st->bufs + (size_t)i * st->bufsize, st->bufsize, (unsigned short)i,
+                              mask, (int)i);
+    io_uring_buf_ring_advance(st->br, (int)st->nbufs);
+    rc = io_uring_register_files_sparse(&st->ring, (unsigned)st->nfixed);
+    if (rc < 0) {
+        snprintf(err, errlen, "io_uring_register_files_sparse: %s", strerror(-rc));
+        return -1;
+    }
+    return 0;
+}
+
+static void arm_accept(worker *w, int idx)
+{
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (!sqe)
+        return;
+    io_uring_prep_multishot_accept(sqe, w->listen_fds[idx], NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, ((uint64_t)idx << 3) | TAG_ACCEPT);
+}
+
+static void arm_recv(worker *w, conn *c)
+{
+    uring_conn *uc = c->backend_data;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (!sqe)
+        return;
+    io_uring_prep_recv_multishot(sqe, uc->fixed, NULL, 0, 0);
+    sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BGID;
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | TAG_RECV);
+    uc->recv_armed = true;
+    uc->inflight++;
+}
+
+/* Cancel a connection's multishot receive (its final CQE still arrives). */
+static void cancel_recv(worker *w, conn *c)
+{
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (!sqe)
+        return;
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)c | TAG_RECV, 0);
+    io_uring_sqe_set_data64(sqe, TAG_IGNORE);
+}
+
+static void want_flush(uring_state *st, conn *c)
+{
+    uring_conn *uc = c->backend_data;
+    if (uc->in_flush)
+        return;
+    uc->in_flush = true;
+    c->next_ready = st->flush;
+    st->flush = c;
+}
+
+/* Free a connection once nothing in flight references it. */
+static void maybe_free(worker *w, conn *c)
+{
+    uring_state *st = w->backend;
+    uring_conn *uc = c->backend_data;
+    if (!uc->closing || uc->inflight > 0 || uc->in_flush)
+        return;
+    int minus1 = -1;
+    io_uring_register_files_update(&st->ring, (unsigned)uc->fixed, &minus1, 1);
+    SM_STAT_INC(w->stats.syscalls);
+    st->free_fixed[st->nfree_fixed++] = uc->fixed;
+    free(uc->snap);
+    free(uc);
+    c->backend_data = NULL;
+    worker_conn_close(w, c);
+}
+
+/*
+ * Start closing: stop receiving; the connection is freed by maybe_free()
+ * once the last completion is in (callers call it last, then forget c).
+ */
+static void start_close(worker *w, conn *c)
+{
+    uring_conn *uc = c->backend_data;
+    if (uc->closing)
+        return;
+    uc->closing = true;
+    if (uc->recv_armed)
+        cancel_recv(w, c);
+    shutdown(c->fd, SHUT_RDWR);
+}
+
+static void on_accept(worker *w, struct io_uring_cqe *cqe)
+{
+    uring_state *st = w->backend;
+    int idx = (int)(cqe->user_data >> 3);
+    if (!(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining))
+        arm_accept(w, idx);
+    if (cqe->res < 0)
+        return;
+    int fd = cqe->res;
+    if (atomic_load(&w->draining) || st->nfree_fixed == 0) {
+        close(fd);
+        return;
+    }
+    conn *c = worker_conn_open(w, fd);
+    if (!c)
+        return;
+    uring_conn *uc = calloc(1, sizeof(*uc));
+    if (!uc) {
+        worker_conn_close(w, c);
+        return;
+    }
+    uc->fixed = st->free_fixed[--st->nfree_fixed];
+    c->backend_data = uc;
+    int rc = io_uring_register_files_update(&st->ring, (unsigned)uc->fixed, &fd, 1);
+    SM_STAT_INC(w->stats.syscalls);
+    if (rc < 0) {
+        st->free_fixed[st->nfree_fixed++] = uc->fixed;
+        free(uc);
+        c->backend_data = NULL;
+        worker_conn_close(w, c);
+        return;
+    }
+    arm_recv(w, c);
+}
+
+/* Give a receive buffer back to the kernel (published once per round). */
+static void recycle_buf(uring_state *st, unsigned bid)
+{
+    io_uring_buf_ring_add(st->br, st->bufs + (size_t)bid * st->bufsize, st->bufsize, (unsigned short)bid,
+                          io_uring_buf_ring_mask(st->nbufs), (int)st->buf_added);
+    st->buf_added++;
+}
+
+static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
+{
+    uring_state *st = w->backend;
+    uring_conn *uc = c->backend_data;
+    bool more = cqe->flags & IORING_CQE_F_MORE;
+    if (!more) {
+        uc->recv_armed = false;
+        uc->inflight--;
+    }
+    int res = cqe->res;
+    if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
+        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+        if (!uc->closing) {
+            SM_STAT_ADD(w->stats.bytes_read, res);
+            c->last_active = cache_now(w->cache);
+            if (!conn_feed(c, st->bufs + (size_t)bid * st->bufsize, (size_t)res)) {
+                recycle_buf(st, bid);
+                start_close(w, c);
+                maybe_free(w, c);
+                return;
+            }
+            if (out_pending(c) > 0 || c->state == CONN_CLOSING)
+                want_flush(st, c);
+            if (out_pending(c) > OUT_HIGH_WATER && !uc->paused) {
+                uc->paused = true;
+                if (uc->recv_armed)
+                    cancel_recv(w, c);
+            }
+        }
+        recycle_buf(st, bid);
+    } else if (res == -ENOBUFS) {
+        SM_STAT_INC(w->stats.uring_buf_ring_empty);
+    } else if (res == 0 || (res < 0 && res != -ECANCELED)) {
+        start_close(w, c); /* end of stream or error */
+        maybe_free(w, c);
+        return;
+    }
+    if (!uc->recv_armed && !uc->closing && !uc->paused)
+        arm_recv(w, c);
+    maybe_free(w, c);
+}
+
+static void on_send(worker *w, conn *c, struct io_uring_cqe *cqe)
+{
+    uring_state *st = w->backend;
+    uring_conn *uc = c->backend_data;
+    uc->send_inflight = false;
+    uc->inflight--;
+    if (uc->closing) {
+        maybe_free(w, c);
+        return;
+    }
+    if (cqe->res < 0) {
+        start_close(w, c);
+        maybe_free(w, c);
+        return;
+    }
+    SM_STAT_ADD(w->stats.bytes_written, cqe->res);
+    conn_out_sent(c, (size_t)cqe->res);
+    if (uc->paused && out_pending(c) <= OUT_HIGH_WATER) {
+        if (!conn_feed(c, NULL, 0)) {
+            start_close(w, c);
+            maybe_free(w, c);
+            return;
+        }
+        if (out_pending(c) <= OUT_HIGH_WATER) {
+            uc->paused = false;
+            if (!uc->recv_armed)
+                arm_recv(w, c);
+        }
+    }
+    if (out_pending(c) > 0 || c->state == CONN_CLOSING)
+        want_flush(st, c);
+}
+
+/* Queue one sendmsg per connection with output; close those that asked to. */
+static void flush_all(worker *w)
+{
+    uring_state *st = w->backend;
+    while (st->flush) {
+        conn *c = st->flush;
+        uring_conn *uc = c->backend_data;
+        st->flush = c->next_ready;
+        uc->in_flush = false;
+        if (uc->closing) {
+            maybe_free(w, c);
+            continue;
+        }
+        if (uc->send_inflight)
+            continue; /* its completion puts it back on the list */
+        if (out_pending(c) == 0) {
+            if (c->state == CONN_CLOSING) {
+                start_close(w, c);
+                maybe_free(w, c);
+            }
+            continue;
+        }
+        int cnt;
+        struct iovec *iov = conn_out_iov(c, &cnt);
+        if (cnt > IOV_MAX)
+            cnt = IOV_MAX;
+        if (cnt > uc->snapcap) {
+            int ncap = uc->snapcap ? uc->snapcap : 16;
+            while (ncap < cnt)
+                ncap *= 2;
+            struct iovec *n = realloc(uc->snap, (size_t)ncap * sizeof(*n));
+            if (!n) {
+                start_close(w, c);
+                maybe_free(w, c);
+                continue;
+            }
+            uc->snap = n;
+            uc->snapcap = ncap;
+        }
+        memcpy(uc->snap, iov, (size_t)cnt * sizeof(*iov));
+        memset(&uc->msg, 0, sizeof(uc->msg));
+        uc->msg.msg_iov = uc->snap;
+        uc->msg.msg_iovlen = (size_t)cnt;
+        struct io_uring_sqe *sqe = get_sqe(w);
+        if (!sqe) {
+            start_close(w, c);
+            maybe_free(w, c);
+            continue;
+        }
+        io_uring_prep_sendmsg(sqe, uc->fixed, &uc->msg, MSG_NOSIGNAL);
+        sqe->flags |= IOSQE_FIXED_FILE;
+        io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | TAG_SEND);
+        uc->send_inflight = true;
+        uc->inflight++;
+    }
+}
+
+/* While draining: close connections with nothing in flight. */
+static void close_idle(worker *w)
+{
+    conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next_conn;
+        uring_conn *uc = c->backend_data;
+        if (uc && !uc->closing && out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0) {
+            start_close(w, c);
+            maybe_free(w, c);
+        }
+    }
+}
+
+static void uring_run(worker *w)
+{
+    uring_state *st = w->backend;
+    char err[256];
+    if (ring_setup(w, err, sizeof(err)) < 0) {
+        engine_log(w->engine, 0, "worker %d: %s\n", w->id, err);
+        return;
+    }
+    for (int i = 0; i < w->nlisten; i++)
+        arm_accept(w, i);
+    st->accepting = true;
+    while (!atomic_load(&w->stop)) {
+        if (atomic_load(&w->draining)) {
+            if (st->accepting) {
+                for (int i = 0; i < w->nlisten; i++) {
+                    struct io_uring_sqe *sqe = get_sqe(w);
+                    if (!sqe)
+                        break;
+                    io_uring_prep_cancel64(sqe, ((uint64_t)i << 3) | TAG_ACCEPT, 0);
+                    io_uring_sqe_set_data64(sqe, TAG_IGNORE);
+                }
+                st->accepting = false;
+            }
+            close_idle(w);
+            if (w->nconns == 0)
+                break;
+        }
+        if (st->buf_added) {
+            io_uring_buf_ring_advance(st->br, (int)st->buf_added);
+            st->buf_added = 0;
+        }
+        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = URING_TICK_MS * 1000000LL};
+        struct io_uring_cqe *cqe;
+        io_uring_submit_and_wait_timeout(&st->ring, &cqe, 1, &ts, NULL);
+        SM_STAT_INC(w->stats.syscalls);
+        SM_STAT_INC(w->stats.uring_submits);
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&st->ring, head, cqe)
+        {
+            n++;
+            uint64_t ud = cqe->user_data;
+            unsigned tag = (unsigned)(ud & TAG_MASK);
+            conn *c = (conn *)(uintptr_t)(ud & ~(uint64_t)TAG_MASK);
+            switch (tag) {
+            case TAG_ACCEPT:
+                on_accept(w, cqe);
+                break;
+            case TAG_RECV:
+                on_recv(w, c, cqe);
+                break;
+            case TAG_SEND:
+                on_send(w, c, cqe);
+                break;
+            default:
+                break;
+            }
+        }
+        io_uring_cq_advance(&st->ring, n);
+        SM_STAT_ADD(w->stats.uring_cqes, n);
+        flush_all(w);
+    }
+}
+
+static void uring_destroy(worker *w)
+{
+    uring_state *st = w->backend;
+    if (!st)
+        return;
+    while (w->conns) {
+        conn *c = w->conns;
+        uring_conn *uc = c->backend_data;
+        if (uc) {
+            free(uc->snap);
+            free(uc);
+            c->backend_data = NULL;
+        }
+        worker_conn_close(w, c);
+    }
+    if (st->ring_ok)
+        io_uring_queue_exit(&st->ring);
+    free(st->br);
+    free(st->bufs);
+    free(st->free_fixed);
+    free(st);
+    w->backend = NULL;
+}
+
+const backend_ops backend_uring = {
+    .name = "uring",
+    .probe = uring_probe,
+    .init = uring_init,
+    .run = uring_run,
+    .destroy = uring_destroy,
+};

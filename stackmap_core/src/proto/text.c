@@ -1,0 +1,790 @@
+/*
+ * text.c -- memcached's classic text protocol (get/set/delete/incr/...,
+ * stats, flush_all and the other whole-server commands), answering byte
+ * for byte as memcached 1.6.18 does.
+ *
+ * proto.c hands us one command line at a time (its "\n" and a "\r" before
+ * it already removed).  We tokenise the line in place, exactly like
+ * memcached: tokens are separated by single spaces, runs of spaces count
+ * as one separator, tabs and stray "\r" are part of a token, and at most
+ * 23 tokens are split off before the rest of the line is left as one
+ * remainder (only get-style commands read that remainder).  Each command
+ * then validates its tokens in memcached's order, so that a bad line gets
+ * the same error memcached sends, and counts the same statistics.
+ *
+ * Stores are two-step: the "set ..." line allocates the item and
+ * proto_begin_nread() makes proto.c copy the value straight into it; once
+ * the value (with a good "\r\n") has arrived, proto.c calls
+ * proto_text_complete_store().  Rejected stores (too large, no memory) have
+ * their value swallowed, as memcached does.
+ *
+ * Replies go to the connection's output queue: constant strings without a
+ * copy, "VALUE" headers formatted into scratch, values straight from item
+ * memory (the queue keeps the reference cache_get() returned).  "noreply"
+ * suppresses every reply of its command, error or not, like memcached's
+ * out_string().  A reply that cannot be queued (out of memory) closes the
+ * connection: there is no honest partial answer.
+ *
+ * Notes on memcached quirks reproduced here (all checked on 1.6.18):
+ *  - numbers are read with memcached's safe_strto* rules, including their
+ *    truncation to 32 bits ("set k 4294967297 0 1" stores flags 1);
+ *  - "delete <key> 0" and "delete <key> 0 noreply" are accepted;
+ *  - a multi-key get with a key over 250 bytes answers only
+ *    "CLIENT_ERROR bad command line format": the values of the keys before
+ *    it are looked up (and counted) but not sent;
+ *  - "flush_all" with a negative or zero delay flushes now;
+ *  - "verbosity" clamps to 2.
+ * Not implemented (answered "ERROR"): slabs, lru, lru_crawler, watch,
+ * stats detail/cachedump/sizes_enable/sizes_disable.
+ */
+#include "proto.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine_internal.h"
+#include "../worker.h"
+
+/* memcached's MAX_TOKENS: 23 tokens plus the terminal one. */
+#define MAX_TOKENS 24
+/* memcached's MAX_VERBOSITY_LEVEL. */
+#define MAX_VERBOSITY_LEVEL 2
+/* Room for "VALUE <key> <flags> <bytes> <cas>\r\n". */
+#define VALUE_HDR_MAX (6 + KEY_MAX_LENGTH + 1 + 10 + 1 + 10 + 1 + 20 + 2)
+
+/* One token of a command line. */
+typedef struct token {
+    char *value;   /* start (NUL-terminated in place); NULL for a fully consumed terminal token */
+    size_t length; /* bytes; 0 marks the terminal token */
+} token;
+
+/*
+ * memcached's tokenize_command(): split on ' ' in place, at most
+ * max_tokens - 1 tokens, then a terminal token of length 0 whose value is
+ * NULL when the whole line was consumed, else the unprocessed remainder.
+ * Returns the number of tokens including the terminal one.
+ */
+static size_t tokenize(char *command, token *tokens, size_t max_tokens)
+{
+    size_t ntokens = 0;
+    char *s = command, *e = command;
+    for (; *e != '\0'; e++) {
+        if (*e != ' ')
+            continue;
+        if (s != e) {
+            tokens[ntokens].value = s;
+            tokens[ntokens].length = (size_t)(e - s);
+            ntokens++;
+            *e = '\0';
+            if (ntokens == max_tokens - 1) {
+                e++;
+                s = e;
+                break;
+            }
+        }
+        s = e + 1;
+    }
+    if (s != e) {
+        tokens[ntokens].value = s;
+        tokens[ntokens].length = (size_t)(e - s);
+        ntokens++;
+    }
+    tokens[ntokens].value = *e == '\0' ? NULL : e;
+    tokens[ntokens].length = 0;
+    return ntokens + 1;
+}
+
+/*
+ * memcached's safe_strtoul(): a decimal number ending at a space or the end
+ * of the token; a minus sign is refused only when the value would look
+ * negative; the result is truncated to 32 bits as memcached's is.
+ */
+static bool mc_strtoul(const char *s, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    *out = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno == ERANGE || end == s)
+        return false;
+    if (*end != '\0' && !isspace((unsigned char)*end))
+        return false;
+    if ((long)v < 0 && memchr(s, '-', (size_t)(end - s)) != NULL)
+        return false;
+    *out = (uint32_t)v;
+    return true;
+}
+
+/* memcached's safe_strtol(): like mc_strtoul, signed, truncated to 32 bits. */
+static bool mc_strtol(const char *s, int32_t *out)
+{
+    char *end;
+    errno = 0;
+    *out = 0;
+    long v = strtol(s, &end, 10);
+    if (errno == ERANGE || end == s)
+        return false;
+    if (*end != '\0' && !isspace((unsigned char)*end))
+        return false;
+    *out = (int32_t)(uint32_t)(unsigned long)v;
+    return true;
+}
+
+/* Decimal digits of v at p; returns the end. */
+static char *put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    int n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* A slab class id usable as an index into the per-class counters. */
+static inline unsigned cls_idx(int cls)
+{
+    return (cls > 0 && cls < SM_MAX_SLAB_CLASSES) ? (unsigned)cls : 0;
+}
+
+/* The queue could not take a reply: close rather than answer half. */
+static void out_failed(conn *c)
+{
+    c->state = CONN_CLOSING;
+}
+
+/* Queue a constant reply (with its "\r\n") unless the command said noreply. */
+static void reply(conn *c, const char *s, size_t len)
+{
+    if (c->noreply)
+        return;
+    engine_log(c->worker->engine, 2, ">%d %.*s\n", c->fd, (int)(len - 2), s);
+    if (out_static(c, s, len) < 0)
+        out_failed(c);
+}
+
+#define REPLY(c, lit) reply((c), lit "\r\n", sizeof(lit "\r\n") - 1)
+
+/* memcached's set_noreply_maybe(): the last real token is "noreply". */
+static bool set_noreply_maybe(conn *c, const token *tokens, size_t ntokens)
+{
+    const token *t = &tokens[ntokens - 2];
+    if (t->value && strcmp(t->value, "noreply") == 0)
+        c->noreply = true;
+    return c->noreply;
+}
+
+/* get_expired / get_flushed, counted by memcached wherever a lookup finds them. */
+static void count_lookup(worker *w, const get_info *info)
+{
+    if (info->status == GET_EXPIRED)
+        SM_STAT_INC(w->stats.get_expired);
+    else if (info->status == GET_FLUSHED)
+        SM_STAT_INC(w->stats.get_flushed);
+}
+
+/* ---- get, gets, gat, gats, bget ---- */
+
+/*
+ * The keys of a get line: first the split tokens from tokens[first] on,
+ * then, when the tokenizer stopped early, the untouched remainder of the
+ * line (split on spaces without modifying it).
+ */
+typedef struct key_iter {
+    const token *tok;  /* next split token (length 0: the terminal one) */
+    const char *rest;  /* remainder after the split tokens, or NULL */
+} key_iter;
+
+static bool next_key(key_iter *ki, const char **key, size_t *nkey)
+{
+    if (ki->tok->length != 0) {
+        *key = ki->tok->value;
+        *nkey = ki->tok->length;
+        ki->tok++;
+        return true;
+    }
+    const char *p = ki->rest;
+    if (!p)
+        return false;
+    while (*p == ' ')
+        p++;
+    if (*p == '\0') {
+        ki->rest = NULL;
+        return false;
+    }
+    const char *s = p;
+    while (*p != '\0' && *p != ' ')
+        p++;
+    *key = s;
+    *nkey = (size_t)(p - s);
+    ki->rest = p;
+    return true;
+}
+
+/* Queue "VALUE <key> <flags> <bytes>[ <cas>]\r\n" and the value (takes over the reference). */
+static bool emit_value(conn *c, item *it, bool return_cas)
+{
+    char *p0 = out_reserve(c, VALUE_HDR_MAX);
+    if (!p0) {
+        cache_release(c->worker->cache, it);
+        return false;
+    }
+    char *p = p0;
+    memcpy(p, "VALUE ", 6);
+    p += 6;
+    memcpy(p, ITEM_key(it), it->nkey);
+    p += it->nkey;
+    *p++ = ' ';
+    p = put_u64(p, it->client_flags);
+    *p++ = ' ';
+    p = put_u64(p, ITEM_vlen(it));
+    if (return_cas) {
+        *p++ = ' ';
+        p = put_u64(p, it->cas);
+    }
+    *p++ = '\r';
+    *p++ = '\n';
+    out_commit(c, (size_t)(p - p0));
+    return out_item(c, it, ITEM_value(it), it->nbytes) == 0;
+}
+
+static void process_get(conn *c, token *tokens, bool return_cas, bool touch)
+{
+    worker *w = c->worker;
+    cache *cc = w->cache;
+    size_t first = 1;
+    rel_time_t exptime = 0;
+    if (touch) {
+        int32_t ex;
+        if (!mc_strtol(tokens[1].value, &ex)) {
+            REPLY(c, "CLIENT_ERROR invalid exptime argument");
+            return;
+        }
+        exptime = cache_realtime(cc, ex);
+        first = 2;
+    }
+    /* The terminal token's value is the remainder when the tokenizer stopped early. */
+    const token *term = &tokens[first];
+    while (term->length != 0)
+        term++;
+
+    /* memcached stops at the first key over 250 bytes and sends only an error. */
+    key_iter ki = {&tokens[first], term->value};
+    const char *key;
+    size_t nkey, nvalid = 0;
+    bool too_long = false;
+    while (next_key(&ki, &key, &nkey)) {
+        if (nkey > KEY_MAX_LENGTH) {
+            too_long = true;
+            break;
+        }
+        nvalid++;
+    }
+
+    ki = (key_iter){&tokens[first], term->value};
+    int gflags = touch ? CACHE_GET_TOUCH : 0;
+    for (size_t i = 0; i < nvalid && next_key(&ki, &key, &nkey); i++) {
+        get_info info;
+        item *it = cache_get(cc, key, nkey, cache_hash(key, nkey), gflags, exptime, &info);
+        count_lookup(w, &info);
+        if (touch)
+            SM_STAT_INC(w->stats.touch_cmds);
+        else
+            SM_STAT_INC(w->stats.get_cmds);
+        if (!it) {
+            if (touch)
+                SM_STAT_INC(w->stats.touch_misses);
+            else
+                SM_STAT_INC(w->stats.get_misses);
+            continue;
+        }
+        if (touch)
+            SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].touch_hits);
+        else
+            SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].get_hits);
+        if (too_long) {
+            cache_release(cc, it);
+            continue;
+        }
+        engine_log(w->engine, 2, ">%d sending key %.*s\n", c->fd, (int)it->nkey, ITEM_key(it));
+        if (!emit_value(c, it, return_cas)) {
+            out_failed(c);
+            return;
+        }
+    }
+    if (too_long) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    engine_log(w->engine, 2, ">%d END\n", c->fd);
+    if (out_static(c, "END\r\n", 5) < 0)
+        out_failed(c);
+}
+
+/* ---- set, add, replace, append, prepend, cas ---- */
+
+static void process_update(conn *c, token *tokens, size_t ntokens, store_op op, bool handle_cas)
+{
+    worker *w = c->worker;
+    set_noreply_maybe(c, tokens, ntokens);
+    if (tokens[1].length > KEY_MAX_LENGTH) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    const char *key = tokens[1].value;
+    size_t nkey = tokens[1].length;
+    uint32_t flags;
+    int32_t exptime_int, vlen;
+    if (!(mc_strtoul(tokens[2].value, &flags) && mc_strtol(tokens[3].value, &exptime_int) &&
+          mc_strtol(tokens[4].value, &vlen))) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    rel_time_t exptime = cache_realtime(w->cache, exptime_int);
+    uint64_t req_cas = 0;
+    if (handle_cas && !safe_strtoull(tokens[5].value, &req_cas)) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    if (vlen < 0 || vlen > INT_MAX - 2) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    uint32_t nbytes = (uint32_t)vlen + 2;
+    uint32_t hv = cache_hash(key, nkey);
+    alloc_error err = ALLOC_OK;
+    item *it = cache_alloc(w->cache, key, nkey, flags, exptime, nbytes, &err);
+    if (!it) {
+        if (err == ALLOC_TOO_LARGE) {
+            REPLY(c, "SERVER_ERROR object too large for cache");
+            SM_STAT_INC(w->stats.store_too_large);
+        } else {
+            REPLY(c, "SERVER_ERROR out of memory storing object");
+            SM_STAT_INC(w->stats.store_no_memory);
+        }
+        /* A failed set must not leave the old value readable (memcached does the same). */
+        if (op == STORE_SET)
+            cache_delete(w->cache, key, nkey, hv, 0, 0, 0, NULL);
+        proto_begin_swallow(c, nbytes);
+        return;
+    }
+    c->pending.proto = PROTO_TEXT;
+    c->pending.op = op;
+    c->pending.noreply = c->noreply;
+    c->pending.cas = req_cas;
+    c->pending.hv = hv;
+    proto_begin_nread(c, it);
+}
+
+void proto_text_complete_store(conn *c)
+{
+    worker *w = c->worker;
+    item *it = c->nread_item;
+    c->nread_item = NULL;
+    c->noreply = c->pending.noreply;
+    SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].set_cmds);
+
+    store_req req = {
+        .op = c->pending.op,
+        .cas_compare = c->pending.op == STORE_CAS ? c->pending.cas : 0,
+        .cas_new = 0,
+        .invalidate = 0,
+    };
+    int cls = it->slabs_clsid;
+    store_result r = cache_store(w->cache, it, c->pending.hv, &req, NULL, &cls);
+    switch (r) {
+    case STORE_STORED:
+        if (req.op == STORE_CAS)
+            SM_STAT_INC(w->stats.slab[cls_idx(cls)].cas_hits);
+        REPLY(c, "STORED");
+        break;
+    case STORE_EXISTS:
+        SM_STAT_INC(w->stats.slab[cls_idx(cls)].cas_badval);
+        REPLY(c, "EXISTS");
+        break;
+    case STORE_NOT_FOUND:
+        SM_STAT_INC(w->stats.cas_misses);
+        REPLY(c, "NOT_FOUND");
+        break;
+    case STORE_NOT_STORED:
+    case STORE_TOO_LARGE: /* append/prepend result too big: memcached says NOT_STORED */
+    case STORE_NO_MEMORY:
+    default:
+        REPLY(c, "NOT_STORED");
+        break;
+    }
+    cache_release(w->cache, it);
+    c->noreply = false;
+}
+
+/* ---- touch, incr/decr, delete ---- */
+
+static void process_touch(conn *c, token *tokens, size_t ntokens)
+{
+    worker *w = c->worker;
+    set_noreply_maybe(c, tokens, ntokens);
+    if (tokens[1].length > KEY_MAX_LENGTH) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    int32_t ex;
+    if (!mc_strtol(tokens[2].value, &ex)) {
+        REPLY(c, "CLIENT_ERROR invalid exptime argument");
+        return;
+    }
+    const char *key = tokens[1].value;
+    size_t nkey = tokens[1].length;
+    get_info info;
+    item *it = cache_get(w->cache, key, nkey, cache_hash(key, nkey), CACHE_GET_TOUCH,
+                         cache_realtime(w->cache, ex), &info);
+    count_lookup(w, &info);
+    SM_STAT_INC(w->stats.touch_cmds);
+    if (it) {
+        SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].touch_hits);
+        cache_release(w->cache, it);
+        REPLY(c, "TOUCHED");
+    } else {
+        SM_STAT_INC(w->stats.touch_misses);
+        REPLY(c, "NOT_FOUND");
+    }
+}
+
+static void process_arith(conn *c, token *tokens, size_t ntokens, bool incr)
+{
+    worker *w = c->worker;
+    set_noreply_maybe(c, tokens, ntokens);
+    if (tokens[1].length > KEY_MAX_LENGTH) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    uint64_t delta;
+    if (!safe_strtoull(tokens[2].value, &delta)) {
+        REPLY(c, "CLIENT_ERROR invalid numeric delta argument");
+        return;
+    }
+    const char *key = tokens[1].value;
+    size_t nkey = tokens[1].length;
+    arith_req req = {.incr = incr ? 1 : 0, .delta = delta};
+    uint64_t value = 0;
+    int cls = 0;
+    arith_result r = cache_arith(w->cache, key, nkey, cache_hash(key, nkey), &req, &value, NULL, &cls);
+    switch (r) {
+    case ARITH_OK:
+    case ARITH_NO_MEMORY: /* memcached counts the hit before it fails to allocate */
+        if (incr)
+            SM_STAT_INC(w->stats.slab[cls_idx(cls)].incr_hits);
+        else
+            SM_STAT_INC(w->stats.slab[cls_idx(cls)].decr_hits);
+        if (r == ARITH_NO_MEMORY) {
+            REPLY(c, "SERVER_ERROR out of memory");
+        } else if (!c->noreply) {
+            char buf[24];
+            char *p = put_u64(buf, value);
+            *p++ = '\r';
+            *p++ = '\n';
+            if (out_copy(c, buf, (size_t)(p - buf)) < 0)
+                out_failed(c);
+        }
+        break;
+    case ARITH_NON_NUMERIC:
+        REPLY(c, "CLIENT_ERROR cannot increment or decrement non-numeric value");
+        break;
+    case ARITH_NOT_FOUND:
+    case ARITH_EXISTS: /* no CAS given: cannot happen */
+    default:
+        if (incr)
+            SM_STAT_INC(w->stats.incr_misses);
+        else
+            SM_STAT_INC(w->stats.decr_misses);
+        REPLY(c, "NOT_FOUND");
+        break;
+    }
+}
+
+static void process_delete(conn *c, token *tokens, size_t ntokens)
+{
+    worker *w = c->worker;
+    if (ntokens > 3) {
+        /* Only "delete <key> 0" and "delete <key> [0] noreply" survive from the old hold time. */
+        bool hold_is_zero = strcmp(tokens[2].value, "0") == 0;
+        bool sets_noreply = set_noreply_maybe(c, tokens, ntokens);
+        bool valid = (ntokens == 4 && (hold_is_zero || sets_noreply)) ||
+                     (ntokens == 5 && hold_is_zero && sets_noreply);
+        if (!valid) {
+            REPLY(c, "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]");
+            return;
+        }
+    }
+    if (tokens[1].length > KEY_MAX_LENGTH) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    const char *key = tokens[1].value;
+    size_t nkey = tokens[1].length;
+    int cls = 0;
+    delete_result r = cache_delete(w->cache, key, nkey, cache_hash(key, nkey), 0, 0, 0, &cls);
+    if (r == DEL_DELETED) {
+        SM_STAT_INC(w->stats.slab[cls_idx(cls)].delete_hits);
+        REPLY(c, "DELETED");
+    } else {
+        SM_STAT_INC(w->stats.delete_misses);
+        REPLY(c, "NOT_FOUND");
+    }
+}
+
+/* ---- whole-server commands ---- */
+
+static void process_verbosity(conn *c, token *tokens, size_t ntokens)
+{
+    set_noreply_maybe(c, tokens, ntokens);
+    uint32_t level;
+    if (!mc_strtoul(tokens[1].value, &level)) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    atomic_store(&c->worker->engine->verbose, level > MAX_VERBOSITY_LEVEL ? MAX_VERBOSITY_LEVEL : (int)level);
+    REPLY(c, "OK");
+}
+
+static void process_flush_all(conn *c, token *tokens, size_t ntokens)
+{
+    worker *w = c->worker;
+    set_noreply_maybe(c, tokens, ntokens);
+    SM_STAT_INC(w->stats.flush_cmds);
+    int32_t delay = 0;
+    if (ntokens != (c->noreply ? 3u : 2u)) {
+        if (!mc_strtol(tokens[1].value, &delay)) {
+            REPLY(c, "CLIENT_ERROR invalid exptime argument");
+            return;
+        }
+    }
+    /* A zero or negative delay means now, as in memcached. */
+    cache_flush(w->cache, delay > 0 ? cache_realtime(w->cache, delay) : cache_now(w->cache));
+    REPLY(c, "OK");
+}
+
+static void process_memlimit(conn *c, token *tokens, size_t ntokens)
+{
+    set_noreply_maybe(c, tokens, ntokens);
+    uint32_t mb;
+    if (!mc_strtoul(tokens[1].value, &mb)) {
+        REPLY(c, "ERROR");
+        return;
+    }
+    if (mb < 8) {
+        REPLY(c, "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m");
+        return;
+    }
+    if (mb > 1000000000) {
+        REPLY(c, "MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes");
+        return;
+    }
+    char err[128];
+    if (cache_set_memlimit(c->worker->cache, (uint64_t)mb * 1024 * 1024, err, sizeof(err)) < 0) {
+        REPLY(c, "MEMLIMIT_ADJUST_FAILED out of bounds or unable to adjust");
+        return;
+    }
+    engine_log(c->worker->engine, 1, "maxbytes adjusted to %um\n", mb);
+    REPLY(c, "OK");
+}
+
+static void process_shutdown(conn *c, token *tokens, size_t ntokens)
+{
+    if (!c->worker->settings->shutdown_enabled) {
+        REPLY(c, "ERROR: shutdown not enabled");
+        return;
+    }
+    if (ntokens == 2 || (ntokens == 3 && strcmp(tokens[1].value, "graceful") == 0)) {
+        /* memcached closes the asking connection without a reply. */
+        engine_request_shutdown(c->worker->engine);
+        c->state = CONN_CLOSING;
+        return;
+    }
+    REPLY(c, "CLIENT_ERROR invalid shutdown mode");
+}
+
+/* A stats sink that writes "STAT name value\r\n" into the output queue. */
+static void conn_stat_add(sm_stat_sink *sink, const char *name, const char *value)
+{
+    conn *c = sink->ctx;
+    if (c->state == CONN_CLOSING)
+        return;
+    if (out_printf(c, "STAT %s %s\r\n", name, value) < 0)
+        out_failed(c);
+}
+
+static void process_stats(conn *c, token *tokens, size_t ntokens)
+{
+    struct sm_engine *e = c->worker->engine;
+    const char *group = ntokens == 2 ? "" : tokens[1].value;
+    if (ntokens > 2 && strcmp(group, "reset") == 0) {
+        engine_stats_reset(e);
+        REPLY(c, "RESET");
+        return;
+    }
+    sm_stat_sink sink = {.add = conn_stat_add, .ctx = c};
+    if (engine_stats_group(e, group, &sink) < 0) {
+        REPLY(c, "ERROR");
+        return;
+    }
+    if (c->state != CONN_CLOSING && out_static(c, "END\r\n", 5) < 0)
+        out_failed(c);
+}
+
+/* ---- dispatch ---- */
+
+/* Is this command token exactly `name`? */
+static inline bool is_cmd(const token *t, const char *name)
+{
+    return strcmp(t->value, name) == 0;
+}
+
+void proto_text_command(conn *c, char *line, size_t len)
+{
+    worker *w = c->worker;
+    /* memcached reads the line as a C string: an embedded NUL ends it. */
+    len = strnlen(line, len);
+    c->noreply = false;
+    c->last_active = cache_now(w->cache);
+    engine_log(w->engine, 2, "<%d %s\n", c->fd, line);
+
+    /* A two-letter "m?" command after leading spaces is still a meta command. */
+    const char *p = line;
+    while (*p == ' ')
+        p++;
+    if (p[0] == 'm' && p[1] != '\0' && p[1] != ' ' && (p[2] == ' ' || p[2] == '\0')) {
+        proto_meta_command(c, (char *)p, len - (size_t)(p - line));
+        return;
+    }
+
+    token tokens[MAX_TOKENS];
+    size_t ntokens = tokenize(line, tokens, MAX_TOKENS);
+    /* No valid command is shorter than two bytes. */
+    if (ntokens < 2 || tokens[0].length < 2) {
+        REPLY(c, "ERROR");
+        return;
+    }
+    const token *cmd = &tokens[0];
+
+#define WANT_OR(a, b)                       \
+    do {                                    \
+        if (ntokens != (a) && ntokens != (b)) { \
+            REPLY(c, "ERROR");              \
+            return;                         \
+        }                                   \
+    } while (0)
+#define WANT_RANGE(lo, hi)                      \
+    do {                                        \
+        if (ntokens < (lo) || ntokens > (hi)) { \
+            REPLY(c, "ERROR");                  \
+            return;                             \
+        }                                       \
+    } while (0)
+
+    switch (cmd->value[0]) {
+    case 'g':
+        WANT_RANGE(3, MAX_TOKENS);
+        if (is_cmd(cmd, "get"))
+            process_get(c, tokens, false, false);
+        else if (is_cmd(cmd, "gets"))
+            process_get(c, tokens, true, false);
+        else if (is_cmd(cmd, "gat"))
+            process_get(c, tokens, false, true);
+        else if (is_cmd(cmd, "gats"))
+            process_get(c, tokens, true, true);
+        else
+            REPLY(c, "ERROR");
+        return;
+    case 's':
+        if (is_cmd(cmd, "set")) {
+            WANT_OR(6, 7);
+            process_update(c, tokens, ntokens, STORE_SET, false);
+        } else if (is_cmd(cmd, "stats")) {
+            process_stats(c, tokens, ntokens);
+        } else if (is_cmd(cmd, "shutdown")) {
+            process_shutdown(c, tokens, ntokens);
+        } else {
+            REPLY(c, "ERROR");
+        }
+        return;
+    case 'a':
+        if (is_cmd(cmd, "add") || is_cmd(cmd, "append")) {
+            WANT_OR(6, 7);
+            process_update(c, tokens, ntokens, cmd->value[1] == 'd' ? STORE_ADD : STORE_APPEND, false);
+        } else {
+            REPLY(c, "ERROR");
+        }
+        return;
+    case 'c':
+        if (is_cmd(cmd, "cas")) {
+            WANT_OR(7, 8);
+            process_update(c, tokens, ntokens, STORE_CAS, true);
+        } else if (is_cmd(cmd, "cache_memlimit")) {
+            WANT_OR(3, 4);
+            process_memlimit(c, tokens, ntokens);
+        } else {
+            REPLY(c, "ERROR");
+        }
+        return;
+    case 'i':
+        if (is_cmd(cmd, "incr")) {
+            WANT_OR(4, 5);
+            process_arith(c, tokens, ntokens, true);
+        } else {
+            REPLY(c, "ERROR");
+        }
+        return;
+    case 'd':
+        if (is_cmd(cmd, "delete")) {
+            WANT_RANGE(3, 5);
+            process_delete(c, tokens, ntokens);
+        } else if (is_cmd(cmd, "decr")) {
+            WANT_OR(4, 5);
+            process_arith(c, tokens, ntokens, false);
+        } else {
+            REPLY(c, "ERROR");
+        }
+        return;
+    case 't':
+        if (is_cmd(cmd, "touch")) {
+            WANT_OR(4, 5);
+            process_touch(c, tokens, ntokens);
+        } else {
+            REPLY(c, "ERROR");
+        }
+        return;
+    default:
+        break;
+    }
+
+    if (is_cmd(cmd, "replace") || is_cmd(cmd, "prepend")) {
+        WANT_OR(6, 7);
+        process_update(c, tokens, ntokens, cmd->value[0] == 'r' ? STORE_REPLACE : STORE_PREPEND, false);
+    } else if (is_cmd(cmd, "bget")) {
+        /* memcached's ancient alias of get */
+        WANT_RANGE(3, MAX_TOKENS);
+        process_get(c, tokens, false, false);
+    } else if (is_cmd(cmd, "flush_all")) {
+        WANT_RANGE(2, 4);
+        process_flush_all(c, tokens, ntokens);
+    } else if (is_cmd(cmd, "version")) {
+        if (out_printf(c, "VERSION %s\r\n", sm_version()) < 0)
+            out_failed(c);
+    } else if (is_cmd(cmd, "quit")) {
+        c->state = CONN_CLOSING;
+    } else if (is_cmd(cmd, "verbosity")) {
+        WANT_OR(3, 4);
+        process_verbosity(c, tokens, ntokens);
+    } else {
+        REPLY(c, "ERROR");
+    }
+#undef WANT_OR
+#undef WANT_RANGE
+}

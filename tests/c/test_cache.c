@@ -1,0 +1,766 @@
+/*
+ * test_cache.c -- unit and stress tests of the cache engine (stackmap_core/src/cache),
+ * built with ASan/UBSan by `make build/test_cache`.
+ *
+ * The unit part checks memcached's semantics one by one with a frozen clock
+ * (cache_test_set_time): store modes and CAS, append/prepend, expiry and
+ * flush_all, incr/decr edge cases, delete with CAS and invalidate, eviction
+ * counters, the reclaimer, hash growth over several doublings.  The stress
+ * part runs 4 threads of random get/set/delete/incr/append on a small key
+ * space under a tiny memory limit, with the maintainer thread running
+ * (clock, reclaimer, hash expansion), then checks that every value read was
+ * internally consistent, that memory stayed within the limit and that the
+ * item counts agree.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache/cache.h"
+#include "cache/cache_int.h"
+
+static int failures;
+
+#define CHECK(cond)                                                            \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                        \
+        }                                                                      \
+    } while (0)
+
+/* ---- a stat sink that keeps the last values ---- */
+
+#define MAXSTATS 4096
+struct statbuf {
+    int n;                 /* pairs stored */
+    char name[MAXSTATS][64];  /* stat names in order */
+    char value[MAXSTATS][32]; /* their values */
+};
+
+static void statbuf_add(sm_stat_sink *sink, const char *name, const char *value)
+{
+    struct statbuf *b = sink->ctx;
+    if (b->n >= MAXSTATS)
+        return;
+    snprintf(b->name[b->n], sizeof(b->name[0]), "%s", name);
+    snprintf(b->value[b->n], sizeof(b->value[0]), "%s", value);
+    b->n++;
+}
+
+static uint64_t stat_get(const struct statbuf *b, const char *name)
+{
+    for (int i = 0; i < b->n; i++)
+        if (strcmp(b->name[i], name) == 0)
+            return strtoull(b->value[i], NULL, 10);
+    fprintf(stderr, "stat %s missing\n", name);
+    failures++;
+    return 0;
+}
+
+static __thread struct statbuf *tl_statbuf;
+
+/* Free this thread's stat buffer. */
+static void stats_free(void)
+{
+    free(tl_statbuf);
+    tl_statbuf = NULL;
+}
+
+static struct statbuf *stats_of(cache *c, const char *group)
+{
+    struct statbuf *b = tl_statbuf;
+    if (!b)
+        b = tl_statbuf = malloc(sizeof(*b));
+    b->n = 0;
+    sm_stat_sink sink = {statbuf_add, b};
+    if (strcmp(group, "general") == 0) {
+        cache_stats_general(c, &sink);
+    } else if (strcmp(group, "items") == 0) {
+        cache_stats_items(c, &sink);
+    } else {
+        cache_stats_slabs(c, NULL, &sink);
+    }
+    return b;
+}
+
+/* ---- helpers ---- */
+
+static cache *mk(uint64_t maxbytes, uint32_t page, int hashpower)
+{
+    cache_config cfg = {
+        .maxbytes = maxbytes,
+        .item_size_max = page,
+        .chunk_size = 48,
+        .factor = 1.25,
+        .slab_page_size = page,
+        .hashpower_init = hashpower,
+        .use_cas = 1,
+        .lru_segmented = 0,
+        .verbose = 0,
+    };
+    char err[128];
+    cache *c = cache_create(&cfg, err, sizeof(err));
+    if (!c) {
+        fprintf(stderr, "cache_create: %s\n", err);
+        exit(1);
+    }
+    return c;
+}
+
+/* Store key=val with op; returns the result (or 100+alloc error). */
+static int put(cache *c, const char *key, const char *val, size_t vlen, uint32_t flags, rel_time_t exp,
+               store_op op, uint64_t cas_cmp, uint64_t *cas_out)
+{
+    size_t nkey = strlen(key);
+    alloc_error ae;
+    item *it = cache_alloc(c, key, nkey, flags, exp, (uint32_t)vlen + 2, &ae);
+    if (!it)
+        return 100 + (int)ae;
+    memcpy(ITEM_value(it), val, vlen);
+    memcpy(ITEM_value(it) + vlen, "\r\n", 2);
+    store_req req = {.op = op, .cas_compare = cas_cmp};
+    store_result r = cache_store(c, it, cache_hash(key, nkey), &req, cas_out, NULL);
+    cache_release(c, it);
+    return (int)r;
+}
+
+static int set(cache *c, const char *key, const char *val)
+{
+    return put(c, key, val, strlen(val), 0, 0, STORE_SET, 0, NULL);
+}
+
+/* Value of key as a C string in buf (NULL on miss); *st the status. */
+static char *get(cache *c, const char *key, char *buf, size_t buflen, get_status *st, item **keep)
+{
+    size_t nkey = strlen(key);
+    get_info info;
+    item *it = cache_get(c, key, nkey, cache_hash(key, nkey), 0, 0, &info);
+    if (st)
+        *st = info.status;
+    if (!it)
+        return NULL;
+    if (memcmp(ITEM_key(it), key, nkey) != 0 || ITEM_key(it)[nkey] != '\0' ||
+        memcmp(ITEM_value(it) + ITEM_vlen(it), "\r\n", 2) != 0) {
+        fprintf(stderr, "bad item layout for %s\n", key);
+        failures++;
+    }
+    size_t n = ITEM_vlen(it) < buflen - 1 ? ITEM_vlen(it) : buflen - 1;
+    memcpy(buf, ITEM_value(it), n);
+    buf[n] = '\0';
+    if (keep)
+        *keep = it;
+    else
+        cache_release(c, it);
+    return buf;
+}
+
+static int arith(cache *c, const char *key, int incr, uint64_t delta, uint64_t *out)
+{
+    size_t nkey = strlen(key);
+    arith_req req = {.incr = incr, .delta = delta};
+    return (int)cache_arith(c, key, nkey, cache_hash(key, nkey), &req, out, NULL, NULL);
+}
+
+static int del(cache *c, const char *key, uint64_t cas, int inval, rel_time_t exp)
+{
+    size_t nkey = strlen(key);
+    return (int)cache_delete(c, key, nkey, cache_hash(key, nkey), cas, inval, exp, NULL);
+}
+
+/* ---- unit tests ---- */
+
+static void test_store_modes(void)
+{
+    cache *c = mk(64 << 20, 1 << 20, 16);
+    char buf[256];
+    uint64_t cas1 = 0, cas2 = 0;
+    CHECK(put(c, "a", "1", 1, 7, 0, STORE_ADD, 0, &cas1) == STORE_STORED);
+    CHECK(cas1 != 0);
+    CHECK(put(c, "a", "2", 1, 0, 0, STORE_ADD, 0, NULL) == STORE_NOT_STORED);
+    CHECK(put(c, "b", "2", 1, 0, 0, STORE_REPLACE, 0, NULL) == STORE_NOT_STORED);
+    CHECK(put(c, "a", "3", 1, 0, 0, STORE_REPLACE, 0, &cas2) == STORE_STORED);
+    CHECK(cas2 > cas1);
+    CHECK(strcmp(get(c, "a", buf, sizeof(buf), NULL, NULL), "3") == 0);
+    /* cas */
+    CHECK(put(c, "nope", "x", 1, 0, 0, STORE_CAS, 5, NULL) == STORE_NOT_FOUND);
+    CHECK(put(c, "a", "x", 1, 0, 0, STORE_CAS, cas1, NULL) == STORE_EXISTS);
+    CHECK(put(c, "a", "x", 1, 0, 0, STORE_CAS, 0, NULL) == STORE_EXISTS);
+    CHECK(put(c, "a", "4", 1, 0, 0, STORE_CAS, cas2, &cas1) == STORE_STORED);
+    CHECK(strcmp(get(c, "a", buf, sizeof(buf), NULL, NULL), "4") == 0);
+    /* meta C on set/append */
+    CHECK(put(c, "a", "5", 1, 0, 0, STORE_SET, cas2, NULL) == STORE_EXISTS);
+    CHECK(put(c, "a", "5", 1, 0, 0, STORE_SET, cas1, &cas2) == STORE_STORED);
+    CHECK(put(c, "a", "x", 1, 0, 0, STORE_APPEND, cas1, NULL) == STORE_EXISTS);
+    /* append/prepend keep flags and exptime */
+    rel_time_t exp = cache_realtime(c, 1000);
+    CHECK(put(c, "k", "mid", 3, 42, exp, STORE_SET, 0, NULL) == STORE_STORED);
+    CHECK(put(c, "k", "END", 3, 1, 0, STORE_APPEND, 0, NULL) == STORE_STORED);
+    CHECK(put(c, "k", "BEG", 3, 2, 0, STORE_PREPEND, 0, NULL) == STORE_STORED);
+    item *it = NULL;
+    CHECK(strcmp(get(c, "k", buf, sizeof(buf), NULL, &it), "BEGmidEND") == 0);
+    if (it) {
+        CHECK(it->client_flags == 42);
+        CHECK(it->exptime == exp);
+        CHECK(it->nbytes == 11);
+        cache_release(c, it);
+    }
+    CHECK(put(c, "missing", "x", 1, 0, 0, STORE_APPEND, 0, NULL) == STORE_NOT_STORED);
+    CHECK(put(c, "missing", "x", 1, 0, 0, STORE_PREPEND, 0, NULL) == STORE_NOT_STORED);
+    /* append past the size limit: NOT_STORED, old value kept */
+    char *big = malloc(1 << 20);
+    memset(big, 'z', 1 << 20);
+    uint32_t maxv = cache_max_value_bytes(c, 3) - 2;
+    CHECK(put(c, "big", big, maxv, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    CHECK(put(c, "big", big, maxv + 1, 0, 0, STORE_SET, 0, NULL) == 100 + ALLOC_TOO_LARGE);
+    CHECK(put(c, "big", "y", 1, 0, 0, STORE_APPEND, 0, NULL) == STORE_NOT_STORED);
+    free(big);
+    /* a reader keeps a replaced item's memory */
+    set(c, "r", "old");
+    item *held = NULL;
+    get(c, "r", buf, sizeof(buf), NULL, &held);
+    set(c, "r", "new");
+    CHECK(held && memcmp(ITEM_value(held), "old\r\n", 5) == 0);
+    CHECK(held && !(held->it_flags & ITEM_LINKED));
+    if (held)
+        cache_release(c, held);
+    CHECK(strcmp(get(c, "r", buf, sizeof(buf), NULL, NULL), "new") == 0);
+    /* invalidate: a lower CAS stores as stale, keeping the exptime */
+    uint64_t cv = 0;
+    CHECK(put(c, "s", "v1", 2, 0, exp, STORE_SET, 0, &cv) == STORE_STORED);
+    {
+        alloc_error ae;
+        item *ni = cache_alloc(c, "s", 1, 0, 0, 4, &ae);
+        memcpy(ITEM_value(ni), "v2\r\n", 4);
+        store_req req = {.op = STORE_SET, .cas_compare = cv - 1, .invalidate = 1};
+        CHECK(cache_store(c, ni, cache_hash("s", 1), &req, NULL, NULL) == STORE_STORED);
+        cache_release(c, ni);
+        item *si = NULL;
+        get(c, "s", buf, sizeof(buf), NULL, &si);
+        CHECK(si && (si->it_flags & ITEM_STALE) && si->exptime == exp);
+        if (si)
+            cache_release(c, si);
+        /* explicit new CAS (meta E) */
+        ni = cache_alloc(c, "s", 1, 0, 0, 4, &ae);
+        memcpy(ITEM_value(ni), "v3\r\n", 4);
+        store_req req2 = {.op = STORE_SET, .cas_new = 999999};
+        uint64_t co = 0;
+        CHECK(cache_store(c, ni, cache_hash("s", 1), &req2, &co, NULL) == STORE_STORED && co == 999999);
+        cache_release(c, ni);
+    }
+    /* delete */
+    CHECK(del(c, "nothere", 0, 0, 0) == DEL_NOT_FOUND);
+    CHECK(put(c, "d", "v", 1, 0, 0, STORE_SET, 0, &cv) == STORE_STORED);
+    CHECK(del(c, "d", cv + 1, 0, 0) == DEL_EXISTS);
+    CHECK(del(c, "d", cv, 1, exp) == DEL_DELETED);
+    item *di = NULL;
+    CHECK(get(c, "d", buf, sizeof(buf), NULL, &di) != NULL);
+    CHECK(di && (di->it_flags & ITEM_STALE) && di->cas != cv && di->exptime == exp);
+    if (di)
+        cache_release(c, di);
+    CHECK(del(c, "d", 0, 0, 0) == DEL_DELETED);
+    CHECK(get(c, "d", buf, sizeof(buf), NULL, NULL) == NULL);
+    cache_destroy(c);
+}
+
+static void test_arith(void)
+{
+    cache *c = mk(64 << 20, 1 << 20, 16);
+    char buf[64];
+    uint64_t v = 0;
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_NOT_FOUND);
+    set(c, "n", "99");
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_OK && v == 100);
+    CHECK(strcmp(get(c, "n", buf, sizeof(buf), NULL, NULL), "100") == 0);
+    CHECK(arith(c, "n", 0, 1, &v) == ARITH_OK && v == 99);
+    CHECK(strcmp(get(c, "n", buf, sizeof(buf), NULL, NULL), "99 ") == 0); /* in place, like memcached */
+    CHECK(arith(c, "n", 0, 1000, &v) == ARITH_OK && v == 0);
+    set(c, "n", "18446744073709551615");
+    CHECK(arith(c, "n", 1, 2, &v) == ARITH_OK && v == 1);
+    set(c, "n", "18446744073709551616");
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_NON_NUMERIC);
+    set(c, "n", "abc");
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_NON_NUMERIC);
+    set(c, "n", "");
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_NON_NUMERIC);
+    set(c, "n", "12abc");
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_NON_NUMERIC);
+    set(c, "n", "12 abc"); /* memcached's strtoull stops at the space */
+    CHECK(arith(c, "n", 0, 1, &v) == ARITH_OK && v == 11);
+    set(c, "n", "-1");
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_NON_NUMERIC);
+    set(c, "n", "-0");
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_OK && v == 1);
+    set(c, "n", "0000000000000000000000007");
+    CHECK(arith(c, "n", 1, 1, &v) == ARITH_OK && v == 8);
+    /* cas_compare, vivify, exptime */
+    uint64_t cas = 0;
+    put(c, "m", "5", 1, 3, 0, STORE_SET, 0, &cas);
+    arith_req req = {.incr = 1, .delta = 1, .cas_compare = cas + 7};
+    CHECK(cache_arith(c, "m", 1, cache_hash("m", 1), &req, &v, NULL, NULL) == ARITH_EXISTS);
+    req.cas_compare = cas;
+    req.set_exptime = 1;
+    req.exptime = 12345;
+    item *it = NULL;
+    CHECK(cache_arith(c, "m", 1, cache_hash("m", 1), &req, &v, &it, NULL) == ARITH_OK && v == 6);
+    CHECK(it && it->exptime == 12345 && it->cas != cas && it->client_flags == 3);
+    if (it)
+        cache_release(c, it);
+    arith_req viv = {.incr = 0, .delta = 1, .vivify = 1, .initial = 77, .viv_exptime = 0};
+    CHECK(cache_arith(c, "new", 3, cache_hash("new", 3), &viv, &v, NULL, NULL) == ARITH_OK && v == 77);
+    CHECK(strcmp(get(c, "new", buf, sizeof(buf), NULL, NULL), "77") == 0);
+    /* in-place is refused while a reader holds the item */
+    set(c, "h", "50");
+    item *held = NULL;
+    get(c, "h", buf, sizeof(buf), NULL, &held);
+    CHECK(arith(c, "h", 0, 1, &v) == ARITH_OK && v == 49);
+    CHECK(held && memcmp(ITEM_value(held), "50\r\n", 4) == 0);
+    if (held)
+        cache_release(c, held);
+    cache_destroy(c);
+}
+
+static void test_time_and_flush(void)
+{
+    cache *c = mk(64 << 20, 1 << 20, 16);
+    char buf[64];
+    get_status st;
+    rel_time_t t0 = 1000;
+    cache_test_set_time(c, t0);
+    CHECK(cache_realtime(c, 0) == 0);
+    CHECK(cache_realtime(c, -5) == 1);
+    CHECK(cache_realtime(c, 10) == t0 + 10);
+    CHECK(cache_realtime(c, cache_process_started(c) + 5000) == 5000);
+    CHECK(cache_realtime(c, cache_process_started(c) - 5) == 1);
+    CHECK(cache_realtime(c, REALTIME_MAXDELTA) == t0 + REALTIME_MAXDELTA);
+    put(c, "e", "v", 1, 0, cache_realtime(c, 10), STORE_SET, 0, NULL);
+    put(c, "neg", "v", 1, 0, cache_realtime(c, -1), STORE_SET, 0, NULL);
+    CHECK(get(c, "neg", buf, sizeof(buf), &st, NULL) == NULL && st == GET_EXPIRED);
+    CHECK(get(c, "neg", buf, sizeof(buf), &st, NULL) == NULL && st == GET_MISS);
+    cache_test_set_time(c, t0 + 9);
+    CHECK(get(c, "e", buf, sizeof(buf), &st, NULL) != NULL && st == GET_HIT);
+    cache_test_set_time(c, t0 + 10);
+    CHECK(get(c, "e", buf, sizeof(buf), &st, NULL) == NULL && st == GET_EXPIRED);
+    /* touch */
+    put(c, "t", "v", 1, 0, cache_realtime(c, 5), STORE_SET, 0, NULL);
+    item *it = cache_get(c, "t", 1, cache_hash("t", 1), CACHE_GET_TOUCH, cache_realtime(c, 100), NULL);
+    CHECK(it != NULL);
+    if (it)
+        cache_release(c, it);
+    cache_test_set_time(c, t0 + 50);
+    CHECK(get(c, "t", buf, sizeof(buf), &st, NULL) != NULL);
+    /* immediate flush: older items die, a later store in the same second lives */
+    set(c, "f1", "v");
+    cache_flush(c, 0);
+    set(c, "f2", "v");
+    CHECK(get(c, "f1", buf, sizeof(buf), &st, NULL) == NULL && st == GET_FLUSHED);
+    CHECK(get(c, "f2", buf, sizeof(buf), &st, NULL) != NULL);
+    /* delayed flush: "flush_all 5" */
+    cache_test_set_time(c, t0 + 100);
+    set(c, "g", "v");
+    cache_flush(c, cache_realtime(c, 5));
+    cache_test_set_time(c, t0 + 103);
+    CHECK(get(c, "g", buf, sizeof(buf), &st, NULL) != NULL);
+    cache_test_set_time(c, t0 + 105);
+    CHECK(get(c, "g", buf, sizeof(buf), &st, NULL) == NULL && st == GET_FLUSHED);
+    set(c, "g2", "v");
+    CHECK(get(c, "g2", buf, sizeof(buf), &st, NULL) != NULL);
+    /* get_info */
+    get_info info;
+    set(c, "i", "v");
+    cache_test_set_time(c, t0 + 110);
+    it = cache_get(c, "i", 1, cache_hash("i", 1), 0, 0, &info);
+    CHECK(it && info.status == GET_HIT && info.prev_time == t0 + 105 && info.was_fetched == 0);
+    if (it)
+        cache_release(c, it);
+    it = cache_get(c, "i", 1, cache_hash("i", 1), CACHE_GET_NOBUMP, 0, &info);
+    CHECK(it && info.was_fetched == 1);
+    if (it)
+        cache_release(c, it);
+    /* the reclaimer unlinks expired items in the background */
+    for (int i = 0; i < 50; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "x%d", i);
+        put(c, k, "v", 1, 0, cache_realtime(c, 2), STORE_SET, 0, NULL);
+    }
+    cache_test_set_time(c, t0 + 113);
+    cache_test_maintain(c);
+    struct statbuf *b = stats_of(c, "general");
+    /* only "i" and "g2" are still alive; the rest expired or were flushed */
+    CHECK(stat_get(b, "curr_items") == 2);
+    for (int i = 0; i < 50; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "x%d", i);
+        CHECK(get(c, k, buf, sizeof(buf), &st, NULL) == NULL && st == GET_MISS); /* already unlinked */
+    }
+    CHECK(stat_get(b, "reclaimed") >= 50);
+    CHECK(stat_get(b, "expired_unfetched") >= 50);
+    CHECK(cache_test_count_lru(c) == stat_get(b, "curr_items"));
+    cache_destroy(c);
+}
+
+static void test_eviction(void)
+{
+    /* 64 KiB pages, 256 KiB limit: 4 pages */
+    cache *c = mk(256 << 10, 64 << 10, 12);
+    char val[300];
+    memset(val, 'q', sizeof(val));
+    int n = 5000;
+    for (int i = 0; i < n; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "key%05d", i);
+        CHECK(put(c, k, val, 200, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+    CHECK(cache_test_mem_malloced(c) <= (256 << 10));
+    struct statbuf *b = stats_of(c, "general");
+    uint64_t curr = stat_get(b, "curr_items"), ev = stat_get(b, "evictions");
+    CHECK(curr + ev == (uint64_t)n);
+    CHECK(ev > 0);
+    CHECK(stat_get(b, "evicted_unfetched") == ev);
+    CHECK(stat_get(b, "total_items") == (uint64_t)n);
+    CHECK(cache_test_count_lru(c) == curr);
+    /* the oldest keys went first */
+    char buf[400];
+    CHECK(get(c, "key00000", buf, sizeof(buf), NULL, NULL) == NULL);
+    CHECK(get(c, "key04999", buf, sizeof(buf), NULL, NULL) != NULL);
+    int cls = cache_slab_class(c, 8, 202);
+    char name[64];
+    snprintf(name, sizeof(name), "items:%d:evicted", cls);
+    b = stats_of(c, "items");
+    CHECK(stat_get(b, name) == ev);
+    snprintf(name, sizeof(name), "items:%d:hits_to_cold", cls);
+    CHECK(stat_get(b, name) == 1);
+    b = stats_of(c, "slabs");
+    snprintf(name, sizeof(name), "%d:total_pages", cls);
+    CHECK(stat_get(b, name) == 4);
+    CHECK(stat_get(b, "total_malloced") == 4 * (64 << 10));
+    /* another class still gets its first page past the limit (memcached's rule) */
+    CHECK(set(c, "small", "x") == STORE_STORED);
+    /* lowering the limit stops new pages; stores keep working by evicting */
+    char err[64];
+    CHECK(cache_set_memlimit(c, 64 << 10, err, sizeof(err)) == 0);
+    CHECK(put(c, "after", val, 200, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    /* a class whose only items are held by readers cannot evict: out of memory */
+    cache_destroy(c);
+
+    c = mk(64 << 10, 64 << 10, 12);
+    item *held[64];
+    int nh = 0;
+    char big[20000];
+    memset(big, 'b', sizeof(big));
+    for (int i = 0; i < 64; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "b%d", i);
+        if (put(c, k, big, sizeof(big), 0, 0, STORE_SET, 0, NULL) != STORE_STORED)
+            break;
+        held[nh] = cache_get(c, k, strlen(k), cache_hash(k, strlen(k)), 0, 0, NULL);
+        if (held[nh])
+            nh++;
+    }
+    CHECK(put(c, "b-last", big, sizeof(big), 0, 0, STORE_SET, 0, NULL) == 100 + ALLOC_NO_MEMORY);
+    b = stats_of(c, "general");
+    CHECK(stat_get(b, "lrutail_reflocked") > 0);
+    for (int i = 0; i < nh; i++)
+        cache_release(c, held[i]);
+    CHECK(put(c, "b-last", big, sizeof(big), 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    cache_destroy(c);
+}
+
+static void test_hash_growth(void)
+{
+    cache *c = mk(256 << 20, 1 << 20, 8); /* 256 buckets */
+    CHECK(cache_start(c) == 0);
+    int n = 20000; /* needs 256 -> 16384 buckets: 6 doublings */
+    char k[32], v[32], buf[64];
+    for (int i = 0; i < n; i++) {
+        snprintf(k, sizeof(k), "grow:%d", i);
+        snprintf(v, sizeof(v), "%d", i * 7);
+        CHECK(set(c, k, v) == STORE_STORED);
+        if (i % 997 == 0) { /* everything stays findable while the table moves */
+            snprintf(k, sizeof(k), "grow:%d", i / 2);
+            snprintf(v, sizeof(v), "%d", (i / 2) * 7);
+            char *got = get(c, k, buf, sizeof(buf), NULL, NULL);
+            CHECK(got && strcmp(got, v) == 0);
+        }
+    }
+    for (int tries = 0; tries < 100; tries++) {
+        struct statbuf *b = stats_of(c, "general");
+        if (stat_get(b, "hash_power_level") >= 14 && stat_get(b, "hash_is_expanding") == 0)
+            break;
+        usleep(50000);
+    }
+    struct statbuf *b = stats_of(c, "general");
+    CHECK(stat_get(b, "hash_power_level") >= 14);
+    CHECK(stat_get(b, "hash_bytes") == (8ull << stat_get(b, "hash_power_level")));
+    for (int i = 0; i < n; i++) {
+        snprintf(k, sizeof(k), "grow:%d", i);
+        snprintf(v, sizeof(v), "%d", i * 7);
+        char *got = get(c, k, buf, sizeof(buf), NULL, NULL);
+        CHECK(got && strcmp(got, v) == 0);
+        if (!got || strcmp(got, v) != 0)
+            break;
+    }
+    CHECK(stat_get(b, "curr_items") == (uint64_t)n);
+    cache_stop(c);
+    cache_destroy(c);
+}
+
+static void test_slab_classes(void)
+{
+    cache *c = mk(64 << 20, 1 << 20, 16);
+    CHECK(c->classes[1].size == sizeof(item) + 48);
+    for (int k = 2; k <= c->nclasses; k++) {
+        CHECK(c->classes[k].size > c->classes[k - 1].size);
+        CHECK(k == c->nclasses || c->classes[k].size % 8 == 0);
+    }
+    CHECK(c->classes[c->nclasses].size == (1 << 20));
+    CHECK(cache_slab_class(c, 3, 5) == 1);
+    CHECK(cache_slab_class(c, 3, cache_max_value_bytes(c, 3)) == c->nclasses);
+    CHECK(cache_slab_class(c, 3, cache_max_value_bytes(c, 3) + 1) == 0);
+    cache_destroy(c);
+}
+
+/* The cache's names in plain "stats", in memcached 1.6.18's order. */
+static void test_stats_names(void)
+{
+    static const char *const want[] = {
+        "hash_power_level", "hash_bytes", "hash_is_expanding", "slab_reassign_rescues",
+        "slab_reassign_chunk_rescues", "slab_reassign_evictions_nomem", "slab_reassign_inline_reclaim",
+        "slab_reassign_busy_items", "slab_reassign_busy_deletes", "slab_reassign_running", "slabs_moved",
+        "lru_crawler_running", "lru_crawler_starts", "lru_maintainer_juggles", "malloc_fails", "bytes",
+        "curr_items", "total_items", "slab_global_page_pool", "expired_unfetched", "evicted_unfetched",
+        "evicted_active", "evictions", "reclaimed", "crawler_reclaimed", "crawler_items_checked",
+        "lrutail_reflocked", "moves_to_cold", "moves_to_warm", "moves_within_lru", "direct_reclaims",
+        "lru_bumps_dropped",
+    };
+    cache *c = mk(64 << 20, 1 << 20, 16);
+    set(c, "foo", "bar");
+    struct statbuf *b = stats_of(c, "general");
+    CHECK(b->n == (int)(sizeof(want) / sizeof(want[0])));
+    for (int i = 0; i < b->n && i < (int)(sizeof(want) / sizeof(want[0])); i++)
+        CHECK(strcmp(b->name[i], want[i]) == 0);
+    CHECK(stat_get(b, "bytes") == 65); /* as memcached for foo=bar: 48+8 header + 4 + 5 */
+    b = stats_of(c, "slabs");
+    CHECK(strcmp(b->name[0], "1:chunk_size") == 0 && strcmp(b->name[15], "active_slabs") == 0);
+    CHECK(stat_get(b, "1:used_chunks") == 1);
+    CHECK(stat_get(b, "1:free_chunks") == stat_get(b, "1:total_chunks") - 1);
+    b = stats_of(c, "items");
+    CHECK(b->n == 28 && strcmp(b->name[0], "items:1:number") == 0 && strcmp(b->name[27], "items:1:hits_to_temp") == 0);
+    cache_destroy(c);
+}
+
+/* ---- stress ---- */
+
+#define NKEYS 3000
+#define STRESS_THREADS 4
+
+struct stress_arg {
+    cache *c;             /* the cache */
+    unsigned seed;        /* rand_r state */
+    atomic_bool *stop;    /* set when time is up */
+    uint64_t ops;         /* operations done */
+    int bad;              /* inconsistent values seen */
+};
+
+/* key kinds: "v:N" (self-describing values), "a:N" (append tokens), "c:N" (counters) */
+static int check_value(const char *key, const char *val, size_t vlen)
+{
+    if (key[0] == 'v') {
+        /* "<key>|<seq>|" then filler 'a'+seq%26 */
+        size_t kl = strlen(key);
+        if (vlen < kl + 3 || memcmp(val, key, kl) != 0 || val[kl] != '|')
+            return 0;
+        char *end;
+        unsigned long seq = strtoul(val + kl + 1, &end, 10);
+        if (*end != '|')
+            return 0;
+        char fill = (char)('a' + seq % 26);
+        for (const char *p = end + 1; p < val + vlen; p++)
+            if (*p != fill)
+                return 0;
+        return 1;
+    }
+    if (key[0] == 'a') {
+        const char *num = key + 2;
+        size_t nl = strlen(num);
+        if (vlen == 0 || vlen % (nl + 1) != 0)
+            return 0;
+        for (size_t off = 0; off < vlen; off += nl + 1)
+            if (memcmp(val + off, num, nl) != 0 || val[off + nl] != ';')
+                return 0;
+        return 1;
+    }
+    /* counter: digits then optional spaces */
+    size_t i = 0;
+    while (i < vlen && val[i] >= '0' && val[i] <= '9')
+        i++;
+    if (i == 0)
+        return 0;
+    while (i < vlen && val[i] == ' ')
+        i++;
+    return i == vlen;
+}
+
+static void *stress_main(void *p)
+{
+    struct stress_arg *a = p;
+    cache *c = a->c;
+    char key[32], val[600];
+    while (!atomic_load(a->stop)) {
+        unsigned r = (unsigned)rand_r(&a->seed);
+        int kind = r % 3;
+        int kn = (int)((r >> 4) % NKEYS);
+        snprintf(key, sizeof(key), "%c:%d", kind == 0 ? 'v' : kind == 1 ? 'a' : 'c', kn);
+        size_t nkey = strlen(key);
+        uint32_t hv = cache_hash(key, nkey);
+        int op = (int)((r >> 16) % 10);
+        if (op < 5) { /* get */
+            item *it = cache_get(c, key, nkey, hv, 0, 0, NULL);
+            if (it) {
+                if (!check_value(key, ITEM_value(it), ITEM_vlen(it)) ||
+                    memcmp(ITEM_value(it) + ITEM_vlen(it), "\r\n", 2) != 0 || memcmp(ITEM_key(it), key, nkey) != 0)
+                    a->bad++;
+                cache_release(c, it);
+            }
+        } else if (op < 8) { /* write */
+            size_t vlen;
+            store_op sop = STORE_SET;
+            if (kind == 0) {
+                unsigned seq = (unsigned)rand_r(&a->seed);
+                int n = snprintf(val, sizeof(val), "%s|%u|", key, seq);
+                vlen = 380 + (size_t)(rand_r(&a->seed) % 100);
+                memset(val + n, 'a' + (int)(seq % 26), vlen - (size_t)n);
+            } else if (kind == 1) {
+                vlen = (size_t)snprintf(val, sizeof(val), "%d;", kn);
+                sop = (r & 0x100) ? STORE_APPEND : STORE_PREPEND;
+                item *cur = cache_get(c, key, nkey, hv, CACHE_GET_NOBUMP, 0, NULL);
+                if (!cur || cur->nbytes > 300)
+                    sop = STORE_SET;
+                if (cur)
+                    cache_release(c, cur);
+            } else {
+                vlen = (size_t)snprintf(val, sizeof(val), "%u", r % 1000);
+            }
+            rel_time_t exp = (r & 0x7000) == 0 ? cache_realtime(c, 1) : 0;
+            item *it = cache_alloc(c, key, nkey, 0, exp, (uint32_t)vlen + 2, NULL);
+            if (it) {
+                memcpy(ITEM_value(it), val, vlen);
+                memcpy(ITEM_value(it) + vlen, "\r\n", 2);
+                store_req req = {.op = sop};
+                cache_store(c, it, hv, &req, NULL, NULL);
+                cache_release(c, it);
+            }
+        } else if (op < 9) {
+            cache_delete(c, key, nkey, hv, 0, 0, 0, NULL);
+        } else if (kind == 2) {
+            arith_req req = {.incr = (r & 0x200) != 0, .delta = r % 7, .vivify = (r & 0x400) != 0};
+            uint64_t v;
+            item *it = NULL;
+            if (cache_arith(c, key, nkey, hv, &req, &v, &it, NULL) == ARITH_OK && it) {
+                if (!check_value(key, ITEM_value(it), ITEM_vlen(it)))
+                    a->bad++;
+                cache_release(c, it);
+            }
+        } else if ((r & 0xff000) == 0) {
+            /* now and then read every stats group concurrently */
+            stats_of(c, "general");
+            stats_of(c, "items");
+            stats_of(c, "slabs");
+        }
+        a->ops++;
+    }
+    stats_free();
+    return NULL;
+}
+
+static void test_stress(void)
+{
+    uint32_t page = 64 << 10;
+    uint64_t limit = 1 << 20;
+    cache *c = mk(limit, page, 8);
+    /* Give every class the stress uses its first page up front, so the
+     * over-the-limit first-page rule cannot apply during the run. */
+    char filler[700];
+    memset(filler, 'p', sizeof(filler));
+    for (size_t vl = 1; vl < 560; vl += 8) {
+        CHECK(put(c, "pre", filler, vl, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+    del(c, "pre", 0, 0, 0);
+    CHECK(cache_test_mem_malloced(c) <= limit);
+    CHECK(cache_start(c) == 0);
+    atomic_bool stop = false;
+    pthread_t th[STRESS_THREADS];
+    struct stress_arg args[STRESS_THREADS];
+    for (int i = 0; i < STRESS_THREADS; i++) {
+        args[i] = (struct stress_arg){.c = c, .seed = 1234u + (unsigned)i, .stop = &stop};
+        pthread_create(&th[i], NULL, stress_main, &args[i]);
+    }
+    sleep(3);
+    atomic_store(&stop, true);
+    uint64_t ops = 0;
+    for (int i = 0; i < STRESS_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        CHECK(args[i].bad == 0);
+        ops += args[i].ops;
+    }
+    cache_stop(c);
+    struct statbuf *b = stats_of(c, "general");
+    uint64_t curr = stat_get(b, "curr_items");
+    CHECK(cache_test_count_lru(c) == curr);
+    CHECK(atomic_load(&c->hash_items) == curr);
+    CHECK(cache_test_mem_malloced(c) <= limit);
+    CHECK(stat_get(b, "evictions") > 0);
+    CHECK(stat_get(b, "hash_power_level") > 8 || curr <= 384);
+    /* everything left is consistent */
+    char key[32];
+    for (int kind = 0; kind < 3; kind++)
+        for (int kn = 0; kn < NKEYS; kn++) {
+            snprintf(key, sizeof(key), "%c:%d", kind == 0 ? 'v' : kind == 1 ? 'a' : 'c', kn);
+            item *it = cache_get(c, key, strlen(key), cache_hash(key, strlen(key)), CACHE_GET_NOBUMP, 0, NULL);
+            if (it) {
+                CHECK(check_value(key, ITEM_value(it), ITEM_vlen(it)));
+                cache_release(c, it);
+            }
+        }
+    /* used chunks equal linked items: nothing leaked */
+    b = stats_of(c, "slabs");
+    uint64_t used = 0;
+    for (int i = 0; i < b->n; i++)
+        if (strstr(b->name[i], ":used_chunks"))
+            used += strtoull(b->value[i], NULL, 10);
+    CHECK(used == curr);
+    uint64_t oom = 0;
+    b = stats_of(c, "items");
+    for (int i = 0; i < b->n; i++)
+        if (strstr(b->name[i], ":outofmemory"))
+            oom += strtoull(b->value[i], NULL, 10);
+    b = stats_of(c, "general");
+    printf("stress: %" PRIu64 " ops, %" PRIu64 " items, evictions %" PRIu64 ", reclaimed %" PRIu64
+           ", out of memory %" PRIu64 ", hash power %" PRIu64 "\n",
+           ops, curr, stat_get(b, "evictions"), stat_get(b, "reclaimed"), oom, stat_get(b, "hash_power_level"));
+    cache_destroy(c);
+}
+
+int main(void)
+{
+    test_slab_classes();
+    test_store_modes();
+    test_arith();
+    test_time_and_flush();
+    test_eviction();
+    test_hash_growth();
+    test_stats_names();
+    test_stress();
+    stats_free();
+    if (failures) {
+        printf("test_cache: %d failures\n", failures);
+        return 1;
+    }
+    printf("test_cache: all passed\n");
+    return 0;
+}
