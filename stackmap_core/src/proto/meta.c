@@ -25,9 +25,17 @@
  *  - Flag order matters: T/N change the TTL at their position, so "t"
  *    before "T" prints the old TTL.
  *  - Only "me" counts towards meta_cmds (cmd_meta), as in memcached.
+ *  - Numbers parse like memcached's 64-bit safe_strtol/strtoul: a value
+ *    beyond 32 bits is truncated ("T4294967396" is T100), not refused.
+ *  - A key sent with b keeps ITEM_KEY_BINARY on the item (ms only, as in
+ *    memcached), so k and me echo it base64-encoded later.
+ *  - Known differences: an mg whose O token is too long answers the error
+ *    before touching the item (memcached may already have applied T or
+ *    vivified it); me's size= is our item's real size.
  *  - Newer-memcached extensions accepted here (1.6.18 answers "invalid
  *    flag" to them): E<cas> on mg (CAS of a vivified item) and ms (CAS of
- *    the stored item), x on md (drop the value, keep the item).
+ *    the stored item), x on md (drop the value, keep the item).  E on md
+ *    and ma is refused: the cache API has no way to pass a new CAS there.
  */
 #include "proto/proto.h"
 
@@ -42,6 +50,14 @@
 #include "conn.h"
 #include "stats.h"
 #include "worker.h"
+
+/*
+ * exptime, time and cas of a linked item are read by other threads (the
+ * cache's reclaimer) without the item lock: access them the way the cache
+ * does, as relaxed atomics.
+ */
+#define META_LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define META_ST(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 
 /* memcached's tokenizer limit (tokens including the terminal one). */
 #define META_MAX_TOKENS 24
@@ -499,14 +515,22 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
         meta_error(c, errstr);
         return;
     }
-    if (meta_opaque_too_long(t, ntokens, 2)) {
-        meta_error(c, ERR_OPAQUE);
-        return;
-    }
-
     const char *key = t[1].v;
     size_t nkey = t[1].len;
     uint32_t hv = cache_hash(key, nkey);
+    if (meta_opaque_too_long(t, ntokens, 2)) {
+        /* memcached finds this out while answering: a miss is counted first */
+        get_info gi = {0};
+        item *hit = cache_get(ca, key, nkey, hv, CACHE_GET_NOBUMP, 0, &gi);
+        if (hit != NULL) {
+            cache_release(ca, hit);
+        } else {
+            SM_STAT_INC(st->get_misses);
+            SM_STAT_INC(st->get_cmds);
+        }
+        meta_error(c, ERR_OPAQUE);
+        return;
+    }
     rel_time_t now = cache_now(ca);
     get_info info = {0};
     item *it = NULL;
@@ -572,7 +596,7 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
     /* A hit (or a fresh vivified item): build the line in request order. */
     bool won = false;
     bool ttl_set = false;
-    rel_time_t cur_exp = created ? 0 : it->exptime;
+    rel_time_t cur_exp = created ? 0 : META_LD(it->exptime);
     if (of.value) {
         ml_put(&l, "VA ", 3);
         ml_u64(&l, it->nbytes - 2);
@@ -586,7 +610,7 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
             ttl_set = true;
             cur_exp = of.exptime;
             if (!created)
-                it->exptime = cur_exp;
+                META_ST(it->exptime, cur_exp);
             break;
         case 'N':
             if (created) {
@@ -605,7 +629,7 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
             ml_ttl(&l, cur_exp, now);
             break;
         case 'c':
-            ml_flag_u64(&l, 'c', it->cas);
+            ml_flag_u64(&l, 'c', META_LD(it->cas));
             break;
         case 'f':
             ml_flag_u64(&l, 'f', it->client_flags);
@@ -911,7 +935,7 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
         if (old == NULL) {
             SM_STAT_INC(st->delete_misses);
             code = "NF";
-        } else if (of.has_cas && old->cas != of.req_cas) {
+        } else if (of.has_cas && META_LD(old->cas) != of.req_cas) {
             SM_STAT_INC(st->delete_misses);
             code = "EX";
         } else if (of.set_stale || !of.remove_val) {
@@ -931,14 +955,14 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
         } else {
             /* x: replace the value by an empty one, keeping flags and TTL */
             alloc_error aerr;
-            item *nit = cache_alloc(ca, key, nkey, old->client_flags, old->exptime, 2, &aerr);
+            item *nit = cache_alloc(ca, key, nkey, old->client_flags, META_LD(old->exptime), 2, &aerr);
             if (nit == NULL) {
                 cache_release(ca, old);
                 meta_error(c, "SERVER_ERROR out of memory");
                 return;
             }
             memcpy(ITEM_value(nit), "\r\n", 2);
-            store_req req = {.op = STORE_CAS, .cas_compare = old->cas};
+            store_req req = {.op = STORE_CAS, .cas_compare = META_LD(old->cas)};
             int clsid = 0;
             store_result r = cache_store(ca, nit, hv, &req, NULL, &clsid);
             cache_release(ca, nit);
@@ -983,7 +1007,7 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
         cache_lock(ca, hv);
         item *it = cache_get_locked(ca, key, nkey, hv, CACHE_GET_NOBUMP, 0, NULL);
         if (it != NULL) {
-            it->exptime = 0;
+            META_ST(it->exptime, (rel_time_t)0);
             cache_release(ca, it);
         }
         cache_unlock(ca, hv);
@@ -1126,13 +1150,13 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
     } else {
         ml_put(&l, "HD", 2);
     }
-    rel_time_t cur_exp = created ? 0 : it->exptime;
+    rel_time_t cur_exp = created ? 0 : META_LD(it->exptime);
     bool ttl_changed = false;
     bool opaque_err = false;
     for (size_t i = 2; i < ntokens - 1; i++) {
         switch (t[i].v[0]) {
         case 'c':
-            ml_flag_u64(&l, 'c', it->cas);
+            ml_flag_u64(&l, 'c', META_LD(it->cas));
             break;
         case 't':
             ml_ttl(&l, cur_exp, now);
@@ -1162,9 +1186,9 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
         if (opaque_err)
             break;
     }
-    if (ttl_changed && !created && cur_exp != it->exptime) {
+    if (ttl_changed && !created && cur_exp != META_LD(it->exptime)) {
         cache_lock(ca, hv);
-        it->exptime = cur_exp;
+        META_ST(it->exptime, cur_exp);
         cache_unlock(ca, hv);
     }
     cache_release(ca, it);
@@ -1213,6 +1237,7 @@ static void meta_debug(conn *c, meta_token *t, size_t ntokens)
         SM_STAT_INC(st->get_flushed);
     if (it != NULL) {
         rel_time_t now = cache_now(ca);
+        rel_time_t exp = META_LD(it->exptime);
         meta_line l;
         l.n = 0;
         ml_put(&l, "ME ", 3);
@@ -1225,8 +1250,9 @@ static void meta_debug(conn *c, meta_token *t, size_t ntokens)
         /* exp is memcached's (now - exptime), so a future expiry prints negative */
         char tail[160];
         int n = snprintf(tail, sizeof(tail), " exp=%d la=%llu cas=%llu fetch=%s cls=%u size=%lu\r\n",
-                         it->exptime == 0 ? -1 : (int)(now - it->exptime),
-                         (unsigned long long)(uint32_t)(now - it->time), (unsigned long long)it->cas,
+                         exp == 0 ? -1 : (int)(now - exp),
+                         (unsigned long long)(uint32_t)(now - META_LD(it->time)),
+                         (unsigned long long)META_LD(it->cas),
                          (atomic_load(&it->it_flags) & ITEM_FETCHED) ? "yes" : "no",
                          (unsigned)it->slabs_clsid,
                          (unsigned long)(sizeof(item) + it->nkey + 1 + it->nbytes));

@@ -55,8 +55,7 @@ bool safe_strtoul(const char *s, uint32_t *out)
         return false;
     if ((long)v < 0 && memchr(s, '-', (size_t)(end - s)) != NULL)
         return false;
-    if (v > UINT32_MAX)
-        return false;
+    /* memcached stores the unsigned long into 32 bits: it truncates. */
     *out = (uint32_t)v;
     return true;
 }
@@ -69,9 +68,8 @@ bool safe_strtol(const char *s, int32_t *out)
     long v = strtol(s, &end, 10);
     if (errno == ERANGE || !number_end_ok(s, end))
         return false;
-    if (v > INT32_MAX || v < INT32_MIN)
-        return false;
-    *out = (int32_t)v;
+    /* Truncated to 32 bits, as memcached 1.6.18 does. */
+    *out = (int32_t)(uint32_t)(unsigned long)v;
     return true;
 }
 
@@ -108,9 +106,14 @@ static void finish_nread(conn *c)
     const char *end = ITEM_value(it) + it->nbytes - 2;
     c->state = CONN_PARSE;
     if (end[0] != '\r' || end[1] != '\n') {
+        /* memcached counts the store attempt even when its data is bad. */
+        if (it->slabs_clsid < SM_MAX_SLAB_CLASSES)
+            SM_STAT_INC(c->worker->stats.slab[it->slabs_clsid].set_cmds);
         cache_release(c->worker->cache, it);
         c->nread_item = NULL;
-        out_static(c, "CLIENT_ERROR bad data chunk\r\n", 29);
+        /* A text noreply store stays silent even about a bad chunk (meta q does not). */
+        if (!(c->pending.proto == PROTO_TEXT && c->pending.noreply))
+            out_static(c, "CLIENT_ERROR bad data chunk\r\n", 29);
         return;
     }
     if (c->pending.proto == PROTO_META)
