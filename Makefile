@@ -36,3 +36,78 @@ build/test_cache: $(CACHE_SRCS) $(CORE_HDRS) tests/c/test_cache.c | build
 
 clean-c:
 	rm -rf build
+
+# ---------------------------------------------------------------------------
+# Python: venv, package, `make run`, `make test`, `make lint`.
+#
+# Everything is installed into .venv by pip from this checkout; system
+# packages (compiler, liburing, memcached for the differential tests) come
+# from apt-get, only when missing, and only as root.  Stamps in .venv keep a
+# second run quick: the package is reinstalled only when a C or Python source
+# (or the packaging) changed.
+# ---------------------------------------------------------------------------
+
+PYTHON  ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+VPIP    := $(VPY) -m pip
+STAMP_PKG  := $(VENV)/.stamp-installed
+STAMP_TEST := $(VENV)/.stamp-test-deps
+PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core server -name '*.py' -not -name '_stackmap_core*')
+
+APT_BUILD := build-essential pkg-config liburing-dev python3-venv
+APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace
+
+# $(call apt_ensure,packages): install the packages dpkg does not have.
+# apt-get update runs only if an install fails (e.g. no package lists yet).
+define apt_ensure
+	command -v dpkg-query >/dev/null 2>&1 || { echo "no dpkg: make sure these are installed: $(1)"; exit 0; }; \
+	missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" != 0 ]; then echo "missing system packages:$$missing -- install them as root"; exit 1; fi; \
+	echo "apt-get install$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -q $$missing >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }
+endef
+
+.PHONY: run test lint apt-build apt-test venv install
+
+apt-build:
+	@$(call apt_ensure,$(APT_BUILD))
+
+apt-test:
+	@$(call apt_ensure,$(APT_TEST))
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(VPY)
+
+# The package (C core compiled by cffi) into the venv.
+$(STAMP_PKG): $(CORE_SRCS) $(CORE_HDRS) $(PKG_FILES) | $(VPY)
+	$(VPIP) install -q .
+	@touch $@
+
+install: apt-build $(STAMP_PKG)
+
+# Test tools (the [test] extra); installing the extra installs the package too.
+$(STAMP_TEST): pyproject.toml | $(VPY)
+	$(VPIP) install -q '.[test]'
+	@touch $@ $(STAMP_PKG)
+
+run: apt-build
+	@$(MAKE) --no-print-directory $(STAMP_PKG)
+	exec $(VENV)/bin/stackmapd -l 127.0.0.1 -p 11211
+
+test: apt-test
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	@$(MAKE) --no-print-directory $(STAMP_PKG) build/test_cache
+	./build/test_cache
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q tests
+
+lint: apt-test
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	$(VENV)/bin/ruff check .

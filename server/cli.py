@@ -1,0 +1,159 @@
+"""The ``stackmapd`` command: memcached's flags, a config file, then serve.
+
+The flags, their defaults and their checks come from ``settings.OPTIONS``;
+this module only turns that table into an argparse parser, merges the
+command line with ``--config`` (config.py) and hands the result to the
+lifecycle (lifecycle.py).
+
+Exit status: 0 after a clean stop, 64 (EX_USAGE, as memcached) for any bad
+flag, value or config file, 71 (EX_OSERR) when the engine cannot start
+(e.g. the port is taken).  ``-h`` prints help and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from server.config import load_file, resolve
+from server.settings import (
+    COUNT,
+    EXTENDED,
+    FLAG,
+    LIST,
+    OPTION_BY_KEY,
+    OPTIONS,
+    OptionError,
+    Settings,
+    build_settings,
+    check_value,
+)
+
+EX_USAGE = 64
+PROG = "stackmapd"
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse, but bad usage exits 64 (EX_USAGE) like memcached, not 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class VersionAction(argparse.Action):
+    """``-V/--version``: the package's and the engine's version, then exit 0."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs["default"] = argparse.SUPPRESS
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_text())
+        parser.exit(0)
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import stackmap_core
+
+    try:
+        pkg = version("stackmapd")
+    except PackageNotFoundError:
+        pkg = "unknown"
+    return f"{PROG} {pkg} (engine {stackmap_core.version()})"
+
+
+def _extended_epilog() -> str:
+    lines = ["extended options (-o key[=value],...; several -o may be given):"]
+    for ext in EXTENDED:
+        if ext.field is None:
+            continue
+        name = ext.key if not ext.bare else f"{ext.key}[=0|1]"
+        if ext.negation:
+            name += f", {ext.negation}"
+        lines.append(f"  {name:38} {ext.help}")
+    lines += [
+        "",
+        "config file (--config FILE, TOML): every long flag is a key with '_' for '-',",
+        '  e.g. port = 11211, memory_limit = 64, max_item_size = "2m",',
+        '  extended = "hashpower=20"; the command line wins over the file.',
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> UsageParser:
+    parser = UsageParser(
+        prog=PROG,
+        description="A drop-in memcached 1.6 server with a ring-based data path.",
+        epilog=_extended_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    for opt in OPTIONS:
+        names = [n for n in (opt.short, opt.long) if n]
+        shown = f" (default: {opt.default_doc})" if opt.default_doc else ""
+        if opt.form == FLAG:
+            parser.add_argument(*names, dest=opt.key, action="store_true", help=opt.help)
+        elif opt.form == COUNT:
+            parser.add_argument(*names, dest=opt.key, action="count", help=opt.help)
+        elif opt.form == LIST:
+            parser.add_argument(*names, dest=opt.key, action="append",
+                                metavar=opt.metavar, help=opt.help)
+        else:
+            parser.add_argument(*names, dest=opt.key, metavar=opt.metavar,
+                                help=opt.help + shown)
+    parser.add_argument("--config", metavar="FILE",
+                        help="read options from a TOML file (command-line flags win)")
+    parser.add_argument("-V", "--version", action=VersionAction,
+                        help="print the version and exit")
+    return parser
+
+
+def command_line_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line, parsed and checked."""
+    out: dict[str, Any] = {}
+    for key, raw in vars(args).items():
+        if key == "config":
+            continue
+        opt = OPTION_BY_KEY[key]
+        if opt.form == FLAG:
+            out[key] = True
+        elif opt.form == COUNT:
+            out[key] = min(raw, 3)  # memcached treats -vvvv like -vvv
+        else:
+            out[key] = check_value(opt, raw, opt.flags)
+    return out
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    """Command line (and its --config file) -> engine Settings.
+
+    Raises OptionError for bad values; argparse itself exits 64 for unknown
+    flags or missing values, and 0 for -h / -V.
+    """
+    args = build_parser().parse_args(argv)
+    cli_values = command_line_values(args)
+    config = getattr(args, "config", None)
+    file_values = load_file(config) if config else {}
+    return build_settings(resolve(file_values, cli_values))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse(argv)
+    except OptionError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EX_USAGE
+
+    from server.lifecycle import serve
+
+    return serve(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The config file and how it meets the command line.
+
+A config file is TOML whose keys are the long flags' names with underscores
+(``port = 11211``, ``memory_limit = 64``, ``max_item_size = "2m"``,
+``extended = "hashpower=20,idle_timeout=60"`` or ``[extended]`` as a table).
+Values are checked by the same parsers as the command line; an unknown key
+or a bad value is an error that names the file and the key.
+
+Precedence: built-in defaults, then the file, then the command line.  The
+``-o`` extended options merge key by key, so ``-o hashpower=20`` on the
+command line overrides only that key of the file's ``extended``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from server.settings import OPTION_BY_KEY, OptionError, check_value, defaults
+
+# Keys a config file may not set: they only make sense on a command line.
+_COMMAND_LINE_ONLY = {"config", "version", "help"}
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read and check a config file -> {option key: typed value}."""
+    name = str(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise OptionError(f"{name}: no such config file") from None
+    except OSError as exc:
+        raise OptionError(f"{name}: cannot read config file: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionError(f"{name}: not valid TOML: {exc}") from None
+    return check_mapping(raw, name)
+
+
+def check_mapping(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """Check a parsed file's keys and values; ``name`` is used in messages."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        option = OPTION_BY_KEY.get(key)
+        if option is None:
+            hint = ""
+            if key in _COMMAND_LINE_ONLY:
+                hint = " (command line only)"
+            elif key.replace("-", "_") in OPTION_BY_KEY:
+                hint = f" (did you mean {key.replace('-', '_')!r}?)"
+            raise OptionError(f"{name}: unknown key {key!r}{hint}")
+        out[key] = check_value(option, value, f"{name}: key {key!r}")
+    return out
+
+
+def resolve(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults <- file <- command line; ``extended`` merges key by key."""
+    values = defaults()
+    for layer in (file_values, cli_values):
+        for key, value in layer.items():
+            if key == "extended":
+                values["extended"] = {**values["extended"], **value}
+            else:
+                values[key] = value
+    return values
