@@ -106,6 +106,80 @@ void sm_engine_set_verbosity(sm_engine *e, int level);
 /* Number of this library's version string, e.g. "1.6.18-stackmapd". */
 const char *sm_version(void);
 
+/* ---- admin API (admin.c): the control plane's key-store and metrics calls ---- */
+
+/* One item's metadata, as the admin API lists it (memcached's metadump fields). */
+struct sm_item_info {
+    char key[256];          /* the key's bytes, NUL-terminated */
+    int nkey;               /* key length in bytes */
+    int binary_key;         /* 1: stored from a base64 meta key (ms b) */
+    uint32_t flags;         /* client flags */
+    uint32_t value_len;     /* value length in bytes (without "\r\n") */
+    int64_t exptime;        /* unix time of expiry, 0 = never */
+    int64_t last_access;    /* unix time of the last access */
+    uint64_t cas;           /* CAS unique */
+    int slab_class;         /* slab class id */
+    int fetched;            /* 1 when read at least once since stored */
+};
+
+/*
+ * List live items whose key starts with prefix (nprefix 0: all), resuming at
+ * *cursor (0 to begin).  Looks at a bounded number of slab chunks per call,
+ * holding one item lock at a time, so it may return 0 items before the end.
+ * Returns the number written to out (<= max); *cursor is 0 once the walk is
+ * complete.
+ */
+int sm_admin_keys(sm_engine *e, const char *prefix, size_t nprefix, uint64_t *cursor,
+                  struct sm_item_info *out, int max);
+
+/* One key's metadata without touching its LRU position: 1 found, 0 not. */
+int sm_admin_get_meta(sm_engine *e, const char *key, size_t nkey, struct sm_item_info *out);
+
+/* Delete one key: 1 deleted, 0 not found. */
+int sm_admin_delete(sm_engine *e, const char *key, size_t nkey);
+
+/* One bounded step of deleting every key with a prefix; returns the number
+ * deleted in this step.  *cursor as for sm_admin_keys. */
+uint64_t sm_admin_delete_prefix(sm_engine *e, const char *prefix, size_t nprefix, uint64_t *cursor);
+
+/* flush_all [delay]: everything stored up to now is invalid after delay seconds. */
+void sm_admin_flush(sm_engine *e, int delay);
+
+/* Set the memory limit and evict from the LRU tails until stored item bytes
+ * fit under it.  Returns the items evicted, or -1 + err. */
+long long sm_admin_set_memlimit(sm_engine *e, uint64_t maxbytes, char *err, size_t errlen);
+
+/* Change the connection limit (-c) while running; 0 or -1 + err. */
+int sm_engine_set_maxconns(sm_engine *e, int maxconns, char *err, size_t errlen);
+
+/* 1 when started and accepting connections (readiness). */
+int sm_engine_ready(sm_engine *e);
+
+/*
+ * Snapshot dump: copy live items as records (format in admin.c) into buf,
+ * resuming at *cursor (0 to begin; 0 again once complete).  buf must hold at
+ * least sm_admin_dump_min_buffer() bytes.  Returns the bytes written and
+ * adds the records written to *nitems.
+ */
+long sm_admin_dump(sm_engine *e, uint64_t *cursor, char *buf, size_t buflen, uint64_t *nitems);
+size_t sm_admin_dump_min_buffer(sm_engine *e);
+
+/*
+ * Snapshot restore, before sm_engine_start: parse whole records from buf
+ * (dry_run 1: check only, store nothing) and store them with their flags,
+ * CAS and expiry; expired ones are counted in *nexpired and skipped.
+ * Returns the bytes consumed (a trailing partial record is left), or -1 and
+ * a reason in err for a malformed record or a failed store.
+ */
+long sm_admin_restore(sm_engine *e, const char *buf, size_t len, int dry_run, uint64_t *nitems,
+                      uint64_t *nexpired, char *err, size_t errlen);
+
+/* Latency histograms (latency.h): dimensions, command names, and the sums
+ * over all workers: counts[cmd * nbuckets + bucket] and sums_ns[cmd]. */
+void sm_latency_dims(int *ncmds, int *nbuckets, int *shift);
+const char *sm_latency_name(int cmd);
+void sm_engine_latency(sm_engine *e, uint64_t *counts, uint64_t *sums_ns);
+
 /* SM_CDEF_END */
 
 #endif

@@ -82,6 +82,8 @@ void engine_stats_reset(struct sm_engine *e)
     e->total_conns_base = atomic_load(&e->total_conns);
     e->rejected_conns_base = atomic_load(&e->rejected_conns);
     pthread_mutex_unlock(&stats_base_lock);
+    /* total_items, evictions, reclaimed ... and the per-class item counters */
+    cache_stats_reset(e->cache);
 }
 
 /* Connection totals since the last reset. */

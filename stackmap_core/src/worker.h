@@ -16,6 +16,7 @@
 #include "cache/cache.h"
 #include "conn.h"
 #include "engine.h"
+#include "latency.h"
 #include "stats.h"
 
 struct sm_engine;
@@ -28,6 +29,7 @@ typedef struct worker {
     cache *cache;                    /* shared cache */
     const struct sm_settings *settings; /* engine settings (read-only after start) */
     struct sm_thread_stats stats;    /* this thread's counters */
+    struct sm_latency lat;           /* this thread's command latency histograms (latency.h) */
     const struct backend_ops *ops;   /* the backend driving this loop */
     void *backend;                   /* the backend's per-worker state */
     out_chunk *free_chunks;          /* recycled output scratch chunks */

@@ -283,4 +283,39 @@ void cache_stats_sizes(cache *c, sm_stat_sink *sink);
 /* Slab class id an item of total size `ntotal` would use (0 if too large). */
 int cache_slab_class(const cache *c, size_t nkey, uint32_t nbytes);
 
+/* ---- administration (cache_admin.c; added for the control plane's admin API) ---- */
+
+/* What a walk callback wants done with the item it was shown. */
+typedef enum {
+    CACHE_WALK_NEXT = 0,  /* go on */
+    CACHE_WALK_STOP = 1,  /* stop here; the cursor stays on this item (it is shown again) */
+    CACHE_WALK_UNLINK = 2 /* unlink it (delete), then go on */
+} cache_walk_action;
+
+/* Shown each live item whose key starts with the walk's prefix, with its stripe lock held. */
+typedef cache_walk_action (*cache_walk_fn)(void *ctx, cache *c, item *it);
+
+/*
+ * Walk the slab pages from *cursor (0: the beginning), looking at no more
+ * than `budget` chunks, and show every live linked item whose key starts
+ * with prefix to fn.  Takes one class lock briefly per page and one stripe
+ * lock per matching item, never two at once, so workers are not stalled.
+ * Pages are never freed, so a walk is safe against concurrent stores,
+ * deletes, evictions and hash growth; an item stored or moved during a walk
+ * may or may not be shown.  *cursor is 0 when the walk is complete.
+ * Returns the number of items unlinked.
+ */
+uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *cursor, uint32_t budget,
+                    cache_walk_fn fn, void *ctx);
+/* Show the live item for key (stripe held) to fn without bumping it. 1 found, 0 not. */
+int cache_peek(cache *c, const char *key, size_t nkey, cache_walk_fn fn, void *ctx);
+/* Make every CAS unique handed out from now on larger than cas. */
+void cache_cas_at_least(cache *c, uint64_t cas);
+/* Evict from the LRU tails until stored item bytes are <= target; returns items evicted. */
+uint64_t cache_evict_to(cache *c, uint64_t target);
+/* Bytes of linked items (the "bytes" stat). */
+uint64_t cache_item_bytes(cache *c);
+/* Run pending hash growth now; only while the maintainer thread is not running. */
+void cache_grow_now(cache *c);
+
 #endif

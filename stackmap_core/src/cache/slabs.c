@@ -15,8 +15,9 @@
  * that has no page at all may take its first one past the limit.  That is
  * memcached's rule (do_slabs_newslab) and keeps every item size storable
  * with a small -m; so the hard bound is maxbytes + one page per class in
- * use.  maxbytes 0 means no limit (memcached's -m 0).  Pages never move between classes (no slab rebalancing) and are
- * only freed by cache_destroy.  A lower limit (cache_set_memlimit) just
+ * use.  maxbytes 0 means no limit (memcached's -m 0).  Pages never move
+ * between classes (no slab rebalancing) and are only freed by
+ * cache_destroy.  A lower limit (cache_set_memlimit) just
  * stops new pages; the LRU keeps evicting within the pages it has.
  */
 #include <stdlib.h>

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "../engine_internal.h"
+#include "../latency.h"
 #include "../worker.h"
 
 bool proto_key_valid(const char *key, size_t nkey)
@@ -124,6 +125,8 @@ static void finish_nread(conn *c)
         cache_release(c->worker->cache, c->nread_item);
         c->nread_item = NULL;
     }
+    /* latency.h: the store's time runs from its line to its response */
+    sm_lat_record(&c->worker->lat, c->lat_cmd, sm_lat_now() - c->lat_start);
 }
 
 /*
@@ -147,10 +150,19 @@ static void check_long_line(conn *c, const char *p, size_t n)
 /* Dispatch one command line (NUL-terminated in place, without "\r\n"). */
 static void dispatch_line(conn *c, char *line, size_t len)
 {
+    /* latency.h: time each command; a store is finished in finish_nread */
+    int cmd = sm_lat_classify(line, len);
+    uint64_t t0 = sm_lat_now();
     if (len >= 2 && line[0] == 'm' && (len == 2 || line[2] == ' '))
         proto_meta_command(c, line, len);
     else
         proto_text_command(c, line, len);
+    if (c->state == CONN_NREAD) {
+        c->lat_start = t0;
+        c->lat_cmd = cmd;
+    } else {
+        sm_lat_record(&c->worker->lat, cmd, sm_lat_now() - t0);
+    }
 }
 
 size_t proto_process(conn *c, char *data, size_t len)

@@ -1,0 +1,98 @@
+/*
+ * latency.h -- per-command latency histograms, counted on the worker that
+ * served the command.
+ *
+ * memcached has no latency figures at all; operators ask for them.  Each
+ * worker owns one struct sm_latency (inside struct worker) and is its only
+ * writer: an observation is a CLOCK_MONOTONIC read (vDSO, no syscall) and
+ * two relaxed load+store pairs, no lock and no shared cache line.  The
+ * control plane sums the workers' tables on read (sm_engine_latency in
+ * admin.c), exactly as the stats counters are summed.
+ *
+ * Buckets are powers of two of nanoseconds: bucket b counts durations below
+ * 2^(b + SM_LAT_SHIFT) ns; the last bucket counts everything longer.  A
+ * command's time runs from its line being dispatched to its response being
+ * queued; for a store that includes waiting for the value bytes.
+ */
+#ifndef SM_LATENCY_H
+#define SM_LATENCY_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/* Commands timed separately; everything else is "other". */
+#define SM_LAT_COMMANDS(X) \
+    X(get)                 \
+    X(gets)                \
+    X(gat)                 \
+    X(gats)                \
+    X(set)                 \
+    X(add)                 \
+    X(replace)             \
+    X(append)              \
+    X(prepend)             \
+    X(cas)                 \
+    X(delete)              \
+    X(incr)                \
+    X(decr)                \
+    X(touch)               \
+    X(mg)                  \
+    X(ms)                  \
+    X(md)                  \
+    X(ma)                  \
+    X(mn)                  \
+    X(me)                  \
+    X(stats)               \
+    X(flush_all)           \
+    X(version)             \
+    X(other)
+
+enum sm_lat_cmd {
+#define SM_X(name) SM_LAT_##name,
+    SM_LAT_COMMANDS(SM_X)
+#undef SM_X
+    SM_LAT_NCMDS
+};
+
+/* log2(ns) of the first bucket's upper bound: 2^8 ns = 256 ns. */
+#define SM_LAT_SHIFT 8
+/* Buckets: < 256 ns, < 512 ns, ... < 2^30 ns (~1.07 s), then +Inf. */
+#define SM_LAT_BUCKETS 24
+
+/* One worker's histograms; written only by that worker. */
+struct sm_latency {
+    _Atomic uint64_t count[SM_LAT_NCMDS][SM_LAT_BUCKETS]; /* observations per bucket */
+    _Atomic uint64_t sum_ns[SM_LAT_NCMDS];                /* total nanoseconds per command */
+};
+
+/* Monotonic nanoseconds (vDSO clock_gettime: no syscall). */
+static inline uint64_t sm_lat_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Owner-thread observation: no locked instruction. */
+static inline void sm_lat_record(struct sm_latency *l, int cmd, uint64_t ns)
+{
+    int b = ns == 0 ? 0 : 64 - __builtin_clzll(ns) - SM_LAT_SHIFT;
+    if (b < 0)
+        b = 0;
+    if (b >= SM_LAT_BUCKETS)
+        b = SM_LAT_BUCKETS - 1;
+    _Atomic uint64_t *ctr = &l->count[cmd][b];
+    atomic_store_explicit(ctr, atomic_load_explicit(ctr, memory_order_relaxed) + 1, memory_order_relaxed);
+    _Atomic uint64_t *sum = &l->sum_ns[cmd];
+    atomic_store_explicit(sum, atomic_load_explicit(sum, memory_order_relaxed) + ns, memory_order_relaxed);
+}
+
+/* Which enum sm_lat_cmd a command line is (by its first word). */
+int sm_lat_classify(const char *line, size_t len);
+
+/* Name of a command ("get", ..., "other"), NULL when out of range. */
+const char *sm_lat_name(int cmd);
+
+#endif
