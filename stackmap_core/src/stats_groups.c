@@ -157,6 +157,15 @@ static const char *backend_name(struct sm_engine *e)
 
 #define U64(name, v) sm_stat_addf(sink, name, "%llu", (unsigned long long)(v))
 
+/* Listening sockets across all workers. */
+static int listener_count(struct sm_engine *e)
+{
+    int n = 0;
+    for (int i = 0; i < e->settings.num_threads; i++)
+        n += e->workers[i].nlisten;
+    return n;
+}
+
 static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
 {
     struct sm_stats_sum s;
@@ -180,8 +189,12 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     sm_stat_addf(sink, "curr_connections", "%d", atomic_load(&e->curr_conns));
     U64("total_connections", total_conns);
     U64("rejected_connections", rejected_conns);
+    /* conn structures in use: clients plus every worker's listening sockets */
+    sm_stat_addf(sink, "connection_structures", "%d", atomic_load(&e->curr_conns) + listener_count(e));
     U64("response_obj_oom", s.response_obj_oom);
     U64("read_buf_oom", s.read_buf_oom);
+    /* fds the server keeps for itself: listeners plus one event fd (epoll/ring) per worker */
+    sm_stat_addf(sink, "reserved_fds", "%d", listener_count(e) + e->settings.num_threads);
     U64("cmd_get", s.get_cmds);
     U64("cmd_set", s.slab_set_cmds);
     U64("cmd_flush", s.flush_cmds);
@@ -260,9 +273,22 @@ static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
     sm_stat_addf(sink, "item_size_max", "%u", st->item_size_max);
     sink->add(sink, "maxconns_fast", "yes");
     sm_stat_addf(sink, "hashpower_init", "%d", st->hashpower_init);
+    /* Machinery memcached has and we do not: printed with the value that is
+     * true for us (off), so tools reading these settings see the truth. */
+    sink->add(sink, "slab_reassign", "no");
+    sink->add(sink, "slab_automove", "0");
+    sm_stat_addf(sink, "slab_chunk_max", "%u", st->slab_page_size); /* items are never chunked */
+    sink->add(sink, "lru_crawler", "no");
+    sink->add(sink, "tail_repair_time", "0");
     sink->add(sink, "flush_enabled", "yes");
+    sink->add(sink, "dump_enabled", "no");
+    sink->add(sink, "hash_algorithm", "murmur3");
+    sink->add(sink, "lru_maintainer_thread", "no");
     sink->add(sink, "lru_segmented", st->lru_segmented ? "yes" : "no");
+    sink->add(sink, "temp_lru", "no");
     sm_stat_addf(sink, "idle_timeout", "%d", st->idle_timeout);
+    sink->add(sink, "track_sizes", "no");
+    sink->add(sink, "inline_ascii_response", "no");
     /* ours */
     sm_stat_addf(sink, "slab_page_size", "%u", st->slab_page_size);
     sink->add(sink, "backend", backend_name(e));
