@@ -1,9 +1,12 @@
 """Command line of ``python -m loadtest``: choose targets and scenarios, run, report.
 
-Typical use (the README's table):
+Typical use (the README's tables; see loadtest/README.md for all of them):
 
-    python -m loadtest --targets memcached,stackmapd-epoll --values 64,1024 \\
+    python -m loadtest --targets memcached,stackmapd-epoll,stackmapd-uring --values 64,1024 \\
         --pin same --duration 10 --reps 5 --redo-noisy 2 --json bench.json --markdown
+    python -m loadtest --generator mcblast --concurrency 16 --depth 8 ...   # pipelined
+    python -m loadtest --generator mcblast --rates 20k,50k ...              # open loop
+    ... --syscalls (add a strace pass) / --syscalls-only, --plots DIR
 
 Progress goes to stderr, the table (console or markdown) to stdout, every raw run to the
 JSON file.  ``--quick`` is a 2-second, one-repetition smoke run (used by the tests); its
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import __version__, report
+from loadtest import __version__, mcblast, plots, report
 from loadtest.runner import (
     Pinning,
     RunRecord,
@@ -50,6 +53,35 @@ def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in _csv(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad list of integers: {text!r}") from exc
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"need positive integers: {text!r}")
+    return out
+
+
+def _rates(text: str) -> list[float]:
+    out = []
+    for item in _csv(text):
+        low = item.lower()
+        mult = 1000.0 if low.endswith("k") else 1e6 if low.endswith("m") else 1.0
+        try:
+            value = float(low.rstrip("km")) * mult
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad rate: {item!r}") from exc
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"rate must be positive: {item!r}")
+        out.append(value)
+    return out
+
+
+# Client connections when --concurrency is not given.
+DEFAULT_CONCURRENCY = {"memaslap": 64, "mcblast": 16}
+
+
 def _sizes(text: str) -> list[int]:
     out = []
     for item in _csv(text):
@@ -70,8 +102,8 @@ def _sizes(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m loadtest",
-        description="memaslap side by side: stackmapd targets against memcached, pinned,"
-        " alternated, with server CPU per operation and foreign-load checks.",
+        description="memaslap (or our mcblast) side by side: stackmapd targets against memcached,"
+        " pinned, alternated, with server CPU and syscalls per operation and foreign-load checks.",
     )
     p.add_argument(
         "--targets",
@@ -96,7 +128,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=int, default=None, help="seconds per run (10)")
     p.add_argument("--reps", type=int, default=None, help="repetitions per target (5)")
     p.add_argument("--stat-interval", type=int, default=None, help="memaslap -S seconds (= duration)")
-    p.add_argument("--concurrency", type=int, default=64, help="memaslap -c (64)")
+    p.add_argument(
+        "--generator",
+        choices=("memaslap", "mcblast"),
+        default="memaslap",
+        help="load generator: memaslap (the reference) or mcblast (ours: pipelined, open loop)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_ints,
+        default=None,
+        help="client connections, a comma-separated list is a sweep (memaslap 64, mcblast 16)",
+    )
+    p.add_argument("--depth", type=int, default=8, help="mcblast: requests in flight per connection (8)")
+    p.add_argument(
+        "--rates",
+        type=_rates,
+        default=None,
+        help="mcblast open loop: offered requests/s over all connections, e.g. 20k,50k"
+        " (latency from each request's due time; without it, closed loop at --depth)",
+    )
+    p.add_argument("--warmup", type=float, default=None, help="mcblast: unmeasured seconds first (1)")
+    p.add_argument("--keys", type=int, default=10000, help="mcblast: key space, stored before the run (10000)")
+    p.add_argument(
+        "--mcblast",
+        type=Path,
+        default=mcblast.DEFAULT_BINARY,
+        help="mcblast binary (default build/mcblast, built from loadtest/mcblast.c if missing or older)",
+    )
+    p.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="after each scenario, a syscall pass: strace -c -f on the server, syscalls per operation",
+    )
+    p.add_argument("--syscalls-only", action="store_true", help="only the syscall pass (no throughput runs)")
+    p.add_argument("--syscall-duration", type=int, default=None, help="seconds per syscall run (3)")
+    p.add_argument("--syscall-reps", type=int, default=1, help="syscall runs per target and scenario (1)")
+    p.add_argument("--strace", default="strace", help="strace executable")
+    p.add_argument("--plots", type=Path, default=None, metavar="DIR", help="write PNG plots here (matplotlib)")
     p.add_argument("--client-threads", type=int, default=1, help="memaslap -T (1)")
     p.add_argument("--server-threads", type=int, default=1, help="server -t (1)")
     p.add_argument(
@@ -147,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir",
         type=Path,
         default=None,
-        help="keep memaslap outputs, configs and server logs here (default: temporary)",
+        help="keep generator outputs, configs, strace summaries and server logs here (default: temporary)",
     )
     p.add_argument("--version", action="version", version=f"loadtest {__version__}")
     return p
@@ -180,13 +249,11 @@ def _command_line(argv: list[str]) -> str:
 class Progress:
     """One status line on stderr: rewritten in place on a terminal, appended otherwise."""
 
-    def __init__(self, per_run_s: float) -> None:
+    def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
-        self.per_run_s = per_run_s
 
-    def __call__(self, done: int, total: int, rec: RunRecord | None, what: str) -> None:
-        eta = (total - done) * self.per_run_s
-        head = f"[{done}/{total}, ~{eta / 60:.1f} min left] {what}"
+    def __call__(self, done: int, total: int, rec: RunRecord | None, what: str, left_s: float) -> None:
+        head = f"[{done}/{total}, ~{left_s / 60:.1f} min left] {what}"
         if rec is None:
             if self.tty:
                 sys.stderr.write(f"\r\x1b[K{head}: running")
@@ -195,11 +262,16 @@ class Progress:
         if rec.error:
             first = rec.error.splitlines()[0] if rec.error else ""
             line = f"{head}: FAILED: {first}"
+        elif rec.kind == "syscalls":
+            per_op = rec.strace_syscalls_per_op or 0.0
+            top = ", ".join(f"{k} {v}" for k, v in list(rec.strace_top.items())[:3])
+            line = f"{head}: {per_op:.3f} syscalls/op over {rec.server_cmds or 0} ops ({top})"
         else:
             flag = "  NOISY" if rec.noisy else ""
             cpu = rec.server_cpu_us_per_op or 0.0
+            lat = f", p99 {rec.p99_us:.0f} us" if rec.p99_us is not None else ""
             line = (
-                f"{head}: {rec.ops_per_s / 1000:.1f}k ops/s, {cpu:.2f} us/op server CPU,"
+                f"{head}: {rec.ops_per_s / 1000:.1f}k ops/s{lat}, {cpu:.2f} us/op server CPU,"
                 f" foreign {rec.foreign_per_10s:.2f} s/10s{flag}"
             )
         sys.stderr.write(("\r\x1b[K" if self.tty else "") + line + "\n")
@@ -223,8 +295,16 @@ def main(argv: list[str] | None = None) -> int:
         duration = args.duration or 10
         reps = args.reps or 5
     stat_interval = args.stat_interval or duration
-    if duration < 1 or reps < 1 or stat_interval < 1:
-        parser.error("--duration, --reps and --stat-interval must be at least 1")
+    syscall_duration = args.syscall_duration or (QUICK_DURATION_S if args.quick else 3)
+    warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    if duration < 1 or reps < 1 or stat_interval < 1 or syscall_duration < 1 or args.syscall_reps < 1:
+        parser.error("--duration, --reps, --stat-interval and the --syscall-* options must be at least 1")
+    if args.generator == "memaslap" and args.rates:
+        parser.error("--rates (open loop) needs --generator mcblast")
+    if warmup < 0 or args.depth < 1 or args.depth > 128 or args.keys < 1:
+        parser.error("--warmup must be >= 0, --depth 1..128, --keys >= 1")
+    concurrency = args.concurrency or [DEFAULT_CONCURRENCY[args.generator]]
+    depth = args.depth if args.generator == "mcblast" else 1
     if not 0.0 <= args.get_ratio <= 1.0:
         parser.error("--get-ratio must be between 0 and 1")
 
@@ -246,7 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "split" and client_cpu == args.server_cpu:
             parser.error("split mode needs --client-cpu different from --server-cpu")
         pinnings.append(Pinning(mode, args.server_cpu, client_cpu))
-    scenarios = [Scenario(v, pin) for pin in pinnings for v in args.values]
+    scenarios = [
+        Scenario(v, pin, args.generator, conns, depth, rate)
+        for pin in pinnings
+        for v in args.values
+        for conns in concurrency
+        for rate in (args.rates or [None])
+    ]
 
     stackmapd = args.stackmapd or default_stackmapd()
     topts = TargetOptions(
@@ -256,7 +342,21 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.server_threads,
         backend_flag=args.backend_flag or backend_flag_for(stackmapd),
     )
-    problems = check_environment(args.memaslap, sorted({t.binary(topts) for t in targets}))
+    tools = [args.memaslap] if args.generator == "memaslap" else []
+    if args.syscalls or args.syscalls_only:
+        tools.append(args.strace)
+    problems = check_environment(tools, sorted({t.binary(topts) for t in targets}))
+    mcblast_bin = str(args.mcblast)
+    if args.generator == "mcblast" and not problems:
+        try:
+            mcblast_bin = str(mcblast.ensure_built(args.mcblast))
+        except (mcblast.McblastError, OSError) as exc:
+            problems.append(str(exc))
+    if args.plots:
+        why = plots.available()
+        if why:
+            print(f"loadtest: no plots: {why}", file=sys.stderr)
+            args.plots = None
     if problems:
         for line in problems:
             print(f"loadtest: {line}", file=sys.stderr)
@@ -268,16 +368,21 @@ def main(argv: list[str] | None = None) -> int:
         get_ratio=args.get_ratio,
         duration_s=duration,
         stat_interval_s=stat_interval,
-        concurrency=args.concurrency,
         threads=args.client_threads,
         ready_timeout_s=args.ready_timeout,
+        mcblast=mcblast_bin,
+        warmup_s=warmup,
+        keys=args.keys,
+        strace=args.strace,
+        syscall_duration_s=syscall_duration,
     )
     schedule = Schedule(
         targets=targets,
         scenarios=scenarios,
-        reps=reps,
+        reps=0 if args.syscalls_only else reps,
         redo_noisy=args.redo_noisy,
         noise_threshold=args.noise_threshold,
+        syscall_reps=args.syscall_reps if (args.syscalls or args.syscalls_only) else 0,
     )
     meta: dict[str, Any] = {
         "command": _command_line(args_list),
@@ -288,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_model": _cpu_model(),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "memcached_version": _tool_version([args.memcached, "-V"]),
-        "memaslap_version": _tool_version([args.memaslap, "-V"]),
+        "generator": args.generator,
+        "memaslap_version": _tool_version([args.memaslap, "-V"]) if args.generator == "memaslap" else None,
+        "mcblast": mcblast_bin if args.generator == "mcblast" else None,
+        "strace_version": _tool_version([args.strace, "-V"]) if schedule.syscall_reps else None,
         "git": _tool_version(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"]),
         "stackmapd": topts.stackmapd,
         "targets": [t.name for t in targets],
@@ -305,14 +413,24 @@ def main(argv: list[str] | None = None) -> int:
             "get_ratio": workload.get_ratio,
             "duration_s": workload.duration_s,
             "stat_interval_s": workload.stat_interval_s,
-            "concurrency": workload.concurrency,
+            "concurrency": concurrency,
             "threads": workload.threads,
+            "depth": depth,
+            "rates": args.rates,
+            "warmup_s": workload.warmup_s,
+            "keys": workload.keys,
+            "syscall_duration_s": syscall_duration,
+            "syscall_reps": schedule.syscall_reps,
         },
-        "latency_resolution": "memaslap log2 histogram: bucket i holds 2^(i-1) < t <= 2^i"
-        " us; p99_le_us is the upper bound, p99_gt_us the lower bound",
+        "latency_resolution": (
+            "memaslap log2 histogram: bucket i holds 2^(i-1) < t <= 2^i us; p*_us and p99_le_us are"
+            " upper bounds, p99_gt_us the lower bound"
+            if args.generator == "memaslap"
+            else "mcblast log-linear histogram, 32 sub-buckets per power of two (~3%)"
+        ),
     }
 
-    progress = Progress(per_run_s=duration + 2.5)
+    progress = Progress()
     records: list[RunRecord] = []
     interrupted = False
     try:
@@ -331,10 +449,16 @@ def main(argv: list[str] | None = None) -> int:
             "runs": [r.to_json() for r in records],
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if args.plots and records:
+        try:
+            for path in plots.write(summaries, args.plots):
+                print(f"loadtest: wrote {path}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 -- a plot must never lose the measurements
+            print(f"loadtest: plotting failed: {exc}", file=sys.stderr)
     if args.markdown:
         sys.stdout.write(report.markdown(summaries, meta, duration))
     else:
-        sys.stdout.write(report.text_table(summaries, duration))
+        sys.stdout.write(report.text_table(summaries, duration, syscall_duration))
         sys.stdout.write(f"\ncommand: {meta['command']}\n")
     failed = [r for r in records if r.error]
     for r in failed:

@@ -164,8 +164,8 @@ def _answers_version(port: int, timeout: float) -> bool:
         return False
 
 
-def server_command_counts(port: int, timeout: float = 2.0) -> dict[str, int] | None:
-    """cmd_get and cmd_set from the server's ``stats``, or None if it does not say."""
+def server_stats(port: int, timeout: float = 2.0) -> dict[str, int] | None:
+    """Every integer ``STAT name value`` of the server's ``stats``, or None on failure."""
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as s:
             s.sendall(b"stats\r\n")
@@ -177,12 +177,20 @@ def server_command_counts(port: int, timeout: float = 2.0) -> dict[str, int] | N
                 data += chunk
     except OSError:
         return None
-    counts: dict[str, int] = {}
+    stats: dict[str, int] = {}
     for line in data.decode("ascii", "replace").split("\r\n"):
         parts = line.split()
-        if len(parts) == 3 and parts[0] == "STAT" and parts[1] in ("cmd_get", "cmd_set"):
-            counts[parts[1]] = int(parts[2])
-    return counts if len(counts) == 2 else None
+        if len(parts) == 3 and parts[0] == "STAT" and parts[2].isdigit():
+            stats[parts[1]] = int(parts[2])
+    return stats or None
+
+
+def server_command_counts(port: int, timeout: float = 2.0) -> dict[str, int] | None:
+    """cmd_get and cmd_set from the server's ``stats``, or None if it does not say."""
+    stats = server_stats(port, timeout)
+    if stats is None or "cmd_get" not in stats or "cmd_set" not in stats:
+        return None
+    return {"cmd_get": stats["cmd_get"], "cmd_set": stats["cmd_set"]}
 
 
 class Server:

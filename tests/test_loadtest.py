@@ -1,0 +1,256 @@
+"""The load-test harness (loadtest/): its parsers, and real smoke runs.
+
+The memaslap parser tests use output captured from Debian's memaslap (memcaslap) 1.0
+against memcached 1.6.18; the strace and mcblast parsers get captured text too.  The smoke
+tests run ``python -m loadtest --quick`` against memcached for about two seconds (memaslap;
+our mcblast, pipelined; the strace syscall pass) and check that the JSON report is complete
+and self-consistent.  They assert no performance figure: the machine is shared and such
+figures are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # loadtest/ is run from the tree, not installed
+    sys.path.insert(0, str(REPO))
+
+from loadtest import mcblast, memaslap, syscalls  # noqa: E402
+from loadtest.report import Spread  # noqa: E402
+
+CLEAR = "\x1b[1;1H\x1b[2J"
+TABLE_HEAD = (
+    "Type     Time(s)  Ops          TPS(ops/s)   Net(M/s)   Get_miss   Min(us)  Max(us)"
+    "    Avg(us)    Std_dev    Geo_dist  \n"
+)
+PERIODIC = (
+    f"{CLEAR}\n"
+    "Get Statistics\n" + TABLE_HEAD + "Period   1        95236        95236        11.6"
+    "       0          38       6312       604        488.32     519.31\n"
+    "Global   2        165239       82619        10.1       0          38       6362"
+    "       693        548.28     593.39\n\n"
+    "Total Statistics\n" + TABLE_HEAD + "Period   1        105819       105819       12.9"
+    "       0          38       6312       604        487.46     519.41\n"
+    "Global   2        183629       91814        11.2       0          38       7838"
+    "       695        553.79     594.16\n\n"
+)
+CLOSING = """Get Statistics (165291 events)
+   Min:        38
+   Max:      6362
+   Avg:       693
+   Geo:    593.54
+   Std:    548.64
+   Log2 Dist:
+       4:        0        0        3        0
+       8:     2248    76384    64179    19603
+      12:     1921      953
+
+Total Statistics (183693 events)
+   Min:        38
+   Max:      7838
+   Avg:       695
+   Geo:    594.32
+   Std:    554.17
+   Log2 Dist:
+       4:        0        0        3        0
+       8:     2486    84786    71366    21857
+      12:     2118     1077
+
+cmd_get: 165348
+cmd_set: 18409
+get_misses: 0
+written_bytes: 14201856
+read_bytes: 24610284
+object_bytes: 2356352
+
+Run time: 2.0s Ops: 183757 TPS: 91870 Net_rate: 18.5M/s
+"""
+HEADER = """servers: 127.0.0.1:23411
+threads count: 1
+concurrency: 64
+run time: 2s
+windows size: 10k
+set proportion: set_prop=0.10
+get proportion: get_prop=0.90
+"""
+
+
+def test_parse_full_output() -> None:
+    r = memaslap.parse_output(HEADER + PERIODIC + CLOSING)
+    assert (r.run_time_s, r.ops, r.tps) == (2.0, 183757, 91870)
+    assert r.mean_latency_us == 695  # the Total block, not the Get block
+    assert r.get_misses == 0
+    # Rows are labelled with their first bucket index, four buckets per row.
+    assert r.histogram.buckets == {
+        6: 3,
+        8: 2486,
+        9: 84786,
+        10: 71366,
+        11: 21857,
+        12: 2118,
+        13: 1077,
+    }
+    assert r.histogram.events == 183693
+    # Cumulative counts: ... 180498 up to bucket 11, 182616 up to bucket 12; the 99th
+    # percentile (rank 181856) is in bucket 12, i.e. 2048 < p99 <= 4096 us.
+    assert r.latency_bounds(0.99) == (2048.0, 4096.0)
+    assert r.latency_bounds(0.50) == (512.0, 1024.0)
+
+
+def test_parse_without_closing_blocks_uses_table_average() -> None:
+    final = "Run time: 2.0s Ops: 183757 TPS: 91870 Net_rate: 18.5M/s\n"
+    r = memaslap.parse_output(HEADER + PERIODIC + final)
+    assert r.mean_latency_us == 695
+    assert r.histogram.events == 0
+    assert r.latency_bounds(0.99) is None
+
+
+def test_parse_rejects_output_without_final_line() -> None:
+    with pytest.raises(memaslap.MemaslapParseError):
+        memaslap.parse_output(HEADER + PERIODIC)
+
+
+def test_config_file_mix() -> None:
+    text = memaslap.config_text(64, 1024, 0.9)
+    assert text == "key\n64 64 1\nvalue\n1024 1024 1\ncmd\n0 0.1\n1 0.9\n"
+
+
+def test_spread() -> None:
+    s = Spread.of([3.0, None, 1.0, 2.0])
+    assert s is not None
+    assert (s.median, s.lo, s.hi, s.n) == (2.0, 1.0, 3.0, 3)
+    assert Spread.of([None]) is None
+
+
+def test_quick_run_against_memcached(tmp_path: Path) -> None:
+    for tool in ("memcached", "memcaslap", "taskset"):
+        assert shutil.which(tool), f"{tool} is needed (memcached, libmemcached-tools, util-linux)"
+    out = tmp_path / "runs.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "loadtest", "--quick", "--targets", "memcached"]
+    cmd += ["--values", "64", "--json", str(out), "--markdown"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "python -m loadtest --quick --targets memcached" in proc.stdout
+    assert "| memcached |" in proc.stdout
+
+    data = json.loads(out.read_text())
+    assert data["meta"]["workload"]["duration_s"] == 2
+    runs = data["runs"]
+    assert len(runs) == 1
+    run = runs[0]
+    assert run["error"] is None and run["kept"] is True
+    assert run["server_argv"][:3] == ["taskset", "-c", "0"]
+    assert run["client_argv"][:3] == ["taskset", "-c", "0"]
+    assert run["ops"] > 0 and run["ops_per_s"] > 0
+    assert run["server_cpu_s"] > 0 and run["server_cpu_us_per_op"] > 0
+    assert run["client_cpu_s"] > 0 and run["client_cpu_us_per_op"] > 0
+    assert run["mean_latency_us"] > 0 and run["p99_le_us"] >= run["p50_le_us"]
+    assert run["foreign_cpu_s"] >= 0 and run["window_s"] >= run["run_time_s"]
+    assert run["get_misses"] is not None
+    # Accounting check, not a performance check: the server saw the operations memaslap
+    # says it completed (memaslap's own count runs a few ahead of the server's).
+    assert run["server_cmds"] == pytest.approx(run["ops"], rel=0.05)
+    summary = data["summary"][0]["targets"][0]
+    assert summary["target"] == "memcached" and summary["runs"] == 1
+    assert summary["ops_per_s"]["median"] == run["ops_per_s"]
+
+
+# ---- mcblast and the syscall pass ------------------------------------------------------
+
+STRACE_SUMMARY = """% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 40.70    0.429199         525       817           epoll_wait
+ 13.82    0.145737           3     42828           sendmsg
+  7.41    0.078142           1     42960           read
+  0.00    0.000010           3         3         1 futex
+------ ----------- ----------- --------- --------- ----------------
+100.00    1.054652          11     86608         1 total
+"""
+
+
+def test_parse_strace_summary() -> None:
+    counts = syscalls.parse_summary(STRACE_SUMMARY)
+    assert counts.total == 86608 and counts.errors == 1
+    assert counts.calls == {"epoll_wait": 817, "sendmsg": 42828, "read": 42960, "futex": 3}
+    assert counts.top(2) == [("read", 42960), ("sendmsg", 42828)]
+    with pytest.raises(syscalls.StraceError):
+        syscalls.parse_summary("strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted\n")
+
+
+def test_parse_mcblast_output() -> None:
+    line = (
+        '{"generator": "mcblast", "mode": "open", "conns": 16, "depth": 8, "rate": 20000, "ops": 39998,'
+        ' "seconds": 2.000, "ops_per_sec": 19999.0, "lat_mean_us": 56.90, "lat_p50_us": 52.22,'
+        ' "lat_p90_us": 88.06, "lat_p99_us": 102.40, "lat_p999_us": 360.45, "get_hits": 35990,'
+        ' "get_misses": 3, "unanswered": 0, "key_len": 64, "value_len": 64, "get_ratio": 0.900,'
+        ' "warmup": 1.000, "prefill": true, "errors": 0}'
+    )
+    r = mcblast.parse_output("some warning\n" + line + "\n")
+    assert (r.mode, r.ops, r.ops_per_s, r.p99_us, r.p999_us) == ("open", 39998, 19999.0, 102.40, 360.45)
+    assert (r.get_hits, r.get_misses, r.unanswered, r.errors) == (35990, 3, 0, 0)
+    with pytest.raises(mcblast.McblastError):
+        mcblast.parse_output("mcblast: connect failed: Connection refused\n")
+
+
+def _run_loadtest(args: list[str], out: Path) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "loadtest", "--quick", "--targets", "memcached", "--values", "64"]
+    cmd += [*args, "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def test_quick_mcblast_run_against_memcached(tmp_path: Path) -> None:
+    """mcblast, pipelined 4 x 4: built if needed, run, parsed, accounted (no figures judged)."""
+    for tool in ("memcached", "taskset", "gcc"):
+        assert shutil.which(tool), f"{tool} is needed"
+    data = _run_loadtest(
+        ["--generator", "mcblast", "--concurrency", "4", "--depth", "4", "--keys", "500"], tmp_path / "runs.json"
+    )
+    assert data["meta"]["generator"] == "mcblast"
+    (run,) = data["runs"]
+    assert run["error"] is None and run["kept"] is True
+    assert run["generator"] == "mcblast" and run["kind"] == "load" and run["mode"] == "closed"
+    assert run["client_argv"][:4] == ["taskset", "-c", "0", str(mcblast.DEFAULT_BINARY)]
+    assert ["-c", "4", "-d", "4"] == run["client_argv"][6:10]
+    assert run["ops"] > 0 and run["ops_per_s"] == pytest.approx(run["ops"] / run["run_time_s"])
+    assert 0 < run["p50_us"] <= run["p99_us"] <= run["p999_us"]
+    # Every key was stored before the run, so gets hit; no unexpected responses.
+    assert run["get_misses"] == 0 and run["client_errors"] == 0
+    # The server counted at least the measured operations (plus prefill and warm-up).
+    assert run["server_cmds"] >= run["ops"] + 500
+    assert run["server_cpu_us_per_op"] > 0 and run["cpu_ops"] == run["server_cmds"]
+    (summary,) = data["summary"]
+    assert summary["generator"] == "mcblast" and summary["targets"][0]["p99_us"]["median"] == run["p99_us"]
+
+
+def _strace_works() -> bool:
+    if shutil.which("strace") is None:
+        return False
+    probe = subprocess.run(["strace", "-c", "-f", "-o", os.devnull, "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _strace_works(), reason="strace missing or ptrace not permitted")
+def test_quick_syscall_pass_against_memcached(tmp_path: Path) -> None:
+    data = _run_loadtest(["--syscalls-only", "--concurrency", "8"], tmp_path / "runs.json")
+    (run,) = data["runs"]
+    assert run["error"] is None and run["kind"] == "syscalls"
+    assert run["strace_argv"][3:5] == ["strace", "-c"]
+    assert run["server_cmds"] > 0 and run["strace_syscalls"] > 0
+    assert run["strace_syscalls_per_op"] == pytest.approx(run["strace_syscalls"] / run["server_cmds"])
+    # memcached answers each request with its own read and sendmsg: at least one call per op.
+    assert run["strace_syscalls_per_op"] >= 1.0
+    assert {"read", "sendmsg"} <= set(run["strace_top"])
