@@ -65,10 +65,14 @@ def core_sources(src: Path = SRC) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in src.rglob("*.c"))
 
 
+# The kernel module's uapi header, shared with the stackmap backend (io/stackmap.c).
+UAPI = HERE.parent / "kernel" / "include" / "uapi" / "stackmap.h"
+
+
 def core_headers(src: Path = SRC) -> list[str]:
     """Every header, so that a changed header rebuilds the extension."""
     root = HERE.parent
-    return sorted(str(p.relative_to(root)) for p in src.rglob("*.h"))
+    return sorted(str(p.relative_to(root)) for p in [*src.rglob("*.h"), UAPI])
 
 
 def pkg_config(package: str) -> tuple[list[str], list[str]] | None:

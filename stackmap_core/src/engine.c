@@ -164,7 +164,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
 /* Pick the backend for the settings; fills e->backend_note when AUTO falls back. */
 static const backend_ops *choose_backend(sm_engine *e, char *err, size_t errlen)
 {
-    char why[200];
+    char why[160];
     switch (e->settings.backend) {
     case SM_BACKEND_EPOLL:
         return &backend_epoll;
@@ -174,14 +174,23 @@ static const backend_ops *choose_backend(sm_engine *e, char *err, size_t errlen)
             return NULL;
         }
         return &backend_uring;
-    case SM_BACKEND_AUTO:
+    case SM_BACKEND_STACKMAP:
+        if (backend_stackmap.probe(&e->settings, why, sizeof(why)) < 0) {
+            snprintf(err, errlen, "backend stackmap is not usable here: %s", why);
+            return NULL;
+        }
+        return &backend_stackmap;
+    default: {
+        /* AUTO: our module's rings, then io_uring, then epoll. */
+        char why2[160];
+        if (backend_stackmap.probe(&e->settings, why2, sizeof(why2)) == 0)
+            return &backend_stackmap;
         if (backend_uring.probe(&e->settings, why, sizeof(why)) == 0)
             return &backend_uring;
-        snprintf(e->backend_note, sizeof(e->backend_note), "auto: io_uring unusable (%s); using epoll", why);
+        snprintf(e->backend_note, sizeof(e->backend_note), "auto: %s; io_uring unusable (%s); using epoll", why2,
+                 why);
         return &backend_epoll;
-    default:
-        snprintf(err, errlen, "backend stackmap is not available in this build (no /dev/stackmap support yet)");
-        return NULL;
+    }
     }
 }
 
@@ -460,6 +469,8 @@ int sm_engine_backend(sm_engine *e)
         return SM_BACKEND_EPOLL;
     if (e->ops == &backend_uring)
         return SM_BACKEND_URING;
+    if (e->ops == &backend_stackmap)
+        return SM_BACKEND_STACKMAP;
     return e->settings.backend;
 }
 

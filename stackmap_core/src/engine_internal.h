@@ -22,7 +22,7 @@ struct sm_engine {
     cache *cache;                   /* the key store */
     worker *workers;                /* settings.num_threads workers */
     const struct backend_ops *ops;  /* backend chosen at start */
-    char backend_note[256];         /* why AUTO fell back, "" otherwise */
+    char backend_note[512];         /* why AUTO fell back, "" otherwise */
     atomic_int verbose;             /* live verbosity (verbosity command, -v) */
     atomic_int curr_conns;          /* open client connections, all workers */
     atomic_uint_fast64_t total_conns;    /* connections accepted since start */

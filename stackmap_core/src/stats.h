@@ -49,7 +49,11 @@
     X(uring_submits)       \
     X(uring_cqes)          \
     X(uring_buf_ring_empty)\
-    X(uring_send_zc)
+    X(uring_send_zc)       \
+    X(stackmap_syncs)      \
+    X(stackmap_rx_slots)   \
+    X(stackmap_tx_slots)   \
+    X(stackmap_bad_slots)
 
 /* Counters kept per worker thread and per slab class. */
 #define SM_SLAB_STATS(X) \

@@ -245,6 +245,16 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     U64("uring_cqes", s.uring_cqes);
     U64("uring_buf_ring_empty", s.uring_buf_ring_empty);
     U64("uring_send_zc", s.uring_send_zc);
+    /* completions per io_uring_enter: how much one syscall carries */
+    sm_stat_addf(sink, "uring_batch_avg", "%.2f",
+                 s.uring_submits ? (double)s.uring_cqes / (double)s.uring_submits : 0.0);
+    U64("stackmap_syncs", s.stackmap_syncs);
+    U64("stackmap_rx_slots", s.stackmap_rx_slots);
+    U64("stackmap_tx_slots", s.stackmap_tx_slots);
+    U64("stackmap_bad_slots", s.stackmap_bad_slots);
+    sm_stat_addf(sink, "stackmap_slots_per_sync", "%.2f",
+                 s.stackmap_syncs ? (double)(s.stackmap_rx_slots + s.stackmap_tx_slots) / (double)s.stackmap_syncs
+                                  : 0.0);
     sink->add(sink, "backend", backend_name(e));
 }
 

@@ -58,7 +58,8 @@ int main(int argc, char **argv)
         case 'R': s.reqs_per_event = atoi(optarg); break;
         case 'U': case 'u': case 'o': break;
         case 'B':
-            s.backend = strcmp(optarg, "uring") == 0 ? SM_BACKEND_URING
+            s.backend = strcmp(optarg, "uring") == 0    ? SM_BACKEND_URING
+                      : strcmp(optarg, "stackmap") == 0 ? SM_BACKEND_STACKMAP
                       : strcmp(optarg, "auto") == 0  ? SM_BACKEND_AUTO
                                                      : SM_BACKEND_EPOLL;
             break;

@@ -35,6 +35,7 @@ typedef struct backend_ops {
 
 extern const backend_ops backend_epoll;
 extern const backend_ops backend_uring;
+extern const backend_ops backend_stackmap;
 
 /*
  * Shared helpers every backend uses (worker.c).
