@@ -12,7 +12,7 @@ CORE    := stackmap_core/src
 CWARN   := -Wall -Wextra -Werror
 CFLAGS_CORE := -std=c11 -D_GNU_SOURCE -O2 -g $(CWARN) -pthread -I$(CORE)
 CORE_SRCS := $(shell find $(CORE) -name '*.c' | sort)
-CORE_HDRS := $(shell find $(CORE) -name '*.h')
+CORE_HDRS := $(shell find $(CORE) -name '*.h') kernel/include/uapi/stackmap.h
 CORE_LIBS := -pthread $(shell pkg-config --exists liburing 2>/dev/null && echo -luring)
 
 .PHONY: compile-check clean-c
@@ -33,6 +33,10 @@ build/smd-asan: $(CORE_SRCS) $(CORE_HDRS) tests/c/smd_main.c | build
 CACHE_SRCS := $(shell find $(CORE)/cache -name '*.c') $(CORE)/stats.c
 build/test_cache: $(CACHE_SRCS) $(CORE_HDRS) tests/c/test_cache.c | build
 	$(CC) $(CFLAGS_CORE) -fsanitize=address,undefined -o $@ $(CACHE_SRCS) tests/c/test_cache.c -pthread
+
+# Our load generator (loadtest/mcblast.c; python -m loadtest builds it the same way).
+build/mcblast: loadtest/mcblast.c | build
+	$(CC) -O2 -std=c11 $(CWARN) -o $@ loadtest/mcblast.c -lm
 
 clean-c:
 	rm -rf build
@@ -56,7 +60,7 @@ STAMP_TEST := $(VENV)/.stamp-test-deps
 PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core server -name '*.py' -not -name '_stackmap_core*')
 
 APT_BUILD := build-essential pkg-config liburing-dev python3-venv
-APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace
+APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace prometheus
 
 # $(call apt_ensure,packages): install the packages dpkg does not have.
 # apt-get update runs only if an install fails (e.g. no package lists yet).
@@ -111,3 +115,22 @@ test: apt-test
 lint: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_TEST)
 	$(VENV)/bin/ruff check .
+
+# ---------------------------------------------------------------------------
+# Test VM (deploy/, owned by the deploy part): Debian's 6.12 kernel under qemu
+# TCG with our module and stackmapd inside, driven from the host over
+# 127.0.0.1 forwards.  Caches live in build/vm/ (keyed by input hashes):
+# a first build downloads the kernel and debootstraps (~1.5 min), later ones
+# take seconds.  `make vm-test` builds what is missing, boots, runs
+# memccapable + pymemcache + the in-guest checks, prints what it proved and
+# powers off.  SM_VM_BACKENDS=epoll,stackmap picks the backends (default auto).
+# ---------------------------------------------------------------------------
+.PHONY: vm-image vm-test
+
+vm-image:
+	bash deploy/build-image.sh
+
+vm-test: apt-test
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	$(VPY) deploy/vm_test.py
+# --- end of test VM block ---
