@@ -11,7 +11,7 @@ validated against memcached first and then held against stackmapd:
                      stackmapd is the console script next to sys.executable
                      (the venv's bin/), or $STACKMAPD_BIN when set (e.g. the
                      bare C driver build/smd, which takes memcached's flags)
-  STACKMAP_BACKENDS="epoll[,uring...]"   one stackmapd target per backend
+  STACKMAP_BACKENDS="epoll,uring" (default)   one stackmapd target per backend
       (passed as --backend B, or -B B when $STACKMAPD_BIN is set, since the
       C driver uses getopt; $STACKMAPD_BACKEND_FLAG overrides)
 
@@ -109,7 +109,7 @@ def selected_targets(config: pytest.Config) -> list[Target]:
     raw = config.getoption("--target") or [os.environ.get("STACKMAP_TARGETS", "stackmapd")]
     names = [n.strip() for item in raw for n in item.split(",") if n.strip()]
     backends = [
-        b.strip() for b in os.environ.get("STACKMAP_BACKENDS", "epoll").split(",") if b.strip()
+        b.strip() for b in os.environ.get("STACKMAP_BACKENDS", "epoll,uring").split(",") if b.strip()
     ]
     out: list[Target] = []
     for name in names:
