@@ -13,11 +13,13 @@ flag, value or config file, 71 (EX_OSERR) when the engine cannot start
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from server.config import load_file, resolve
+from server.config import ENV_CONFIG, load_env, load_file, resolve
 from server.settings import (
     COUNT,
     EXTENDED,
@@ -80,7 +82,12 @@ def _extended_epilog() -> str:
         "",
         "config file (--config FILE, TOML): every long flag is a key with '_' for '-',",
         '  e.g. port = 11211, memory_limit = 64, max_item_size = "2m",',
-        '  extended = "hashpower=20"; the command line wins over the file.',
+        '  extended = "hashpower=20"; every key is also an environment variable',
+        "  STACKMAP_<KEY> (STACKMAP_MEMORY_LIMIT=1024; STACKMAP_CONFIG=FILE);",
+        "  precedence: flag > environment > file > default.",
+        "",
+        "SIGHUP (or `stackmapctl reload`) re-reads the config and applies memory_limit,",
+        "verbose, conn_limit, metrics_listen, admin_token(_file) and snapshot live.",
     ]
     return "\n".join(lines)
 
@@ -130,29 +137,77 @@ def command_line_values(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def parse(argv: Sequence[str] | None = None) -> Settings:
-    """Command line (and its --config file) -> engine Settings.
+@dataclass
+class Loaded:
+    """Everything the command line, environment and config file decided."""
+
+    values: dict[str, Any]  # every option, resolved (defaults <- file <- env <- flags)
+    settings: Settings  # the engine's part
+    cli_values: dict[str, Any]  # what the command line itself gave (kept for reloads)
+    config_path: str | None  # the config file, if any (re-read on reload)
+    explicit: frozenset[str]  # option keys set by a flag, the environment or the file
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Loaded:
+    """Command line, ``STACKMAP_*`` environment and config file -> resolved options.
 
     Raises OptionError for bad values; argparse itself exits 64 for unknown
     flags or missing values, and 0 for -h / -V.
     """
     args = build_parser().parse_args(argv)
     cli_values = command_line_values(args)
-    config = getattr(args, "config", None)
+    env = os.environ if environ is None else environ
+    config = getattr(args, "config", None) or env.get(ENV_CONFIG) or None
+    return reload_values(cli_values, config, env)
+
+
+def reload_values(cli_values: Mapping[str, Any], config: str | None, env: Mapping[str, str]) -> Loaded:
+    """Resolve again from kept command-line values, a config file and an environment."""
     file_values = load_file(config) if config else {}
-    return build_settings(resolve(file_values, cli_values))
+    env_values = load_env(env)
+    values = resolve(file_values, cli_values, env_values)
+    check_control(values)
+    explicit = frozenset([*file_values, *env_values, *cli_values])
+    return Loaded(values, build_settings(values), dict(cli_values), config, explicit)
+
+
+def check_control(values: Mapping[str, Any]) -> None:
+    """Rules for the control plane's own options (reads the token file to check it)."""
+    if values.get("admin_token") and values.get("admin_token_file"):
+        raise OptionError("--admin-token and --admin-token-file: give only one of them")
+    admin_token(values)
+
+
+def admin_token(values: Mapping[str, Any]) -> str | None:
+    """The admin bearer token: --admin-token, or the first line of --admin-token-file."""
+    path = values.get("admin_token_file")
+    if not path:
+        return values.get("admin_token")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.readline().strip()
+    except OSError as exc:
+        raise OptionError(f"--admin-token-file {path}: cannot read: {exc.strerror}") from None
+    if not token:
+        raise OptionError(f"--admin-token-file {path}: the file is empty")
+    return token
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    """Command line (with environment and --config file) -> engine Settings."""
+    return load(argv).settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        settings = parse(argv)
+        loaded = load(argv)
     except OptionError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EX_USAGE
 
     from server.lifecycle import serve
 
-    return serve(settings)
+    return serve(loaded.settings, loaded)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,16 @@ A config file is TOML whose keys are the long flags' names with underscores
 Values are checked by the same parsers as the command line; an unknown key
 or a bad value is an error that names the file and the key.
 
-Precedence: built-in defaults, then the file, then the command line.  The
-``-o`` extended options merge key by key, so ``-o hashpower=20`` on the
-command line overrides only that key of the file's ``extended``.
+Environment variables (for containers): every option is also
+``STACKMAP_<KEY>`` in upper case (``STACKMAP_MEMORY_LIMIT=1024``,
+``STACKMAP_METRICS_LISTEN=off``, ``STACKMAP_EXTENDED=hashpower=20``), and
+``STACKMAP_CONFIG`` names a config file when ``--config`` is not given.
+Other ``STACKMAP_*`` names are left alone (test and deploy tools use some).
+
+Precedence: built-in defaults, then the file, then the environment, then
+the command line.  The ``-o`` extended options merge key by key, so
+``-o hashpower=20`` on the command line overrides only that key of the
+file's ``extended``.
 """
 
 from __future__ import annotations
@@ -55,10 +62,34 @@ def check_mapping(raw: Mapping[str, Any], name: str) -> dict[str, Any]:
     return out
 
 
-def resolve(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults <- file <- command line; ``extended`` merges key by key."""
+ENV_PREFIX = "STACKMAP_"
+ENV_CONFIG = "STACKMAP_CONFIG"
+
+
+def env_name(key: str) -> str:
+    """The environment variable of an option key: ``memory_limit`` -> ``STACKMAP_MEMORY_LIMIT``."""
+    return ENV_PREFIX + key.upper()
+
+
+def load_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The options set in ``environ`` (``STACKMAP_<KEY>``), parsed and checked."""
+    out: dict[str, Any] = {}
+    for key, option in OPTION_BY_KEY.items():
+        name = env_name(key)
+        if name not in environ:
+            continue
+        out[key] = check_value(option, environ[name], f"environment variable {name}")
+    return out
+
+
+def resolve(
+    file_values: Mapping[str, Any],
+    cli_values: Mapping[str, Any],
+    env_values: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Defaults <- file <- environment <- command line; ``extended`` merges key by key."""
     values = defaults()
-    for layer in (file_values, cli_values):
+    for layer in (file_values, env_values or {}, cli_values):
         for key, value in layer.items():
             if key == "extended":
                 values["extended"] = {**values["extended"], **value}

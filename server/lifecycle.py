@@ -7,6 +7,19 @@ the loop sees it, the engine stops accepting and gets ``GRACE_MS`` to finish
 in-flight requests, and the process exits 0.  With ``-A`` a client's
 ``shutdown`` command ends the wait the same way.
 
+Around the engine the control plane runs its HTTP server (``/metrics``,
+health, the admin API; server/http.py) and the warm-restart snapshot: with
+``--restore FILE`` (or ``--snapshot FILE`` when that file exists) the
+snapshot is checked and loaded before the listeners open, and with
+``--snapshot FILE`` every live item is saved there after a SIGTERM/SIGINT,
+once the workers have stopped (so the file is consistent).  A snapshot that
+is refused is logged with the reason and the server starts empty.
+
+SIGHUP, or ``stackmapctl reload`` (POST /admin/reload), re-reads the config
+file and environment on the main thread and applies what can change live
+(settings.LIVE_KEYS); the answer lists what was applied and what needs a
+restart.
+
 Logging goes to stderr, quiet by default as memcached is; ``-v`` adds the
 startup line and lifecycle events.
 """
@@ -14,11 +27,20 @@ startup line and lifecycle events.
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import signal
 import sys
+import threading
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from server.settings import MIB, Settings
+from server.settings import LIVE_KEYS, MIB, OptionError, Settings
+
+if TYPE_CHECKING:
+    from server.cli import Loaded
+    from server.http import ControlHTTPServer
+    from stackmap_core import Engine
 
 EX_OK = 0
 EX_USAGE = 64
@@ -73,12 +95,176 @@ def describe(settings: Settings, backend: str, engine_version: str) -> str:
     )
 
 
-def serve(settings: Settings) -> int:
+class Control:
+    """The control plane around one running engine: HTTP server, reloads, snapshots."""
+
+    def __init__(self, engine: Engine, loaded: Loaded | None) -> None:
+        self.engine = engine
+        self.loaded = loaded
+        self.values: dict[str, Any] = dict(loaded.values) if loaded else {}
+        self.http: ControlHTTPServer | None = None
+        self._reloads: queue.Queue[tuple[threading.Event, list[dict[str, Any]]]] = queue.Queue()
+        from prometheus_client import CollectorRegistry
+
+        from server.admin import Admin
+        from server.metrics import StatsSource, make_registry
+
+        self.registry: CollectorRegistry = make_registry(StatsSource(engine.stats, engine.latency))
+        self.admin = Admin(engine, self.request_reload, self.save_snapshot)
+
+    # ---- HTTP ----
+
+    def start_http(self, listen: str | None) -> None:
+        """Serve /metrics, health and admin on ``listen`` (HOST:PORT), or nothing for None."""
+        from server.admin import Access, is_loopback_host
+        from server.cli import admin_token
+        from server.http import ControlHTTPServer
+
+        if listen is None:
+            return
+        host, _, port = listen.rpartition(":")
+        host = host.strip("[]")
+        access = Access(admin_token(self.values), is_loopback_host(host))
+        self.http = ControlHTTPServer((host, int(port)), self.admin, self.registry, access,
+                                      lambda: self.engine.ready)
+        self.http.start()
+        log.info("metrics and admin API on http://%s/ (admin %s)", listen,
+                 "token required" if access.token else "open on loopback" if access.loopback else "disabled")
+
+    def stop_http(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+
+    # ---- snapshots ----
+
+    def restore_at_start(self) -> None:
+        from server.snapshot import SnapshotError, load
+
+        path = self.values.get("restore")
+        auto = self.values.get("snapshot")
+        if not path and auto:
+            if not os.path.exists(auto):
+                log.info("no snapshot at %s yet: starting empty", auto)
+                return
+            path = auto
+        if not path:
+            return
+        try:
+            result = load(self.engine, path)
+        except SnapshotError as exc:
+            log.error("snapshot refused, starting empty: %s", exc)
+            return
+        log.warning("restored %d items from %s (%d expired, skipped) in %.2f s",
+                    result.items, path, result.expired, result.seconds)
+
+    def save_snapshot(self, path: str | None) -> dict[str, Any]:
+        from server.admin import AdminError
+        from server.snapshot import SnapshotError, save
+
+        target = path or self.values.get("snapshot")
+        if not target:
+            raise AdminError(400, "no path given and no --snapshot configured")
+        try:
+            result = save(self.engine, target)
+        except SnapshotError as exc:
+            raise AdminError(500, str(exc)) from None
+        log.info("snapshot: %d items written to %s in %.2f s", result.items, target, result.seconds)
+        return result.as_dict()
+
+    def save_at_exit(self) -> None:
+        from server.snapshot import SnapshotError, save
+
+        target = self.values.get("snapshot")
+        if not target:
+            return
+        try:
+            result = save(self.engine, target)
+        except SnapshotError as exc:
+            log.error("snapshot not saved: %s", exc)
+            return
+        log.warning("saved %d items to %s in %.2f s", result.items, target, result.seconds)
+
+    # ---- reload (always on the main thread) ----
+
+    def request_reload(self) -> dict[str, Any]:
+        """From an HTTP thread: ask the main loop to reload and wait for its answer."""
+        done = threading.Event()
+        answer: list[dict[str, Any]] = []
+        self._reloads.put((done, answer))
+        if not done.wait(10):
+            return {"error": "the server did not answer the reload in time"}
+        return answer[0]
+
+    def serve_reload_requests(self) -> None:
+        while True:
+            try:
+                done, answer = self._reloads.get_nowait()
+            except queue.Empty:
+                return
+            answer.append(self.reload())
+            done.set()
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read config file and environment; apply live keys, list the others."""
+        from server.cli import admin_token, reload_values
+
+        if self.loaded is None:
+            return {"error": "this server was started without a configuration to reload"}
+        try:
+            new = reload_values(self.loaded.cli_values, self.loaded.config_path, os.environ)
+        except OptionError as exc:
+            log.error("reload refused: %s", exc)
+            return {"error": str(exc)}
+        changed = sorted(k for k, v in new.values.items() if self.values.get(k) != v)
+        restart = [k for k in changed if k not in LIVE_KEYS]
+        applied: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for key in (k for k in changed if k in LIVE_KEYS):
+            value = new.values[key]
+            try:
+                if key == "memory_limit":
+                    evicted = self.engine.set_memlimit_evict(value * MIB)
+                    applied[key] = {"value": value, "evicted": evicted}
+                elif key == "verbose":
+                    self.engine.set_verbosity(value)
+                    setup_logging(value)
+                    applied[key] = value
+                elif key == "conn_limit":
+                    self.engine.set_maxconns(value)
+                    applied[key] = value
+                elif key == "metrics_listen":
+                    self.stop_http()
+                    self.values[key] = value
+                    self.start_http(value)
+                    applied[key] = value or "off"
+                elif key in ("admin_token", "admin_token_file"):
+                    self.values[key] = value
+                    if self.http is not None:
+                        self.http.access.token = admin_token(new.values)
+                    applied[key] = "changed"
+                else:  # snapshot: used at the next save
+                    applied[key] = value
+                self.values[key] = value
+            except Exception as exc:  # report, keep the old value, go on with the rest
+                errors[key] = str(exc)
+        result: dict[str, Any] = {"config": self.loaded.config_path, "applied": applied,
+                                  "restart_required": restart}
+        if errors:
+            result["failed"] = errors
+        log.warning("reload: applied %s; needs a restart: %s%s", sorted(applied) or "nothing",
+                    restart or "nothing", f"; failed: {errors}" if errors else "")
+        return result
+
+
+def serve(settings: Settings, loaded: Loaded | None = None) -> int:
     """Start an engine with ``settings``, run until told to stop; exit status."""
     import stackmap_core
     from stackmap_core import Engine, EngineError, SettingsError
 
     setup_logging(settings.verbose)
+    hup = threading.Event()
+    old_hup = signal.signal(signal.SIGHUP, lambda _s, _f: hup.set())
     with _Signals() as signals:
         try:
             engine = Engine(settings)
@@ -88,12 +274,24 @@ def serve(settings: Settings) -> int:
         except EngineError as exc:
             log.error("cannot create the engine: %s", exc)
             return EX_OSERR
+        control = Control(engine, loaded)
         try:
+            control.restore_at_start()
             try:
                 engine.start()
             except EngineError as exc:
                 log.error("cannot start: %s", exc)
                 return EX_OSERR
+            listen = control.values.get("metrics_listen")
+            try:
+                control.start_http(listen)
+            except OSError as exc:
+                if loaded is not None and "metrics_listen" in loaded.explicit:
+                    log.error("cannot serve metrics on %s: %s", listen, exc.strerror or exc)
+                    engine.stop(0)
+                    return EX_OSERR
+                log.info("metrics and admin API off: cannot listen on default %s: %s",
+                            listen, exc.strerror or exc)
             log.info("%s", describe(settings, engine.backend, stackmap_core.version()))
             if engine.backend_note:
                 log.info("backend: %s", engine.backend_note)
@@ -104,8 +302,16 @@ def serve(settings: Settings) -> int:
                     reason = 'client sent "shutdown"'
                 elif signals.received is not None:
                     reason = signal.Signals(signals.received).name
+                if hup.is_set():
+                    hup.clear()
+                    control.reload()
+                control.serve_reload_requests()
             log.info("exiting normally (%s)", reason)
+            control.stop_http()
             engine.stop(GRACE_MS)
+            control.save_at_exit()
         finally:
+            control.stop_http()
             engine.destroy()
+            signal.signal(signal.SIGHUP, old_hup)
     return EX_OK

@@ -125,6 +125,29 @@ def parse_str(raw: object) -> str:
     return raw
 
 
+def parse_nonempty(raw: object) -> str:
+    """A string that is not empty (a token, a path)."""
+    value = parse_str(raw)
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def parse_hostport_off(raw: object) -> str | None:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) or ``off``; None means off."""
+    value = parse_str(raw).strip()
+    if value.lower() in ("off", "none", "no", "false", "0"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() for c in host):
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9150) or off, got {value!r}")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be between 0 and 65535 in {value!r}")
+    return f"{host}:{int(port)}" if ":" not in host else f"[{host}]:{int(port)}"
+
+
 def _num(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
@@ -261,7 +284,27 @@ OPTIONS: tuple[Option, ...] = (
            "extended options, comma-separated key[=value] (listed below)", "OPTS"),
     Option("backend", None, VALUE, choice(backend_names), "auto", "auto",
            "I/O backend: auto picks the best available", "NAME"),
+    # The control plane's own options (not engine settings; see CONTROL_KEYS).
+    Option("metrics_listen", None, VALUE, parse_hostport_off, "127.0.0.1:9150", "127.0.0.1:9150",
+           "HTTP address of /metrics, /healthz, /readyz and the admin API; off to disable",
+           "HOST:PORT"),
+    Option("admin_token", None, VALUE, parse_nonempty, None, "",
+           "bearer token the admin API requires (required to use it beyond loopback)", "TOKEN"),
+    Option("admin_token_file", None, VALUE, parse_nonempty, None, "",
+           "read the admin bearer token from this file", "FILE"),
+    Option("snapshot", None, VALUE, parse_nonempty, None, "",
+           "warm restart file: loaded at start if present, saved on SIGTERM/SIGINT", "FILE"),
+    Option("restore", None, VALUE, parse_nonempty, None, "",
+           "load this snapshot at start (a bad file is refused: the server starts empty)", "FILE"),
 )
+
+# Options the control plane keeps for itself: build_settings leaves them out.
+CONTROL_KEYS = frozenset({"metrics_listen", "admin_token", "admin_token_file", "snapshot", "restore"})
+
+# Options that SIGHUP / `stackmapctl reload` apply to a running server; any
+# other change needs a restart.
+LIVE_KEYS = frozenset({"memory_limit", "verbose", "conn_limit", "metrics_listen", "admin_token",
+                       "admin_token_file", "snapshot"})
 
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 

@@ -11,7 +11,8 @@ cffi releases the GIL around each one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from stackmap_core._stackmap_core import ffi, lib
@@ -20,6 +21,9 @@ __all__ = [
     "BACKENDS",
     "Engine",
     "EngineError",
+    "ItemInfo",
+    "LatencyTable",
+    "RestoreCounts",
     "SettingsError",
     "default_settings",
     "version",
@@ -36,6 +40,56 @@ BACKENDS: dict[str, int] = {
 
 _ERR_LEN = 512
 _STATS_BUF = 16384  # first buffer for a stats group; grown when the engine asks
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    """One live item's metadata (``struct sm_item_info``), as the admin API shows it."""
+
+    key: bytes  # the key's bytes
+    binary_key: bool  # stored from a base64 meta key (ms b)
+    flags: int  # client flags
+    value_len: int  # value length in bytes
+    exptime: int  # unix time of expiry, 0 = never
+    last_access: int  # unix time of the last access
+    cas: int  # CAS unique
+    slab_class: int  # slab class id
+    fetched: bool  # read at least once since stored
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Per-command latency histograms summed over the workers."""
+
+    commands: tuple[str, ...]  # command names, in the engine's order
+    bounds_ns: tuple[int, ...]  # upper bound of each bucket but the last (+Inf)
+    counts: tuple[tuple[int, ...], ...]  # counts[command][bucket], not cumulative
+    sums_ns: tuple[int, ...]  # total nanoseconds per command
+
+
+@dataclass
+class RestoreCounts:
+    """Running totals of a snapshot restore (both passes use one each)."""
+
+    items: int = 0  # records stored (or, in a dry run, that would be)
+    expired: int = 0  # records skipped because their expiry passed
+
+
+_KEYS_BATCH = 1024  # sm_item_info entries per sm_admin_keys call
+
+
+def _item_info(raw: Any) -> ItemInfo:
+    return ItemInfo(
+        key=ffi.unpack(raw.key, raw.nkey),
+        binary_key=bool(raw.binary_key),
+        flags=raw.flags,
+        value_len=raw.value_len,
+        exptime=raw.exptime,
+        last_access=raw.last_access,
+        cas=raw.cas,
+        slab_class=raw.slab_class,
+        fetched=bool(raw.fetched),
+    )
 
 
 class EngineError(RuntimeError):
@@ -217,6 +271,125 @@ class Engine:
     def set_verbosity(self, level: int) -> None:
         """Change the log level while running (``verbosity``)."""
         lib.sm_engine_set_verbosity(self._live(), level)
+
+    # ---- admin API (engine.h, admin.c) ----
+
+    @property
+    def ready(self) -> bool:
+        """Started and accepting connections."""
+        return bool(lib.sm_engine_ready(self._live()))
+
+    def set_maxconns(self, maxconns: int) -> None:
+        """Change the connection limit (-c) while running."""
+        err = ffi.new("char[]", _ERR_LEN)
+        if lib.sm_engine_set_maxconns(self._live(), maxconns, err, _ERR_LEN) != 0:
+            raise EngineError(_err(err))
+
+    def set_memlimit_evict(self, maxbytes: int) -> int:
+        """Set the memory limit and evict down to it; returns the items evicted."""
+        err = ffi.new("char[]", _ERR_LEN)
+        n = lib.sm_admin_set_memlimit(self._live(), maxbytes, err, _ERR_LEN)
+        if n < 0:
+            raise EngineError(_err(err))
+        return int(n)
+
+    def keys(self, prefix: bytes = b"", cursor: int = 0,
+             limit: int | None = None) -> Iterator[tuple[list[ItemInfo], int]]:
+        """Live items whose key starts with ``prefix``, in batches as the walk finds them.
+
+        Yields (items, cursor after them); the walk resumes from ``cursor``
+        (0: the beginning) and stops after ``limit`` items; a yielded cursor
+        of 0 means the walk is complete.  Every call into the engine is short
+        (a bounded number of slab chunks, one item lock at a time), so
+        listing a big cache never stalls workers.
+        """
+        handle = self._live()
+        cur = ffi.new("uint64_t *", cursor)
+        out = ffi.new("struct sm_item_info[]", _KEYS_BATCH)
+        left = limit
+        while left is None or left > 0:
+            want = _KEYS_BATCH if left is None else min(left, _KEYS_BATCH)
+            n = lib.sm_admin_keys(handle, prefix, len(prefix), cur, out, want)
+            if left is not None:
+                left -= n
+            if n or cur[0] == 0:
+                yield [_item_info(out[i]) for i in range(n)], int(cur[0])
+            if cur[0] == 0:
+                return
+
+    def get_meta(self, key: bytes) -> ItemInfo | None:
+        """One key's metadata without bumping it, or None."""
+        out = ffi.new("struct sm_item_info *")
+        if lib.sm_admin_get_meta(self._live(), key, len(key), out):
+            return _item_info(out)
+        return None
+
+    def delete(self, key: bytes) -> bool:
+        """Delete one key; True when it existed."""
+        return bool(lib.sm_admin_delete(self._live(), key, len(key)))
+
+    def delete_prefix(self, prefix: bytes) -> int:
+        """Delete every key starting with ``prefix`` (bounded steps); the number deleted."""
+        handle = self._live()
+        cursor = ffi.new("uint64_t *", 0)
+        total = 0
+        while True:
+            total += lib.sm_admin_delete_prefix(handle, prefix, len(prefix), cursor)
+            if cursor[0] == 0:
+                return total
+
+    def flush(self, delay: int = 0) -> None:
+        """``flush_all [delay]``."""
+        lib.sm_admin_flush(self._live(), delay)
+
+    def dump(self, bufsize: int = 4 << 20) -> Iterator[tuple[bytes, int]]:
+        """Snapshot records of every live item: yields (record bytes, records in them)."""
+        handle = self._live()
+        size = max(bufsize, lib.sm_admin_dump_min_buffer(handle))
+        buf = ffi.new("char[]", size)
+        cursor = ffi.new("uint64_t *", 0)
+        count = ffi.new("uint64_t *", 0)
+        while True:
+            count[0] = 0
+            n = lib.sm_admin_dump(handle, cursor, buf, size, count)
+            if n < 0:
+                raise EngineError("snapshot buffer too small")
+            if n:
+                yield ffi.unpack(buf, n), int(count[0])
+            if cursor[0] == 0:
+                return
+
+    def restore(self, data: bytes, counts: RestoreCounts, dry_run: bool) -> int:
+        """Check (dry_run) or store the whole records at the start of ``data``.
+
+        Returns the bytes consumed; a trailing partial record is left for the
+        next call.  Raises EngineError naming the bad record.
+        """
+        err = ffi.new("char[]", _ERR_LEN)
+        items = ffi.new("uint64_t *", counts.items)
+        expired = ffi.new("uint64_t *", counts.expired)
+        n = lib.sm_admin_restore(self._live(), data, len(data), int(dry_run), items, expired, err, _ERR_LEN)
+        counts.items, counts.expired = int(items[0]), int(expired[0])
+        if n < 0:
+            raise EngineError(_err(err))
+        return int(n)
+
+    def latency(self) -> LatencyTable:
+        """Per-command latency histograms, summed over the workers."""
+        dims = ffi.new("int[3]")
+        lib.sm_latency_dims(dims, dims + 1, dims + 2)
+        ncmds, nbuckets, shift = dims[0], dims[1], dims[2]
+        counts = ffi.new("uint64_t[]", ncmds * nbuckets)
+        sums = ffi.new("uint64_t[]", ncmds)
+        lib.sm_engine_latency(self._live(), counts, sums)
+        names = tuple(ffi.string(lib.sm_latency_name(i)).decode() for i in range(ncmds))
+        flat = list(counts)
+        return LatencyTable(
+            commands=names,
+            bounds_ns=tuple(1 << (shift + b) for b in range(nbuckets - 1)),
+            counts=tuple(tuple(flat[i * nbuckets:(i + 1) * nbuckets]) for i in range(ncmds)),
+            sums_ns=tuple(sums),
+        )
 
     def __del__(self) -> None:
         # Last resort only: the control plane destroys engines explicitly.

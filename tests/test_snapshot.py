@@ -1,0 +1,181 @@
+"""Warm restart: snapshot on SIGTERM, restore on start, refuse bad files.
+
+The big case fills a real stackmapd with 100k items of mixed sizes and
+expiries, stops it with SIGTERM (which writes --snapshot), starts a new
+process on the file and checks every unexpired item comes back identical
+(value, flags, CAS) while the expired ones do not.  Truncated, bit-flipped
+and foreign files must be refused with the reason logged and the server
+must start empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import pytest
+from control_support import gets_many, http, pipeline_sets, request, start
+
+import stackmap_core
+from server import snapshot
+
+N_ITEMS = 100_000
+
+
+def stats(sock: object) -> dict[str, str]:
+    raw = request(sock, b"stats\r\n")  # type: ignore[arg-type]
+    return {line.split(" ")[1]: line.split(" ")[2] for line in raw.decode().split("\r\n") if line.startswith("STAT ")}
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Fill, SIGTERM (saves), restart on the snapshot; what the tests compare."""
+    tmp = tmp_path_factory.mktemp("snap")
+    path = tmp / "cache.snap"
+    rng = random.Random(5)
+    items: list[tuple[bytes, int, int, bytes]] = []
+    for i in range(N_ITEMS):
+        size = rng.choice((1, 10, 100, 700)) if i % 500 else rng.choice((20_000, 200_000))
+        kind = i % 5  # 0,1: no expiry, 2,3: an hour, 4: two seconds
+        exptime = (0, 0, 3600, 3600, 2)[kind]
+        items.append((b"k:%d:%d" % (kind, i), rng.randrange(1 << 32), exptime,
+                      rng.randbytes(size).replace(b"\r\n", b"xx")))
+    live = [k for k, _, e, _ in items if e != 2]
+    short = [k for k, _, e, _ in items if e == 2]
+
+    first = start(["-m", "256", "--snapshot", str(path)])
+    try:
+        with first.conn() as sock:
+            stored_at = time.monotonic()
+            pipeline_sets(sock, items)
+            before = gets_many(sock, live)
+            assert len(before) == len(live)
+            before_stats = stats(sock)
+        assert first.stop() == 0, first.log()
+        log1 = first.log()
+    finally:
+        first.cleanup()
+    # Let the two-second items expire whether or not they made it into the file.
+    time.sleep(max(0.0, stored_at + 3.0 - time.monotonic()))
+    second = start(["-m", "256", "--snapshot", str(path)])
+    try:
+        with second.conn() as sock:
+            after = gets_many(sock, live)
+            gone = gets_many(sock, short)
+            after_stats = stats(sock)
+            new_cas = int(request(sock, b"set fresh 0 0 1\r\nx\r\ngets fresh\r\n").split(b"\r\n")[1].split()[4])
+        log2 = second.log()
+    finally:
+        second.stop()
+        second.cleanup()
+    return {"path": path, "before": before, "after": after, "gone": gone, "log1": log1, "log2": log2,
+            "before_stats": before_stats, "after_stats": after_stats, "new_cas": new_cas, "tmp": tmp,
+            "n_live": len(live)}
+
+
+def test_warm_restart_brings_back_every_unexpired_item_identical(warm: dict[str, object]) -> None:
+    before, after = warm["before"], warm["after"]
+    assert isinstance(before, dict) and isinstance(after, dict)
+    assert len(after) == warm["n_live"]
+    mismatched = [k for k in before if after.get(k) != before[k]]
+    assert not mismatched, f"{len(mismatched)} items differ, e.g. {mismatched[:3]}"
+    assert warm["gone"] == {}, "expired items came back"
+    assert int(warm["after_stats"]["curr_items"]) == warm["n_live"]  # type: ignore[index]
+    assert "saved" in warm["log1"] and "restored" in warm["log2"]  # type: ignore[operator]
+
+
+def test_new_cas_is_above_every_restored_cas(warm: dict[str, object]) -> None:
+    before = warm["before"]
+    assert isinstance(before, dict)
+    assert warm["new_cas"] > max(cas for _, cas, _ in before.values())  # type: ignore[operator]
+
+
+def _refused(warm: dict[str, object], name: str, data: bytes, reason: str) -> None:
+    bad = Path(warm["tmp"]) / name  # type: ignore[arg-type]
+    bad.write_bytes(data)
+    srv = start(["--restore", str(bad)])
+    try:
+        with srv.conn() as sock:
+            assert stats(sock)["curr_items"] == "0"
+        assert http("GET", srv.url + "/readyz")[0] == 200
+    finally:
+        srv.stop()
+        log = srv.log()
+        srv.cleanup()
+    assert "snapshot refused, starting empty" in log and reason in log, log
+
+
+def test_truncated_snapshot_is_refused(warm: dict[str, object]) -> None:
+    data = Path(warm["path"]).read_bytes()  # type: ignore[arg-type]
+    _refused(warm, "trunc.snap", data[: len(data) // 2], "truncated")
+
+
+def test_bit_flipped_snapshot_is_refused(warm: dict[str, object]) -> None:
+    data = bytearray(Path(warm["path"]).read_bytes())  # type: ignore[arg-type]
+    data[len(data) // 3] ^= 0x10
+    _refused(warm, "flip.snap", bytes(data), "checksum mismatch")
+
+
+def test_foreign_file_is_refused(warm: dict[str, object]) -> None:
+    _refused(warm, "foreign.snap", b"SQLite format 3\0" + bytes(4000), "not a stackmapd snapshot")
+
+
+def test_other_version_is_refused(warm: dict[str, object]) -> None:
+    data = bytearray(Path(warm["path"]).read_bytes())  # type: ignore[arg-type]
+    struct.pack_into("<I", data, 8, 99)
+    _refused(warm, "v99.snap", bytes(data), "version 99 is not supported")
+
+
+# ---- in-process: the file format as documented, expiry at load time ----
+
+
+def _record(key: bytes, value: bytes, flags: int, exptime: int, cas: int) -> bytes:
+    return struct.pack("<HBBIIqQ", len(key), 0, 0, len(value), flags, exptime, cas) + key + value
+
+
+def _write(path: Path, records: list[bytes]) -> None:
+    body = b"".join(records)
+    header = struct.pack("<8sIIqQQ", b"\x89SMSNAP\n", 1, 0, int(time.time()), len(records), len(body))
+    trailer = hashlib.sha256(header + hashlib.sha256(body).digest()).digest()
+    path.write_bytes(header + body + trailer)
+
+
+def test_documented_format_loads_and_skips_expired(tmp_path: Path) -> None:
+    now = int(time.time())
+    path = tmp_path / "hand.snap"
+    _write(path, [_record(b"a", b"1", 7, 0, 100), _record(b"b", b"22", 8, now + 600, 5000),
+                  _record(b"old", b"x", 0, now - 10, 7)])
+    with stackmap_core.Engine({"port": 0, "num_threads": 1}) as engine:
+        result = snapshot.load(engine, path)
+        assert (result.items, result.expired) == (2, 1)
+        a, b = engine.get_meta(b"a"), engine.get_meta(b"b")
+        assert a is not None and (a.flags, a.cas, a.exptime, a.value_len) == (7, 100, 0, 1)
+        assert b is not None and (b.cas, b.exptime) == (5000, now + 600)
+        assert engine.get_meta(b"old") is None
+        # and a save of it reads back byte-identical records
+        out = tmp_path / "again.snap"
+        saved = snapshot.save(engine, out)
+        assert saved.items == 2
+
+
+def test_malformed_record_with_good_checksum_loads_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "bad.snap"
+    _write(path, [_record(b"fine", b"1", 0, 0, 1), _record(b"bad key", b"1", 0, 0, 2)])
+    with stackmap_core.Engine({"port": 0, "num_threads": 1}) as engine:
+        with pytest.raises(snapshot.SnapshotError, match="record 2: key contains whitespace"):
+            snapshot.load(engine, path)
+        assert engine.get_meta(b"fine") is None  # never half-loaded
+        assert engine.stats()["curr_items"] == "0"
+
+
+def test_value_larger_than_this_servers_item_limit_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.snap"
+    _write(path, [_record(b"big", bytes(600_000), 0, 0, 1)])
+    with stackmap_core.Engine({"port": 0, "num_threads": 1, "item_size_max": 512 * 1024}) as engine:
+        with pytest.raises(snapshot.SnapshotError, match="does not fit this server's item size limit"):
+            snapshot.load(engine, path)
+    shutil.rmtree(tmp_path, ignore_errors=True)
