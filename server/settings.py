@@ -326,7 +326,7 @@ EXTENDED: tuple[Extended, ...] = (
     Extended("hashpower", "hashpower_init", ranged(parse_int, HASHPOWER_MIN, HASHPOWER_MAX),
              "initial hash table size as a power of two"),
     Extended("lru_segmented", "lru_segmented", parse_bool,
-             "hot/warm/cold segmented LRU (no_lru_segmented: one plain LRU)",
+             "accepted for memcached compatibility; stackmapd keeps one LRU per slab class either way",
              negation="no_lru_segmented", bare=True),
     Extended("idle_timeout", "idle_timeout", ranged(parse_int, 0, 1 << 31),
              "close client connections idle this many seconds; 0 never"),

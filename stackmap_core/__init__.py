@@ -36,6 +36,7 @@ BACKENDS: dict[str, int] = {
     "auto": lib.SM_BACKEND_AUTO,
     "epoll": lib.SM_BACKEND_EPOLL,
     "uring": lib.SM_BACKEND_URING,
+    "stackmap": lib.SM_BACKEND_STACKMAP,
 }
 
 _ERR_LEN = 512
@@ -230,7 +231,7 @@ class Engine:
         for name, value in BACKENDS.items():
             if value == kind:
                 return name
-        return ffi.string(ffi.cast("enum sm_backend_kind", kind)).decode()
+        return f"backend {kind}"  # a C enum value this facade does not name
 
     @property
     def backend_note(self) -> str:

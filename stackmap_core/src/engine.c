@@ -48,7 +48,7 @@ void sm_settings_init(struct sm_settings *s)
     s->backlog = 1024;
     s->reqs_per_event = 20;
     s->hashpower_init = 16;
-    s->lru_segmented = 1;
+    s->lru_segmented = 0; /* -o lru_segmented is accepted, but the cache has one LRU per class */
     s->backend = SM_BACKEND_AUTO;
     s->uring_entries = 256;
     s->uring_bufs = 1024;

@@ -294,7 +294,7 @@ static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
     sink->add(sink, "dump_enabled", "no");
     sink->add(sink, "hash_algorithm", "murmur3");
     sink->add(sink, "lru_maintainer_thread", "no");
-    sink->add(sink, "lru_segmented", st->lru_segmented ? "yes" : "no");
+    sink->add(sink, "lru_segmented", "no"); /* one LRU per slab class, whatever -o says */
     sink->add(sink, "temp_lru", "no");
     sm_stat_addf(sink, "idle_timeout", "%d", st->idle_timeout);
     sink->add(sink, "track_sizes", "no");
