@@ -1252,7 +1252,8 @@ int main(void)
 
 	while ((tcp1 = sockstat_tcp_inuse()) > tcp0 && now_s() < end)
 		usleep(100 * 1000);
-	check(tcp1 == tcp0, "sockets-released", "TCP inuse %ld, was %ld", tcp1, tcp0);
+	/* <=: other processes in the guest (stackmapd) may close sockets meanwhile */
+	check(tcp1 <= tcp0, "sockets-released", "TCP inuse %ld, was %ld", tcp1, tcp0);
 	long vm1 = vmalloc_used_kb();
 
 	check(vm1 >= 0 && vm1 - vm0 < 1024, "port-memory-freed", "VmallocUsed %ld kB, was %ld kB",

@@ -67,10 +67,9 @@ static int iov_reserve(conn *c)
     return 0;
 }
 
-int out_static(conn *c, const char *s, size_t len)
+/* Queue an iovec pointing at memory that outlives the queue (no copy). */
+static int out_ref(conn *c, const char *s, size_t len)
 {
-    if (len == 0)
-        return 0;
     if (iov_reserve(c) < 0)
         return -1;
     c->iov[c->iovcnt].iov_base = (void *)s;
@@ -78,6 +77,16 @@ int out_static(conn *c, const char *s, size_t len)
     c->iovcnt++;
     c->out_bytes += len;
     return 0;
+}
+
+int out_static(conn *c, const char *s, size_t len)
+{
+    if (len == 0)
+        return 0;
+    /* Short constants are copied so that a response stays one contiguous run. */
+    if (len <= OUT_COPY_MAX)
+        return out_copy(c, s, len);
+    return out_ref(c, s, len);
 }
 
 /* A chunk with at least `need` free bytes at the tail of the queue. */
@@ -193,8 +202,17 @@ int out_item(conn *c, item *it, const char *p, size_t len)
         c->held = n;
         c->heldcap = ncap;
     }
+    /*
+     * The item stays referenced until the queue is sent, whether its bytes
+     * are referenced or copied: that is memcached's lifetime for a response's
+     * item, and what decides whether incr/decr may rewrite a value in place.
+     * Small values are copied (cheaper than another iovec: a batch of
+     * responses then leaves as one buffer); large ones go from item memory.
+     */
     c->held[c->nheld++] = it;
-    return out_static(c, p, len);
+    if (len <= OUT_COPY_MAX)
+        return out_copy(c, p, len);
+    return out_ref(c, p, len);
 }
 
 /* Release held items and recycle chunks: everything queued is gone. */

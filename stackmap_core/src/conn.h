@@ -9,8 +9,9 @@
  *
  * The output queue is a list of iovecs.  Short responses (status lines,
  * "VALUE ..." headers) are either constant strings or copied into scratch
- * chunks that never move while queued; values are sent straight from item
- * memory, and the items stay referenced until the queue is sent.  Scratch
+ * chunks that never move while queued; values larger than OUT_COPY_MAX are
+ * sent straight from item memory, and those items stay referenced until the
+ * queue is sent (smaller ones are copied: cheaper than another iovec).  Scratch
  * chunks come from a per-worker free list, so steady-state requests
  * allocate nothing.
  */
@@ -31,6 +32,10 @@ struct worker;
 
 /* Longest command line memcached accepts before deciding it is garbage. */
 #define SM_LINE_MAX 2048
+
+/* Values (and constants) up to this size are copied into the queue rather
+ * than referenced: copying a small value costs less than an extra iovec. */
+#define OUT_COPY_MAX 2048
 
 /* Output queue above which a connection stops parsing input (back-pressure). */
 #define OUT_HIGH_WATER (4u * 1024u * 1024u)

@@ -168,8 +168,13 @@ static bool handle_write(worker *w, conn *c)
         struct iovec *iov = conn_out_iov(c, &cnt);
         if (cnt > IOV_MAX)
             cnt = IOV_MAX;
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
-        ssize_t n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        ssize_t n;
+        if (cnt == 1) { /* the common case: one contiguous run of responses */
+            n = send(c->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+        } else {
+            struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
+            n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        }
         SM_STAT_INC(w->stats.syscalls);
         if (n < 0) {
             if (errno == EINTR)

@@ -111,6 +111,11 @@ static int smap_init(worker *w, char *err, size_t errlen)
     st->bufs = st->mem + reg.bufs_ofs;
     st->buf_size = reg.buf_size;
     st->num_bufs = reg.num_bufs;
+    if (st->tx->num_slots != SMAP_TX_SLOTS || st->rx->num_slots != SMAP_RX_SLOTS) {
+        snprintf(err, errlen, "stackmap port has %u/%u slots, asked for %u/%u", st->rx->num_slots,
+                 st->tx->num_slots, SMAP_RX_SLOTS, SMAP_TX_SLOTS);
+        goto fail;
+    }
     for (int i = 0; i < w->nlisten; i++) {
         struct stackmap_attach at = {.fd = w->listen_fds[i]};
         if (ioctl(st->fd, STACKMAP_IOC_ATTACH, &at) < 0) {

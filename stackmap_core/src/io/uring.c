@@ -488,6 +488,8 @@ static void flush_all(worker *w)
         if (uc->zc) {
             io_uring_prep_sendmsg_zc(sqe, uc->fixed, &uc->msg, MSG_NOSIGNAL);
             SM_STAT_INC(w->stats.uring_send_zc);
+        } else if (cnt == 1) { /* one contiguous run: a plain send, no msghdr to import */
+            io_uring_prep_send(sqe, uc->fixed, uc->snap[0].iov_base, uc->snap[0].iov_len, MSG_NOSIGNAL);
         } else {
             io_uring_prep_sendmsg(sqe, uc->fixed, &uc->msg, MSG_NOSIGNAL);
         }
