@@ -111,6 +111,7 @@ test: apt-test
 	./build/test_cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q tests
+	@$(MAKE) --no-print-directory vm-test
 
 lint: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_TEST)

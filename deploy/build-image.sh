@@ -305,8 +305,12 @@ wheels() {
 # ---------------------------------------------------------------------------
 image() {
     local key stage f
+    # The load-test harness and a static mcblast, for the in-guest backend comparison.
+    mkdir -p "$VM/bench"
+    gcc -static -std=c11 -O2 -Wall -Wextra -Werror -o "$VM/bench/mcblast" "$ROOT/loadtest/mcblast.c" -lm \
+        || die "building a static mcblast failed"
     key=$(hash_of "$BASE" "$WHEELDIR"/*.whl "$GUEST/sm-init" "$GUEST/sm-agent" "$GUEST/sm-server" \
-        "${MODULES_KO[@]}" ${RINGTEST:+"$RINGTEST"})
+        "${MODULES_KO[@]}" ${RINGTEST:+"$RINGTEST"} "$VM/bench/mcblast" "$ROOT"/loadtest/*.py)
     if [ "$FORCE" = 0 ] && [ -f "$VM/image.key" ] && [ "$(cat "$VM/image.key")" = "$key" ] && [ -f "$VM/image.ext4" ]; then
         return 0
     fi
@@ -336,6 +340,9 @@ image() {
     mkdir -p "$stage/lib/modules/stackmap"
     for f in "${MODULES_KO[@]}"; do install -m 0644 "$f" "$stage/lib/modules/stackmap/"; done
     [ -n "$RINGTEST" ] && install -m 0755 "$RINGTEST" "$stage/usr/local/bin/ringtest"
+    install -m 0755 "$VM/bench/mcblast" "$stage/usr/local/bin/mcblast"
+    mkdir -p "$stage/opt/loadtest/loadtest"
+    install -m 0644 "$ROOT"/loadtest/*.py "$stage/opt/loadtest/loadtest/"
     echo stackmap-vm >"$stage/etc/hostname"
     rm -f "$VM/image.ext4.tmp"
     mkfs.ext4 -q -F -E root_owner=0:0 -L stackmap-root -d "$stage" "$VM/image.ext4.tmp" 1G >/dev/null

@@ -112,12 +112,34 @@ def choose_backends(requested: str, agent: int) -> list[tuple[str, str]]:
                                       "'import stackmap_core; print(\" \".join(stackmap_core.BACKENDS))'", 60)
     known = out.split() if rc == 0 else []
     if requested == "auto":
-        names = ["epoll"]
+        names = ["epoll", "uring"]
         if vmctl.guest_exec(agent, "test -c /dev/stackmap", 30)[0] == 0:
             names.append("stackmap")
     else:
         names = [b.strip() for b in requested.split(",") if b.strip()]
     return [(name, name if name in known or name != "stackmap" else "auto") for name in names]
+
+
+# The in-guest comparison: the load-test harness (copied to /opt/loadtest with a
+# static mcblast) runs every backend on the guest's own loopback, one vCPU,
+# alternated and repeated.  Emulated (TCG): only the ratios mean anything.
+COMPARE = (
+    "cd /opt/loadtest && /opt/stackmapd/bin/python -m loadtest --generator mcblast"
+    " --mcblast /usr/local/bin/mcblast --stackmapd /opt/stackmapd/bin/stackmapd"
+    " --targets {targets} --baseline stackmapd-uring --values 64 --concurrency 16 --depth {depth}"
+    " --duration 4 --warmup 1 --keys 2000 --reps 3 --pin same --ready-timeout 60 --markdown"
+)
+
+
+def compare_backends(agent: int, backends: list[str], timings: list[tuple[str, float]]) -> None:
+    """Print the harness's table for the backends this VM has (report only)."""
+    targets = ",".join(f"stackmapd-{b}" for b in backends)
+    for depth in (1, 8):
+        t0 = time.monotonic()
+        rc, out = vmctl.guest_exec(agent, COMPARE.format(targets=targets, depth=depth), 900)
+        timings.append((f"in-guest compare d={depth}", time.monotonic() - t0))
+        print(f"\n--- in-guest backend comparison (emulated: ratios only), mcblast 16 x {depth} ---")
+        print(out if rc == 0 else f"(failed, exit {rc})\n{out}")
 
 
 def main() -> int:
@@ -165,6 +187,7 @@ def main() -> int:
                 continue
             rcs[label] = run_pytest(label, backend, SERVER_TESTS, timings)
             results[label] = junit_results(RUN / f"junit-{slug(label)}.xml")
+        compare_backends(agent, [b for b, _ in backends], timings)
         label = "kernel module + log"
         rcs[label] = run_pytest(label, backends[-1][0] if backends else first, KERNEL_TESTS, timings)
         results[label] = junit_results(RUN / f"junit-{slug(label)}.xml")

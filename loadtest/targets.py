@@ -116,6 +116,12 @@ TARGETS: dict[str, Target] = {
             _stackmapd_argv("uring"),
             lambda o: o.stackmapd,
         ),
+        Target(
+            "stackmapd-stackmap",
+            "stackmapd --backend stackmap (needs /dev/stackmap: our kernel module, e.g. in the test VM)",
+            _stackmapd_argv("stackmap"),
+            lambda o: o.stackmapd,
+        ),
     )
 }
 
