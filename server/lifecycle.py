@@ -294,7 +294,7 @@ def serve(settings: Settings, loaded: Loaded | None = None) -> int:
                             listen, exc.strerror or exc)
             log.info("%s", describe(settings, engine.backend, stackmap_core.version()))
             if engine.backend_note:
-                log.info("backend: %s", engine.backend_note)
+                log.warning("backend: %s", engine.backend_note)  # a fallback is always worth a line
 
             reason = ""
             while not reason:

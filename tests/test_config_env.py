@@ -129,3 +129,30 @@ def test_sighup_and_ctl_reload_apply_live_settings(tmp_path: Path) -> None:
     finally:
         p.stop()
         p.cleanup()
+
+
+@pytest.mark.parametrize("backend", ["epoll", "uring"])
+def test_conn_limit_raised_live_beyond_start_size(tmp_path: Path, backend: str) -> None:
+    """A -c raised by reload is honoured even past what the backend sized at
+    start (io_uring's registered-file table holds -c + 16 slots): the extra
+    connections are served through their plain fds."""
+    http_port = free_port()
+    base = f'metrics_listen = "{HOST}:{http_port}"\nbackend = "{backend}"\nthreads = 1\n'
+    cfg = write(tmp_path, base + "conn_limit = 4\n")
+    p = start(["--config", str(cfg)], http_port=http_port, metrics_flag=False)
+    try:
+        cfg.write_text(base + "conn_limit = 60\n")
+        p.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: settings_stats(p.port)["maxconns"] == "60")
+        socks = [socket.create_connection((HOST, p.port), timeout=10) for _ in range(40)]
+        try:
+            for i, s in enumerate(socks):
+                key = b"k%d" % i
+                assert request(s, b"set " + key + b" 0 0 2\r\nok\r\n", b"\r\n") == b"STORED\r\n"
+            for i, s in enumerate(socks):
+                assert request(s, b"get k%d\r\n" % i, b"END\r\n") == b"VALUE k%d 0 2\r\nok\r\nEND\r\n" % i
+        finally:
+            for s in socks:
+                s.close()
+    finally:
+        p.stop()

@@ -71,7 +71,8 @@ conn *worker_conn_open(worker *w, int fd)
 {
     struct sm_engine *e = w->engine;
     int cur = atomic_fetch_add(&e->curr_conns, 1);
-    if (cur >= w->settings->maxconns) {
+    /* -c may be changed live (stackmapctl reload): read it atomically */
+    if (cur >= __atomic_load_n(&w->settings->maxconns, __ATOMIC_RELAXED)) {
         atomic_fetch_sub(&e->curr_conns, 1);
         atomic_fetch_add(&e->rejected_conns, 1);
         static const char msg[] = "ERROR Too many open connections\r\n";

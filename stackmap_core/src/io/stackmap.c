@@ -203,7 +203,7 @@ static void on_new(worker *w, int fd)
         close(fd);
         return;
     }
-    if (atomic_load(&w->engine->curr_conns) >= w->settings->maxconns) {
+    if (atomic_load(&w->engine->curr_conns) >= __atomic_load_n(&w->settings->maxconns, __ATOMIC_RELAXED)) {
         /* Over -c: detach first, so worker_conn_open's answer and close end it. */
         struct stackmap_attach at = {.fd = fd};
         ioctl(st->fd, STACKMAP_IOC_DETACH, &at);

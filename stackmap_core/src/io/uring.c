@@ -62,7 +62,7 @@ typedef struct uring_conn {
     struct msghdr msg;    /* header of the in-flight sendmsg */
     struct iovec *snap;   /* iovecs of the in-flight send (snapshot of the queue) */
     int snapcap;          /* capacity of snap */
-    int fixed;            /* index in the ring's registered file table */
+    int fixed;            /* index in the ring's registered file table, -1: use the plain fd */
     int inflight;         /* SQEs in flight that reference this connection */
     bool recv_armed;      /* a multishot recv is active */
     bool send_inflight;   /* a sendmsg is active */
@@ -246,8 +246,8 @@ static void arm_recv(worker *w, conn *c)
     struct io_uring_sqe *sqe = get_sqe(w);
     if (!sqe)
         return;
-    io_uring_prep_recv_multishot(sqe, uc->fixed, NULL, 0, 0);
-    sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+    io_uring_prep_recv_multishot(sqe, uc->fixed >= 0 ? uc->fixed : c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT | (uc->fixed >= 0 ? IOSQE_FIXED_FILE : 0);
     sqe->buf_group = BGID;
     io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | TAG_RECV);
     uc->recv_armed = true;
@@ -281,10 +281,12 @@ static void maybe_free(worker *w, conn *c)
     uring_conn *uc = c->backend_data;
     if (!uc->closing || uc->inflight > 0 || uc->in_flush)
         return;
-    int minus1 = -1;
-    io_uring_register_files_update(&st->ring, (unsigned)uc->fixed, &minus1, 1);
-    SM_STAT_INC(w->stats.syscalls);
-    st->free_fixed[st->nfree_fixed++] = uc->fixed;
+    if (uc->fixed >= 0) {
+        int minus1 = -1;
+        io_uring_register_files_update(&st->ring, (unsigned)uc->fixed, &minus1, 1);
+        SM_STAT_INC(w->stats.syscalls);
+        st->free_fixed[st->nfree_fixed++] = uc->fixed;
+    }
     free(uc->snap);
     free(uc);
     c->backend_data = NULL;
@@ -315,7 +317,7 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
     if (cqe->res < 0)
         return;
     int fd = cqe->res;
-    if (atomic_load(&w->draining) || st->nfree_fixed == 0) {
+    if (atomic_load(&w->draining)) {
         close(fd);
         return;
     }
@@ -327,16 +329,18 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
         worker_conn_close(w, c);
         return;
     }
-    uc->fixed = st->free_fixed[--st->nfree_fixed];
     c->backend_data = uc;
-    int rc = io_uring_register_files_update(&st->ring, (unsigned)uc->fixed, &fd, 1);
-    SM_STAT_INC(w->stats.syscalls);
-    if (rc < 0) {
-        st->free_fixed[st->nfree_fixed++] = uc->fixed;
-        free(uc);
-        c->backend_data = NULL;
-        worker_conn_close(w, c);
-        return;
+    uc->fixed = -1;
+    /* A registered slot when one is free (the table is sized for -c at start;
+     * a -c raised live may outgrow it): otherwise the plain fd serves. */
+    if (st->nfree_fixed > 0) {
+        int slot = st->free_fixed[--st->nfree_fixed];
+        int rc = io_uring_register_files_update(&st->ring, (unsigned)slot, &fd, 1);
+        SM_STAT_INC(w->stats.syscalls);
+        if (rc >= 0)
+            uc->fixed = slot;
+        else
+            st->free_fixed[st->nfree_fixed++] = slot;
     }
     arm_recv(w, c);
 }
@@ -483,17 +487,19 @@ static void flush_all(worker *w)
             maybe_free(w, c);
             continue;
         }
+        int target = uc->fixed >= 0 ? uc->fixed : c->fd;
         int zc_min = w->settings->uring_zc_threshold;
         uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min;
         if (uc->zc) {
-            io_uring_prep_sendmsg_zc(sqe, uc->fixed, &uc->msg, MSG_NOSIGNAL);
+            io_uring_prep_sendmsg_zc(sqe, target, &uc->msg, MSG_NOSIGNAL);
             SM_STAT_INC(w->stats.uring_send_zc);
         } else if (cnt == 1) { /* one contiguous run: a plain send, no msghdr to import */
-            io_uring_prep_send(sqe, uc->fixed, uc->snap[0].iov_base, uc->snap[0].iov_len, MSG_NOSIGNAL);
+            io_uring_prep_send(sqe, target, uc->snap[0].iov_base, uc->snap[0].iov_len, MSG_NOSIGNAL);
         } else {
-            io_uring_prep_sendmsg(sqe, uc->fixed, &uc->msg, MSG_NOSIGNAL);
+            io_uring_prep_sendmsg(sqe, target, &uc->msg, MSG_NOSIGNAL);
         }
-        sqe->flags |= IOSQE_FIXED_FILE;
+        if (uc->fixed >= 0)
+            sqe->flags |= IOSQE_FIXED_FILE;
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | TAG_SEND);
         uc->send_inflight = true;
         uc->inflight++;

@@ -490,6 +490,29 @@ static void ml_opaque_key(meta_line *l, const meta_token *t, size_t ntokens, siz
     }
 }
 
+/*
+ * The checks every keyed meta command starts with, in memcached's order: no
+ * key is ERROR, a key too long (or, for ms, no data length) is a format
+ * error, too many tokens is `toolong` (mg and the others word it
+ * differently).  false when the error has been queued.
+ */
+static bool meta_head_ok(conn *c, const meta_token *t, size_t ntokens, bool need_datalen, const char *toolong)
+{
+    if (ntokens < 3) {
+        out_static(c, "ERROR\r\n", 7);
+        return false;
+    }
+    if (t[1].len > KEY_MAX_LENGTH || (need_datalen && ntokens == 3)) {
+        meta_error(c, ERR_FORMAT);
+        return false;
+    }
+    if (ntokens > META_MAX_NTOKENS) {
+        meta_error(c, toolong);
+        return false;
+    }
+    return true;
+}
+
 /* ---- mg ---- */
 
 static void meta_get(conn *c, meta_token *t, size_t ntokens)
@@ -499,18 +522,8 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
     meta_flags of = {0};
     const char *errstr = ERR_FORMAT;
 
-    if (ntokens < 3) {
-        out_static(c, "ERROR\r\n", 7);
+    if (!meta_head_ok(c, t, ntokens, false, "CLIENT_ERROR options flags are too long"))
         return;
-    }
-    if (t[1].len > KEY_MAX_LENGTH) {
-        meta_error(c, ERR_FORMAT);
-        return;
-    }
-    if (ntokens > META_MAX_NTOKENS) {
-        meta_error(c, "CLIENT_ERROR options flags are too long");
-        return;
-    }
     if (!meta_preparse(c, t, ntokens, 2, 'g', &of, &errstr)) {
         meta_error(c, errstr);
         return;
@@ -708,18 +721,8 @@ static void meta_set(conn *c, meta_token *t, size_t ntokens)
     const char *errstr = ERR_FORMAT;
     int32_t vlen32;
 
-    if (ntokens < 3) {
-        out_static(c, "ERROR\r\n", 7);
+    if (!meta_head_ok(c, t, ntokens, true, "CLIENT_ERROR options flags too long"))
         return;
-    }
-    if (t[1].len > KEY_MAX_LENGTH || ntokens == 3) {
-        meta_error(c, ERR_FORMAT);
-        return;
-    }
-    if (ntokens > META_MAX_NTOKENS) {
-        meta_error(c, "CLIENT_ERROR options flags too long");
-        return;
-    }
     if (!meta_strtol32(t[2].v, &vlen32) || vlen32 < 0 || vlen32 > INT_MAX - 2) {
         meta_error(c, ERR_FORMAT);
         return;
@@ -895,18 +898,8 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
     meta_flags of = {0};
     const char *errstr = ERR_FORMAT;
 
-    if (ntokens < 3) {
-        out_static(c, "ERROR\r\n", 7);
+    if (!meta_head_ok(c, t, ntokens, false, "CLIENT_ERROR options flags too long"))
         return;
-    }
-    if (t[1].len > KEY_MAX_LENGTH) {
-        meta_error(c, ERR_FORMAT);
-        return;
-    }
-    if (ntokens > META_MAX_NTOKENS) {
-        meta_error(c, "CLIENT_ERROR options flags too long");
-        return;
-    }
     if (!meta_preparse(c, t, ntokens, 2, 'd', &of, &errstr)) {
         meta_error(c, "CLIENT_ERROR invalid or duplicate flag");
         return;
@@ -1033,18 +1026,8 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
     const char *errstr = ERR_FORMAT;
     of.delta = 1;
 
-    if (ntokens < 3) {
-        out_static(c, "ERROR\r\n", 7);
+    if (!meta_head_ok(c, t, ntokens, false, "CLIENT_ERROR options flags too long"))
         return;
-    }
-    if (t[1].len > KEY_MAX_LENGTH) {
-        meta_error(c, ERR_FORMAT);
-        return;
-    }
-    if (ntokens > META_MAX_NTOKENS) {
-        meta_error(c, "CLIENT_ERROR options flags too long");
-        return;
-    }
     if (!meta_preparse(c, t, ntokens, 2, 'a', &of, &errstr)) {
         meta_error(c, "CLIENT_ERROR invalid or duplicate flag");
         return;
