@@ -985,7 +985,12 @@ static void hostile_phase(void)
 		wait_child(victim);
 	}
 
-	/* Heads beyond the ring: the sync is refused, counted, repaired. */
+	/* Heads beyond the ring: the sync is refused, counted, and the head is
+	 * put back where the kernel last saw it -- so first let the kernel see
+	 * the current heads (slots released since the last sync, e.g. by the
+	 * victim's EOF above, would otherwise make "where it last saw it" an
+	 * older position than h0). */
+	r = ioctl(pfd, STACKMAP_IOC_SYNC, 0);
 	a = get_stats();
 	uint32_t h0 = tx->head;
 	tx->head = tx->num_slots + 3;
@@ -996,6 +1001,7 @@ static void hostile_phase(void)
 	      (unsigned long long)b.bad_heads, tx->head, h0);
 	tx->cur = tx->head;
 
+	r = ioctl(pfd, STACKMAP_IOC_SYNC, 0);
 	a = get_stats();
 	h0 = rx->head;
 	rx->head = 0xFFFFFFF0u;
@@ -1005,6 +1011,7 @@ static void hostile_phase(void)
 	      "bad-rx-head", "r %d errno %d bad_heads %llu", r, errno,
 	      (unsigned long long)b.bad_heads);
 	/* An RX head that passes the kernel's tail (releases unfilled slots). */
+	r = ioctl(pfd, STACKMAP_IOC_SYNC, 0);
 	a = get_stats();
 	h0 = rx->head;
 	rx->head = ring_next(rx, ring_next(rx, ld_tail(rx)));
