@@ -187,6 +187,16 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
     pthread_mutex_unlock(&w->conns_lock);
 }
 
+void worker_close_idle(worker *w, void (*close_conn)(worker *w, conn *c))
+{
+    conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next_conn; /* close_conn may free c */
+        if (out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0)
+            close_conn(w, c);
+    }
+}
+
 void *worker_main(void *arg)
 {
     worker *w = arg;

@@ -51,6 +51,12 @@ void worker_chunk_put(worker *w, out_chunk *ch);
 /* Emit memcached's "stats conns" lines for this worker's listeners and connections. */
 void worker_stats_conns(worker *w, sm_stat_sink *sink);
 
+/*
+ * While draining: hand every connection with nothing in flight (no queued
+ * output, no partial request, not inside a value) to the backend's close.
+ */
+void worker_close_idle(worker *w, void (*close_conn)(worker *w, conn *c));
+
 /* Thread entry: runs w->ops->run(w). */
 void *worker_main(void *arg);
 

@@ -233,17 +233,6 @@ static void flush_all(worker *w)
     }
 }
 
-/* While draining: close connections with nothing in flight. */
-static void close_idle(worker *w)
-{
-    conn *c = w->conns, *next;
-    for (; c; c = next) {
-        next = c->next_conn;
-        if (out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0)
-            worker_conn_close(w, c);
-    }
-}
-
 static void epoll_run(worker *w)
 {
     epoll_state *st = w->backend;
@@ -255,7 +244,7 @@ static void epoll_run(worker *w)
                     epoll_ctl(st->epfd, EPOLL_CTL_DEL, w->listen_fds[i], NULL);
                 listening = false;
             }
-            close_idle(w);
+            worker_close_idle(w, worker_conn_close);
             if (w->nconns == 0)
                 break;
         }

@@ -373,18 +373,6 @@ static void stage_tx(worker *w)
     tx->cur = head;
 }
 
-/* While draining: close connections with nothing in flight. */
-static void close_idle(worker *w)
-{
-    conn *c = w->conns, *next;
-    for (; c; c = next) {
-        next = c->next_conn;
-        smap_conn *sc = c->backend_data;
-        if (sc && out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0)
-            close_conn(w, c);
-    }
-}
-
 static void smap_run(worker *w)
 {
     smap_state *st = w->backend;
@@ -398,7 +386,7 @@ static void smap_run(worker *w)
                 }
                 listening = false;
             }
-            close_idle(w);
+            worker_close_idle(w, close_conn);
             if (w->nconns == 0)
                 break;
         }

@@ -506,18 +506,14 @@ static void flush_all(worker *w)
     }
 }
 
-/* While draining: close connections with nothing in flight. */
-static void close_idle(worker *w)
+/* worker_close_idle's close: start closing; freed once nothing is in flight. */
+static void close_now(worker *w, conn *c)
 {
-    conn *c = w->conns, *next;
-    for (; c; c = next) {
-        next = c->next_conn;
-        uring_conn *uc = c->backend_data;
-        if (uc && !uc->closing && out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0) {
-            start_close(w, c);
-            maybe_free(w, c);
-        }
-    }
+    uring_conn *uc = c->backend_data;
+    if (!uc || uc->closing)
+        return;
+    start_close(w, c);
+    maybe_free(w, c);
 }
 
 static void uring_run(worker *w)
@@ -543,7 +539,7 @@ static void uring_run(worker *w)
                 }
                 st->accepting = false;
             }
-            close_idle(w);
+            worker_close_idle(w, close_now);
             if (w->nconns == 0)
                 break;
         }
