@@ -16,6 +16,12 @@ if [ -z "${KVER:-}" ]; then
 	KVER=$(apt-cache depends linux-headers-6.12-amd64 2>/dev/null |
 		sed -n 's/.*Depends: linux-headers-//p' | head -n1)
 fi
+if [ -z "${KVER:-}" ] && [ "$(id -u)" -eq 0 ]; then
+	# A fresh machine has no package lists yet: fetch them once and ask again.
+	apt-get update -q >&2 || true
+	KVER=$(apt-cache depends linux-headers-6.12-amd64 2>/dev/null |
+		sed -n 's/.*Depends: linux-headers-//p' | head -n1)
+fi
 if [ -z "${KVER:-}" ]; then
 	# No apt metadata: take an installed 6.12 amd64 header tree.
 	KVER=$(ls -d /usr/src/linux-headers-6.12*-amd64 2>/dev/null |
