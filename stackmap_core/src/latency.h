@@ -11,8 +11,14 @@
  *
  * Buckets are powers of two of nanoseconds: bucket b counts durations below
  * 2^(b + SM_LAT_SHIFT) ns; the last bucket counts everything longer.  A
- * command's time runs from its line being dispatched to its response being
- * queued; for a store that includes waiting for the value bytes.
+ * command's time runs from the moment the worker turned to it to its
+ * response being queued; for a store that includes waiting for the value
+ * bytes.  To read the clock once per command rather than twice, "turned to
+ * it" is the worker's last reading (worker->lat_clock): the end of the
+ * command before it, or, for the first command of a batch, the moment the
+ * backend woke with the batch (each backend calls worker_batch_clock).  So
+ * a command's time also holds the little work between two commands
+ * (handing over the received buffer), never time the worker slept.
  */
 #ifndef SM_LATENCY_H
 #define SM_LATENCY_H

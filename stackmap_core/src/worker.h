@@ -17,6 +17,7 @@
 #include "conn.h"
 #include "engine.h"
 #include "latency.h"
+#include "prefetch.h"
 #include "stats.h"
 
 struct sm_engine;
@@ -30,6 +31,8 @@ typedef struct worker {
     const struct sm_settings *settings; /* engine settings (read-only after start) */
     struct sm_thread_stats stats;    /* this thread's counters */
     struct sm_latency lat;           /* this thread's command latency histograms (latency.h) */
+    uint64_t lat_clock;              /* last clock reading: batch start or last command's end (latency.h) */
+    struct prefetch_batch pf;        /* keys of the batch being run (prefetch.h; ring backends) */
     const struct backend_ops *ops;   /* the backend driving this loop */
     void *backend;                   /* the backend's per-worker state */
     out_chunk *free_chunks;          /* recycled output scratch chunks */
@@ -47,6 +50,12 @@ typedef struct worker {
 out_chunk *worker_chunk_get(worker *w);
 /* Return a chunk to the free list (keeps a bounded number). */
 void worker_chunk_put(worker *w, out_chunk *ch);
+
+/* A backend woke with a batch: the clock its first command is timed from (latency.h). */
+static inline void worker_batch_clock(struct worker *w)
+{
+    w->lat_clock = sm_lat_now();
+}
 
 /* Emit memcached's "stats conns" lines for this worker's listeners and connections. */
 void worker_stats_conns(worker *w, sm_stat_sink *sink);

@@ -23,6 +23,8 @@
 
 #include "cache/cache.h"
 #include "cache/cache_int.h"
+#include "cache/hugemem.h"
+#include "prefetch.h"
 
 static int failures;
 
@@ -746,6 +748,98 @@ static void test_stress(void)
     cache_destroy(c);
 }
 
+/* hugemem.c: zeroed, 2 MiB-aligned big blocks; slab pages from regions. */
+static void test_hugemem(void)
+{
+    const size_t huge = (size_t)2 << 20;
+    size_t sizes[] = {64, huge - 8, huge, huge + 4096, 4 * huge};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        size_t sz = sizes[i];
+        unsigned char *p = hugemem_alloc(sz);
+        CHECK(p != NULL);
+        if (!p)
+            continue;
+        CHECK(p[0] == 0 && p[sz / 2] == 0 && p[sz - 1] == 0);
+        if (sz >= huge)
+            CHECK(((uintptr_t)p & (huge - 1)) == 0);
+        memset(p, 0xab, sz);
+        hugemem_free(p, sz);
+    }
+    struct page_arena a;
+    page_arena_init(&a, 3 << 20); /* rounds up to 4 MiB: four 1 MiB pages a region */
+    char *pages[10];
+    for (int i = 0; i < 10; i++) {
+        pages[i] = page_arena_take(&a, 1 << 20);
+        CHECK(pages[i] != NULL);
+        if (pages[i])
+            memset(pages[i], i + 1, 1 << 20);
+    }
+    char *big = page_arena_take(&a, 5 << 20); /* bigger than a region: a region of its own */
+    CHECK(big != NULL);
+    if (big)
+        memset(big, 0x5a, 5 << 20);
+    for (int i = 0; i < 10; i++)
+        CHECK(pages[i] && pages[i][0] == i + 1 && pages[i][(1 << 20) - 1] == i + 1);
+    CHECK(big && big[0] == 0x5a && big[(5 << 20) - 1] == 0x5a);
+    page_arena_destroy(&a);
+    /* A 2 MiB hash table (2^18 buckets) comes from hugemem_alloc's map. */
+    cache *c = mk(64 << 20, 1 << 20, 18);
+    char buf[16];
+    CHECK(set(c, "hk", "hv") == STORE_STORED);
+    CHECK(strcmp(get(c, "hk", buf, sizeof(buf), NULL, NULL), "hv") == 0);
+    cache_destroy(c);
+}
+
+/* prefetch.c: which keys a buffer's start yields, and the hash memo. */
+static void test_prefetch(void)
+{
+    cache *c = mk(64 << 20, 1 << 20, 10);
+    CHECK(set(c, "alpha", "1") == STORE_STORED);
+    struct prefetch_batch pb;
+    prefetch_begin(&pb);
+    const char *b1 = "get alpha beta gamma\r\n";
+    prefetch_scan(c, &pb, b1, strlen(b1));
+    CHECK(pb.n == 3);
+    const char *cut = "get whole cut"; /* the last key may go on in the next read */
+    prefetch_scan(c, &pb, cut, strlen(cut));
+    CHECK(pb.n == 4);
+    const char *mg = "mg one two v\r\n"; /* meta: one key, then flags */
+    prefetch_scan(c, &pb, mg, strlen(mg));
+    CHECK(pb.n == 5);
+    const char *gets = "gets k\r\n";
+    prefetch_scan(c, &pb, gets, strlen(gets));
+    CHECK(pb.n == 6);
+    const char *set_line = "set k 0 0 1\r\nx\r\n"; /* not a read: left alone */
+    prefetch_scan(c, &pb, set_line, strlen(set_line));
+    char longkey[300] = "get ";
+    memset(longkey + 4, 'x', 251);
+    strcpy(longkey + 255, "\r\n");
+    prefetch_scan(c, &pb, longkey, strlen(longkey));
+    CHECK(pb.n == 6);
+    prefetch_items(c, &pb); /* a bucket with an item, and empty ones */
+    /* The memo: the same bytes at the same address give the stored hash;
+     * anything else is hashed afresh, and the memo never answers wrongly. */
+    CHECK(prefetch_hash(&pb, b1 + 4, 5) == cache_hash("alpha", 5));
+    char copy[] = "gamma";
+    CHECK(prefetch_hash(&pb, copy, 5) == cache_hash("gamma", 5));
+    CHECK(prefetch_hash(&pb, b1 + 10, 4) == cache_hash("beta", 4));
+    CHECK(prefetch_hash(&pb, b1 + 10, 3) == cache_hash("bet", 3));
+    CHECK(prefetch_hash(&pb, mg + 3, 3) == cache_hash("one", 3));
+    CHECK(prefetch_hash(&pb, b1 + 4, 5) == cache_hash("alpha", 5)); /* already used: recomputed */
+    prefetch_end(&pb);
+    CHECK(pb.n == 0);
+    CHECK(prefetch_hash(&pb, b1 + 15, 5) == cache_hash("gamma", 5));
+    char many[512] = "get";
+    for (int i = 0; i < PREFETCH_MAX + 8; i++)
+        sprintf(many + strlen(many), " k%d", i);
+    strcat(many, "\r\n");
+    prefetch_begin(&pb);
+    prefetch_scan(c, &pb, many, strlen(many));
+    CHECK(pb.n == PREFETCH_MAX);
+    prefetch_end(&pb);
+    cache_destroy(c);
+}
+
 int main(void)
 {
     test_slab_classes();
@@ -754,6 +848,8 @@ int main(void)
     test_time_and_flush();
     test_eviction();
     test_hash_growth();
+    test_hugemem();
+    test_prefetch();
     test_stats_names();
     test_stress();
     stats_free();

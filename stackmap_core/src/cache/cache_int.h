@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "cache.h"
+#include "hugemem.h"
 
 /* memcached's ITEM_UPDATE_INTERVAL: a hit moves an item at most this often. */
 #define ITEM_UPDATE_INTERVAL 60
@@ -129,6 +130,7 @@ struct cache {
     _Atomic uint64_t maxbytes;        /* memory limit (cache_set_memlimit) */
     _Atomic uint64_t mem_malloced;    /* bytes of pages allocated */
     _Atomic uint64_t malloc_fails;    /* page allocations that failed */
+    struct page_arena arena;          /* where slab pages come from (huge pages) */
 
     /* ---- per-thread hit counters ---- */
     struct hit_block *hit_blocks;     /* HIT_BLOCKS blocks; the last one is shared */

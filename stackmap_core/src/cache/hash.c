@@ -78,7 +78,7 @@ int hash_init(cache *c, int hashpower)
         hashpower = 4;
     if (hashpower > 31)
         hashpower = 31;
-    c->primary = calloc((size_t)1 << hashpower, sizeof(item *));
+    c->primary = hugemem_alloc(sizeof(item *) << hashpower);
     if (!c->primary)
         return -1;
     atomic_store(&c->hashpower, (uint32_t)hashpower);
@@ -93,7 +93,7 @@ int hash_init(cache *c, int hashpower)
     c->nstripes = ns;
     c->stripes = aligned_alloc(64, sizeof(struct stripe) * ns);
     if (!c->stripes) {
-        free(c->primary);
+        hugemem_free(c->primary, sizeof(item *) << hashpower);
         c->primary = NULL;
         return -1;
     }
@@ -109,8 +109,10 @@ void hash_free(cache *c)
             pthread_mutex_destroy(&c->stripes[i].m);
     }
     free(c->stripes);
-    free(c->primary);
-    free(c->old);
+    if (c->primary)
+        hugemem_free(c->primary, sizeof(item *) << atomic_load(&c->hashpower));
+    if (c->old)
+        hugemem_free(c->old, sizeof(item *) << c->oldpower);
     c->stripes = NULL;
     c->primary = c->old = NULL;
 }
@@ -124,6 +126,37 @@ static item **bucket_of(cache *c, uint32_t hv)
             return &c->old[ob];
     }
     return &c->primary[hv & hmask(atomic_load_explicit(&c->hashpower, memory_order_relaxed))];
+}
+
+/*
+ * Prefetch for a batch of requests (prefetch.c): first the stripe lock and
+ * the bucket of every key, then each bucket's first item, so the cache
+ * misses of a batch overlap instead of stalling one request at a time.
+ * Stage one takes no lock: it only computes addresses (a stale table
+ * pointer just prefetches a useless line; a prefetch never faults).
+ * Stage two reads the bucket under its stripe (trylock: a busy stripe is
+ * skipped, the lookup itself will wait for it).
+ */
+void cache_prefetch(cache *c, uint32_t hv)
+{
+    __builtin_prefetch(stripe_of(c, hv), 1);
+    item **t = LD(c->primary);
+    uint32_t hp = atomic_load_explicit(&c->hashpower, memory_order_relaxed);
+    __builtin_prefetch(&t[hv & hmask(hp)]);
+}
+
+void cache_prefetch_item(cache *c, uint32_t hv)
+{
+    pthread_mutex_t *m = stripe_of(c, hv);
+    if (pthread_mutex_trylock(m) != 0)
+        return;
+    item *it = *bucket_of(c, hv);
+    if (it) {
+        __builtin_prefetch(it);                     /* header, start of the key */
+        __builtin_prefetch((const char *)it + 64);  /* rest of a short key, the value */
+        __builtin_prefetch((const char *)it + 128); /* the rest of a small item */
+    }
+    pthread_mutex_unlock(m);
 }
 
 item *hash_find(cache *c, const char *key, size_t nkey, uint32_t hv)
@@ -186,13 +219,13 @@ static void unlock_all_stripes(cache *c)
 int hash_expand_start(cache *c)
 {
     uint32_t hp = atomic_load(&c->hashpower);
-    item **nt = calloc((size_t)1 << (hp + 1), sizeof(item *));
+    item **nt = hugemem_alloc(sizeof(item *) << (hp + 1));
     if (!nt)
         return -1; /* stay at this size; lookups just get longer chains */
     lock_all_stripes(c);
     c->old = c->primary;
     c->oldpower = hp;
-    c->primary = nt;
+    ST(c->primary, nt); /* cache_prefetch reads it without a stripe */
     atomic_store(&c->expand_bucket, 0);
     atomic_store(&c->hashpower, hp + 1);
     atomic_store(&c->expanding, true);
@@ -230,8 +263,9 @@ int hash_expand_step(cache *c, uint32_t n)
     c->old = NULL;
     atomic_store(&c->expanding, false);
     atomic_store(&c->expand_wanted, false);
+    uint32_t oldpower = c->oldpower;
     unlock_all_stripes(c);
-    free(old);
+    hugemem_free(old, sizeof(item *) << oldpower);
     atomic_fetch_add(&c->hash_expansions, 1);
     return 1;
 }

@@ -8,7 +8,8 @@
  * exactly one page, so every item up to item_size_max (<= page size) fits
  * in one chunk (no chunked items).
  *
- * Memory: pages of page_size bytes are malloc'd one at a time, on demand.
+ * Memory: pages of page_size bytes are taken one at a time, on demand,
+ * from the page arena (hugemem.c: huge-page regions, to spare TLB misses).
  * A page is carved lazily (end_page_ptr), so an untouched part of a page
  * costs no RSS.  mem_malloced counts page bytes; a class may get a new page
  * only while mem_malloced + page_size <= maxbytes -- except that a class
@@ -34,6 +35,7 @@ int slabs_init(cache *c)
     c->classes = calloc(SM_MAX_SLAB_CLASSES, sizeof(struct slabclass));
     if (!c->classes)
         return -1;
+    page_arena_init(&c->arena, ARENA_REGION);
     double factor = c->cfg.factor > 1.0 ? c->cfg.factor : 1.25;
     size_t size = sizeof(item) + (c->cfg.chunk_size ? c->cfg.chunk_size : 48);
     int i = 1;
@@ -62,13 +64,12 @@ void slabs_free_all(cache *c)
         return;
     for (int k = 1; k <= c->nclasses; k++) {
         struct slabclass *cls = &c->classes[k];
-        for (uint32_t p = 0; p < cls->npages; p++)
-            free(cls->pages[p]);
         free(cls->pages);
         pthread_mutex_destroy(&cls->lock);
     }
     free(c->classes);
     c->classes = NULL;
+    page_arena_destroy(&c->arena); /* every page at once */
 }
 
 int slabs_clsid(const cache *c, size_t ntotal)
@@ -117,7 +118,7 @@ static int slabs_newpage(cache *c, struct slabclass *cls)
         cls->pages = np;
         cls->pages_cap = ncap;
     }
-    char *page = malloc(c->page_size);
+    char *page = page_arena_take(&c->arena, c->page_size);
     if (!page) {
         atomic_fetch_sub(&c->mem_malloced, c->page_size);
         atomic_fetch_add(&c->malloc_fails, 1);

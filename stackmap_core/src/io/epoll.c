@@ -148,6 +148,7 @@ static bool handle_read(worker *w, conn *c)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
         SM_STAT_ADD(w->stats.bytes_read, n);
         c->last_active = cache_now(w->cache);
+        worker_batch_clock(w); /* not timed from before the read syscall */
         if (!conn_feed(c, st->rbuf, (size_t)n))
             return false;
         if (out_pending(c) > 0 || c->state == CONN_CLOSING)
@@ -205,6 +206,7 @@ static bool handle_write(worker *w, conn *c)
 static bool after_flush(worker *w, conn *c)
 {
     if (out_pending(c) <= OUT_HIGH_WATER && c->rbytes > 0 && c->state == CONN_PARSE) {
+        worker_batch_clock(w);
         if (!conn_feed(c, NULL, 0))
             return false;
     }

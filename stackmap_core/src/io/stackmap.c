@@ -251,6 +251,21 @@ static void reap_tx(worker *w, uint32_t first, uint32_t n)
     }
 }
 
+/* Before the RX slots run: prefetch the keys they are about to look up (prefetch.h). */
+static void prefetch_rx(worker *w, uint32_t head, uint32_t tail)
+{
+    smap_state *st = w->backend;
+    struct stackmap_ring *rx = st->rx;
+    for (; head != tail; head = (head + 1) % rx->num_slots) {
+        const struct stackmap_slot *s = &rx->slots[head];
+        if (!(s->flags & (STACKMAP_F_NEW | STACKMAP_F_BAD)) && s->len > 0 && s->buf_idx < st->num_bufs &&
+            s->len <= st->buf_size)
+            prefetch_scan(w->cache, &w->pf, st->bufs + (size_t)s->buf_idx * st->buf_size, s->len);
+    }
+    if (w->pf.n > 1)
+        prefetch_items(w->cache, &w->pf);
+}
+
 /* Walk the RX ring: new connections, data, writable, end of stream. */
 static void reap_rx(worker *w)
 {
@@ -260,6 +275,8 @@ static void reap_rx(worker *w)
     uint32_t head = rx->head;
     uint32_t tail = __atomic_load_n(&rx->tail, __ATOMIC_ACQUIRE);
     uint64_t nslots = 0;
+    prefetch_begin(&w->pf);
+    prefetch_rx(w, head, tail);
     while (head != tail) {
         struct stackmap_slot *s = &rx->slots[head];
         uint32_t flags = s->flags;
@@ -293,6 +310,7 @@ static void reap_rx(worker *w)
         s->flags = 0;
         head = (head + 1) % ns;
     }
+    prefetch_end(&w->pf);
     __atomic_store_n(&rx->head, head, __ATOMIC_RELEASE);
     rx->cur = head;
     SM_STAT_ADD(w->stats.stackmap_rx_slots, nslots);
@@ -396,6 +414,7 @@ static void smap_run(worker *w)
         struct pollfd pfd = {.fd = st->fd, .events = POLLIN};
         int timeout = st->flush ? 0 : SMAP_TICK_MS;
         int rc = poll(&pfd, 1, timeout);
+        worker_batch_clock(w);
         SM_STAT_INC(w->stats.syscalls);
         SM_STAT_INC(w->stats.stackmap_syncs);
         st->tx_pending = 0;

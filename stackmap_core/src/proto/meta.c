@@ -530,7 +530,7 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
     }
     const char *key = t[1].v;
     size_t nkey = t[1].len;
-    uint32_t hv = cache_hash(key, nkey);
+    uint32_t hv = prefetch_hash(&c->worker->pf, key, nkey);
     if (meta_opaque_too_long(t, ntokens, 2)) {
         /* memcached finds this out while answering: a miss is counted first */
         get_info gi = {0};

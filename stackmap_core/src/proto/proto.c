@@ -126,7 +126,9 @@ static void finish_nread(conn *c)
         c->nread_item = NULL;
     }
     /* latency.h: the store's time runs from its line to its response */
-    sm_lat_record(&c->worker->lat, c->lat_cmd, sm_lat_now() - c->lat_start);
+    uint64_t now = sm_lat_now();
+    c->worker->lat_clock = now;
+    sm_lat_record(&c->worker->lat, c->lat_cmd, now - c->lat_start);
 }
 
 /*
@@ -152,7 +154,8 @@ static void dispatch_line(conn *c, char *line, size_t len)
 {
     /* latency.h: time each command; a store is finished in finish_nread */
     int cmd = sm_lat_classify(line, len);
-    uint64_t t0 = sm_lat_now();
+    worker *w = c->worker;
+    uint64_t t0 = w->lat_clock; /* one clock read per command: see latency.h */
     if (len >= 2 && line[0] == 'm' && (len == 2 || line[2] == ' '))
         proto_meta_command(c, line, len);
     else
@@ -161,7 +164,9 @@ static void dispatch_line(conn *c, char *line, size_t len)
         c->lat_start = t0;
         c->lat_cmd = cmd;
     } else {
-        sm_lat_record(&c->worker->lat, cmd, sm_lat_now() - t0);
+        uint64_t now = sm_lat_now();
+        w->lat_clock = now;
+        sm_lat_record(&w->lat, cmd, now - t0);
     }
 }
 

@@ -292,7 +292,7 @@ static void process_get(conn *c, token *tokens, bool return_cas, bool touch)
     int gflags = touch ? CACHE_GET_TOUCH : 0;
     for (size_t i = 0; i < nvalid && next_key(&ki, &key, &nkey); i++) {
         get_info info;
-        item *it = cache_get(cc, key, nkey, cache_hash(key, nkey), gflags, exptime, &info);
+        item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), gflags, exptime, &info);
         count_lookup(w, &info);
         if (touch)
             SM_STAT_INC(w->stats.touch_cmds);

@@ -1,0 +1,63 @@
+/*
+ * prefetch.c -- batch prefetch of the keys a ring backend is about to look
+ * up (see prefetch.h for why).  Only the plain read commands are peeked at
+ * ("get", "gets", "mg" with a plain key); everything else is left alone.
+ */
+#include <string.h>
+
+#include "prefetch.h"
+
+/* Longest key memcached accepts. */
+#define PREFETCH_KEY_MAX 250
+
+void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t len)
+{
+    const char *p = buf, *end = buf + len;
+    int many; /* get/gets take many keys, mg one */
+    if (len > 4 && memcmp(buf, "get ", 4) == 0) {
+        p += 4;
+        many = 1;
+    } else if (len > 5 && memcmp(buf, "gets ", 5) == 0) {
+        p += 5;
+        many = 1;
+    } else if (len > 3 && memcmp(buf, "mg ", 3) == 0) {
+        p += 3;
+        many = 0;
+    } else {
+        return;
+    }
+    while (pb->n < PREFETCH_MAX) {
+        while (p < end && *p == ' ')
+            p++;
+        const char *key = p;
+        while (p < end && *p != ' ' && *p != '\r' && *p != '\n')
+            p++;
+        if (p == end || p == key || (size_t)(p - key) > PREFETCH_KEY_MAX)
+            return; /* cut off by the buffer's end, or no key */
+        uint32_t hv = cache_hash(key, (size_t)(p - key));
+        cache_prefetch(c, hv);
+        pb->hv[pb->n] = hv;
+        pb->key[pb->n] = key;
+        pb->nkey[pb->n] = (uint16_t)(p - key);
+        pb->n++;
+        if (!many || *p != ' ')
+            return;
+    }
+}
+
+void prefetch_items(cache *c, const struct prefetch_batch *pb)
+{
+    for (uint32_t i = 0; i < pb->n; i++)
+        cache_prefetch_item(c, pb->hv[i]);
+}
+
+uint32_t prefetch_hash(struct prefetch_batch *pb, const char *key, size_t nkey)
+{
+    for (uint32_t i = pb->next; i < pb->n; i++) { /* lookups come in scan order */
+        if (pb->key[i] == key && pb->nkey[i] == nkey) {
+            pb->next = i + 1;
+            return pb->hv[i];
+        }
+    }
+    return cache_hash(key, nkey);
+}
