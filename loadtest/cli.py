@@ -22,11 +22,12 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import __version__, mcblast, plots, report
+from loadtest import __version__, corun, mcblast, plots, report
 from loadtest.runner import (
     Pinning,
     RunRecord,
@@ -41,6 +42,7 @@ from loadtest.targets import (
     DEFAULT_STACKMAPD,
     REPO_ROOT,
     TARGETS,
+    Target,
     TargetOptions,
     backend_flag_for,
     default_stackmapd,
@@ -114,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-targets", action="store_true", help="list targets and exit")
     p.add_argument("--baseline", default="memcached", help="target ratios are against")
+    p.add_argument(
+        "--corun",
+        action="store_true",
+        help="co-run: each target and the baseline loaded at the same time on --server-cpu"
+        " (memaslap, two clients), comparing CPU per request under the same host conditions",
+    )
     p.add_argument("--values", type=_sizes, default=[64, 1024], help="value sizes, e.g. 64,1k")
     p.add_argument("--key-size", type=int, default=64, help="key size in bytes (64)")
     p.add_argument("--get-ratio", type=float, default=0.9, help="share of gets (0.9)")
@@ -278,6 +286,46 @@ class Progress:
         sys.stderr.flush()
 
 
+def _corun(
+    args: argparse.Namespace,
+    targets: list[Target],
+    topts: TargetOptions,
+    workload: Workload,
+    meta: dict[str, Any],
+    concurrency: int,
+    reps: int,
+    duration: int,
+) -> int:
+    """--corun: every target beside the baseline (corun.py), then the table."""
+    baseline = TARGETS[args.baseline]
+    others = [t for t in targets if t.name != baseline.name]
+
+    def progress(done: int, total: int, what: str) -> None:
+        print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="loadtest-corun-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        records = corun.run(
+            others,
+            baseline,
+            topts,
+            workload,
+            args.values,
+            concurrency,
+            args.server_cpu,
+            reps,
+            work,
+            progress,
+        )
+    meta["ended"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    if args.json:
+        payload = {"meta": meta, "corun": [r.to_json() for r in records]}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    sys.stdout.write(corun.markdown(records, meta["command"], duration))
+    return 1 if any(r.error for r in records) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -299,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     if duration < 1 or reps < 1 or stat_interval < 1 or syscall_duration < 1 or args.syscall_reps < 1:
         parser.error("--duration, --reps, --stat-interval and the --syscall-* options must be at least 1")
+    if args.corun and (args.generator != "memaslap" or args.pin != "same" or args.baseline not in args.targets):
+        parser.error("--corun needs --generator memaslap, --pin same and the baseline among --targets")
     if args.generator == "memaslap" and args.rates:
         parser.error("--rates (open loop) needs --generator mcblast")
     if warmup < 0 or args.depth < 1 or args.depth > 128 or args.keys < 1:
@@ -429,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             else "mcblast log-linear histogram, 32 sub-buckets per power of two (~3%)"
         ),
     }
+
+    if args.corun:
+        return _corun(args, targets, topts, workload, meta, concurrency[0], reps, duration)
 
     progress = Progress()
     records: list[RunRecord] = []

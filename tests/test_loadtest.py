@@ -254,3 +254,30 @@ def test_quick_syscall_pass_against_memcached(tmp_path: Path) -> None:
     # memcached answers each request with its own read and sendmsg: at least one call per op.
     assert run["strace_syscalls_per_op"] >= 1.0
     assert {"read", "sendmsg"} <= set(run["strace_top"])
+
+
+def test_quick_corun_beside_memcached(tmp_path: Path) -> None:
+    """--corun: the target and memcached loaded at once on one CPU, each server's requests and
+    CPU accounted from its own stats and /proc (no figure judged)."""
+    # No PYTHONPATH: stackmapd must import the installed stackmap_core, not the source
+    # tree's (python -m loadtest finds loadtest/ from the working directory).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / "corun.json"
+    cmd = [sys.executable, "-m", "loadtest", "--corun", "--targets", "memcached,stackmapd-epoll", "--values", "64"]
+    cmd += ["--duration", "2", "--reps", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(out.read_text())["corun"]
+    assert [(r["target"], r["baseline"], r["rep"]) for r in records] == [
+        ("stackmapd-epoll", "memcached", 0),
+        ("stackmapd-epoll", "memcached", 1),
+    ]
+    for r in records:
+        assert r["error"] is None
+        # memaslap's own stats say it ran ~2 s; both servers served requests in that window.
+        assert r["target_ops"] > 1000 and r["baseline_ops"] > 1000 and r["window_s"] >= 2
+        assert r["target_cpu_us_per_op"] > 0 and r["baseline_cpu_us_per_op"] > 0
+        assert r["ratio"] == pytest.approx(r["target_cpu_us_per_op"] / r["baseline_cpu_us_per_op"])
+    assert "| 64 B | stackmapd-epoll |" in proc.stdout and "CPU/op vs memcached" in proc.stdout
+    bad = subprocess.run([*cmd[:3], "--corun", "--pin", "split"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--corun needs" in bad.stderr

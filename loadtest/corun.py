@@ -1,0 +1,219 @@
+"""Co-run: a target and the baseline loaded at the same moment on the same vCPU.
+
+Why: on these machines the host has phases (BENCHMARKING.md) that change everything's
+speed by 10-60%, sometimes within seconds, so two runs taken one after the other differ
+by more than the effects worth measuring (a few percent of CPU per request).  In a
+co-run both servers and both memaslap clients are pinned to one vCPU and run at once,
+so every host phase hits both alike; the ratio of the two servers' CPU per request is
+then stable to about 1% (an A/A co-run of one binary against itself gives 0.99-1.00).
+
+What it measures: each server's CPU seconds (/proc) over the window in which both
+clients ran, divided by the requests that server counted (``stats`` cmd_get + cmd_set
+before and after).  Only CPU per request is compared.  Throughput is not: the scheduler
+shares the vCPU between four tasks, so the two clients' rates say more about fair
+sharing than about the servers (use the alternated runs for throughput).  Four tasks on
+one vCPU also batch differently from one client and one server, so the absolute figures
+differ from an alternated run's; the ratio is what a co-run is for.  Which client starts
+first alternates by repetition.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtest import memaslap, procstat
+from loadtest.runner import Workload
+from loadtest.targets import PortPicker, Server, ServerError, Target, TargetOptions, server_command_counts
+
+
+@dataclass
+class CorunRecord:
+    """One co-run of a target beside the baseline."""
+
+    target: str  # the target measured
+    baseline: str  # the target it ran beside
+    value_size: int  # bytes per value
+    concurrency: int  # memaslap connections per client
+    cpu: int  # the one vCPU everything ran on
+    rep: int  # repetition, from 0
+    target_ops: int = 0  # requests the target counted
+    baseline_ops: int = 0  # requests the baseline counted
+    target_cpu_us_per_op: float | None = None  # target's CPU per request
+    baseline_cpu_us_per_op: float | None = None  # baseline's CPU per request
+    ratio: float | None = None  # target / baseline CPU per request
+    window_s: float = 0.0  # seconds both clients ran
+    foreign_cpu_s: float = 0.0  # busy CPU time not used by the four processes
+    error: str | None = None  # why the co-run failed, if it did
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _client(
+    workload: Workload, port: int, config: Path, cpu: int, concurrency: int, out: Path
+) -> subprocess.Popen[bytes]:
+    argv = memaslap.command(
+        workload.memaslap,
+        port,
+        config,
+        workload.duration_s,
+        workload.duration_s,
+        threads=workload.threads,
+        concurrency=concurrency,
+    )
+    with open(out, "wb") as fh:
+        return subprocess.Popen(
+            ["taskset", "-c", str(cpu), *argv], stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
+        )
+
+
+def _ops(before: dict[str, int] | None, after: dict[str, int] | None) -> int:
+    if before is None or after is None:
+        raise RuntimeError("a server's stats gave no cmd_get/cmd_set")
+    return sum(after[k] - before[k] for k in ("cmd_get", "cmd_set"))
+
+
+def corun_once(
+    target: Target,
+    baseline: Target,
+    topts: TargetOptions,
+    workload: Workload,
+    value_size: int,
+    concurrency: int,
+    cpu: int,
+    config: Path,
+    ports: PortPicker,
+    workdir: Path,
+    rep: int,
+) -> CorunRecord:
+    """Start both servers, run both clients at once, and account each server's CPU."""
+    rec = CorunRecord(target.name, baseline.name, value_size, concurrency, cpu, rep)
+    pt, pb = ports.next(), ports.next()
+    tag = f"corun-{target.name}-v{value_size}-r{rep}"
+    st = Server(target.argv(topts, pt), cpu, pt, workdir / f"{tag}-target.log")
+    sb = Server(baseline.argv(topts, pb), cpu, pb, workdir / f"{tag}-baseline.log")
+    clients: list[subprocess.Popen[bytes]] = []
+    try:
+        st.wait_ready(workload.ready_timeout_s)
+        sb.wait_ready(workload.ready_timeout_s)
+        n_t0, n_b0 = server_command_counts(pt), server_command_counts(pb)
+        snap0 = procstat.cpu_snapshot()
+        c_t0, c_b0 = procstat.process_cpu_seconds(st.pid), procstat.process_cpu_seconds(sb.pid)
+        t0 = time.monotonic()
+        order = [(pt, "target"), (pb, "baseline")]
+        if rep % 2:
+            order.reverse()
+        for port, who in order:
+            clients.append(_client(workload, port, config, cpu, concurrency, workdir / f"{tag}-{who}.out"))
+        deadline = workload.duration_s + 60.0
+        codes = [c.wait(timeout=deadline) for c in clients]
+        rec.window_s = time.monotonic() - t0
+        c_t1, c_b1 = procstat.process_cpu_seconds(st.pid), procstat.process_cpu_seconds(sb.pid)
+        snap1 = procstat.cpu_snapshot()
+        if not (st.alive() and sb.alive()):
+            raise ServerError("a server died during the co-run")
+        if any(codes):
+            raise RuntimeError(f"memaslap exited with {codes}")
+        rec.target_ops = _ops(n_t0, server_command_counts(pt))
+        rec.baseline_ops = _ops(n_b0, server_command_counts(pb))
+        if rec.target_ops <= 0 or rec.baseline_ops <= 0:
+            raise RuntimeError("a server served no requests")
+        rec.target_cpu_us_per_op = (c_t1 - c_t0) * 1e6 / rec.target_ops
+        rec.baseline_cpu_us_per_op = (c_b1 - c_b0) * 1e6 / rec.baseline_ops
+        rec.ratio = rec.target_cpu_us_per_op / rec.baseline_cpu_us_per_op
+        # Clients' CPU is not read per process here: whatever the four did not use on
+        # any CPU is foreign (the clients' share is the busy time of the pinned CPU).
+        d = procstat.delta(snap0, snap1, {cpu})
+        rec.foreign_cpu_s = max(0.0, d.busy_total - d.busy_on)
+    except (ServerError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        rec.error = str(exc)
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+        st.stop()
+        sb.stop()
+    return rec
+
+
+def run(
+    targets: list[Target],
+    baseline: Target,
+    topts: TargetOptions,
+    workload: Workload,
+    values: list[int],
+    concurrency: int,
+    cpu: int,
+    reps: int,
+    workdir: Path,
+    progress: Callable[[int, int, str], None],
+) -> list[CorunRecord]:
+    """Every target beside the baseline, each value size, ``reps`` times, interleaved."""
+    ports = PortPicker()
+    records: list[CorunRecord] = []
+    plan = [(v, rep, t) for v in values for rep in range(reps) for t in targets]
+    configs: dict[int, Path] = {}
+    for i, (v, rep, t) in enumerate(plan):
+        if v not in configs:
+            configs[v] = memaslap.write_config(workdir, workload.key_size, v, workload.get_ratio)
+        rec = corun_once(t, baseline, topts, workload, v, concurrency, cpu, configs[v], ports, workdir, rep)
+        records.append(rec)
+        if rec.error:
+            what = f"failed: {rec.error}"
+        else:
+            what = (
+                f"{rec.target_cpu_us_per_op:.2f} vs {rec.baseline_cpu_us_per_op:.2f} us/op,"
+                f" ratio {rec.ratio:.3f}, foreign {rec.foreign_cpu_s:.2f} s"
+            )
+        progress(i + 1, len(plan), f"co-run {t.name} beside {baseline.name}, {v} B, rep {rep + 1}/{reps}: {what}")
+    return records
+
+
+def _spread(xs: list[float], fmt: str) -> str:
+    return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
+
+
+def markdown(records: list[CorunRecord], command: str, duration_s: int) -> str:
+    """The co-run table: per value size and target, CPU per request and the ratio."""
+    ok = [r for r in records if r.error is None and r.ratio is not None]
+    if not ok:
+        return "No co-run succeeded.\n"
+    base = ok[0].baseline
+    lines = [
+        f"#### Co-run beside {base}: memaslap c={ok[0].concurrency}, all four processes on CPU {ok[0].cpu},"
+        f" {duration_s} s per run",
+        "",
+        f"| values | target | target CPU µs/op | {base} CPU µs/op | CPU/op vs {base} | runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(r.value_size, r.target) for r in ok}, key=lambda k: (k[0], [r.target for r in ok].index(k[1])))
+    for v, t in keys:
+        rs = [r for r in ok if r.value_size == v and r.target == t]
+        lines.append(
+            f"| {v} B | {t} | {_spread([r.target_cpu_us_per_op or 0.0 for r in rs], '.2f')}"
+            f" | {_spread([r.baseline_cpu_us_per_op or 0.0 for r in rs], '.2f')}"
+            f" | **{statistics.median([r.ratio or 0.0 for r in rs]):.3f}**"
+            f" ({min(r.ratio or 0.0 for r in rs):.3f}–{max(r.ratio or 0.0 for r in rs):.3f}) | {len(rs)} |"
+        )
+    failed = len(records) - len(ok)
+    lines += [
+        "",
+        "Each run starts the target and the baseline afresh and runs one memaslap against each at the"
+        " same time, all four pinned to one vCPU, so host phases hit both servers alike; cells are"
+        " median (min–max) over the runs, the ratio is the median of the per-run ratios. Only CPU per"
+        " request is compared (throughput there reflects the scheduler's fair share)."
+        + (f" {failed} runs failed." if failed else ""),
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
