@@ -100,10 +100,9 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
 #undef FAIL
 }
 
-void engine_log(struct sm_engine *e, int level, const char *fmt, ...)
+void engine_log_write(struct sm_engine *e, const char *fmt, ...)
 {
-    if (atomic_load_explicit(&e->verbose, memory_order_relaxed) < level)
-        return;
+    (void)e;
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);

@@ -55,7 +55,14 @@ void engine_stats_sum(struct sm_engine *e, struct sm_stats_sum *sum);
 /* "stats reset": zero counters that memcached resets. */
 void engine_stats_reset(struct sm_engine *e);
 
-/* Log at verbosity >= level, memcached style, to stderr. */
-void engine_log(struct sm_engine *e, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* One log line to stderr, memcached style; call it through engine_log. */
+void engine_log_write(struct sm_engine *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Log at a verbosity level; the level test is inline, so the per-command
+ * trace lines (-vv) cost a load and a branch when off, not a varargs call. */
+#define engine_log(e, level, ...)                                                          \
+    do {                                                                                   \
+        if (atomic_load_explicit(&(e)->verbose, memory_order_relaxed) >= (level))          \
+            engine_log_write((e), __VA_ARGS__);                                            \
+    } while (0)
 
 #endif
