@@ -16,6 +16,7 @@ figures mean nothing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="co-run: each target and the baseline loaded at the same time on --server-cpu"
         " (memaslap, two clients), comparing CPU per request under the same host conditions",
+    )
+    p.add_argument(
+        "--baseline-stackmapd",
+        default=None,
+        help="--corun: start the baseline from this stackmapd (or build/smd) instead; with"
+        " --targets T --baseline T this compares two builds of one backend",
     )
     p.add_argument("--values", type=_sizes, default=[64, 1024], help="value sizes, e.g. 64,1k")
     p.add_argument("--key-size", type=int, default=64, help="key size in bytes (64)")
@@ -298,7 +305,12 @@ def _corun(
 ) -> int:
     """--corun: every target beside the baseline (corun.py), then the table."""
     baseline = TARGETS[args.baseline]
-    others = [t for t in targets if t.name != baseline.name]
+    base_topts = topts
+    if args.baseline_stackmapd:
+        path = args.baseline_stackmapd
+        base_topts = dataclasses.replace(topts, stackmapd=path, backend_flag=backend_flag_for(path))
+    # Two builds: the baseline's own target name is compared too.
+    others = [t for t in targets if t.name != baseline.name or args.baseline_stackmapd]
 
     def progress(done: int, total: int, what: str) -> None:
         print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
@@ -310,6 +322,7 @@ def _corun(
             others,
             baseline,
             topts,
+            base_topts,
             workload,
             args.values,
             concurrency,
@@ -347,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     if duration < 1 or reps < 1 or stat_interval < 1 or syscall_duration < 1 or args.syscall_reps < 1:
         parser.error("--duration, --reps, --stat-interval and the --syscall-* options must be at least 1")
+    if args.baseline_stackmapd and not args.corun:
+        parser.error("--baseline-stackmapd needs --corun")
     if args.corun and (args.generator != "memaslap" or args.pin != "same" or args.baseline not in args.targets):
         parser.error("--corun needs --generator memaslap, --pin same and the baseline among --targets")
     if args.generator == "memaslap" and args.rates:

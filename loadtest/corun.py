@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class CorunRecord:
     target_cpu_us_per_op: float | None = None  # target's CPU per request
     baseline_cpu_us_per_op: float | None = None  # baseline's CPU per request
     ratio: float | None = None  # target / baseline CPU per request
+    target_argv: list[str] = field(default_factory=list)  # the target's command line
+    baseline_argv: list[str] = field(default_factory=list)  # the baseline's command line
     window_s: float = 0.0  # seconds both clients ran
     foreign_cpu_s: float = 0.0  # busy CPU time not used by the four processes
     error: str | None = None  # why the co-run failed, if it did
@@ -83,6 +85,7 @@ def corun_once(
     target: Target,
     baseline: Target,
     topts: TargetOptions,
+    base_topts: TargetOptions,
     workload: Workload,
     value_size: int,
     concurrency: int,
@@ -97,7 +100,8 @@ def corun_once(
     pt, pb = ports.next(), ports.next()
     tag = f"corun-{target.name}-v{value_size}-r{rep}"
     st = Server(target.argv(topts, pt), cpu, pt, workdir / f"{tag}-target.log")
-    sb = Server(baseline.argv(topts, pb), cpu, pb, workdir / f"{tag}-baseline.log")
+    sb = Server(baseline.argv(base_topts, pb), cpu, pb, workdir / f"{tag}-baseline.log")
+    rec.target_argv, rec.baseline_argv = st.argv, sb.argv
     clients: list[subprocess.Popen[bytes]] = []
     try:
         st.wait_ready(workload.ready_timeout_s)
@@ -147,6 +151,7 @@ def run(
     targets: list[Target],
     baseline: Target,
     topts: TargetOptions,
+    base_topts: TargetOptions,
     workload: Workload,
     values: list[int],
     concurrency: int,
@@ -155,7 +160,10 @@ def run(
     workdir: Path,
     progress: Callable[[int, int, str], None],
 ) -> list[CorunRecord]:
-    """Every target beside the baseline, each value size, ``reps`` times, interleaved."""
+    """Every target beside the baseline, each value size, ``reps`` times, interleaved.
+
+    ``base_topts`` is how the baseline is started: the same options as the targets', or
+    another stackmapd build (A/B of two builds: the same target name on both sides)."""
     ports = PortPicker()
     records: list[CorunRecord] = []
     plan = [(v, rep, t) for v in values for rep in range(reps) for t in targets]
@@ -163,7 +171,7 @@ def run(
     for i, (v, rep, t) in enumerate(plan):
         if v not in configs:
             configs[v] = memaslap.write_config(workdir, workload.key_size, v, workload.get_ratio)
-        rec = corun_once(t, baseline, topts, workload, v, concurrency, cpu, configs[v], ports, workdir, rep)
+        rec = corun_once(t, baseline, topts, base_topts, workload, v, concurrency, cpu, configs[v], ports, workdir, rep)
         records.append(rec)
         if rec.error:
             what = f"failed: {rec.error}"
@@ -203,6 +211,8 @@ def markdown(records: list[CorunRecord], command: str, duration_s: int) -> str:
             f" ({min(r.ratio or 0.0 for r in rs):.3f}–{max(r.ratio or 0.0 for r in rs):.3f}) | {len(rs)} |"
         )
     failed = len(records) - len(ok)
+    if any(r.target == r.baseline for r in ok):  # two builds of one target: say which is which
+        lines += ["", f"Target: `{' '.join(ok[0].target_argv)}`; baseline: `{' '.join(ok[0].baseline_argv)}`."]
     lines += [
         "",
         "Each run starts the target and the baseline afresh and runs one memaslap against each at the"

@@ -281,3 +281,24 @@ def test_quick_corun_beside_memcached(tmp_path: Path) -> None:
     assert "| 64 B | stackmapd-epoll |" in proc.stdout and "CPU/op vs memcached" in proc.stdout
     bad = subprocess.run([*cmd[:3], "--corun", "--pin", "split"], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--corun needs" in bad.stderr
+
+
+def test_quick_corun_two_builds(tmp_path: Path) -> None:
+    """--baseline-stackmapd: one backend against itself from another binary (here the same
+    console script by another path), so two builds can be compared under one host phase."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    stackmapd = shutil.which("stackmapd", path=str(Path(sys.executable).parent))
+    assert stackmapd, "the stackmapd console script is installed next to this Python"
+    other = tmp_path / "stackmapd-b"
+    other.symlink_to(stackmapd)
+    out = tmp_path / "corun.json"
+    cmd = [sys.executable, "-m", "loadtest", "--corun", "--targets", "stackmapd-epoll"]
+    cmd += ["--baseline", "stackmapd-epoll", "--baseline-stackmapd", str(other), "--values", "64"]
+    cmd += ["--duration", "2", "--reps", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = json.loads(out.read_text())["corun"]
+    assert rec["error"] is None and rec["target"] == rec["baseline"] == "stackmapd-epoll"
+    assert str(other) in rec["baseline_argv"] and str(other) not in rec["target_argv"]
+    assert rec["target_ops"] > 1000 and rec["baseline_ops"] > 1000
+    assert f"baseline: `taskset -c 0 {other}" in proc.stdout
