@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import memaslap, procstat
-from loadtest.runner import Workload
+from loadtest.runner import Pinning, Scenario, Workload, client_command
 from loadtest.targets import PortPicker, Server, ServerError, Target, TargetOptions, server_command_counts
 
 
@@ -57,22 +57,11 @@ class CorunRecord:
         return asdict(self)
 
 
-def _client(
-    workload: Workload, port: int, config: Path, cpu: int, concurrency: int, out: Path
-) -> subprocess.Popen[bytes]:
-    argv = memaslap.command(
-        workload.memaslap,
-        port,
-        config,
-        workload.duration_s,
-        workload.duration_s,
-        threads=workload.threads,
-        concurrency=concurrency,
-    )
+def _client(workload: Workload, scenario: Scenario, port: int, config: Path, out: Path) -> subprocess.Popen[bytes]:
+    """One pinned memaslap, started (the same command line as an alternated run's)."""
+    argv = client_command(workload, scenario, port, config, workload.duration_s)
     with open(out, "wb") as fh:
-        return subprocess.Popen(
-            ["taskset", "-c", str(cpu), *argv], stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT
-        )
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
 
 
 def _ops(before: dict[str, int] | None, after: dict[str, int] | None) -> int:
@@ -97,6 +86,7 @@ def corun_once(
 ) -> CorunRecord:
     """Start both servers, run both clients at once, and account each server's CPU."""
     rec = CorunRecord(target.name, baseline.name, value_size, concurrency, cpu, rep)
+    scenario = Scenario(value_size, Pinning("same", cpu, cpu), "memaslap", concurrency)
     pt, pb = ports.next(), ports.next()
     tag = f"corun-{target.name}-v{value_size}-r{rep}"
     st = Server(target.argv(topts, pt), cpu, pt, workdir / f"{tag}-target.log")
@@ -114,7 +104,7 @@ def corun_once(
         if rep % 2:
             order.reverse()
         for port, who in order:
-            clients.append(_client(workload, port, config, cpu, concurrency, workdir / f"{tag}-{who}.out"))
+            clients.append(_client(workload, scenario, port, config, workdir / f"{tag}-{who}.out"))
         deadline = workload.duration_s + 60.0
         codes = [c.wait(timeout=deadline) for c in clients]
         rec.window_s = time.monotonic() - t0

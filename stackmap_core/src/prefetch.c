@@ -47,6 +47,8 @@ void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t 
 
 void prefetch_items(cache *c, const struct prefetch_batch *pb)
 {
+    if (pb->n < 2)
+        return;
     for (uint32_t i = 0; i < pb->n; i++)
         cache_prefetch_item(c, pb->hv[i]);
 }

@@ -26,7 +26,7 @@
  * The keys of one batch (one per worker, in struct worker).  The hashes are
  * kept for the lookups themselves: a key is recognised by its address in the
  * receive buffer, which the protocol parses in place, so the same bytes are
- * not hashed twice.  Valid only while the batch runs (prefetch_end).
+ * not hashed twice.  Valid only while the batch runs (prefetch_reset).
  */
 struct prefetch_batch {
     uint32_t n;                       /* keys recorded */
@@ -36,15 +36,9 @@ struct prefetch_batch {
     uint16_t nkey[PREFETCH_MAX];      /* and its length */
 };
 
-/* Start a batch: forget the previous one's keys. */
-static inline void prefetch_begin(struct prefetch_batch *pb)
-{
-    pb->n = 0;
-    pb->next = 0;
-}
-
-/* End of a batch: its buffers go back to the kernel, so its keys are gone. */
-static inline void prefetch_end(struct prefetch_batch *pb)
+/* Forget the keys: before a batch, and after it (its buffers go back to the
+ * kernel, so the recorded addresses mean nothing any more). */
+static inline void prefetch_reset(struct prefetch_batch *pb)
 {
     pb->n = 0;
     pb->next = 0;
@@ -52,7 +46,8 @@ static inline void prefetch_end(struct prefetch_batch *pb)
 
 /* Stage one for one received buffer: hash the keys of a get/gets/mg at its start. */
 void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t len);
-/* Stage two for the whole batch: each bucket's first item. */
+/* Stage two for the whole batch: each bucket's first item (nothing for a
+ * lone key, whose lookup comes right after anyway). */
 void prefetch_items(cache *c, const struct prefetch_batch *pb);
 /* cache_hash(key, nkey), reusing the hash stage one computed for these bytes. */
 uint32_t prefetch_hash(struct prefetch_batch *pb, const char *key, size_t nkey);

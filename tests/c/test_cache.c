@@ -796,7 +796,7 @@ static void test_prefetch(void)
     cache *c = mk(64 << 20, 1 << 20, 10);
     CHECK(set(c, "alpha", "1") == STORE_STORED);
     struct prefetch_batch pb;
-    prefetch_begin(&pb);
+    prefetch_reset(&pb);
     const char *b1 = "get alpha beta gamma\r\n";
     prefetch_scan(c, &pb, b1, strlen(b1));
     CHECK(pb.n == 3);
@@ -826,17 +826,17 @@ static void test_prefetch(void)
     CHECK(prefetch_hash(&pb, b1 + 10, 3) == cache_hash("bet", 3));
     CHECK(prefetch_hash(&pb, mg + 3, 3) == cache_hash("one", 3));
     CHECK(prefetch_hash(&pb, b1 + 4, 5) == cache_hash("alpha", 5)); /* already used: recomputed */
-    prefetch_end(&pb);
+    prefetch_reset(&pb);
     CHECK(pb.n == 0);
     CHECK(prefetch_hash(&pb, b1 + 15, 5) == cache_hash("gamma", 5));
     char many[512] = "get";
     for (int i = 0; i < PREFETCH_MAX + 8; i++)
         sprintf(many + strlen(many), " k%d", i);
     strcat(many, "\r\n");
-    prefetch_begin(&pb);
+    prefetch_reset(&pb);
     prefetch_scan(c, &pb, many, strlen(many));
     CHECK(pb.n == PREFETCH_MAX);
-    prefetch_end(&pb);
+    prefetch_reset(&pb);
     cache_destroy(c);
 }
 

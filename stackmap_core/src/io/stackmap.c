@@ -252,18 +252,25 @@ static void reap_tx(worker *w, uint32_t first, uint32_t n)
 }
 
 /* Before the RX slots run: prefetch the keys they are about to look up (prefetch.h). */
+/* A data slot's bytes, or NULL when its length or buffer index is out of range. */
+static char *slot_data(const smap_state *st, const struct stackmap_slot *s)
+{
+    if (s->len == 0 || s->buf_idx >= st->num_bufs || s->len > st->buf_size)
+        return NULL;
+    return st->bufs + (size_t)s->buf_idx * st->buf_size;
+}
+
 static void prefetch_rx(worker *w, uint32_t head, uint32_t tail)
 {
     smap_state *st = w->backend;
     struct stackmap_ring *rx = st->rx;
     for (; head != tail; head = (head + 1) % rx->num_slots) {
         const struct stackmap_slot *s = &rx->slots[head];
-        if (!(s->flags & (STACKMAP_F_NEW | STACKMAP_F_BAD)) && s->len > 0 && s->buf_idx < st->num_bufs &&
-            s->len <= st->buf_size)
-            prefetch_scan(w->cache, &w->pf, st->bufs + (size_t)s->buf_idx * st->buf_size, s->len);
+        char *data = (s->flags & (STACKMAP_F_NEW | STACKMAP_F_BAD)) ? NULL : slot_data(st, s);
+        if (data)
+            prefetch_scan(w->cache, &w->pf, data, s->len);
     }
-    if (w->pf.n > 1)
-        prefetch_items(w->cache, &w->pf);
+    prefetch_items(w->cache, &w->pf);
 }
 
 /* Walk the RX ring: new connections, data, writable, end of stream. */
@@ -275,7 +282,7 @@ static void reap_rx(worker *w)
     uint32_t head = rx->head;
     uint32_t tail = __atomic_load_n(&rx->tail, __ATOMIC_ACQUIRE);
     uint64_t nslots = 0;
-    prefetch_begin(&w->pf);
+    prefetch_reset(&w->pf);
     prefetch_rx(w, head, tail);
     while (head != tail) {
         struct stackmap_slot *s = &rx->slots[head];
@@ -290,8 +297,8 @@ static void reap_rx(worker *w)
             conn *c = conn_of(st, fd);
             if (c) {
                 smap_conn *sc = c->backend_data;
-                if (s->len > 0 && s->buf_idx < st->num_bufs && s->len <= st->buf_size && !sc->closing) {
-                    char *data = st->bufs + (size_t)s->buf_idx * st->buf_size;
+                char *data = slot_data(st, s);
+                if (data && !sc->closing) {
                     SM_STAT_ADD(w->stats.bytes_read, s->len);
                     c->last_active = cache_now(w->cache);
                     if (!conn_feed(c, data, s->len))
@@ -310,7 +317,7 @@ static void reap_rx(worker *w)
         s->flags = 0;
         head = (head + 1) % ns;
     }
-    prefetch_end(&w->pf);
+    prefetch_reset(&w->pf);
     __atomic_store_n(&rx->head, head, __ATOMIC_RELEASE);
     rx->cur = head;
     SM_STAT_ADD(w->stats.stackmap_rx_slots, nslots);

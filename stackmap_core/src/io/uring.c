@@ -91,6 +91,12 @@ typedef struct uring_state {
     conn *flush;                 /* connections with output to send this round */
 } uring_state;
 
+/* Receive buffer bid of the provided-buffer ring. */
+static inline char *ring_buf(const uring_state *st, unsigned bid)
+{
+    return st->bufs + (size_t)bid * st->bufsize;
+}
+
 /* Largest power of two <= v (v >= 1). */
 static unsigned pow2_floor(unsigned v)
 {
@@ -228,7 +234,7 @@ static int ring_setup(worker *w, char *err, size_t errlen)
     }
     unsigned mask = io_uring_buf_ring_mask(st->nbufs);
     for (unsigned i = 0; i < st->nbufs; i++)
-        io_uring_buf_ring_add(st->br, st->bufs + (size_t)i * st->bufsize, st->bufsize, (unsigned short)i,
+        io_uring_buf_ring_add(st->br, ring_buf(st, i), st->bufsize, (unsigned short)i,
                               mask, (int)i);
     io_uring_buf_ring_advance(st->br, (int)st->nbufs);
     rc = io_uring_register_files_sparse(&st->ring, (unsigned)st->nfixed);
@@ -356,7 +362,7 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
 /* Give a receive buffer back to the kernel (published once per round). */
 static void recycle_buf(uring_state *st, unsigned bid)
 {
-    io_uring_buf_ring_add(st->br, st->bufs + (size_t)bid * st->bufsize, st->bufsize, (unsigned short)bid,
+    io_uring_buf_ring_add(st->br, ring_buf(st, bid), st->bufsize, (unsigned short)bid,
                           io_uring_buf_ring_mask(st->nbufs), (int)st->buf_added);
     st->buf_added++;
 }
@@ -376,7 +382,7 @@ static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
         if (!uc->closing) {
             SM_STAT_ADD(w->stats.bytes_read, res);
             c->last_active = cache_now(w->cache);
-            if (!conn_feed(c, st->bufs + (size_t)bid * st->bufsize, (size_t)res)) {
+            if (!conn_feed(c, ring_buf(st, bid), (size_t)res)) {
                 recycle_buf(st, bid);
                 start_close(w, c);
                 maybe_free(w, c);
@@ -535,11 +541,10 @@ static void prefetch_batch(worker *w)
     {
         if ((cqe->user_data & TAG_MASK) == TAG_RECV && cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
             unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-            prefetch_scan(w->cache, pb, st->bufs + (size_t)bid * st->bufsize, (size_t)cqe->res);
+            prefetch_scan(w->cache, pb, ring_buf(st, bid), (size_t)cqe->res);
         }
     }
-    if (pb->n > 1) /* a lone key gains nothing: its lookup comes right after */
-        prefetch_items(w->cache, pb);
+    prefetch_items(w->cache, pb);
 }
 
 static void uring_run(worker *w)
@@ -580,7 +585,7 @@ static void uring_run(worker *w)
         SM_STAT_INC(w->stats.syscalls);
         SM_STAT_INC(w->stats.uring_submits);
         unsigned head, n = 0;
-        prefetch_begin(&w->pf);
+        prefetch_reset(&w->pf);
         prefetch_batch(w);
         io_uring_for_each_cqe(&st->ring, head, cqe)
         {
@@ -602,7 +607,7 @@ static void uring_run(worker *w)
                 break;
             }
         }
-        prefetch_end(&w->pf);
+        prefetch_reset(&w->pf);
         io_uring_cq_advance(&st->ring, n);
         SM_STAT_ADD(w->stats.uring_cqes, n);
         flush_all(w);
