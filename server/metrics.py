@@ -124,6 +124,10 @@ RING: tuple[tuple[str, str, str], ...] = (
     ("uring_buffer_ring_empty_total", "uring_buf_ring_empty",
      "Receives that found the provided-buffer ring exhausted."),
     ("uring_send_zc_total", "uring_send_zc", "Zero-copy sends issued."),
+    ("uring_batch_waits_total", "uring_batch_waits",
+     "io_uring waits that asked for a batch of arrivals (busy CPU, loaded worker)."),
+    ("uring_batch_timeouts_total", "uring_batch_timeouts",
+     "Batch waits that ran out of time before the batch was complete."),
 )
 
 _SLAB_KEY = re.compile(r"(\d+):(\w+)")

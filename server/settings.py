@@ -342,6 +342,9 @@ EXTENDED: tuple[Extended, ...] = (
              "send zero-copy at and above this many bytes; 0 never (k/m suffixes)"),
     Extended("uring_sqpoll", "uring_sqpoll", parse_bool,
              "kernel submission-queue polling thread", bare=True),
+    Extended("uring_batch_usec", "uring_batch_usec", ranged(parse_int, 0, 100000),
+             "a loaded worker whose CPU never idles waits up to this many microseconds "
+             "for a batch of requests; 0 never"),
     Extended("slab_chunk_max", None, parse_size, "memcached's largest slab chunk",
              unsupported="stackmapd never splits items into chunks: its slab pages are "
                          "at least -I bytes, so there is no chunk maximum to set"),
@@ -437,6 +440,7 @@ class Settings:
     uring_buf_size: int | None = None
     uring_zc_threshold: int | None = None
     uring_sqpoll: bool | None = None
+    uring_batch_usec: int | None = None
     tcp_nodelay: bool | None = None
     idle_timeout: int | None = None
 

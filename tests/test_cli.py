@@ -160,13 +160,14 @@ def test_verbosity_counts(flags: list[str], level: int) -> None:
 def test_extended_options() -> None:
     s = parse(["-o", "hashpower=20,idle_timeout=30,no_lru_segmented", "-o",
                "uring_entries=512,uring_bufs=64,uring_buf_size=8k,uring_zc_threshold=16k,"
-               "uring_sqpoll,tcp_nodelay=0"])
+               "uring_sqpoll,tcp_nodelay=0,uring_batch_usec=200"])
     assert s.hashpower_init == 20
     assert s.idle_timeout == 30
     assert s.lru_segmented is False
     assert (s.uring_entries, s.uring_bufs, s.uring_buf_size) == (512, 64, 8192)
     assert s.uring_zc_threshold == 16384
     assert s.uring_sqpoll is True
+    assert s.uring_batch_usec == 200
     assert s.tcp_nodelay is False
     assert parse(["-o", "lru_segmented"]).lru_segmented is True
 

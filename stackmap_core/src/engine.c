@@ -55,6 +55,7 @@ void sm_settings_init(struct sm_settings *s)
     s->uring_buf_size = 4096;
     s->uring_zc_threshold = 0;
     s->uring_sqpoll = 0;
+    s->uring_batch_usec = 500;
     s->tcp_nodelay = 1;
     s->idle_timeout = 0;
 }

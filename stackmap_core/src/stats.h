@@ -50,6 +50,8 @@
     X(uring_cqes)          \
     X(uring_buf_ring_empty)\
     X(uring_send_zc)       \
+    X(uring_batch_waits)   \
+    X(uring_batch_timeouts)\
     X(stackmap_syncs)      \
     X(stackmap_rx_slots)   \
     X(stackmap_tx_slots)   \

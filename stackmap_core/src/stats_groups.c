@@ -245,6 +245,8 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     U64("uring_cqes", s.uring_cqes);
     U64("uring_buf_ring_empty", s.uring_buf_ring_empty);
     U64("uring_send_zc", s.uring_send_zc);
+    U64("uring_batch_waits", s.uring_batch_waits);
+    U64("uring_batch_timeouts", s.uring_batch_timeouts);
     /* completions per io_uring_enter: how much one syscall carries */
     sm_stat_addf(sink, "uring_batch_avg", "%.2f",
                  s.uring_submits ? (double)s.uring_cqes / (double)s.uring_submits : 0.0);
@@ -307,6 +309,7 @@ static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
     sm_stat_addf(sink, "uring_buf_size", "%d", st->uring_buf_size);
     sm_stat_addf(sink, "uring_zc_threshold", "%d", st->uring_zc_threshold);
     sink->add(sink, "uring_sqpoll", st->uring_sqpoll ? "yes" : "no");
+    sm_stat_addf(sink, "uring_batch_usec", "%d", st->uring_batch_usec);
     sink->add(sink, "tcp_nodelay", st->tcp_nodelay ? "yes" : "no");
 }
 

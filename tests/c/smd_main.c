@@ -56,7 +56,11 @@ int main(int argc, char **argv)
         case 'v': s.verbose++; break;
         case 'b': s.backlog = atoi(optarg); break;
         case 'R': s.reqs_per_event = atoi(optarg); break;
-        case 'U': case 'u': case 'o': break;
+        case 'o':
+            if (strncmp(optarg, "uring_batch_usec=", 17) == 0)
+                s.uring_batch_usec = atoi(optarg + 17);
+            break;
+        case 'U': case 'u': break;
         case 'B':
             s.backend = strcmp(optarg, "uring") == 0    ? SM_BACKEND_URING
                       : strcmp(optarg, "stackmap") == 0 ? SM_BACKEND_STACKMAP

@@ -28,6 +28,9 @@
  *   (notification) completion says TCP has let go of them.
  * - Back-pressure: a connection whose queue passes OUT_HIGH_WATER has its
  *   multishot receive cancelled until the client drains its responses.
+ * - Batch wait (-o uring_batch_usec): a loaded worker whose CPU never idles
+ *   asks the kernel for a batch of arrivals instead of waking at the first
+ *   (batch_adapt); a large batch is prefetched a window at a time.
  *
  * The ring is created on the worker thread itself, so it can be
  * SINGLE_ISSUER | DEFER_TASKRUN (completions are processed only when this
@@ -46,6 +49,7 @@
 #include "../cache/hugemem.h"
 #include "../prefetch.h"
 #include "backend.h"
+#include "cpuidle.h"
 
 /* user_data tags in the low bits (conn and state pointers are 16-aligned). */
 #define TAG_ACCEPT 1u
@@ -58,6 +62,12 @@
 #define BGID 0
 /* How often (ms) an idle loop looks at the stop/drain flags. */
 #define URING_TICK_MS 100
+
+/* Batch wait (-o uring_batch_usec; see batch_adapt). */
+#define BATCH_MIN 8        /* a round with this many arrivals shows a loaded worker */
+#define BATCH_MAX 256      /* the largest batch a wait asks for */
+#define BATCH_HOLD 64      /* rounds without growth after a wait ran out of time */
+#define ACTIVE_ROUNDS 64   /* rounds per window of the active-connection count */
 
 /* Per-connection io_uring state (conn->backend_data). */
 typedef struct uring_conn {
@@ -73,6 +83,7 @@ typedef struct uring_conn {
     bool in_flush;        /* on the flush list this round */
     bool zc;              /* the in-flight send is zero-copy (SENDMSG_ZC) */
     int zc_res;           /* result of a zero-copy send, applied when its notification arrives */
+    unsigned seen_window; /* the active-count window of this connection's last counted arrival */
 } uring_conn;
 
 /* Per-worker io_uring state (worker->backend). */
@@ -89,6 +100,15 @@ typedef struct uring_state {
     int nfixed;                  /* size of the registered file table */
     bool accepting;              /* multishot accepts are armed */
     conn *flush;                 /* connections with output to send this round */
+    unsigned sends_queued;       /* sends queued this round: each completes inline unless its socket is full */
+    unsigned arrivals;           /* receives with data this round */
+    unsigned batch_target;       /* arrivals the next wait asks for (1: wake at the first) */
+    unsigned batch_hold;         /* rounds left before batch_target may grow again */
+    unsigned active_window;      /* id of the current active-count window */
+    unsigned active_rounds;      /* rounds into the current window */
+    unsigned active_count;       /* connections with an arrival in the current window */
+    unsigned active_prev;        /* the same, for the previous window */
+    cpuidle idle;                /* whether this worker's CPU idles (batch waits only if not) */
 } uring_state;
 
 /* Receive buffer bid of the provided-buffer ring. */
@@ -167,6 +187,8 @@ static int uring_init(worker *w, char *err, size_t errlen)
     }
     for (int i = 0; i < st->nfixed; i++)
         st->free_fixed[st->nfree_fixed++] = st->nfixed - 1 - i;
+    st->batch_target = 1;
+    st->active_window = 1; /* new connections start at 0: not yet counted */
     w->backend = st;
     return 0;
 }
@@ -213,6 +235,7 @@ static int ring_setup(worker *w, char *err, size_t errlen)
         return -1;
     }
     st->ring_ok = true;
+    cpuidle_init(&st->idle);
     /* Each io_uring_enter then names the ring by a registered index, which
      * spares the kernel a file lookup per enter; without it, plain fd. */
     (void)io_uring_register_ring_fd(&st->ring);
@@ -382,6 +405,11 @@ static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
         if (!uc->closing) {
             SM_STAT_ADD(w->stats.bytes_read, res);
             c->last_active = cache_now(w->cache);
+            st->arrivals++;
+            if (uc->seen_window != st->active_window) {
+                uc->seen_window = st->active_window;
+                st->active_count++;
+            }
             if (!conn_feed(c, ring_buf(st, bid), (size_t)res)) {
                 recycle_buf(st, bid);
                 start_close(w, c);
@@ -515,6 +543,7 @@ static void flush_all(worker *w)
         if (uc->fixed >= 0)
             sqe->flags |= IOSQE_FIXED_FILE;
         io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | TAG_SEND);
+        st->sends_queued++;
         uc->send_inflight = true;
         uc->inflight++;
     }
@@ -530,21 +559,84 @@ static void close_now(worker *w, conn *c)
     maybe_free(w, c);
 }
 
-/* Before a batch runs: prefetch the keys its receives are about to look up. */
-static void prefetch_batch(worker *w)
+/*
+ * Prefetch the keys the receives among this batch's completions from the
+ * from-th on are about to look up, up to PREFETCH_MAX keys (a large batch
+ * is prefetched a window at a time, each just before it runs).  Returns the
+ * index of the first completion not scanned.
+ */
+static unsigned prefetch_window(worker *w, unsigned from)
 {
     uring_state *st = w->backend;
     struct prefetch_batch *pb = &w->pf;
     struct io_uring_cqe *cqe;
-    unsigned head;
+    unsigned head, i = 0;
+    prefetch_reset(pb);
     io_uring_for_each_cqe(&st->ring, head, cqe)
     {
-        if ((cqe->user_data & TAG_MASK) == TAG_RECV && cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
-            unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-            prefetch_scan(w->cache, pb, ring_buf(st, bid), (size_t)cqe->res);
+        if (i >= from) {
+            if (pb->n >= PREFETCH_MAX)
+                break;
+            if ((cqe->user_data & TAG_MASK) == TAG_RECV && cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
+                unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+                prefetch_scan(w->cache, pb, ring_buf(st, bid), (size_t)cqe->res);
+            }
         }
+        i++;
     }
     prefetch_items(w->cache, pb);
+    return i;
+}
+
+/*
+ * After a round: how many arrivals the next wait asks for.
+ *
+ * A worker that wakes at its first arrival sleeps and wakes once per few
+ * requests when its clients share its CPU: each arrival's wake-up lets it
+ * preempt the client in the middle of the client's burst, and each of those
+ * context switches costs more than a request.  Waiting for more arrivals
+ * delays nothing then, because the CPU is the clients' while the worker
+ * sleeps.  So, only while the worker's CPU shows no idle time (cpuidle.h)
+ * and a round brought BATCH_MIN arrivals or more, the next wait asks the
+ * kernel (DEFER_TASKRUN counts arrivals before it wakes anyone) for up to
+ * twice as many, never more than the connections active lately, for at
+ * most uring_batch_usec.  A wait that runs out of time sets the target to
+ * what did arrive and holds it there for BATCH_HOLD rounds; a light round
+ * or a CPU that idles drops back to waking at the first arrival.  So a
+ * worker with a CPU of its own always answers at once, and a saturated one
+ * never sleeps (its arrivals are there when it asks).
+ */
+static void batch_adapt(worker *w, uring_state *st, bool ran_out)
+{
+    unsigned a = st->arrivals;
+    st->arrivals = 0;
+    if (++st->active_rounds >= ACTIVE_ROUNDS) {
+        st->active_prev = st->active_count;
+        st->active_count = 0;
+        st->active_window++;
+        st->active_rounds = 0;
+    }
+    if (w->settings->uring_batch_usec <= 0 || a < BATCH_MIN || !cpuidle_busy(&st->idle, w->lat_clock)) {
+        st->batch_target = 1;
+        return;
+    }
+    if (ran_out) {
+        SM_STAT_INC(w->stats.uring_batch_timeouts);
+        st->batch_target = a;
+        st->batch_hold = BATCH_HOLD;
+        return;
+    }
+    unsigned t = a;
+    if (st->batch_hold > 0)
+        st->batch_hold--;
+    else
+        t = 2 * a;
+    unsigned cap = st->active_prev > st->active_count ? st->active_prev : st->active_count;
+    if (t > cap)
+        t = cap > 0 ? cap : 1;
+    if (t > BATCH_MAX)
+        t = BATCH_MAX;
+    st->batch_target = t;
 }
 
 static void uring_run(worker *w)
@@ -578,17 +670,26 @@ static void uring_run(worker *w)
             io_uring_buf_ring_advance(st->br, (int)st->buf_added);
             st->buf_added = 0;
         }
+        /* Wake at the first arrival, or (batch_adapt) once batch_target have
+         * come on top of the completions of this round's sends. */
         struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = URING_TICK_MS * 1000000LL};
+        unsigned wait_nr = 1;
+        if (st->batch_target > 1) {
+            wait_nr = st->sends_queued + st->batch_target;
+            ts.tv_nsec = (long long)w->settings->uring_batch_usec * 1000;
+            SM_STAT_INC(w->stats.uring_batch_waits);
+        }
+        st->sends_queued = 0;
         struct io_uring_cqe *cqe;
-        io_uring_submit_and_wait_timeout(&st->ring, &cqe, 1, &ts, NULL);
+        io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
         worker_batch_clock(w);
         SM_STAT_INC(w->stats.syscalls);
         SM_STAT_INC(w->stats.uring_submits);
-        unsigned head, n = 0;
-        prefetch_reset(&w->pf);
-        prefetch_batch(w);
+        unsigned head, n = 0, prefetched = 0;
         io_uring_for_each_cqe(&st->ring, head, cqe)
         {
+            if (n == prefetched)
+                prefetched = prefetch_window(w, n);
             n++;
             uint64_t ud = cqe->user_data;
             unsigned tag = (unsigned)(ud & TAG_MASK);
@@ -610,6 +711,7 @@ static void uring_run(worker *w)
         prefetch_reset(&w->pf);
         io_uring_cq_advance(&st->ring, n);
         SM_STAT_ADD(w->stats.uring_cqes, n);
+        batch_adapt(w, st, wait_nr > 1 && n < wait_nr);
         flush_all(w);
     }
 }
@@ -629,8 +731,10 @@ static void uring_destroy(worker *w)
         }
         worker_conn_close(w, c);
     }
-    if (st->ring_ok)
+    if (st->ring_ok) {
         io_uring_queue_exit(&st->ring);
+        cpuidle_close(&st->idle);
+    }
     free(st->br);
     hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
     free(st->free_fixed);
