@@ -39,7 +39,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mcwire import Wire  # noqa: E402
+from mcwire import Wire, stats  # noqa: E402
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
@@ -262,3 +262,27 @@ def assert_alive(srv: Server) -> None:
     """The process still runs and answers 'version' on a new connection."""
     assert srv.alive(), f"server exited with {srv.proc.returncode}; log:\n{srv.log()}"
     assert _answers_version(srv.port), f"server does not answer 'version'; log:\n{srv.log()}"
+
+
+def memaslap_same_cpu(srv: Server, seconds: int) -> dict[str, int]:
+    """memaslap -c 64 (64 B values, 90% get) with it and the server on CPU 0 for
+    `seconds`, as on the reference setup (BENCHMARKING.md): the server runs only
+    when the client yields.  Returns the deltas of the server's numeric stats."""
+    memaslap = shutil.which("memcaslap")
+    if memaslap is None:
+        pytest.fail("memcaslap (libmemcached-tools) is required; make test installs it")
+    if shutil.which("taskset") is None:
+        pytest.skip("taskset (util-linux) is needed to share one CPU")
+    cfg = Path(srv.log_path).with_suffix(".memaslap.cfg")
+    cfg.write_text("key\n64 64 1\nvalue\n64 64 1\ncmd\n0 0.1\n1 0.9\n")
+    for task in Path(f"/proc/{srv.pid}/task").iterdir():
+        subprocess.run(["taskset", "-p", "-c", "0", task.name], check=False, capture_output=True)
+    before = stats(HOST, srv.port)
+    subprocess.run(
+        ["taskset", "-c", "0", memaslap, "-s", f"{HOST}:{srv.port}", "-T", "1", "-c", "64",
+         "-F", str(cfg), "-t", f"{seconds}s"],
+        check=True, capture_output=True, timeout=60,
+    )
+    after = stats(HOST, srv.port)
+    return {k: int(after[k]) - int(before[k]) for k in after
+            if k in before and after[k].isdigit() and before[k].isdigit()}

@@ -13,14 +13,12 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import HOST, Server, Target, assert_alive
+from conftest import HOST, Server, Target, assert_alive, memaslap_same_cpu
 from mcwire import Wire, stats
 
 BIG = 512 * 1024
@@ -112,30 +110,10 @@ def test_uring_batches_syscalls(start_server, target: Target) -> None:  # type: 
     """io_uring: under 64 concurrent connections, far fewer submits than requests."""
     if target.backend != "uring":
         pytest.skip("io_uring batching is a property of the uring backend")
-    memaslap = shutil.which("memcaslap")
-    if memaslap is None:
-        pytest.fail("memcaslap (libmemcached-tools) is required; make test installs it")
     srv = start_server(target, ["-t", "1"])
-    cfg = Path(srv.log_path).with_suffix(".memaslap.cfg")
-    cfg.write_text("key\n64 64 1\nvalue\n64 64 1\ncmd\n0 0.1\n1 0.9\n")
-    # Server and client on one CPU: the server runs only when the client
-    # yields, as on the reference setup (see BENCHMARKING.md).
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    if pin:
-        for task in Path(f"/proc/{srv.pid}/task").iterdir():
-            subprocess.run(["taskset", "-p", "-c", "0", task.name], check=False, capture_output=True)
-    before = stats(HOST, srv.port)
-    subprocess.run(
-        [*pin, memaslap, "-s", f"{HOST}:{srv.port}", "-T", "1", "-c", "64", "-F", str(cfg), "-t", "2s"],
-        check=True, capture_output=True, timeout=60,
-    )
-    after = stats(HOST, srv.port)
-
-    def delta(name: str) -> int:
-        return int(after[name]) - int(before[name])
-
-    requests = delta("cmd_get") + delta("cmd_set")
-    submits = delta("uring_submits")
+    d = memaslap_same_cpu(srv, 2)
+    requests = d["cmd_get"] + d["cmd_set"]
+    submits = d["uring_submits"]
     assert requests > 1000, f"memaslap served only {requests} requests"
     assert submits < 0.5 * requests, f"{submits} io_uring submits for {requests} requests: no batching"
-    assert delta("uring_cqes") > 2 * submits, "completions per submit should be well above 1"
+    assert d["uring_cqes"] > 2 * submits, "completions per submit should be well above 1"

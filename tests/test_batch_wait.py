@@ -9,35 +9,9 @@ happened.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
-from conftest import HOST, Server, Target
+from conftest import HOST, Target, memaslap_same_cpu
 from mcwire import stats
-
-
-def memaslap_same_cpu(srv: Server, seconds: int) -> dict[str, int]:
-    """memaslap c=64 and the server on CPU 0 for `seconds`; the counters' deltas."""
-    memaslap = shutil.which("memcaslap")
-    if memaslap is None:
-        pytest.fail("memcaslap (libmemcached-tools) is required; make test installs it")
-    if shutil.which("taskset") is None:
-        pytest.skip("taskset (util-linux) is needed to share one CPU")
-    cfg = Path(srv.log_path).with_suffix(".memaslap.cfg")
-    cfg.write_text("key\n64 64 1\nvalue\n64 64 1\ncmd\n0 0.1\n1 0.9\n")
-    for task in Path(f"/proc/{srv.pid}/task").iterdir():
-        subprocess.run(["taskset", "-p", "-c", "0", task.name], check=False, capture_output=True)
-    names = ("cmd_get", "cmd_set", "uring_batch_waits", "uring_batch_timeouts", "uring_submits")
-    before = stats(HOST, srv.port)
-    subprocess.run(
-        ["taskset", "-c", "0", memaslap, "-s", f"{HOST}:{srv.port}", "-T", "1", "-c", "64",
-         "-F", str(cfg), "-t", f"{seconds}s"],
-        check=True, capture_output=True, timeout=60,
-    )
-    after = stats(HOST, srv.port)
-    return {n: int(after[n]) - int(before[n]) for n in names}
 
 
 def uring_only(target: Target) -> None:

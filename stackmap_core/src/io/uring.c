@@ -621,7 +621,6 @@ static void batch_adapt(worker *w, uring_state *st, bool ran_out)
         return;
     }
     if (ran_out) {
-        SM_STAT_INC(w->stats.uring_batch_timeouts);
         st->batch_target = a;
         st->batch_hold = BATCH_HOLD;
         return;
@@ -632,8 +631,8 @@ static void batch_adapt(worker *w, uring_state *st, bool ran_out)
     else
         t = 2 * a;
     unsigned cap = st->active_prev > st->active_count ? st->active_prev : st->active_count;
-    if (t > cap)
-        t = cap > 0 ? cap : 1;
+    if (t > cap) /* >= 1: this round's arrivals were counted in a window */
+        t = cap;
     if (t > BATCH_MAX)
         t = BATCH_MAX;
     st->batch_target = t;
@@ -711,7 +710,10 @@ static void uring_run(worker *w)
         prefetch_reset(&w->pf);
         io_uring_cq_advance(&st->ring, n);
         SM_STAT_ADD(w->stats.uring_cqes, n);
-        batch_adapt(w, st, wait_nr > 1 && n < wait_nr);
+        bool ran_out = wait_nr > 1 && n < wait_nr;
+        if (ran_out)
+            SM_STAT_INC(w->stats.uring_batch_timeouts);
+        batch_adapt(w, st, ran_out);
         flush_all(w);
     }
 }
