@@ -104,6 +104,7 @@ typedef struct uring_state {
     unsigned arrivals;           /* receives with data this round */
     unsigned batch_target;       /* arrivals the next wait asks for (1: wake at the first) */
     unsigned batch_hold;         /* rounds left before batch_target may grow again */
+    unsigned batch_rest;         /* rounds left without batch waits (two ran out in a row) */
     unsigned active_window;      /* id of the current active-count window */
     unsigned active_rounds;      /* rounds into the current window */
     unsigned active_count;       /* connections with an arrival in the current window */
@@ -601,7 +602,10 @@ static unsigned prefetch_window(worker *w, unsigned from)
  * kernel (DEFER_TASKRUN counts arrivals before it wakes anyone) for up to
  * twice as many, never more than the connections active lately, for at
  * most uring_batch_usec.  A wait that runs out of time sets the target to
- * what did arrive and holds it there for BATCH_HOLD rounds; a light round
+ * what did arrive and holds it there for BATCH_HOLD rounds; a second one
+ * within those rounds means the CPU is shared with busy tasks other than
+ * our clients (the wait lends them the CPU and the batch does not come), so
+ * batch waits rest for BATCH_HOLD rounds; a light round
  * or a CPU that idles drops back to waking at the first arrival.  So a
  * worker with a CPU of its own always answers at once, and a saturated one
  * never sleeps (its arrivals are there when it asks).
@@ -621,8 +625,18 @@ static void batch_adapt(worker *w, uring_state *st, bool ran_out)
         return;
     }
     if (ran_out) {
-        st->batch_target = a;
+        /* A second wait that runs out within BATCH_HOLD rounds of the
+         * first: the CPU goes to tasks other than our clients, so the
+         * batch is not coming; rest from batch waits. */
+        if (st->batch_hold > 0)
+            st->batch_rest = BATCH_HOLD;
+        st->batch_target = st->batch_rest > 0 ? 1 : a;
         st->batch_hold = BATCH_HOLD;
+        return;
+    }
+    if (st->batch_rest > 0) {
+        st->batch_rest--;
+        st->batch_target = 1;
         return;
     }
     unsigned t = a;
