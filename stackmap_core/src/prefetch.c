@@ -51,6 +51,8 @@ void prefetch_items(cache *c, const struct prefetch_batch *pb)
         return;
     for (uint32_t i = 0; i < pb->n; i++)
         cache_prefetch_item(c, pb->hv[i]);
+    for (uint32_t i = 0; i < pb->n; i++)
+        cache_prefetch_chain(c, pb->hv[i], pb->key[i], pb->nkey[i]);
 }
 
 uint32_t prefetch_hash(struct prefetch_batch *pb, const char *key, size_t nkey)

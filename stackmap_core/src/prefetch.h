@@ -7,9 +7,11 @@
  * batch is executed, prefetch_scan() peeks at each received buffer, finds
  * the keys of the get-type commands at its start and prefetches their
  * stripes and buckets; prefetch_items() then prefetches each bucket's first
- * item.  Nothing is parsed for real here: a buffer that is not a command
- * start (a value, the tail of a split request) just prefetches a useless
- * line, and the protocol parses everything again as usual.
+ * item and, where that item is not the key (a third of hits at the table's
+ * usual load), the next one in the chain.  Nothing is parsed for real here:
+ * a buffer that is not a command start (a value, the tail of a split
+ * request) just prefetches a useless line, and the protocol parses
+ * everything again as usual.
  */
 #ifndef SM_PREFETCH_H
 #define SM_PREFETCH_H
@@ -46,8 +48,9 @@ static inline void prefetch_reset(struct prefetch_batch *pb)
 
 /* Stage one for one received buffer: hash the keys of a get/gets/mg at its start. */
 void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t len);
-/* Stage two for the whole batch: each bucket's first item (nothing for a
- * lone key, whose lookup comes right after anyway). */
+/* Stages two and three for the whole batch: each bucket's first item, then
+ * the second where the first is not the key (nothing for a lone key, whose
+ * lookup comes right after anyway). */
 void prefetch_items(cache *c, const struct prefetch_batch *pb);
 /* cache_hash(key, nkey), reusing the hash stage one computed for these bytes. */
 uint32_t prefetch_hash(struct prefetch_batch *pb, const char *key, size_t nkey);

@@ -159,6 +159,26 @@ void cache_prefetch_item(cache *c, uint32_t hv)
     pthread_mutex_unlock(m);
 }
 
+/*
+ * Stage three: a bucket whose first item is not the key (now in cache from
+ * stage two) has its next item prefetched, the miss a lookup further down
+ * the chain would otherwise stall on.
+ */
+void cache_prefetch_chain(cache *c, uint32_t hv, const char *key, size_t nkey)
+{
+    pthread_mutex_t *m = stripe_of(c, hv);
+    if (pthread_mutex_trylock(m) != 0)
+        return;
+    item *it = *bucket_of(c, hv);
+    if (it && (it->nkey != nkey || memcmp(ITEM_key(it), key, nkey) != 0) && it->h_next) {
+        it = it->h_next;
+        __builtin_prefetch(it);
+        __builtin_prefetch((const char *)it + 64);
+        __builtin_prefetch((const char *)it + 128);
+    }
+    pthread_mutex_unlock(m);
+}
+
 item *hash_find(cache *c, const char *key, size_t nkey, uint32_t hv)
 {
     item *it = *bucket_of(c, hv);
