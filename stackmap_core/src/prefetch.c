@@ -26,21 +26,26 @@ void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t 
     } else {
         return;
     }
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    if (!eol)
+        return; /* the line is cut off by the buffer's end */
+    if (eol > p && eol[-1] == '\r')
+        eol--;
     while (pb->n < PREFETCH_MAX) {
-        while (p < end && *p == ' ')
+        while (p < eol && *p == ' ')
             p++;
         const char *key = p;
-        while (p < end && *p != ' ' && *p != '\r' && *p != '\n')
-            p++;
-        if (p == end || p == key || (size_t)(p - key) > PREFETCH_KEY_MAX)
-            return; /* cut off by the buffer's end, or no key */
+        const char *sp = memchr(p, ' ', (size_t)(eol - p));
+        p = sp ? sp : eol;
+        if (p == key || (size_t)(p - key) > PREFETCH_KEY_MAX)
+            return; /* no key, or one the lookup will refuse */
         uint32_t hv = cache_hash(key, (size_t)(p - key));
         cache_prefetch(c, hv);
         pb->hv[pb->n] = hv;
         pb->key[pb->n] = key;
         pb->nkey[pb->n] = (uint16_t)(p - key);
         pb->n++;
-        if (!many || *p != ' ')
+        if (!many || p == eol)
             return;
     }
 }

@@ -68,32 +68,33 @@ typedef struct token {
  * NULL when the whole line was consumed, else the unprocessed remainder.
  * Returns the number of tokens including the terminal one.
  */
-static size_t tokenize(char *command, token *tokens, size_t max_tokens)
+static size_t tokenize(char *command, size_t len, token *tokens, size_t max_tokens)
 {
+    /* command[len] is the line's NUL and no NUL comes before it, so memchr
+     * (a word at a time, where the key is most of the line) finds the spaces. */
     size_t ntokens = 0;
-    char *s = command, *e = command;
-    for (; *e != '\0'; e++) {
-        if (*e != ' ')
-            continue;
-        if (s != e) {
+    char *s = command, *end = command + len, *e;
+    while ((e = memchr(s, ' ', (size_t)(end - s))) != NULL) {
+        if (e != s) {
             tokens[ntokens].value = s;
             tokens[ntokens].length = (size_t)(e - s);
             ntokens++;
             *e = '\0';
             if (ntokens == max_tokens - 1) {
-                e++;
-                s = e;
-                break;
+                s = e + 1;
+                tokens[ntokens].value = s < end ? s : NULL;
+                tokens[ntokens].length = 0;
+                return ntokens + 1;
             }
         }
         s = e + 1;
     }
-    if (s != e) {
+    if (s != end) {
         tokens[ntokens].value = s;
-        tokens[ntokens].length = (size_t)(e - s);
+        tokens[ntokens].length = (size_t)(end - s);
         ntokens++;
     }
-    tokens[ntokens].value = *e == '\0' ? NULL : e;
+    tokens[ntokens].value = NULL;
     tokens[ntokens].length = 0;
     return ntokens + 1;
 }
@@ -665,7 +666,7 @@ void proto_text_command(conn *c, char *line, size_t len)
     }
 
     token tokens[MAX_TOKENS];
-    size_t ntokens = tokenize(line, tokens, MAX_TOKENS);
+    size_t ntokens = tokenize(line, len, tokens, MAX_TOKENS);
     /* No valid command is shorter than two bytes. */
     if (ntokens < 2 || tokens[0].length < 2) {
         REPLY(c, "ERROR");
