@@ -7,6 +7,7 @@ Typical use (the README's tables; see loadtest/README.md for all of them):
     python -m loadtest --generator mcblast --concurrency 16 --depth 8 ...   # pipelined
     python -m loadtest --generator mcblast --rates 20k,50k ...              # open loop
     ... --syscalls (add a strace pass) / --syscalls-only, --plots DIR
+    python -m loadtest --corun ... / --tslice ...   # target and baseline on one vCPU (A/B)
 
 Progress goes to stderr, the table (console or markdown) to stdout, every raw run to the
 JSON file.  ``--quick`` is a 2-second, one-repetition smoke run (used by the tests); its
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import __version__, corun, mcblast, plots, report
+from loadtest import __version__, corun, mcblast, plots, report, tslice
 from loadtest.runner import (
     Pinning,
     RunRecord,
@@ -50,6 +51,8 @@ from loadtest.targets import (
 )
 
 QUICK_DURATION_S = 2
+# Seconds per slice of a time-sliced A/B (--tslice) when --slice is not given.
+DEFAULT_SLICE_S = 0.5
 
 
 def _csv(text: str) -> list[str]:
@@ -117,17 +120,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-targets", action="store_true", help="list targets and exit")
     p.add_argument("--baseline", default="memcached", help="target ratios are against")
-    p.add_argument(
+    same_cpu = p.add_mutually_exclusive_group()
+    same_cpu.add_argument(
         "--corun",
         action="store_true",
         help="co-run: each target and the baseline loaded at the same time on --server-cpu"
         " (memaslap, two clients), comparing CPU per request under the same host conditions",
     )
+    same_cpu.add_argument(
+        "--tslice",
+        action="store_true",
+        help="time-sliced A/B: each target and the baseline on --server-cpu, their two memaslaps"
+        " taking turns every --slice seconds; CPU per request and throughput over each side's own"
+        " slices (--duration seconds of slices per side)",
+    )
+    p.add_argument(
+        "--slice",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"--tslice: seconds per slice ({DEFAULT_SLICE_S:g})",
+    )
     p.add_argument(
         "--baseline-stackmapd",
         default=None,
-        help="--corun: start the baseline from this stackmapd (or build/smd) instead; with"
-        " --targets T --baseline T this compares two builds of one backend",
+        help="--corun, --tslice: start the baseline from this stackmapd (or build/smd) instead;"
+        " with --targets T --baseline T this compares two builds of one backend",
     )
     p.add_argument("--values", type=_sizes, default=[64, 1024], help="value sizes, e.g. 64,1k")
     p.add_argument("--key-size", type=int, default=64, help="key size in bytes (64)")
@@ -293,7 +311,7 @@ class Progress:
         sys.stderr.flush()
 
 
-def _corun(
+def _same_cpu_ab(
     args: argparse.Namespace,
     targets: list[Target],
     topts: TargetOptions,
@@ -303,7 +321,8 @@ def _corun(
     reps: int,
     duration: int,
 ) -> int:
-    """--corun: every target beside the baseline (corun.py), then the table."""
+    """--corun or --tslice: every target against the baseline on one vCPU (corun.py,
+    tslice.py), then the table."""
     baseline = TARGETS[args.baseline]
     base_topts = topts
     if args.baseline_stackmapd:
@@ -311,31 +330,28 @@ def _corun(
         base_topts = dataclasses.replace(topts, stackmapd=path, backend_flag=backend_flag_for(path))
     # Two builds: the baseline's own target name is compared too.
     others = [t for t in targets if t.name != baseline.name or args.baseline_stackmapd]
+    mode = "tslice" if args.tslice else "corun"
 
     def progress(done: int, total: int, what: str) -> None:
         print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="loadtest-corun-") as tmp:
+    records: list[corun.CorunRecord] | list[tslice.TsliceRecord]
+    with tempfile.TemporaryDirectory(prefix=f"loadtest-{mode}-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        records = corun.run(
-            others,
-            baseline,
-            topts,
-            base_topts,
-            workload,
-            args.values,
-            concurrency,
-            args.server_cpu,
-            reps,
-            work,
-            progress,
-        )
+        common = (others, baseline, topts, base_topts, workload, args.values, concurrency, args.server_cpu)
+        if args.tslice:
+            meta["slice_s"] = args.slice
+            records = tslice.run(*common, args.slice, reps, work, progress)
+            table = tslice.markdown(records, meta["command"], duration)
+        else:
+            records = corun.run(*common, reps, work, progress)
+            table = corun.markdown(records, meta["command"], duration)
     meta["ended"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     if args.json:
-        payload = {"meta": meta, "corun": [r.to_json() for r in records]}
+        payload = {"meta": meta, mode: [r.to_json() for r in records]}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    sys.stdout.write(corun.markdown(records, meta["command"], duration))
+    sys.stdout.write(table)
     return 1 if any(r.error for r in records) else 0
 
 
@@ -360,10 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     if duration < 1 or reps < 1 or stat_interval < 1 or syscall_duration < 1 or args.syscall_reps < 1:
         parser.error("--duration, --reps, --stat-interval and the --syscall-* options must be at least 1")
-    if args.baseline_stackmapd and not args.corun:
-        parser.error("--baseline-stackmapd needs --corun")
-    if args.corun and (args.generator != "memaslap" or args.pin != "same" or args.baseline not in args.targets):
-        parser.error("--corun needs --generator memaslap, --pin same and the baseline among --targets")
+    same_cpu = "--corun" if args.corun else "--tslice" if args.tslice else None
+    if args.baseline_stackmapd and not same_cpu:
+        parser.error("--baseline-stackmapd needs --corun or --tslice")
+    if same_cpu and (args.generator != "memaslap" or args.pin != "same" or args.baseline not in args.targets):
+        parser.error(f"{same_cpu} needs --generator memaslap, --pin same and the baseline among --targets")
+    if args.slice is not None and not args.tslice:
+        parser.error("--slice needs --tslice")
+    args.slice = DEFAULT_SLICE_S if args.slice is None else args.slice
+    if not 0 < args.slice <= duration:
+        parser.error("--slice must be more than 0 seconds and at most --duration")
     if args.generator == "memaslap" and args.rates:
         parser.error("--rates (open loop) needs --generator mcblast")
     if warmup < 0 or args.depth < 1 or args.depth > 128 or args.keys < 1:
@@ -495,8 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
 
-    if args.corun:
-        return _corun(args, targets, topts, workload, meta, concurrency[0], reps, duration)
+    if same_cpu:
+        return _same_cpu_ab(args, targets, topts, workload, meta, concurrency[0], reps, duration)
 
     progress = Progress()
     records: list[RunRecord] = []

@@ -14,60 +14,26 @@ shares the vCPU between four tasks, so the two clients' rates say more about fai
 sharing than about the servers (use the alternated runs for throughput).  Four tasks on
 one vCPU also batch differently from one client and one server, so the absolute figures
 differ from an alternated run's; the ratio is what a co-run is for.  Which client starts
-first alternates by repetition.
+first alternates by repetition.  (tslice.py keeps one client and one server on the vCPU
+at a time and compares throughput too.)
 """
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from loadtest import memaslap, procstat
-from loadtest.runner import Pinning, Scenario, Workload, client_command
-from loadtest.targets import PortPicker, Server, ServerError, Target, TargetOptions, server_command_counts
+from loadtest import procstat, samecpu
+from loadtest.runner import Pinning, Scenario, Workload
+from loadtest.targets import PortPicker, ServerError, Target, TargetOptions, server_command_counts
 
 
 @dataclass
-class CorunRecord:
-    """One co-run of a target beside the baseline."""
-
-    target: str  # the target measured
-    baseline: str  # the target it ran beside
-    value_size: int  # bytes per value
-    concurrency: int  # memaslap connections per client
-    cpu: int  # the one vCPU everything ran on
-    rep: int  # repetition, from 0
-    target_ops: int = 0  # requests the target counted
-    baseline_ops: int = 0  # requests the baseline counted
-    target_cpu_us_per_op: float | None = None  # target's CPU per request
-    baseline_cpu_us_per_op: float | None = None  # baseline's CPU per request
-    ratio: float | None = None  # target / baseline CPU per request
-    target_argv: list[str] = field(default_factory=list)  # the target's command line
-    baseline_argv: list[str] = field(default_factory=list)  # the baseline's command line
-    window_s: float = 0.0  # seconds both clients ran
-    foreign_cpu_s: float = 0.0  # busy CPU time not used by the four processes
-    error: str | None = None  # why the co-run failed, if it did
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _client(workload: Workload, scenario: Scenario, port: int, config: Path, out: Path) -> subprocess.Popen[bytes]:
-    """One pinned memaslap, started (the same command line as an alternated run's)."""
-    argv = client_command(workload, scenario, port, config, workload.duration_s)
-    with open(out, "wb") as fh:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
-
-
-def _ops(before: dict[str, int] | None, after: dict[str, int] | None) -> int:
-    if before is None or after is None:
-        raise RuntimeError("a server's stats gave no cmd_get/cmd_set")
-    return sum(after[k] - before[k] for k in ("cmd_get", "cmd_set"))
+class CorunRecord(samecpu.PairRecord):
+    """One co-run of a target beside the baseline (window_s: the seconds both clients ran)."""
 
 
 def corun_once(
@@ -87,10 +53,9 @@ def corun_once(
     """Start both servers, run both clients at once, and account each server's CPU."""
     rec = CorunRecord(target.name, baseline.name, value_size, concurrency, cpu, rep)
     scenario = Scenario(value_size, Pinning("same", cpu, cpu), "memaslap", concurrency)
-    pt, pb = ports.next(), ports.next()
     tag = f"corun-{target.name}-v{value_size}-r{rep}"
-    st = Server(target.argv(topts, pt), cpu, pt, workdir / f"{tag}-target.log")
-    sb = Server(baseline.argv(base_topts, pb), cpu, pb, workdir / f"{tag}-baseline.log")
+    st, sb = samecpu.start_servers(target, baseline, topts, base_topts, cpu, ports, workdir, tag)
+    pt, pb = st.port, sb.port
     rec.target_argv, rec.baseline_argv = st.argv, sb.argv
     clients: list[subprocess.Popen[bytes]] = []
     try:
@@ -104,7 +69,8 @@ def corun_once(
         if rep % 2:
             order.reverse()
         for port, who in order:
-            clients.append(_client(workload, scenario, port, config, workdir / f"{tag}-{who}.out"))
+            out = workdir / f"{tag}-{who}.out"
+            clients.append(samecpu.start_client(workload, scenario, port, config, out, workload.duration_s))
         deadline = workload.duration_s + 60.0
         codes = [c.wait(timeout=deadline) for c in clients]
         rec.window_s = time.monotonic() - t0
@@ -114,8 +80,8 @@ def corun_once(
             raise ServerError("a server died during the co-run")
         if any(codes):
             raise RuntimeError(f"memaslap exited with {codes}")
-        rec.target_ops = _ops(n_t0, server_command_counts(pt))
-        rec.baseline_ops = _ops(n_b0, server_command_counts(pb))
+        rec.target_ops = samecpu.ops_between(n_t0, server_command_counts(pt))
+        rec.baseline_ops = samecpu.ops_between(n_b0, server_command_counts(pb))
         if rec.target_ops <= 0 or rec.baseline_ops <= 0:
             raise RuntimeError("a server served no requests")
         rec.target_cpu_us_per_op = (c_t1 - c_t0) * 1e6 / rec.target_ops
@@ -128,10 +94,7 @@ def corun_once(
     except (ServerError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         rec.error = str(exc)
     finally:
-        for c in clients:
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+        samecpu.stop_clients(clients)
         st.stop()
         sb.stop()
     return rec
@@ -156,12 +119,9 @@ def run(
     another stackmapd build (A/B of two builds: the same target name on both sides)."""
     ports = PortPicker()
     records: list[CorunRecord] = []
-    plan = [(v, rep, t) for v in values for rep in range(reps) for t in targets]
-    configs: dict[int, Path] = {}
-    for i, (v, rep, t) in enumerate(plan):
-        if v not in configs:
-            configs[v] = memaslap.write_config(workdir, workload.key_size, v, workload.get_ratio)
-        rec = corun_once(t, baseline, topts, base_topts, workload, v, concurrency, cpu, configs[v], ports, workdir, rep)
+    plan = samecpu.plan(targets, values, reps, workload, workdir)
+    for i, (v, rep, t, config) in enumerate(plan):
+        rec = corun_once(t, baseline, topts, base_topts, workload, v, concurrency, cpu, config, ports, workdir, rep)
         records.append(rec)
         if rec.error:
             what = f"failed: {rec.error}"
@@ -172,10 +132,6 @@ def run(
             )
         progress(i + 1, len(plan), f"co-run {t.name} beside {baseline.name}, {v} B, rep {rep + 1}/{reps}: {what}")
     return records
-
-
-def _spread(xs: list[float], fmt: str) -> str:
-    return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}–{max(xs):{fmt}})"
 
 
 def markdown(records: list[CorunRecord], command: str, duration_s: int) -> str:
@@ -191,29 +147,17 @@ def markdown(records: list[CorunRecord], command: str, duration_s: int) -> str:
         f"| values | target | target CPU µs/op | {base} CPU µs/op | CPU/op vs {base} | runs |",
         "|---|---|---|---|---|---|",
     ]
-    keys = sorted({(r.value_size, r.target) for r in ok}, key=lambda k: (k[0], [r.target for r in ok].index(k[1])))
-    for v, t in keys:
-        rs = [r for r in ok if r.value_size == v and r.target == t]
+    for v, t, rs in samecpu.groups(ok):
         lines.append(
-            f"| {v} B | {t} | {_spread([r.target_cpu_us_per_op or 0.0 for r in rs], '.2f')}"
-            f" | {_spread([r.baseline_cpu_us_per_op or 0.0 for r in rs], '.2f')}"
-            f" | **{statistics.median([r.ratio or 0.0 for r in rs]):.3f}**"
-            f" ({min(r.ratio or 0.0 for r in rs):.3f}–{max(r.ratio or 0.0 for r in rs):.3f}) | {len(rs)} |"
+            f"| {v} B | {t} | {samecpu.spread([r.target_cpu_us_per_op or 0.0 for r in rs], '.2f')}"
+            f" | {samecpu.spread([r.baseline_cpu_us_per_op or 0.0 for r in rs], '.2f')}"
+            f" | {samecpu.ratio_cell([r.ratio or 0.0 for r in rs])} | {len(rs)} |"
         )
-    failed = len(records) - len(ok)
-    if any(r.target == r.baseline for r in ok):  # two builds of one target: say which is which
-        lines += ["", f"Target: `{' '.join(ok[0].target_argv)}`; baseline: `{' '.join(ok[0].baseline_argv)}`."]
-    lines += [
-        "",
+    method = (
         "Each run starts the target and the baseline afresh and runs one memaslap against each at the"
         " same time, all four pinned to one vCPU, so host phases hit both servers alike; cells are"
         " median (min–max) over the runs, the ratio is the median of the per-run ratios. Only CPU per"
         " request is compared (throughput there reflects the scheduler's fair share)."
-        + (f" {failed} runs failed." if failed else ""),
-        "",
-        "```",
-        command,
-        "```",
-        "",
-    ]
+    )
+    lines += samecpu.table_footer(ok, method, len(records) - len(ok), command)
     return "\n".join(lines)

@@ -302,3 +302,45 @@ def test_quick_corun_two_builds(tmp_path: Path) -> None:
     assert str(other) in rec["baseline_argv"] and str(other) not in rec["target_argv"]
     assert rec["target_ops"] > 1000 and rec["baseline_ops"] > 1000
     assert f"baseline: `taskset -c 0 {other}" in proc.stdout
+
+
+def test_quick_tslice_beside_memcached(tmp_path: Path) -> None:
+    """--tslice: the target and memcached on one CPU, their two memaslaps taking turns every
+    slice; each server's requests, CPU and time summed over its own slices (no figure judged)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / "tslice.json"
+    cmd = [sys.executable, "-m", "loadtest", "--tslice", "--targets", "memcached,stackmapd-epoll", "--values", "64"]
+    cmd += ["--duration", "2", "--reps", "1", "--slice", "0.5", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["slice_s"] == 0.5
+    (r,) = data["tslice"]
+    assert (r["target"], r["baseline"], r["rep"], r["value_size"]) == ("stackmapd-epoll", "memcached", 0, 64)
+    assert r["error"] is None
+    # 2 s of 0.5 s slices per side.
+    assert r["slice_s"] == 0.5 and r["slices"] == 4
+    assert r["target_argv"][:3] == r["baseline_argv"][:3] == ["taskset", "-c", "0"]
+    assert r["target_ops"] > 1000 and r["baseline_ops"] > 1000
+    assert r["target_cpu_us_per_op"] > 0 and r["baseline_cpu_us_per_op"] > 0
+    assert r["ratio"] == pytest.approx(r["target_cpu_us_per_op"] / r["baseline_cpu_us_per_op"])
+    # Each side's throughput: its requests over the time of its own slices.
+    assert r["target_s"] > 0 and r["baseline_s"] > 0
+    assert r["target_ops_per_s"] == pytest.approx(r["target_ops"] / r["target_s"])
+    assert r["baseline_ops_per_s"] == pytest.approx(r["baseline_ops"] / r["baseline_s"])
+    assert r["throughput_ratio"] == pytest.approx(r["target_ops_per_s"] / r["baseline_ops_per_s"])
+    assert r["foreign_cpu_s"] >= 0
+    assert "| 64 B | stackmapd-epoll |" in proc.stdout
+    assert "CPU/op vs memcached" in proc.stdout and "ops/s vs memcached" in proc.stdout
+
+
+def test_tslice_argument_checks() -> None:
+    """--tslice excludes --corun and needs what a co-run needs; --slice must be positive."""
+    base = [sys.executable, "-m", "loadtest", "--tslice"]
+    for extra, message in (
+        (["--corun"], "not allowed with argument --tslice"),
+        (["--pin", "split"], "--tslice needs --generator memaslap, --pin same"),
+        (["--slice", "0"], "--slice must be more than 0"),
+    ):
+        bad = subprocess.run([*base, *extra], cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and message in bad.stderr, (extra, bad.stderr)
