@@ -37,6 +37,13 @@ STRICT_FLAGS = [
     "-Wextra",
     "-Werror",
     "-pthread",
+    # Only the module's init function (PyMODINIT_FUNC marks it) leaves the
+    # shared object; everything else binds inside it, so calls between our
+    # files do not go through the PLT nor globals through the GOT.
+    "-fvisibility=hidden",
+    # Python's own CFLAGS come first and carry -fwrapv; our C is built and
+    # tested without it (build/smd, tests/c), so the module is built alike.
+    "-fno-wrapv",
 ]
 
 # cffi pastes this in front of its generated wrapper.  The wrapper is built
@@ -113,7 +120,7 @@ def make_builder() -> FFI:
         "stackmap_core._stackmap_core",
         WRAPPER_PREAMBLE,
         sources=core_sources(),
-        depends=core_headers(),
+        depends=[*core_headers(), str((HERE / "_build.py").relative_to(root))],  # new flags rebuild too
         include_dirs=[str(SRC.relative_to(root))],
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,

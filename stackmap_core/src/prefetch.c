@@ -26,10 +26,9 @@ void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t 
     } else {
         return;
     }
-    const char *eol = memchr(p, '\n', (size_t)(end - p));
-    if (!eol)
-        return; /* the line is cut off by the buffer's end */
-    if (eol > p && eol[-1] == '\r')
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    const char *eol = nl ? nl : end; /* no newline: the line goes on in the next read */
+    if (nl && eol > p && eol[-1] == '\r')
         eol--;
     while (pb->n < PREFETCH_MAX) {
         while (p < eol && *p == ' ')
@@ -37,8 +36,8 @@ void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t 
         const char *key = p;
         const char *sp = memchr(p, ' ', (size_t)(eol - p));
         p = sp ? sp : eol;
-        if (p == key || (size_t)(p - key) > PREFETCH_KEY_MAX)
-            return; /* no key, or one the lookup will refuse */
+        if (p == key || (size_t)(p - key) > PREFETCH_KEY_MAX || (!sp && !nl))
+            return; /* no key, one the lookup will refuse, or one cut off by the buffer's end */
         uint32_t hv = cache_hash(key, (size_t)(p - key));
         cache_prefetch(c, hv);
         pb->hv[pb->n] = hv;
