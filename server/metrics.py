@@ -128,6 +128,8 @@ RING: tuple[tuple[str, str, str], ...] = (
      "io_uring waits that asked for a batch of arrivals (busy CPU, loaded worker)."),
     ("uring_batch_timeouts_total", "uring_batch_timeouts",
      "Batch waits that ran out of time before the batch was complete."),
+    ("uring_batch_rests_total", "uring_batch_rests",
+     "Times batch waits were stopped for 64 rounds (two ran out of time in a row: a shared CPU)."),
 )
 
 _SLAB_KEY = re.compile(r"(\d+):(\w+)")

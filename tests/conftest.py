@@ -264,10 +264,9 @@ def assert_alive(srv: Server) -> None:
     assert _answers_version(srv.port), f"server does not answer 'version'; log:\n{srv.log()}"
 
 
-def memaslap_same_cpu(srv: Server, seconds: int) -> dict[str, int]:
-    """memaslap -c 64 (64 B values, 90% get) with it and the server on CPU 0 for
-    `seconds`, as on the reference setup (BENCHMARKING.md): the server runs only
-    when the client yields.  Returns the deltas of the server's numeric stats."""
+def memaslap_cpu0_argv(srv: Server, seconds: int) -> list[str]:
+    """Pin every thread of the server to CPU 0 and return the command line of a
+    memaslap -c 64 (64 B values, 90% get) for `seconds`, pinned there too."""
     memaslap = shutil.which("memcaslap")
     if memaslap is None:
         pytest.fail("memcaslap (libmemcached-tools) is required; make test installs it")
@@ -277,12 +276,17 @@ def memaslap_same_cpu(srv: Server, seconds: int) -> dict[str, int]:
     cfg.write_text("key\n64 64 1\nvalue\n64 64 1\ncmd\n0 0.1\n1 0.9\n")
     for task in Path(f"/proc/{srv.pid}/task").iterdir():
         subprocess.run(["taskset", "-p", "-c", "0", task.name], check=False, capture_output=True)
+    return ["taskset", "-c", "0", memaslap, "-s", f"{HOST}:{srv.port}", "-T", "1", "-c", "64",
+            "-F", str(cfg), "-t", f"{seconds}s"]
+
+
+def memaslap_same_cpu(srv: Server, seconds: int) -> dict[str, int]:
+    """memaslap -c 64 (64 B values, 90% get) with it and the server on CPU 0 for
+    `seconds`, as on the reference setup (BENCHMARKING.md): the server runs only
+    when the client yields.  Returns the deltas of the server's numeric stats."""
+    argv = memaslap_cpu0_argv(srv, seconds)
     before = stats(HOST, srv.port)
-    subprocess.run(
-        ["taskset", "-c", "0", memaslap, "-s", f"{HOST}:{srv.port}", "-T", "1", "-c", "64",
-         "-F", str(cfg), "-t", f"{seconds}s"],
-        check=True, capture_output=True, timeout=60,
-    )
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
     after = stats(HOST, srv.port)
     return {k: int(after[k]) - int(before[k]) for k in after
             if k in before and after[k].isdigit() and before[k].isdigit()}

@@ -4,13 +4,16 @@ A loaded worker whose CPU never idles asks the kernel for a batch of
 arrivals instead of waking at the first one (the clients that share its CPU
 run meanwhile); a lightly loaded worker, or one told 0, wakes at the first
 arrival.  The counters uring_batch_waits / uring_batch_timeouts show which
-happened.
+happened; uring_batch_rests counts the times two waits in a row ran out (the
+CPU went to tasks other than the clients) and batch waits were stopped.
 """
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
-from conftest import HOST, Target, memaslap_same_cpu
+from conftest import HOST, Target, memaslap_cpu0_argv, memaslap_same_cpu
 from mcwire import stats
 
 
@@ -49,3 +52,19 @@ def test_no_batch_wait_for_one_client(start_server, target: Target) -> None:  # 
             w.expect(b"get k\r\n", b"VALUE k 0 1\r\nv\r\nEND\r\n")
     after = stats(HOST, srv.port)
     assert int(after["uring_batch_waits"]) - int(before["uring_batch_waits"]) == 0
+
+
+def test_batch_wait_rests_beside_unrelated_busy_work(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    """A second server and its own memaslap on the same CPU (a co-run): batch waits run
+    out of time while that pair holds the CPU, and two in a row stop them for a while."""
+    uring_only(target)
+    srv = start_server(target, ["-t", "1"])
+    other = start_server(target, ["-t", "1"])
+    busy = subprocess.Popen(memaslap_cpu0_argv(other, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        d = memaslap_same_cpu(srv, 3)
+    finally:
+        busy.wait(timeout=60)
+    assert d["cmd_get"] + d["cmd_set"] > 1000, d
+    assert d["uring_batch_timeouts"] > 0, f"no batch wait ran out beside another busy pair: {d}"
+    assert d["uring_batch_rests"] > 0, f"batch waits never rested beside another busy pair: {d}"

@@ -52,6 +52,7 @@
     X(uring_send_zc)       \
     X(uring_batch_waits)   \
     X(uring_batch_timeouts)\
+    X(uring_batch_rests)   \
     X(stackmap_syncs)      \
     X(stackmap_rx_slots)   \
     X(stackmap_tx_slots)   \

@@ -247,6 +247,7 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     U64("uring_send_zc", s.uring_send_zc);
     U64("uring_batch_waits", s.uring_batch_waits);
     U64("uring_batch_timeouts", s.uring_batch_timeouts);
+    U64("uring_batch_rests", s.uring_batch_rests);
     /* completions per io_uring_enter: how much one syscall carries */
     sm_stat_addf(sink, "uring_batch_avg", "%.2f",
                  s.uring_submits ? (double)s.uring_cqes / (double)s.uring_submits : 0.0);

@@ -628,8 +628,10 @@ static void batch_adapt(worker *w, uring_state *st, bool ran_out)
         /* A second wait that runs out within BATCH_HOLD rounds of the
          * first: the CPU goes to tasks other than our clients, so the
          * batch is not coming; rest from batch waits. */
-        if (st->batch_hold > 0)
+        if (st->batch_hold > 0) {
             st->batch_rest = BATCH_HOLD;
+            SM_STAT_INC(w->stats.uring_batch_rests);
+        }
         st->batch_target = st->batch_rest > 0 ? 1 : a;
         st->batch_hold = BATCH_HOLD;
         return;
