@@ -145,17 +145,28 @@ void cache_prefetch(cache *c, uint32_t hv)
     __builtin_prefetch(&t[hv & hmask(hp)]);
 }
 
+/* Is it the item of this key? */
+static inline bool item_has_key(const item *it, const char *key, size_t nkey)
+{
+    return it->nkey == nkey && memcmp(ITEM_key(it), key, nkey) == 0;
+}
+
+/* The first lines of an item: what a lookup and a small response touch. */
+static inline void prefetch_item_lines(const item *it)
+{
+    __builtin_prefetch(it);                     /* header, start of the key */
+    __builtin_prefetch((const char *)it + 64);  /* rest of a short key, the value */
+    __builtin_prefetch((const char *)it + 128); /* the rest of a small item */
+}
+
 void cache_prefetch_item(cache *c, uint32_t hv)
 {
     pthread_mutex_t *m = stripe_of(c, hv);
     if (pthread_mutex_trylock(m) != 0)
         return;
     item *it = *bucket_of(c, hv);
-    if (it) {
-        __builtin_prefetch(it);                     /* header, start of the key */
-        __builtin_prefetch((const char *)it + 64);  /* rest of a short key, the value */
-        __builtin_prefetch((const char *)it + 128); /* the rest of a small item */
-    }
+    if (it)
+        prefetch_item_lines(it);
     pthread_mutex_unlock(m);
 }
 
@@ -170,12 +181,8 @@ void cache_prefetch_chain(cache *c, uint32_t hv, const char *key, size_t nkey)
     if (pthread_mutex_trylock(m) != 0)
         return;
     item *it = *bucket_of(c, hv);
-    if (it && (it->nkey != nkey || memcmp(ITEM_key(it), key, nkey) != 0) && it->h_next) {
-        it = it->h_next;
-        __builtin_prefetch(it);
-        __builtin_prefetch((const char *)it + 64);
-        __builtin_prefetch((const char *)it + 128);
-    }
+    if (it && it->h_next && !item_has_key(it, key, nkey))
+        prefetch_item_lines(it->h_next);
     pthread_mutex_unlock(m);
 }
 
@@ -183,7 +190,7 @@ item *hash_find(cache *c, const char *key, size_t nkey, uint32_t hv)
 {
     item *it = *bucket_of(c, hv);
     while (it) {
-        if (it->nkey == nkey && memcmp(ITEM_key(it), key, nkey) == 0)
+        if (item_has_key(it, key, nkey))
             return it;
         it = it->h_next;
     }

@@ -251,7 +251,6 @@ static void reap_tx(worker *w, uint32_t first, uint32_t n)
     }
 }
 
-/* Before the RX slots run: prefetch the keys they are about to look up (prefetch.h). */
 /* A data slot's bytes, or NULL when its length or buffer index is out of range. */
 static char *slot_data(const smap_state *st, const struct stackmap_slot *s)
 {
@@ -260,6 +259,7 @@ static char *slot_data(const smap_state *st, const struct stackmap_slot *s)
     return st->bufs + (size_t)s->buf_idx * st->buf_size;
 }
 
+/* Before the RX slots run: prefetch the keys they are about to look up (prefetch.h). */
 static void prefetch_rx(worker *w, uint32_t head, uint32_t tail)
 {
     smap_state *st = w->backend;

@@ -66,7 +66,7 @@
 /* Batch wait (-o uring_batch_usec; see batch_adapt). */
 #define BATCH_MIN 8        /* a round with this many arrivals shows a loaded worker */
 #define BATCH_MAX 256      /* the largest batch a wait asks for */
-#define BATCH_HOLD 64      /* rounds without growth after a wait ran out of time */
+#define BATCH_HOLD 64      /* rounds without growth after a wait ran out of time, and of rest after two */
 #define ACTIVE_ROUNDS 64   /* rounds per window of the active-connection count */
 
 /* Per-connection io_uring state (conn->backend_data). */
@@ -562,31 +562,26 @@ static void close_now(worker *w, conn *c)
 
 /*
  * Prefetch the keys the receives among this batch's completions from the
- * from-th on are about to look up, up to PREFETCH_MAX keys (a large batch
- * is prefetched a window at a time, each just before it runs).  Returns the
- * index of the first completion not scanned.
+ * one at ring position head on are about to look up, up to PREFETCH_MAX keys
+ * (a large batch is prefetched a window at a time, each just before it
+ * runs).  Returns how many completions the window covers.
  */
-static unsigned prefetch_window(worker *w, unsigned from)
+static unsigned prefetch_window(worker *w, unsigned head)
 {
     uring_state *st = w->backend;
+    struct io_uring *ring = &st->ring;
     struct prefetch_batch *pb = &w->pf;
-    struct io_uring_cqe *cqe;
-    unsigned head, i = 0;
+    unsigned tail = io_uring_smp_load_acquire(ring->cq.ktail), i = head;
     prefetch_reset(pb);
-    io_uring_for_each_cqe(&st->ring, head, cqe)
-    {
-        if (i >= from) {
-            if (pb->n >= PREFETCH_MAX)
-                break;
-            if ((cqe->user_data & TAG_MASK) == TAG_RECV && cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
-                unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-                prefetch_scan(w->cache, pb, ring_buf(st, bid), (size_t)cqe->res);
-            }
+    for (; i != tail && pb->n < PREFETCH_MAX; i++) {
+        const struct io_uring_cqe *cqe = &ring->cq.cqes[io_uring_cqe_index(ring, i, ring->cq.ring_mask)];
+        if ((cqe->user_data & TAG_MASK) == TAG_RECV && cqe->res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
+            unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+            prefetch_scan(w->cache, pb, ring_buf(st, bid), (size_t)cqe->res);
         }
-        i++;
     }
     prefetch_items(w->cache, pb);
-    return i;
+    return i - head;
 }
 
 /*
@@ -605,10 +600,10 @@ static unsigned prefetch_window(worker *w, unsigned from)
  * what did arrive and holds it there for BATCH_HOLD rounds; a second one
  * within those rounds means the CPU is shared with busy tasks other than
  * our clients (the wait lends them the CPU and the batch does not come), so
- * batch waits rest for BATCH_HOLD rounds; a light round
- * or a CPU that idles drops back to waking at the first arrival.  So a
- * worker with a CPU of its own always answers at once, and a saturated one
- * never sleeps (its arrivals are there when it asks).
+ * batch waits rest for BATCH_HOLD rounds.  A light round or a CPU that
+ * idles drops back to waking at the first arrival.  So a worker with a CPU
+ * of its own always answers at once, and a saturated one never sleeps (its
+ * arrivals are there when it asks).
  */
 static void batch_adapt(worker *w, uring_state *st, bool ran_out)
 {
@@ -704,7 +699,7 @@ static void uring_run(worker *w)
         io_uring_for_each_cqe(&st->ring, head, cqe)
         {
             if (n == prefetched)
-                prefetched = prefetch_window(w, n);
+                prefetched = n + prefetch_window(w, head);
             n++;
             uint64_t ud = cqe->user_data;
             unsigned tag = (unsigned)(ud & TAG_MASK);
