@@ -87,10 +87,9 @@ def corun_once(
         rec.target_cpu_us_per_op = (c_t1 - c_t0) * 1e6 / rec.target_ops
         rec.baseline_cpu_us_per_op = (c_b1 - c_b0) * 1e6 / rec.baseline_ops
         rec.ratio = rec.target_cpu_us_per_op / rec.baseline_cpu_us_per_op
-        # Clients' CPU is not read per process here: whatever the four did not use on
-        # any CPU is foreign (the clients' share is the busy time of the pinned CPU).
-        d = procstat.delta(snap0, snap1, {cpu})
-        rec.foreign_cpu_s = max(0.0, d.busy_total - d.busy_on)
+        # Clients' CPU is not read per process here: the clients' share is the busy time
+        # of the pinned CPU.
+        rec.foreign_cpu_s = samecpu.foreign_cpu_s(snap0, snap1, cpu)
     except (ServerError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         rec.error = str(exc)
     finally:
@@ -118,20 +117,27 @@ def run(
     ``base_topts`` is how the baseline is started: the same options as the targets', or
     another stackmapd build (A/B of two builds: the same target name on both sides)."""
     ports = PortPicker()
-    records: list[CorunRecord] = []
-    plan = samecpu.plan(targets, values, reps, workload, workdir)
-    for i, (v, rep, t, config) in enumerate(plan):
-        rec = corun_once(t, baseline, topts, base_topts, workload, v, concurrency, cpu, config, ports, workdir, rep)
-        records.append(rec)
-        if rec.error:
-            what = f"failed: {rec.error}"
-        else:
-            what = (
-                f"{rec.target_cpu_us_per_op:.2f} vs {rec.baseline_cpu_us_per_op:.2f} us/op,"
-                f" ratio {rec.ratio:.3f}, foreign {rec.foreign_cpu_s:.2f} s"
-            )
-        progress(i + 1, len(plan), f"co-run {t.name} beside {baseline.name}, {v} B, rep {rep + 1}/{reps}: {what}")
-    return records
+
+    def once(t: Target, v: int, rep: int, config: Path) -> CorunRecord:
+        return corun_once(t, baseline, topts, base_topts, workload, v, concurrency, cpu, config, ports, workdir, rep)
+
+    def summary(rec: CorunRecord) -> str:
+        return (
+            f"{rec.target_cpu_us_per_op:.2f} vs {rec.baseline_cpu_us_per_op:.2f} us/op,"
+            f" ratio {rec.ratio:.3f}, foreign {rec.foreign_cpu_s:.2f} s"
+        )
+
+    return samecpu.run_plan(
+        targets,
+        values,
+        reps,
+        workload,
+        workdir,
+        once,
+        lambda t: f"co-run {t.name} beside {baseline.name}",
+        summary,
+        progress,
+    )
 
 
 def markdown(records: list[CorunRecord], command: str, duration_s: int) -> str:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import signal
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loadtest import memaslap
+from loadtest import memaslap, procstat
 from loadtest.runner import Scenario, Workload, client_command
 from loadtest.targets import PortPicker, Server, Target, TargetOptions
 
@@ -96,13 +96,36 @@ def ops_between(before: dict[str, int] | None, after: dict[str, int] | None) -> 
     return sum(after[k] - before[k] for k in ("cmd_get", "cmd_set"))
 
 
-def plan(
-    targets: list[Target], values: list[int], reps: int, workload: Workload, workdir: Path
-) -> list[tuple[int, int, Target, Path]]:
-    """(value size, rep, target, memaslap config) of every run: values x reps x targets,
-    so that repetitions of the targets interleave."""
+def foreign_cpu_s(before: procstat.CpuSnapshot, after: procstat.CpuSnapshot, cpu: int) -> float:
+    """Busy CPU time between two snapshots on the CPUs other than ``cpu``, where the
+    servers and clients were pinned: whatever they did not use is foreign."""
+    d = procstat.delta(before, after, {cpu})
+    return max(0.0, d.busy_total - d.busy_on)
+
+
+def run_plan(
+    targets: list[Target],
+    values: list[int],
+    reps: int,
+    workload: Workload,
+    workdir: Path,
+    once: Callable[[Target, int, int, Path], R],
+    title: Callable[[Target], str],
+    summary: Callable[[R], str],
+    progress: Callable[[int, int, str], None],
+) -> list[R]:
+    """Every run, values x reps x targets so that repetitions of the targets interleave:
+    ``once(target, value size, rep, memaslap config)`` measures one, and a progress line
+    says ``title(target)``, the value size, the repetition and ``summary(record)``."""
     configs = {v: memaslap.write_config(workdir, workload.key_size, v, workload.get_ratio) for v in values}
-    return [(v, rep, t, configs[v]) for v in values for rep in range(reps) for t in targets]
+    runs = [(v, rep, t) for v in values for rep in range(reps) for t in targets]
+    records: list[R] = []
+    for i, (v, rep, t) in enumerate(runs):
+        rec = once(t, v, rep, configs[v])
+        records.append(rec)
+        what = f"failed: {rec.error}" if rec.error else summary(rec)
+        progress(i + 1, len(runs), f"{title(t)}, {v} B, rep {rep + 1}/{reps}: {what}")
+    return records
 
 
 def spread(xs: list[float], fmt: str) -> str:

@@ -160,9 +160,7 @@ def tslice_once(
         if any(code is not None for code in codes):
             raise RuntimeError(f"memaslap ended before the slices did (exit codes {codes})")
         _fill(rec, sides["target"], sides["baseline"])
-        # Whatever the four processes did not use, on the other CPUs, is foreign.
-        d = procstat.delta(snap0, snap1, {cpu})
-        rec.foreign_cpu_s = max(0.0, d.busy_total - d.busy_on)
+        rec.foreign_cpu_s = samecpu.foreign_cpu_s(snap0, snap1, cpu)
     except (ServerError, RuntimeError, OSError) as exc:
         rec.error = str(exc)
     finally:
@@ -191,23 +189,30 @@ def run(
     ``base_topts`` is how the baseline is started: the same options as the targets', or
     another stackmapd build (A/B of two builds: the same target name on both sides)."""
     ports = PortPicker()
-    records: list[TsliceRecord] = []
-    plan = samecpu.plan(targets, values, reps, workload, workdir)
-    for i, (v, rep, t, config) in enumerate(plan):
-        rec = tslice_once(
+
+    def once(t: Target, v: int, rep: int, config: Path) -> TsliceRecord:
+        return tslice_once(
             t, baseline, topts, base_topts, workload, v, concurrency, cpu, slice_s, config, ports, workdir, rep
         )
-        records.append(rec)
-        if rec.error:
-            what = f"failed: {rec.error}"
-        else:
-            what = (
-                f"{rec.target_cpu_us_per_op:.2f} vs {rec.baseline_cpu_us_per_op:.2f} us/op, ratio {rec.ratio:.3f};"
-                f" {(rec.target_ops_per_s or 0) / 1000:.1f}k vs {(rec.baseline_ops_per_s or 0) / 1000:.1f}k ops/s,"
-                f" ratio {rec.throughput_ratio:.3f}; foreign {rec.foreign_cpu_s:.2f} s"
-            )
-        progress(i + 1, len(plan), f"time-sliced {t.name} against {baseline.name}, {v} B, rep {rep + 1}/{reps}: {what}")
-    return records
+
+    def summary(rec: TsliceRecord) -> str:
+        return (
+            f"{rec.target_cpu_us_per_op:.2f} vs {rec.baseline_cpu_us_per_op:.2f} us/op, ratio {rec.ratio:.3f};"
+            f" {(rec.target_ops_per_s or 0) / 1000:.1f}k vs {(rec.baseline_ops_per_s or 0) / 1000:.1f}k ops/s,"
+            f" ratio {rec.throughput_ratio:.3f}; foreign {rec.foreign_cpu_s:.2f} s"
+        )
+
+    return samecpu.run_plan(
+        targets,
+        values,
+        reps,
+        workload,
+        workdir,
+        once,
+        lambda t: f"time-sliced {t.name} against {baseline.name}",
+        summary,
+        progress,
+    )
 
 
 def markdown(records: list[TsliceRecord], command: str, duration_s: int) -> str:
