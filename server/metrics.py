@@ -295,6 +295,12 @@ class StackmapCollector(Collector):
         yield GaugeMetricFamily(
             "stackmap_syscalls_per_request", "System calls per command since start (lower is better).",
             value=values.get("syscalls", 0.0) / requests if requests else 0.0)
+        published = _num(s.get("uring_bufs_published", ""))
+        if published is not None:
+            yield GaugeMetricFamily(
+                "stackmap_uring_buffers_published",
+                "Receive buffers the io_uring workers keep in their provided-buffer rings now.",
+                value=published)
         submits = values.get("uring_submits", 0.0)
         yield GaugeMetricFamily(
             "stackmap_uring_completions_per_submit",

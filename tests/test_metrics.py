@@ -64,7 +64,8 @@ def test_metrics_endpoint_has_the_exporters_names(srv: Proc) -> None:
                  "memcached_process_user_cpu_seconds_total", "memcached_slab_current_items",
                  "memcached_slab_chunk_size_bytes", "memcached_slab_commands_total",
                  "stackmap_command_duration_seconds_bucket", "stackmap_syscalls_total",
-                 "stackmap_uring_buffer_ring_empty_total", "stackmap_syscalls_per_request"):
+                 "stackmap_uring_buffer_ring_empty_total", "stackmap_syscalls_per_request",
+                 "stackmap_uring_buffers_published"):
         assert name in names, name
     assert got[("memcached_commands_total", (("command", "get"), ("status", "hit")))] == 1
     assert got[("memcached_commands_total", (("command", "get"), ("status", "miss")))] == 1

@@ -53,6 +53,7 @@
     X(uring_batch_waits)   \
     X(uring_batch_timeouts)\
     X(uring_batch_rests)   \
+    X(uring_bufs_published)\
     X(stackmap_syncs)      \
     X(stackmap_rx_slots)   \
     X(stackmap_tx_slots)   \

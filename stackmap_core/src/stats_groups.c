@@ -79,6 +79,7 @@ void engine_stats_reset(struct sm_engine *e)
 {
     pthread_mutex_lock(&stats_base_lock);
     raw_sum(e, &e->stats_base);
+    e->stats_base.uring_bufs_published = 0; /* a gauge, not a counter: never reset */
     e->total_conns_base = atomic_load(&e->total_conns);
     e->rejected_conns_base = atomic_load(&e->rejected_conns);
     pthread_mutex_unlock(&stats_base_lock);
@@ -248,6 +249,8 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     U64("uring_batch_waits", s.uring_batch_waits);
     U64("uring_batch_timeouts", s.uring_batch_timeouts);
     U64("uring_batch_rests", s.uring_batch_rests);
+    /* a gauge: receive buffers the rings keep published now (see top_up_bufs) */
+    U64("uring_bufs_published", s.uring_bufs_published);
     /* completions per io_uring_enter: how much one syscall carries */
     sm_stat_addf(sink, "uring_batch_avg", "%.2f",
                  s.uring_submits ? (double)s.uring_cqes / (double)s.uring_submits : 0.0);

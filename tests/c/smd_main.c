@@ -59,6 +59,8 @@ int main(int argc, char **argv)
         case 'o':
             if (strncmp(optarg, "uring_batch_usec=", 17) == 0)
                 s.uring_batch_usec = atoi(optarg + 17);
+            else if (strncmp(optarg, "uring_bufs=", 11) == 0)
+                s.uring_bufs = atoi(optarg + 11);
             break;
         case 'U': case 'u': break;
         case 'B':

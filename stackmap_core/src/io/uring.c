@@ -69,6 +69,9 @@
 #define BATCH_HOLD 64      /* rounds without growth after a wait ran out of time, and of rest after two */
 #define ACTIVE_ROUNDS 64   /* rounds per window of the active-connection count */
 
+/* Receive buffers published to the kernel at least (see top_up_bufs). */
+#define PUBLISH_MIN 64
+
 /* Per-connection io_uring state (conn->backend_data). */
 typedef struct uring_conn {
     struct msghdr msg;    /* header of the in-flight sendmsg */
@@ -94,7 +97,14 @@ typedef struct uring_state {
     char *bufs;                  /* nbufs * bufsize bytes of static receive buffers */
     unsigned nbufs;              /* buffers in the ring (power of two) */
     unsigned bufsize;            /* bytes per buffer */
-    unsigned buf_added;          /* buffers returned this round, not yet published */
+    unsigned short *spare;       /* stack of buffer ids not in the ring, last returned on top */
+    unsigned nspare;             /* entries in spare */
+    unsigned published;          /* buffers in the ring that no receive has taken yet */
+    unsigned publish_target;     /* how many the ring is topped up to each round */
+    unsigned bufs_round;         /* buffers receives took this round */
+    unsigned bufs_peak;          /* most taken in one round, this active-count window */
+    unsigned bufs_peak_prev;     /* the same, previous window */
+    bool ran_dry;                /* a receive found the ring empty this round */
     int *free_fixed;             /* stack of free registered-file slots */
     int nfree_fixed;             /* entries in free_fixed */
     int nfixed;                  /* size of the registered file table */
@@ -179,7 +189,9 @@ static int uring_init(worker *w, char *err, size_t errlen)
      * ring, so with 4 KiB pages nearly every receive is a TLB miss (twice:
      * the kernel's copy and our parse). */
     st->bufs = hugemem_alloc((size_t)st->nbufs * st->bufsize);
-    if (!st->free_fixed || !st->bufs) {
+    st->spare = malloc((size_t)st->nbufs * sizeof(*st->spare));
+    if (!st->free_fixed || !st->bufs || !st->spare) {
+        free(st->spare);
         free(st->free_fixed);
         hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
         free(st);
@@ -188,6 +200,9 @@ static int uring_init(worker *w, char *err, size_t errlen)
     }
     for (int i = 0; i < st->nfixed; i++)
         st->free_fixed[st->nfree_fixed++] = st->nfixed - 1 - i;
+    for (unsigned i = 0; i < st->nbufs; i++)
+        st->spare[st->nspare++] = (unsigned short)(st->nbufs - 1 - i);
+    st->publish_target = PUBLISH_MIN < st->nbufs ? PUBLISH_MIN : st->nbufs;
     st->batch_target = 1;
     st->active_window = 1; /* new connections start at 0: not yet counted */
     w->backend = st;
@@ -206,6 +221,48 @@ static struct io_uring_sqe *get_sqe(worker *w)
         sqe = io_uring_get_sqe(&st->ring);
     }
     return sqe;
+}
+
+/*
+ * Publish receive buffers until publish_target are in the ring, the ones
+ * returned last first.  The kernel takes the ring's buffers in turn, so with
+ * all of them in it each would come round again only after every other one:
+ * a new receive always copied into memory long gone from the cache (and the
+ * parser read it from there).  Publishing only about twice what receives
+ * took in a busy round keeps the few buffers in use cache-warm; when the
+ * ring does run dry (a receive fails with ENOBUFS and is re-armed) the
+ * target doubles at once, up to all of them (-o uring_bufs).
+ */
+static void top_up_bufs(uring_state *st)
+{
+    unsigned mask = io_uring_buf_ring_mask(st->nbufs);
+    int added = 0;
+    while (st->published < st->publish_target && st->nspare > 0) {
+        unsigned bid = st->spare[--st->nspare];
+        io_uring_buf_ring_add(st->br, ring_buf(st, bid), st->bufsize, (unsigned short)bid, mask, added++);
+        st->published++;
+    }
+    if (added)
+        io_uring_buf_ring_advance(st->br, added);
+}
+
+/* After a round: the publish target from the buffers taken lately. */
+static void publish_adapt(uring_state *st, bool ran_dry)
+{
+    if (st->bufs_round > st->bufs_peak)
+        st->bufs_peak = st->bufs_round;
+    st->bufs_round = 0;
+    unsigned peak = st->bufs_peak > st->bufs_peak_prev ? st->bufs_peak : st->bufs_peak_prev;
+    unsigned t = 2 * peak;
+    if (ran_dry && t < 2 * st->publish_target)
+        t = 2 * st->publish_target;
+    if (t < PUBLISH_MIN)
+        t = PUBLISH_MIN;
+    if (t > st->nbufs)
+        t = st->nbufs;
+    if (ran_dry)
+        st->bufs_peak = t / 2; /* keep it for this window and the next */
+    st->publish_target = t;
 }
 
 /* Create the ring and the buffer ring; runs on the worker thread. */
@@ -256,11 +313,8 @@ static int ring_setup(worker *w, char *err, size_t errlen)
         snprintf(err, errlen, "io_uring_register_buf_ring: %s", strerror(-rc));
         return -1;
     }
-    unsigned mask = io_uring_buf_ring_mask(st->nbufs);
-    for (unsigned i = 0; i < st->nbufs; i++)
-        io_uring_buf_ring_add(st->br, ring_buf(st, i), st->bufsize, (unsigned short)i,
-                              mask, (int)i);
-    io_uring_buf_ring_advance(st->br, (int)st->nbufs);
+    top_up_bufs(st);
+    atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
     rc = io_uring_register_files_sparse(&st->ring, (unsigned)st->nfixed);
     if (rc < 0) {
         snprintf(err, errlen, "io_uring_register_files_sparse: %s", strerror(-rc));
@@ -383,12 +437,10 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
     arm_recv(w, c);
 }
 
-/* Give a receive buffer back to the kernel (published once per round). */
+/* A receive is done with buffer bid: it waits on the spare stack. */
 static void recycle_buf(uring_state *st, unsigned bid)
 {
-    io_uring_buf_ring_add(st->br, ring_buf(st, bid), st->bufsize, (unsigned short)bid,
-                          io_uring_buf_ring_mask(st->nbufs), (int)st->buf_added);
-    st->buf_added++;
+    st->spare[st->nspare++] = (unsigned short)bid;
 }
 
 static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
@@ -401,6 +453,12 @@ static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
         uc->inflight--;
     }
     int res = cqe->res;
+    if (cqe->flags & IORING_CQE_F_BUFFER) { /* the receive took a buffer */
+        st->published--;
+        st->bufs_round++;
+        if (res <= 0) /* and put nothing in it */
+            recycle_buf(st, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+    }
     if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
         unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
         if (!uc->closing) {
@@ -428,6 +486,7 @@ static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
         recycle_buf(st, bid);
     } else if (res == -ENOBUFS) {
         SM_STAT_INC(w->stats.uring_buf_ring_empty);
+        st->ran_dry = true;
     } else if (res == 0 || (res < 0 && res != -ECANCELED)) {
         start_close(w, c); /* end of stream or error */
         maybe_free(w, c);
@@ -612,6 +671,8 @@ static void batch_adapt(worker *w, uring_state *st, bool ran_out)
     if (++st->active_rounds >= ACTIVE_ROUNDS) {
         st->active_prev = st->active_count;
         st->active_count = 0;
+        st->bufs_peak_prev = st->bufs_peak;
+        st->bufs_peak = 0;
         st->active_window++;
         st->active_rounds = 0;
     }
@@ -676,10 +737,7 @@ static void uring_run(worker *w)
             if (w->nconns == 0)
                 break;
         }
-        if (st->buf_added) {
-            io_uring_buf_ring_advance(st->br, (int)st->buf_added);
-            st->buf_added = 0;
-        }
+        top_up_bufs(st);
         /* Wake at the first arrival, or (batch_adapt) once batch_target have
          * come on top of the completions of this round's sends. */
         struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = URING_TICK_MS * 1000000LL};
@@ -725,6 +783,9 @@ static void uring_run(worker *w)
         if (ran_out)
             SM_STAT_INC(w->stats.uring_batch_timeouts);
         batch_adapt(w, st, ran_out);
+        publish_adapt(st, st->ran_dry);
+        st->ran_dry = false;
+        atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
         flush_all(w);
     }
 }
@@ -751,6 +812,7 @@ static void uring_destroy(worker *w)
     free(st->br);
     hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
     free(st->free_fixed);
+    free(st->spare);
     free(st);
     w->backend = NULL;
 }
