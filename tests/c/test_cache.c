@@ -10,7 +10,9 @@
  * space under a tiny memory limit, with the maintainer thread running
  * (clock, reclaimer, hash expansion), then checks that every value read was
  * internally consistent, that memory stayed within the limit and that the
- * item counts agree.
+ * item counts agree.  The stripe lock gets its own check: threads that
+ * increment a shared counter under it, one of them sleeping while it holds
+ * the lock (so the others go to sleep on the futex), lose no update.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -840,8 +842,60 @@ static void test_prefetch(void)
     cache_destroy(c);
 }
 
+/* ---- the stripe lock under contention ---- */
+
+#define LOCK_THREADS 4
+#define LOCK_ROUNDS 20000
+
+struct lock_arg {
+    stripe_lock *l;   /* the shared lock */
+    uint64_t *count;  /* incremented under it (a plain, racy variable otherwise) */
+    bool sleeper;     /* holds the lock across a sleep now and then */
+};
+
+static void *lock_thread(void *p)
+{
+    struct lock_arg *a = p;
+    for (int i = 0; i < LOCK_ROUNDS; i++) {
+        if (i % 2 == 0)
+            stripe_lock_take(a->l);
+        else
+            while (!stripe_trylock(a->l))
+                ;
+        uint64_t v = *a->count;
+        if (a->sleeper && i % 2000 == 0) {
+            struct timespec ts = {0, 2000000}; /* 2 ms: the others spin out and sleep */
+            nanosleep(&ts, NULL);
+        }
+        *a->count = v + 1;
+        stripe_unlock(a->l);
+    }
+    return NULL;
+}
+
+static void test_stripe_lock(void)
+{
+    stripe_lock l;
+    stripe_lock_init(&l);
+    uint64_t count = 0;
+    pthread_t th[LOCK_THREADS];
+    struct lock_arg args[LOCK_THREADS];
+    for (int i = 0; i < LOCK_THREADS; i++) {
+        args[i] = (struct lock_arg){&l, &count, i == 0};
+        CHECK(pthread_create(&th[i], NULL, lock_thread, &args[i]) == 0);
+    }
+    for (int i = 0; i < LOCK_THREADS; i++)
+        pthread_join(th[i], NULL);
+    CHECK(count == (uint64_t)LOCK_THREADS * LOCK_ROUNDS);
+    CHECK(atomic_load(&l.state) == 0);
+    CHECK(stripe_trylock(&l));
+    CHECK(!stripe_trylock(&l));
+    stripe_unlock(&l);
+}
+
 int main(void)
 {
+    test_stripe_lock();
     test_slab_classes();
     test_store_modes();
     test_arith();

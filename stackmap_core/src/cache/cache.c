@@ -106,12 +106,12 @@ rel_time_t cache_realtime(const cache *c, int64_t exptime)
 
 void cache_lock(cache *c, uint32_t hv)
 {
-    pthread_mutex_lock(stripe_of(c, hv));
+    stripe_lock_take(stripe_of(c, hv));
 }
 
 void cache_unlock(cache *c, uint32_t hv)
 {
-    pthread_mutex_unlock(stripe_of(c, hv));
+    stripe_unlock(stripe_of(c, hv));
 }
 
 uint64_t cache_next_cas(cache *c)

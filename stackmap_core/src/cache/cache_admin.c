@@ -77,8 +77,8 @@ uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *curs
                 if (nprefix && memcmp(key, prefix, nprefix) != 0)
                     continue;
                 uint32_t hv = cache_hash(key, nkey);
-                pthread_mutex_t *m = stripe_of(c, hv);
-                pthread_mutex_lock(m);
+                stripe_lock *m = stripe_of(c, hv);
+                stripe_lock_take(m);
                 cache_walk_action act = CACHE_WALK_NEXT;
                 if ((atomic_load(&it->it_flags) & ITEM_LINKED) && it->nkey == nkey &&
                     memcmp(ITEM_key(it), key, nkey) == 0 && !item_is_dead(c, it, cache_now(c), NULL))
@@ -87,7 +87,7 @@ uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *curs
                     item_unlink(c, it, hv);
                     unlinked++;
                 }
-                pthread_mutex_unlock(m);
+                stripe_unlock(m);
                 if (act == CACHE_WALK_STOP) {
                     *cursor = CUR_MAKE(k, page, chunk);
                     return unlinked;
@@ -104,13 +104,13 @@ int cache_peek(cache *c, const char *key, size_t nkey, cache_walk_fn fn, void *c
     if (nkey == 0 || nkey > KEY_MAX_LENGTH)
         return 0;
     uint32_t hv = cache_hash(key, nkey);
-    pthread_mutex_t *m = stripe_of(c, hv);
-    pthread_mutex_lock(m);
+    stripe_lock *m = stripe_of(c, hv);
+    stripe_lock_take(m);
     item *it = hash_find(c, key, nkey, hv);
     int found = it && !item_is_dead(c, it, cache_now(c), NULL);
     if (found)
         fn(ctx, c, it);
-    pthread_mutex_unlock(m);
+    stripe_unlock(m);
     return found;
 }
 

@@ -27,6 +27,7 @@
 
 #include "cache.h"
 #include "hugemem.h"
+#include "stripe_lock.h"
 
 /* memcached's ITEM_UPDATE_INTERVAL: a hit moves an item at most this often. */
 #define ITEM_UPDATE_INTERVAL 60
@@ -50,7 +51,7 @@
 
 /* One padded stripe lock, so neighbours do not share a cache line. */
 struct stripe {
-    pthread_mutex_t m; /* the lock itself */
+    stripe_lock m; /* the lock itself (stripe_lock.h) */
 } __attribute__((aligned(64)));
 
 /* Per-class counters printed by "stats items" (memcached's itemstats_t). */
@@ -160,7 +161,7 @@ void hash_delete(cache *c, item *it, uint32_t hv);
 bool hash_needs_expand(cache *c);
 int hash_expand_start(cache *c);
 int hash_expand_step(cache *c, uint32_t n);
-static inline pthread_mutex_t *stripe_of(cache *c, uint32_t hv)
+static inline stripe_lock *stripe_of(cache *c, uint32_t hv)
 {
     return &c->stripes[hv & (c->nstripes - 1)].m;
 }

@@ -98,16 +98,12 @@ int hash_init(cache *c, int hashpower)
         return -1;
     }
     for (uint32_t i = 0; i < ns; i++)
-        pthread_mutex_init(&c->stripes[i].m, NULL);
+        stripe_lock_init(&c->stripes[i].m);
     return 0;
 }
 
 void hash_free(cache *c)
 {
-    if (c->stripes) {
-        for (uint32_t i = 0; i < c->nstripes; i++)
-            pthread_mutex_destroy(&c->stripes[i].m);
-    }
     free(c->stripes);
     if (c->primary)
         hugemem_free(c->primary, sizeof(item *) << atomic_load(&c->hashpower));
@@ -161,13 +157,13 @@ static inline void prefetch_item_lines(const item *it)
 
 void cache_prefetch_item(cache *c, uint32_t hv)
 {
-    pthread_mutex_t *m = stripe_of(c, hv);
-    if (pthread_mutex_trylock(m) != 0)
+    stripe_lock *m = stripe_of(c, hv);
+    if (!stripe_trylock(m))
         return;
     item *it = *bucket_of(c, hv);
     if (it)
         prefetch_item_lines(it);
-    pthread_mutex_unlock(m);
+    stripe_unlock(m);
 }
 
 /*
@@ -177,13 +173,13 @@ void cache_prefetch_item(cache *c, uint32_t hv)
  */
 void cache_prefetch_chain(cache *c, uint32_t hv, const char *key, size_t nkey)
 {
-    pthread_mutex_t *m = stripe_of(c, hv);
-    if (pthread_mutex_trylock(m) != 0)
+    stripe_lock *m = stripe_of(c, hv);
+    if (!stripe_trylock(m))
         return;
     item *it = *bucket_of(c, hv);
     if (it && it->h_next && !item_has_key(it, key, nkey))
         prefetch_item_lines(it->h_next);
-    pthread_mutex_unlock(m);
+    stripe_unlock(m);
 }
 
 item *hash_find(cache *c, const char *key, size_t nkey, uint32_t hv)
@@ -234,13 +230,13 @@ bool hash_needs_expand(cache *c)
 static void lock_all_stripes(cache *c)
 {
     for (uint32_t i = 0; i < c->nstripes; i++)
-        pthread_mutex_lock(&c->stripes[i].m);
+        stripe_lock_take(&c->stripes[i].m);
 }
 
 static void unlock_all_stripes(cache *c)
 {
     for (uint32_t i = c->nstripes; i-- > 0;)
-        pthread_mutex_unlock(&c->stripes[i].m);
+        stripe_unlock(&c->stripes[i].m);
 }
 
 int hash_expand_start(cache *c)
@@ -268,8 +264,8 @@ int hash_expand_step(cache *c, uint32_t n)
     uint32_t newmask = hmask(c->oldpower + 1);
     uint32_t b = atomic_load(&c->expand_bucket);
     for (uint32_t done = 0; b < oldsize && done < n; done++, b++) {
-        pthread_mutex_t *m = &c->stripes[b & (c->nstripes - 1)].m;
-        pthread_mutex_lock(m);
+        stripe_lock *m = &c->stripes[b & (c->nstripes - 1)].m;
+        stripe_lock_take(m);
         item *it = c->old[b];
         while (it) {
             item *next = it->h_next;
@@ -281,7 +277,7 @@ int hash_expand_step(cache *c, uint32_t n)
         }
         c->old[b] = NULL;
         atomic_store(&c->expand_bucket, b + 1);
-        pthread_mutex_unlock(m);
+        stripe_unlock(m);
     }
     if (b < oldsize)
         return 0;

@@ -239,10 +239,10 @@ item *cache_get_locked(cache *c, const char *key, size_t nkey, uint32_t hv, int 
 item *cache_get(cache *c, const char *key, size_t nkey, uint32_t hv, int flags, rel_time_t exptime,
                 get_info *info)
 {
-    pthread_mutex_t *m = stripe_of(c, hv);
-    pthread_mutex_lock(m);
+    stripe_lock *m = stripe_of(c, hv);
+    stripe_lock_take(m);
     item *it = cache_get_locked(c, key, nkey, hv, flags, exptime, info);
-    pthread_mutex_unlock(m);
+    stripe_unlock(m);
     return it;
 }
 
@@ -269,8 +269,8 @@ static uint64_t store_cas(cache *c, uint64_t cas_new)
 store_result cache_store(cache *c, item *it, uint32_t hv, const store_req *req, uint64_t *cas_out,
                          int *clsid_out)
 {
-    pthread_mutex_t *m = stripe_of(c, hv);
-    pthread_mutex_lock(m);
+    stripe_lock *m = stripe_of(c, hv);
+    stripe_lock_take(m);
     get_status gs;
     item *old = find_live(c, ITEM_key(it), it->nkey, hv, &gs);
     store_op op = req->op;
@@ -367,7 +367,7 @@ store_result cache_store(cache *c, item *it, uint32_t hv, const store_req *req, 
             break;
         }
     }
-    pthread_mutex_unlock(m);
+    stripe_unlock(m);
     if (clsid_out)
         *clsid_out = clsid;
     return res;
@@ -378,8 +378,8 @@ store_result cache_store(cache *c, item *it, uint32_t hv, const store_req *req, 
 delete_result cache_delete(cache *c, const char *key, size_t nkey, uint32_t hv, uint64_t cas_compare,
                            int invalidate, rel_time_t new_exptime, int *clsid_out)
 {
-    pthread_mutex_t *m = stripe_of(c, hv);
-    pthread_mutex_lock(m);
+    stripe_lock *m = stripe_of(c, hv);
+    stripe_lock_take(m);
     get_status gs;
     item *it = find_live(c, key, nkey, hv, &gs);
     delete_result res = DEL_NOT_FOUND;
@@ -402,7 +402,7 @@ delete_result cache_delete(cache *c, const char *key, size_t nkey, uint32_t hv, 
         }
         cache_release(c, it);
     }
-    pthread_mutex_unlock(m);
+    stripe_unlock(m);
     return res;
 }
 
@@ -463,8 +463,8 @@ static int value_to_u64(const char *p, const char *end, uint64_t *out)
 arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, const arith_req *req,
                          uint64_t *value_out, item **it_out, int *clsid_out)
 {
-    pthread_mutex_t *m = stripe_of(c, hv);
-    pthread_mutex_lock(m);
+    stripe_lock *m = stripe_of(c, hv);
+    stripe_lock_take(m);
     get_status gs;
     char buf[24];
     item *target = NULL;
@@ -542,6 +542,6 @@ release:
     if (target)
         cache_release(c, target);
 out:
-    pthread_mutex_unlock(m);
+    stripe_unlock(m);
     return res;
 }

@@ -102,8 +102,8 @@ item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy)
     for (int tries = LRU_TAIL_TRIES; search && tries > 0; tries--) {
         item *prev = search->prev;
         uint32_t hv = cache_hash(ITEM_key(search), search->nkey);
-        pthread_mutex_t *m = stripe_of(c, hv);
-        if (pthread_mutex_trylock(m) != 0) {
+        stripe_lock *m = stripe_of(c, hv);
+        if (!stripe_trylock(m)) {
             *busy = 1; /* its stripe is held (maybe by our own caller) */
             search = prev;
             continue;
@@ -112,7 +112,7 @@ item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy)
             /* somebody is reading it (a response in flight): leave it */
             atomic_fetch_sub(&search->refcount, 1);
             cls->st.lrutail_reflocked++;
-            pthread_mutex_unlock(m);
+            stripe_unlock(m);
             search = prev;
             continue;
         }
@@ -133,7 +133,7 @@ item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy)
         }
         unlink_core(c, cls, search, hv);
         atomic_fetch_sub(&search->refcount, 1); /* the hash table's; ours remains */
-        pthread_mutex_unlock(m);
+        stripe_unlock(m);
         return search;
     }
     return NULL;
@@ -151,8 +151,8 @@ uint64_t lru_reclaim_pass(cache *c)
             item *prev = search->prev;
             if (item_is_dead(c, search, now, NULL)) {
                 uint32_t hv = cache_hash(ITEM_key(search), search->nkey);
-                pthread_mutex_t *m = stripe_of(c, hv);
-                if (pthread_mutex_trylock(m) == 0) {
+                stripe_lock *m = stripe_of(c, hv);
+                if (stripe_trylock(m)) {
                     uint16_t fl = atomic_load(&search->it_flags);
                     if ((fl & ITEM_LINKED) && item_is_dead(c, search, now, NULL)) {
                         cls->st.reclaimed++;
@@ -161,7 +161,7 @@ uint64_t lru_reclaim_pass(cache *c)
                         item_unlink_classlocked(c, cls, search, hv);
                         total++;
                     }
-                    pthread_mutex_unlock(m);
+                    stripe_unlock(m);
                 }
             }
             search = prev;
