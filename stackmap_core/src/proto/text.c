@@ -642,9 +642,11 @@ static void process_stats(conn *c, token *tokens, size_t ntokens)
 /* ---- dispatch ---- */
 
 /* Is this command token exactly `name`? */
+/* The token is the command name (a constant: strlen and memcmp fold inline). */
 static inline bool is_cmd(const token *t, const char *name)
 {
-    return strcmp(t->value, name) == 0;
+    size_t n = strlen(name);
+    return t->length == n && memcmp(t->value, name, n) == 0;
 }
 
 void proto_text_command(conn *c, char *line, size_t len)
