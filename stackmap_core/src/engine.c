@@ -119,6 +119,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    sm_lat_clock_init(); /* before any worker reads it */
     e->settings = *s;
     if (e->settings.slab_page_size < e->settings.item_size_max)
         e->settings.slab_page_size = e->settings.item_size_max;

@@ -12,7 +12,9 @@
  * internally consistent, that memory stayed within the limit and that the
  * item counts agree.  The stripe lock gets its own check: threads that
  * increment a shared counter under it, one of them sleeping while it holds
- * the lock (so the others go to sleep on the futex), lose no update.
+ * the lock (so the others go to sleep on the futex), lose no update.  And
+ * the latency clock (TSC or CLOCK_MONOTONIC) must agree with
+ * CLOCK_MONOTONIC over 50 ms and never go back.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -26,6 +28,7 @@
 #include "cache/cache.h"
 #include "cache/cache_int.h"
 #include "cache/hugemem.h"
+#include "latency.h"
 #include "prefetch.h"
 
 static int failures;
@@ -893,8 +896,32 @@ static void test_stripe_lock(void)
     stripe_unlock(&l);
 }
 
+/* ---- the latency clock ---- */
+
+static void test_lat_clock(void)
+{
+    sm_lat_clock_init();
+    uint64_t t0 = sm_lat_now(), m0 = sm_lat_mono();
+    uint64_t prev = t0;
+    for (int i = 0; i < 100000; i++) {
+        uint64_t t = sm_lat_now();
+        CHECK(t >= prev);
+        prev = t;
+    }
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    uint64_t t1 = sm_lat_now(), m1 = sm_lat_mono();
+    int64_t skew = (int64_t)(t1 - t0) - (int64_t)(m1 - m0);
+    if (skew < 0)
+        skew = -skew;
+    printf("latency clock: %s, %" PRId64 " ns off CLOCK_MONOTONIC over %" PRIu64 " ns\n",
+           sm_lat_clock.use_tsc ? "TSC" : "CLOCK_MONOTONIC", skew, m1 - m0);
+    CHECK(skew < 500 * 1000); /* 1% of 50 ms, far above the calibration's error */
+}
+
 int main(void)
 {
+    test_lat_clock();
     test_stripe_lock();
     test_slab_classes();
     test_store_modes();
