@@ -4,8 +4,9 @@ A worker keeps only about twice the buffers its busiest recent round took
 published in its provided-buffer ring (at least 64), so the few in use stay
 in the cache; the rest wait on a stack.  A round with more arrivals than
 published buffers runs the ring dry: those receives fail with ENOBUFS
-(uring_buf_ring_empty), are re-armed, and the target doubles at once.  The
-gauge uring_bufs_published shows the target now.
+(uring_buf_ring_empty), are re-armed, and the target grows at once to twice
+what the round wanted; it does not fall for 5 s after that.  The gauge
+uring_bufs_published shows the target now.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def test_burst_beyond_the_published_buffers(start_server, target: Target) -> Non
 
 
 def test_publish_target_falls_back_when_the_burst_is_over(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
-    """After a burst, two windows of light rounds bring the target back to 64."""
+    """Once 5 s have passed since the ring ran dry, two windows of light rounds
+    bring the target back to 64."""
     uring_only(target)
     srv = start_server(target, ["-t", "1"])
     socks = connect_all(srv, BURST_CONNS)
@@ -98,12 +100,18 @@ def test_publish_target_falls_back_when_the_burst_is_over(start_server, target: 
     finally:
         for s in socks:
             s.close()
-    assert published(srv) > 64
-    deadline = time.monotonic() + 10
+    grown = published(srv)
+    assert grown > 64
+    with srv.wire() as w:
+        for _ in range(300):  # more than two windows of light rounds, well within 5 s
+            w.expect(b"get nothing\r\n", b"END\r\n")
+    assert published(srv) == grown, "the target fell right after the ring ran dry"
+    deadline = time.monotonic() + 20
     with srv.wire() as w:
         while published(srv) > 64 and time.monotonic() < deadline:
             for _ in range(100):  # one request per round
                 w.expect(b"get nothing\r\n", b"END\r\n")
+            time.sleep(0.2)
     assert published(srv) == 64
 
 

@@ -71,6 +71,8 @@
 
 /* Receive buffers published to the kernel at least (see top_up_bufs). */
 #define PUBLISH_MIN 64
+/* Nanoseconds after the ring ran dry during which the publish target does not fall. */
+#define PUBLISH_DRY_HOLD_NS (5ull * 1000 * 1000 * 1000)
 
 /* Per-connection io_uring state (conn->backend_data). */
 typedef struct uring_conn {
@@ -104,7 +106,8 @@ typedef struct uring_state {
     unsigned bufs_round;         /* buffers receives took this round */
     unsigned bufs_peak;          /* most taken in one round, this active-count window */
     unsigned bufs_peak_prev;     /* the same, previous window */
-    bool ran_dry;                /* a receive found the ring empty this round */
+    unsigned ran_dry;            /* receives that found the ring empty this round */
+    uint64_t dry_until;          /* publish_target may not fall before this clock (latency.h ns) */
     int *free_fixed;             /* stack of free registered-file slots */
     int nfree_fixed;             /* entries in free_fixed */
     int nfixed;                  /* size of the registered file table */
@@ -231,7 +234,9 @@ static struct io_uring_sqe *get_sqe(worker *w)
  * parser read it from there).  Publishing only about twice what receives
  * took in a busy round keeps the few buffers in use cache-warm; when the
  * ring does run dry (a receive fails with ENOBUFS and is re-armed) the
- * target doubles at once, up to all of them (-o uring_bufs).
+ * target grows at once to twice what the round wanted, up to all of them
+ * (-o uring_bufs), and does not fall again until 5 s have passed without
+ * that: such demand comes in spikes.
  */
 static void top_up_bufs(uring_state *st)
 {
@@ -247,10 +252,12 @@ static void top_up_bufs(uring_state *st)
 }
 
 /* After a round: the publish target from the buffers taken lately. */
-static void publish_adapt(uring_state *st, bool ran_dry)
+static void publish_adapt(uring_state *st, unsigned ran_dry, uint64_t now)
 {
-    if (st->bufs_round > st->bufs_peak)
-        st->bufs_peak = st->bufs_round;
+    /* A receive that found the ring empty wanted a buffer too. */
+    unsigned wanted = st->bufs_round + ran_dry;
+    if (wanted > st->bufs_peak)
+        st->bufs_peak = wanted;
     st->bufs_round = 0;
     unsigned peak = st->bufs_peak > st->bufs_peak_prev ? st->bufs_peak : st->bufs_peak_prev;
     unsigned t = 2 * peak;
@@ -261,7 +268,9 @@ static void publish_adapt(uring_state *st, bool ran_dry)
     if (t > st->nbufs)
         t = st->nbufs;
     if (ran_dry)
-        st->bufs_peak = t / 2; /* keep it for this window and the next */
+        st->dry_until = now + PUBLISH_DRY_HOLD_NS;
+    if (now < st->dry_until && t < st->publish_target)
+        t = st->publish_target; /* keep room for the next spike */
     st->publish_target = t;
 }
 
@@ -486,7 +495,7 @@ static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
         recycle_buf(st, bid);
     } else if (res == -ENOBUFS) {
         SM_STAT_INC(w->stats.uring_buf_ring_empty);
-        st->ran_dry = true;
+        st->ran_dry++;
     } else if (res == 0 || (res < 0 && res != -ECANCELED)) {
         start_close(w, c); /* end of stream or error */
         maybe_free(w, c);
@@ -783,8 +792,8 @@ static void uring_run(worker *w)
         if (ran_out)
             SM_STAT_INC(w->stats.uring_batch_timeouts);
         batch_adapt(w, st, ran_out);
-        publish_adapt(st, st->ran_dry);
-        st->ran_dry = false;
+        publish_adapt(st, st->ran_dry, w->lat_clock);
+        st->ran_dry = 0;
         atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
         flush_all(w);
     }
