@@ -99,9 +99,10 @@ typedef struct uring_state {
     char *bufs;                  /* nbufs * bufsize bytes of static receive buffers */
     unsigned nbufs;              /* buffers in the ring (power of two) */
     unsigned bufsize;            /* bytes per buffer */
-    unsigned short *spare;       /* stack of buffer ids not in the ring, last returned on top */
+    unsigned short *spare;       /* stack of buffer ids not in the ring, last returned on top;
+                                    every other buffer is in the ring or taken by a receive
+                                    whose completion is not reaped yet (then it comes back) */
     unsigned nspare;             /* entries in spare */
-    unsigned published;          /* buffers in the ring that no receive has taken yet */
     unsigned publish_target;     /* how many the ring is topped up to each round */
     unsigned bufs_round;         /* buffers receives took this round */
     unsigned bufs_peak;          /* most taken in one round, this active-count window */
@@ -242,23 +243,24 @@ static void top_up_bufs(uring_state *st)
 {
     unsigned mask = io_uring_buf_ring_mask(st->nbufs);
     int added = 0;
-    while (st->published < st->publish_target && st->nspare > 0) {
+    while (st->nbufs - st->nspare < st->publish_target && st->nspare > 0) {
         unsigned bid = st->spare[--st->nspare];
         io_uring_buf_ring_add(st->br, ring_buf(st, bid), st->bufsize, (unsigned short)bid, mask, added++);
-        st->published++;
     }
     if (added)
         io_uring_buf_ring_advance(st->br, added);
 }
 
 /* After a round: the publish target from the buffers taken lately. */
-static void publish_adapt(uring_state *st, unsigned ran_dry, uint64_t now)
+static void publish_adapt(uring_state *st, uint64_t now)
 {
+    unsigned ran_dry = st->ran_dry;
     /* A receive that found the ring empty wanted a buffer too. */
     unsigned wanted = st->bufs_round + ran_dry;
     if (wanted > st->bufs_peak)
         st->bufs_peak = wanted;
     st->bufs_round = 0;
+    st->ran_dry = 0;
     unsigned peak = st->bufs_peak > st->bufs_peak_prev ? st->bufs_peak : st->bufs_peak_prev;
     unsigned t = 2 * peak;
     if (ran_dry && t < 2 * st->publish_target)
@@ -462,14 +464,14 @@ static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
         uc->inflight--;
     }
     int res = cqe->res;
-    if (cqe->flags & IORING_CQE_F_BUFFER) { /* the receive took a buffer */
-        st->published--;
+    bool took = cqe->flags & IORING_CQE_F_BUFFER; /* the receive took buffer bid */
+    unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    if (took) {
         st->bufs_round++;
         if (res <= 0) /* and put nothing in it */
-            recycle_buf(st, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+            recycle_buf(st, bid);
     }
-    if (res > 0 && (cqe->flags & IORING_CQE_F_BUFFER)) {
-        unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+    if (res > 0 && took) {
         if (!uc->closing) {
             SM_STAT_ADD(w->stats.bytes_read, res);
             c->last_active = cache_now(w->cache);
@@ -792,8 +794,7 @@ static void uring_run(worker *w)
         if (ran_out)
             SM_STAT_INC(w->stats.uring_batch_timeouts);
         batch_adapt(w, st, ran_out);
-        publish_adapt(st, st->ran_dry, w->lat_clock);
-        st->ran_dry = 0;
+        publish_adapt(st, w->lat_clock);
         atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
         flush_all(w);
     }
