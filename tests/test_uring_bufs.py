@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from conftest import HOST, Server, Target, assert_alive
-from mcwire import stats
+from mcwire import Wire, stats
 
 BURST_CONNS = 10
 SETS_PER_CONN = 60  # 60 sets of 1000-byte values: ~61 KB, 16 buffers of 4 KiB per connection
@@ -33,36 +34,39 @@ def published(srv: Server) -> int:
     return int(stats(HOST, srv.port)["uring_bufs_published"])
 
 
-def read_until(sock: socket.socket, end: bytes, count: int = 1) -> bytes:
-    data = b""
-    while data.count(end) < count:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed after {data[-200:]!r}"
-        data += chunk
-    return data
-
-
-def connect_all(srv: Server, n: int) -> list[socket.socket]:
+def connect_all(srv: Server, n: int) -> list[Wire]:
     """n connections, each known to the worker (one request answered)."""
-    socks = [socket.create_connection((HOST, srv.port), timeout=10) for _ in range(n)]
-    for s in socks:
-        s.sendall(b"version\r\n")
-        assert read_until(s, b"\r\n").startswith(b"VERSION ")
-    return socks
+    wires = [srv.wire(timeout=10) for _ in range(n)]
+    for w in wires:
+        assert w.request(b"version\r\n").startswith(b"VERSION ")
+    return wires
 
 
-def burst(srv: Server, socks: list[socket.socket]) -> None:
+@contextmanager
+def stopped(srv: Server) -> Iterator[None]:
+    """The server stopped (SIGSTOP) meanwhile: what is sent now reaches it in one round."""
+    os.kill(srv.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(srv.pid, signal.SIGCONT)
+
+
+def close_all(wires: list[Wire]) -> None:
+    for w in wires:
+        w.close()
+
+
+def burst(srv: Server, wires: list[Wire]) -> None:
     """Each connection sends ~61 KB of sets while the server is stopped, so its
     next round receives them all at once; every set is answered."""
     value = b"v" * 1000
-    os.kill(srv.pid, signal.SIGSTOP)
-    try:
-        for i, s in enumerate(socks):
-            s.sendall(b"".join(b"set b%d.%d 0 0 1000\r\n%s\r\n" % (i, j, value) for j in range(SETS_PER_CONN)))
-    finally:
-        os.kill(srv.pid, signal.SIGCONT)
-    for s in socks:
-        assert read_until(s, b"STORED\r\n", SETS_PER_CONN) == b"STORED\r\n" * SETS_PER_CONN
+    with stopped(srv):
+        for i, w in enumerate(wires):
+            w.send(b"".join(b"set b%d.%d 0 0 1000\r\n%s\r\n" % (i, j, value) for j in range(SETS_PER_CONN)))
+    expected = b"STORED\r\n" * SETS_PER_CONN
+    for w in wires:
+        assert w.read_exact(len(expected)) == expected
 
 
 def test_burst_beyond_the_published_buffers(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
@@ -72,13 +76,12 @@ def test_burst_beyond_the_published_buffers(start_server, target: Target) -> Non
     uring_only(target)
     srv = start_server(target, ["-t", "1"])
     assert published(srv) == 64
-    socks = connect_all(srv, BURST_CONNS)
+    wires = connect_all(srv, BURST_CONNS)
     try:
         empty_before = int(stats(HOST, srv.port)["uring_buf_ring_empty"])
-        burst(srv, socks)
+        burst(srv, wires)
     finally:
-        for s in socks:
-            s.close()
+        close_all(wires)
     d = {k: v for k, v in stats(HOST, srv.port).items() if k.startswith("uring")}
     assert int(d["uring_buf_ring_empty"]) > empty_before, d
     assert int(d["uring_bufs_published"]) >= 128, d
@@ -94,12 +97,11 @@ def test_publish_target_falls_back_when_the_burst_is_over(start_server, target: 
     bring the target back to 64."""
     uring_only(target)
     srv = start_server(target, ["-t", "1"])
-    socks = connect_all(srv, BURST_CONNS)
+    wires = connect_all(srv, BURST_CONNS)
     try:
-        burst(srv, socks)
+        burst(srv, wires)
     finally:
-        for s in socks:
-            s.close()
+        close_all(wires)
     grown = published(srv)
     assert grown > 64
     with srv.wire() as w:
@@ -120,18 +122,15 @@ def test_small_ring_serves_many_connections(start_server, target: Target) -> Non
     uring_only(target)
     srv = start_server(target, ["-t", "1", "-o", "uring_bufs=16"])
     assert published(srv) == 16
-    socks = connect_all(srv, 100)
+    wires = connect_all(srv, 100)
     try:
-        os.kill(srv.pid, signal.SIGSTOP)
-        try:
-            for i, s in enumerate(socks):
-                s.sendall(b"set s%d 0 0 1\r\nx\r\nget s%d\r\n" % (i, i))
-        finally:
-            os.kill(srv.pid, signal.SIGCONT)
-        for i, s in enumerate(socks):
-            assert read_until(s, b"END\r\n") == b"STORED\r\nVALUE s%d 0 1\r\nx\r\nEND\r\n" % i
+        with stopped(srv):
+            for i, w in enumerate(wires):
+                w.send(b"set s%d 0 0 1\r\nx\r\nget s%d\r\n" % (i, i))
+        for i, w in enumerate(wires):
+            expected = b"STORED\r\nVALUE s%d 0 1\r\nx\r\nEND\r\n" % i
+            assert w.read_exact(len(expected)) == expected
     finally:
-        for s in socks:
-            s.close()
+        close_all(wires)
     assert int(stats(HOST, srv.port)["uring_buf_ring_empty"]) > 0
     assert_alive(srv)
