@@ -350,3 +350,29 @@ def test_stats_names(pair: tuple[Server, Server], group: str, names: list[str], 
     # every name memcached prints is either claimed or knowingly left out
     unexplained = [n for n in ref_names if n not in names and n not in not_ours and not n.startswith(IGNORED_PREFIXES)]
     assert not unexplained, f"'stats {group}': memcached prints {unexplained}, neither claimed nor explained"
+
+
+def slab_classes(srv: Server, value_lengths: list[int]) -> list[tuple[str, str, str, str]]:
+    """Store one item per value length (10-byte keys), then the used classes
+    of 'stats slabs': (class, chunk_size, chunks_per_page, used_chunks)."""
+    with srv.wire() as w:
+        for i, n in enumerate(value_lengths):
+            assert w.request(b"set k%08d 0 0 %d\r\n%s\r\n" % (i, n, b"v" * n)) == b"STORED\r\n"
+        stats = dict(parse_stats(w.request(b"stats slabs\r\n", (b"END\r\n",))))
+    classes = sorted({int(name.split(":")[0]) for name in stats if name[0].isdigit()})
+    return [
+        (str(k), stats[f"{k}:chunk_size"], stats[f"{k}:chunks_per_page"], stats[f"{k}:used_chunks"]) for k in classes
+    ]
+
+
+@pytest.mark.parametrize("opts", [[], ["-f", "1.5", "-n", "96"], ["-f", "1.08", "-n", "16"]], ids=" ".join)
+def test_slab_classes(start_server, target, opts: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """An item lands in the class memcached would put it in, of the same chunk
+    size: memory per item, and 'stats slabs', are memcached's.  An item takes
+    69 + value length bytes of chunk in both (header with CAS, key, NUL,
+    "\\r\\n"); lengths either side of class edges, up to 300 KB (above about
+    400 KB memcached chains chunks of its largest class and we do not)."""
+    lengths = [1, 27, 28, 51, 52, 100, 1000, 1024, 1115, 1116, 4000, 60000, 300000]
+    ref = start_server(MEMCACHED, opts)
+    tgt = start_server(target, opts)
+    assert slab_classes(tgt, lengths) == slab_classes(ref, lengths)

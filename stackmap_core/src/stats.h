@@ -18,8 +18,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
-/* Largest number of slab classes (memcached's MAX_NUMBER_OF_SLAB_CLASSES). */
-#define SM_MAX_SLAB_CLASSES 64
+/* Slab class ids are below this: memcached's 1..63, and one more for our one-page class (slabs.c). */
+#define SM_MAX_SLAB_CLASSES 65
 
 /* Counters kept per worker thread. */
 #define SM_THREAD_STATS(X) \

@@ -520,7 +520,10 @@ static void test_hash_growth(void)
 static void test_slab_classes(void)
 {
     cache *c = mk(64 << 20, 1 << 20, 16);
-    CHECK(c->classes[1].size == sizeof(item) + 48);
+    CHECK(c->classes[1].size == 96); /* memcached's first class with -n 48 */
+    CHECK(c->classes[12].size == 1184);
+    CHECK(c->classes[39].size == 512 * 1024); /* memcached's last: slab_chunk_max */
+    CHECK(c->nclasses == 42);                 /* then 655360, 819200 and the page */
     for (int k = 2; k <= c->nclasses; k++) {
         CHECK(c->classes[k].size > c->classes[k - 1].size);
         CHECK(k == c->nclasses || c->classes[k].size % 8 == 0);

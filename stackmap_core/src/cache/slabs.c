@@ -2,11 +2,13 @@
  * slabs.c -- slab classes: fixed-size chunks carved from pages, one free
  * list per class, and the memory limit.
  *
- * Class sizes follow memcached: the smallest chunk is sizeof(item) +
- * chunk_size (-n), each next class is factor (-f) times bigger, 8-byte
- * aligned, until a chunk would exceed page_size / factor; the last class is
- * exactly one page, so every item up to item_size_max (<= page size) fits
- * in one chunk (no chunked items).
+ * Class sizes are memcached's: the smallest chunk is memcached's item
+ * header (48 bytes) + chunk_size (-n), each next class is factor (-f)
+ * times bigger, 8-byte aligned, up to a class of half a slab page
+ * (memcached's slab_chunk_max).  memcached stores bigger items as chains of
+ * chunks; we never chain, so the series goes on until a chunk would exceed
+ * page_size / factor and the last class is exactly one page: every item up
+ * to item_size_max (<= page size) fits in one chunk.
  *
  * Memory: pages of page_size bytes are taken one at a time, on demand,
  * from the page arena (hugemem.c: huge-page regions, to spare TLB misses).
@@ -25,6 +27,14 @@
 
 #include "cache_int.h"
 
+/* sizeof(item) in memcached 1.6 on 64-bit, where its class series begins. */
+#define MEMCACHED_ITEM_HEADER 48
+
+/* The highest class id memcached's series can reach (its
+ * MAX_NUMBER_OF_SLAB_CLASSES - 1); SM_MAX_SLAB_CLASSES leaves room above it
+ * for our one-page class. */
+#define MEMCACHED_LAST_CLASS 63
+
 int slabs_init(cache *c)
 {
     c->page_size = c->cfg.slab_page_size;
@@ -37,10 +47,18 @@ int slabs_init(cache *c)
         return -1;
     page_arena_init(&c->arena, ARENA_REGION);
     double factor = c->cfg.factor > 1.0 ? c->cfg.factor : 1.25;
-    size_t size = sizeof(item) + (c->cfg.chunk_size ? c->cfg.chunk_size : 48);
+    /* memcached's series starts at its own 48-byte item header (its CAS lives
+     * in the chunk), not at sizeof(item), which counts our CAS; and it ends
+     * in a class of exactly its slab_chunk_max (half a slab page).  So the
+     * same -n and -f give memcached's chunk sizes and put every item of up
+     * to half a page in memcached's class.  Past that memcached chains
+     * chunks; we go on with bigger classes up to one page instead.  Class 1
+     * can be too small for any item (-n below 12): lookups never pick it. */
+    size_t size = MEMCACHED_ITEM_HEADER + (c->cfg.chunk_size ? c->cfg.chunk_size : 48);
+    size_t chunk_max = (c->cfg.slab_page_size ? c->cfg.slab_page_size : c->page_size) / 2;
     int i = 1;
     size_t prev = 0;
-    while (i < SM_MAX_SLAB_CLASSES - 1 && (double)size < c->page_size / factor) {
+    for (; i < MEMCACHED_LAST_CLASS && (double)size < chunk_max / factor; i++) {
         size = (size + 7) & ~(size_t)7;
         if (size <= prev)
             size = prev + 8;
@@ -48,8 +66,19 @@ int slabs_init(cache *c)
         c->classes[i].perslab = c->page_size / (uint32_t)size;
         prev = size;
         size = (size_t)((double)size * factor);
-        i++;
     }
+    c->classes[i].size = (uint32_t)chunk_max; /* memcached's largest class */
+    c->classes[i].perslab = c->page_size / (uint32_t)chunk_max;
+    /* ours past it, for what memcached would chain */
+    size = (size_t)((double)chunk_max * factor);
+    while (i + 1 < SM_MAX_SLAB_CLASSES - 1 && (double)size < c->page_size / factor) {
+        size = (size + 7) & ~(size_t)7;
+        i++;
+        c->classes[i].size = (uint32_t)size;
+        c->classes[i].perslab = c->page_size / (uint32_t)size;
+        size = (size_t)((double)size * factor);
+    }
+    i++;
     c->classes[i].size = c->page_size;
     c->classes[i].perslab = 1;
     c->nclasses = i;
