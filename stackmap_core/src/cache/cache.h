@@ -111,7 +111,7 @@ rel_time_t cache_realtime(const cache *c, int64_t exptime);
 /* Hash of a key; pass it to the calls below. */
 uint32_t cache_hash(const char *key, size_t nkey);
 /* Batch prefetch (prefetch.c): the stripe and bucket of hv, then its first
- * item, then the next item when the first is not the key. */
+ * item, then that item's value when it is the key, else the next item. */
 void cache_prefetch(cache *c, uint32_t hv);
 void cache_prefetch_item(cache *c, uint32_t hv);
 void cache_prefetch_chain(cache *c, uint32_t hv, const char *key, size_t nkey);

@@ -16,7 +16,6 @@
  * The hash function is MurmurHash3 (x86, 32 bit), written from the public
  * description of the algorithm.
  */
-#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,7 +166,7 @@ static inline void prefetch_item_lines(const item *it)
 
 static inline void prefetch_value_lines(const item *it)
 {
-    size_t total = offsetof(item, data) + it->nkey + 1 + it->nbytes;
+    size_t total = ITEM_ntotal(it->nkey, it->nbytes);
     const char *end = (const char *)it + (total < PREFETCH_VALUE_MAX ? total : PREFETCH_VALUE_MAX);
     const char *line = (const char *)(((uintptr_t)it + 128) & ~(uintptr_t)63) + 64;
     for (; line < end; line += 64) {

@@ -58,27 +58,19 @@ int slabs_init(cache *c)
     size_t chunk_max = (c->cfg.slab_page_size ? c->cfg.slab_page_size : c->page_size) / 2;
     int i = 1;
     size_t prev = 0;
-    for (; i < MEMCACHED_LAST_CLASS && (double)size < chunk_max / factor; i++) {
-        size = (size + 7) & ~(size_t)7;
-        if (size <= prev)
-            size = prev + 8;
+    for (; i < SM_MAX_SLAB_CLASSES - 1 && (prev < chunk_max || (double)size < c->page_size / factor); i++) {
+        if (prev < chunk_max && ((double)size >= chunk_max / factor || i == MEMCACHED_LAST_CLASS)) {
+            size = chunk_max; /* memcached's largest class, exactly */
+        } else {
+            size = (size + 7) & ~(size_t)7;
+            if (size <= prev)
+                size = prev + 8;
+        }
         c->classes[i].size = (uint32_t)size;
         c->classes[i].perslab = c->page_size / (uint32_t)size;
         prev = size;
         size = (size_t)((double)size * factor);
     }
-    c->classes[i].size = (uint32_t)chunk_max; /* memcached's largest class */
-    c->classes[i].perslab = c->page_size / (uint32_t)chunk_max;
-    /* ours past it, for what memcached would chain */
-    size = (size_t)((double)chunk_max * factor);
-    while (i + 1 < SM_MAX_SLAB_CLASSES - 1 && (double)size < c->page_size / factor) {
-        size = (size + 7) & ~(size_t)7;
-        i++;
-        c->classes[i].size = (uint32_t)size;
-        c->classes[i].perslab = c->page_size / (uint32_t)size;
-        size = (size_t)((double)size * factor);
-    }
-    i++;
     c->classes[i].size = c->page_size;
     c->classes[i].perslab = 1;
     c->nclasses = i;

@@ -641,8 +641,8 @@ static void process_stats(conn *c, token *tokens, size_t ntokens)
 
 /* ---- dispatch ---- */
 
-/* Is this command token exactly `name`? */
-/* The token is the command name (a constant: strlen and memcmp fold inline). */
+/* Is this command token exactly `name`?  (name is a constant: strlen and
+ * memcmp fold inline.) */
 static inline bool is_cmd(const token *t, const char *name)
 {
     size_t n = strlen(name);
