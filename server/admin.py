@@ -149,9 +149,9 @@ class Access:
                                       "configured (set --admin-token or --admin-token-file)")
             if given_host not in self.hosts:
                 allowed = ", ".join(sorted(self.hosts))
-                raise AdminError(403, f"Host {hosts[0] if hosts else '(none)'!r} is not this server's "
-                                      f"address: without an admin token only {allowed} are accepted "
-                                      "(this refuses DNS rebinding)")
+                given = f"Host {hosts[0]!r} is" if hosts else "a request without a Host header is"
+                raise AdminError(403, f"{given} not for this server's address: without an admin token "
+                                      f"only Host {allowed} is accepted (this refuses DNS rebinding)")
             return
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
