@@ -41,6 +41,7 @@ import math
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -147,6 +148,12 @@ class ControlHTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line in the log, not socketserver's traceback on stderr."""
+        exc = sys.exc_info()[1]
+        log.warning("http: connection from %s ended by an error: %s: %s", client_address[0],
+                    type(exc).__name__, exc)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.serve_forever, name="stackmapd-http", daemon=True)

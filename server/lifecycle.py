@@ -13,7 +13,9 @@ health, the admin API; server/http.py) and the warm-restart snapshot: with
 snapshot is checked and loaded before the listeners open, and with
 ``--snapshot FILE`` every live item is saved there after a SIGTERM/SIGINT,
 once the workers have stopped (so the file is consistent).  A snapshot that
-is refused is logged with the reason and the server starts empty.
+is refused (corrupt, or older than ``--snapshot-max-age``) is logged with
+the reason and the server starts empty.  Temporary snapshot files a crash
+left in the snapshot directories are removed first.
 
 SIGHUP, or ``stackmapctl reload`` (POST /admin/reload), re-reads the config
 file and environment on the main thread and applies what can change live
