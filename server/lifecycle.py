@@ -13,7 +13,9 @@ health, the admin API; server/http.py) and the warm-restart snapshot: with
 snapshot is checked and loaded before the listeners open, and with
 ``--snapshot FILE`` every live item is saved there after a SIGTERM/SIGINT,
 once the workers have stopped (so the file is consistent).  A snapshot that
-is refused is logged with the reason and the server starts empty.
+is refused (corrupt, or older than ``--snapshot-max-age``) is logged with
+the reason and the server starts empty.  Temporary snapshot files a crash
+left in the snapshot directories are removed first.
 
 SIGHUP, or ``stackmapctl reload`` (POST /admin/reload), re-reads the config
 file and environment on the main thread and applies what can change live
@@ -138,9 +140,20 @@ class Control:
 
     # ---- snapshots ----
 
-    def restore_at_start(self) -> None:
-        from server.snapshot import SnapshotError, load
+    def snapshot_dirs(self) -> list[str]:
+        """The directories snapshots are written to: --snapshot-dir and --snapshot's."""
+        from server.snapshot import snapshot_directory
 
+        dirs = [snapshot_directory(self.values.get("snapshot_dir"), None),
+                snapshot_directory(None, self.values.get("snapshot"))]
+        return sorted({os.path.abspath(d) for d in dirs if d})
+
+    def restore_at_start(self) -> None:
+        from server.snapshot import SnapshotError, load, remove_stale_temporaries
+
+        for directory in self.snapshot_dirs():
+            for stale in remove_stale_temporaries(directory):
+                log.warning("removed %s, a temporary snapshot file left by a crash", stale)
         path = self.values.get("restore")
         auto = self.values.get("snapshot")
         if not path and auto:
@@ -151,25 +164,46 @@ class Control:
         if not path:
             return
         try:
-            result = load(self.engine, path)
+            result = load(self.engine, path, self.values.get("snapshot_max_age"))
         except SnapshotError as exc:
             log.error("snapshot refused, starting empty: %s", exc)
             return
         log.warning("restored %d items from %s (%d expired, skipped) in %.2f s",
                     result.items, path, result.expired, result.seconds)
 
-    def save_snapshot(self, path: str | None) -> dict[str, Any]:
+    def save_snapshot(self, name: str | None) -> dict[str, Any]:
+        """The admin API's save: ``name`` inside the snapshot directory, or --snapshot for None."""
         from server.admin import AdminError
-        from server.snapshot import SnapshotError, save
+        from server.snapshot import (
+            SnapshotConflict,
+            SnapshotError,
+            save,
+            save_in,
+            snapshot_directory,
+            valid_name,
+        )
 
-        target = path or self.values.get("snapshot")
-        if not target:
-            raise AdminError(400, "no path given and no --snapshot configured")
         try:
-            result = save(self.engine, target)
+            if name is None:
+                target = self.values.get("snapshot")
+                if not target:
+                    raise AdminError(400, "no name given and no --snapshot configured")
+                result = save(self.engine, target)
+            else:
+                directory = snapshot_directory(self.values.get("snapshot_dir"), self.values.get("snapshot"))
+                if directory is None:
+                    raise AdminError(400, "the admin API writes snapshots only inside --snapshot-dir "
+                                          "(default: the directory of --snapshot), and neither is configured")
+                if not valid_name(name):
+                    raise AdminError(400, f"snapshot name {name[:80]!r} refused: a plain file name "
+                                          "(letters, digits, '.', '_', '-'; not starting with '.'; "
+                                          "no '/'), written inside the snapshot directory")
+                result = save_in(self.engine, directory, name)
+        except SnapshotConflict as exc:
+            raise AdminError(409, str(exc)) from None
         except SnapshotError as exc:
             raise AdminError(500, str(exc)) from None
-        log.info("snapshot: %d items written to %s in %.2f s", result.items, target, result.seconds)
+        log.info("snapshot: %d items written to %s in %.2f s", result.items, result.path, result.seconds)
         return result.as_dict()
 
     def save_at_exit(self) -> None:

@@ -179,3 +179,69 @@ def test_value_larger_than_this_servers_item_limit_is_refused(tmp_path: Path) ->
         with pytest.raises(snapshot.SnapshotError, match="does not fit this server's item size limit"):
             snapshot.load(engine, path)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# ---- --snapshot-max-age: a real restart on a file that is too old ----
+
+
+def _age(path: Path, seconds: int) -> None:
+    """Make the snapshot at ``path`` look ``seconds`` older (header time; checksum redone)."""
+    data = bytearray(path.read_bytes())
+    magic, version, zero, created, count, length = struct.unpack_from("<8sIIqQQ", data, 0)
+    struct.pack_into("<8sIIqQQ", data, 0, magic, version, zero, created - seconds, count, length)
+    header = bytes(data[:40])
+    records = bytes(data[40:40 + length])
+    data[40 + length:] = hashlib.sha256(header + hashlib.sha256(records).digest()).digest()
+    path.write_bytes(bytes(data))
+
+
+def _items_after_start(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    srv = start(args, env=env)
+    try:
+        with srv.conn() as sock:
+            n = int(stats(sock)["curr_items"])
+    finally:
+        srv.stop()
+        log = srv.log()
+        srv.cleanup()
+    return n, log
+
+
+def test_snapshot_older_than_max_age_is_refused_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "node.snap"
+    first = start(["--snapshot", str(path)])
+    try:
+        with first.conn() as sock:
+            pipeline_sets(sock, [(b"k%d" % i, 0, 0, b"v") for i in range(50)])
+        assert first.stop() == 0
+    finally:
+        first.cleanup()
+    _age(path, 3600)
+    saved = path.read_bytes()
+
+    n, log = _items_after_start(["--restore", str(path), "--snapshot-max-age", "600"])
+    assert n == 0
+    assert "snapshot refused, starting empty" in log and "older than --snapshot-max-age 600 s" in log, log
+    assert path.read_bytes() == saved  # left in place
+
+    config = tmp_path / "stackmapd.toml"
+    config.write_text("snapshot_max_age = 600\n")
+    assert _items_after_start(["--restore", str(path), "--config", str(config)])[0] == 0
+    assert _items_after_start(["--restore", str(path)], env={"STACKMAP_SNAPSHOT_MAX_AGE": "600"})[0] == 0
+
+    # Young enough: loaded, from the flag, the environment and a --snapshot restart.
+    assert _items_after_start(["--restore", str(path), "--snapshot-max-age", "7200"])[0] == 50
+    assert _items_after_start(["--restore", str(path)], env={"STACKMAP_SNAPSHOT_MAX_AGE": "7200"})[0] == 50
+    n, log = _items_after_start(["--snapshot", str(path), "--snapshot-max-age", "7200"])
+    assert n == 50 and "restored 50 items" in log, log
+
+
+def test_snapshot_max_age_must_be_a_positive_number_of_seconds() -> None:
+    import subprocess
+
+    from control_support import BIN
+
+    for bad in ("0", "-5", "ten"):
+        r = subprocess.run([str(BIN / "stackmapd"), "--snapshot-max-age", bad], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 64 and "--snapshot-max-age" in r.stderr, r
