@@ -107,9 +107,13 @@ class Control:
         from prometheus_client import CollectorRegistry
 
         from server.admin import Admin
+        from server.health import Health
         from server.metrics import StatsSource, make_registry
 
-        self.registry: CollectorRegistry = make_registry(StatsSource(engine.stats, engine.latency))
+        # The memcached port is known once the engine has bound it (-p 0 picks one).
+        self.health = Health(engine, engine.settings["listen"], 0)
+        self.registry: CollectorRegistry = make_registry(
+            StatsSource(engine.stats, engine.latency, self.health.up))
         self.admin = Admin(engine, self.request_reload, self.save_snapshot)
 
     # ---- HTTP ----
@@ -126,7 +130,7 @@ class Control:
         host = host.strip("[]")
         access = Access(admin_token(self.values), is_loopback_host(host))
         self.http = ControlHTTPServer((host, int(port)), self.admin, self.registry, access,
-                                      lambda: self.engine.ready)
+                                      self.health.readiness)
         self.http.start()
         log.info("metrics and admin API on http://%s/ (admin %s)", listen,
                  "token required" if access.token else "open on loopback" if access.loopback else "disabled")
@@ -282,6 +286,7 @@ def serve(settings: Settings, loaded: Loaded | None = None) -> int:
             except EngineError as exc:
                 log.error("cannot start: %s", exc)
                 return EX_OSERR
+            control.health.port = int(engine.stats("settings").get("tcpport", settings.port))
             listen = control.values.get("metrics_listen")
             try:
                 control.start_http(listen)

@@ -131,11 +131,6 @@ int sm_engine_set_maxconns(sm_engine *e, int maxconns, char *err, size_t errlen)
     return 0;
 }
 
-int sm_engine_ready(sm_engine *e)
-{
-    return e->running && atomic_load(&e->accepting);
-}
-
 /* ---- snapshot records ---- */
 
 static void put16(unsigned char *p, uint16_t v)

@@ -32,6 +32,8 @@ struct sm_engine {
     atomic_bool accepting;          /* listeners active */
     pthread_mutex_t wait_lock;      /* guards wait_cond for sm_engine_wait */
     pthread_cond_t wait_cond;       /* signalled on shutdown request */
+    pthread_cond_t state_cond;      /* signalled (under wait_lock) when a worker's setup ends or it fails */
+    atomic_bool go;                 /* every worker set up: leave the start wait and serve */
     int64_t started;                /* unix time of start */
     bool running;                   /* start() succeeded and stop() not yet called */
     /* "stats reset" baselines, subtracted when stats are read (stats_groups.c; guarded by its lock) */

@@ -112,8 +112,12 @@ static void accept_all(worker *w, int lfd)
     for (int i = 0; i < 64; i++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         SM_STAT_INC(w->stats.syscalls);
-        if (fd < 0)
+        if (fd < 0) {
+            /* The listener is gone (ss -K, say): epoll would report it forever. */
+            if (worker_accept_fatal(errno))
+                worker_fail(w, errno, "accept on listener fd %d: %s", lfd, strerror(errno));
             return; /* EAGAIN, or a transient error: epoll reports again */
+        }
         conn *c = worker_conn_open(w, fd);
         if (!c)
             continue;
@@ -239,7 +243,7 @@ static void epoll_run(worker *w)
 {
     epoll_state *st = w->backend;
     bool listening = true;
-    while (!atomic_load(&w->stop)) {
+    while (!worker_should_exit(w)) {
         if (atomic_load(&w->draining)) {
             if (listening) {
                 for (int i = 0; i < w->nlisten; i++)
@@ -252,11 +256,17 @@ static void epoll_run(worker *w)
         }
         int n = epoll_wait(st->epfd, st->events, EPOLL_MAX_EVENTS, EPOLL_TICK_MS);
         SM_STAT_INC(w->stats.syscalls);
+        if (n < 0 && errno != EINTR) { /* EBADF, EINVAL, EFAULT: the instance is gone */
+            worker_fail(w, errno, "epoll_wait: %s", strerror(errno));
+            return;
+        }
         for (int i = 0; i < n; i++) {
             struct epoll_event *ev = &st->events[i];
             if (ev->data.u64 & 1u) {
                 if (listening)
                     accept_all(w, (int)(ev->data.u64 >> 1));
+                if (worker_should_exit(w))
+                    return;
                 continue;
             }
             conn *c = ev->data.ptr;

@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -68,6 +69,9 @@
 #define BATCH_MAX 256      /* the largest batch a wait asks for */
 #define BATCH_HOLD 64      /* rounds without growth after a wait ran out of time, and of rest after two */
 #define ACTIVE_ROUNDS 64   /* rounds per window of the active-connection count */
+
+/* The kernel's largest registered file table (IORING_MAX_FIXED_FILES). */
+#define URING_MAX_FIXED (1 << 20)
 
 /* Receive buffers published to the kernel at least (see top_up_bufs). */
 #define PUBLISH_MIN 64
@@ -174,20 +178,37 @@ static int uring_probe(const struct sm_settings *s, char *why, size_t whylen)
     return 0;
 }
 
+/*
+ * Slots of a worker's registered file table: one per connection it may hold
+ * (-c, and a few spare), but no more than the open-file limit, which the
+ * kernel holds each table to (EMFILE beyond it: with `ulimit -n 1024` and
+ * -c 1024 every worker's ring failed).  Connections past the table use
+ * their plain fd.
+ */
+static int fixed_table_size(int maxconns)
+{
+    long n = (long)maxconns + 16;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (rlim_t)n > rl.rlim_cur)
+        n = (long)rl.rlim_cur;
+    if (n > URING_MAX_FIXED)
+        n = URING_MAX_FIXED;
+    return n > 0 ? (int)n : 1;
+}
+
 static int uring_init(worker *w, char *err, size_t errlen)
 {
     uring_state *st = calloc(1, sizeof(*st));
     if (!st) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return -ENOMEM;
     }
     const struct sm_settings *s = w->settings;
     st->nbufs = pow2_floor((unsigned)(s->uring_bufs > 0 ? s->uring_bufs : 1024));
     if (st->nbufs > 32768)
         st->nbufs = 32768;
     st->bufsize = (unsigned)(s->uring_buf_size >= 512 ? s->uring_buf_size : 4096);
-    /* Every connection may hold one registered slot. */
-    st->nfixed = s->maxconns + 16;
+    st->nfixed = fixed_table_size(s->maxconns);
     st->free_fixed = malloc((size_t)st->nfixed * sizeof(int));
     /* Huge pages: the kernel writes each receive into the next buffer of the
      * ring, so with 4 KiB pages nearly every receive is a TLB miss (twice:
@@ -200,7 +221,7 @@ static int uring_init(worker *w, char *err, size_t errlen)
         hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
         free(st);
         snprintf(err, errlen, "out of memory for io_uring buffers");
-        return -1;
+        return -ENOMEM;
     }
     for (int i = 0; i < st->nfixed; i++)
         st->free_fixed[st->nfree_fixed++] = st->nfixed - 1 - i;
@@ -276,7 +297,14 @@ static void publish_adapt(uring_state *st, uint64_t now)
     st->publish_target = t;
 }
 
-/* Create the ring and the buffer ring; runs on the worker thread. */
+static void arm_accept(worker *w, int idx);
+
+/*
+ * The backend's setup, on the worker thread before the engine reports
+ * started: create the ring and the buffer ring, register the file table and
+ * arm a multishot accept per listener (submitted with the loop's first
+ * enter).  0, or a negative errno + err.
+ */
 static int ring_setup(worker *w, char *err, size_t errlen)
 {
     uring_state *st = w->backend;
@@ -289,19 +317,21 @@ static int ring_setup(worker *w, char *err, size_t errlen)
         p.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER;
         p.sq_thread_idle = 1000;
     }
-    p.flags |= IORING_SETUP_CQSIZE;
+    /* CLAMP: a completion queue of 8 per entry passes the kernel's largest
+     * (65536) from uring_entries=8192 on; it is then that largest. */
+    p.flags |= IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
     p.cq_entries = entries * 8;
     int rc = io_uring_queue_init_params(entries, &st->ring, &p);
-    if (rc < 0) {
+    if (rc < 0 && rc != -EMFILE && rc != -ENFILE && rc != -ENOMEM) {
         /* Older kernels: no DEFER_TASKRUN / SINGLE_ISSUER. */
         memset(&p, 0, sizeof(p));
-        p.flags = IORING_SETUP_CQSIZE;
+        p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
         p.cq_entries = entries * 8;
         rc = io_uring_queue_init_params(entries, &st->ring, &p);
     }
     if (rc < 0) {
         snprintf(err, errlen, "io_uring_queue_init: %s", strerror(-rc));
-        return -1;
+        return rc;
     }
     st->ring_ok = true;
     cpuidle_init(&st->idle);
@@ -312,7 +342,7 @@ static int ring_setup(worker *w, char *err, size_t errlen)
     void *mem = NULL;
     if (posix_memalign(&mem, 4096, brsize) != 0) {
         snprintf(err, errlen, "out of memory for the buffer ring");
-        return -1;
+        return -ENOMEM;
     }
     memset(mem, 0, brsize);
     st->br = mem;
@@ -322,15 +352,18 @@ static int ring_setup(worker *w, char *err, size_t errlen)
     rc = io_uring_register_buf_ring(&st->ring, &reg, 0);
     if (rc < 0) {
         snprintf(err, errlen, "io_uring_register_buf_ring: %s", strerror(-rc));
-        return -1;
+        return rc;
     }
     top_up_bufs(st);
     atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
     rc = io_uring_register_files_sparse(&st->ring, (unsigned)st->nfixed);
     if (rc < 0) {
-        snprintf(err, errlen, "io_uring_register_files_sparse: %s", strerror(-rc));
-        return -1;
+        snprintf(err, errlen, "io_uring_register_files_sparse(%d): %s", st->nfixed, strerror(-rc));
+        return rc;
     }
+    for (int i = 0; i < w->nlisten; i++)
+        arm_accept(w, i);
+    st->accepting = true;
     return 0;
 }
 
@@ -415,6 +448,10 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
 {
     uring_state *st = w->backend;
     int idx = (int)(cqe->user_data >> 3);
+    if (cqe->res < 0 && worker_accept_fatal(-cqe->res) && !atomic_load(&w->draining)) {
+        worker_fail(w, -cqe->res, "accept on listener fd %d: %s", w->listen_fds[idx], strerror(-cqe->res));
+        return;
+    }
     if (!(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining))
         arm_accept(w, idx);
     if (cqe->res < 0)
@@ -721,18 +758,17 @@ static void batch_adapt(worker *w, uring_state *st, bool ran_out)
     st->batch_target = t;
 }
 
+/* io_uring_enter failed in a way no later call recovers from (the ring or
+ * its memory is gone); timeouts, signals and a full queue are not. */
+static bool ring_broken(int rc)
+{
+    return rc == -EBADF || rc == -EBADFD || rc == -EFAULT || rc == -ENXIO || rc == -EOPNOTSUPP;
+}
+
 static void uring_run(worker *w)
 {
     uring_state *st = w->backend;
-    char err[256];
-    if (ring_setup(w, err, sizeof(err)) < 0) {
-        engine_log(w->engine, 0, "worker %d: %s\n", w->id, err);
-        return;
-    }
-    for (int i = 0; i < w->nlisten; i++)
-        arm_accept(w, i);
-    st->accepting = true;
-    while (!atomic_load(&w->stop)) {
+    while (!worker_should_exit(w)) {
         if (atomic_load(&w->draining)) {
             if (st->accepting) {
                 for (int i = 0; i < w->nlisten; i++) {
@@ -760,7 +796,11 @@ static void uring_run(worker *w)
         }
         st->sends_queued = 0;
         struct io_uring_cqe *cqe;
-        io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
+        int rc = io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
+        if (ring_broken(rc)) {
+            worker_fail(w, -rc, "io_uring_enter: %s", strerror(-rc));
+            return;
+        }
         worker_batch_clock(w);
         SM_STAT_INC(w->stats.syscalls);
         SM_STAT_INC(w->stats.uring_submits);
@@ -831,6 +871,7 @@ const backend_ops backend_uring = {
     .name = "uring",
     .probe = uring_probe,
     .init = uring_init,
+    .setup = ring_setup,
     .run = uring_run,
     .destroy = uring_destroy,
 };
