@@ -212,7 +212,8 @@ static int fd_limits(sm_engine *e, char *err, size_t errlen)
         engine_log(e, 0,
                    "the open-file limit %llu leaves room for about %llu client connections, fewer than "
                    "-c %d: raise it to %llu (ulimit -n) to serve them all\n",
-                   (unsigned long long)rl.rlim_cur, (unsigned long long)(rl.rlim_cur - reserve),
+                   (unsigned long long)rl.rlim_cur,
+                   (unsigned long long)(rl.rlim_cur > reserve ? rl.rlim_cur - reserve : 0),
                    e->settings.maxconns, (unsigned long long)want);
     return 0;
 }
@@ -223,7 +224,7 @@ static const char *remedy(int errnum)
     switch (errnum) {
     case EMFILE:
     case ENFILE:
-        return "raise the open-file limit (ulimit -n) or lower -c";
+        return "raise the open-file limit (ulimit -n) or lower -c or -t";
     case ENOMEM:
         return "lower -o uring_entries, uring_bufs or uring_buf_size, or give the process more memory "
                "(ulimit -l, ulimit -v)";
@@ -505,8 +506,13 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
         }
         /* AUTO moves on; only a failure beyond "no /dev/stackmap" is news. */
         if (probed || ops != &backend_stackmap) {
-            int w = snprintf(e->backend_note + nl, sizeof(e->backend_note) - nl, "%s%s %s: %s",
-                             nl ? "; " : "auto: ", ops->name, probed ? "failed" : "unusable", why);
+            char entry[sizeof(why) + 64];
+            if (probed)
+                snprintf(entry, sizeof(entry), "%s", why);
+            else
+                snprintf(entry, sizeof(entry), "backend %s is not usable here: %s", ops->name, why);
+            int w = snprintf(e->backend_note + nl, sizeof(e->backend_note) - nl, "%s%s", nl ? "; then " : "auto: ",
+                             entry);
             if (w > 0)
                 nl = nl + (size_t)w < sizeof(e->backend_note) ? nl + (size_t)w : sizeof(e->backend_note) - 1;
         }

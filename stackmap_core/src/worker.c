@@ -214,14 +214,17 @@ static void set_state(worker *w, int state)
 
 void worker_fail(worker *w, int errnum, const char *fmt, ...)
 {
-    if (atomic_load(&w->state) == SM_WORKER_FAILED)
+    int was = atomic_load(&w->state);
+    if (was == SM_WORKER_FAILED)
         return; /* the first reason stays */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(w->error, sizeof(w->error), fmt, ap);
     va_end(ap);
     w->error_errno = errnum;
-    engine_log(w->engine, 0, "worker %d failed: %s\n", w->id, w->error);
+    /* A setup failure is the engine's start error (or AUTO's note): one line, not one per worker. */
+    if (was == SM_WORKER_SERVING)
+        engine_log(w->engine, 0, "worker %d failed: %s\n", w->id, w->error);
     set_state(w, SM_WORKER_FAILED); /* the mutex orders error before state for readers */
 }
 

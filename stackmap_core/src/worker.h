@@ -51,7 +51,8 @@ typedef struct worker {
 } worker;
 
 /* Worker w FAILED: record why (once: the first reason stays), log it at
- * every verbosity, and wake the engine's start wait.  errnum may be 0. */
+ * every verbosity when it was serving (a setup failure is the engine's
+ * start error instead), and wake the engine's start wait.  errnum may be 0. */
 void worker_fail(worker *w, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* The loop should end: the engine stops it, or it failed. */
