@@ -5,10 +5,14 @@ It waits in short slices (``sm_engine_wait`` with 200 ms, the GIL released)
 so that Python's signal handlers get to run: SIGTERM and SIGINT set a flag,
 the loop sees it, the engine stops accepting and gets ``GRACE_MS`` to finish
 in-flight requests, and the process exits 0.  With ``-A`` a client's
-``shutdown`` command ends the wait the same way.
+``shutdown`` command ends the wait the same way.  An engine that cannot
+start (a backend that fails on a worker and no fallback, ``--backend`` given)
+exits 71 with the engine's one-line reason; ``--backend auto``'s fallback is
+logged once as a warning.
 
 Around the engine the control plane runs its HTTP server (``/metrics``,
-health, the admin API; server/http.py) and the warm-restart snapshot: with
+health, the admin API; server/http.py; readiness and ``memcached_up`` come
+from server/health.py) and the warm-restart snapshot: with
 ``--restore FILE`` (or ``--snapshot FILE`` when that file exists) the
 snapshot is checked and loaded before the listeners open, and with
 ``--snapshot FILE`` every live item is saved there after a SIGTERM/SIGINT,
