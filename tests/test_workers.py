@@ -279,3 +279,63 @@ def test_worker_whose_listener_dies_is_not_ready_and_not_up(run: Callable[..., R
     if serving:
         every_connection_answers(r.port, 32)
     assert r.stop() == 0, r.log()
+
+
+def _stats(sock: socket.socket) -> dict[str, int]:
+    sock.sendall(b"stats\r\n")
+    raw = b""
+    while not raw.endswith(b"END\r\n"):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed"
+        raw += chunk
+    out: dict[str, int] = {}
+    for line in raw.decode().split("\r\n"):
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[2].isdigit():
+            out[parts[1]] = int(parts[2])
+    return out
+
+
+@pytest.mark.parametrize("backend", ["epoll", "uring"])
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning(run: Callable[..., Run], backend: str) -> None:
+    # More clients than 1024 descriptors hold: the rest wait in the listen
+    # queue.  Each worker's accept then fails with EMFILE; retried at once it
+    # spun a CPU (listen_disabled_num stayed 0).  It must pause accepting
+    # (memcached's listen_disabled_num) and take the waiting client once
+    # descriptors are free.
+    r = run(["-t", "2", "--backend", backend], nofile=1024)
+    assert r.outcome() == "ready", r.log()
+    socks = [socket.create_connection((HOST, r.port), timeout=10) for _ in range(1100)]
+    try:
+        first = socks[0]
+        deadline = time.monotonic() + DEADLINE
+        # Until every connection that fits is taken: accepting pauses and
+        # the connection count stays put.
+        prev, before = _stats(first), _stats(first)
+        while not (before["listen_disabled_num"] > prev["listen_disabled_num"]
+                   and before["curr_connections"] == prev["curr_connections"]):
+            assert time.monotonic() < deadline, (
+                f"accepting never paused: listen_disabled_num {before['listen_disabled_num']}, "
+                f"syscalls {before['syscalls']}")
+            time.sleep(0.1)
+            prev, before = before, _stats(first)
+        now = before
+        while now["listen_disabled_num"] - before["listen_disabled_num"] < 20:
+            assert time.monotonic() < deadline, f"accepting never paused: {now}"
+            time.sleep(0.1)
+            now = _stats(first)
+        pauses = now["listen_disabled_num"] - before["listen_disabled_num"]
+        calls = now["syscalls"] - before["syscalls"]
+        # A handful of system calls per pause (the failed accept, re-arming,
+        # the wait), not thousands of retries between them.
+        assert calls / pauses < 20, (calls, pauses)
+        assert now["time_in_listen_disabled_us"] > before["time_in_listen_disabled_us"]
+        last = socks[-1]
+        last.sendall(b"version\r\n")
+        for s in socks[1:201]:
+            s.close()
+        assert last.recv(64).startswith(b"VERSION "), "the waiting client was never taken"
+    finally:
+        for s in socks:
+            s.close()
+    assert r.stop() == 0, r.log()

@@ -233,6 +233,11 @@ bool worker_accept_fatal(int err)
     return err == EBADF || err == EINVAL || err == ENOTSOCK || err == EOPNOTSUPP || err == EFAULT;
 }
 
+bool worker_accept_backoff(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
 /* After the loop died: close every connection (the backend's destroy) and
  * this worker's listeners, so the kernel sends new clients to the others. */
 static void abandon(worker *w)

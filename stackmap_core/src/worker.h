@@ -71,6 +71,16 @@ static inline bool worker_should_exit(worker *w)
  */
 bool worker_accept_fatal(int err);
 
+/*
+ * An accept failed for want of descriptors or memory (EMFILE, ENFILE,
+ * ENOBUFS, ENOMEM): the connection waits in the listen queue, and retrying
+ * at once would spin, so the backend stops accepting on that listener for
+ * ACCEPT_BACKOFF_NS (memcached disables its listeners likewise) and counts
+ * it in listen_disabled_num.
+ */
+bool worker_accept_backoff(int err);
+#define ACCEPT_BACKOFF_NS (10ull * 1000 * 1000)
+
 /* Get a scratch chunk from the worker's free list (or malloc when empty). */
 out_chunk *worker_chunk_get(worker *w);
 /* Return a chunk to the free list (keeps a bounded number). */

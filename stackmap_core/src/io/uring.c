@@ -117,6 +117,10 @@ typedef struct uring_state {
     int nfree_fixed;             /* entries in free_fixed */
     int nfixed;                  /* size of the registered file table */
     bool accepting;              /* multishot accepts are armed */
+    bool *accept_paused;         /* per listener: accept stopped by EMFILE, re-armed at accept_resume */
+    int npaused;                 /* listeners in accept_paused */
+    uint64_t accept_paused_at;   /* clock (latency.h ns) of the first pause of this spell */
+    uint64_t accept_resume;      /* clock at which paused listeners are re-armed */
     conn *flush;                 /* connections with output to send this round */
     unsigned sends_queued;       /* sends queued this round: each completes inline unless its socket is full */
     unsigned arrivals;           /* receives with data this round */
@@ -215,7 +219,9 @@ static int uring_init(worker *w, char *err, size_t errlen)
      * the kernel's copy and our parse). */
     st->bufs = hugemem_alloc((size_t)st->nbufs * st->bufsize);
     st->spare = malloc((size_t)st->nbufs * sizeof(*st->spare));
-    if (!st->free_fixed || !st->bufs || !st->spare) {
+    st->accept_paused = calloc((size_t)(w->nlisten > 0 ? w->nlisten : 1), sizeof(bool));
+    if (!st->free_fixed || !st->bufs || !st->spare || !st->accept_paused) {
+        free(st->accept_paused);
         free(st->spare);
         free(st->free_fixed);
         hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
@@ -452,7 +458,19 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
         worker_fail(w, -cqe->res, "accept on listener fd %d: %s", w->listen_fds[idx], strerror(-cqe->res));
         return;
     }
-    if (!(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining))
+    bool rearm = !(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining);
+    if (rearm && cqe->res < 0 && worker_accept_backoff(-cqe->res)) {
+        /* Out of descriptors: re-armed now it would fail again at once. */
+        if (!st->accept_paused[idx]) {
+            st->accept_paused[idx] = true;
+            if (st->npaused++ == 0)
+                st->accept_paused_at = sm_lat_now();
+            st->accept_resume = sm_lat_now() + ACCEPT_BACKOFF_NS;
+            SM_STAT_INC(w->stats.listen_disabled_num);
+        }
+        return;
+    }
+    if (rearm)
         arm_accept(w, idx);
     if (cqe->res < 0)
         return;
@@ -765,6 +783,28 @@ static bool ring_broken(int rc)
     return rc == -EBADF || rc == -EBADFD || rc == -EFAULT || rc == -ENXIO || rc == -EOPNOTSUPP;
 }
 
+/*
+ * Listeners whose accept paused for want of descriptors: re-arm them once
+ * the pause is over (while accepting).  Returns the nanoseconds still to
+ * wait, 0 when none are paused any more.
+ */
+static long long resume_paused_accepts(worker *w, uring_state *st)
+{
+    uint64_t now = sm_lat_now();
+    if (st->accepting && now < st->accept_resume)
+        return (long long)(st->accept_resume - now);
+    for (int i = 0; i < w->nlisten; i++) {
+        if (st->accept_paused[i]) {
+            st->accept_paused[i] = false;
+            if (st->accepting)
+                arm_accept(w, i);
+        }
+    }
+    st->npaused = 0;
+    SM_STAT_ADD(w->stats.listen_disabled_ns, now - st->accept_paused_at);
+    return 0;
+}
+
 static void uring_run(worker *w)
 {
     uring_state *st = w->backend;
@@ -793,6 +833,11 @@ static void uring_run(worker *w)
             wait_nr = st->sends_queued + st->batch_target;
             ts.tv_nsec = (long long)w->settings->uring_batch_usec * 1000;
             SM_STAT_INC(w->stats.uring_batch_waits);
+        }
+        if (st->npaused > 0) {
+            long long left = resume_paused_accepts(w, st);
+            if (left > 0 && left < ts.tv_nsec)
+                ts.tv_nsec = left;
         }
         st->sends_queued = 0;
         struct io_uring_cqe *cqe;
@@ -863,6 +908,7 @@ static void uring_destroy(worker *w)
     hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
     free(st->free_fixed);
     free(st->spare);
+    free(st->accept_paused);
     free(st);
     w->backend = NULL;
 }
