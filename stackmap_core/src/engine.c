@@ -1,9 +1,11 @@
 /*
  * engine.c -- the engine's life cycle: settings with memcached's defaults
- * and limits, binding the listeners (one SO_REUSEPORT socket per worker per
- * address, so each worker accepts its own connections), choosing the ring
- * backend, starting and stopping the worker threads and the cache
- * maintainer, and the few whole-server calls the control plane makes.
+ * and limits, the open-file limit -c needs, binding the listeners (one
+ * SO_REUSEPORT socket per worker per address, so each worker accepts its
+ * own connections), starting the worker threads over a ring backend and
+ * waiting until every one has set up (AUTO moving on to the next backend
+ * when one cannot start everywhere), each worker's state for readiness,
+ * stopping, and the few whole-server calls the control plane makes.
  */
 #include "engine.h"
 
@@ -504,7 +506,8 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
                 snprintf(err, errlen, "backend %s is not usable here: %s", ops->name, why);
             break;
         }
-        /* AUTO moves on; only a failure beyond "no /dev/stackmap" is news. */
+        /* AUTO moves on and says why, except past a stackmap backend that is
+         * not usable (no module loaded: the usual case, not news). */
         if (probed || ops != &backend_stackmap) {
             char entry[sizeof(why) + 64];
             if (probed)
