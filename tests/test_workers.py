@@ -339,3 +339,22 @@ def test_out_of_descriptors_pauses_accepting_instead_of_spinning(run: Callable[.
         for s in socks:
             s.close()
     assert r.stop() == 0, r.log()
+
+
+def test_the_up_probe_needs_a_real_answer(run: Callable[..., Run]) -> None:
+    from server.health import answers_version, probe_host
+
+    r = run(["-t", "2"])
+    assert r.outcome() == "ready", r.log()
+    assert answers_version(HOST, r.port)
+    # What a worker that never set up its ring looked like from outside:
+    # a listener the kernel completes connections on, and nobody answering.
+    with socket.socket() as mute:
+        mute.bind((HOST, 0))
+        mute.listen(16)
+        assert not answers_version(HOST, mute.getsockname()[1])
+    assert not answers_version(HOST, free_port())  # nothing listening
+    assert probe_host("0.0.0.0") == "127.0.0.1"
+    assert probe_host("::,127.0.0.1") == "::1"
+    assert probe_host("[::1]") == "::1"
+    assert probe_host("127.0.0.2, ::1") == "127.0.0.2"
