@@ -90,13 +90,15 @@ class Run:
 
 @pytest.fixture
 def run() -> Iterator[Callable[..., Run]]:
-    """run(args, nofile=N, address_space=BYTES) -> Run; killed at the test's end."""
+    """run(args, nofile=N or (SOFT, HARD), address_space=BYTES) -> Run; killed at the test's end."""
     started: list[Run] = []
 
-    def _run(args: list[str], nofile: int | None = None, address_space: int | None = None) -> Run:
+    def _run(args: list[str], nofile: int | tuple[int, int] | None = None,
+             address_space: int | None = None) -> Run:
         def limits() -> None:
             if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                soft, hard = nofile if isinstance(nofile, tuple) else (nofile, nofile)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             if address_space is not None:
                 resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
@@ -358,3 +360,39 @@ def test_the_up_probe_needs_a_real_answer(run: Callable[..., Run]) -> None:
     assert probe_host("::,127.0.0.1") == "::1"
     assert probe_host("[::1]") == "::1"
     assert probe_host("127.0.0.2, ::1") == "127.0.0.2"
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc")
+
+
+def test_conn_limit_raised_live_raises_the_open_file_limit(run: Callable[..., Run], tmp_path: Path) -> None:
+    # A soft limit of 256 (a hard one of 4096) fits -c 100; -c 1000 set by a
+    # reload needs more descriptors, as -c 1000 at start would.
+    cfg = tmp_path / "stackmapd.toml"
+    cfg.write_text("conn_limit = 100\n")
+    r = run(["-t", "2", "--config", str(cfg)], nofile=(256, 4096))
+    assert r.outcome() == "ready", r.log()
+    assert _soft_nofile(r.proc.pid) == 256
+    cfg.write_text("conn_limit = 1000\n")
+    status, body = http("POST", r.url + "/admin/reload")
+    assert status == 200 and json.loads(body)["applied"] == {"conn_limit": 1000}, body
+    assert _soft_nofile(r.proc.pid) >= 1000
+    every_connection_answers(r.port, 600)
+    # Past the hard limit it is refused, and -c stays.
+    cfg.write_text("conn_limit = 5000\n")
+    status, body = http("POST", r.url + "/admin/reload")
+    result = json.loads(body)
+    assert "conn_limit" in result["failed"] and "ulimit -n" in result["failed"]["conn_limit"], result
+    with socket.create_connection((HOST, r.port), timeout=5) as s:
+        s.sendall(b"stats settings\r\n")
+        raw = b""
+        while not raw.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            assert chunk
+            raw += chunk
+    assert b"STAT maxconns 1000\r\n" in raw
+    assert r.stop() == 0, r.log()

@@ -173,21 +173,22 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
 #define FD_RESERVE_PER_WORKER 4
 
 /*
- * The open-file limit for -c, as memcached 1.6 does it: raise the soft limit
+ * The open-file limit for -c (at start, and when -c is raised live), as
+ * memcached 1.6 does it at start: raise the soft limit
  * to what -c needs (and the hard one too, where we may), and refuse to start
  * when the hard limit is below -c itself (memcached: "failed to set rlimit
  * for open files").  memcached counts its own descriptors in -c; stackmapd's
  * -c counts clients only, so a hard limit between -c and -c plus our own
  * descriptors still starts, with a warning of how many clients fit.
  */
-static int fd_limits(sm_engine *e, char *err, size_t errlen)
+int engine_fd_limits(struct sm_engine *e, int conns, char *err, size_t errlen)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
         snprintf(err, errlen, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
         return -1;
     }
-    rlim_t maxconns = (rlim_t)e->settings.maxconns;
+    rlim_t maxconns = (rlim_t)conns;
     rlim_t reserve = FD_RESERVE_BASE + (rlim_t)FD_RESERVE_PER_WORKER * (rlim_t)e->settings.num_threads;
     rlim_t want = maxconns + reserve;
     if (rl.rlim_cur >= want)
@@ -201,7 +202,7 @@ static int fd_limits(sm_engine *e, char *err, size_t errlen)
         snprintf(err, errlen,
                  "the open-file limit (hard %llu) is below -c %d and cannot be raised: "
                  "raise the open-file limit (ulimit -n) or lower -c",
-                 (unsigned long long)rl.rlim_max, e->settings.maxconns);
+                 (unsigned long long)rl.rlim_max, conns);
         return -1;
     }
     rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
@@ -216,7 +217,7 @@ static int fd_limits(sm_engine *e, char *err, size_t errlen)
                    "-c %d: raise it to %llu (ulimit -n) to serve them all\n",
                    (unsigned long long)rl.rlim_cur,
                    (unsigned long long)(rl.rlim_cur > reserve ? rl.rlim_cur - reserve : 0),
-                   e->settings.maxconns, (unsigned long long)want);
+                   conns, (unsigned long long)want);
     return 0;
 }
 
@@ -477,7 +478,7 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
         break;
     }
     bool autopick = norder > 1;
-    if (fd_limits(e, err, errlen) < 0)
+    if (engine_fd_limits(e, e->settings.maxconns, err, errlen) < 0)
         return -1;
     if (bind_all(e, err, errlen) < 0) {
         close_listeners(e);

@@ -42,6 +42,14 @@ struct sm_engine {
     uint64_t rejected_conns_base;   /* rejected_conns at the last reset */
 };
 
+/*
+ * Make the open-file limit fit conns client connections (engine.c): raise
+ * the soft limit (the hard one where we may); -1 + err when the hard limit
+ * is below conns; a warning when only the room for our own descriptors is
+ * short.
+ */
+int engine_fd_limits(struct sm_engine *e, int conns, char *err, size_t errlen);
+
 /* A client asked for "shutdown" (only honoured with -A). */
 void engine_request_shutdown(struct sm_engine *e);
 
