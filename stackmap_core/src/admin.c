@@ -126,14 +126,12 @@ int sm_engine_set_maxconns(sm_engine *e, int maxconns, char *err, size_t errlen)
         snprintf(err, errlen, "connection limit must be at least 1");
         return -1;
     }
+    /* A raised -c needs the descriptors, as at start. */
+    if (maxconns > e->settings.maxconns && engine_fd_limits(e, maxconns, err, errlen) < 0)
+        return -1;
     /* Workers read it on accept; an aligned int store is seen whole. */
     __atomic_store_n(&e->settings.maxconns, maxconns, __ATOMIC_RELAXED);
     return 0;
-}
-
-int sm_engine_ready(sm_engine *e)
-{
-    return e->running && atomic_load(&e->accepting);
 }
 
 /* ---- snapshot records ---- */

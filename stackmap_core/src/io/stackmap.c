@@ -402,7 +402,7 @@ static void smap_run(worker *w)
 {
     smap_state *st = w->backend;
     bool listening = true;
-    while (!atomic_load(&w->stop)) {
+    while (!worker_should_exit(w)) {
         if (atomic_load(&w->draining)) {
             if (listening) {
                 for (int i = 0; i < w->nlisten; i++) {
@@ -425,6 +425,10 @@ static void smap_run(worker *w)
         SM_STAT_INC(w->stats.syscalls);
         SM_STAT_INC(w->stats.stackmap_syncs);
         st->tx_pending = 0;
+        if (rc < 0 && (errno == EBADF || errno == EFAULT || errno == EINVAL)) {
+            worker_fail(w, errno, "stackmap poll: %s", strerror(errno)); /* the port is gone */
+            return;
+        }
         if (rc < 0 && errno != EINTR) {
             engine_log(w->engine, 1, "stackmap poll: %s\n", strerror(errno));
             continue;

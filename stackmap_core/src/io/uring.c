@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -68,6 +69,9 @@
 #define BATCH_MAX 256      /* the largest batch a wait asks for */
 #define BATCH_HOLD 64      /* rounds without growth after a wait ran out of time, and of rest after two */
 #define ACTIVE_ROUNDS 64   /* rounds per window of the active-connection count */
+
+/* The kernel's largest registered file table (IORING_MAX_FIXED_FILES). */
+#define URING_MAX_FIXED (1 << 20)
 
 /* Receive buffers published to the kernel at least (see top_up_bufs). */
 #define PUBLISH_MIN 64
@@ -113,6 +117,10 @@ typedef struct uring_state {
     int nfree_fixed;             /* entries in free_fixed */
     int nfixed;                  /* size of the registered file table */
     bool accepting;              /* multishot accepts are armed */
+    bool *accept_paused;         /* per listener: accept stopped by EMFILE, re-armed at accept_resume */
+    int npaused;                 /* listeners in accept_paused */
+    uint64_t accept_paused_at;   /* clock (latency.h ns) of the first pause of this spell */
+    uint64_t accept_resume;      /* clock at which paused listeners are re-armed */
     conn *flush;                 /* connections with output to send this round */
     unsigned sends_queued;       /* sends queued this round: each completes inline unless its socket is full */
     unsigned arrivals;           /* receives with data this round */
@@ -174,33 +182,52 @@ static int uring_probe(const struct sm_settings *s, char *why, size_t whylen)
     return 0;
 }
 
+/*
+ * Slots of a worker's registered file table: one per connection it may hold
+ * (-c, and a few spare), but no more than the open-file limit, which the
+ * kernel holds each table to (EMFILE beyond it: with `ulimit -n 1024` and
+ * -c 1024 every worker's ring failed).  Connections past the table use
+ * their plain fd.
+ */
+static int fixed_table_size(int maxconns)
+{
+    long n = (long)maxconns + 16;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (rlim_t)n > rl.rlim_cur)
+        n = (long)rl.rlim_cur;
+    if (n > URING_MAX_FIXED)
+        n = URING_MAX_FIXED;
+    return n > 0 ? (int)n : 1;
+}
+
 static int uring_init(worker *w, char *err, size_t errlen)
 {
     uring_state *st = calloc(1, sizeof(*st));
     if (!st) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return -ENOMEM;
     }
     const struct sm_settings *s = w->settings;
     st->nbufs = pow2_floor((unsigned)(s->uring_bufs > 0 ? s->uring_bufs : 1024));
     if (st->nbufs > 32768)
         st->nbufs = 32768;
     st->bufsize = (unsigned)(s->uring_buf_size >= 512 ? s->uring_buf_size : 4096);
-    /* Every connection may hold one registered slot. */
-    st->nfixed = s->maxconns + 16;
+    st->nfixed = fixed_table_size(s->maxconns);
     st->free_fixed = malloc((size_t)st->nfixed * sizeof(int));
     /* Huge pages: the kernel writes each receive into the next buffer of the
      * ring, so with 4 KiB pages nearly every receive is a TLB miss (twice:
      * the kernel's copy and our parse). */
     st->bufs = hugemem_alloc((size_t)st->nbufs * st->bufsize);
     st->spare = malloc((size_t)st->nbufs * sizeof(*st->spare));
-    if (!st->free_fixed || !st->bufs || !st->spare) {
+    st->accept_paused = calloc((size_t)(w->nlisten > 0 ? w->nlisten : 1), sizeof(bool));
+    if (!st->free_fixed || !st->bufs || !st->spare || !st->accept_paused) {
+        free(st->accept_paused);
         free(st->spare);
         free(st->free_fixed);
         hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
         free(st);
         snprintf(err, errlen, "out of memory for io_uring buffers");
-        return -1;
+        return -ENOMEM;
     }
     for (int i = 0; i < st->nfixed; i++)
         st->free_fixed[st->nfree_fixed++] = st->nfixed - 1 - i;
@@ -276,7 +303,14 @@ static void publish_adapt(uring_state *st, uint64_t now)
     st->publish_target = t;
 }
 
-/* Create the ring and the buffer ring; runs on the worker thread. */
+static void arm_accept(worker *w, int idx);
+
+/*
+ * The backend's setup, on the worker thread before the engine reports
+ * started: create the ring and the buffer ring, register the file table and
+ * arm a multishot accept per listener (submitted with the loop's first
+ * enter).  0, or a negative errno + err.
+ */
 static int ring_setup(worker *w, char *err, size_t errlen)
 {
     uring_state *st = w->backend;
@@ -289,19 +323,21 @@ static int ring_setup(worker *w, char *err, size_t errlen)
         p.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER;
         p.sq_thread_idle = 1000;
     }
-    p.flags |= IORING_SETUP_CQSIZE;
+    /* CLAMP: a completion queue of 8 per entry passes the kernel's largest
+     * (65536) from uring_entries=8192 on; it is then that largest. */
+    p.flags |= IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
     p.cq_entries = entries * 8;
     int rc = io_uring_queue_init_params(entries, &st->ring, &p);
-    if (rc < 0) {
+    if (rc < 0 && rc != -EMFILE && rc != -ENFILE && rc != -ENOMEM) {
         /* Older kernels: no DEFER_TASKRUN / SINGLE_ISSUER. */
         memset(&p, 0, sizeof(p));
-        p.flags = IORING_SETUP_CQSIZE;
+        p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
         p.cq_entries = entries * 8;
         rc = io_uring_queue_init_params(entries, &st->ring, &p);
     }
     if (rc < 0) {
         snprintf(err, errlen, "io_uring_queue_init: %s", strerror(-rc));
-        return -1;
+        return rc;
     }
     st->ring_ok = true;
     cpuidle_init(&st->idle);
@@ -312,7 +348,7 @@ static int ring_setup(worker *w, char *err, size_t errlen)
     void *mem = NULL;
     if (posix_memalign(&mem, 4096, brsize) != 0) {
         snprintf(err, errlen, "out of memory for the buffer ring");
-        return -1;
+        return -ENOMEM;
     }
     memset(mem, 0, brsize);
     st->br = mem;
@@ -322,15 +358,18 @@ static int ring_setup(worker *w, char *err, size_t errlen)
     rc = io_uring_register_buf_ring(&st->ring, &reg, 0);
     if (rc < 0) {
         snprintf(err, errlen, "io_uring_register_buf_ring: %s", strerror(-rc));
-        return -1;
+        return rc;
     }
     top_up_bufs(st);
     atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
     rc = io_uring_register_files_sparse(&st->ring, (unsigned)st->nfixed);
     if (rc < 0) {
-        snprintf(err, errlen, "io_uring_register_files_sparse: %s", strerror(-rc));
-        return -1;
+        snprintf(err, errlen, "io_uring_register_files_sparse(%d): %s", st->nfixed, strerror(-rc));
+        return rc;
     }
+    for (int i = 0; i < w->nlisten; i++)
+        arm_accept(w, i);
+    st->accepting = true;
     return 0;
 }
 
@@ -415,7 +454,23 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
 {
     uring_state *st = w->backend;
     int idx = (int)(cqe->user_data >> 3);
-    if (!(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining))
+    if (cqe->res < 0 && worker_accept_fatal(-cqe->res) && !atomic_load(&w->draining)) {
+        worker_fail(w, -cqe->res, "accept on listener fd %d: %s", w->listen_fds[idx], strerror(-cqe->res));
+        return;
+    }
+    bool rearm = !(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining);
+    if (rearm && cqe->res < 0 && worker_accept_backoff(-cqe->res)) {
+        /* Out of descriptors: re-armed now it would fail again at once. */
+        if (!st->accept_paused[idx]) {
+            st->accept_paused[idx] = true;
+            if (st->npaused++ == 0)
+                st->accept_paused_at = sm_lat_now();
+            st->accept_resume = sm_lat_now() + ACCEPT_BACKOFF_NS;
+            SM_STAT_INC(w->stats.listen_disabled_num);
+        }
+        return;
+    }
+    if (rearm)
         arm_accept(w, idx);
     if (cqe->res < 0)
         return;
@@ -721,18 +776,39 @@ static void batch_adapt(worker *w, uring_state *st, bool ran_out)
     st->batch_target = t;
 }
 
+/* io_uring_enter failed in a way no later call recovers from (the ring or
+ * its memory is gone); timeouts, signals and a full queue are not. */
+static bool ring_broken(int rc)
+{
+    return rc == -EBADF || rc == -EBADFD || rc == -EFAULT || rc == -ENXIO || rc == -EOPNOTSUPP;
+}
+
+/*
+ * Listeners whose accept paused for want of descriptors: re-arm them once
+ * the pause is over (while accepting).  Returns the nanoseconds still to
+ * wait, 0 when none are paused any more.
+ */
+static long long resume_paused_accepts(worker *w, uring_state *st)
+{
+    uint64_t now = sm_lat_now();
+    if (st->accepting && now < st->accept_resume)
+        return (long long)(st->accept_resume - now);
+    for (int i = 0; i < w->nlisten; i++) {
+        if (st->accept_paused[i]) {
+            st->accept_paused[i] = false;
+            if (st->accepting)
+                arm_accept(w, i);
+        }
+    }
+    st->npaused = 0;
+    SM_STAT_ADD(w->stats.listen_disabled_ns, now - st->accept_paused_at);
+    return 0;
+}
+
 static void uring_run(worker *w)
 {
     uring_state *st = w->backend;
-    char err[256];
-    if (ring_setup(w, err, sizeof(err)) < 0) {
-        engine_log(w->engine, 0, "worker %d: %s\n", w->id, err);
-        return;
-    }
-    for (int i = 0; i < w->nlisten; i++)
-        arm_accept(w, i);
-    st->accepting = true;
-    while (!atomic_load(&w->stop)) {
+    while (!worker_should_exit(w)) {
         if (atomic_load(&w->draining)) {
             if (st->accepting) {
                 for (int i = 0; i < w->nlisten; i++) {
@@ -758,9 +834,18 @@ static void uring_run(worker *w)
             ts.tv_nsec = (long long)w->settings->uring_batch_usec * 1000;
             SM_STAT_INC(w->stats.uring_batch_waits);
         }
+        if (st->npaused > 0) {
+            long long left = resume_paused_accepts(w, st);
+            if (left > 0 && left < ts.tv_nsec)
+                ts.tv_nsec = left;
+        }
         st->sends_queued = 0;
         struct io_uring_cqe *cqe;
-        io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
+        int rc = io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
+        if (ring_broken(rc)) {
+            worker_fail(w, -rc, "io_uring_enter: %s", strerror(-rc));
+            return;
+        }
         worker_batch_clock(w);
         SM_STAT_INC(w->stats.syscalls);
         SM_STAT_INC(w->stats.uring_submits);
@@ -823,6 +908,7 @@ static void uring_destroy(worker *w)
     hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
     free(st->free_fixed);
     free(st->spare);
+    free(st->accept_paused);
     free(st);
     w->backend = NULL;
 }
@@ -831,6 +917,7 @@ const backend_ops backend_uring = {
     .name = "uring",
     .probe = uring_probe,
     .init = uring_init,
+    .setup = ring_setup,
     .run = uring_run,
     .destroy = uring_destroy,
 };
