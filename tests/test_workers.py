@@ -378,13 +378,13 @@ def test_conn_limit_raised_live_raises_the_open_file_limit(run: Callable[..., Ru
     assert r.outcome() == "ready", r.log()
     assert _soft_nofile(r.proc.pid) == 256
     cfg.write_text("conn_limit = 1000\n")
-    status, body = http("POST", r.url + "/admin/reload")
+    status, body = http("POST", r.url + "/admin/reload", {})
     assert status == 200 and json.loads(body)["applied"] == {"conn_limit": 1000}, body
     assert _soft_nofile(r.proc.pid) >= 1000
     every_connection_answers(r.port, 600)
     # Past the hard limit it is refused, and -c stays.
     cfg.write_text("conn_limit = 5000\n")
-    status, body = http("POST", r.url + "/admin/reload")
+    status, body = http("POST", r.url + "/admin/reload", {})
     result = json.loads(body)
     assert "conn_limit" in result["failed"] and "ulimit -n" in result["failed"]["conn_limit"], result
     with socket.create_connection((HOST, r.port), timeout=5) as s:
