@@ -276,6 +276,23 @@ SESSIONS: dict[str, list[Step]] = {
         Raw(b"\r\n"),
         Raw(b"set " + b"x" * 4000),
     ],
+    # numeric flag tokens the meta commands refuse, and every E 1.6.18 refuses
+    # (it has no E; stackmapd's E extension takes only 1..2^63-1, see test_meta)
+    "meta_bad_tokens": [
+        b"ms e 1 E\r\nx\r\nms e 1 Eabc\r\nx\r\nms e 1 E-1\r\nx\r\nmg e v\r\n",
+        b"ms e 1 E18446744073709551616\r\nx\r\nms e 1 E18446744073709551615\r\nx\r\n",
+        b"ms e 1 E0\r\nx\r\nms e 1 E9223372036854775808 c\r\nx\r\nms e 1 E 5\r\nx\r\nmg e v\r\n",
+        b"ms e 1 Tabc Exyz\r\nx\r\nms e 1 q E-5\r\nx\r\nms e 1 Eabc E2\r\nx\r\n",
+        b"mg e Eabc v\r\nmg e E0 v\r\nmg e N30 E v\r\nmd e E5\r\nmd e Eabc q\r\nma e E5\r\nma e E\r\n",
+        b"ms e 1\r\ne\r\n",
+        b"mg e Nabc v\r\nmg e N v\r\nmg e N99999999999999999999 v\r\nmg e T-abc\r\nmg e T\r\n",
+        b"mg e R\r\nmg e R1x\r\nmg e T1 Tabc\r\nmg e Tabc q\r\nmg e v\r\n",
+        b"ms e 1 F-1\r\nx\r\nms e 1 F\r\nx\r\nms e 1 F99999999999 T0\r\nf\r\nmg e f v\r\n",
+        b"ms e 1 C\r\nx\r\nms e 1 C-1\r\nx\r\nmd e Cabc\r\nma e C-5\r\nma e C18446744073709551616\r\n",
+        b"ms e 1 M\r\nx\r\nms e 1 MSS\r\nx\r\nma e Mxx\r\nma e M\r\nms e 1 Mz\r\nx\r\n",
+        b"ma e J\r\nma e D-1\r\nma e N0 Jabc\r\nma e D18446744073709551616\r\nma e N\r\n",
+        b"ms e 1 T\r\nx\r\nms e 1 q Tabc\r\nx\r\nmd e T-\r\nmd e q Tx\r\nmg e v\r\n",
+    ],
     "split_value": [
         Raw(b"set sv 0 0 10\r\n"),
         Raw(b"01234"),
