@@ -69,6 +69,18 @@ typedef struct pending_store {
     uint16_t meta_flags_len;      /* bytes in meta_flags */
 } pending_store;
 
+/*
+ * A get/gets line longer than SM_LINE_MAX that has not ended yet: proto.c
+ * answers its keys as they arrive instead of buffering the whole line.
+ */
+typedef struct get_stream {
+    bool active;     /* the line's "get "/"gets " is consumed; keys follow */
+    bool return_cas; /* gets: VALUE lines carry the CAS */
+    bool skip;       /* a key over 250 bytes or a NUL was seen: ignore the rest of the line */
+    bool too_long;   /* a key over 250 bytes was seen: the line ends in CLIENT_ERROR */
+    uint64_t nkeys;  /* keys seen (none at all: the line is "ERROR") */
+} get_stream;
+
 typedef struct conn {
     int fd;                  /* the socket */
     uint32_t id;             /* engine-wide connection number (for -vv logs) */
@@ -87,6 +99,7 @@ typedef struct conn {
     uint32_t nread_left;     /* value bytes (incl. "\r\n") still to come */
     uint64_t swallow_left;   /* bytes still to discard (CONN_SWALLOW) */
     pending_store pending;   /* what to do when the value is complete */
+    get_stream gets;         /* a long get/gets line being answered as it arrives */
 
     /* output queue */
     struct iovec *iov;       /* queued iovecs, in order */

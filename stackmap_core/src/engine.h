@@ -199,6 +199,10 @@ size_t sm_admin_dump_min_buffer(sm_engine *e);
  * Snapshot restore, before sm_engine_start: parse whole records from buf
  * (dry_run 1: check only, store nothing) and store them with their flags,
  * CAS and expiry; expired ones are counted in *nexpired and skipped.
+ * Both passes raise the CAS counter past every restored CAS (before start
+ * only), so later uniques never repeat one; a record whose CAS is above
+ * SM_CAS_SET_MAX (cache.h) is stored with a new CAS instead, above
+ * all others once the check pass has seen the whole file.
  * Returns the bytes consumed (a trailing partial record is left), or -1 and
  * a reason in err for a malformed record or a failed store.
  */

@@ -36,6 +36,8 @@
  *    flag" to them): E<cas> on mg (CAS of a vivified item) and ms (CAS of
  *    the stored item), x on md (drop the value, keep the item).  E on md
  *    and ma is refused: the cache API has no way to pass a new CAS there.
+ *    E takes 1..2^63-1 only and raises the CAS counter (cache.h,
+ *    SM_CAS_EXPLICIT_MAX); every other E is "invalid flag", as in 1.6.18.
  */
 #include "proto/proto.h"
 
@@ -441,16 +443,18 @@ static bool meta_preparse(conn *c, meta_token *t, size_t ntokens, size_t start, 
             of->set_stale = true;
             break;
         case 'E': /* newer memcached: explicit new CAS value */
-            if (cmd != 'g' && cmd != 's') {
+            /*
+             * Only a CAS of 1..SM_CAS_EXPLICIT_MAX on mg/ms is taken (cache.h:
+             * larger ones would let the counter wrap, 0 is "no CAS").  Any
+             * other E gets what 1.6.18 answers to every E: "invalid flag",
+             * stopping the scan.
+             */
+            if ((cmd != 'g' && cmd != 's') || !safe_strtoull(tok, &of->cas_new) || of->cas_new == 0 ||
+                of->cas_new > SM_CAS_EXPLICIT_MAX) {
                 *errstr = "CLIENT_ERROR invalid flag";
                 return false;
             }
-            if (!safe_strtoull(tok, &of->cas_new)) {
-                *errstr = ERR_BAD_TOKEN;
-                of->has_error = true;
-            } else {
-                of->has_cas_new = true;
-            }
+            of->has_cas_new = true;
             break;
         case 'x': /* newer memcached: md removes the value only */
             if (cmd != 'd') {
