@@ -951,11 +951,11 @@ static void uring_destroy(worker *w)
         }
         worker_conn_close(w, c);
     }
-    pool_destroy(&w->pool);
     if (st->ring_ok) {
         io_uring_queue_exit(&st->ring);
         cpuidle_close(&st->idle);
     }
+    pool_destroy(&w->pool);
     if (st->wr_epfd >= 0)
         close(st->wr_epfd);
     free(st->br);
