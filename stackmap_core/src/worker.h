@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "bufpool.h"
 #include "cache/cache.h"
 #include "conn.h"
 #include "engine.h"
@@ -37,6 +38,7 @@ typedef struct worker {
     void *backend;                   /* the backend's per-worker state */
     out_chunk *free_chunks;          /* recycled output scratch chunks */
     int nfree_chunks;                /* length of free_chunks */
+    sm_pool pool;                    /* buffers connections take while data is in flight (bufpool.h) */
     int *listen_fds;                 /* this worker's listening sockets */
     int nlisten;                     /* number of listen_fds */
     int nconns;                      /* connections this worker owns */

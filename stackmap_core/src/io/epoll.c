@@ -12,7 +12,10 @@
  * simply reported again.  A connection whose queued output passes the
  * high-water mark stops being read (EPOLLIN off, EPOLLOUT on) until the
  * client drains it, so a client that stops reading costs bounded memory
- * and never stalls the others.
+ * and never stalls the others.  End of stream (the client shut down its
+ * side) stops reading too, but everything received before it is answered
+ * and the connection closes only once the last reply has been sent
+ * (conn_eof_finished).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -100,7 +103,7 @@ static void update_interest(worker *w, conn *c)
 {
     epoll_state *st = w->backend;
     uint32_t evs = 0;
-    if (!(c->backend_state & EP_PAUSED))
+    if (!(c->backend_state & EP_PAUSED) && !c->rd_eof)
         evs |= EPOLLIN;
     if (c->backend_state & EP_WANT_OUT)
         evs |= EPOLLOUT;
@@ -193,8 +196,16 @@ static bool handle_read(worker *w, conn *c)
     for (int round = 0; round < 4; round++) {
         ssize_t n = read(c->fd, st->rbuf, EPOLL_RBUF_SIZE);
         SM_STAT_INC(w->stats.syscalls);
-        if (n == 0)
-            return false;
+        if (n == 0) {
+            /* End of stream: read no more (level-triggered, it would be
+             * reported forever), answer what came, close once all is sent. */
+            c->rd_eof = true;
+            update_interest(w, c);
+            if (conn_eof_finished(c))
+                return false;
+            want_flush(st, c);
+            return true;
+        }
         if (n < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
         SM_STAT_ADD(w->stats.bytes_read, n);
@@ -277,7 +288,7 @@ static void flush_all(worker *w)
         conn *c = st->flush;
         st->flush = c->next_ready;
         c->backend_state &= ~EP_IN_FLUSH;
-        if (!handle_write(w, c) || !after_flush(w, c)) {
+        if (!handle_write(w, c) || !after_flush(w, c) || (c->rd_eof && conn_eof_finished(c))) {
             worker_conn_close(w, c);
             continue;
         }
@@ -319,7 +330,7 @@ static void epoll_run(worker *w)
             conn *c = ev->data.ptr;
             bool hup = ev->events & (EPOLLHUP | EPOLLERR);
             if ((ev->events & EPOLLIN) || hup) {
-                bool paused = c->backend_state & EP_PAUSED;
+                bool paused = (c->backend_state & EP_PAUSED) || c->rd_eof; /* not reading */
                 if ((paused && hup) || (!paused && !handle_read(w, c))) {
                     if (c->backend_state & EP_IN_FLUSH) {
                         /* Drop it from the flush list before freeing. */
@@ -347,6 +358,7 @@ static void epoll_destroy(worker *w)
         return;
     while (w->conns)
         worker_conn_close(w, w->conns);
+    pool_destroy(&w->pool);
     close(st->epfd);
     free(st->rbuf);
     free(st);

@@ -784,17 +784,25 @@ static void meta_set(conn *c, meta_token *t, size_t ntokens)
             p->noreply = of.no_reply;
             p->cas = of.req_cas;
             p->hv = hv;
-            /* keep the flags the completion needs, space separated */
+            /* keep the flags the completion needs, space separated, in a
+             * block of the worker's pool (conn.h) taken only if there are any */
             size_t n = 0;
+            char *kept = NULL;
             for (size_t i = 3; i < ntokens - 1; i++) {
                 char f = t[i].v[0];
                 if (f != 'O' && f != 'k' && f != 'c' && f != 'I' && f != 'E')
                     continue;
-                if (n + t[i].len + 1 > sizeof(p->meta_flags))
+                if (!kept && !(kept = conn_meta_flags_buf(c))) {
+                    cache_release(ca, it);
+                    meta_error(c, "SERVER_ERROR out of memory storing object");
+                    proto_begin_swallow(c, vlen);
+                    return;
+                }
+                if (n + t[i].len + 1 > SM_LINE_MAX)
                     break;
-                memcpy(p->meta_flags + n, t[i].v, t[i].len);
+                memcpy(kept + n, t[i].v, t[i].len);
                 n += t[i].len;
-                p->meta_flags[n++] = ' ';
+                kept[n++] = ' ';
             }
             p->meta_flags_len = (uint16_t)n;
             proto_begin_nread(c, it);
@@ -816,8 +824,9 @@ void proto_meta_complete_store(conn *c)
 
     /* re-read the kept flags */
     meta_token t[META_MAX_TOKENS + 1];
-    char flags[sizeof(p->meta_flags) + 1];
-    memcpy(flags, p->meta_flags, p->meta_flags_len);
+    char flags[SM_LINE_MAX + 1];
+    if (p->meta_flags_len > 0)
+        memcpy(flags, p->meta_flags, p->meta_flags_len);
     flags[p->meta_flags_len] = '\0';
     size_t nt = meta_tokenize(flags, p->meta_flags_len, t);
     bool invalidate = false;
