@@ -152,11 +152,40 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# This machine's network, not a build dependency: CAs the host trusts that
+# Debian's bundle lacks (e.g. a TLS-intercepting proxy's) are added to the
+# root's store the Debian way, so apt, pip and git reach the network as they
+# do on the host.  Nothing is added when the host trusts only Debian's CAs.
+add_host_cas() {
+    local host=/etc/ssl/certs/ca-certificates.crt dir=$R/usr/local/share/ca-certificates/fresh-root-host n
+    [ -f "$host" ] || return 0
+    mkdir -p "$dir"
+    awk -v dir="$dir" -v known="$R/etc/ssl/certs/ca-certificates.crt" '
+        BEGIN {
+            while ((getline line < known) > 0) {
+                if (line ~ /BEGIN CERTIFICATE/) cur = ""
+                cur = cur line "\n"
+                if (line ~ /END CERTIFICATE/) seen[cur] = 1
+            }
+        }
+        /BEGIN CERTIFICATE/ { cur = ""; incert = 1 }
+        incert { cur = cur $0 "\n" }
+        /END CERTIFICATE/ {
+            incert = 0
+            if (!(cur in seen)) { n++; f = dir "/host-" n ".crt"; printf "%s", cur > f; close(f) }
+        }' "$host"
+    n=$(find "$dir" -name '*.crt' | wc -l)
+    if [ "$n" = 0 ]; then rmdir "$dir"; return 0; fi
+    log "adding $n CA certificate(s) the host trusts beyond Debian's to the root's store"
+    chroot "$R" update-ca-certificates >/dev/null
+}
+
 mkdir "$R"
 tar -C "$R" -xpf "$TARBALL"
 printf '#!/bin/sh\n# fresh-root.sh: no daemons start inside this chroot\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
 chmod 0755 "$R/usr/sbin/policy-rc.d"
 cp -L /etc/resolv.conf "$R/etc/resolv.conf"
+add_host_cas
 git clone -q --no-hardlinks --no-checkout "$REPO" "$R/root/stackmapd"
 git -C "$R/root/stackmapd" checkout -q --detach "$COMMIT"
 log "cloned $COMMIT into $R/root/stackmapd ($(elapsed))"
