@@ -10,10 +10,16 @@
 CC      ?= cc
 CORE    := stackmap_core/src
 CWARN   := -Wall -Wextra -Werror
-CFLAGS_CORE := -std=c11 -D_GNU_SOURCE -O2 -g $(CWARN) -pthread -I$(CORE)
+# liburing as the package build sees it: stackmap_core/_build.py compiles and
+# links a liburing program and prints -DSM_HAVE_URING=1 and the flags, or
+# nothing (then io/uring.c builds its stub).  Asked once, only by targets
+# that compile the core (the $(eval) keeps the first answer).
+URING_CFLAGS = $(eval URING_CFLAGS := $$(shell $(PYTHON) stackmap_core/_build.py --uring-cflags))$(URING_CFLAGS)
+URING_LIBS = $(eval URING_LIBS := $$(shell $(PYTHON) stackmap_core/_build.py --uring-libs))$(URING_LIBS)
+CFLAGS_CORE = -std=c11 -D_GNU_SOURCE -O2 -g $(CWARN) -pthread -I$(CORE) $(URING_CFLAGS)
 CORE_SRCS := $(shell find $(CORE) -name '*.c' | sort)
 CORE_HDRS := $(shell find $(CORE) -name '*.h') kernel/include/uapi/stackmap.h
-CORE_LIBS := -pthread $(shell pkg-config --exists liburing 2>/dev/null && echo -luring)
+CORE_LIBS = -pthread $(URING_LIBS)
 
 .PHONY: compile-check clean-c
 
