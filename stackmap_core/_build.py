@@ -163,20 +163,19 @@ def check_build_requirements() -> None:
 URING_PROBE = r"""
 #include <liburing.h>
 #include <stddef.h>
-int main(int argc, char **argv)
+int main(void) /* compiled and linked, never run */
 {
     struct io_uring ring;
     struct io_uring_sqe sqe;
-    (void)argv;
-    if (argc > 1000) { /* referenced, never run */
-        io_uring_prep_sendmsg_zc(&sqe, 0, NULL, 0);
-        io_uring_prep_recv_multishot(&sqe, 0, NULL, 0, 0);
-        io_uring_register_files_sparse(&ring, 1);
-        io_uring_register_files_update(&ring, 0, NULL, 0);
-        io_uring_register_buf_ring(&ring, NULL, 0);
-        io_uring_submit_and_wait_timeout(&ring, NULL, 1, NULL, NULL);
-    }
-    return io_uring_queue_init(1, &ring, 0) == 0 ? (io_uring_queue_exit(&ring), 0) : 0;
+    io_uring_queue_init(1, &ring, 0);
+    io_uring_prep_sendmsg_zc(&sqe, 0, NULL, 0);
+    io_uring_prep_recv_multishot(&sqe, 0, NULL, 0, 0);
+    io_uring_register_files_sparse(&ring, 1);
+    io_uring_register_files_update(&ring, 0, NULL, 0);
+    io_uring_register_buf_ring(&ring, NULL, 0);
+    io_uring_submit_and_wait_timeout(&ring, NULL, 1, NULL, NULL);
+    io_uring_queue_exit(&ring);
+    return 0;
 }
 """
 
