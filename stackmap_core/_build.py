@@ -210,8 +210,10 @@ def detect_uring() -> Uring:
         src.write_text(URING_PROBE, encoding="utf-8")
         try:
             result = subprocess.run(
-                [*compiler(), *cflags, str(src), "-o", str(Path(tmp) / "probe"), *libs],
-                check=False, capture_output=True, text=True,
+                # Relative names: the reason goes into the wrapper's text and
+                # must not change from one build to the next.
+                [*compiler(), *cflags, src.name, "-o", "probe", *libs],
+                cwd=tmp, check=False, capture_output=True, text=True,
             )
         except OSError as exc:
             return Uring(False, (), (), f"cannot run the compiler: {exc}")

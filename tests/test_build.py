@@ -138,6 +138,11 @@ def test_rebuild_after_liburing_appears_compiles_uring_in(tmp_path: Path) -> Non
     tree = copy_tree(tmp_path / "src")
     build(tree, clean_env(SM_NO_URING="1"))
     assert "uring" not in built_backends(tree, clean_env())
+    # Nothing changed: the second build keeps the extension as it is.
+    (module,) = (tree / "stackmap_core").glob("_stackmap_core*.so")
+    before = module.stat().st_mtime_ns
+    build(tree, clean_env(SM_NO_URING="1"))
+    assert module.stat().st_mtime_ns == before
     # Same tree, same build/ directory, liburing now usable: uring must be in.
     out = build(tree, clean_env())
     assert "uring=yes" in out.stderr
