@@ -66,7 +66,8 @@ def version_text() -> str:
         pkg = version("stackmapd")
     except PackageNotFoundError:
         pkg = "unknown"
-    return f"{PROG} {pkg} (engine {stackmap_core.version()})"
+    backends = ", ".join(b for b in stackmap_core.built_backends() if b != "auto")
+    return f"{PROG} {pkg} (engine {stackmap_core.version()}; backends built in: {backends})"
 
 
 def _extended_epilog() -> str:

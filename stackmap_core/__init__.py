@@ -26,6 +26,7 @@ __all__ = [
     "RestoreCounts",
     "SettingsError",
     "WorkerStatus",
+    "built_backends",
     "default_settings",
     "version",
 ]
@@ -122,6 +123,11 @@ class SettingsError(EngineError):
 def version() -> str:
     """The data plane's version string, e.g. ``1.6.18-stackmapd``."""
     return ffi.string(lib.sm_version()).decode()
+
+
+def built_backends() -> tuple[str, ...]:
+    """The BACKENDS names compiled into this build (uring only when liburing was found)."""
+    return tuple(name for name, kind in BACKENDS.items() if lib.sm_backend_built(kind))
 
 
 def _settings_fields() -> list[str]:

@@ -97,6 +97,8 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
         FAIL("Initial hashtable multiplier of %d is out of range (12..32)", s->hashpower_init);
     if (s->backend < SM_BACKEND_AUTO || s->backend > SM_BACKEND_STACKMAP)
         FAIL("unknown backend %d", s->backend);
+    if (!sm_backend_built(s->backend))
+        FAIL("--backend uring: %s", SM_URING_ABSENT); /* the only optional one */
     if (s->idle_timeout < 0)
         FAIL("idle_timeout must not be negative");
     return 0;
@@ -646,6 +648,24 @@ void sm_engine_destroy(sm_engine *e)
     pthread_cond_destroy(&e->wait_cond);
     pthread_cond_destroy(&e->state_cond);
     free(e);
+}
+
+int sm_backend_built(int kind)
+{
+    switch (kind) {
+    case SM_BACKEND_AUTO:
+    case SM_BACKEND_EPOLL:
+    case SM_BACKEND_STACKMAP: /* needs the module at run time, nothing at build time */
+        return 1;
+    case SM_BACKEND_URING:
+#ifdef SM_HAVE_URING
+        return 1;
+#else
+        return 0;
+#endif
+    default:
+        return 0;
+    }
 }
 
 int sm_engine_backend(sm_engine *e)

@@ -109,6 +109,10 @@ void sm_engine_stop(sm_engine *e, int grace_ms);
 /* Free everything; the engine must be stopped (or never started). */
 void sm_engine_destroy(sm_engine *e);
 
+/* 1 when backend `kind` is compiled into this build (uring needs liburing at
+ * build time, see stackmap_core/_build.py), else 0. */
+int sm_backend_built(int kind);
+
 /* The backend actually in use (resolves AUTO), and why AUTO fell back if it did. */
 int sm_engine_backend(sm_engine *e);
 const char *sm_engine_backend_note(sm_engine *e);

@@ -40,6 +40,11 @@ typedef struct backend_ops {
     void (*destroy)(worker *w);
 } backend_ops;
 
+/* Why the uring backend is unusable in a build without liburing (uring.c). */
+#define SM_URING_ABSENT                                                     \
+    "this stackmapd was built without liburing, so it has no uring backend; " \
+    "install liburing-dev (Debian/Ubuntu) and rebuild it (pip install . / make install)"
+
 extern const backend_ops backend_epoll;
 extern const backend_ops backend_uring;
 extern const backend_ops backend_stackmap;

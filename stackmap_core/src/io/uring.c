@@ -50,7 +50,14 @@
  * The ring is created on the worker thread itself, so it can be
  * SINGLE_ISSUER | DEFER_TASKRUN (completions are processed only when this
  * thread enters the kernel: no inter-processor wake-ups for task work).
+ *
+ * All of this needs liburing, which is optional at build time: the build
+ * (stackmap_core/_build.py, the Makefile's C targets) defines SM_HAVE_URING
+ * only when a program using liburing compiles and links.  Without it the
+ * #else branch at the end of this file is the backend: its probe says what
+ * is missing, so --backend uring is refused and auto moves on to epoll.
  */
+#ifdef SM_HAVE_URING
 #include <errno.h>
 #include <limits.h>
 #include <liburing.h>
@@ -1060,3 +1067,39 @@ const backend_ops backend_uring = {
     .run = uring_run,
     .destroy = uring_destroy,
 };
+
+#else /* !SM_HAVE_URING: built without liburing */
+
+#include <stdio.h>
+
+#include "backend.h"
+
+static int uring_absent_probe(const struct sm_settings *s, char *why, size_t whylen)
+{
+    (void)s;
+    snprintf(why, whylen, "%s", SM_URING_ABSENT);
+    return -1;
+}
+
+/* Never reached (the probe fails first); an error rather than a crash if it were. */
+static int uring_absent_init(worker *w, char *err, size_t errlen)
+{
+    (void)w;
+    snprintf(err, errlen, "%s", SM_URING_ABSENT);
+    return -1;
+}
+
+static void uring_absent_noop(worker *w)
+{
+    (void)w;
+}
+
+const backend_ops backend_uring = {
+    .name = "uring",
+    .probe = uring_absent_probe,
+    .init = uring_absent_init,
+    .run = uring_absent_noop,
+    .destroy = uring_absent_noop,
+};
+
+#endif /* SM_HAVE_URING */
