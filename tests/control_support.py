@@ -17,6 +17,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,3 +171,14 @@ def gets_many(sock: socket.socket, keys: list[bytes]) -> dict[bytes, tuple[int, 
             pos = start + int(size) + 2
         assert raw[pos:] == b"END\r\n", raw[pos:pos + 100]
     return out
+
+
+@contextmanager
+def running(args: list[str] | None = None) -> Iterator[Proc]:
+    """start(args) for the length of a with block (a fixture's body), then stop it."""
+    p = start(args)
+    try:
+        yield p
+    finally:
+        p.stop()
+        p.cleanup()

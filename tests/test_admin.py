@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_support import Proc, http, pipeline_sets, request, start
+from control_support import Proc, http, pipeline_sets, request, running, start
 
 from server.admin import Access, AdminError, host_forms
 
@@ -21,10 +21,8 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def srv() -> Iterator[Proc]:
-    p = start(["-m", "64"])
-    yield p
-    p.stop()
-    p.cleanup()
+    with running(["-m", "64"]) as p:
+        yield p
 
 
 def stats(p: Proc, group: bytes = b"") -> dict[str, str]:

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from control_support import Proc, http, start
+from control_support import Proc, http, running
 from http_raw import Answer, read_answer, send
 from http_raw import request as raw
 
@@ -28,10 +28,8 @@ from server.http import MAX_HANDLERS
 
 @pytest.fixture(scope="module")
 def srv() -> Iterator[Proc]:
-    p = start(["-m", "64"])
-    yield p
-    p.stop()
-    p.cleanup()
+    with running(["-m", "64"]) as p:
+        yield p
 
 
 def post(p: Proc, path: str, body: bytes, **headers: str) -> Answer:

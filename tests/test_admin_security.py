@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_support import Proc, pipeline_sets, request, start
+from control_support import Proc, pipeline_sets, request, running, start
 from http_raw import Answer
 from http_raw import request as raw
 
@@ -44,10 +44,8 @@ EVIL = "http://evil.example"
 
 @pytest.fixture(scope="module")
 def srv() -> Iterator[Proc]:
-    p = start(["-m", "64"])
-    yield p
-    p.stop()
-    p.cleanup()
+    with running(["-m", "64"]) as p:
+        yield p
 
 
 def store(p: Proc, key: bytes) -> None:

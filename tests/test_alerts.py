@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_support import HOST, Proc, free_port, start
+from control_support import HOST, Proc, free_port, running
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -87,10 +87,8 @@ class Prometheus:
 
 @pytest.fixture
 def srv() -> Iterator[Proc]:
-    p = start(["-t", "4"])
-    yield p
-    p.stop()
-    p.cleanup()
+    with running(["-t", "4"]) as p:
+        yield p
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_support import HOST, Proc, free_port, http, request, start
+from control_support import HOST, Proc, free_port, http, request, running
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.metrics import StackmapCollector, StatsSource
@@ -42,10 +42,8 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.fixture
 def srv() -> Iterator[Proc]:
-    p = start()
-    yield p
-    p.stop()
-    p.cleanup()
+    with running() as p:
+        yield p
 
 
 def test_metrics_endpoint_has_the_exporters_names(srv: Proc) -> None:

@@ -18,38 +18,23 @@ import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from control_support import BIN, HOST, free_port, http
+from control_support import BIN, HOST, Proc, free_port, http
 from prometheus_client.parser import text_string_to_metric_families
 
 EX_OSERR = 71
 DEADLINE = 60.0  # longest wait for a start or a state change (polled, never asserted)
 
 
-@dataclass
-class Run:
-    """A stackmapd process started under resource limits."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    http_port: int
-    log_path: str
-
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.http_port}"
-
-    def log(self) -> str:
-        return Path(self.log_path).read_text(errors="replace")
+class Run(Proc):
+    """A stackmapd process started under resource limits (Proc, plus its start's outcome)."""
 
     def outcome(self) -> str:
         """'ready' once /readyz says 200, 'exited' once the process is gone."""
@@ -77,15 +62,6 @@ class Run:
                 return fam.samples[0].value
         raise AssertionError("no memcached_up")
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -116,10 +92,7 @@ def run() -> Iterator[Callable[..., Run]]:
 
     yield _run
     for r in started:
-        if r.proc.poll() is None:
-            r.proc.kill()
-            r.proc.wait()
-        os.unlink(r.log_path)
+        r.cleanup()
 
 
 def every_connection_answers(port: int, n: int = 64) -> None:
