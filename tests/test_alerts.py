@@ -12,77 +12,21 @@ Every wait polls the Prometheus HTTP API with a deadline.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from control_support import HOST, Proc, free_port, running
+from control_support import Proc, running
+from prom_support import PROMETHEUS, SKIP_REASON, Prometheus, query, wait_for
 
-PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 SS = shutil.which("ss")
 RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "stackmapd-alerts.yml"
-DEADLINE = 60.0
 
-pytestmark = pytest.mark.skipif(PROMETHEUS is None,
-                                reason="Debian's prometheus is not installed (make test installs it)")
-
-
-def query(port: int, expr: str) -> list[dict[str, object]]:
-    url = f"http://{HOST}:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        data = json.loads(resp.read())
-    assert data["status"] == "success", data
-    return data["data"]["result"]  # type: ignore[no-any-return]
-
-
-def wait_for(port: int, expr: str, what: str) -> list[dict[str, object]]:
-    """Poll until ``expr`` has a result; the result."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        try:
-            result = query(port, expr)
-        except OSError:
-            result = []
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: {expr} stayed empty")
-
-
-class Prometheus:
-    """A Prometheus scraping one stackmapd target as job "stackmapd" with the shipped rules."""
-
-    def __init__(self, target_http_port: int, tmp: Path) -> None:
-        self.port = free_port()
-        config = tmp / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-            f"rule_files:\n  - {RULES}\n"
-            "scrape_configs:\n  - job_name: stackmapd\n    static_configs:\n"
-            f"      - targets: ['{HOST}:{target_http_port}']\n")
-        self.log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 (closed in stop)
-        assert PROMETHEUS is not None
-        self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address={HOST}:{self.port}", "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, start_new_session=True)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason=SKIP_REASON)
 
 
 @pytest.fixture
@@ -93,7 +37,7 @@ def srv() -> Iterator[Proc]:
 
 @pytest.fixture
 def prom(srv: Proc, tmp_path: Path) -> Iterator[Prometheus]:
-    p = Prometheus(srv.http_port, tmp_path)
+    p = Prometheus(srv.http_port, tmp_path, RULES)
     yield p
     p.stop()
 

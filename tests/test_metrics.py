@@ -11,24 +11,21 @@ figures built from either server's stats agree.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from control_support import HOST, Proc, free_port, http, request, running
+from prom_support import PROMETHEUS, SKIP_REASON, Prometheus, query, wait_value
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.metrics import StackmapCollector, StatsSource
 
-PROMETHEUS = shutil.which("prometheus")
 MEMCACHED = shutil.which("memcached")
 
 
@@ -73,45 +70,12 @@ def test_metrics_endpoint_has_the_exporters_names(srv: Proc) -> None:
     assert got[("stackmap_command_duration_seconds_bucket", (("command", "get"), ("le", "+Inf")))] == 2
 
 
-def _query(port: int, expr: str) -> list[dict[str, object]]:
-    url = f"http://{HOST}:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        data = json.loads(resp.read())
-    assert data["status"] == "success", data
-    return data["data"]["result"]  # type: ignore[no-any-return]
-
-
-def _wait_value(port: int, expr: str, want: float, timeout: float = 40) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = _query(port, expr)
-        except OSError:
-            result = []
-        if result:
-            last = float(result[0]["value"][1])  # type: ignore[index]
-            if last == want:
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"{expr}: last value {last}, wanted {want}")
-
-
-@pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus is not installed (make test installs it)")
+@pytest.mark.skipif(PROMETHEUS is None, reason=SKIP_REASON)
 def test_real_prometheus_scrapes_exact_counts(srv: Proc, tmp_path: Path) -> None:
-    prom_port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        "scrape_configs:\n  - job_name: stackmapd\n    static_configs:\n"
-        f"      - targets: ['{HOST}:{srv.http_port}']\n")
-    log = open(tmp_path / "prometheus.log", "wb")
-    prom = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address={HOST}:{prom_port}", "--log.level=warn"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    prom = Prometheus(srv.http_port, tmp_path)
+    prom_port = prom.port
     try:
-        _wait_value(prom_port, 'memcached_up{job="stackmapd"}', 1)
+        wait_value(prom_port, 'memcached_up{job="stackmapd"}', 1)
         sets, hits, misses = 137, 59, 11
         with srv.conn() as s:
             for i in range(sets):
@@ -120,20 +84,14 @@ def test_real_prometheus_scrapes_exact_counts(srv: Proc, tmp_path: Path) -> None
                 request(s, b"get p%d\r\n" % i)
             for i in range(misses):
                 request(s, b"get nope%d\r\n" % i)
-        _wait_value(prom_port, 'memcached_commands_total{command="set",status="hit"}', sets)
-        _wait_value(prom_port, 'memcached_commands_total{command="get",status="hit"}', hits)
-        _wait_value(prom_port, 'memcached_commands_total{command="get",status="miss"}', misses)
-        _wait_value(prom_port, 'stackmap_command_duration_seconds_count{command="set"}', sets)
-        _wait_value(prom_port, "memcached_current_items", sets)
-        assert float(_query(prom_port, 'memcached_up{job="stackmapd"}')[0]["value"][1]) == 1  # type: ignore[index]
+        wait_value(prom_port, 'memcached_commands_total{command="set",status="hit"}', sets)
+        wait_value(prom_port, 'memcached_commands_total{command="get",status="hit"}', hits)
+        wait_value(prom_port, 'memcached_commands_total{command="get",status="miss"}', misses)
+        wait_value(prom_port, 'stackmap_command_duration_seconds_count{command="set"}', sets)
+        wait_value(prom_port, "memcached_current_items", sets)
+        assert float(query(prom_port, 'memcached_up{job="stackmapd"}')[0]["value"][1]) == 1  # type: ignore[index]
     finally:
-        prom.terminate()
-        try:
-            prom.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait()
-        log.close()
+        prom.stop()
 
 
 # ---- the same workload on Debian's memcached and on stackmapd ----
