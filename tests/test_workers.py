@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from control_support import BIN, HOST, Proc, free_port, http
+from mcwire import stats
 from prometheus_client.parser import text_string_to_metric_families
 
 EX_OSERR = 71
@@ -202,14 +203,7 @@ def test_auto_falls_back_to_epoll_and_says_why_once(run: Callable[..., Run]) -> 
     notes = [ln for ln in log.splitlines() if "backend: auto:" in ln]
     assert len(notes) == 1, log
     assert "uring failed" in notes[0] and "using epoll" in notes[0], notes
-    with socket.create_connection((HOST, r.port), timeout=5) as s:
-        s.sendall(b"stats\r\n")
-        raw = b""
-        while not raw.endswith(b"END\r\n"):
-            chunk = s.recv(65536)
-            assert chunk
-            raw += chunk
-    assert b"STAT backend epoll\r\n" in raw, raw
+    assert stats(HOST, r.port)["backend"] == "epoll"
     assert r.stop() == 0, r.log()
 
 
@@ -360,12 +354,5 @@ def test_conn_limit_raised_live_raises_the_open_file_limit(run: Callable[..., Ru
     status, body = http("POST", r.url + "/admin/reload", {})
     result = json.loads(body)
     assert "conn_limit" in result["failed"] and "ulimit -n" in result["failed"]["conn_limit"], result
-    with socket.create_connection((HOST, r.port), timeout=5) as s:
-        s.sendall(b"stats settings\r\n")
-        raw = b""
-        while not raw.endswith(b"END\r\n"):
-            chunk = s.recv(65536)
-            assert chunk
-            raw += chunk
-    assert b"STAT maxconns 1000\r\n" in raw
+    assert stats(HOST, r.port, "settings")["maxconns"] == "1000"
     assert r.stop() == 0, r.log()
