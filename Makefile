@@ -60,7 +60,7 @@ STAMP_TEST := $(VENV)/.stamp-test-deps
 PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core server -name '*.py' -not -name '_stackmap_core*')
 
 APT_BUILD := build-essential pkg-config liburing-dev python3-venv
-APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace prometheus
+APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace prometheus nutcracker
 
 # $(call apt_ensure,packages): install the packages dpkg does not have.
 # apt-get update runs only if an install fails (e.g. no package lists yet).

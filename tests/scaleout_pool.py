@@ -6,7 +6,7 @@ out").  Everything runs on 127.0.0.1:
 
 * ``Pool``: N nodes (memcached or stackmapd, started by conftest's
   ``launch``) named node1..N, and optionally a nutcracker in front of them
-  with the pool settings of deploy/scaleout/nutcracker.yml.  Servers are
+  with deploy/scaleout/nutcracker.yml (ports replaced).  Servers are
   named in the YAML, so ketama places keys by name, not port: two pools on
   different ports place every key on the same node index.
 * ``VersionedLoad``: one client thread (pymemcache, through the proxy or a
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -39,26 +40,27 @@ from conftest import HOST, START_TIMEOUT, Server, Target, free_port, launch
 from mcwire import stats
 
 NUTCRACKER = "/usr/sbin/nutcracker"
-RETRY_MS = 1000  # server_retry_timeout: an ejected node is retried after this
-FAILURE_LIMIT = 2  # server_failure_limit: consecutive failures before ejection
+DEPLOY_YAML = Path(__file__).resolve().parent.parent / "deploy" / "scaleout" / "nutcracker.yml"
 
 
-def nutcracker_yaml(listen: int, nodes: list[tuple[str, int]], retry_ms: int = RETRY_MS,
-                    failure_limit: int = FAILURE_LIMIT) -> str:
-    """deploy/scaleout/nutcracker.yml's pool, on the given ports."""
-    servers = "\n".join(f"    - {HOST}:{port}:1 {name}" for name, port in nodes)
-    return (
-        "stackmap:\n"
-        f"  listen: {HOST}:{listen}\n"
-        "  hash: fnv1a_64\n"
-        "  distribution: ketama\n"
-        "  auto_eject_hosts: true\n"
-        f"  server_retry_timeout: {retry_ms}\n"
-        f"  server_failure_limit: {failure_limit}\n"
-        "  server_connections: 1\n"
-        "  preconnect: true\n"
-        f"  servers:\n{servers}\n"
-    )
+def nutcracker_yaml(listen: int, nodes: list[tuple[str, int]]) -> str:
+    """deploy/scaleout/nutcracker.yml with its listen port and server list
+    replaced by `listen` and `nodes` ((name, port) on 127.0.0.1)."""
+    out: list[str] = []
+    servers_done = False
+    for line in DEPLOY_YAML.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("listen:"):
+            out.append(f"  listen: {HOST}:{listen}")
+        elif stripped.startswith("- ") and re.match(r"- \S+:\d+:\d+ node\d+$", stripped):
+            if not servers_done:
+                out += [f"    - {HOST}:{port}:1 {name}" for name, port in nodes]
+                servers_done = True
+        else:
+            out.append(line)
+    if not servers_done:
+        raise RuntimeError(f"{DEPLOY_YAML}: no server lines found")
+    return "\n".join(out) + "\n"
 
 
 def node_args(target: Target, extra: list[str] | None = None) -> list[str]:
