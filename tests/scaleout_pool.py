@@ -43,15 +43,18 @@ NUTCRACKER = "/usr/sbin/nutcracker"
 DEPLOY_YAML = Path(__file__).resolve().parent.parent / "deploy" / "scaleout" / "nutcracker.yml"
 
 
-def nutcracker_yaml(listen: int, nodes: list[tuple[str, int]]) -> str:
+def nutcracker_yaml(listen: int, nodes: list[tuple[str, int]], hash_name: str | None = None) -> str:
     """deploy/scaleout/nutcracker.yml with its listen port and server list
-    replaced by `listen` and `nodes` ((name, port) on 127.0.0.1)."""
+    replaced by `listen` and `nodes` ((name, port) on 127.0.0.1), and its
+    key hash by `hash_name` if given."""
     out: list[str] = []
     servers_done = False
     for line in DEPLOY_YAML.read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith("listen:"):
             out.append(f"  listen: {HOST}:{listen}")
+        elif stripped.startswith("hash:") and hash_name is not None:
+            out.append(f"  hash: {hash_name}")
         elif stripped.startswith("- ") and re.match(r"- \S+:\d+:\d+ node\d+$", stripped):
             if not servers_done:
                 out += [f"    - {HOST}:{port}:1 {name}" for name, port in nodes]
@@ -123,14 +126,14 @@ class Proxy:
                 self.proc.wait(timeout=5)
 
 
-def start_proxy(nodes: list[tuple[str, int]], workdir: str) -> Proxy:
+def start_proxy(nodes: list[tuple[str, int]], workdir: str, hash_name: str | None = None) -> Proxy:
     """Start nutcracker in front of `nodes` and wait until it forwards."""
     if not os.access(NUTCRACKER, os.X_OK):
         raise RuntimeError(f"{NUTCRACKER} not found: install Debian's nutcracker (make test does)")
     for _attempt in range(3):
         port, stats_port = free_port(), free_port()
         conf = Path(workdir, "nutcracker.yml")
-        conf.write_text(nutcracker_yaml(port, nodes))
+        conf.write_text(nutcracker_yaml(port, nodes, hash_name))
         proc = subprocess.Popen(
             [NUTCRACKER, "-c", str(conf), "-s", str(stats_port), "-a", HOST, "-i", "100",
              "-o", str(Path(workdir, "nutcracker.log")), "-p", str(Path(workdir, "nutcracker.pid"))],

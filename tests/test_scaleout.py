@@ -40,6 +40,7 @@ from scaleout_pool import (
     failover,
     proxy_client,
     start_pool,
+    start_proxy,
 )
 
 pytestmark = pytest.mark.skipif(not os.access("/usr/sbin/nutcracker", os.X_OK),
@@ -290,6 +291,57 @@ def proxy_client_direct(port: int) -> object:
     from pymemcache.client.base import Client
 
     return Client((HOST, port), connect_timeout=5, timeout=5)
+
+
+# libmemcached's enums (libmemcached-1.0/types/*.h), for ctypes
+MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED = 5  # what MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED sets
+MEMCACHED_HASH = {"md5": 1, "fnv1a_64": 4}
+
+
+@pytest.mark.parametrize("hash_name", ["fnv1a_64", "md5"])
+def test_libmemcached_ketama_places_keys_like_the_proxy(hash_name: str) -> None:
+    """libmemcached (Debian's libmemcached11, through ctypes) with weighted
+    ketama and the same key hash picks, for every key, the node nutcracker
+    stored it on -- when nutcracker.yml names each server as libmemcached
+    does ("host:port", or "host" for port 11211)."""
+    import ctypes
+    import ctypes.util
+
+    path = ctypes.util.find_library("memcached") or "libmemcached.so.11"
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:
+        pytest.fail("libmemcached (libmemcached11, pulled in by libmemcached-tools) is required")
+    lib.memcached.restype = ctypes.c_void_p
+    lib.memcached.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.memcached_free.argtypes = [ctypes.c_void_p]
+    lib.memcached_behavior_set_distribution.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.memcached_behavior_set_key_hash.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.memcached_generate_hash.restype = ctypes.c_uint32
+    lib.memcached_generate_hash.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+
+    pool = start_pool(STACKMAPD[0], proxy=False)
+    try:
+        pool.proxy = start_proxy([(f"{HOST}:{n.port}", n.port) for n in pool.nodes], pool.workdir,
+                                 hash_name=hash_name)
+        conf = " ".join(f"--SERVER={HOST}:{n.port}" for n in pool.nodes).encode()
+        memc = lib.memcached(conf, len(conf))
+        assert memc
+        try:
+            assert lib.memcached_behavior_set_distribution(
+                memc, MEMCACHED_DISTRIBUTION_CONSISTENT_WEIGHTED) == 0
+            assert lib.memcached_behavior_set_key_hash(memc, MEMCACHED_HASH[hash_name]) == 0
+            keys = [f"session:{i:05d}" for i in range(600)]
+            owner = {k: lib.memcached_generate_hash(memc, k.encode(), len(k)) for k in keys}
+        finally:
+            lib.memcached_free(memc)
+        proxy_client(pool.proxy).set_many({k: b"x" for k in keys}, noreply=False)
+        for i, n in enumerate(pool.nodes):
+            on_node = set(proxy_client_direct(n.port).get_many(keys))  # type: ignore[attr-defined]
+            assert on_node, "every node holds some keys"
+            assert on_node == {k for k in keys if owner[k] == i}
+    finally:
+        pool.stop()
 
 
 # ---------------------------------------------------------------------------
