@@ -76,27 +76,35 @@ def ops_of(port: int) -> int:
     return int(s["cmd_get"]) + int(s["cmd_set"])
 
 
-def throughput(target: Target, seconds: int, repeat: int, cfg: Path) -> dict[str, Any]:
-    direct: list[float] = []
-    proxied: list[float] = []
-    shares: list[list[float]] = []
+NODE_FLAGS = ["-t", "1", "-m", "1024"]  # per node, as in README "Benchmarks"
+
+
+def throughput(targets: list[Target], seconds: int, repeat: int, cfg: Path) -> dict[str, Any]:
+    """memaslap straight to one node, then through nutcracker to three;
+    the targets alternate within each repetition so that a slow phase of
+    the host hits both."""
+    direct: dict[str, list[float]] = {t.id: [] for t in targets}
+    proxied: dict[str, list[float]] = {t.id: [] for t in targets}
+    shares: dict[str, list[list[float]]] = {t.id: [] for t in targets}
     for _ in range(repeat):
-        single: Server = launch(target, node_args(target))
-        try:
-            direct.append(memaslap(single.port, seconds, cfg))
-        finally:
-            single.stop()
-        pool = start_pool(target)
-        try:
-            assert pool.proxy is not None
-            before = [ops_of(n.port) for n in pool.nodes]
-            proxied.append(memaslap(pool.proxy.port, seconds, cfg))
-            done = [ops_of(n.port) - b for n, b in zip(pool.nodes, before, strict=True)]
-            shares.append([d / sum(done) for d in done])
-        finally:
-            pool.stop()
-    return {"direct": statistics.median(direct), "proxied": statistics.median(proxied),
-            "shares": [statistics.median(s[i] for s in shares) for i in range(3)]}
+        for target in targets:
+            single: Server = launch(target, node_args(target, NODE_FLAGS))
+            try:
+                direct[target.id].append(memaslap(single.port, seconds, cfg))
+            finally:
+                single.stop()
+            pool = start_pool(target, args=NODE_FLAGS)
+            try:
+                assert pool.proxy is not None
+                before = [ops_of(n.port) for n in pool.nodes]
+                proxied[target.id].append(memaslap(pool.proxy.port, seconds, cfg))
+                done = [ops_of(n.port) - b for n, b in zip(pool.nodes, before, strict=True)]
+                shares[target.id].append([d / sum(done) for d in done])
+            finally:
+                pool.stop()
+    return {t.id: {"direct": direct[t.id], "proxied": proxied[t.id],
+                   "shares": [statistics.median(s[i] for s in shares[t.id]) for i in range(3)]}
+            for t in targets}
 
 
 def hashclient_factory(pool: Pool) -> Callable[[], Any]:
@@ -142,10 +150,13 @@ def run_failover(kind: str, target: Target) -> FailoverResult:
         snap.unlink(missing_ok=True)
 
 
-def fmt_range(values: list[float], unit: str = "s") -> str:
+def fmt_range(values: list[float], unit: str = "s", digits: int = 2) -> str:
+    def f(v: float) -> str:
+        return f"{v:,.{digits}f}"
+
     if len(values) == 1:
-        return f"{values[0]:.2f} {unit}"
-    return f"{statistics.median(values):.2f} {unit} ({min(values):.2f}–{max(values):.2f})"
+        return f"{f(values[0])} {unit}"
+    return f"{f(statistics.median(values))} {unit} ({f(min(values))}–{f(max(values))})"
 
 
 def main() -> None:
@@ -160,13 +171,14 @@ def main() -> None:
     cfg = Path(tempfile.mkdtemp(prefix="scaleout-bench-")) / "memaslap.cfg"
     cfg.write_text("key\n64 64 1\nvalue\n64 64 1\ncmd\n0 0.1\n1 0.9\n")
     print(f"Throughput, memcaslap -T 2 -c 32 -t {args.seconds}s (64 B values, 90% get), "
-          f"median of {args.repeat}:\n")
+          f"nodes `{' '.join(NODE_FLAGS)}`, median (min–max) of {args.repeat}:\n")
     print("| nodes | one node, direct | 3 nodes via nutcracker | share per node |")
     print("| --- | ---: | ---: | --- |")
-    for target in (MEMCACHED, stackmapd):
-        t = throughput(target, args.seconds, args.repeat, cfg)
+    figures = throughput([MEMCACHED, stackmapd], args.seconds, args.repeat, cfg)
+    for tid, t in figures.items():
         shares = " / ".join(f"{s:.0%}" for s in t["shares"])
-        print(f"| {target.id} | {t['direct']:,.0f} ops/s | {t['proxied']:,.0f} ops/s | {shares} |")
+        print(f"| {tid} | {fmt_range(t['direct'], 'ops/s', 0)} | "
+              f"{fmt_range(t['proxied'], 'ops/s', 0)} | {shares} |")
 
     print(f"\nFailover: node2 of 3 SIGKILLed under load (one pymemcache client, 80% get / "
           f"20% set over 2000 keys), restarted on its port; {args.repeat} runs, "
