@@ -28,12 +28,14 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import HOST, MEMCACHED, Target, free_port, stackmapd_executable
 from ketama import KetamaHash
 from mcwire import Wire, stats
 from scaleout_pool import (
+    FailoverResult,
     Pool,
     VersionedLoad,
     disallowed,
@@ -253,7 +255,7 @@ def test_memaslap_through_proxy(node: Target, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def ketama_client(pool: Pool, **kwargs: object) -> object:
+def ketama_client(pool: Pool, **kwargs: object) -> Any:
     from pymemcache.client.hash import HashClient
 
     names = {f"{HOST}:{port}": name for name, port in pool.names}
@@ -282,12 +284,12 @@ def test_ketama_hashclient_places_keys_like_the_proxy() -> None:
             found = direct.get_many(keys)
             assert sorted(found) == sorted(mine)
         hc = ketama_client(pool)
-        assert hc.get_many(keys) == {k: k.encode() for k in keys}  # type: ignore[attr-defined]
+        assert hc.get_many(keys) == {k: k.encode() for k in keys}
     finally:
         pool.stop()
 
 
-def proxy_client_direct(port: int) -> object:
+def proxy_client_direct(port: int) -> Any:
     from pymemcache.client.base import Client
 
     return Client((HOST, port), connect_timeout=5, timeout=5)
@@ -337,7 +339,7 @@ def test_libmemcached_ketama_places_keys_like_the_proxy(hash_name: str) -> None:
             lib.memcached_free(memc)
         proxy_client(pool.proxy).set_many({k: b"x" for k in keys}, noreply=False)
         for i, n in enumerate(pool.nodes):
-            on_node = set(proxy_client_direct(n.port).get_many(keys))  # type: ignore[attr-defined]
+            on_node = set(proxy_client_direct(n.port).get_many(keys))
             assert on_node, "every node holds some keys"
             assert on_node == {k for k in keys if owner[k] == i}
     finally:
@@ -349,12 +351,11 @@ def test_libmemcached_ketama_places_keys_like_the_proxy(hash_name: str) -> None:
 # ---------------------------------------------------------------------------
 
 
-def check_failover(result: object) -> None:
-    r = result
-    assert not r.wrong, f"{r.label}: wrong values served: {r.wrong[:5]}"  # type: ignore[attr-defined]
-    assert not r.errors_before, r.errors_before  # type: ignore[attr-defined]
-    assert not r.errors_after, f"errors after the node served again: {r.errors_after[:5]}"  # type: ignore[attr-defined]
-    assert not disallowed(r.errors_down), disallowed(r.errors_down)[:5]  # type: ignore[attr-defined]
+def check_failover(r: FailoverResult) -> None:
+    assert not r.wrong, f"{r.label}: wrong values served: {r.wrong[:5]}"
+    assert not r.errors_before, r.errors_before
+    assert not r.errors_after, f"errors after the node served again: {r.errors_after[:5]}"
+    assert not disallowed(r.errors_down), disallowed(r.errors_down)[:5]
 
 
 @pytest.mark.parametrize("node", [MEMCACHED, *STACKMAPD], ids=["memcached", *[t.id for t in STACKMAPD]])
