@@ -5,7 +5,8 @@ One small threaded HTTP server (standard library) on ``--metrics-listen``
 
     GET  /metrics                 Prometheus text format (server/metrics.py)
     GET  /healthz                 200 while the process is up
-    GET  /readyz                  200 while the workers serve, 503 otherwise
+    GET  /readyz                  200 while every worker serves, 503 otherwise;
+                                  {"ready", "workers": [{"worker","state","error"?}]}
     GET  /admin/stats?group=G     a stats group, or group=all
     GET  /admin/keys?prefix=P&limit=N&cursor=C
                                   newline-delimited JSON, streamed: one item per
@@ -119,7 +120,7 @@ class ControlHTTPServer(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], admin: Admin, registry: CollectorRegistry,
-                 access: Access, ready: Callable[[], bool]) -> None:
+                 access: Access, ready: Callable[[], dict[str, Any]]) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
@@ -320,8 +321,8 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/healthz" and method == "GET":
                 self._json(200, {"status": "ok"})
             elif url.path == "/readyz" and method == "GET":
-                ready = self.server.ready()
-                self._json(200 if ready else 503, {"ready": ready})
+                body = self.server.ready()  # server/health.py: Health.readiness
+                self._json(200 if body["ready"] else 503, body)
             elif url.path.startswith("/admin/"):
                 self.server.access.check(self.headers.get("Authorization"), self.headers.get_all("Host"),
                                          self.headers.get_all("Origin"),

@@ -5,10 +5,14 @@ It waits in short slices (``sm_engine_wait`` with 200 ms, the GIL released)
 so that Python's signal handlers get to run: SIGTERM and SIGINT set a flag,
 the loop sees it, the engine stops accepting and gets ``GRACE_MS`` to finish
 in-flight requests, and the process exits 0.  With ``-A`` a client's
-``shutdown`` command ends the wait the same way.
+``shutdown`` command ends the wait the same way.  An engine that cannot
+start (a backend that fails on a worker and no fallback, ``--backend`` given)
+exits 71 with the engine's one-line reason; ``--backend auto``'s fallback is
+logged once as a warning.
 
 Around the engine the control plane runs its HTTP server (``/metrics``,
-health, the admin API; server/http.py) and the warm-restart snapshot: with
+health, the admin API; server/http.py; readiness and ``memcached_up`` come
+from server/health.py) and the warm-restart snapshot: with
 ``--restore FILE`` (or ``--snapshot FILE`` when that file exists) the
 snapshot is checked and loaded before the listeners open, and with
 ``--snapshot FILE`` every live item is saved there after a SIGTERM/SIGINT,
@@ -109,9 +113,13 @@ class Control:
         from prometheus_client import CollectorRegistry
 
         from server.admin import Admin
+        from server.health import Health
         from server.metrics import StatsSource, make_registry
 
-        self.registry: CollectorRegistry = make_registry(StatsSource(engine.stats, engine.latency))
+        # The memcached port is known once the engine has bound it (-p 0 picks one).
+        self.health = Health(engine, engine.settings["listen"], 0)
+        self.registry: CollectorRegistry = make_registry(
+            StatsSource(engine.stats, engine.latency, self.health.up))
         self.admin = Admin(engine, self.request_reload, self.save_snapshot)
 
     # ---- HTTP ----
@@ -128,7 +136,7 @@ class Control:
         host = host.strip("[]")
         access = Access(admin_token(self.values), is_loopback_host(host))
         self.http = ControlHTTPServer((host, int(port)), self.admin, self.registry, access,
-                                      lambda: self.engine.ready)
+                                      self.health.readiness)
         self.http.start()
         log.info("metrics and admin API on http://%s/ (admin %s)", listen,
                  "token required" if access.token else "open on loopback" if access.loopback else "disabled")
@@ -316,6 +324,7 @@ def serve(settings: Settings, loaded: Loaded | None = None) -> int:
             except EngineError as exc:
                 log.error("cannot start: %s", exc)
                 return EX_OSERR
+            control.health.port = int(engine.stats("settings").get("tcpport", settings.port))
             listen = control.values.get("metrics_listen")
             try:
                 control.start_http(listen)

@@ -25,6 +25,7 @@ __all__ = [
     "LatencyTable",
     "RestoreCounts",
     "SettingsError",
+    "WorkerStatus",
     "default_settings",
     "version",
 ]
@@ -77,6 +78,23 @@ class RestoreCounts:
 
 
 _KEYS_BATCH = 1024  # sm_item_info entries per sm_admin_keys call
+
+# enum sm_worker_state, by value.
+WORKER_STATES: dict[int, str] = {
+    lib.SM_WORKER_STARTING: "starting",
+    lib.SM_WORKER_SERVING: "serving",
+    lib.SM_WORKER_FAILED: "failed",
+    lib.SM_WORKER_STOPPED: "stopped",
+}
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker thread's state (``sm_engine_worker_state``)."""
+
+    worker: int  # 0..threads-1
+    state: str  # starting, serving, failed or stopped
+    error: str  # why it failed, "" otherwise
 
 
 def _item_info(raw: Any) -> ItemInfo:
@@ -277,8 +295,20 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Started and accepting connections."""
+        """Started, accepting connections, and every worker serving."""
         return bool(lib.sm_engine_ready(self._live()))
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every worker's state, and why a failed one failed."""
+        handle = self._live()
+        err = ffi.new("char[]", _ERR_LEN)
+        out: list[WorkerStatus] = []
+        for i in range(lib.sm_engine_num_workers(handle)):
+            err[0] = b"\0"
+            state = lib.sm_engine_worker_state(handle, i, err, _ERR_LEN)
+            out.append(WorkerStatus(i, WORKER_STATES.get(state, f"state {state}"),
+                                    ffi.string(err).decode(errors="replace")))
+        return out
 
     def set_maxconns(self, maxconns: int) -> None:
         """Change the connection limit (-c) while running."""

@@ -45,7 +45,8 @@ def fill(p: Proc, prefix: bytes, n: int, size: int = 10, exptime: int = 0) -> No
 
 def test_health_and_readiness(srv: Proc) -> None:
     assert http("GET", srv.url + "/healthz") == (200, b'{"status": "ok"}\n')
-    assert json.loads(http("GET", srv.url + "/readyz")[1]) == {"ready": True}
+    assert json.loads(http("GET", srv.url + "/readyz")[1]) == {  # start() runs -t 2
+        "ready": True, "workers": [{"worker": 0, "state": "serving"}, {"worker": 1, "state": "serving"}]}
     r = srv.ctl("health")
     assert r.returncode == 0 and r.stdout.startswith("ready"), r.stderr
 
