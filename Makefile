@@ -135,3 +135,50 @@ vm-test: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_TEST)
 	$(VPY) deploy/vm_test.py
 # --- end of test VM block ---
+
+# --- fuzzing and sanitizers ---
+# libFuzzer harnesses (tests/fuzz/, see its README) and a ThreadSanitizer
+# build of the engine.  Clang's libFuzzer and sanitizer runtimes come from
+# Debian's libclang-rt-14-dev (a dependency of clang-14's common package).
+#
+#   make fuzz [FUZZ_SECONDS=300]   every harness for FUZZ_SECONDS each; fails on any finding
+#   make fuzz-build                just build them (build/fuzz/)
+#   make tsan                      build/smd-tsan + the concurrency tests under it
+#   make ci-fuzz                   what CI runs: fuzz for 60 s each, then tsan
+#
+# New corpus entries go to build/fuzz/corpus/<harness>/ (scratch, merged
+# from the seeds in tests/fuzz/corpus/<harness>/ at each run); crashes go
+# to build/fuzz/findings/<harness>/.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 300
+FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -O1 -g $(CWARN) -pthread -I$(CORE) \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_HARNESSES := fuzz_conn fuzz_snapshot
+APT_FUZZ := clang libclang-rt-14-dev $(APT_TEST)
+
+.PHONY: apt-fuzz fuzz fuzz-build tsan ci-fuzz
+
+apt-fuzz:
+	@$(call apt_ensure,$(APT_FUZZ))
+
+build/fuzz:
+	mkdir -p build/fuzz
+
+build/fuzz/%: tests/fuzz/%.c $(CORE_SRCS) $(CORE_HDRS) | build/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRCS) $(CORE_LIBS)
+
+fuzz-build: $(addprefix build/fuzz/,$(FUZZ_HARNESSES))
+
+fuzz: apt-fuzz fuzz-build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh $(FUZZ_HARNESSES)
+
+build/smd-tsan: $(CORE_SRCS) $(CORE_HDRS) tests/c/smd_main.c | build
+	$(FUZZ_CC) $(CFLAGS_CORE) -O1 -fsanitize=thread -fno-omit-frame-pointer -o $@ $(CORE_SRCS) tests/c/smd_main.c $(CORE_LIBS)
+
+tsan: apt-fuzz build/smd-tsan
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	bash tests/fuzz/tsan.sh
+
+ci-fuzz:
+	bash tests/fuzz/ci.sh
+# --- end of fuzzing and sanitizers block ---
