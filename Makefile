@@ -137,26 +137,31 @@ vm-test: apt-test
 # --- end of test VM block ---
 
 # --- fuzzing and sanitizers ---
-# libFuzzer harnesses (tests/fuzz/, see its README) and a ThreadSanitizer
-# build of the engine.  Clang's libFuzzer and sanitizer runtimes come from
-# Debian's libclang-rt-14-dev (a dependency of clang-14's common package).
+# libFuzzer harnesses and a ThreadSanitizer build of the engine (tests/fuzz/,
+# see its README).  Clang's libFuzzer and sanitizer runtimes come from
+# Debian's libclang-rt-14-dev; the Python harnesses use atheris (PyPI),
+# installed into the venv.
 #
-#   make fuzz [FUZZ_SECONDS=300]   every harness for FUZZ_SECONDS each; fails on any finding
-#   make fuzz-build                just build them (build/fuzz/)
-#   make tsan                      build/smd-tsan + the concurrency tests under it
-#   make ci-fuzz                   what CI runs: fuzz for 60 s each, then tsan
+#   make fuzz [FUZZ_SECONDS=300]   every harness FUZZ_SECONDS each; fails on any finding
+#   make fuzz-build                build the C harnesses (build/fuzz/)
+#   make tsan                      the engine under ThreadSanitizer: admin-API stress
+#                                  and the concurrency tests against build/smd-tsan
+#   make ci-fuzz                   what CI runs: every harness 60 s, then tsan
 #
-# New corpus entries go to build/fuzz/corpus/<harness>/ (scratch, merged
-# from the seeds in tests/fuzz/corpus/<harness>/ at each run); crashes go
-# to build/fuzz/findings/<harness>/.
+# New corpus entries go to build/fuzz/corpus/<harness>/ (scratch: the seeds
+# in tests/fuzz/corpus/<harness>/ are read, never written); reproducers of
+# findings go to build/fuzz/findings/<harness>/.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 300
 FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -O1 -g $(CWARN) -pthread -I$(CORE) \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-FUZZ_HARNESSES := fuzz_conn fuzz_snapshot
-APT_FUZZ := clang libclang-rt-14-dev $(APT_TEST)
+TSAN_FLAGS   := $(CFLAGS_CORE) -O1 -fsanitize=thread -fno-omit-frame-pointer
+FUZZ_C       := fuzz_conn fuzz_snapshot
+FUZZ_PY      := fuzz_config fuzz_snapfile
+APT_FUZZ     := clang libclang-rt-14-dev $(APT_TEST)
+STAMP_ATHERIS := $(VENV)/.stamp-atheris
 
-.PHONY: apt-fuzz fuzz fuzz-build tsan ci-fuzz
+.PHONY: apt-fuzz fuzz fuzz-build fuzz-py-deps tsan ci-fuzz
 
 apt-fuzz:
 	@$(call apt_ensure,$(APT_FUZZ))
@@ -167,16 +172,28 @@ build/fuzz:
 build/fuzz/%: tests/fuzz/%.c $(CORE_SRCS) $(CORE_HDRS) | build/fuzz
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRCS) $(CORE_LIBS)
 
-fuzz-build: $(addprefix build/fuzz/,$(FUZZ_HARNESSES))
+fuzz-build: $(addprefix build/fuzz/,$(FUZZ_C))
 
-fuzz: apt-fuzz fuzz-build
-	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh $(FUZZ_HARNESSES)
+# atheris builds against clang's libFuzzer; 3.0.0 is the newest on PyPI.
+$(STAMP_ATHERIS): $(STAMP_TEST)
+	$(VPIP) install -q atheris==3.0.0
+	@touch $@
+
+fuzz-py-deps: $(STAMP_ATHERIS)
+	@$(MAKE) --no-print-directory $(STAMP_PKG)
+
+fuzz: apt-fuzz fuzz-build fuzz-py-deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh $(FUZZ_C) $(FUZZ_PY)
 
 build/smd-tsan: $(CORE_SRCS) $(CORE_HDRS) tests/c/smd_main.c | build
-	$(FUZZ_CC) $(CFLAGS_CORE) -O1 -fsanitize=thread -fno-omit-frame-pointer -o $@ $(CORE_SRCS) tests/c/smd_main.c $(CORE_LIBS)
+	$(FUZZ_CC) $(TSAN_FLAGS) -o $@ $(CORE_SRCS) tests/c/smd_main.c $(CORE_LIBS)
 
-tsan: apt-fuzz build/smd-tsan
+build/tsan-stress: $(CORE_SRCS) $(CORE_HDRS) tests/fuzz/tsan_stress.c | build
+	$(FUZZ_CC) $(TSAN_FLAGS) -o $@ $(CORE_SRCS) tests/fuzz/tsan_stress.c $(CORE_LIBS)
+
+tsan: apt-fuzz build/smd-tsan build/tsan-stress
 	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	@$(MAKE) --no-print-directory $(STAMP_PKG)
 	bash tests/fuzz/tsan.sh
 
 ci-fuzz:

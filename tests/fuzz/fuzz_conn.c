@@ -466,6 +466,8 @@ static void side_init(struct side *sd, int split)
     sm_settings_init(&s);
     s.num_threads = 1;
     s.maxbytes = 8u << 20;
+    /* inputs are a few KB: a small -I keeps the dump buffer (one item) cheap per run */
+    s.item_size_max = 64u << 10;
     s.hashpower_init = 12;
     s.shutdown_enabled = 1;
     char err[256];
