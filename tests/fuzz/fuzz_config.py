@@ -23,9 +23,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import atheris
-
 
 with atheris.instrument_imports():
     from server import config, settings
@@ -50,12 +50,12 @@ def _env_from(text: str) -> dict[str, str]:
     return env
 
 
-def _engine(values: dict[str, object]) -> None:
+def _engine(values: dict[str, Any]) -> None:
     try:
         built = settings.build_settings(values)
     except OptionError:
         return
-    if (built.hashpower_init or 0) > HASHPOWER_MAX or int(values["memory_limit"]) > MEMORY_MAX_MB:  # type: ignore[call-overload]
+    if (built.hashpower_init or 0) > HASHPOWER_MAX or values["memory_limit"] > MEMORY_MAX_MB:
         return
     try:
         with Engine(built):
@@ -77,7 +77,7 @@ def test_one(data: bytes) -> None:
             if not str(exc).startswith(str(_PATH)):
                 raise AssertionError(f"error does not name the file: {exc}") from None
             return
-        env_values: dict[str, object] = {}
+        env_values: dict[str, Any] = {}
     else:
         environ = _env_from(body.decode("utf-8", "surrogateescape"))
         file_values = {}
