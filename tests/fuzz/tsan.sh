@@ -32,7 +32,10 @@ for backend in epoll uring; do
         status=1
     fi
 done
-STACKMAPD_BIN=$PWD/build/smd-tsan .venv/bin/pytest -q $tests || status=1
+# test_uring_batches_syscalls counts io_uring submits per request: a
+# performance property that TSan's slowdown does not exercise, and that
+# flakes when the machine is loaded.
+STACKMAPD_BIN=$PWD/build/smd-tsan .venv/bin/pytest -q -k "not uring_batches_syscalls" $tests || status=1
 reports=$(ls "$out" | grep -c '^report' || true)
 if [ "$reports" -gt 0 ] || grep -rqs "WARNING: ThreadSanitizer" "$out"; then
     echo "tsan: $reports report file(s) in $out:"
