@@ -10,10 +10,16 @@
 CC      ?= cc
 CORE    := stackmap_core/src
 CWARN   := -Wall -Wextra -Werror
-CFLAGS_CORE := -std=c11 -D_GNU_SOURCE -O2 -g $(CWARN) -pthread -I$(CORE)
+# liburing as the package build sees it: stackmap_core/_build.py compiles and
+# links a liburing program and prints -DSM_HAVE_URING=1 and the flags, or
+# nothing (then io/uring.c builds its stub).  Asked once, only by targets
+# that compile the core (the $(eval) keeps the first answer).
+URING_CFLAGS = $(eval URING_CFLAGS := $$(shell $(PYTHON) stackmap_core/_build.py --uring-cflags))$(URING_CFLAGS)
+URING_LIBS = $(eval URING_LIBS := $$(shell $(PYTHON) stackmap_core/_build.py --uring-libs))$(URING_LIBS)
+CFLAGS_CORE = -std=c11 -D_GNU_SOURCE -O2 -g $(CWARN) -pthread -I$(CORE) $(URING_CFLAGS)
 CORE_SRCS := $(shell find $(CORE) -name '*.c' | sort)
 CORE_HDRS := $(shell find $(CORE) -name '*.h') kernel/include/uapi/stackmap.h
-CORE_LIBS := -pthread $(shell pkg-config --exists liburing 2>/dev/null && echo -luring)
+CORE_LIBS = -pthread $(URING_LIBS)
 
 .PHONY: compile-check clean-c
 
@@ -51,7 +57,12 @@ clean-c:
 # (or the packaging) changed.
 # ---------------------------------------------------------------------------
 
-PYTHON  ?= python3
+# Debian's interpreter when there is one: the apt packages below
+# (python3-dev, python3-venv) are its headers and venv module, and it is the
+# python3 a Debian user has.  A pyenv or other python3 earlier on PATH would
+# build against its own headers and hide a missing python3-dev.  Another
+# interpreter: make PYTHON=python3.12 (its headers are then yours to provide).
+PYTHON  ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,python3)
 VENV    := .venv
 VPY     := $(VENV)/bin/python
 VPIP    := $(VPY) -m pip
@@ -59,11 +70,17 @@ STAMP_PKG  := $(VENV)/.stamp-installed
 STAMP_TEST := $(VENV)/.stamp-test-deps
 PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core server -name '*.py' -not -name '_stackmap_core*')
 
-APT_BUILD := build-essential pkg-config liburing-dev python3-venv
+# What `pip install .` needs on a bare Debian 12 (proven by .ci/fresh-root.sh):
+# a compiler, Python's headers (pyconfig.h comes with python3-dev), venv, and
+# liburing for the uring backend (without it the build leaves uring out).
+# pkg-config gives the C-only targets liburing's flags.  cffi comes as a
+# wheel from PyPI, so libffi-dev is not needed.
+APT_BUILD := build-essential python3-dev python3-venv pkg-config liburing-dev
 APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace prometheus
 
 # $(call apt_ensure,packages): install the packages dpkg does not have.
-# apt-get update runs only if an install fails (e.g. no package lists yet).
+# apt-get update runs first when there are no package lists (a fresh
+# debootstrap or container), and again if an install fails (stale lists).
 define apt_ensure
 	command -v dpkg-query >/dev/null 2>&1 || { echo "no dpkg: make sure these are installed: $(1)"; exit 0; }; \
 	missing=""; for p in $(1); do \
@@ -73,6 +90,7 @@ define apt_ensure
 	if [ "$$(id -u)" != 0 ]; then echo "missing system packages:$$missing -- install them as root"; exit 1; fi; \
 	echo "apt-get install$$missing"; \
 	export DEBIAN_FRONTEND=noninteractive; \
+	ls /var/lib/apt/lists/ 2>/dev/null | grep -q '_Packages' || apt-get update -q >/dev/null; \
 	apt-get install -y -q $$missing >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }
 endef
 

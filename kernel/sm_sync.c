@@ -366,6 +366,13 @@ static unsigned int sm_rx_att(struct sm_port *port, struct sm_att *att,
 		r = sm_rx_read(port, att);
 		if (r == SM_RX_BADSLOT || r == (int)port->buf_size)
 			continue;	/* maybe more */
+		/*
+		 * A short read with the peer's FIN already in: the FIN's
+		 * upcalls were folded into the event this read serves, so
+		 * no later one would report it.  Read on to post EOF.
+		 */
+		if (r > 0 && (READ_ONCE(att->sock->sk->sk_shutdown) & RCV_SHUTDOWN))
+			continue;
 		return 0;		/* short read, EOF, error or EAGAIN */
 	}
 	return SM_EV_READ;

@@ -66,7 +66,8 @@ def version_text() -> str:
         pkg = version("stackmapd")
     except PackageNotFoundError:
         pkg = "unknown"
-    return f"{PROG} {pkg} (engine {stackmap_core.version()})"
+    backends = ", ".join(b for b in stackmap_core.built_backends() if b != "auto")
+    return f"{PROG} {pkg} (engine {stackmap_core.version()}; backends built in: {backends})"
 
 
 def _extended_epilog() -> str:
@@ -87,7 +88,8 @@ def _extended_epilog() -> str:
         "  precedence: flag > environment > file > default.",
         "",
         "SIGHUP (or `stackmapctl reload`) re-reads the config and applies memory_limit,",
-        "verbose, conn_limit, metrics_listen, admin_token(_file) and snapshot live.",
+        "verbose, conn_limit, metrics_listen, admin_token(_file), snapshot and",
+        "snapshot_dir live.",
     ]
     return "\n".join(lines)
 
@@ -176,6 +178,9 @@ def check_control(values: Mapping[str, Any]) -> None:
     if values.get("admin_token") and values.get("admin_token_file"):
         raise OptionError("--admin-token and --admin-token-file: give only one of them")
     admin_token(values)
+    directory = values.get("snapshot_dir")
+    if directory and not os.path.isdir(directory):
+        raise OptionError(f"--snapshot-dir {directory}: not a directory")
 
 
 def admin_token(values: Mapping[str, Any]) -> str | None:

@@ -178,7 +178,7 @@ def cmd_verbosity(c: Client, a: argparse.Namespace) -> None:
 
 
 def cmd_snapshot(c: Client, a: argparse.Namespace) -> None:
-    body = {"path": os.path.abspath(a.path)} if a.path else {}
+    body = {"name": a.name} if a.name else {}
     result = c.post("/admin/snapshot", body)
     if a.json:
         return _print_json(result)
@@ -250,9 +250,10 @@ def build_parser() -> Parser:
     s.add_argument("level", type=int)
     s.set_defaults(fn=cmd_verbosity)
 
-    s = sub.add_parser("snapshot", help="snapshot save [PATH] (default: the server's --snapshot)")
+    s = sub.add_parser("snapshot", help="snapshot save [NAME]: a file in the server's --snapshot-dir "
+                                        "(default: the server's --snapshot)")
     s.add_argument("action", choices=["save"])
-    s.add_argument("path", nargs="?")
+    s.add_argument("name", nargs="?")
     s.set_defaults(fn=cmd_snapshot)
 
     s = sub.add_parser("reload", help="re-read the config; apply what can change live")

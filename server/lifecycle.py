@@ -5,15 +5,21 @@ It waits in short slices (``sm_engine_wait`` with 200 ms, the GIL released)
 so that Python's signal handlers get to run: SIGTERM and SIGINT set a flag,
 the loop sees it, the engine stops accepting and gets ``GRACE_MS`` to finish
 in-flight requests, and the process exits 0.  With ``-A`` a client's
-``shutdown`` command ends the wait the same way.
+``shutdown`` command ends the wait the same way.  An engine that cannot
+start (a backend that fails on a worker and no fallback, ``--backend`` given)
+exits 71 with the engine's one-line reason; ``--backend auto``'s fallback is
+logged once as a warning.
 
 Around the engine the control plane runs its HTTP server (``/metrics``,
-health, the admin API; server/http.py) and the warm-restart snapshot: with
+health, the admin API; server/http.py; readiness and ``memcached_up`` come
+from server/health.py) and the warm-restart snapshot: with
 ``--restore FILE`` (or ``--snapshot FILE`` when that file exists) the
 snapshot is checked and loaded before the listeners open, and with
 ``--snapshot FILE`` every live item is saved there after a SIGTERM/SIGINT,
 once the workers have stopped (so the file is consistent).  A snapshot that
-is refused is logged with the reason and the server starts empty.
+is refused (corrupt, or older than ``--snapshot-max-age``) is logged with
+the reason and the server starts empty.  Temporary snapshot files a crash
+left in the snapshot directories are removed first.
 
 SIGHUP, or ``stackmapctl reload`` (POST /admin/reload), re-reads the config
 file and environment on the main thread and applies what can change live
@@ -107,9 +113,13 @@ class Control:
         from prometheus_client import CollectorRegistry
 
         from server.admin import Admin
+        from server.health import Health
         from server.metrics import StatsSource, make_registry
 
-        self.registry: CollectorRegistry = make_registry(StatsSource(engine.stats, engine.latency))
+        # The memcached port is known once the engine has bound it (-p 0 picks one).
+        self.health = Health(engine, engine.settings["listen"], 0)
+        self.registry: CollectorRegistry = make_registry(
+            StatsSource(engine.stats, engine.latency, self.health.up))
         self.admin = Admin(engine, self.request_reload, self.save_snapshot)
 
     # ---- HTTP ----
@@ -126,7 +136,7 @@ class Control:
         host = host.strip("[]")
         access = Access(admin_token(self.values), is_loopback_host(host))
         self.http = ControlHTTPServer((host, int(port)), self.admin, self.registry, access,
-                                      lambda: self.engine.ready)
+                                      self.health.readiness)
         self.http.start()
         log.info("metrics and admin API on http://%s/ (admin %s)", listen,
                  "token required" if access.token else "open on loopback" if access.loopback else "disabled")
@@ -138,9 +148,20 @@ class Control:
 
     # ---- snapshots ----
 
-    def restore_at_start(self) -> None:
-        from server.snapshot import SnapshotError, load
+    def snapshot_dirs(self) -> list[str]:
+        """The directories snapshots are written to: --snapshot-dir and --snapshot's."""
+        from server.snapshot import snapshot_directory
 
+        dirs = [snapshot_directory(self.values.get("snapshot_dir"), None),
+                snapshot_directory(None, self.values.get("snapshot"))]
+        return sorted({os.path.abspath(d) for d in dirs if d})
+
+    def restore_at_start(self) -> None:
+        from server.snapshot import SnapshotError, load, remove_stale_temporaries
+
+        for directory in self.snapshot_dirs():
+            for stale in remove_stale_temporaries(directory):
+                log.warning("removed %s, a temporary snapshot file left by a crash", stale)
         path = self.values.get("restore")
         auto = self.values.get("snapshot")
         if not path and auto:
@@ -151,25 +172,46 @@ class Control:
         if not path:
             return
         try:
-            result = load(self.engine, path)
+            result = load(self.engine, path, self.values.get("snapshot_max_age"))
         except SnapshotError as exc:
             log.error("snapshot refused, starting empty: %s", exc)
             return
         log.warning("restored %d items from %s (%d expired, skipped) in %.2f s",
                     result.items, path, result.expired, result.seconds)
 
-    def save_snapshot(self, path: str | None) -> dict[str, Any]:
+    def save_snapshot(self, name: str | None) -> dict[str, Any]:
+        """The admin API's save: ``name`` inside the snapshot directory, or --snapshot for None."""
         from server.admin import AdminError
-        from server.snapshot import SnapshotError, save
+        from server.snapshot import (
+            SnapshotConflict,
+            SnapshotError,
+            save,
+            save_in,
+            snapshot_directory,
+            valid_name,
+        )
 
-        target = path or self.values.get("snapshot")
-        if not target:
-            raise AdminError(400, "no path given and no --snapshot configured")
         try:
-            result = save(self.engine, target)
+            if name is None:
+                target = self.values.get("snapshot")
+                if not target:
+                    raise AdminError(400, "no name given and no --snapshot configured")
+                result = save(self.engine, target)
+            else:
+                directory = snapshot_directory(self.values.get("snapshot_dir"), self.values.get("snapshot"))
+                if directory is None:
+                    raise AdminError(400, "the admin API writes snapshots only inside --snapshot-dir "
+                                          "(default: the directory of --snapshot), and neither is configured")
+                if not valid_name(name):
+                    raise AdminError(400, f"snapshot name {name[:80]!r} refused: a plain file name "
+                                          "(letters, digits, '.', '_', '-'; not starting with '.'; "
+                                          "no '/'), written inside the snapshot directory")
+                result = save_in(self.engine, directory, name)
+        except SnapshotConflict as exc:
+            raise AdminError(409, str(exc)) from None
         except SnapshotError as exc:
             raise AdminError(500, str(exc)) from None
-        log.info("snapshot: %d items written to %s in %.2f s", result.items, target, result.seconds)
+        log.info("snapshot: %d items written to %s in %.2f s", result.items, result.path, result.seconds)
         return result.as_dict()
 
     def save_at_exit(self) -> None:
@@ -282,6 +324,7 @@ def serve(settings: Settings, loaded: Loaded | None = None) -> int:
             except EngineError as exc:
                 log.error("cannot start: %s", exc)
                 return EX_OSERR
+            control.health.port = int(engine.stats("settings").get("tcpport", settings.port))
             listen = control.values.get("metrics_listen")
             try:
                 control.start_http(listen)

@@ -160,11 +160,15 @@ def _by_class(stats: Mapping[str, str], pattern: re.Pattern[str]) -> dict[str, d
 
 
 class StatsSource:
-    """What the collector reads: the engine's stats groups and latency table."""
+    """What the collector reads: the engine's stats groups and latency table, and
+    ``up``: whether the data plane answers (server/health.py), or None to count
+    readable stats as up."""
 
-    def __init__(self, stats: Callable[[str], Mapping[str, str]], latency: Callable[[], Any]) -> None:
+    def __init__(self, stats: Callable[[str], Mapping[str, str]], latency: Callable[[], Any],
+                 up: Callable[[], bool] | None = None) -> None:
         self.stats = stats
         self.latency = latency
+        self.up = up
 
 
 class StackmapCollector(Collector):
@@ -177,7 +181,8 @@ class StackmapCollector(Collector):
         return []  # unchecked collector: names depend on the slab classes in use
 
     def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily(f"{NS}_up", "Could the memcached server be reached.")
+        up = GaugeMetricFamily(f"{NS}_up", "Could the memcached server be reached (every worker "
+                               "serving and a version request answered on its port).")
         try:
             general = self.source.stats("")
             settings = self.source.stats("settings")
@@ -188,7 +193,7 @@ class StackmapCollector(Collector):
             up.add_metric([], 0)
             yield up
             return
-        up.add_metric([], 1)
+        up.add_metric([], 1 if self.source.up is None or self.source.up() else 0)
         yield up
         yield from self._general(general, settings)
         yield from self._commands(general)

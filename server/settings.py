@@ -296,15 +296,22 @@ OPTIONS: tuple[Option, ...] = (
            "warm restart file: loaded at start if present, saved on SIGTERM/SIGINT", "FILE"),
     Option("restore", None, VALUE, parse_nonempty, None, "",
            "load this snapshot at start (a bad file is refused: the server starts empty)", "FILE"),
+    Option("snapshot_dir", None, VALUE, parse_nonempty, None, "",
+           "the only directory the admin API may write snapshots to (default: --snapshot's directory)",
+           "DIR"),
+    Option("snapshot_max_age", None, VALUE, ranged(parse_int, 1, None), None, "",
+           "refuse to load a snapshot created more than this many seconds ago (start empty)",
+           "SECONDS"),
 )
 
 # Options the control plane keeps for itself: build_settings leaves them out.
-CONTROL_KEYS = frozenset({"metrics_listen", "admin_token", "admin_token_file", "snapshot", "restore"})
+CONTROL_KEYS = frozenset({"metrics_listen", "admin_token", "admin_token_file", "snapshot", "restore",
+                          "snapshot_dir", "snapshot_max_age"})
 
 # Options that SIGHUP / `stackmapctl reload` apply to a running server; any
 # other change needs a restart.
 LIVE_KEYS = frozenset({"memory_limit", "verbose", "conn_limit", "metrics_listen", "admin_token",
-                       "admin_token_file", "snapshot"})
+                       "admin_token_file", "snapshot", "snapshot_dir"})
 
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 

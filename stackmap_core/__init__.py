@@ -25,6 +25,8 @@ __all__ = [
     "LatencyTable",
     "RestoreCounts",
     "SettingsError",
+    "WorkerStatus",
+    "built_backends",
     "default_settings",
     "version",
 ]
@@ -78,6 +80,23 @@ class RestoreCounts:
 
 _KEYS_BATCH = 1024  # sm_item_info entries per sm_admin_keys call
 
+# enum sm_worker_state, by value.
+WORKER_STATES: dict[int, str] = {
+    lib.SM_WORKER_STARTING: "starting",
+    lib.SM_WORKER_SERVING: "serving",
+    lib.SM_WORKER_FAILED: "failed",
+    lib.SM_WORKER_STOPPED: "stopped",
+}
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """One worker thread's state (``sm_engine_worker_state``)."""
+
+    worker: int  # 0..threads-1
+    state: str  # starting, serving, failed or stopped
+    error: str  # why it failed, "" otherwise
+
 
 def _item_info(raw: Any) -> ItemInfo:
     return ItemInfo(
@@ -104,6 +123,11 @@ class SettingsError(EngineError):
 def version() -> str:
     """The data plane's version string, e.g. ``1.6.18-stackmapd``."""
     return ffi.string(lib.sm_version()).decode()
+
+
+def built_backends() -> tuple[str, ...]:
+    """The BACKENDS names compiled into this build (uring only when liburing was found)."""
+    return tuple(name for name, kind in BACKENDS.items() if lib.sm_backend_built(kind))
 
 
 def _settings_fields() -> list[str]:
@@ -277,8 +301,20 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        """Started and accepting connections."""
+        """Started, accepting connections, and every worker serving."""
         return bool(lib.sm_engine_ready(self._live()))
+
+    def workers(self) -> list[WorkerStatus]:
+        """Every worker's state, and why a failed one failed."""
+        handle = self._live()
+        err = ffi.new("char[]", _ERR_LEN)
+        out: list[WorkerStatus] = []
+        for i in range(lib.sm_engine_num_workers(handle)):
+            err[0] = b"\0"
+            state = lib.sm_engine_worker_state(handle, i, err, _ERR_LEN)
+            out.append(WorkerStatus(i, WORKER_STATES.get(state, f"state {state}"),
+                                    ffi.string(err).decode(errors="replace")))
+        return out
 
     def set_maxconns(self, maxconns: int) -> None:
         """Change the connection limit (-c) while running."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from control_support import Proc, http, pipeline_sets, request, start
 
-from server.admin import Access, AdminError
+from server.admin import Access, AdminError, host_forms
 
 MIB = 1024 * 1024
 
@@ -45,7 +45,8 @@ def fill(p: Proc, prefix: bytes, n: int, size: int = 10, exptime: int = 0) -> No
 
 def test_health_and_readiness(srv: Proc) -> None:
     assert http("GET", srv.url + "/healthz") == (200, b'{"status": "ok"}\n')
-    assert json.loads(http("GET", srv.url + "/readyz")[1]) == {"ready": True}
+    assert json.loads(http("GET", srv.url + "/readyz")[1]) == {  # start() runs -t 2
+        "ready": True, "workers": [{"worker": 0, "state": "serving"}, {"worker": 1, "state": "serving"}]}
     r = srv.ctl("health")
     assert r.returncode == 0 and r.stdout.startswith("ready"), r.stderr
 
@@ -166,12 +167,19 @@ def test_token_is_required_when_configured(tmp_path: Path) -> None:
 
 def test_admin_beyond_loopback_needs_a_token() -> None:
     with pytest.raises(AdminError) as info:
-        Access(token=None, loopback=False).check(None)
+        Access(token=None, loopback=False).check(None, ["10.0.0.1:9150"])
     assert info.value.status == 403
-    Access(token=None, loopback=True).check(None)
-    Access(token="t", loopback=False).check("Bearer t")
+    Access(token=None, loopback=True, hosts=host_forms("127.0.0.1", 9150)).check(None, ["127.0.0.1:9150"])
+    Access(token="t", loopback=False).check("Bearer t", ["cache-1.example:9150"])
     with pytest.raises(AdminError):
-        Access(token="t", loopback=True).check("Bearer nope")
+        Access(token="t", loopback=True).check("Bearer nope", ["127.0.0.1:9150"])
+
+
+def test_host_forms_of_each_loopback_listen_address() -> None:
+    assert host_forms("127.0.0.1", 9150) == {"127.0.0.1:9150", "localhost:9150"}
+    assert host_forms("::1", 9150) == {"[::1]:9150", "localhost:9150"}
+    assert host_forms("[::1]", 80) == {"[::1]:80", "localhost:80", "[::1]", "localhost"}
+    assert host_forms("localhost", 1) == {"localhost:1", "127.0.0.1:1", "[::1]:1"}
 
 
 def test_unreachable_server_exits_2() -> None:

@@ -333,3 +333,29 @@ def test_meta_and_text_share_items(server: Server, prefix: str) -> None:
         ("md @y\r\n", "HD\r\n"),
         ("get @y\r\n", "END\r\n"),
     ])
+
+
+def test_explicit_cas_extension(start_server, target) -> None:  # type: ignore[no-untyped-def]
+    """E<cas> on ms/mg, a newer-memcached flag stackmapd takes (1.6.18 answers
+    "CLIENT_ERROR invalid flag" to every E; tests/test_differential checks the
+    refused forms against it).  E takes 1..2^63-1 and raises the CAS counter,
+    so uniques handed out later never equal an explicit one; anything else,
+    E0 and values that would leave the counter no room included, is refused
+    with 1.6.18's answer and the value is swallowed."""
+    if target.backend is None:
+        pytest.skip("memcached 1.6.18 has no E flag")
+    top = (1 << 63) - 1
+    run(start_server(target, []), "e_", [
+        ("ms @a 1 E1000 c\r\nx\r\n", "HD c1000\r\n"),
+        ("ms @b 1 c\r\nx\r\n", "HD c1001\r\n"),
+        ("mg @v N30 E5000 c v\r\n", "VA 0 c5000 W\r\n\r\n"),
+        ("mg @v c v\r\n", "VA 0 c5000 Z\r\n\r\n"),
+        ("ms @c 1 c\r\nx\r\n", "HD c5001\r\n"),
+        (f"ms @d 1 E{top} c\r\nx\r\n", f"HD c{top}\r\n"),
+        ("ms @e 1 c\r\nx\r\n", f"HD c{top + 1}\r\n"),
+        (f"ms @f 1 E{top + 1} c\r\nx\r\nmg @f\r\n", "CLIENT_ERROR invalid flag\r\nEN\r\n"),
+        ("ms @f 1 E18446744073709551615\r\nx\r\nms @f 1 E0\r\nx\r\n",
+         "CLIENT_ERROR invalid flag\r\nCLIENT_ERROR invalid flag\r\n"),
+        ("mg @a E99 c v\r\n", "VA 1 c1000\r\nx\r\n"),
+        ("ms @g 1 c\r\nx\r\n", f"HD c{top + 2}\r\n"),
+    ])

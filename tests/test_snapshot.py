@@ -179,3 +179,153 @@ def test_value_larger_than_this_servers_item_limit_is_refused(tmp_path: Path) ->
         with pytest.raises(snapshot.SnapshotError, match="does not fit this server's item size limit"):
             snapshot.load(engine, path)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# ---- --snapshot-max-age: a real restart on a file that is too old ----
+
+
+def _age(path: Path, seconds: int) -> None:
+    """Make the snapshot at ``path`` look ``seconds`` older (header time; checksum redone)."""
+    data = bytearray(path.read_bytes())
+    magic, version, zero, created, count, length = struct.unpack_from("<8sIIqQQ", data, 0)
+    struct.pack_into("<8sIIqQQ", data, 0, magic, version, zero, created - seconds, count, length)
+    header = bytes(data[:40])
+    records = bytes(data[40:40 + length])
+    data[40 + length:] = hashlib.sha256(header + hashlib.sha256(records).digest()).digest()
+    path.write_bytes(bytes(data))
+
+
+def _items_after_start(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    srv = start(args, env=env)
+    try:
+        with srv.conn() as sock:
+            n = int(stats(sock)["curr_items"])
+    finally:
+        srv.stop()
+        log = srv.log()
+        srv.cleanup()
+    return n, log
+
+
+def test_snapshot_older_than_max_age_is_refused_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "node.snap"
+    first = start(["--snapshot", str(path)])
+    try:
+        with first.conn() as sock:
+            pipeline_sets(sock, [(b"k%d" % i, 0, 0, b"v") for i in range(50)])
+        assert first.stop() == 0
+    finally:
+        first.cleanup()
+    _age(path, 3600)
+    saved = path.read_bytes()
+
+    n, log = _items_after_start(["--restore", str(path), "--snapshot-max-age", "600"])
+    assert n == 0
+    assert "snapshot refused, starting empty" in log and "older than --snapshot-max-age 600 s" in log, log
+    assert path.read_bytes() == saved  # left in place
+
+    config = tmp_path / "stackmapd.toml"
+    config.write_text("snapshot_max_age = 600\n")
+    assert _items_after_start(["--restore", str(path), "--config", str(config)])[0] == 0
+    assert _items_after_start(["--restore", str(path)], env={"STACKMAP_SNAPSHOT_MAX_AGE": "600"})[0] == 0
+
+    # Young enough: loaded, from the flag, the environment and a --snapshot restart.
+    assert _items_after_start(["--restore", str(path), "--snapshot-max-age", "7200"])[0] == 50
+    assert _items_after_start(["--restore", str(path)], env={"STACKMAP_SNAPSHOT_MAX_AGE": "7200"})[0] == 50
+    n, log = _items_after_start(["--snapshot", str(path), "--snapshot-max-age", "7200"])
+    assert n == 50 and "restored 50 items" in log, log
+
+
+def test_snapshot_max_age_must_be_a_positive_number_of_seconds() -> None:
+    import subprocess
+
+    from control_support import BIN
+
+    for bad in ("0", "-5", "ten"):
+        r = subprocess.run([str(BIN / "stackmapd"), "--snapshot-max-age", bad], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 64 and "--snapshot-max-age" in r.stderr, r
+
+
+# ---- CAS across a warm restart: new uniques never repeat a restored one ----
+
+MAX_EXPLICIT_CAS = (1 << 63) - 1  # largest E (explicit CAS) stackmapd takes: see README
+
+
+def _fresh_cas_session(sock: object, n: int) -> dict[bytes, int]:
+    """Store n new items; check each one's own gets-CAS works for `cas`; key -> new CAS."""
+    keys = [b"fresh%d" % i for i in range(n)]
+    for k in keys:
+        assert request(sock, b"set %s 0 0 1\r\nx\r\n" % k, b"\r\n") == b"STORED\r\n"  # type: ignore[arg-type]
+    cas = {k: c for k, (_, c, _) in gets_many(sock, keys).items()}  # type: ignore[arg-type]
+    for k in keys:
+        got = request(sock, b"cas %s 0 0 1 %d\r\ny\r\n" % (k, cas[k]), b"\r\n")  # type: ignore[arg-type]
+        assert got == b"STORED\r\n", (k, cas[k], got)
+    return cas
+
+
+def test_explicit_cas_near_2_64_cannot_make_cas_wrap_after_restart(tmp_path: Path) -> None:
+    """The issue's scenario: `ms evil 1 E18446744073709551615`, SIGTERM, restart on
+    the same --snapshot, then a fresh item's own gets-CAS must work for `cas`.
+    The absurd E is refused (memcached 1.6.18 refuses every E); the largest E
+    stackmapd takes raises the counter, and the CAS values handed out above it
+    survive the restart as they are."""
+    path = tmp_path / "cas.snap"
+    first = start(["--snapshot", str(path)])
+    restored_keys = [b"evil", b"top"] + [b"old%d" % i for i in range(50)]
+    try:
+        with first.conn() as sock:
+            evil = request(sock, b"ms evil 1 E18446744073709551615\r\nx\r\n", b"\r\n")
+            top = request(sock, b"ms top 1 E%d\r\nt\r\n" % MAX_EXPLICIT_CAS, b"\r\n")
+            pipeline_sets(sock, [(b"old%d" % i, 0, 0, b"v") for i in range(50)])
+            before = {k: c for k, (_, c, _) in gets_many(sock, restored_keys).items()}
+        assert first.stop() == 0, first.log()
+    finally:
+        first.cleanup()
+
+    second = start(["--snapshot", str(path)])
+    try:
+        with second.conn() as sock:
+            after = {k: c for k, (_, c, _) in gets_many(sock, restored_keys).items()}
+            fresh = _fresh_cas_session(sock, 50)
+    finally:
+        second.stop()
+        log = second.log()
+        second.cleanup()
+    assert after == before, log
+    assert len(set(fresh.values())) == len(fresh)
+    assert min(fresh.values()) > max(after.values()), (sorted(fresh.values())[:3], max(after.values()))
+    assert evil == b"CLIENT_ERROR invalid flag\r\n" and b"evil" not in before, evil
+    assert top == b"HD\r\n" and before[b"top"] == MAX_EXPLICIT_CAS
+    # the counter went past the explicit CAS: items stored after it are above it
+    assert min(before[b"old%d" % i] for i in range(50)) > MAX_EXPLICIT_CAS
+    assert "is above" not in log, log  # nothing renumbered: those CAS values are the counter's own
+
+
+def test_restored_cas_above_the_limit_is_renumbered_above_all_others(tmp_path: Path) -> None:
+    """A snapshot holding CAS values at the top of the range (an older stackmapd
+    took any E): those items get new CAS values, above every restored one --
+    including records further on in the file -- and the server keeps counting
+    up from there.  CAS values up to 2^64 - 2^62 - 1 come back as they were."""
+    limit = (1 << 64) - (1 << 62) - 1
+    path = tmp_path / "old.snap"
+    _write(path, [_record(b"low", b"1", 0, 0, 5), _record(b"evil", b"e", 3, 0, (1 << 64) - 1),
+                  _record(b"over", b"o", 0, 0, limit + 1), _record(b"later", b"2", 0, 0, 1000),
+                  _record(b"top", b"t", 0, 0, limit - 100), _record(b"half", b"h", 0, 0, 1 << 63)])
+    srv = start(["--restore", str(path)])
+    try:
+        with srv.conn() as sock:
+            got = gets_many(sock, [b"low", b"evil", b"over", b"later", b"top", b"half"])
+            fresh = _fresh_cas_session(sock, 20)
+    finally:
+        srv.stop()
+        log = srv.log()
+        srv.cleanup()
+    cas = {k: c for k, (_, c, _) in got.items()}
+    assert len(cas) == 6 and got[b"evil"][0] == 3 and got[b"evil"][2] == b"e"
+    assert (cas[b"low"], cas[b"later"], cas[b"top"], cas[b"half"]) == (5, 1000, limit - 100, 1 << 63)
+    assert cas[b"top"] < cas[b"evil"] <= limit and cas[b"top"] < cas[b"over"] <= limit, cas
+    assert cas[b"evil"] != cas[b"over"]
+    assert len(set(fresh.values()) | set(cas.values())) == len(fresh) + len(cas)
+    assert min(fresh.values()) > max(cas.values())
+    assert "record 2: CAS 18446744073709551615 is above" in log, log

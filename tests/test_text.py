@@ -183,6 +183,43 @@ def test_raw_multiget(wire: Wire, k: str) -> None:
     wire.expect(b"gets\r\n", b"ERROR\r\n")
 
 
+def test_long_get_line_arriving_in_pieces(wire: Wire, k: str) -> None:
+    """A get line far longer than the 2048-byte line limit, sent in 1000-byte
+    pieces, whose hits add up to more than the 4 MiB output queue limit: every
+    VALUE comes back in order (stackmapd answers such a line key by key as it
+    arrives, pausing while the client has not read its output)."""
+    key = k.encode()
+    val = b"v" * 50_000
+    wire.expect(b"set %sbig 3 0 %d\r\n%s\r\n" % (key, len(val), val), b"STORED\r\n")
+    n = 200
+    line = b"get " + b" ".join(b"%sbig %smiss%d" % (key, key, i) for i in range(n)) + b"\r\nget %sbig\r\n" % key
+    for i in range(0, len(line), 1000):
+        wire.send(line[i:i + 1000])
+    one = b"VALUE %sbig 3 %d\r\n%s\r\n" % (key, len(val), val)
+    want = one * n + b"END\r\n" + one + b"END\r\n"
+    assert wire.read_exact(len(want), timeout=30) == want
+    wire.expect_silence(0.1)
+
+
+def test_long_get_line_key_too_long_after_hits(server: Server, k: str) -> None:
+    """A get line over 2048 bytes with a key over 250 bytes after a hit: the
+    line ends in CLIENT_ERROR and the connection stays usable.  memcached buffers
+    the whole line and sends only the error; stackmapd, answering the keys as
+    they arrive, may already have sent the hit's VALUE (README, Compatibility)."""
+    key = k.encode()
+    with server.wire() as w:
+        w.expect(b"set %sh 0 0 2\r\nhi\r\n" % key, b"STORED\r\n")
+        hit = b"VALUE %sh 0 2\r\nhi\r\n" % key
+        w.send(b"get %sh " % key + b"k" * 3000)
+        if server.target.backend is None:
+            w.expect_silence(0.2)  # memcached waits for the whole line
+        else:
+            w.expect(b"", hit)  # stackmapd answers the keys so far
+        w.send(b"k" * 3000 + b" %sh\r\nget %sh\r\n" % (key, key))
+        w.expect(b"", b"CLIENT_ERROR bad command line format\r\n" + hit + b"END\r\n")
+        w.expect_silence(0.1)
+
+
 def test_raw_gat_gats_touch(wire: Wire, k: str) -> None:
     key = k.encode()
     wire.expect(b"set %st 5 100 2\r\nhi\r\n" % key, b"STORED\r\n")

@@ -126,14 +126,12 @@ int sm_engine_set_maxconns(sm_engine *e, int maxconns, char *err, size_t errlen)
         snprintf(err, errlen, "connection limit must be at least 1");
         return -1;
     }
+    /* A raised -c needs the descriptors, as at start. */
+    if (maxconns > e->settings.maxconns && engine_fd_limits(e, maxconns, err, errlen) < 0)
+        return -1;
     /* Workers read it on accept; an aligned int store is seen whole. */
     __atomic_store_n(&e->settings.maxconns, maxconns, __ATOMIC_RELAXED);
     return 0;
-}
-
-int sm_engine_ready(sm_engine *e)
-{
-    return e->running && atomic_load(&e->accepting);
 }
 
 /* ---- snapshot records ---- */
@@ -284,8 +282,14 @@ long sm_admin_restore(sm_engine *e, const char *buf, size_t len, int dry_run, ui
             continue;
         }
         (*nitems)++;
+        /* cache.h: a CAS above SM_CAS_SET_MAX is renumbered, not restored */
+        if (cas <= SM_CAS_SET_MAX && cas > max_cas)
+            max_cas = cas;
         if (dry_run)
             continue;
+        if (cas > SM_CAS_SET_MAX && e->settings.use_cas)
+            engine_log(e, 0, "snapshot record %llu: CAS %llu is above %llu, the item gets a new one\n",
+                       (unsigned long long)recno, (unsigned long long)cas, (unsigned long long)SM_CAS_SET_MAX);
         alloc_error ae;
         rel_time_t rel = exptime ? cache_realtime(c, exptime) : 0;
         item *it = cache_alloc(c, (const char *)key, nkey, flags, rel, vlen + 2, &ae);
@@ -304,15 +308,19 @@ long sm_admin_restore(sm_engine *e, const char *buf, size_t len, int dry_run, ui
         store_req req = {.op = STORE_SET, .cas_new = cas};
         cache_store(c, it, cache_hash((const char *)key, nkey), &req, NULL, NULL);
         cache_release(c, it);
-        if (cas > max_cas)
-            max_cas = cas;
         if ((*nitems & 0xFFFF) == 0)
             cache_grow_now(c); /* no maintainer yet: keep hash chains short */
     }
-    if (!dry_run) {
+    /*
+     * The counter goes past every restored CAS.  The check pass does it too,
+     * over the whole file before any item is stored, so that the items the
+     * store pass renumbers get CAS values no later record holds.  (Only
+     * before start: a running server's counter is not touched by a check.)
+     */
+    if (!e->running)
         cache_cas_at_least(c, max_cas);
+    if (!dry_run)
         cache_grow_now(c);
-    }
     return (long)off;
 }
 

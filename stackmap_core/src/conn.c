@@ -5,12 +5,14 @@
  * requests leaves in one send, and values leave straight from item memory.
  * Short response bytes are copied into scratch chunks that never move while
  * queued (iovecs point into them); chunks are recycled through the worker's
- * free list.  The iovec and held-item arrays grow on demand and keep their
- * size, so a connection in steady state allocates nothing per request.
+ * free list.  The iovec and held-item arrays are blocks of the worker's pool
+ * (bufpool.h): taken with the first queued byte, grown by taking the next
+ * class up, and given back when the queue has been sent, so an idle
+ * connection holds none and a busy one allocates nothing per request.
  *
  * Input: conn_feed() parses directly from the backend's buffer; only the
- * unconsumed tail (a partial line) is copied into the connection's rbuf and
- * parsed together with the next bytes.
+ * unconsumed tail (a partial line) is copied into the connection's rbuf, a
+ * pooled block held until it has been parsed together with the next bytes.
  */
 #include "conn.h"
 
@@ -22,10 +24,25 @@
 #include "proto/proto.h"
 #include "worker.h"
 
-/* Initial sizes of the per-connection arrays. */
-#define IOV_INITIAL 64
-#define HELD_INITIAL 32
+/* Smallest block taken for each per-connection array (bytes). */
+#define IOV_INITIAL_BYTES 256
+#define HELD_INITIAL_BYTES 256
 #define RBUF_INITIAL 4096
+
+/* Grow a pooled array of `have` bytes (holding `used` bytes) to at least `want` bytes. */
+static void *pool_grow(sm_pool *p, void *old, size_t used, size_t have, size_t want, size_t *cap)
+{
+    size_t ask = have ? have * 2 : want;
+    while (ask < want)
+        ask *= 2;
+    void *n = pool_take(p, ask, cap);
+    if (!n)
+        return NULL;
+    if (used)
+        memcpy(n, old, used);
+    pool_give(p, old, have);
+    return n;
+}
 
 void conn_init(conn *c, worker *w, int fd, uint32_t id)
 {
@@ -43,13 +60,11 @@ void conn_cleanup(conn *c)
         cache_release(c->worker->cache, c->nread_item);
         c->nread_item = NULL;
     }
-    free(c->iov);
-    free(c->held);
-    free(c->rbuf);
-    c->iov = NULL;
-    c->held = NULL;
+    sm_pool *p = &c->worker->pool;
+    pool_give(p, c->rbuf, c->rsize);
+    pool_give(p, c->pending.meta_flags, SM_LINE_MAX);
     c->rbuf = NULL;
-    c->iovcap = c->heldcap = 0;
+    c->pending.meta_flags = NULL;
     c->rsize = c->rbytes = 0;
 }
 
@@ -58,12 +73,13 @@ static int iov_reserve(conn *c)
 {
     if (c->iovcnt < c->iovcap)
         return 0;
-    int ncap = c->iovcap ? c->iovcap * 2 : IOV_INITIAL;
-    struct iovec *n = realloc(c->iov, (size_t)ncap * sizeof(*n));
+    size_t sz = sizeof(*c->iov), cap;
+    struct iovec *n = pool_grow(&c->worker->pool, c->iov, (size_t)c->iovcnt * sz, (size_t)c->iovcap * sz,
+                                IOV_INITIAL_BYTES, &cap);
     if (!n)
         return -1;
     c->iov = n;
-    c->iovcap = ncap;
+    c->iovcap = (int)(cap / sz);
     return 0;
 }
 
@@ -193,14 +209,15 @@ int out_printf(conn *c, const char *fmt, ...)
 int out_item(conn *c, item *it, const char *p, size_t len)
 {
     if (c->nheld == c->heldcap) {
-        int ncap = c->heldcap ? c->heldcap * 2 : HELD_INITIAL;
-        item **n = realloc(c->held, (size_t)ncap * sizeof(*n));
+        size_t sz = sizeof(*c->held), cap;
+        item **n = pool_grow(&c->worker->pool, c->held, (size_t)c->nheld * sz, (size_t)c->heldcap * sz,
+                             HELD_INITIAL_BYTES, &cap);
         if (!n) {
             cache_release(c->worker->cache, it);
             return -1;
         }
         c->held = n;
-        c->heldcap = ncap;
+        c->heldcap = (int)(cap / sz);
     }
     /*
      * The item stays referenced until the queue is sent, whether its bytes
@@ -215,12 +232,19 @@ int out_item(conn *c, item *it, const char *p, size_t len)
     return out_ref(c, p, len);
 }
 
-/* Release held items and recycle chunks: everything queued is gone. */
+/* Release held items, recycle chunks, give the arrays back: everything queued is gone. */
 void out_reset(conn *c)
 {
+    sm_pool *p = &c->worker->pool;
     for (int i = 0; i < c->nheld; i++)
         cache_release(c->worker->cache, c->held[i]);
     c->nheld = 0;
+    pool_give(p, c->held, (size_t)c->heldcap * sizeof(*c->held));
+    c->held = NULL;
+    c->heldcap = 0;
+    pool_give(p, c->iov, (size_t)c->iovcap * sizeof(*c->iov));
+    c->iov = NULL;
+    c->iovcap = 0;
     out_chunk *ch = c->chunk_head;
     while (ch) {
         out_chunk *next = ch->next;
@@ -258,22 +282,17 @@ void conn_out_sent(conn *c, size_t n)
         out_reset(c);
 }
 
-/* Append bytes to rbuf, growing it. */
+/* Append bytes to rbuf, taking or growing its block. */
 static bool rbuf_append(conn *c, const char *data, size_t len)
 {
     size_t need = (size_t)c->rbytes + len;
     if (need > c->rsize) {
-        size_t cap = c->rsize ? c->rsize : RBUF_INITIAL;
-        while (cap < need)
-            cap *= 2;
         /* A request line longer than this is abuse, not a multiget. */
         size_t limit = (size_t)c->worker->settings->item_size_max + (1u << 20);
-        if (cap > limit) {
-            if (need > limit)
-                return false;
-            cap = limit;
-        }
-        char *n = realloc(c->rbuf, cap);
+        if (need > limit)
+            return false;
+        size_t want = need < RBUF_INITIAL ? RBUF_INITIAL : need, cap;
+        char *n = pool_grow(&c->worker->pool, c->rbuf, c->rbytes, c->rsize, want, &cap);
         if (!n) {
             SM_STAT_INC(c->worker->stats.read_buf_oom);
             return false;
@@ -286,14 +305,28 @@ static bool rbuf_append(conn *c, const char *data, size_t len)
     return true;
 }
 
+/* After parsing: give back the blocks nothing needs any more. */
+static inline void feed_done(conn *c)
+{
+    if (c->rbytes == 0 && c->rbuf) {
+        pool_give(&c->worker->pool, c->rbuf, c->rsize);
+        c->rbuf = NULL;
+        c->rsize = 0;
+    }
+    /* A meta store's flags are needed only until its value is in. */
+    if (c->pending.meta_flags && c->state != CONN_NREAD) {
+        pool_give(&c->worker->pool, c->pending.meta_flags, SM_LINE_MAX);
+        c->pending.meta_flags = NULL;
+    }
+}
+
 bool conn_feed(conn *c, char *data, size_t len)
 {
     if (c->rbytes == 0 && len > 0) {
         size_t used = proto_process(c, data, len);
-        if (c->state == CONN_CLOSING)
-            return true;
-        if (used < len && !rbuf_append(c, data + used, len - used))
+        if (c->state != CONN_CLOSING && used < len && !rbuf_append(c, data + used, len - used))
             return false;
+        feed_done(c);
         return true;
     }
     if (len > 0 && !rbuf_append(c, data, len))
@@ -305,11 +338,29 @@ bool conn_feed(conn *c, char *data, size_t len)
         memmove(c->rbuf, c->rbuf + used, c->rbytes - used);
         c->rbytes -= (uint32_t)used;
     }
-    /* A big buffer left over from a large multiget is given back once empty. */
-    if (c->rbytes == 0 && c->rsize > 65536) {
-        free(c->rbuf);
-        c->rbuf = NULL;
-        c->rsize = 0;
-    }
+    feed_done(c);
     return true;
+}
+
+bool conn_eof_finished(conn *c)
+{
+    if (out_pending(c) > 0)
+        return false;
+    if (c->state != CONN_PARSE || c->rbytes == 0)
+        return true; /* closing, or inside a value that can no longer arrive */
+    /* Input held back by back-pressure: answer it now that the queue is empty. */
+    if (!conn_feed(c, NULL, 0))
+        return true;
+    /* Parsing stops only at an incomplete request, a full queue or a close:
+     * with nothing queued, nothing more can be answered. */
+    return out_pending(c) == 0;
+}
+
+char *conn_meta_flags_buf(conn *c)
+{
+    if (!c->pending.meta_flags) {
+        size_t cap;
+        c->pending.meta_flags = pool_take(&c->worker->pool, SM_LINE_MAX, &cap);
+    }
+    return c->pending.meta_flags;
 }

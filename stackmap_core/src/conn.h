@@ -14,6 +14,16 @@
  * queue is sent (smaller ones are copied: cheaper than another iovec).  Scratch
  * chunks come from a per-worker free list, so steady-state requests
  * allocate nothing.
+ *
+ * Memory: an idle connection holds only this struct.  The receive
+ * carry-over, the queue's iovec and held-item arrays and a meta store's kept
+ * flags are blocks of the worker's pool (bufpool.h), taken when data arrives
+ * and given back once it has been answered and sent.
+ *
+ * End of stream: when the peer shuts down its side, the backend stops
+ * reading and sets rd_eof; every complete request received before it is
+ * still answered (including input that back-pressure held), and the
+ * connection closes once conn_eof_finished() says nothing is left to send.
  */
 #ifndef SM_CONN_H
 #define SM_CONN_H
@@ -65,9 +75,23 @@ typedef struct pending_store {
     bool noreply;         /* text noreply / meta q */
     uint64_t cas;         /* text cas unique */
     uint32_t hv;          /* hash of the key */
-    char meta_flags[SM_LINE_MAX]; /* meta: the request's flag tokens, re-read on completion */
-    uint16_t meta_flags_len;      /* bytes in meta_flags */
+    char *meta_flags;         /* meta: the request's kept flag tokens, re-read on completion; a
+                                 pooled SM_LINE_MAX block (conn_meta_flags_buf) while the
+                                 value is awaited, else NULL */
+    uint16_t meta_flags_len;  /* bytes in meta_flags */
 } pending_store;
+
+/*
+ * A get/gets line longer than SM_LINE_MAX that has not ended yet: proto.c
+ * answers its keys as they arrive instead of buffering the whole line.
+ */
+typedef struct get_stream {
+    bool active;     /* the line's "get "/"gets " is consumed; keys follow */
+    bool return_cas; /* gets: VALUE lines carry the CAS */
+    bool skip;       /* a key over 250 bytes or a NUL was seen: ignore the rest of the line */
+    bool too_long;   /* a key over 250 bytes was seen: the line ends in CLIENT_ERROR */
+    uint64_t nkeys;  /* keys seen (none at all: the line is "ERROR") */
+} get_stream;
 
 typedef struct conn {
     int fd;                  /* the socket */
@@ -75,9 +99,11 @@ typedef struct conn {
     struct worker *worker;   /* owning worker thread */
     conn_state state;        /* parser state */
     bool noreply;            /* the current text command asked for no reply */
+    bool rd_eof;             /* the peer ended its stream: read no more, answer what came, close */
 
-    /* input carried over between receives (a partial line or request) */
-    char *rbuf;              /* buffered unparsed bytes */
+    /* input carried over between receives (a partial line or request);
+     * a pooled block, held only while rbytes > 0 */
+    char *rbuf;              /* buffered unparsed bytes, NULL when none */
     uint32_t rbytes;         /* bytes in rbuf */
     uint32_t rsize;          /* capacity of rbuf */
 
@@ -87,8 +113,9 @@ typedef struct conn {
     uint32_t nread_left;     /* value bytes (incl. "\r\n") still to come */
     uint64_t swallow_left;   /* bytes still to discard (CONN_SWALLOW) */
     pending_store pending;   /* what to do when the value is complete */
+    get_stream gets;         /* a long get/gets line being answered as it arrives */
 
-    /* output queue */
+    /* output queue; its arrays are pooled blocks, held only while bytes are queued */
     struct iovec *iov;       /* queued iovecs, in order */
     int iovcnt;              /* iovecs queued */
     int iovcap;              /* capacity of iov */
@@ -152,5 +179,19 @@ void conn_cleanup(conn *c);
  * the queue, then close).
  */
 bool conn_feed(conn *c, char *data, size_t len);
+
+/*
+ * For a connection whose peer ended its stream (rd_eof): true when it may
+ * close now -- everything queued has been sent and the input left, if any,
+ * is an incomplete request that can never complete.  Input held back by
+ * back-pressure is parsed first once the queue has room, so a false answer
+ * may come with new output queued: the caller sends it and asks again.
+ */
+bool conn_eof_finished(conn *c);
+
+/* The block a meta store keeps its flag tokens in (SM_LINE_MAX bytes), taken
+ * from the pool if not held yet; NULL when memory is exhausted.  Given back
+ * once the store is complete (conn_feed) or the connection closes. */
+char *conn_meta_flags_buf(conn *c);
 
 #endif

@@ -1,9 +1,11 @@
 /*
  * engine.c -- the engine's life cycle: settings with memcached's defaults
- * and limits, binding the listeners (one SO_REUSEPORT socket per worker per
- * address, so each worker accepts its own connections), choosing the ring
- * backend, starting and stopping the worker threads and the cache
- * maintainer, and the few whole-server calls the control plane makes.
+ * and limits, the open-file limit -c needs, binding the listeners (one
+ * SO_REUSEPORT socket per worker per address, so each worker accepts its
+ * own connections), starting the worker threads over a ring backend and
+ * waiting until every one has set up (AUTO moving on to the next backend
+ * when one cannot start everywhere), each worker's state for readiness,
+ * stopping, and the few whole-server calls the control plane makes.
  */
 #include "engine.h"
 
@@ -95,6 +97,8 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
         FAIL("Initial hashtable multiplier of %d is out of range (12..32)", s->hashpower_init);
     if (s->backend < SM_BACKEND_AUTO || s->backend > SM_BACKEND_STACKMAP)
         FAIL("unknown backend %d", s->backend);
+    if (!sm_backend_built(s->backend))
+        FAIL("--backend uring: %s", SM_URING_ABSENT); /* the only optional one */
     if (s->idle_timeout < 0)
         FAIL("idle_timeout must not be negative");
     return 0;
@@ -128,6 +132,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
     atomic_init(&e->verbose, s->verbose);
     pthread_mutex_init(&e->wait_lock, NULL);
     pthread_cond_init(&e->wait_cond, NULL);
+    pthread_cond_init(&e->state_cond, NULL);
     cache_config cc = {
         .maxbytes = e->settings.maxbytes,
         .item_size_max = e->settings.item_size_max,
@@ -158,54 +163,173 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         w->cache = e->cache;
         w->settings = &e->settings;
         pthread_mutex_init(&w->conns_lock, NULL);
+        atomic_init(&w->state, SM_WORKER_STOPPED);
     }
     return e;
 }
 
-/* Pick the backend for the settings; fills e->backend_note when AUTO falls back. */
-static const backend_ops *choose_backend(sm_engine *e, char *err, size_t errlen)
+/* Descriptors the process needs beside -c client connections: the control
+ * plane's (HTTP server, logs, snapshot files) and, per worker, its
+ * listeners, its ring or epoll instance and /proc/stat. */
+#define FD_RESERVE_BASE 64
+#define FD_RESERVE_PER_WORKER 4
+
+/*
+ * The open-file limit for -c (at start, and when -c is raised live), as
+ * memcached 1.6 does it at start: raise the soft limit
+ * to what -c needs (and the hard one too, where we may), and refuse to start
+ * when the hard limit is below -c itself (memcached: "failed to set rlimit
+ * for open files").  memcached counts its own descriptors in -c; stackmapd's
+ * -c counts clients only, so a hard limit between -c and -c plus our own
+ * descriptors still starts, with a warning of how many clients fit.
+ */
+int engine_fd_limits(struct sm_engine *e, int conns, char *err, size_t errlen)
 {
-    char why[160];
-    switch (e->settings.backend) {
-    case SM_BACKEND_EPOLL:
-        return &backend_epoll;
-    case SM_BACKEND_URING:
-        if (backend_uring.probe(&e->settings, why, sizeof(why)) < 0) {
-            snprintf(err, errlen, "backend uring is not usable here: %s", why);
-            return NULL;
-        }
-        return &backend_uring;
-    case SM_BACKEND_STACKMAP:
-        if (backend_stackmap.probe(&e->settings, why, sizeof(why)) < 0) {
-            snprintf(err, errlen, "backend stackmap is not usable here: %s", why);
-            return NULL;
-        }
-        return &backend_stackmap;
-    default: {
-        /* AUTO: our module's rings, then io_uring, then epoll. */
-        char why2[160];
-        if (backend_stackmap.probe(&e->settings, why2, sizeof(why2)) == 0)
-            return &backend_stackmap;
-        if (backend_uring.probe(&e->settings, why, sizeof(why)) == 0)
-            return &backend_uring;
-        snprintf(e->backend_note, sizeof(e->backend_note), "auto: %s; io_uring unusable (%s); using epoll", why2,
-                 why);
-        return &backend_epoll;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        snprintf(err, errlen, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+        return -1;
     }
+    rlim_t maxconns = (rlim_t)conns;
+    rlim_t reserve = FD_RESERVE_BASE + (rlim_t)FD_RESERVE_PER_WORKER * (rlim_t)e->settings.num_threads;
+    rlim_t want = maxconns + reserve;
+    if (rl.rlim_cur >= want)
+        return 0;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want) {
+        struct rlimit up = {want, want}; /* only with CAP_SYS_RESOURCE */
+        if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+            return 0;
+    }
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < maxconns) {
+        snprintf(err, errlen,
+                 "the open-file limit (hard %llu) is below -c %d and cannot be raised: "
+                 "raise the open-file limit (ulimit -n) or lower -c",
+                 (unsigned long long)rl.rlim_max, conns);
+        return -1;
+    }
+    rl.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want ? rl.rlim_max : want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        snprintf(err, errlen, "setrlimit(RLIMIT_NOFILE, %llu): %s", (unsigned long long)rl.rlim_cur,
+                 strerror(errno));
+        return -1;
+    }
+    if (rl.rlim_cur < want)
+        engine_log(e, 0,
+                   "the open-file limit %llu leaves room for about %llu client connections, fewer than "
+                   "-c %d: raise it to %llu (ulimit -n) to serve them all\n",
+                   (unsigned long long)rl.rlim_cur,
+                   (unsigned long long)(rl.rlim_cur > reserve ? rl.rlim_cur - reserve : 0),
+                   conns, (unsigned long long)want);
+    return 0;
+}
+
+/* What a user can do about a backend that failed with errnum, or NULL. */
+static const char *remedy(int errnum)
+{
+    switch (errnum) {
+    case EMFILE:
+    case ENFILE:
+        return "raise the open-file limit (ulimit -n) or lower -c or -t";
+    case ENOMEM:
+        return "lower -o uring_entries, uring_bufs or uring_buf_size, or give the process more memory "
+               "(ulimit -l, ulimit -v)";
+    case EPERM:
+    case EACCES:
+        return "the backend is not permitted here (sysctl kernel.io_uring_disabled, a seccomp profile): "
+               "use --backend epoll";
+    case EINVAL:
+    case ENOSYS:
+    case EOPNOTSUPP:
+        return "this kernel lacks what the backend needs: use --backend epoll";
+    default:
+        return NULL;
     }
 }
 
-/* Make sure the process may open maxconns sockets plus some spare. */
-static void raise_fd_limit(int maxconns)
+/* Undo start_workers' work: stop and join every thread created, free the backend state. */
+static void stop_workers(sm_engine *e, int created)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return;
-    rlim_t want = (rlim_t)maxconns + 64;
-    if (rl.rlim_cur >= want)
-        return;
-    rl.rlim_cur = want > rl.rlim_max ? rl.rlim_max : want;
-    setrlimit(RLIMIT_NOFILE, &rl);
+    int n = e->settings.num_threads;
+    pthread_mutex_lock(&e->wait_lock);
+    for (int i = 0; i < n; i++)
+        atomic_store(&e->workers[i].stop, true);
+    pthread_cond_broadcast(&e->state_cond);
+    pthread_mutex_unlock(&e->wait_lock);
+    for (int i = 0; i < created; i++)
+        pthread_join(e->workers[i].thread, NULL);
+    for (int i = 0; i < n; i++) {
+        e->ops->destroy(&e->workers[i]);
+        if (atomic_load(&e->workers[i].state) != SM_WORKER_FAILED)
+            atomic_store(&e->workers[i].state, SM_WORKER_STOPPED);
+    }
+}
+
+/*
+ * Start every worker over ops and wait until each has set up (its ring is
+ * created on its own thread).  0 with all of them serving, or -1 + err with
+ * every thread joined and the backend state freed (the listeners stay bound,
+ * for the next backend or for close_listeners).
+ */
+static int start_workers(sm_engine *e, const backend_ops *ops, char *err, size_t errlen)
+{
+    int n = e->settings.num_threads;
+    e->ops = ops;
+    atomic_store(&e->go, false);
+    for (int i = 0; i < n; i++) {
+        worker *w = &e->workers[i];
+        w->ops = ops;
+        atomic_store(&w->stop, false);
+        atomic_store(&w->draining, false);
+        atomic_store(&w->setup_done, false);
+        atomic_store(&w->state, SM_WORKER_STARTING);
+        w->error[0] = '\0';
+        w->error_errno = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        char why[sizeof(e->workers[i].error)] = "";
+        int rc = ops->init(&e->workers[i], why, sizeof(why));
+        if (rc < 0) {
+            const char *fix = remedy(rc == -1 ? 0 : -rc);
+            snprintf(err, errlen, "backend %s failed on worker %d: %s%s%s", ops->name, i, why, fix ? "; " : "",
+                     fix ? fix : "");
+            for (int j = 0; j < i; j++)
+                ops->destroy(&e->workers[j]);
+            for (int j = 0; j < n; j++)
+                atomic_store(&e->workers[j].state, SM_WORKER_STOPPED);
+            return -1;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        int rc = pthread_create(&e->workers[i].thread, NULL, worker_main, &e->workers[i]);
+        if (rc != 0) {
+            snprintf(err, errlen, "cannot create worker thread: %s", strerror(rc));
+            stop_workers(e, i);
+            return -1;
+        }
+    }
+    /* Every worker either set up or failed. */
+    int failed = -1;
+    pthread_mutex_lock(&e->wait_lock);
+    for (int i = 0; i < n; i++) {
+        worker *w = &e->workers[i];
+        while (!atomic_load(&w->setup_done) && atomic_load(&w->state) != SM_WORKER_FAILED)
+            pthread_cond_wait(&e->state_cond, &e->wait_lock);
+        if (failed < 0 && atomic_load(&w->state) == SM_WORKER_FAILED)
+            failed = i;
+    }
+    if (failed < 0) {
+        atomic_store(&e->go, true);
+        pthread_cond_broadcast(&e->state_cond);
+    }
+    pthread_mutex_unlock(&e->wait_lock);
+    if (failed < 0)
+        return 0;
+    worker *w = &e->workers[failed];
+    const char *fix = remedy(w->error_errno);
+    snprintf(err, errlen, "backend %s failed on worker %d: %s%s%s", ops->name, failed, w->error,
+             fix ? "; " : "", fix ? fix : "");
+    stop_workers(e, n);
+    return -1;
 }
 
 /* A bound, listening socket for one address; -1 + err. */
@@ -336,49 +460,110 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
         snprintf(err, errlen, "engine already started");
         return -1;
     }
-    e->ops = choose_backend(e, err, errlen);
-    if (!e->ops)
+    /* Explicit: that backend only.  AUTO: our module's rings, then io_uring, then epoll. */
+    const backend_ops *order[3];
+    int norder = 0;
+    switch (e->settings.backend) {
+    case SM_BACKEND_EPOLL:
+        order[norder++] = &backend_epoll;
+        break;
+    case SM_BACKEND_URING:
+        order[norder++] = &backend_uring;
+        break;
+    case SM_BACKEND_STACKMAP:
+        order[norder++] = &backend_stackmap;
+        break;
+    default:
+        order[norder++] = &backend_stackmap;
+        order[norder++] = &backend_uring;
+        order[norder++] = &backend_epoll;
+        break;
+    }
+    bool autopick = norder > 1;
+    if (engine_fd_limits(e, e->settings.maxconns, err, errlen) < 0)
         return -1;
-    raise_fd_limit(e->settings.maxconns);
     if (bind_all(e, err, errlen) < 0) {
         close_listeners(e);
         return -1;
     }
-    int n = e->settings.num_threads;
-    for (int i = 0; i < n; i++) {
-        e->workers[i].ops = e->ops;
-        if (e->ops->init(&e->workers[i], err, errlen) < 0) {
-            for (int j = 0; j < i; j++)
-                e->ops->destroy(&e->workers[j]);
-            close_listeners(e);
-            return -1;
-        }
-    }
     if (cache_start(e->cache) < 0) {
         snprintf(err, errlen, "cannot start the cache maintainer thread");
-        for (int j = 0; j < n; j++)
-            e->ops->destroy(&e->workers[j]);
         close_listeners(e);
         return -1;
     }
-    e->started = time(NULL);
-    atomic_store(&e->accepting, true);
-    for (int i = 0; i < n; i++) {
-        if (pthread_create(&e->workers[i].thread, NULL, worker_main, &e->workers[i]) != 0) {
-            snprintf(err, errlen, "cannot create worker thread: %s", strerror(errno));
-            for (int j = 0; j < i; j++) {
-                atomic_store(&e->workers[j].stop, true);
-                pthread_join(e->workers[j].thread, NULL);
-            }
-            for (int j = 0; j < n; j++)
-                e->ops->destroy(&e->workers[j]);
-            cache_stop(e->cache);
-            close_listeners(e);
-            return -1;
+    e->backend_note[0] = '\0';
+    char why[sizeof(e->backend_note)];
+    size_t nl = 0;
+    bool started = false;
+    for (int k = 0; k < norder && !started; k++) {
+        const backend_ops *ops = order[k];
+        bool probed = ops->probe(&e->settings, why, sizeof(why)) == 0;
+        if (probed && start_workers(e, ops, why, sizeof(why)) == 0) {
+            started = true;
+            break;
+        }
+        if (!autopick) {
+            if (probed)
+                snprintf(err, errlen, "%s", why);
+            else
+                snprintf(err, errlen, "backend %s is not usable here: %s", ops->name, why);
+            break;
+        }
+        /* AUTO moves on and says why, except past a stackmap backend that is
+         * not usable (no module loaded: the usual case, not news). */
+        if (probed || ops != &backend_stackmap) {
+            char entry[sizeof(why) + 64];
+            if (probed)
+                snprintf(entry, sizeof(entry), "%s", why);
+            else
+                snprintf(entry, sizeof(entry), "backend %s is not usable here: %s", ops->name, why);
+            int w = snprintf(e->backend_note + nl, sizeof(e->backend_note) - nl, "%s%s", nl ? "; then " : "auto: ",
+                             entry);
+            if (w > 0)
+                nl = nl + (size_t)w < sizeof(e->backend_note) ? nl + (size_t)w : sizeof(e->backend_note) - 1;
         }
     }
+    if (!started) {
+        if (autopick)
+            snprintf(err, errlen, "no backend could start: %s", e->backend_note);
+        cache_stop(e->cache);
+        close_listeners(e);
+        return -1;
+    }
+    if (nl)
+        snprintf(e->backend_note + nl, sizeof(e->backend_note) - nl, "; using %s", e->ops->name);
+    e->started = time(NULL);
+    atomic_store(&e->accepting, true);
     e->running = true;
     return 0;
+}
+
+int sm_engine_ready(sm_engine *e)
+{
+    if (!e->running || !atomic_load(&e->accepting))
+        return 0;
+    for (int i = 0; i < e->settings.num_threads; i++)
+        if (atomic_load(&e->workers[i].state) != SM_WORKER_SERVING)
+            return 0;
+    return 1;
+}
+
+int sm_engine_num_workers(sm_engine *e)
+{
+    return e->settings.num_threads;
+}
+
+int sm_engine_worker_state(sm_engine *e, int i, char *err, size_t errlen)
+{
+    if (i < 0 || i >= e->settings.num_threads)
+        return -1;
+    worker *w = &e->workers[i];
+    pthread_mutex_lock(&e->wait_lock); /* worker_fail writes error before the state, under it */
+    int state = atomic_load(&w->state);
+    if (errlen > 0)
+        snprintf(err, errlen, "%s", state == SM_WORKER_FAILED ? w->error : "");
+    pthread_mutex_unlock(&e->wait_lock);
+    return state;
 }
 
 void engine_request_shutdown(struct sm_engine *e)
@@ -461,7 +646,26 @@ void sm_engine_destroy(sm_engine *e)
     cache_destroy(e->cache);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_cond_destroy(&e->wait_cond);
+    pthread_cond_destroy(&e->state_cond);
     free(e);
+}
+
+int sm_backend_built(int kind)
+{
+    switch (kind) {
+    case SM_BACKEND_AUTO:
+    case SM_BACKEND_EPOLL:
+    case SM_BACKEND_STACKMAP: /* needs the module at run time, nothing at build time */
+        return 1;
+    case SM_BACKEND_URING:
+#ifdef SM_HAVE_URING
+        return 1;
+#else
+        return 0;
+#endif
+    default:
+        return 0;
+    }
 }
 
 int sm_engine_backend(sm_engine *e)

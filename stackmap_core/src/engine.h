@@ -30,6 +30,19 @@ enum sm_backend_kind {
 };
 
 /*
+ * A worker thread's life (sm_engine_worker_state).  A worker sets up its
+ * ring and listeners on its own thread before the engine reports started;
+ * one whose setup fails, or whose loop meets an error it cannot serve past
+ * (its listener gone, its ring broken), is FAILED and says why.
+ */
+enum sm_worker_state {
+    SM_WORKER_STARTING = 0,  /* thread created, ring not set up yet */
+    SM_WORKER_SERVING = 1,   /* accepting and serving its connections */
+    SM_WORKER_FAILED = 2,    /* setup failed or the loop died: serves nothing */
+    SM_WORKER_STOPPED = 3    /* stopped by sm_engine_stop (or never started) */
+};
+
+/*
  * Every engine option, with memcached's meaning.  Defaults come from
  * sm_settings_init(); the control plane overrides what the user gave.
  */
@@ -72,7 +85,15 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen);
 /* Create an engine (cache allocated, nothing bound yet). NULL + err on failure. */
 sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errlen);
 
-/* Bind listeners and start workers and the maintainer. 0, or -1 + err. */
+/*
+ * Raise the open-file limit for -c (as memcached does), bind listeners,
+ * start the maintainer and the workers, and wait until every worker has set
+ * up its ring.  With SM_BACKEND_AUTO a backend that cannot start on every
+ * worker gives way to the next (stackmap, uring, epoll; the reason is in
+ * sm_engine_backend_note); with an explicit backend any worker's failure
+ * fails the start.  0, or -1 + a one-line err (what failed, the errno text,
+ * the remedy) with every thread joined and every listener closed.
+ */
 int sm_engine_start(sm_engine *e, char *err, size_t errlen);
 
 /*
@@ -87,6 +108,10 @@ void sm_engine_stop(sm_engine *e, int grace_ms);
 
 /* Free everything; the engine must be stopped (or never started). */
 void sm_engine_destroy(sm_engine *e);
+
+/* 1 when backend `kind` is compiled into this build (uring needs liburing at
+ * build time, see stackmap_core/_build.py), else 0. */
+int sm_backend_built(int kind);
 
 /* The backend actually in use (resolves AUTO), and why AUTO fell back if it did. */
 int sm_engine_backend(sm_engine *e);
@@ -153,8 +178,17 @@ long long sm_admin_set_memlimit(sm_engine *e, uint64_t maxbytes, char *err, size
 /* Change the connection limit (-c) while running; 0 or -1 + err. */
 int sm_engine_set_maxconns(sm_engine *e, int maxconns, char *err, size_t errlen);
 
-/* 1 when started and accepting connections (readiness). */
+/* 1 when started, accepting connections and every worker is SERVING (readiness). */
 int sm_engine_ready(sm_engine *e);
+
+/* Worker count (-t). */
+int sm_engine_num_workers(sm_engine *e);
+
+/*
+ * Worker i's enum sm_worker_state; when FAILED, why (one line) into err.
+ * -1 for an i out of range.
+ */
+int sm_engine_worker_state(sm_engine *e, int i, char *err, size_t errlen);
 
 /*
  * Snapshot dump: copy live items as records (format in admin.c) into buf,
@@ -169,6 +203,10 @@ size_t sm_admin_dump_min_buffer(sm_engine *e);
  * Snapshot restore, before sm_engine_start: parse whole records from buf
  * (dry_run 1: check only, store nothing) and store them with their flags,
  * CAS and expiry; expired ones are counted in *nexpired and skipped.
+ * Both passes raise the CAS counter past every restored CAS (before start
+ * only), so later uniques never repeat one; a record whose CAS is above
+ * SM_CAS_SET_MAX (cache.h) is stored with a new CAS instead, above
+ * all others once the check pass has seen the whole file.
  * Returns the bytes consumed (a trailing partial record is left), or -1 and
  * a reason in err for a malformed record or a failed store.
  */

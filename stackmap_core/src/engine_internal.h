@@ -32,6 +32,8 @@ struct sm_engine {
     atomic_bool accepting;          /* listeners active */
     pthread_mutex_t wait_lock;      /* guards wait_cond for sm_engine_wait */
     pthread_cond_t wait_cond;       /* signalled on shutdown request */
+    pthread_cond_t state_cond;      /* signalled (under wait_lock) when a worker's setup ends or it fails */
+    atomic_bool go;                 /* every worker set up: leave the start wait and serve */
     int64_t started;                /* unix time of start */
     bool running;                   /* start() succeeded and stop() not yet called */
     /* "stats reset" baselines, subtracted when stats are read (stats_groups.c; guarded by its lock) */
@@ -39,6 +41,14 @@ struct sm_engine {
     uint64_t total_conns_base;      /* total_conns at the last reset */
     uint64_t rejected_conns_base;   /* rejected_conns at the last reset */
 };
+
+/*
+ * Make the open-file limit fit conns client connections (engine.c): raise
+ * the soft limit (the hard one where we may); -1 + err when the hard limit
+ * is below conns; a warning when only the room for our own descriptors is
+ * short.
+ */
+int engine_fd_limits(struct sm_engine *e, int conns, char *err, size_t errlen);
 
 /* A client asked for "shutdown" (only honoured with -A). */
 void engine_request_shutdown(struct sm_engine *e);

@@ -57,7 +57,9 @@
     X(stackmap_syncs)      \
     X(stackmap_rx_slots)   \
     X(stackmap_tx_slots)   \
-    X(stackmap_bad_slots)
+    X(stackmap_bad_slots)  \
+    X(listen_disabled_num) \
+    X(listen_disabled_ns)
 
 /* Counters kept per worker thread and per slab class. */
 #define SM_SLAB_STATS(X) \

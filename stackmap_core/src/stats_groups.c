@@ -19,10 +19,11 @@
  *  - memcached names we have no true value for (connection_structures,
  *    response_obj_count, read_buf_*, reserved_fds, slab mover and LRU
  *    crawler counters, logger counters ...) are left out rather than faked;
- *    "listen_disabled_num" and "time_in_listen_disabled_us" are printed as
- *    0 because we never disable a listener (over -c a connection is
- *    refused and counted in rejected_connections, memcached's
- *    maxconns_fast behaviour);
+ *    over -c a connection is refused and counted in rejected_connections
+ *    (memcached's maxconns_fast behaviour); "listen_disabled_num" and
+ *    "time_in_listen_disabled_us" count the pauses a worker's accepting
+ *    takes when the process is out of descriptors (EMFILE), as memcached
+ *    disables its listeners then;
  *  - the cache's general stats (cache_stats_general) are placed where
  *    memcached prints them; names it emits that memcached does not print in
  *    "stats" follow, then our own counters (syscalls, uring_*, backend).
@@ -227,8 +228,8 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     U64("bytes_written", s.bytes_written);
     U64("limit_maxbytes", cache_memlimit(e->cache));
     sm_stat_addf(sink, "accepting_conns", "%d", atomic_load(&e->accepting) ? 1 : 0);
-    sink->add(sink, "listen_disabled_num", "0");        /* we never disable a listener */
-    sink->add(sink, "time_in_listen_disabled_us", "0"); /* idem */
+    U64("listen_disabled_num", s.listen_disabled_num);
+    U64("time_in_listen_disabled_us", s.listen_disabled_ns / 1000);
     sm_stat_addf(sink, "threads", "%d", e->settings.num_threads);
     U64("conn_yields", s.conn_yields);
 

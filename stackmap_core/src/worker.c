@@ -2,11 +2,16 @@
  * worker.c -- what every ring backend shares about a worker thread:
  * accounting connections in and out (the -c limit, socket options, the
  * list "stats conns" prints), the free list of output scratch chunks, and
- * the thread entry point.  The loops themselves are in the io/ backends.
+ * the thread's life: setup before the engine reports started, the loop, and
+ * what a failure leaves behind (state FAILED with the reason, nothing open
+ * that a client could wait on).  The loops themselves are in the io/
+ * backends.
  */
 #include "worker.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -180,6 +185,7 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
 {
     char name[64], addr[96];
     rel_time_t now = cache_now(w->cache);
+    pthread_mutex_lock(&w->conns_lock); /* a failed worker closes its listeners under it */
     if (w->id == 0) {
         for (int i = 0; i < w->nlisten; i++) {
             struct sockaddr_storage ss;
@@ -195,7 +201,6 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
             sink->add(sink, name, "0");
         }
     }
-    pthread_mutex_lock(&w->conns_lock);
     for (conn *c = w->conns; c; c = c->next_conn) {
         struct conn_view v = conn_peek(c);
         snprintf(name, sizeof(name), "%d:addr", c->fd);
@@ -225,12 +230,87 @@ void worker_close_idle(worker *w, void (*close_conn)(worker *w, conn *c))
     }
 }
 
+/* Publish a state change and wake the engine's start wait. */
+static void set_state(worker *w, int state)
+{
+    struct sm_engine *e = w->engine;
+    pthread_mutex_lock(&e->wait_lock);
+    atomic_store(&w->state, state);
+    pthread_cond_broadcast(&e->state_cond);
+    pthread_mutex_unlock(&e->wait_lock);
+}
+
+void worker_fail(worker *w, int errnum, const char *fmt, ...)
+{
+    int was = atomic_load(&w->state);
+    if (was == SM_WORKER_FAILED)
+        return; /* the first reason stays */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->error, sizeof(w->error), fmt, ap);
+    va_end(ap);
+    w->error_errno = errnum;
+    /* A setup failure is the engine's start error (or AUTO's note): one line, not one per worker. */
+    if (was == SM_WORKER_SERVING)
+        engine_log(w->engine, 0, "worker %d failed: %s\n", w->id, w->error);
+    set_state(w, SM_WORKER_FAILED); /* the mutex orders error before state for readers */
+}
+
+bool worker_accept_fatal(int err)
+{
+    return err == EBADF || err == EINVAL || err == ENOTSOCK || err == EOPNOTSUPP || err == EFAULT;
+}
+
+bool worker_accept_backoff(int err)
+{
+    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+/* After the loop died: close every connection (the backend's destroy) and
+ * this worker's listeners, so the kernel sends new clients to the others. */
+static void abandon(worker *w)
+{
+    w->ops->destroy(w);
+    pthread_mutex_lock(&w->conns_lock);
+    for (int i = 0; i < w->nlisten; i++)
+        close(w->listen_fds[i]);
+    free(w->listen_fds);
+    w->listen_fds = NULL;
+    w->nlisten = 0;
+    pthread_mutex_unlock(&w->conns_lock);
+}
+
 void *worker_main(void *arg)
 {
     worker *w = arg;
+    struct sm_engine *e = w->engine;
     char name[16];
     snprintf(name, sizeof(name), "sm-worker-%d", w->id);
     pthread_setname_np(pthread_self(), name);
+    if (w->ops->setup) {
+        char err[sizeof(w->error)] = "";
+        int rc = w->ops->setup(w, err, sizeof(err));
+        if (rc < 0) {
+            worker_fail(w, rc == -1 ? 0 : -rc, "%s", err);
+            return NULL; /* the engine's start joins us and undoes the rest */
+        }
+    }
+    /* Set up: wait until every worker is (or the start is called off). */
+    pthread_mutex_lock(&e->wait_lock);
+    atomic_store(&w->setup_done, true);
+    pthread_cond_broadcast(&e->state_cond);
+    while (!atomic_load(&e->go) && !atomic_load(&w->stop))
+        pthread_cond_wait(&e->state_cond, &e->wait_lock);
+    pthread_mutex_unlock(&e->wait_lock);
+    if (atomic_load(&w->stop)) {
+        set_state(w, SM_WORKER_STOPPED);
+        return NULL;
+    }
+    set_state(w, SM_WORKER_SERVING);
     w->ops->run(w);
+    if (atomic_load(&w->state) == SM_WORKER_FAILED)
+        abandon(w);
+    else
+        set_state(w, SM_WORKER_STOPPED);
     return NULL;
 }

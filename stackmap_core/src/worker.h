@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "bufpool.h"
 #include "cache/cache.h"
 #include "conn.h"
 #include "engine.h"
@@ -37,6 +38,7 @@ typedef struct worker {
     void *backend;                   /* the backend's per-worker state */
     out_chunk *free_chunks;          /* recycled output scratch chunks */
     int nfree_chunks;                /* length of free_chunks */
+    sm_pool pool;                    /* buffers connections take while data is in flight (bufpool.h) */
     int *listen_fds;                 /* this worker's listening sockets */
     int nlisten;                     /* number of listen_fds */
     int nconns;                      /* connections this worker owns */
@@ -44,7 +46,42 @@ typedef struct worker {
     conn *conns;                     /* open connections of this worker */
     atomic_bool stop;                /* set by the engine to end the loop */
     atomic_bool draining;            /* stop accepting, finish in-flight requests */
+    atomic_int state;                /* enum sm_worker_state (engine.h) */
+    atomic_bool setup_done;          /* the backend's setup succeeded on this thread */
+    char error[256];                 /* why it FAILED; written before state becomes FAILED */
+    int error_errno;                 /* the errno behind error, 0 when none (picks the remedy) */
 } worker;
+
+/* Worker w FAILED: record why (once: the first reason stays), log it at
+ * every verbosity when it was serving (a setup failure is the engine's
+ * start error instead), and wake the engine's start wait.  errnum may be 0. */
+void worker_fail(worker *w, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The loop should end: the engine stops it, or it failed. */
+static inline bool worker_should_exit(worker *w)
+{
+    return atomic_load_explicit(&w->stop, memory_order_relaxed) ||
+           atomic_load_explicit(&w->state, memory_order_relaxed) == SM_WORKER_FAILED;
+}
+
+/*
+ * An accept on a listening socket failed with err: true when the listener
+ * itself is gone (EBADF, EINVAL: no longer listening, e.g. destroyed with
+ * `ss -K`; ENOTSOCK, EOPNOTSUPP), so no retry can succeed and the worker
+ * fails; false for the transient ones (a connection aborted before it was
+ * taken, EMFILE, ENOBUFS, EAGAIN...).
+ */
+bool worker_accept_fatal(int err);
+
+/*
+ * An accept failed for want of descriptors or memory (EMFILE, ENFILE,
+ * ENOBUFS, ENOMEM): the connection waits in the listen queue, and retrying
+ * at once would spin, so the backend stops accepting on that listener for
+ * ACCEPT_BACKOFF_NS (memcached disables its listeners likewise) and counts
+ * it in listen_disabled_num.
+ */
+bool worker_accept_backoff(int err);
+#define ACCEPT_BACKOFF_NS (10ull * 1000 * 1000)
 
 /* Get a scratch chunk from the worker's free list (or malloc when empty). */
 out_chunk *worker_chunk_get(worker *w);
@@ -66,7 +103,13 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink);
  */
 void worker_close_idle(worker *w, void (*close_conn)(worker *w, conn *c));
 
-/* Thread entry: runs w->ops->run(w). */
+/*
+ * Thread entry: the backend's setup (ring, listeners armed), then it waits
+ * for the engine's go (every worker set up) and runs w->ops->run(w).  A
+ * failure in setup or in the loop marks the worker FAILED; one in the loop
+ * also closes its connections and listeners, so no client waits on a worker
+ * that will never answer (SO_REUSEPORT sends new ones to the others).
+ */
 void *worker_main(void *arg);
 
 #endif

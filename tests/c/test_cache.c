@@ -259,6 +259,16 @@ static void test_store_modes(void)
         uint64_t co = 0;
         CHECK(cache_store(c, ni, cache_hash("s", 1), &req2, &co, NULL) == STORE_STORED && co == 999999);
         cache_release(c, ni);
+        /* the counter is raised past an explicit CAS: later uniques never equal it */
+        uint64_t after = 0;
+        CHECK(put(c, "s2", "v", 1, 0, 0, STORE_SET, 0, &after) == STORE_STORED && after == 1000000);
+        /* a CAS past SM_CAS_SET_MAX is not taken (the counter must not wrap) */
+        ni = cache_alloc(c, "s", 1, 0, 0, 4, &ae);
+        memcpy(ITEM_value(ni), "v4\r\n", 4);
+        store_req req3 = {.op = STORE_SET, .cas_new = UINT64_MAX};
+        CHECK(cache_store(c, ni, cache_hash("s", 1), &req3, &co, NULL) == STORE_STORED && co == 1000001);
+        cache_release(c, ni);
+        CHECK(put(c, "s2", "v", 1, 0, 0, STORE_SET, 0, &after) == STORE_STORED && after == 1000002);
     }
     /* delete */
     CHECK(del(c, "nothere", 0, 0, 0) == DEL_NOT_FOUND);

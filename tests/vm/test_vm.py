@@ -7,6 +7,7 @@ virtio-net):
 - memcapable's ASCII conformance checks all pass;
 - pymemcache's storage, retrieval, CAS, arithmetic, expiry, multi-get,
   large-value and many-connection behaviour is right;
+- clients that half-close (shutdown(SHUT_WR)) get every reply first;
 - afterwards the server still serves and its log has no Python traceback.
 deploy/vm_test.py runs this module once per backend, then test_vm_kernel.py
 (the module, the ring-level test and the kernel log) once at the end.
@@ -154,6 +155,49 @@ def test_peer_close_mid_request(vm: VM) -> None:
     c = Client(("127.0.0.1", vm.port), timeout=10)
     assert c.set("after", b"ok", noreply=False)
     assert c.get("after") == b"ok"
+
+
+def test_half_closed_clients_get_every_reply(vm: VM) -> None:
+    """100 connections at once each send set+get (and a 1 MB multi-get), shut
+    down their sending side and read to end of stream: every reply arrives
+    whole before the server closes (the backend's EOF handling)."""
+    big = b"H" * (256 * 1024)
+    with socket.create_connection(("127.0.0.1", vm.port), timeout=30) as s:
+        s.sendall(b"".join(b"set hcbig%d 0 0 %d\r\n%s\r\n" % (i, len(big), big) for i in range(4)))
+        want_stored = b"STORED\r\n" * 4
+        got = b""
+        while len(got) < len(want_stored):
+            chunk = s.recv(4096)
+            assert chunk, got
+            got += chunk
+        assert got == want_stored
+    multi = b"get hcbig0 hcbig1 hcbig2 hcbig3\r\n"
+    multi_reply = b"".join(b"VALUE hcbig%d 0 %d\r\n%s\r\n" % (i, len(big), big) for i in range(4)) + b"END\r\n"
+    requests, wants = [], []
+    for i in range(100):
+        key, val = b"hc%d" % i, b"v%d" % i
+        req = b"set %s 0 0 %d\r\n%s\r\nget %s\r\n" % (key, len(val), val, key)
+        want = b"STORED\r\nVALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key, len(val), val)
+        if i % 10 == 0:
+            req, want = req + multi, want + multi_reply
+        requests.append(req)
+        wants.append(want)
+    socks = [socket.create_connection(("127.0.0.1", vm.port), timeout=60) for _ in requests]
+    try:
+        for s, req in zip(socks, requests, strict=True):
+            s.sendall(req)
+            s.shutdown(socket.SHUT_WR)
+        results: list[bytes] = []
+        for s in socks:
+            buf = bytearray()
+            while chunk := s.recv(1 << 20):
+                buf += chunk
+            results.append(bytes(buf))
+    finally:
+        for s in socks:
+            s.close()
+    bad = [i for i, (got, want) in enumerate(zip(results, wants, strict=True)) if got != want]
+    assert not bad, f"{len(bad)}/100 incomplete; first #{bad[0]}: {len(results[bad[0]])} of {len(wants[bad[0]])} bytes"
 
 
 def test_server_still_serves(vm: VM) -> None:

@@ -199,7 +199,7 @@ uint32_t cache_max_value_bytes(const cache *c, size_t nkey);
 typedef struct store_req {
     store_op op;           /* set/add/replace/append/prepend/cas */
     uint64_t cas_compare;  /* STORE_CAS, or any op with cas_compare != 0 (meta C): must match */
-    uint64_t cas_new;      /* 0: assign the next unique; else use this value (meta E) */
+    uint64_t cas_new;      /* 0: assign the next unique; else use this value (meta E, restore; see SM_CAS_SET_MAX) */
     int invalidate;        /* meta I: a cas_compare older than the item's stores and marks stale */
 } store_req;
 
@@ -260,6 +260,22 @@ arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, co
                          uint64_t *value_out, item **it_out, int *clsid_out);
 
 /* ---- whole-cache operations ---- */
+
+/*
+ * CAS values taken from outside the counter, and how the counter is kept
+ * from ever wrapping to 0 (which would hand out 0, 1, ... again, equal to
+ * CAS values still in the cache).  Storing an outside value raises the
+ * counter to it (cache_cas_at_least), so later uniques never equal it.
+ *  - SM_CAS_EXPLICIT_MAX (2^63 - 1): the largest a client may set (meta E).
+ *  - SM_CAS_SET_MAX (2^64 - 2^62 - 1): the largest a store takes at all,
+ *    i.e. a snapshot record's CAS (one the counter handed out after an E,
+ *    or one restored before); larger ones get the next unique instead.
+ * So the counter starts at most at SM_CAS_SET_MAX after a restore and has
+ * 2^62 steps left (a century and more at a billion stores a second), and
+ * it takes 2^62 stores after the largest E to reach SM_CAS_SET_MAX.
+ */
+#define SM_CAS_EXPLICIT_MAX ((uint64_t)INT64_MAX)
+#define SM_CAS_SET_MAX (UINT64_MAX - (UINT64_C(1) << 62))
 
 /* Next CAS unique (0 when CAS is disabled). */
 uint64_t cache_next_cas(cache *c);

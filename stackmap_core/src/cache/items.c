@@ -248,11 +248,23 @@ item *cache_get(cache *c, const char *key, size_t nkey, uint32_t hv, int flags, 
 
 /* ---- stores ---- */
 
+/*
+ * The CAS a store links its item with: the next unique, or an explicit one
+ * (meta E, snapshot restore).  An explicit value raises the counter to it,
+ * so the uniques handed out later never collide with it.  (Newer memcached
+ * keeps its counter apart from E values, so its later uniques can equal
+ * one; we do not copy that.)  A value above SM_CAS_SET_MAX is not taken
+ * -- the item gets the next unique -- so nothing can push the counter to
+ * where it would wrap (cache.h); meta E is held to a lower limit up front.
+ */
 static uint64_t store_cas(cache *c, uint64_t cas_new)
 {
     if (!c->cfg.use_cas)
         return 0;
-    return cas_new ? cas_new : cache_next_cas(c);
+    if (cas_new == 0 || cas_new > SM_CAS_SET_MAX)
+        return cache_next_cas(c);
+    cache_cas_at_least(c, cas_new);
+    return cas_new;
 }
 
 /*

@@ -25,13 +25,25 @@ typedef struct backend_ops {
     const char *name;                                      /* "epoll", "uring", "stackmap" */
     /* Can this backend run here? 0, or -1 with a reason (for AUTO's log line). */
     int (*probe)(const struct sm_settings *s, char *why, size_t whylen);
-    /* Per-worker set-up (rings, listeners registered). 0 or -1 + err. */
+    /* Per-worker set-up on the engine's thread (memory, listeners registered).
+     * 0, or a negative errno (-1 when none applies) + err. */
     int (*init)(worker *w, char *err, size_t errlen);
-    /* The loop: runs until w->stop; when w->draining, stops accepting. */
+    /* Set-up on the worker's own thread before it serves (a ring that must be
+     * created there); NULL when there is none.  0, or a negative errno (-1
+     * when none applies) + err.  The engine reports started only once every
+     * worker's setup has succeeded. */
+    int (*setup)(worker *w, char *err, size_t errlen);
+    /* The loop: runs until w->stop; when w->draining, stops accepting.  An
+     * error it cannot serve past: worker_fail() and return. */
     void (*run)(worker *w);
     /* Free per-worker state and close every connection. */
     void (*destroy)(worker *w);
 } backend_ops;
+
+/* Why the uring backend is unusable in a build without liburing (uring.c). */
+#define SM_URING_ABSENT                                                     \
+    "this stackmapd was built without liburing, so it has no uring backend; " \
+    "install liburing-dev (Debian/Ubuntu) and rebuild it (pip install . / make install)"
 
 extern const backend_ops backend_epoll;
 extern const backend_ops backend_uring;

@@ -12,7 +12,10 @@
  * simply reported again.  A connection whose queued output passes the
  * high-water mark stops being read (EPOLLIN off, EPOLLOUT on) until the
  * client drains it, so a client that stops reading costs bounded memory
- * and never stalls the others.
+ * and never stalls the others.  End of stream (the client shut down its
+ * side) stops reading too, but everything received before it is answered
+ * and the connection closes only once the last reply has been sent
+ * (conn_eof_finished).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -40,6 +43,9 @@ typedef struct epoll_state {
     int epfd;                      /* the worker's epoll instance */
     char *rbuf;                    /* EPOLL_RBUF_SIZE bytes of receive buffer */
     conn *flush;                   /* connections with output queued this round */
+    bool accept_paused;            /* out of descriptors: listeners' EPOLLIN off until accept_resume */
+    uint64_t accept_paused_at;     /* clock (latency.h ns) the pause began */
+    uint64_t accept_resume;        /* clock at which the listeners are watched again */
     struct epoll_event events[EPOLL_MAX_EVENTS]; /* results of epoll_wait */
 } epoll_state;
 
@@ -97,7 +103,7 @@ static void update_interest(worker *w, conn *c)
 {
     epoll_state *st = w->backend;
     uint32_t evs = 0;
-    if (!(c->backend_state & EP_PAUSED))
+    if (!(c->backend_state & EP_PAUSED) && !c->rd_eof)
         evs |= EPOLLIN;
     if (c->backend_state & EP_WANT_OUT)
         evs |= EPOLLOUT;
@@ -106,14 +112,62 @@ static void update_interest(worker *w, conn *c)
     SM_STAT_INC(w->stats.syscalls);
 }
 
+/* Listeners' EPOLLIN on (events EPOLLIN) or off (0): level-triggered, a
+ * waiting connection would otherwise be reported, and fail, forever. */
+static void watch_listeners(worker *w, epoll_state *st, uint32_t events)
+{
+    for (int i = 0; i < w->nlisten; i++) {
+        struct epoll_event ev = {.events = events};
+        ev.data.u64 = ((uint64_t)w->listen_fds[i] << 1) | 1u;
+        epoll_ctl(st->epfd, EPOLL_CTL_MOD, w->listen_fds[i], &ev);
+        SM_STAT_INC(w->stats.syscalls);
+    }
+}
+
+/* Out of descriptors: stop accepting for ACCEPT_BACKOFF_NS (worker.h). */
+static void pause_accepts(worker *w, epoll_state *st)
+{
+    if (st->accept_paused)
+        return;
+    watch_listeners(w, st, 0);
+    st->accept_paused = true;
+    st->accept_paused_at = sm_lat_now();
+    st->accept_resume = st->accept_paused_at + ACCEPT_BACKOFF_NS;
+    SM_STAT_INC(w->stats.listen_disabled_num);
+}
+
+/* The epoll_wait timeout: the tick, or less while the pause ends sooner;
+ * accepting resumes once it is over (unless draining removed the listeners). */
+static int resume_accepts(worker *w, epoll_state *st, bool listening)
+{
+    if (!st->accept_paused)
+        return EPOLL_TICK_MS;
+    uint64_t now = sm_lat_now();
+    if (now < st->accept_resume) {
+        uint64_t ms = (st->accept_resume - now + 999999) / 1000000;
+        return ms < EPOLL_TICK_MS ? (int)ms : EPOLL_TICK_MS;
+    }
+    if (listening)
+        watch_listeners(w, st, EPOLLIN);
+    st->accept_paused = false;
+    SM_STAT_ADD(w->stats.listen_disabled_ns, now - st->accept_paused_at);
+    return EPOLL_TICK_MS;
+}
+
 static void accept_all(worker *w, int lfd)
 {
     epoll_state *st = w->backend;
     for (int i = 0; i < 64; i++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         SM_STAT_INC(w->stats.syscalls);
-        if (fd < 0)
+        if (fd < 0) {
+            /* The listener is gone (ss -K, say): epoll would report it forever. */
+            if (worker_accept_fatal(errno))
+                worker_fail(w, errno, "accept on listener fd %d: %s", lfd, strerror(errno));
+            else if (worker_accept_backoff(errno))
+                pause_accepts(w, st);
             return; /* EAGAIN, or a transient error: epoll reports again */
+        }
         conn *c = worker_conn_open(w, fd);
         if (!c)
             continue;
@@ -142,8 +196,16 @@ static bool handle_read(worker *w, conn *c)
     for (int round = 0; round < 4; round++) {
         ssize_t n = read(c->fd, st->rbuf, EPOLL_RBUF_SIZE);
         SM_STAT_INC(w->stats.syscalls);
-        if (n == 0)
-            return false;
+        if (n == 0) {
+            /* End of stream: read no more (level-triggered, it would be
+             * reported forever), answer what came, close once all is sent. */
+            c->rd_eof = true;
+            update_interest(w, c);
+            if (conn_eof_finished(c))
+                return false;
+            want_flush(st, c);
+            return true;
+        }
         if (n < 0)
             return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
         SM_STAT_ADD(w->stats.bytes_read, n);
@@ -226,7 +288,7 @@ static void flush_all(worker *w)
         conn *c = st->flush;
         st->flush = c->next_ready;
         c->backend_state &= ~EP_IN_FLUSH;
-        if (!handle_write(w, c) || !after_flush(w, c)) {
+        if (!handle_write(w, c) || !after_flush(w, c) || (c->rd_eof && conn_eof_finished(c))) {
             worker_conn_close(w, c);
             continue;
         }
@@ -239,7 +301,7 @@ static void epoll_run(worker *w)
 {
     epoll_state *st = w->backend;
     bool listening = true;
-    while (!atomic_load(&w->stop)) {
+    while (!worker_should_exit(w)) {
         if (atomic_load(&w->draining)) {
             if (listening) {
                 for (int i = 0; i < w->nlisten; i++)
@@ -250,19 +312,25 @@ static void epoll_run(worker *w)
             if (w->nconns == 0)
                 break;
         }
-        int n = epoll_wait(st->epfd, st->events, EPOLL_MAX_EVENTS, EPOLL_TICK_MS);
+        int n = epoll_wait(st->epfd, st->events, EPOLL_MAX_EVENTS, resume_accepts(w, st, listening));
         SM_STAT_INC(w->stats.syscalls);
+        if (n < 0 && errno != EINTR) { /* EBADF, EINVAL, EFAULT: the instance is gone */
+            worker_fail(w, errno, "epoll_wait: %s", strerror(errno));
+            return;
+        }
         for (int i = 0; i < n; i++) {
             struct epoll_event *ev = &st->events[i];
             if (ev->data.u64 & 1u) {
                 if (listening)
                     accept_all(w, (int)(ev->data.u64 >> 1));
+                if (worker_should_exit(w))
+                    return;
                 continue;
             }
             conn *c = ev->data.ptr;
             bool hup = ev->events & (EPOLLHUP | EPOLLERR);
             if ((ev->events & EPOLLIN) || hup) {
-                bool paused = c->backend_state & EP_PAUSED;
+                bool paused = (c->backend_state & EP_PAUSED) || c->rd_eof; /* not reading */
                 if ((paused && hup) || (!paused && !handle_read(w, c))) {
                     if (c->backend_state & EP_IN_FLUSH) {
                         /* Drop it from the flush list before freeing. */
@@ -290,6 +358,7 @@ static void epoll_destroy(worker *w)
         return;
     while (w->conns)
         worker_conn_close(w, w->conns);
+    pool_destroy(&w->pool);
     close(st->epfd);
     free(st->rbuf);
     free(st);

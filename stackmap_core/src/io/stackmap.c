@@ -18,6 +18,12 @@
  * took: a slot flagged AGAIN (send buffer full) leaves its remainder queued
  * until a WRITABLE slot arrives, so a client that stops reading never stalls
  * the ring or the other connections.
+ *
+ * End of stream (an EOF slot: the client shut down its side) closes a
+ * connection only once everything it sent before has been answered and the
+ * kernel has confirmed the last reply sent (conn_eof_finished); requests
+ * that the output high-water mark left unparsed are parsed as soon as the
+ * queue has drained below it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -45,7 +51,8 @@ typedef struct smap_conn {
     size_t staged;     /* queued bytes copied into TX slots this round, not yet confirmed */
     bool blocked;      /* the kernel said AGAIN: wait for a WRITABLE slot */
     bool in_flush;     /* on the flush list */
-    bool closing;      /* close once the queue is sent (or now, on EOF/error) */
+    bool closing;      /* close now (an error or a bad slot) */
+    bool held;         /* parsing stopped at the output high-water mark with input left */
 } smap_conn;
 
 /* Per-worker state (worker->backend). */
@@ -303,11 +310,14 @@ static void reap_rx(worker *w)
                     c->last_active = cache_now(w->cache);
                     if (!conn_feed(c, data, s->len))
                         sc->closing = true;
+                    sc->held = out_pending(c) > OUT_HIGH_WATER && c->rbytes > 0;
                 }
                 if (flags & STACKMAP_F_WRITABLE)
                     sc->blocked = false;
-                if (flags & (STACKMAP_F_EOF | STACKMAP_F_ERR)) {
-                    /* Peer gone: nothing more to read or deliver. */
+                if (flags & STACKMAP_F_EOF)
+                    c->rd_eof = true; /* answer what came before it, then close (stage_tx) */
+                if ((flags & STACKMAP_F_ERR) || (c->rd_eof && !sc->closing && conn_eof_finished(c))) {
+                    /* Peer gone, or at its end with nothing left to answer. */
                     close_conn(w, c);
                 } else if (out_pending(c) > 0 || c->state == CONN_CLOSING || sc->closing) {
                     want_flush(st, c);
@@ -337,8 +347,16 @@ static void stage_tx(worker *w)
         smap_conn *sc = c->backend_data;
         st->flush = c->next_ready;
         sc->in_flush = false;
-        /* closing: an error or bad slot; CONN_CLOSING: the protocol's last words are sent */
-        if (sc->closing || (c->state == CONN_CLOSING && out_pending(c) == 0)) {
+        /* Requests left unparsed at the high-water mark: go on once below it. */
+        if (sc->held && !sc->closing && out_pending(c) <= OUT_HIGH_WATER) {
+            if (!conn_feed(c, NULL, 0))
+                sc->closing = true;
+            sc->held = out_pending(c) > OUT_HIGH_WATER && c->rbytes > 0;
+        }
+        /* closing: an error or bad slot; CONN_CLOSING: the protocol's last words
+         * are sent; rd_eof: every reply to what came before the end is sent */
+        if (sc->closing || (c->state == CONN_CLOSING && out_pending(c) == 0) ||
+            (c->rd_eof && conn_eof_finished(c))) {
             close_conn(w, c);
             continue;
         }
@@ -402,7 +420,7 @@ static void smap_run(worker *w)
 {
     smap_state *st = w->backend;
     bool listening = true;
-    while (!atomic_load(&w->stop)) {
+    while (!worker_should_exit(w)) {
         if (atomic_load(&w->draining)) {
             if (listening) {
                 for (int i = 0; i < w->nlisten; i++) {
@@ -425,6 +443,10 @@ static void smap_run(worker *w)
         SM_STAT_INC(w->stats.syscalls);
         SM_STAT_INC(w->stats.stackmap_syncs);
         st->tx_pending = 0;
+        if (rc < 0 && (errno == EBADF || errno == EFAULT || errno == EINVAL)) {
+            worker_fail(w, errno, "stackmap poll: %s", strerror(errno)); /* the port is gone */
+            return;
+        }
         if (rc < 0 && errno != EINTR) {
             engine_log(w->engine, 1, "stackmap poll: %s\n", strerror(errno));
             continue;
@@ -446,6 +468,7 @@ static void smap_destroy(worker *w)
         c->backend_data = NULL;
         worker_conn_close(w, c);
     }
+    pool_destroy(&w->pool);
     /* Closing the port detaches everything and frees its memory. */
     if (st->mem)
         munmap(st->mem, st->mem_size);

@@ -28,6 +28,21 @@
  *   (notification) completion says TCP has let go of them.
  * - Back-pressure: a connection whose queue passes OUT_HIGH_WATER has its
  *   multishot receive cancelled until the client drains its responses.
+ * - A full socket buffer after the client's end of stream: io_uring's own
+ *   poll always reports POLLRDHUP, so once the peer has shut down its side
+ *   a send that finds no room completes with EAGAIN instead of waiting (and
+ *   an io_uring POLLOUT would fire at once, forever).  Such a connection is
+ *   parked in a per-worker epoll instance (created on first use) for
+ *   EPOLLOUT, which does not report RDHUP unless asked; one io_uring poll
+ *   on that epoll fd wakes the loop when any of them has room again.
+ * - End of stream (a receive of 0 bytes: the client shut down its side):
+ *   no receive is armed again, but everything received before it is
+ *   answered, in whatever batch the end arrived, and the connection closes
+ *   (shutdown, then close) only once its last reply has been sent
+ *   (conn_eof_finished).
+ * - Memory: an idle connection holds its conn and this backend's small
+ *   uring_conn; a send's iovec snapshot is a block of the worker's pool
+ *   (bufpool.h) held only while the send is in flight.
  * - Batch wait (-o uring_batch_usec): a loaded worker whose CPU never idles
  *   asks the kernel for a batch of arrivals instead of waking at the first
  *   (batch_adapt); a large batch is prefetched a window at a time.
@@ -35,13 +50,23 @@
  * The ring is created on the worker thread itself, so it can be
  * SINGLE_ISSUER | DEFER_TASKRUN (completions are processed only when this
  * thread enters the kernel: no inter-processor wake-ups for task work).
+ *
+ * All of this needs liburing, which is optional at build time: the build
+ * (stackmap_core/_build.py, the Makefile's C targets) defines SM_HAVE_URING
+ * only when a program using liburing compiles and links.  Without it the
+ * #else branch at the end of this file is the backend: its probe says what
+ * is missing, so --backend uring is refused and auto moves on to epoll.
  */
+#ifdef SM_HAVE_URING
 #include <errno.h>
 #include <limits.h>
 #include <liburing.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -56,6 +81,7 @@
 #define TAG_RECV   2u
 #define TAG_SEND   3u
 #define TAG_IGNORE 4u
+#define TAG_WRWAIT 5u
 #define TAG_MASK   7u
 
 /* Provided-buffer group id used for receives. */
@@ -69,6 +95,9 @@
 #define BATCH_HOLD 64      /* rounds without growth after a wait ran out of time, and of rest after two */
 #define ACTIVE_ROUNDS 64   /* rounds per window of the active-connection count */
 
+/* The kernel's largest registered file table (IORING_MAX_FIXED_FILES). */
+#define URING_MAX_FIXED (1 << 20)
+
 /* Receive buffers published to the kernel at least (see top_up_bufs). */
 #define PUBLISH_MIN 64
 /* Nanoseconds after the ring ran dry during which the publish target does not fall. */
@@ -77,12 +106,14 @@
 /* Per-connection io_uring state (conn->backend_data). */
 typedef struct uring_conn {
     struct msghdr msg;    /* header of the in-flight sendmsg */
-    struct iovec *snap;   /* iovecs of the in-flight send (snapshot of the queue) */
-    int snapcap;          /* capacity of snap */
+    struct iovec *snap;   /* iovecs of the in-flight sendmsg (snapshot of the queue): a pooled
+                             block, held only while that send is in flight; NULL otherwise */
+    size_t snapcap;       /* bytes of the snap block */
     int fixed;            /* index in the ring's registered file table, -1: use the plain fd */
     int inflight;         /* SQEs in flight that reference this connection */
     bool recv_armed;      /* a multishot recv is active */
-    bool send_inflight;   /* a sendmsg is active */
+    bool send_inflight;   /* a sendmsg is active, or the socket waits for room (wr_wait) */
+    bool wr_wait;         /* parked in the worker's wr_epfd until the socket has room */
     bool paused;          /* receive cancelled for back-pressure */
     bool closing;         /* close once nothing is in flight */
     bool in_flush;        /* on the flush list this round */
@@ -113,6 +144,10 @@ typedef struct uring_state {
     int nfree_fixed;             /* entries in free_fixed */
     int nfixed;                  /* size of the registered file table */
     bool accepting;              /* multishot accepts are armed */
+    bool *accept_paused;         /* per listener: accept stopped by EMFILE, re-armed at accept_resume */
+    int npaused;                 /* listeners in accept_paused */
+    uint64_t accept_paused_at;   /* clock (latency.h ns) of the first pause of this spell */
+    uint64_t accept_resume;      /* clock at which paused listeners are re-armed */
     conn *flush;                 /* connections with output to send this round */
     unsigned sends_queued;       /* sends queued this round: each completes inline unless its socket is full */
     unsigned arrivals;           /* receives with data this round */
@@ -124,6 +159,9 @@ typedef struct uring_state {
     unsigned active_count;       /* connections with an arrival in the current window */
     unsigned active_prev;        /* the same, for the previous window */
     cpuidle idle;                /* whether this worker's CPU idles (batch waits only if not) */
+    int wr_epfd;                 /* epoll instance of sockets waiting for room (wait_writable), -1: none yet */
+    int wr_count;                /* connections parked in wr_epfd */
+    bool wr_armed;               /* an io_uring poll on wr_epfd is in flight */
 } uring_state;
 
 /* Receive buffer bid of the provided-buffer ring. */
@@ -174,33 +212,52 @@ static int uring_probe(const struct sm_settings *s, char *why, size_t whylen)
     return 0;
 }
 
+/*
+ * Slots of a worker's registered file table: one per connection it may hold
+ * (-c, and a few spare), but no more than the open-file limit, which the
+ * kernel holds each table to (EMFILE beyond it: with `ulimit -n 1024` and
+ * -c 1024 every worker's ring failed).  Connections past the table use
+ * their plain fd.
+ */
+static int fixed_table_size(int maxconns)
+{
+    long n = (long)maxconns + 16;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (rlim_t)n > rl.rlim_cur)
+        n = (long)rl.rlim_cur;
+    if (n > URING_MAX_FIXED)
+        n = URING_MAX_FIXED;
+    return n > 0 ? (int)n : 1;
+}
+
 static int uring_init(worker *w, char *err, size_t errlen)
 {
     uring_state *st = calloc(1, sizeof(*st));
     if (!st) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return -ENOMEM;
     }
     const struct sm_settings *s = w->settings;
     st->nbufs = pow2_floor((unsigned)(s->uring_bufs > 0 ? s->uring_bufs : 1024));
     if (st->nbufs > 32768)
         st->nbufs = 32768;
     st->bufsize = (unsigned)(s->uring_buf_size >= 512 ? s->uring_buf_size : 4096);
-    /* Every connection may hold one registered slot. */
-    st->nfixed = s->maxconns + 16;
+    st->nfixed = fixed_table_size(s->maxconns);
     st->free_fixed = malloc((size_t)st->nfixed * sizeof(int));
     /* Huge pages: the kernel writes each receive into the next buffer of the
      * ring, so with 4 KiB pages nearly every receive is a TLB miss (twice:
      * the kernel's copy and our parse). */
     st->bufs = hugemem_alloc((size_t)st->nbufs * st->bufsize);
     st->spare = malloc((size_t)st->nbufs * sizeof(*st->spare));
-    if (!st->free_fixed || !st->bufs || !st->spare) {
+    st->accept_paused = calloc((size_t)(w->nlisten > 0 ? w->nlisten : 1), sizeof(bool));
+    if (!st->free_fixed || !st->bufs || !st->spare || !st->accept_paused) {
+        free(st->accept_paused);
         free(st->spare);
         free(st->free_fixed);
         hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
         free(st);
         snprintf(err, errlen, "out of memory for io_uring buffers");
-        return -1;
+        return -ENOMEM;
     }
     for (int i = 0; i < st->nfixed; i++)
         st->free_fixed[st->nfree_fixed++] = st->nfixed - 1 - i;
@@ -209,6 +266,7 @@ static int uring_init(worker *w, char *err, size_t errlen)
     st->publish_target = PUBLISH_MIN < st->nbufs ? PUBLISH_MIN : st->nbufs;
     st->batch_target = 1;
     st->active_window = 1; /* new connections start at 0: not yet counted */
+    st->wr_epfd = -1;
     w->backend = st;
     return 0;
 }
@@ -276,7 +334,14 @@ static void publish_adapt(uring_state *st, uint64_t now)
     st->publish_target = t;
 }
 
-/* Create the ring and the buffer ring; runs on the worker thread. */
+static void arm_accept(worker *w, int idx);
+
+/*
+ * The backend's setup, on the worker thread before the engine reports
+ * started: create the ring and the buffer ring, register the file table and
+ * arm a multishot accept per listener (submitted with the loop's first
+ * enter).  0, or a negative errno + err.
+ */
 static int ring_setup(worker *w, char *err, size_t errlen)
 {
     uring_state *st = w->backend;
@@ -289,19 +354,21 @@ static int ring_setup(worker *w, char *err, size_t errlen)
         p.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER;
         p.sq_thread_idle = 1000;
     }
-    p.flags |= IORING_SETUP_CQSIZE;
+    /* CLAMP: a completion queue of 8 per entry passes the kernel's largest
+     * (65536) from uring_entries=8192 on; it is then that largest. */
+    p.flags |= IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
     p.cq_entries = entries * 8;
     int rc = io_uring_queue_init_params(entries, &st->ring, &p);
-    if (rc < 0) {
+    if (rc < 0 && rc != -EMFILE && rc != -ENFILE && rc != -ENOMEM) {
         /* Older kernels: no DEFER_TASKRUN / SINGLE_ISSUER. */
         memset(&p, 0, sizeof(p));
-        p.flags = IORING_SETUP_CQSIZE;
+        p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
         p.cq_entries = entries * 8;
         rc = io_uring_queue_init_params(entries, &st->ring, &p);
     }
     if (rc < 0) {
         snprintf(err, errlen, "io_uring_queue_init: %s", strerror(-rc));
-        return -1;
+        return rc;
     }
     st->ring_ok = true;
     cpuidle_init(&st->idle);
@@ -312,7 +379,7 @@ static int ring_setup(worker *w, char *err, size_t errlen)
     void *mem = NULL;
     if (posix_memalign(&mem, 4096, brsize) != 0) {
         snprintf(err, errlen, "out of memory for the buffer ring");
-        return -1;
+        return -ENOMEM;
     }
     memset(mem, 0, brsize);
     st->br = mem;
@@ -322,15 +389,18 @@ static int ring_setup(worker *w, char *err, size_t errlen)
     rc = io_uring_register_buf_ring(&st->ring, &reg, 0);
     if (rc < 0) {
         snprintf(err, errlen, "io_uring_register_buf_ring: %s", strerror(-rc));
-        return -1;
+        return rc;
     }
     top_up_bufs(st);
     atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
     rc = io_uring_register_files_sparse(&st->ring, (unsigned)st->nfixed);
     if (rc < 0) {
-        snprintf(err, errlen, "io_uring_register_files_sparse: %s", strerror(-rc));
-        return -1;
+        snprintf(err, errlen, "io_uring_register_files_sparse(%d): %s", st->nfixed, strerror(-rc));
+        return rc;
     }
+    for (int i = 0; i < w->nlisten; i++)
+        arm_accept(w, i);
+    st->accepting = true;
     return 0;
 }
 
@@ -346,6 +416,8 @@ static void arm_accept(worker *w, int idx)
 static void arm_recv(worker *w, conn *c)
 {
     uring_conn *uc = c->backend_data;
+    if (c->rd_eof)
+        return; /* nothing more will come */
     struct io_uring_sqe *sqe = get_sqe(w);
     if (!sqe)
         return;
@@ -377,6 +449,14 @@ static void want_flush(uring_state *st, conn *c)
     st->flush = c;
 }
 
+/* Give back the snapshot block of a send that has completed. */
+static void drop_snap(worker *w, uring_conn *uc)
+{
+    pool_give(&w->pool, uc->snap, uc->snapcap);
+    uc->snap = NULL;
+    uc->snapcap = 0;
+}
+
 /* Free a connection once nothing in flight references it. */
 static void maybe_free(worker *w, conn *c)
 {
@@ -390,10 +470,82 @@ static void maybe_free(worker *w, conn *c)
         SM_STAT_INC(w->stats.syscalls);
         st->free_fixed[st->nfree_fixed++] = uc->fixed;
     }
-    free(uc->snap);
+    drop_snap(w, uc);
     free(uc);
     c->backend_data = NULL;
     worker_conn_close(w, c);
+}
+
+static void start_close(worker *w, conn *c);
+
+/* Take a connection out of wr_epfd: it no longer waits for room. */
+static void unpark(worker *w, conn *c)
+{
+    uring_state *st = w->backend;
+    uring_conn *uc = c->backend_data;
+    epoll_ctl(st->wr_epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    SM_STAT_INC(w->stats.syscalls);
+    st->wr_count--;
+    uc->wr_wait = false;
+    uc->send_inflight = false;
+    uc->inflight--;
+}
+
+/* Have the ring wake the loop when a socket parked in wr_epfd has room. */
+static void arm_wr_poll(worker *w)
+{
+    uring_state *st = w->backend;
+    if (st->wr_armed || st->wr_count == 0)
+        return;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (!sqe)
+        return;
+    io_uring_prep_poll_add(sqe, st->wr_epfd, POLLIN);
+    io_uring_sqe_set_data64(sqe, TAG_WRWAIT);
+    st->wr_armed = true;
+}
+
+/*
+ * A send found the socket buffer full (EAGAIN): park the connection in
+ * wr_epfd until it has room (on_writable), sending nothing meanwhile.
+ * Closes it when that cannot be set up.
+ */
+static void wait_writable(worker *w, conn *c)
+{
+    uring_state *st = w->backend;
+    uring_conn *uc = c->backend_data;
+    if (st->wr_epfd < 0)
+        st->wr_epfd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
+    if (st->wr_epfd < 0 || epoll_ctl(st->wr_epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+        start_close(w, c);
+        return;
+    }
+    SM_STAT_INC(w->stats.syscalls);
+    st->wr_count++;
+    uc->wr_wait = true;
+    uc->send_inflight = true;
+    uc->inflight++;
+    arm_wr_poll(w);
+}
+
+/* wr_epfd is readable: send on for every parked connection that has room. */
+static void on_writable(worker *w)
+{
+    uring_state *st = w->backend;
+    struct epoll_event evs[64];
+    st->wr_armed = false;
+    int n;
+    do {
+        n = epoll_wait(st->wr_epfd, evs, 64, 0);
+        SM_STAT_INC(w->stats.syscalls);
+        for (int i = 0; i < n; i++) {
+            conn *c = evs[i].data.ptr;
+            unpark(w, c);
+            want_flush(st, c);
+        }
+    } while (n == 64);
+    arm_wr_poll(w);
 }
 
 /*
@@ -408,6 +560,8 @@ static void start_close(worker *w, conn *c)
     uc->closing = true;
     if (uc->recv_armed)
         cancel_recv(w, c);
+    if (uc->wr_wait)
+        unpark(w, c);
     shutdown(c->fd, SHUT_RDWR);
 }
 
@@ -415,7 +569,23 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
 {
     uring_state *st = w->backend;
     int idx = (int)(cqe->user_data >> 3);
-    if (!(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining))
+    if (cqe->res < 0 && worker_accept_fatal(-cqe->res) && !atomic_load(&w->draining)) {
+        worker_fail(w, -cqe->res, "accept on listener fd %d: %s", w->listen_fds[idx], strerror(-cqe->res));
+        return;
+    }
+    bool rearm = !(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining);
+    if (rearm && cqe->res < 0 && worker_accept_backoff(-cqe->res)) {
+        /* Out of descriptors: re-armed now it would fail again at once. */
+        if (!st->accept_paused[idx]) {
+            st->accept_paused[idx] = true;
+            if (st->npaused++ == 0)
+                st->accept_paused_at = sm_lat_now();
+            st->accept_resume = sm_lat_now() + ACCEPT_BACKOFF_NS;
+            SM_STAT_INC(w->stats.listen_disabled_num);
+        }
+        return;
+    }
+    if (rearm)
         arm_accept(w, idx);
     if (cqe->res < 0)
         return;
@@ -498,8 +668,19 @@ static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
     } else if (res == -ENOBUFS) {
         SM_STAT_INC(w->stats.uring_buf_ring_empty);
         st->ran_dry++;
+    } else if (res == 0 && !uc->closing) {
+        /* End of stream: answer what came before it, then close (no receive
+         * is armed again; a paused one resumes parsing in on_send). */
+        c->rd_eof = true;
+        if (conn_eof_finished(c)) {
+            start_close(w, c);
+            maybe_free(w, c);
+            return;
+        }
+        if (out_pending(c) > 0)
+            want_flush(st, c);
     } else if (res == 0 || (res < 0 && res != -ECANCELED)) {
-        start_close(w, c); /* end of stream or error */
+        start_close(w, c); /* error */
         maybe_free(w, c);
         return;
     }
@@ -524,8 +705,14 @@ static void on_send(worker *w, conn *c, struct io_uring_cqe *cqe)
     }
     uc->send_inflight = false;
     uc->inflight--;
+    drop_snap(w, uc);
     if (uc->closing) {
         maybe_free(w, c);
+        return;
+    }
+    if (res == -EAGAIN) {
+        wait_writable(w, c);
+        maybe_free(w, c); /* (only if that failed and closed it) */
         return;
     }
     if (res < 0) {
@@ -547,6 +734,12 @@ static void on_send(worker *w, conn *c, struct io_uring_cqe *cqe)
                 arm_recv(w, c);
         }
     }
+    /* After end of stream: close once the last reply has left. */
+    if (c->rd_eof && conn_eof_finished(c)) {
+        start_close(w, c);
+        maybe_free(w, c);
+        return;
+    }
     if (out_pending(c) > 0 || c->state == CONN_CLOSING)
         want_flush(st, c);
 }
@@ -567,47 +760,49 @@ static void flush_all(worker *w)
         if (uc->send_inflight)
             continue; /* its completion puts it back on the list */
         if (out_pending(c) == 0) {
-            if (c->state == CONN_CLOSING) {
+            if (c->state == CONN_CLOSING || (c->rd_eof && conn_eof_finished(c))) {
                 start_close(w, c);
                 maybe_free(w, c);
+                continue;
             }
-            continue;
+            if (out_pending(c) == 0)
+                continue; /* (held input parsed after end of stream may queue more) */
         }
         int cnt;
         struct iovec *iov = conn_out_iov(c, &cnt);
         if (cnt > IOV_MAX)
             cnt = IOV_MAX;
-        if (cnt > uc->snapcap) {
-            int ncap = uc->snapcap ? uc->snapcap : 16;
-            while (ncap < cnt)
-                ncap *= 2;
-            struct iovec *n = realloc(uc->snap, (size_t)ncap * sizeof(*n));
-            if (!n) {
+        int zc_min = w->settings->uring_zc_threshold;
+        uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min;
+        /* One contiguous run leaves as a plain send, whose SQE carries the
+         * address and length: no msghdr, no snapshot.  Otherwise the iovecs
+         * are snapshotted (the protocol may append to the live queue while
+         * the send is in flight) into a pooled block. */
+        if (cnt > 1 || uc->zc) {
+            uc->snap = pool_take(&w->pool, (size_t)cnt * sizeof(*iov), &uc->snapcap);
+            if (!uc->snap) {
                 start_close(w, c);
                 maybe_free(w, c);
                 continue;
             }
-            uc->snap = n;
-            uc->snapcap = ncap;
+            memcpy(uc->snap, iov, (size_t)cnt * sizeof(*iov));
+            memset(&uc->msg, 0, sizeof(uc->msg));
+            uc->msg.msg_iov = uc->snap;
+            uc->msg.msg_iovlen = (size_t)cnt;
         }
-        memcpy(uc->snap, iov, (size_t)cnt * sizeof(*iov));
-        memset(&uc->msg, 0, sizeof(uc->msg));
-        uc->msg.msg_iov = uc->snap;
-        uc->msg.msg_iovlen = (size_t)cnt;
         struct io_uring_sqe *sqe = get_sqe(w);
         if (!sqe) {
+            drop_snap(w, uc);
             start_close(w, c);
             maybe_free(w, c);
             continue;
         }
         int target = uc->fixed >= 0 ? uc->fixed : c->fd;
-        int zc_min = w->settings->uring_zc_threshold;
-        uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min;
         if (uc->zc) {
             io_uring_prep_sendmsg_zc(sqe, target, &uc->msg, MSG_NOSIGNAL);
             SM_STAT_INC(w->stats.uring_send_zc);
         } else if (cnt == 1) { /* one contiguous run: a plain send, no msghdr to import */
-            io_uring_prep_send(sqe, target, uc->snap[0].iov_base, uc->snap[0].iov_len, MSG_NOSIGNAL);
+            io_uring_prep_send(sqe, target, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
         } else {
             io_uring_prep_sendmsg(sqe, target, &uc->msg, MSG_NOSIGNAL);
         }
@@ -721,18 +916,39 @@ static void batch_adapt(worker *w, uring_state *st, bool ran_out)
     st->batch_target = t;
 }
 
+/* io_uring_enter failed in a way no later call recovers from (the ring or
+ * its memory is gone); timeouts, signals and a full queue are not. */
+static bool ring_broken(int rc)
+{
+    return rc == -EBADF || rc == -EBADFD || rc == -EFAULT || rc == -ENXIO || rc == -EOPNOTSUPP;
+}
+
+/*
+ * Listeners whose accept paused for want of descriptors: re-arm them once
+ * the pause is over (while accepting).  Returns the nanoseconds still to
+ * wait, 0 when none are paused any more.
+ */
+static long long resume_paused_accepts(worker *w, uring_state *st)
+{
+    uint64_t now = sm_lat_now();
+    if (st->accepting && now < st->accept_resume)
+        return (long long)(st->accept_resume - now);
+    for (int i = 0; i < w->nlisten; i++) {
+        if (st->accept_paused[i]) {
+            st->accept_paused[i] = false;
+            if (st->accepting)
+                arm_accept(w, i);
+        }
+    }
+    st->npaused = 0;
+    SM_STAT_ADD(w->stats.listen_disabled_ns, now - st->accept_paused_at);
+    return 0;
+}
+
 static void uring_run(worker *w)
 {
     uring_state *st = w->backend;
-    char err[256];
-    if (ring_setup(w, err, sizeof(err)) < 0) {
-        engine_log(w->engine, 0, "worker %d: %s\n", w->id, err);
-        return;
-    }
-    for (int i = 0; i < w->nlisten; i++)
-        arm_accept(w, i);
-    st->accepting = true;
-    while (!atomic_load(&w->stop)) {
+    while (!worker_should_exit(w)) {
         if (atomic_load(&w->draining)) {
             if (st->accepting) {
                 for (int i = 0; i < w->nlisten; i++) {
@@ -758,9 +974,18 @@ static void uring_run(worker *w)
             ts.tv_nsec = (long long)w->settings->uring_batch_usec * 1000;
             SM_STAT_INC(w->stats.uring_batch_waits);
         }
+        if (st->npaused > 0) {
+            long long left = resume_paused_accepts(w, st);
+            if (left > 0 && left < ts.tv_nsec)
+                ts.tv_nsec = left;
+        }
         st->sends_queued = 0;
         struct io_uring_cqe *cqe;
-        io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
+        int rc = io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
+        if (ring_broken(rc)) {
+            worker_fail(w, -rc, "io_uring_enter: %s", strerror(-rc));
+            return;
+        }
         worker_batch_clock(w);
         SM_STAT_INC(w->stats.syscalls);
         SM_STAT_INC(w->stats.uring_submits);
@@ -782,6 +1007,9 @@ static void uring_run(worker *w)
                 break;
             case TAG_SEND:
                 on_send(w, c, cqe);
+                break;
+            case TAG_WRWAIT:
+                on_writable(w);
                 break;
             default:
                 break;
@@ -809,7 +1037,7 @@ static void uring_destroy(worker *w)
         conn *c = w->conns;
         uring_conn *uc = c->backend_data;
         if (uc) {
-            free(uc->snap);
+            drop_snap(w, uc);
             free(uc);
             c->backend_data = NULL;
         }
@@ -819,10 +1047,14 @@ static void uring_destroy(worker *w)
         io_uring_queue_exit(&st->ring);
         cpuidle_close(&st->idle);
     }
+    pool_destroy(&w->pool);
+    if (st->wr_epfd >= 0)
+        close(st->wr_epfd);
     free(st->br);
     hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
     free(st->free_fixed);
     free(st->spare);
+    free(st->accept_paused);
     free(st);
     w->backend = NULL;
 }
@@ -831,6 +1063,43 @@ const backend_ops backend_uring = {
     .name = "uring",
     .probe = uring_probe,
     .init = uring_init,
+    .setup = ring_setup,
     .run = uring_run,
     .destroy = uring_destroy,
 };
+
+#else /* !SM_HAVE_URING: built without liburing */
+
+#include <stdio.h>
+
+#include "backend.h"
+
+static int uring_absent_probe(const struct sm_settings *s, char *why, size_t whylen)
+{
+    (void)s;
+    snprintf(why, whylen, "%s", SM_URING_ABSENT);
+    return -1;
+}
+
+/* Never reached (the probe fails first); an error rather than a crash if it were. */
+static int uring_absent_init(worker *w, char *err, size_t errlen)
+{
+    (void)w;
+    snprintf(err, errlen, "%s", SM_URING_ABSENT);
+    return -1;
+}
+
+static void uring_absent_noop(worker *w)
+{
+    (void)w;
+}
+
+const backend_ops backend_uring = {
+    .name = "uring",
+    .probe = uring_absent_probe,
+    .init = uring_absent_init,
+    .run = uring_absent_noop,
+    .destroy = uring_absent_noop,
+};
+
+#endif /* SM_HAVE_URING */

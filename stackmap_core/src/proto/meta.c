@@ -36,6 +36,8 @@
  *    flag" to them): E<cas> on mg (CAS of a vivified item) and ms (CAS of
  *    the stored item), x on md (drop the value, keep the item).  E on md
  *    and ma is refused: the cache API has no way to pass a new CAS there.
+ *    E takes 1..2^63-1 only and raises the CAS counter (cache.h,
+ *    SM_CAS_EXPLICIT_MAX); every other E is "invalid flag", as in 1.6.18.
  */
 #include "proto/proto.h"
 
@@ -441,16 +443,18 @@ static bool meta_preparse(conn *c, meta_token *t, size_t ntokens, size_t start, 
             of->set_stale = true;
             break;
         case 'E': /* newer memcached: explicit new CAS value */
-            if (cmd != 'g' && cmd != 's') {
+            /*
+             * Only a CAS of 1..SM_CAS_EXPLICIT_MAX on mg/ms is taken (cache.h:
+             * larger ones would let the counter wrap, 0 is "no CAS").  Any
+             * other E gets what 1.6.18 answers to every E: "invalid flag",
+             * stopping the scan.
+             */
+            if ((cmd != 'g' && cmd != 's') || !safe_strtoull(tok, &of->cas_new) || of->cas_new == 0 ||
+                of->cas_new > SM_CAS_EXPLICIT_MAX) {
                 *errstr = "CLIENT_ERROR invalid flag";
                 return false;
             }
-            if (!safe_strtoull(tok, &of->cas_new)) {
-                *errstr = ERR_BAD_TOKEN;
-                of->has_error = true;
-            } else {
-                of->has_cas_new = true;
-            }
+            of->has_cas_new = true;
             break;
         case 'x': /* newer memcached: md removes the value only */
             if (cmd != 'd') {
@@ -780,17 +784,25 @@ static void meta_set(conn *c, meta_token *t, size_t ntokens)
             p->noreply = of.no_reply;
             p->cas = of.req_cas;
             p->hv = hv;
-            /* keep the flags the completion needs, space separated */
+            /* keep the flags the completion needs, space separated, in a
+             * block of the worker's pool (conn.h) taken only if there are any */
             size_t n = 0;
+            char *kept = NULL;
             for (size_t i = 3; i < ntokens - 1; i++) {
                 char f = t[i].v[0];
                 if (f != 'O' && f != 'k' && f != 'c' && f != 'I' && f != 'E')
                     continue;
-                if (n + t[i].len + 1 > sizeof(p->meta_flags))
+                if (!kept && !(kept = conn_meta_flags_buf(c))) {
+                    cache_release(ca, it);
+                    meta_error(c, "SERVER_ERROR out of memory storing object");
+                    proto_begin_swallow(c, vlen);
+                    return;
+                }
+                if (n + t[i].len + 1 > SM_LINE_MAX)
                     break;
-                memcpy(p->meta_flags + n, t[i].v, t[i].len);
+                memcpy(kept + n, t[i].v, t[i].len);
                 n += t[i].len;
-                p->meta_flags[n++] = ' ';
+                kept[n++] = ' ';
             }
             p->meta_flags_len = (uint16_t)n;
             proto_begin_nread(c, it);
@@ -812,8 +824,9 @@ void proto_meta_complete_store(conn *c)
 
     /* re-read the kept flags */
     meta_token t[META_MAX_TOKENS + 1];
-    char flags[sizeof(p->meta_flags) + 1];
-    memcpy(flags, p->meta_flags, p->meta_flags_len);
+    char flags[SM_LINE_MAX + 1];
+    if (p->meta_flags_len > 0)
+        memcpy(flags, p->meta_flags, p->meta_flags_len);
     flags[p->meta_flags_len] = '\0';
     size_t nt = meta_tokenize(flags, p->meta_flags_len, t);
     bool invalidate = false;

@@ -132,21 +132,125 @@ static void finish_nread(conn *c)
 }
 
 /*
- * No newline in the buffered bytes: decide whether to wait for more.
- * memcached closes a connection whose first 2048 bytes hold no newline,
- * unless it is a (long) get/gets line.
+ * Long get/gets lines.  memcached buffers a get line of any length until
+ * its newline (growing its read buffer without bound) and then answers it.
+ * We answer its keys as they arrive instead, so a connection holds at most
+ * one partial key of such a line, and send the same bytes for every line
+ * memcached answers.  One difference (README): a key over 250 bytes makes
+ * memcached drop the VALUEs of the whole line and send only the error;
+ * here VALUEs of hits before it may already have been sent.
  */
-static void check_long_line(conn *c, const char *p, size_t n)
+
+/*
+ * memcached's read buffer (READ_BUFFER_SIZE).  A line that is not a get/gets
+ * and is longer than this never has its newline inside that buffer, so
+ * memcached always closes the connection on it; so do we, even when our
+ * backend happened to receive the whole line at once.  (Between SM_LINE_MAX
+ * and this, both answer or close depending on how the line arrives.)
+ */
+#define MC_READ_BUFFER 16384
+
+/*
+ * memcached's test for a long line it keeps reading: "get " or "gets "
+ * after at most 100 spaces.  Returns the bytes up to the first key, or 0.
+ */
+static size_t get_line_head(const char *p, size_t n)
 {
-    if (n <= SM_LINE_MAX)
-        return;
     size_t i = 0;
     while (i < n && p[i] == ' ')
         i++;
-    if (i <= 100 && ((n - i >= 4 && memcmp(p + i, "get ", 4) == 0) ||
-                     (n - i >= 5 && memcmp(p + i, "gets ", 5) == 0)))
-        return; /* a large multiget: keep reading */
-    c->state = CONN_CLOSING;
+    if (i <= 100 && n - i >= 4 && memcmp(p + i, "get ", 4) == 0)
+        return i + 4;
+    if (i <= 100 && n - i >= 5 && memcmp(p + i, "gets ", 5) == 0)
+        return i + 5;
+    return 0;
+}
+
+/*
+ * An unterminated line of more than SM_LINE_MAX bytes: a get/gets starts
+ * streaming; anything else closes the connection, as memcached does.
+ * Returns the bytes consumed (the line's head up to its first key).
+ */
+static size_t long_line(conn *c, const char *p, size_t n)
+{
+    size_t end = get_line_head(p, n);
+    if (end == 0) {
+        c->state = CONN_CLOSING;
+        return 0;
+    }
+    size_t head = p[end - 2] == 's' ? 5 : 4, i = end - head;
+    worker *w = c->worker;
+    c->gets = (get_stream){.active = true, .return_cas = head == 5};
+    c->lat_start = w->lat_clock; /* latency.h: timed from here to the line's end */
+    c->lat_cmd = sm_lat_classify(p + i, head);
+    engine_log(w->engine, 2, "<%d %.*s(a line over %d bytes: keys answered as they arrive)\n", c->fd,
+               (int)head, p + i, SM_LINE_MAX);
+    return end;
+}
+
+/* The streamed get line ended: its last reply, as process_get would send. */
+static void get_stream_end(conn *c)
+{
+    get_stream *g = &c->gets;
+    int r;
+    if (g->too_long)
+        r = out_static(c, "CLIENT_ERROR bad command line format\r\n", 38);
+    else if (g->nkeys == 0)
+        r = out_static(c, "ERROR\r\n", 7); /* "get" and only spaces: too few tokens */
+    else
+        r = out_static(c, "END\r\n", 5);
+    if (r < 0)
+        c->state = CONN_CLOSING;
+    g->active = false;
+    uint64_t now = sm_lat_now();
+    c->worker->lat_clock = now;
+    sm_lat_record(&c->worker->lat, c->lat_cmd, now - c->lat_start);
+}
+
+/*
+ * Answer the keys of a streamed get line found in p[0..n); returns the
+ * bytes consumed.  A key still arriving (no space or newline after it yet)
+ * is left for the next call; so is everything after the point where the
+ * output queue passed OUT_HIGH_WATER.  Ends the line at its newline.
+ */
+static size_t get_stream_step(conn *c, char *p, size_t n)
+{
+    get_stream *g = &c->gets;
+    char *nl = memchr(p, '\n', n);
+    size_t end = nl ? (size_t)(nl - p) : n;
+    if (nl && end > 0 && p[end - 1] == '\r')
+        end--; /* only the "\r" right before the newline is not line content */
+    size_t i = 0;
+    while (i < end && !g->skip) {
+        if (p[i] == ' ') {
+            i++;
+            continue;
+        }
+        if (p[i] == '\0') { /* memcached reads the line as a C string: it ends here */
+            g->skip = true;
+            break;
+        }
+        if (out_pending(c) > OUT_HIGH_WATER)
+            return i;
+        size_t s = i;
+        while (i < end && p[i] != ' ' && p[i] != '\0')
+            i++;
+        if (i == end && !nl && i - s <= KEY_MAX_LENGTH)
+            return s; /* the key goes on in bytes still to come */
+        g->nkeys++;
+        if (i - s > KEY_MAX_LENGTH) {
+            g->too_long = g->skip = true;
+            break;
+        }
+        if (!proto_text_get_key(c, p + s, i - s, g->return_cas)) {
+            c->state = CONN_CLOSING;
+            return i;
+        }
+    }
+    if (!nl)
+        return n; /* all of it answered, or skipped */
+    get_stream_end(c);
+    return (size_t)(nl - p) + 1;
 }
 
 /* Dispatch one command line (NUL-terminated in place, without "\r\n"). */
@@ -199,13 +303,26 @@ size_t proto_process(conn *c, char *data, size_t len)
         /* CONN_PARSE */
         if (out_pending(c) > OUT_HIGH_WATER)
             break;
+        if (c->gets.active) {
+            off += get_stream_step(c, data + off, len - off);
+            if (c->gets.active)
+                break; /* the line goes on in bytes still to come (or back-pressure) */
+            continue;
+        }
         char *line = data + off;
         char *nl = memchr(line, '\n', len - off);
         if (!nl) {
-            check_long_line(c, line, len - off);
+            if (len - off > SM_LINE_MAX) {
+                off += long_line(c, line, len - off);
+                continue;
+            }
             break;
         }
         size_t llen = (size_t)(nl - line);
+        if (llen >= MC_READ_BUFFER && get_line_head(line, llen) == 0) {
+            c->state = CONN_CLOSING;
+            break;
+        }
         off += llen + 1;
         if (llen > 0 && line[llen - 1] == '\r')
             llen--;

@@ -26,7 +26,8 @@
  * when out_pending(c) exceeds OUT_HIGH_WATER (back-pressure) or when the
  * connection must close (c->state == CONN_CLOSING).  An unterminated line
  * longer than SM_LINE_MAX that is not a get/gets closes the connection, as
- * memcached does; a long get line is left unconsumed until complete.
+ * memcached does; a long get/gets line is answered key by key as its keys
+ * arrive (c->gets), so it never has to fit in the caller's buffer either.
  * data must be writable: lines are tokenised in place (every backend's
  * receive buffers are private to the worker).
  */
@@ -36,6 +37,10 @@ size_t proto_process(conn *c, char *data, size_t len);
 void proto_text_command(conn *c, char *line, size_t len);
 /* Meta protocol: handle one complete meta command line ("mg ...", "ms ...", ...). */
 void proto_meta_command(conn *c, char *line, size_t len);
+
+/* One key of a long get/gets line (proto.c streams those): count it and queue
+ * its VALUE if it is a hit.  false: the queue could not take the reply. */
+bool proto_text_get_key(conn *c, const char *key, size_t nkey, bool return_cas);
 
 /* Called by proto_process when a value is complete (c->pending says whose). */
 void proto_text_complete_store(conn *c);

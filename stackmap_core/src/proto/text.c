@@ -256,6 +256,49 @@ static bool emit_value(conn *c, item *it, bool return_cas)
     return out_item(c, it, ITEM_value(it), it->nbytes) == 0;
 }
 
+/*
+ * Look one key up for get/gets/gat/gats: count it as memcached does and,
+ * when `send` and it is a hit, queue its VALUE.  false: the queue could
+ * not take the reply.
+ */
+static bool get_one(conn *c, const char *key, size_t nkey, bool return_cas, bool touch, rel_time_t exptime,
+                    bool send)
+{
+    worker *w = c->worker;
+    cache *cc = w->cache;
+    get_info info;
+    item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), touch ? CACHE_GET_TOUCH : 0, exptime,
+                         &info);
+    count_lookup(w, &info);
+    if (touch)
+        SM_STAT_INC(w->stats.touch_cmds);
+    else
+        SM_STAT_INC(w->stats.get_cmds);
+    if (!it) {
+        if (touch)
+            SM_STAT_INC(w->stats.touch_misses);
+        else
+            SM_STAT_INC(w->stats.get_misses);
+        return true;
+    }
+    if (touch)
+        SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].touch_hits);
+    else
+        SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].get_hits);
+    if (!send) {
+        cache_release(cc, it);
+        return true;
+    }
+    engine_log(w->engine, 2, ">%d sending key %.*s\n", c->fd, (int)it->nkey, ITEM_key(it));
+    return emit_value(c, it, return_cas);
+}
+
+bool proto_text_get_key(conn *c, const char *key, size_t nkey, bool return_cas)
+{
+    c->last_active = cache_now(c->worker->cache);
+    return get_one(c, key, nkey, return_cas, false, 0, true);
+}
+
 static void process_get(conn *c, token *tokens, bool return_cas, bool touch)
 {
     worker *w = c->worker;
@@ -290,32 +333,8 @@ static void process_get(conn *c, token *tokens, bool return_cas, bool touch)
     }
 
     ki = (key_iter){&tokens[first], term->value};
-    int gflags = touch ? CACHE_GET_TOUCH : 0;
     for (size_t i = 0; i < nvalid && next_key(&ki, &key, &nkey); i++) {
-        get_info info;
-        item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), gflags, exptime, &info);
-        count_lookup(w, &info);
-        if (touch)
-            SM_STAT_INC(w->stats.touch_cmds);
-        else
-            SM_STAT_INC(w->stats.get_cmds);
-        if (!it) {
-            if (touch)
-                SM_STAT_INC(w->stats.touch_misses);
-            else
-                SM_STAT_INC(w->stats.get_misses);
-            continue;
-        }
-        if (touch)
-            SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].touch_hits);
-        else
-            SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].get_hits);
-        if (too_long) {
-            cache_release(cc, it);
-            continue;
-        }
-        engine_log(w->engine, 2, ">%d sending key %.*s\n", c->fd, (int)it->nkey, ITEM_key(it));
-        if (!emit_value(c, it, return_cas)) {
+        if (!get_one(c, key, nkey, return_cas, touch, exptime, !too_long)) {
             out_failed(c);
             return;
         }

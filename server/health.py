@@ -1,0 +1,88 @@
+"""Whether the data plane serves: readiness and ``memcached_up``.
+
+Two questions, answered from two sides:
+
+- ``/readyz`` asks the engine: ready only when it is started and every
+  worker thread is serving (``Engine.workers``).  A worker whose ring could
+  not be set up never lets the engine start; one whose loop dies later (its
+  listener destroyed, its ring broken) is ``failed`` with the reason, and
+  the body lists it.
+- ``memcached_up`` asks that and then the data plane itself: a real
+  ``version`` round trip to the memcached port over loopback, with a short
+  timeout, at scrape time, as memcached_exporter connects to memcached.  So
+  a server whose workers are all alive but whose port does not answer also
+  reads 0.  When the whole process is gone nothing in it can say 0: the
+  alert rules in deploy/prometheus/stackmapd-alerts.yml cover that with
+  Prometheus's own ``up``.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stackmap_core import Engine
+
+# Longest a scrape waits for the data plane's answer: well under Prometheus's
+# scrape timeouts (10 s by default, often 1 s in tight configs).
+PROBE_TIMEOUT = 0.5
+
+# A wildcard listen address is probed on loopback of its family.
+_WILDCARD = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}
+
+
+def probe_host(listen: str) -> str:
+    """The address to probe for a ``-l`` list: its first entry, loopback for a wildcard."""
+    first = listen.split(",")[0].strip().strip("[]")
+    return _WILDCARD.get(first, first)
+
+
+def answers_version(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """True when ``version`` on a new connection to host:port gets ``VERSION ...`` in time."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"version\r\n")
+            buf = b""
+            while not buf.endswith(b"\r\n"):
+                chunk = sock.recv(256)
+                if not chunk:
+                    return False
+                buf += chunk
+            return buf.startswith(b"VERSION ")
+    except OSError:
+        return False
+
+
+class Health:
+    """Readiness and liveness of one running engine's data plane."""
+
+    def __init__(self, engine: Engine, listen: str, port: int) -> None:
+        self.engine = engine
+        self.host = probe_host(listen)
+        self.port = port
+
+    def readiness(self) -> dict[str, Any]:
+        """``/readyz``'s body: ``ready`` and each worker's state (and error)."""
+        try:
+            ready = self.engine.ready
+            workers = self.engine.workers()
+        except Exception:  # the engine is gone (stopping)
+            return {"ready": False, "workers": []}
+        listed: list[dict[str, Any]] = []
+        for w in workers:
+            entry: dict[str, Any] = {"worker": w.worker, "state": w.state}
+            if w.error:
+                entry["error"] = w.error
+            listed.append(entry)
+        return {"ready": ready, "workers": listed}
+
+    def up(self) -> bool:
+        """``memcached_up``: every worker serving and a ``version`` answered over loopback."""
+        try:
+            if not self.engine.ready:
+                return False
+        except Exception:
+            return False
+        return answers_version(self.host, self.port)

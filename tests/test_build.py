@@ -1,0 +1,161 @@
+"""The package build on machines that lack liburing or pkg-config.
+
+Each test copies the package's sources into a temporary directory and builds
+the cffi extension there the way ``pip install .`` does (setup.py, cffi's
+hook, stackmap_core/_build.py, setuptools' build_ext), with this venv's
+setuptools and cffi, then runs the result as real processes:
+
+- liburing hidden (``SM_NO_URING=1``): the module imports, ``--backend uring``
+  is refused at start naming liburing-dev, ``--backend auto`` serves.
+- pkg-config missing but liburing installed: the module links liburing and
+  imports (it used to fail with ``undefined symbol: io_uring_...``).
+- a rebuild in the same tree after liburing appears compiles uring in
+  (setuptools used to reuse the extension built without it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import HOST, free_port
+from mcwire import Wire
+
+REPO = Path(__file__).resolve().parent.parent
+# What the sdist carries (MANIFEST.in) and the build reads.
+TREE = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "stackmap_core", "server",
+        "kernel/include"]
+BUILD_TIMEOUT = 600
+
+
+def copy_tree(dest: Path) -> Path:
+    dest.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.o", "_stackmap_core*.c")
+    for name in TREE:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def build(tree: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``setup.py build_ext --inplace`` in ``tree``; fails the test with the output if it fails."""
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+    assert proc.returncode == 0, f"build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def built_backends(tree: Path, env: dict[str, str]) -> list[str]:
+    """Import the freshly built module (from ``tree``) and ask it which backends it has."""
+    code = "import stackmap_core as s; print(' '.join(s.built_backends()))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"the built module does not import:\n{proc.stderr[-3000:]}"
+    return proc.stdout.split()
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SM_NO_URING", "PYTHONPATH")}
+    env.update(extra)
+    return env
+
+
+def stackmapd(tree: Path, port: int, *args: str) -> list[str]:
+    """The CLI of the module built in ``tree`` (cwd=tree puts it first on sys.path)."""
+    return [sys.executable, "-m", "server.cli", "-l", HOST, "-p", str(port), *args]
+
+
+def test_without_liburing_the_module_imports_and_refuses_uring(tmp_path: Path) -> None:
+    tree = copy_tree(tmp_path / "src")
+    env = clean_env(SM_NO_URING="1")
+    out = build(tree, env)
+    assert "uring=no" in out.stderr
+    assert built_backends(tree, env) == ["auto", "epoll", "stackmap"]
+
+    version = subprocess.run([sys.executable, "-m", "server.cli", "--version"], cwd=tree, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert "backends built in: epoll, stackmap)" in version.stdout, version.stdout
+
+    port = free_port()
+    refused = subprocess.run(stackmapd(tree, port, "--backend", "uring"), cwd=tree, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 64, refused.stderr  # a usage error, like memcached's bad flags
+    assert "built without liburing" in refused.stderr
+    assert "liburing-dev" in refused.stderr
+
+    # auto skips uring, says why, and serves.
+    log = tmp_path / "auto.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(stackmapd(tree, port, "--backend", "auto", "-v"), cwd=tree, env=env,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        reply = b""
+        for _ in range(150):
+            assert proc.poll() is None, log.read_text()
+            try:
+                with Wire(HOST, port, timeout=2.0) as w:
+                    reply = w.request(b"version\r\n")
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert reply.startswith(b"VERSION "), log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "backend epoll" in text or "backend stackmap" in text, text
+    assert "built without liburing" in text, text
+
+
+def test_without_pkg_config_liburing_is_still_linked(tmp_path: Path) -> None:
+    # A PATH with every tool of the current one except pkg-config.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        d = Path(entry)
+        if not d.is_dir():
+            continue
+        for tool in d.iterdir():
+            if "pkg-config" in tool.name or "pkgconf" in tool.name or (bin_dir / tool.name).exists():
+                continue
+            (bin_dir / tool.name).symlink_to(tool)
+    env = clean_env(PATH=str(bin_dir))
+    assert shutil.which("pkg-config", path=env["PATH"]) is None
+    tree = copy_tree(tmp_path / "src")
+    build(tree, env)
+    assert "uring" in built_backends(tree, env)
+
+
+def test_rebuild_after_liburing_appears_compiles_uring_in(tmp_path: Path) -> None:
+    tree = copy_tree(tmp_path / "src")
+    build(tree, clean_env(SM_NO_URING="1"))
+    assert "uring" not in built_backends(tree, clean_env())
+    # Nothing changed: the second build keeps the extension as it is.
+    (module,) = (tree / "stackmap_core").glob("_stackmap_core*.so")
+    before = module.stat().st_mtime_ns
+    build(tree, clean_env(SM_NO_URING="1"))
+    assert module.stat().st_mtime_ns == before
+    # Same tree, same build/ directory, liburing now usable: uring must be in.
+    out = build(tree, clean_env())
+    assert "uring=yes" in out.stderr
+    assert "uring" in built_backends(tree, clean_env())
+
+
+@pytest.mark.parametrize("flag", ["--uring-cflags", "--uring-libs"])
+def test_make_gets_the_same_uring_decision(flag: str) -> None:
+    """The Makefile's C targets ask _build.py; SM_NO_URING turns both answers empty."""
+    script = REPO / "stackmap_core" / "_build.py"
+    on = subprocess.run([sys.executable, str(script), flag], env=clean_env(),
+                        capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    off = subprocess.run([sys.executable, str(script), flag], env=clean_env(SM_NO_URING="1"),
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert off == []
+    assert ("-DSM_HAVE_URING=1" in on) if flag == "--uring-cflags" else ("-luring" in on)
