@@ -26,7 +26,10 @@
  *                stores a 60000-byte value, to reach back-pressure)
  *   X 0xC0       close the current connection and open a new one
  *   X 0xC1       conn_feed(c, NULL, 0): resume after back-pressure
- *   X 0xC2-0xFE  advance the cache clock by (X - 0xC1) * 13 seconds
+ *   X 0xC2       the peer ends its stream (half-close): as the backends do,
+ *                send the queue until conn_eof_finished() says to close;
+ *                later bytes for this connection are dropped until 0xC0
+ *   X 0xC3-0xFE  advance the cache clock by (X - 0xC2) * 13 seconds
  *
  * The same op sequence runs on two engines: engine A gets each segment as
  * one conn_feed() call, engine B gets it cut into pieces of 1..13 bytes.
@@ -176,6 +179,8 @@ static void feed(struct side *sd, int i, const uint8_t *p, size_t n)
     struct slot *sl = &sd->s[i];
     size_t off = 0;
     unsigned piece = 1;
+    if (sl->c && sl->c->rd_eof)
+        return; /* the peer has ended its stream: nothing more arrives */
     while (sl->c && sl->c->state != CONN_CLOSING && (off < n || n == 0)) {
         size_t take = sd->split ? piece : n - off;
         if (take > n - off)
@@ -198,6 +203,25 @@ static void feed(struct side *sd, int i, const uint8_t *p, size_t n)
     }
     if (sl->c && sl->c->state == CONN_CLOSING)
         conn_close(sd, i); /* bytes after a close are never read */
+}
+
+/* The peer ended its stream: answer what came, close once all is sent. */
+static void peer_eof(struct side *sd, int i)
+{
+    struct slot *sl = &sd->s[i];
+    if (!sl->c)
+        return;
+    sl->c->rd_eof = true;
+    /* each round sends everything; a round that queues nothing new closes */
+    for (int round = 0; sl->c && round < 1000; round++) {
+        if (conn_eof_finished(sl->c)) {
+            conn_close(sd, i);
+            return;
+        }
+        drain(sl, SIZE_MAX);
+    }
+    fprintf(stderr, "connection %d: conn_eof_finished never says to close\n", i);
+    abort();
 }
 
 /* ---- admin calls ---- */
@@ -510,12 +534,14 @@ static void side_finish(struct side *sd)
     do
         cache_walk(sd->e->cache, NULL, 0, &cursor, 1u << 20, ref_cb, NULL);
     while (cursor != 0);
+    /* a backend's destroy frees its worker's buffer pool; this engine never had one */
+    pool_destroy(&sd->e->workers[0].pool);
     sm_engine_destroy(sd->e);
 }
 
 /* Apply one op (or a segment of bytes) to a side. */
 struct op {
-    int kind;          /* 0 feed, 1 switch, 2 drain, 3 admin, 4 reopen, 5 resume, 6 clock */
+    int kind;          /* 0 feed, 1 switch, 2 drain, 3 admin, 4 reopen, 5 resume, 6 clock, 7 eof */
     const uint8_t *p;  /* feed: the bytes */
     size_t n;          /* feed: byte count; drain: bytes; admin: call; clock: seconds; switch: conn */
     unsigned arg;      /* admin: argument */
@@ -546,6 +572,9 @@ static void apply(struct side *sd, int *cur, const struct op *o)
         break;
     case 6:
         cache_test_set_time(sd->e->cache, cache_now(sd->e->cache) + (rel_time_t)o->n);
+        break;
+    case 7:
+        peer_eof(sd, *cur);
         break;
     }
 }
@@ -588,9 +617,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             o.kind = 4;
         } else if (x == 0xC1) {
             o.kind = 5;
+        } else if (x == 0xC2) {
+            o.kind = 7;
         } else {
             o.kind = 6;
-            o.n = (size_t)(x - 0xC1) * 13;
+            o.n = (size_t)(x - 0xC2) * 13;
         }
         ops[nops++] = o;
     }
