@@ -153,3 +153,67 @@ vm-test: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_TEST)
 	$(VPY) deploy/vm_test.py
 # --- end of test VM block ---
+
+# --- fuzzing and sanitizers ---
+# libFuzzer harnesses and a ThreadSanitizer build of the engine (tests/fuzz/,
+# see its README).  Clang's libFuzzer and sanitizer runtimes come from
+# Debian's libclang-rt-14-dev; the Python harnesses use atheris (PyPI),
+# installed into the venv.
+#
+#   make fuzz [FUZZ_SECONDS=300]   every harness FUZZ_SECONDS each; fails on any finding
+#   make fuzz-build                build the C harnesses (build/fuzz/)
+#   make tsan                      the engine under ThreadSanitizer: admin-API stress
+#                                  and the concurrency tests against build/smd-tsan
+#   make ci-fuzz                   what CI runs: every harness 60 s, then tsan
+#
+# New corpus entries go to build/fuzz/corpus/<harness>/ (scratch: the seeds
+# in tests/fuzz/corpus/<harness>/ are read, never written); reproducers of
+# findings go to build/fuzz/findings/<harness>/.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 300
+FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -O1 -g $(CWARN) -pthread -I$(CORE) \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+TSAN_FLAGS   := $(CFLAGS_CORE) -O1 -fsanitize=thread -fno-omit-frame-pointer
+FUZZ_C       := fuzz_conn fuzz_snapshot
+FUZZ_PY      := fuzz_config fuzz_snapfile
+APT_FUZZ     := clang libclang-rt-14-dev $(APT_TEST)
+STAMP_ATHERIS := $(VENV)/.stamp-atheris
+
+.PHONY: apt-fuzz fuzz fuzz-build fuzz-py-deps tsan ci-fuzz
+
+apt-fuzz:
+	@$(call apt_ensure,$(APT_FUZZ))
+
+build/fuzz:
+	mkdir -p build/fuzz
+
+build/fuzz/%: tests/fuzz/%.c $(CORE_SRCS) $(CORE_HDRS) | build/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $< $(CORE_SRCS) $(CORE_LIBS)
+
+fuzz-build: $(addprefix build/fuzz/,$(FUZZ_C))
+
+# atheris builds against clang's libFuzzer; 3.0.0 is the newest on PyPI.
+$(STAMP_ATHERIS): $(STAMP_TEST)
+	$(VPIP) install -q atheris==3.0.0
+	@touch $@
+
+fuzz-py-deps: $(STAMP_ATHERIS)
+	@$(MAKE) --no-print-directory $(STAMP_PKG)
+
+fuzz: apt-fuzz fuzz-build fuzz-py-deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh $(FUZZ_C) $(FUZZ_PY)
+
+build/smd-tsan: $(CORE_SRCS) $(CORE_HDRS) tests/c/smd_main.c | build
+	$(FUZZ_CC) $(TSAN_FLAGS) -o $@ $(CORE_SRCS) tests/c/smd_main.c $(CORE_LIBS)
+
+build/tsan-stress: $(CORE_SRCS) $(CORE_HDRS) tests/fuzz/tsan_stress.c | build
+	$(FUZZ_CC) $(TSAN_FLAGS) -o $@ $(CORE_SRCS) tests/fuzz/tsan_stress.c $(CORE_LIBS)
+
+tsan: apt-fuzz build/smd-tsan build/tsan-stress
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	@$(MAKE) --no-print-directory $(STAMP_PKG)
+	bash tests/fuzz/tsan.sh
+
+ci-fuzz:
+	bash tests/fuzz/ci.sh
+# --- end of fuzzing and sanitizers block ---

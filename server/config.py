@@ -43,6 +43,8 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise OptionError(f"{name}: cannot read config file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise OptionError(f"{name}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes first: TOML is UTF-8
+        raise OptionError(f"{name}: not valid TOML: not UTF-8 text (byte {exc.start})") from None
     return check_mapping(raw, name)
 
 

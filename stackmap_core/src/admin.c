@@ -220,11 +220,16 @@ long sm_admin_dump(sm_engine *e, uint64_t *cursor, char *buf, size_t buflen, uin
     return (long)d.used;
 }
 
-/* A text-protocol key: no whitespace or control characters. */
-static int key_printable(const unsigned char *k, size_t n)
+/*
+ * A key the text and meta protocols can carry: no space (their tokenizers
+ * split on it) and no newline (it ends the line).  Every other byte,
+ * control characters included, is a key byte, as in memcached 1.6, so a
+ * dump of such an item must restore.
+ */
+static int key_textual(const unsigned char *k, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (k[i] <= ' ' || k[i] == 0x7f)
+        if (k[i] == ' ' || k[i] == '\n')
             return 0;
     return 1;
 }
@@ -266,8 +271,8 @@ long sm_admin_restore(sm_engine *e, const char *buf, size_t len, int dry_run, ui
         if (len - off < need)
             break; /* partial record: the caller supplies the rest */
         const unsigned char *key = r + REC_HDR;
-        if (!(rflags & RFLAG_BINARY) && !key_printable(key, nkey)) {
-            snprintf(err, errlen, "record %llu: key contains whitespace or control characters",
+        if (!(rflags & RFLAG_BINARY) && !key_textual(key, nkey)) {
+            snprintf(err, errlen, "record %llu: key contains whitespace (a space or a newline)",
                      (unsigned long long)recno);
             return -1;
         }

@@ -495,6 +495,8 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
     char why[sizeof(e->backend_note)];
     size_t nl = 0;
     bool started = false;
+    /* Before any worker runs: a worker answering "stats" reads it (uptime). */
+    e->started = time(NULL);
     for (int k = 0; k < norder && !started; k++) {
         const backend_ops *ops = order[k];
         bool probed = ops->probe(&e->settings, why, sizeof(why)) == 0;
@@ -524,6 +526,7 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
         }
     }
     if (!started) {
+        e->started = 0;
         if (autopick)
             snprintf(err, errlen, "no backend could start: %s", e->backend_note);
         cache_stop(e->cache);
@@ -532,7 +535,6 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
     }
     if (nl)
         snprintf(e->backend_note + nl, sizeof(e->backend_note) - nl, "; using %s", e->ops->name);
-    e->started = time(NULL);
     atomic_store(&e->accepting, true);
     e->running = true;
     return 0;

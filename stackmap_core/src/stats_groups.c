@@ -187,7 +187,8 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     sm_stat_addf(sink, "pointer_size", "%d", (int)(8 * sizeof(void *)));
     sm_stat_addf(sink, "rusage_user", "%ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
     sm_stat_addf(sink, "rusage_system", "%ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
-    sm_stat_addf(sink, "max_connections", "%d", e->settings.maxconns);
+    /* -c changes live (sm_engine_set_maxconns): read it as it is written */
+    sm_stat_addf(sink, "max_connections", "%d", __atomic_load_n(&e->settings.maxconns, __ATOMIC_RELAXED));
     sm_stat_addf(sink, "curr_connections", "%d", atomic_load(&e->curr_conns));
     U64("total_connections", total_conns);
     U64("rejected_connections", rejected_conns);
@@ -269,7 +270,7 @@ static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
 {
     const struct sm_settings *st = &e->settings;
     U64("maxbytes", cache_memlimit(e->cache));
-    sm_stat_addf(sink, "maxconns", "%d", st->maxconns);
+    sm_stat_addf(sink, "maxconns", "%d", __atomic_load_n(&st->maxconns, __ATOMIC_RELAXED)); /* changes live */
     sm_stat_addf(sink, "tcpport", "%d", st->port);
     sink->add(sink, "udpport", "0"); /* no UDP listener, ever */
     sink->add(sink, "inter", st->listen[0] ? st->listen : "NULL");

@@ -23,6 +23,7 @@
 
 #include "engine_internal.h"
 #include "io/backend.h"
+#include "racy.h"
 
 /* Chunks kept on a worker's free list; more are freed. */
 #define FREE_CHUNKS_MAX 256
@@ -139,10 +140,36 @@ void worker_conn_close(worker *w, conn *c)
     atomic_fetch_sub(&e->curr_conns, 1);
 }
 
-/* memcached's name for where a connection is in its life. */
-static const char *conn_state_name(const conn *c)
+/* What "stats conns" shows of a connection that another worker owns. */
+struct conn_view {
+    conn_state state;     /* parser state */
+    size_t out_bytes;     /* output queued and not yet sent */
+    uint64_t last_active; /* rel_time of the last request */
+};
+
+/*
+ * "stats conns" runs on whichever thread asked (a worker serving a client,
+ * or the control plane) and looks at connections owned by other workers.
+ * conns_lock keeps each connection alive while we look (the owner takes it
+ * before freeing), but the owner updates these three fields without it, on
+ * every request.  They are only displayed, each is one aligned word read
+ * whole, and a value a request old is as good as memcached's own (it reads
+ * other threads' connections the same way).  Taking a lock or atomics on
+ * the owner's side would cost every request for a stats command.
+ */
+static SM_RACY_READ struct conn_view conn_peek(const conn *c)
 {
-    switch (c->state) {
+    struct conn_view v;
+    v.state = SM_RACY_LOAD(c->state);
+    v.out_bytes = SM_RACY_LOAD(c->out_bytes);
+    v.last_active = SM_RACY_LOAD(c->last_active);
+    return v;
+}
+
+/* memcached's name for where a connection is in its life. */
+static const char *conn_state_name(const struct conn_view *v)
+{
+    switch (v->state) {
     case CONN_NREAD:
         return "conn_nread";
     case CONN_SWALLOW:
@@ -150,7 +177,7 @@ static const char *conn_state_name(const conn *c)
     case CONN_CLOSING:
         return "conn_closing";
     default:
-        return out_pending(c) ? "conn_mwrite" : "conn_parse_cmd";
+        return v->out_bytes ? "conn_mwrite" : "conn_parse_cmd";
     }
 }
 
@@ -175,6 +202,7 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
         }
     }
     for (conn *c = w->conns; c; c = c->next_conn) {
+        struct conn_view v = conn_peek(c);
         snprintf(name, sizeof(name), "%d:addr", c->fd);
         sink->add(sink, name, c->peer);
         struct sockaddr_storage ss;
@@ -185,9 +213,9 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
             sink->add(sink, name, addr);
         }
         snprintf(name, sizeof(name), "%d:state", c->fd);
-        sink->add(sink, name, conn_state_name(c));
+        sink->add(sink, name, conn_state_name(&v));
         snprintf(name, sizeof(name), "%d:secs_since_last_cmd", c->fd);
-        sm_stat_addf(sink, name, "%u", (unsigned)(now - (rel_time_t)c->last_active));
+        sm_stat_addf(sink, name, "%u", (unsigned)(now - (rel_time_t)v.last_active));
     }
     pthread_mutex_unlock(&w->conns_lock);
 }

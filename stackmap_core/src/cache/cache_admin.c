@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "cache_int.h"
+#include "../racy.h"
 
 /* Cursor layout: class id (8 bits) | page (32 bits) | chunk (24 bits). */
 #define CUR_CLASS(cur) ((int)((cur) >> 56))
@@ -38,6 +39,42 @@ static int page_view(cache *c, int k, uint32_t page, char **base, uint32_t *carv
     }
     pthread_mutex_unlock(&cls->lock);
     return ok;
+}
+
+/*
+ * Copy an item's key without its lock, to filter and hash it.  The chunk
+ * may be reused under us (cache_alloc writes a new key into it): the copy
+ * may then be torn, and it is only trusted after cache_walk has taken the
+ * key's stripe and compared the key under it.  Taking the stripe first is
+ * not possible (which stripe depends on the key), so the race is by design
+ * and the function is exempt from ThreadSanitizer (racy.h); the writer's
+ * side stays checked.
+ */
+static SM_RACY_READ void copy_key_unlocked(char *key, const item *it, size_t nkey)
+{
+    for (size_t i = 0; i < nkey; i++)
+        key[i] = SM_RACY_LOAD(it->data[i]);
+}
+
+/*
+ * With the stripe of `key` held: does the chunk hold that key?  An item
+ * linked under this key cannot change (unlinking it needs this stripe), but
+ * the chunk may be linked under another key in another stripe, and then be
+ * freed and reused (cache_alloc writing a new key) while we compare: the
+ * comparison races by design and is exempt from ThreadSanitizer.  The
+ * caller checks ITEM_LINKED before and after it: a match between two
+ * LINKED observations is the item linked under this key, except for a
+ * chunk freed, refilled with this very key, abandoned and relinked under
+ * yet another key between the two loads.
+ */
+static SM_RACY_READ int key_matches_unlocked(const item *it, const char *key, size_t nkey)
+{
+    if (SM_RACY_LOAD(it->nkey) != nkey)
+        return 0;
+    for (size_t i = 0; i < nkey; i++)
+        if (SM_RACY_LOAD(it->data[i]) != key[i])
+            return 0;
+    return 1;
 }
 
 uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *cursor, uint32_t budget,
@@ -71,17 +108,16 @@ uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *curs
                 size_t nkey = LD(it->nkey);
                 if (nkey == 0 || nkey < nprefix)
                     continue;
-                /* Unlocked copy: may be torn; checked again under the stripe. */
-                for (size_t i = 0; i < nkey; i++)
-                    key[i] = LD(it->data[i]);
+                copy_key_unlocked(key, it, nkey);
                 if (nprefix && memcmp(key, prefix, nprefix) != 0)
                     continue;
                 uint32_t hv = cache_hash(key, nkey);
                 stripe_lock *m = stripe_of(c, hv);
                 stripe_lock_take(m);
                 cache_walk_action act = CACHE_WALK_NEXT;
-                if ((atomic_load(&it->it_flags) & ITEM_LINKED) && it->nkey == nkey &&
-                    memcmp(ITEM_key(it), key, nkey) == 0 && !item_is_dead(c, it, cache_now(c), NULL))
+                /* LINKED before and after the key: see key_matches_unlocked */
+                if ((atomic_load(&it->it_flags) & ITEM_LINKED) && key_matches_unlocked(it, key, nkey) &&
+                    (atomic_load(&it->it_flags) & ITEM_LINKED) && !item_is_dead(c, it, cache_now(c), NULL))
                     act = fn(ctx, c, it);
                 if (act == CACHE_WALK_UNLINK) {
                     item_unlink(c, it, hv);

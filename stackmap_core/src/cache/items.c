@@ -107,7 +107,7 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
     atomic_store(&it->refcount, 1);
     atomic_store(&it->it_flags, 0);
     it->slabs_clsid = (uint8_t)id;
-    it->nkey = (uint8_t)nkey;
+    ST(it->nkey, (uint8_t)nkey); /* cache_walk reads it without the item lock */
     memcpy(ITEM_key(it), key, nkey);
     ITEM_key(it)[nkey] = '\0';
     *err = ALLOC_OK;
