@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Host side of the test VM's control: readiness, guest commands, free ports.
+"""Host side of the test VM's control: readiness, guest commands, free ports, forward backlog.
 
 deploy/run-vm.sh calls this (standard library only, any python3 >= 3.9):
 

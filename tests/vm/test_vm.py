@@ -154,8 +154,11 @@ def _forward_note(vm: VM) -> str:
 
 
 def test_forward_queues_a_burst(vm: VM) -> None:
-    """40 connections made while the VM is paused all wait in the host's queue of
-    the forwarded port, and each is served whole when it resumes."""
+    """40 connections made while qemu is paused wait in the forward's queue, then all get served.
+
+    Every connect completes and is queued by the host kernel for qemu (the
+    listener's accept queue, read from /proc), and once qemu runs again each
+    connection gets its set and get answered byte for byte."""
     burst = 40
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(burst)]
     os.kill(vm.pid, signal.SIGSTOP)  # qemu accepts nothing while stopped
