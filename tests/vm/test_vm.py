@@ -130,22 +130,24 @@ def test_touch_and_flush(mc: Client) -> None:
 # Bursts of connections and qemu's forwards.  Every connection below crosses
 # qemu's user-network (libslirp) forward, whose host socket libslirp opens with
 # listen(fd, 1): the host kernel queues at most two connections qemu has not
-# accepted yet, and qemu accepts one per pass of its main loop.  On a loaded
-# host (measured: 14 busy loops on 2 cores, load 7-12) a burst of 40 clients
-# overflowed that queue in every round: per round 16-112 TcpExtListenOverflows
-# and 8-25 SYN retransmits in the host's counters (qemu and the clients in a
-# network namespace of their own), syncookies for the rest
-# (TcpExtTCPReqQFullDoCookies), so connect() succeeded while the handshake's
-# last ACK and the request were dropped and retransmitted with exponential
-# backoff: one client's first reply came after 27.4 s (others 2.7, 4.3, 7.7,
-# 14.3 s), the next retransmission would have been past the 60 s timeout.
-# Meanwhile the guest saw nothing wrong -- no retransmit, no listen overflow,
-# 43 passive opens for 40 clients + 3 agent calls, stackmapd's
-# total_connections +41, listen_disabled_num 0 -- with the epoll, uring and
-# stackmap backends alike.  So run-vm.sh widens the forwards' backlog to 1024
-# (vmctl.widen_backlog); after that the same load gave zero overflows and zero
-# retransmits in 4 rounds.  test_forward_queues_a_burst checks that the widening
-# is in effect; the tests here keep their checks and their timeouts.
+# accepted yet, and qemu accepts one per pass of its main loop.  Measured with
+# qemu and the clients in a network namespace of their own, on a host loaded
+# by 6-14 busy loops (load 5-20 on 2 cores), a burst of 40 clients overflowed
+# that queue in nearly every round: 3-134 TcpExtListenOverflows and up to 32
+# SYN retransmits per round in the host's counters, and syncookies
+# (TcpExtTCPReqQFullDoCookies) so that connect() succeeded while the
+# handshake's last ACK and the request were dropped and retransmitted with
+# exponential backoff: one client's first reply came after 27.4 s (others
+# 2.7, 4.3, 7.7, 14.3 s); the next retransmission would have been past the
+# 60 s timeout.  In 10 runs of this test at load ~20 it took 0.5-1.9 s, and
+# once 54.3 s (134 overflows).  Meanwhile the guest saw nothing wrong -- no
+# retransmit, no listen overflow, 43 passive opens for 40 clients + 3 agent
+# calls, stackmapd's total_connections +41, listen_disabled_num 0 -- with the
+# epoll, uring and stackmap backends alike.  So run-vm.sh widens the forwards'
+# backlog to 1024 (vmctl.widen_backlog); after that the same loads gave zero
+# overflows and zero retransmits (14 rounds), this test 0.3-1.3 s.
+# test_forward_queues_a_burst checks that the widening is in effect; the
+# tests here keep their checks and their timeouts.
 def _forward_note(vm: VM) -> str:
     if vm.fwd_backlog >= 100:
         return ""
