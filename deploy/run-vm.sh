@@ -16,8 +16,12 @@
 # outside) and exactly two forwards on the host's loopback:
 #   127.0.0.1:SM_VM_PORT  -> guest 11211 (stackmapd)
 #   127.0.0.1:SM_VM_AGENT -> guest 7000  (sm-agent)
-# Ports are chosen free unless SM_VM_PORT / SM_VM_AGENT are set.  State goes to
-# build/vm/run/: vm.env (ports, pid), console.log (the serial console).
+# Ports are chosen free unless SM_VM_PORT / SM_VM_AGENT are set.  qemu listens
+# on those forwards with a backlog of 1 (libslirp's listen(fd, 1)); right after
+# boot the backlog is raised to FWD_BACKLOG (vmctl.py widen-backlog), else a
+# burst of clients overflows the host's accept queue and stalls for seconds
+# under load (see widen_backlog in vmctl.py).  State goes to build/vm/run/:
+# vm.env (ports, pid, the forwards' backlog), console.log (the serial console).
 # STACKMAPD ARGS default to "-l 0.0.0.0 -p 11211 --backend epoll"; they reach
 # the guest's init as sm.args=a,b,c on the kernel command line.  SM_VM_APPEND
 # adds kernel parameters (e.g. "slub_debug=FZPU sm.nomodule").
@@ -28,6 +32,9 @@ VM=${SM_VM_DIR:-$ROOT/build/vm}
 RUN=$VM/run
 CTL="python3 $ROOT/deploy/vmctl.py"
 BOOT_TIMEOUT=${SM_VM_BOOT_TIMEOUT:-180}
+# listen() backlog for qemu's forwarded host ports: memcached's default, more
+# than the largest burst of connections the VM tests open at once (100).
+FWD_BACKLOG=1024
 
 log() { echo "run-vm: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -73,6 +80,16 @@ SM_VM_PID=$(cat "$RUN/qemu.pid")
 SM_VM_ARGS="${args[*]}"
 SM_VM_CONSOLE=$RUN/console.log
 EOF
+    # libslirp's forwards listen with backlog 1; widen them before any client
+    # connects.  Without this the VM still works, but bursts of connections
+    # can stall under load: say so loudly and record it for the tests.
+    local fwd_backlog=$FWD_BACKLOG
+    if ! $CTL widen-backlog "$RUN/qemu.pid" "$FWD_BACKLOG" "$port" "$agent"; then
+        log "WARNING: could not raise the backlog of qemu's forwarded ports (still 1):"
+        log "  bursts of connections may stall for seconds under load"
+        fwd_backlog=1
+    fi
+    echo "SM_VM_FWD_BACKLOG=$fwd_backlog" >>"$RUN/vm.env"
     log "qemu pid $(cat "$RUN/qemu.pid"); stackmapd -> 127.0.0.1:$port, agent -> 127.0.0.1:$agent"
     if ! version=$($CTL wait-ready "$port" "$BOOT_TIMEOUT" "$RUN/qemu.pid"); then
         log "last console lines:"

@@ -165,8 +165,10 @@ def main() -> int:
     results: dict[str, list[tuple[str, str, str]]] = {}
     rcs: dict[str, int] = {}
     image = read_env(VM_DIR / "vm.env")
+    fwd_backlog = "?"
     try:
         state = read_env(RUN / "vm.env")
+        fwd_backlog = state.get("SM_VM_FWD_BACKLOG", "1")
         port, agent = int(state["SM_VM_PORT"]), int(state["SM_VM_AGENT"])
         backends = choose_backends(opts.backends, agent)
         current = first
@@ -203,6 +205,8 @@ def main() -> int:
     print(f"  our module    : {'stackmap.ko in the image' if image.get('MODULES', '0') != '0' else 'not built'}; "
           f"ringtest: {'yes' if image.get('RINGTEST') == '1' else 'not present'}")
     print(f"  package       : {image.get('WHEEL')} in /opt/stackmapd (guest venv)")
+    print(f"  forwards      : 127.0.0.1 -> guest through qemu user networking, listen backlog {fwd_backlog}"
+          f"{'' if fwd_backlog != '1' else ' (libslirp default: bursts may stall, see run-vm.sh)'}")
     for label, cases in results.items():
         npass = sum(1 for _, o, _ in cases if o == "passed")
         nskip = sum(1 for _, o, _ in cases if o == "skipped")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Host side of the test VM's control: readiness, guest commands, free ports.
+"""Host side of the test VM's control: readiness, guest commands, free ports, forward backlog.
 
 deploy/run-vm.sh calls this (standard library only, any python3 >= 3.9):
 
@@ -9,6 +9,9 @@ deploy/run-vm.sh calls this (standard library only, any python3 >= 3.9):
                                               (PIDFILE) exits
   vmctl.py exec AGENTPORT TIMEOUT CMD         run CMD in the guest through sm-agent,
                                               print its output, exit with its status
+  vmctl.py widen-backlog PIDFILE BACKLOG PORT...
+                                              raise the listen() backlog of qemu's
+                                              forwarded 127.0.0.1:PORT sockets
 
 Readiness is an application round trip because qemu's user-network forwarder
 accepts the host's connection before anything listens in the guest: a bare
@@ -18,6 +21,7 @@ from here instead of repeating the protocol.  Every address used is 127.0.0.1.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
@@ -25,6 +29,9 @@ import sys
 import time
 
 HOST = "127.0.0.1"
+# pidfd_getfd(2): the same number on every architecture (the unified syscall
+# table that Linux 5.6 added it to).
+SYS_PIDFD_GETFD = 438
 
 
 def free_port() -> int:
@@ -106,6 +113,75 @@ def wait_agent(agent_port: int, timeout: float, pidfile: str | None = None) -> N
     raise TimeoutError(f"guest agent on {HOST}:{agent_port} did not answer within {timeout:g} s")
 
 
+def listening_fds(pid: int, ports: set[int]) -> dict[int, int]:
+    """PORT -> descriptor number in process PID of its socket listening on 127.0.0.1:PORT.
+
+    Read from /proc/PID/net/tcp (the process's own network namespace) and
+    /proc/PID/fd; a port with no such socket is missing from the result.
+    """
+    want = {f"{socket.htonl(0x7F000001):08X}:{port:04X}": port for port in ports}
+    inodes: dict[str, int] = {}
+    with open(f"/proc/{pid}/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[1] in want:  # 0A: TCP_LISTEN
+                inodes[f"socket:[{fields[9]}]"] = want[fields[1]]
+    found: dict[int, int] = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:  # closed meanwhile
+            continue
+        if target in inodes:
+            found[inodes[target]] = int(name)
+    return found
+
+
+def accept_queue(pid: int, port: int) -> int:
+    """Connections the kernel has queued on process PID's 127.0.0.1:PORT listener
+    that the process has not accepted yet (a listener's rx_queue in /proc/net/tcp)."""
+    local = f"{socket.htonl(0x7F000001):08X}:{port:04X}"
+    with open(f"/proc/{pid}/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[1] == local:
+                return int(fields[4].split(":")[1], 16)
+    raise OSError(f"process {pid} has no socket listening on {HOST}:{port}")
+
+
+def widen_backlog(pid: int, ports: set[int], backlog: int) -> None:
+    """Call listen(BACKLOG) on process PID's sockets listening on 127.0.0.1:PORTS.
+
+    qemu's user networking (libslirp) listens on each host forward with a
+    backlog of 1, so the host kernel queues at most two connections that qemu
+    has not accepted yet; a burst of clients overflows that queue whenever
+    qemu's main loop is slow (TCG under host load) and the kernel drops their
+    SYNs and handshake ACKs, which TCP then retransmits with exponential
+    backoff (1, 3, 7, 15 s ...): connections that stall for many seconds
+    while the guest never sees them.  listen() on a socket that already
+    listens only changes its backlog (capped by net.core.somaxconn), so a
+    duplicate of qemu's descriptor (pidfd_getfd, Linux 5.6+, needs the right
+    to ptrace qemu: its owner or root) is all this takes.  Raises OSError,
+    with the reason, when a port has no listener in PID or a call fails.
+    """
+    fds = listening_fds(pid, ports)
+    missing = sorted(ports - fds.keys())
+    if missing:
+        raise OSError(f"process {pid} has no socket listening on {HOST}:{missing}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        for port, target in sorted(fds.items()):
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, target, 0)
+            if fd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"pidfd_getfd(qemu fd {target} for port {port}): {os.strerror(err)}")
+            with socket.socket(fileno=fd) as dup:  # closing the duplicate leaves qemu's open
+                dup.listen(backlog)
+    finally:
+        os.close(pidfd)
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -118,6 +194,10 @@ def main(argv: list[str]) -> int:
             print(wait_ready(int(args[0]), float(args[1]), args[2] if len(args) > 2 else None))
         elif cmd == "wait-agent":
             wait_agent(int(args[0]), float(args[1]), args[2] if len(args) > 2 else None)
+        elif cmd == "widen-backlog":
+            with open(args[0]) as f:
+                pid = int(f.read().strip())
+            widen_backlog(pid, {int(p) for p in args[2:]}, int(args[1]))
         elif cmd == "exec":
             rc, out = guest_exec(int(args[0]), " ".join(args[2:]), float(args[1]))
             sys.stdout.write(out)
@@ -125,7 +205,7 @@ def main(argv: list[str]) -> int:
         else:
             print(f"unknown command {cmd!r}", file=sys.stderr)
             return 2
-    except (TimeoutError, RuntimeError, OSError) as exc:
+    except (TimeoutError, RuntimeError, OSError, ValueError) as exc:
         print(f"vmctl: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -44,7 +44,11 @@ def vm() -> Iterator[VM]:
     rc, kernel = vmctl.guest_exec(agent, "uname -r", 30)
     assert rc == 0, kernel
     yield VM(
+        pid=int(env["SM_VM_PID"]),
         port=port,
+        # run-vm.sh records the backlog it gave the forwards; a VM started by
+        # an older run-vm.sh has libslirp's 1.
+        fwd_backlog=int(env.get("SM_VM_FWD_BACKLOG", "1")),
         agent_port=agent,
         backend=os.environ.get("SM_VM_BACKEND", "epoll"),
         console=Path(env.get("SM_VM_CONSOLE", STATE.parent / "console.log")),

@@ -30,7 +30,9 @@ def read_env(path: Path) -> dict[str, str]:
 class VM:
     """The running test VM as the host sees it."""
 
+    pid: int  # qemu's process id on the host
     port: int  # 127.0.0.1 port forwarded to stackmapd (guest 11211)
+    fwd_backlog: int  # listen() backlog of qemu's forwarded host ports (libslirp's is 1)
     agent_port: int  # 127.0.0.1 port forwarded to sm-agent (guest 7000)
     backend: str  # backend the guest's stackmapd was asked to use
     console: Path  # the serial console log on the host
