@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -497,9 +498,16 @@ def test_template_unit_runs_several_nodes(tmp_path: Path) -> None:
                 except OSError:
                     assert time.monotonic() < deadline, "instance did not start"
                     time.sleep(0.05)
-            with urllib.request.urlopen(f"http://{HOST}:{metrics}/metrics", timeout=5) as resp:
-                assert resp.status == 200
-                body = resp.read().decode()
+            # The memcached port can answer before the metrics server listens.
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://{HOST}:{metrics}/metrics", timeout=5) as resp:
+                        assert resp.status == 200
+                        body = resp.read().decode()
+                    break
+                except urllib.error.URLError:
+                    assert time.monotonic() < deadline, "the instance's metrics port did not open"
+                    time.sleep(0.05)
             # this instance's own metrics port reports this instance's items
             assert re.search(rf"(?m)^memcached_current_items {i + 1}(\.0)?$", body), body[:2000]
     finally:
