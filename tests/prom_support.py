@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from control_support import HOST, free_port
@@ -28,35 +29,42 @@ def query(port: int, expr: str) -> list[dict[str, object]]:
     return data["data"]["result"]  # type: ignore[no-any-return]
 
 
-def wait_for(port: int, expr: str, what: str, timeout: float = DEADLINE) -> list[dict[str, object]]:
-    """Poll until ``expr`` has a result; the result."""
+def _poll(port: int, expr: str, timeout: float, done: Callable[[list[dict[str, object]]], bool]) -> bool:
+    """Query ``expr`` until ``done(result)`` or the deadline; whether it was done."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             result = query(port, expr)
         except OSError:
             result = []
-        if result:
-            return result
+        if done(result):
+            return True
         time.sleep(0.3)
-    raise AssertionError(f"{what}: {expr} stayed empty")
+    return False
+
+
+def wait_for(port: int, expr: str, what: str, timeout: float = DEADLINE) -> list[dict[str, object]]:
+    """Poll until ``expr`` has a result; the result."""
+    seen: list[list[dict[str, object]]] = []
+
+    def has_result(result: list[dict[str, object]]) -> bool:
+        seen.append(result)
+        return bool(result)
+
+    assert _poll(port, expr, timeout, has_result), f"{what}: {expr} stayed empty"
+    return seen[-1]
 
 
 def wait_value(port: int, expr: str, want: float, timeout: float = DEADLINE) -> None:
     """Poll until ``expr``'s first sample equals ``want``."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = query(port, expr)
-        except OSError:
-            result = []
+    last: list[float] = []
+
+    def equals(result: list[dict[str, object]]) -> bool:
         if result:
-            last = float(result[0]["value"][1])  # type: ignore[index]
-            if last == want:
-                return
-        time.sleep(0.3)
-    raise AssertionError(f"{expr}: last value {last}, wanted {want}")
+            last.append(float(result[0]["value"][1]))  # type: ignore[index]
+        return bool(last) and last[-1] == want
+
+    assert _poll(port, expr, timeout, equals), f"{expr}: last value {last[-1:]}, wanted {want}"
 
 
 class Prometheus:
