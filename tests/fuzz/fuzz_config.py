@@ -19,13 +19,10 @@ Run: ``python tests/fuzz/fuzz_config.py [libFuzzer flags] CORPUS_DIR...``
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import atheris
+from atheris_main import fuzz_main, scratch_file
 
 with atheris.instrument_imports():
     from server import config, settings
@@ -38,8 +35,7 @@ HASHPOWER_MAX = 24
 # Memory limit (MB) above which no engine is created (the cache reserves address space).
 MEMORY_MAX_MB = 1 << 16
 
-_TMP = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
-_PATH = _TMP / "stackmapd.toml"
+_PATH = scratch_file("fuzz-config-", "stackmapd.toml")
 
 
 def _env_from(text: str) -> dict[str, str]:
@@ -92,12 +88,7 @@ def test_one(data: bytes) -> None:
 
 
 def main() -> None:
-    atheris.Setup(sys.argv, test_one)
-    try:
-        atheris.Fuzz()
-    finally:
-        _PATH.unlink(missing_ok=True)
-        os.rmdir(_TMP)
+    fuzz_main(test_one)
 
 
 if __name__ == "__main__":

@@ -24,21 +24,17 @@ Run: ``python tests/fuzz/fuzz_snapfile.py [libFuzzer flags] CORPUS_DIR...``
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import sys
-import tempfile
-from pathlib import Path
 
 import atheris
+from atheris_main import fuzz_main, scratch_file
 
 with atheris.instrument_imports():
     from server import snapshot
 
 from stackmap_core import Engine  # C: not instrumented (fuzz_snapshot.c covers it)
 
-_TMP = Path(tempfile.mkdtemp(prefix="fuzz-snapfile-"))
-_PATH = _TMP / "cache.snap"
+_PATH = scratch_file("fuzz-snapfile-", "cache.snap")
 REC = struct.Struct("<HBBIIqQ")
 
 
@@ -86,12 +82,7 @@ def test_one(data: bytes) -> None:
 
 
 def main() -> None:
-    atheris.Setup(sys.argv, test_one)
-    try:
-        atheris.Fuzz()
-    finally:
-        _PATH.unlink(missing_ok=True)
-        os.rmdir(_TMP)
+    fuzz_main(test_one)
 
 
 if __name__ == "__main__":

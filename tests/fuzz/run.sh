@@ -35,9 +35,11 @@ for name in "$@"; do
     fi
     echo "== $name: ${secs}s"
     before=$(ls "$findings" | grep -cE '^(crash|leak|timeout|oom)-')
-    ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
+    scratch=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-$name-XXXXXX")  # files a harness writes each input to
+    FUZZ_SCRATCH=$scratch ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
         nice -n "$nice_level" "${cmd[@]}" "${args[@]}" "$corpus" "$seeds" >"$log" 2>&1
     rc=$?
+    rm -rf "$scratch"
     after=$(ls "$findings" | grep -cE '^(crash|leak|timeout|oom)-')
     execs=$(grep -a 'stat::number_of_executed_units' "$log" | awk '{print $2}' | tail -1)
     rate=$(grep -a 'stat::average_exec_per_sec' "$log" | awk '{print $2}' | tail -1)
