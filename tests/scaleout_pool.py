@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import HOST, START_TIMEOUT, Server, Target, free_port, launch
+from conftest import HOST, START_TIMEOUT, Server, Target, free_port, launch, terminate
 from mcwire import stats
 
 NUTCRACKER = "/usr/sbin/nutcracker"
@@ -117,13 +117,7 @@ class Proxy:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
 
 
 def start_proxy(nodes: list[tuple[str, int]], workdir: str, hash_name: str | None = None) -> Proxy:
