@@ -73,6 +73,31 @@ static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len
     }
 }
 
+/* Put c on w's connection list ("stats conns" walks it under conns_lock). */
+void worker_conn_link(worker *w, conn *c)
+{
+    pthread_mutex_lock(&w->conns_lock);
+    c->prev_conn = NULL;
+    c->next_conn = w->conns;
+    if (w->conns)
+        w->conns->prev_conn = c;
+    w->conns = c;
+    pthread_mutex_unlock(&w->conns_lock);
+}
+
+/* Take c off w's connection list. */
+void worker_conn_unlink(worker *w, conn *c)
+{
+    pthread_mutex_lock(&w->conns_lock);
+    if (c->prev_conn)
+        c->prev_conn->next_conn = c->next_conn;
+    else
+        w->conns = c->next_conn;
+    if (c->next_conn)
+        c->next_conn->prev_conn = c->prev_conn;
+    pthread_mutex_unlock(&w->conns_lock);
+}
+
 conn *worker_conn_open(worker *w, int fd)
 {
     struct sm_engine *e = w->engine;
@@ -110,13 +135,7 @@ conn *worker_conn_open(worker *w, int fd)
     c->last_active = cache_now(w->cache);
     atomic_fetch_add(&e->total_conns, 1);
     w->nconns++;
-    pthread_mutex_lock(&w->conns_lock);
-    c->prev_conn = NULL;
-    c->next_conn = w->conns;
-    if (w->conns)
-        w->conns->prev_conn = c;
-    w->conns = c;
-    pthread_mutex_unlock(&w->conns_lock);
+    worker_conn_link(w, c);
     engine_log(e, 2, "<%d new auto-negotiating client connection\n", fd);
     return c;
 }
@@ -124,14 +143,7 @@ conn *worker_conn_open(worker *w, int fd)
 void worker_conn_close(worker *w, conn *c)
 {
     struct sm_engine *e = w->engine;
-    pthread_mutex_lock(&w->conns_lock);
-    if (c->prev_conn)
-        c->prev_conn->next_conn = c->next_conn;
-    else
-        w->conns = c->next_conn;
-    if (c->next_conn)
-        c->next_conn->prev_conn = c->prev_conn;
-    pthread_mutex_unlock(&w->conns_lock);
+    worker_conn_unlink(w, c);
     engine_log(e, 2, "<%d connection closed.\n", c->fd);
     close(c->fd);
     conn_cleanup(c);

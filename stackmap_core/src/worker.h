@@ -94,6 +94,10 @@ static inline void worker_batch_clock(struct worker *w)
     w->lat_clock = sm_lat_now();
 }
 
+/* Put a connection on / take it off this worker's list, under conns_lock
+ * (worker_conn_open and worker_conn_close do; so does the fuzz harness). */
+void worker_conn_link(worker *w, conn *c);
+void worker_conn_unlink(worker *w, conn *c);
 /* Emit memcached's "stats conns" lines for this worker's listeners and connections. */
 void worker_stats_conns(worker *w, sm_stat_sink *sink);
 

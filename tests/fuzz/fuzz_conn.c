@@ -144,11 +144,7 @@ static void conn_open(struct side *sd, int i)
         abort();
     conn_init(c, &sd->e->workers[0], -1, sl->next_id++);
     /* on the worker's list, so "stats conns" walks it as it would a real one */
-    worker *w = &sd->e->workers[0];
-    c->next_conn = w->conns;
-    if (w->conns)
-        w->conns->prev_conn = c;
-    w->conns = c;
+    worker_conn_link(&sd->e->workers[0], c);
     sl->c = c;
 }
 
@@ -161,13 +157,7 @@ static void conn_close(struct side *sd, int i)
         return;
     drain(sl, SIZE_MAX);
     append_out(sl, "<closed>", 8); /* not a reply: marks the end of this connection */
-    worker *w = &sd->e->workers[0];
-    if (c->prev_conn)
-        c->prev_conn->next_conn = c->next_conn;
-    else
-        w->conns = c->next_conn;
-    if (c->next_conn)
-        c->next_conn->prev_conn = c->prev_conn;
+    worker_conn_unlink(&sd->e->workers[0], c);
     conn_cleanup(c);
     free(c);
     sl->c = NULL;
