@@ -16,7 +16,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY stackmap_core ./stackmap_core
-COPY server ./server
+COPY stackmapd ./stackmapd
 COPY kernel/include ./kernel/include
 RUN pip wheel --no-cache-dir . -w /wheels
 

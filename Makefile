@@ -68,7 +68,7 @@ VPY     := $(VENV)/bin/python
 VPIP    := $(VPY) -m pip
 STAMP_PKG  := $(VENV)/.stamp-installed
 STAMP_TEST := $(VENV)/.stamp-test-deps
-PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core server -name '*.py' -not -name '_stackmap_core*')
+PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core stackmapd -name '*.py' -not -name '_stackmap_core*')
 
 # What `pip install .` needs on a bare Debian 12 (proven by .ci/fresh-root.sh):
 # a compiler, Python's headers (pyconfig.h comes with python3-dev), venv, and
@@ -108,7 +108,10 @@ $(VPY):
 venv: $(VPY)
 
 # The package (C core compiled by cffi) into the venv.
+# setuptools stages the wheel in build/lib.* and never prunes it: a module
+# renamed or deleted in the tree would still ship.  Stage from scratch.
 $(STAMP_PKG): $(CORE_SRCS) $(CORE_HDRS) $(PKG_FILES) | $(VPY)
+	rm -rf build/lib.* build/bdist.*
 	$(VPIP) install -q .
 	@touch $@
 
@@ -116,6 +119,7 @@ install: apt-build $(STAMP_PKG)
 
 # Test tools (the [test] extra); installing the extra installs the package too.
 $(STAMP_TEST): pyproject.toml | $(VPY)
+	rm -rf build/lib.* build/bdist.*
 	$(VPIP) install -q '.[test]'
 	@touch $@ $(STAMP_PKG)
 

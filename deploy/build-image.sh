@@ -274,7 +274,7 @@ WHEEL=""
 wheels() {
     local src_key dir tag guest_tag
     src_key=$(cd "$ROOT" && hash_of pyproject.toml setup.py MANIFEST.in \
-        $(find stackmap_core server kernel/include -type f \( -name '*.py' -o -name '*.c' -o -name '*.h' \) \
+        $(find stackmap_core stackmapd kernel/include -type f \( -name '*.py' -o -name '*.c' -o -name '*.h' \) \
             -not -name '_stackmap_core*' 2>/dev/null | LC_ALL=C sort))
     dir=$VM/wheels-$src_key
     if [ ! -f "$dir/.done" ]; then

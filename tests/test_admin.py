@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from control_support import Proc, http, pipeline_sets, request, running, start
 
-from server.admin import Access, AdminError, host_forms
+from stackmapd.admin import Access, AdminError, host_forms
 
 MIB = 1024 * 1024
 

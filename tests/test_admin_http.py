@@ -23,7 +23,7 @@ from control_support import Proc, http, running
 from http_raw import Answer, read_answer, send
 from http_raw import request as raw
 
-from server.http import MAX_HANDLERS
+from stackmapd.http import MAX_HANDLERS
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from control_support import Proc, pipeline_sets, request, running, start
 from http_raw import Answer
 from http_raw import request as raw
 
-from server.snapshot import MAGIC
+from stackmapd.snapshot import MAGIC
 
 CHROME_UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
              "Chrome/120.0.0.0 Safari/537.36")

@@ -3,7 +3,7 @@
 Bad usage must fail the way memcached does (exit status 64, a one-line
 reason on stderr, no traceback); the config file and the command line must
 merge with the command line winning; sizes take memcached's k/m suffixes.
-Most cases parse in-process (``server.cli.parse``); the exit-status cases
+Most cases parse in-process (``stackmapd.cli.parse``); the exit-status cases
 run the installed console script, as a user would.  Two cases start the
 real engine briefly: SIGTERM must end it with status 0, and a taken port
 with status 71.
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 import stackmap_core
-from server.cli import parse
-from server.settings import MIB, OPTIONS, OptionError, parse_size
+from stackmapd.cli import parse
+from stackmapd.settings import MIB, OPTIONS, OptionError, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def stackmapd_cmd() -> list[str]:
     script = Path(sys.executable).parent / "stackmapd"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "server.cli"]
+    return [sys.executable, "-m", "stackmapd.cli"]
 
 
 def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from control_support import BIN, HOST, free_port, http, request, start
 
-from server.cli import load
-from server.settings import MIB, OptionError
+from stackmapd.cli import load
+from stackmapd.settings import MIB, OptionError
 
 
 def write(tmp_path: Path, text: str, name: str = "stackmapd.toml") -> Path:

@@ -24,7 +24,7 @@ from control_support import HOST, Proc, free_port, http, request, running
 from prom_support import PROMETHEUS, SKIP_REASON, Prometheus, query, wait_value
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.metrics import StackmapCollector, StatsSource
+from stackmapd.metrics import StackmapCollector, StatsSource
 
 MEMCACHED = shutil.which("memcached")
 

@@ -21,7 +21,7 @@ import pytest
 from control_support import gets_many, http, pipeline_sets, request, start
 
 import stackmap_core
-from server import snapshot
+from stackmapd import snapshot
 
 N_ITEMS = 100_000
 

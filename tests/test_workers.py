@@ -311,7 +311,7 @@ def test_out_of_descriptors_pauses_accepting_instead_of_spinning(run: Callable[.
 
 
 def test_the_up_probe_needs_a_real_answer(run: Callable[..., Run]) -> None:
-    from server.health import answers_version, probe_host
+    from stackmapd.health import answers_version, probe_host
 
     r = run(["-t", "2"])
     assert r.outcome() == "ready", r.log()

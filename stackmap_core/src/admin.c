@@ -15,7 +15,7 @@
  *
  * rflags bit 0: the key is binary (meta base64 key), bit 1: fetched.  The
  * file around the records (header, checksum) is written by the control
- * plane (server/snapshot.py).
+ * plane (stackmapd/snapshot.py).
  */
 #include <stdio.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /*
  * smd_main.c -- a bare C driver of the engine with memcached's core flags,
  * for working on the data plane without Python (gdb, valgrind, sanitizers,
- * quick protocol diffs).  The product's command line is server/cli.py; this
+ * quick protocol diffs).  The product's command line is stackmapd/cli.py; this
  * driver is not installed.
  *
  *   build/smd [-p port] [-l addrs] [-t threads] [-m MB] [-c conns] [-I size]

@@ -7,8 +7,8 @@ traceback, and whatever passes the Python checks must either create an
 engine or be refused by the engine's own check with a clear error.
 
 The input's first byte picks the mode: even -> the rest is a TOML file given
-to ``server.config.load_file``; odd -> the rest is ``KEY=value`` lines
-given to ``server.config.load_env`` as ``STACKMAP_<KEY>`` variables.  Both
+to ``stackmapd.config.load_file``; odd -> the rest is ``KEY=value`` lines
+given to ``stackmapd.config.load_env`` as ``STACKMAP_<KEY>`` variables.  Both
 then go through ``resolve`` and ``build_settings`` and, when the hash table
 is small enough to allocate here, into ``stackmap_core.Engine`` (created,
 never started).  Any other exception is a finding.
@@ -25,8 +25,8 @@ import atheris
 from atheris_main import fuzz_main, scratch_file
 
 with atheris.instrument_imports():
-    from server import config, settings
-    from server.settings import OptionError
+    from stackmapd import config, settings
+    from stackmapd.settings import OptionError
 
 from stackmap_core import Engine, EngineError, SettingsError  # noqa: E402  (C: not instrumented)
 

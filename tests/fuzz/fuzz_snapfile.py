@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzer (atheris) for the snapshot file loader, server/snapshot.py.
+"""Coverage-guided fuzzer (atheris) for the snapshot file loader, stackmapd/snapshot.py.
 
 Why: a warm restart reads a file from disk; a truncated, foreign or
 tampered file must be refused with ``SnapshotError`` (the server then
@@ -30,7 +30,7 @@ import atheris
 from atheris_main import fuzz_main, scratch_file
 
 with atheris.instrument_imports():
-    from server import snapshot
+    from stackmapd import snapshot
 
 from stackmap_core import Engine  # C: not instrumented (fuzz_snapshot.c covers it)
 

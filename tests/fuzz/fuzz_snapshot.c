@@ -4,7 +4,7 @@
  *
  * Why it exists: a warm restart feeds a file from disk to this parser
  * before the server starts; the file may be truncated, foreign or
- * tampered with.  The control plane (server/snapshot.py) checks the header
+ * tampered with.  The control plane (stackmapd/snapshot.py) checks the header
  * and a SHA-256 trailer, but a checksum is no defence against a crafted
  * file, so the record parser itself must refuse anything malformed without
  * reading out of bounds, overflowing, or storing half a record.  (The
@@ -13,7 +13,7 @@
  *
  * The input is the record stream (no file header or trailer).  Its first
  * byte picks how the stream is cut into chunks, the way
- * server/snapshot.py's _scan() reads the file: each call gets the
+ * stackmapd/snapshot.py's _scan() reads the file: each call gets the
  * unconsumed rest of the previous call plus the next chunk.
  *
  * Invariants checked (abort() = a finding):

@@ -161,7 +161,7 @@ def _by_class(stats: Mapping[str, str], pattern: re.Pattern[str]) -> dict[str, d
 
 class StatsSource:
     """What the collector reads: the engine's stats groups and latency table, and
-    ``up``: whether the data plane answers (server/health.py), or None to count
+    ``up``: whether the data plane answers (stackmapd/health.py), or None to count
     readable stats as up."""
 
     def __init__(self, stats: Callable[[str], Mapping[str, str]], latency: Callable[[], Any],

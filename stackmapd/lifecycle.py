@@ -11,8 +11,8 @@ exits 71 with the engine's one-line reason; ``--backend auto``'s fallback is
 logged once as a warning.
 
 Around the engine the control plane runs its HTTP server (``/metrics``,
-health, the admin API; server/http.py; readiness and ``memcached_up`` come
-from server/health.py) and the warm-restart snapshot: with
+health, the admin API; stackmapd/http.py; readiness and ``memcached_up`` come
+from stackmapd/health.py) and the warm-restart snapshot: with
 ``--restore FILE`` (or ``--snapshot FILE`` when that file exists) the
 snapshot is checked and loaded before the listeners open, and with
 ``--snapshot FILE`` every live item is saved there after a SIGTERM/SIGINT,
@@ -41,12 +41,12 @@ import threading
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from server.settings import LIVE_KEYS, MIB, OptionError, Settings
+from stackmapd.settings import LIVE_KEYS, MIB, OptionError, Settings
 
 if TYPE_CHECKING:
-    from server.cli import Loaded
-    from server.http import ControlHTTPServer
     from stackmap_core import Engine
+    from stackmapd.cli import Loaded
+    from stackmapd.http import ControlHTTPServer
 
 EX_OK = 0
 EX_USAGE = 64
@@ -112,9 +112,9 @@ class Control:
         self._reloads: queue.Queue[tuple[threading.Event, list[dict[str, Any]]]] = queue.Queue()
         from prometheus_client import CollectorRegistry
 
-        from server.admin import Admin
-        from server.health import Health
-        from server.metrics import StatsSource, make_registry
+        from stackmapd.admin import Admin
+        from stackmapd.health import Health
+        from stackmapd.metrics import StatsSource, make_registry
 
         # The memcached port is known once the engine has bound it (-p 0 picks one).
         self.health = Health(engine, engine.settings["listen"], 0)
@@ -126,9 +126,9 @@ class Control:
 
     def start_http(self, listen: str | None) -> None:
         """Serve /metrics, health and admin on ``listen`` (HOST:PORT), or nothing for None."""
-        from server.admin import Access, is_loopback_host
-        from server.cli import admin_token
-        from server.http import ControlHTTPServer
+        from stackmapd.admin import Access, is_loopback_host
+        from stackmapd.cli import admin_token
+        from stackmapd.http import ControlHTTPServer
 
         if listen is None:
             return
@@ -150,14 +150,14 @@ class Control:
 
     def snapshot_dirs(self) -> list[str]:
         """The directories snapshots are written to: --snapshot-dir and --snapshot's."""
-        from server.snapshot import snapshot_directory
+        from stackmapd.snapshot import snapshot_directory
 
         dirs = [snapshot_directory(self.values.get("snapshot_dir"), None),
                 snapshot_directory(None, self.values.get("snapshot"))]
         return sorted({os.path.abspath(d) for d in dirs if d})
 
     def restore_at_start(self) -> None:
-        from server.snapshot import SnapshotError, load, remove_stale_temporaries
+        from stackmapd.snapshot import SnapshotError, load, remove_stale_temporaries
 
         for directory in self.snapshot_dirs():
             for stale in remove_stale_temporaries(directory):
@@ -181,8 +181,8 @@ class Control:
 
     def save_snapshot(self, name: str | None) -> dict[str, Any]:
         """The admin API's save: ``name`` inside the snapshot directory, or --snapshot for None."""
-        from server.admin import AdminError
-        from server.snapshot import (
+        from stackmapd.admin import AdminError
+        from stackmapd.snapshot import (
             SnapshotConflict,
             SnapshotError,
             save,
@@ -215,7 +215,7 @@ class Control:
         return result.as_dict()
 
     def save_at_exit(self) -> None:
-        from server.snapshot import SnapshotError, save
+        from stackmapd.snapshot import SnapshotError, save
 
         target = self.values.get("snapshot")
         if not target:
@@ -249,7 +249,7 @@ class Control:
 
     def reload(self) -> dict[str, Any]:
         """Re-read config file and environment; apply live keys, list the others."""
-        from server.cli import admin_token, reload_values
+        from stackmapd.cli import admin_token, reload_values
 
         if self.loaded is None:
             return {"error": "this server was started without a configuration to reload"}

@@ -19,7 +19,7 @@ Access (:class:`Access`, checked before every ``/admin/`` request, GET too):
 - always: an ``Origin`` header, when present, must be this server's own
   (``http://<Host>``; ``null`` is refused) and ``Sec-Fetch-Site`` must not be
   cross-site, so a page elsewhere is refused even where its request arrives;
-  and every POST must be ``Content-Type: application/json`` (server/http.py),
+  and every POST must be ``Content-Type: application/json`` (stackmapd/http.py),
   which a cross-origin page cannot send without a CORS preflight, which we
   never grant.
 
@@ -37,8 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from server.settings import MIB
 from stackmap_core import Engine, EngineError, ItemInfo
+from stackmapd.settings import MIB
 
 STATS_GROUPS = ("", "settings", "items", "slabs", "conns")
 MAX_FLUSH_DELAY = 30 * 24 * 3600  # memcached's largest relative time; beyond it is a unix time
@@ -237,7 +237,7 @@ class Admin:
         if not 0 <= level <= 3:
             raise AdminError(400, "verbosity must be between 0 and 3")
         self.engine.set_verbosity(level)
-        from server.lifecycle import setup_logging
+        from stackmapd.lifecycle import setup_logging
 
         setup_logging(level)
         return {"verbosity": level}

@@ -1,6 +1,6 @@
 """``stackmapctl``: the operator's command line for a running stackmapd.
 
-It talks to the admin API on the control plane's HTTP server (server/http.py;
+It talks to the admin API on the control plane's HTTP server (stackmapd/http.py;
 default http://127.0.0.1:9150, ``--url`` or ``STACKMAP_URL`` to change), with
 the bearer token from ``--token``, ``--token-file``, ``STACKMAP_ADMIN_TOKEN``
 or ``STACKMAP_ADMIN_TOKEN_FILE`` when one is needed.  Every command prints a

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from server.settings import OPTION_BY_KEY, OptionError, check_value, defaults
+from stackmapd.settings import OPTION_BY_KEY, OptionError, check_value, defaults
 
 # Keys a config file may not set: they only make sense on a command line.
 _COMMAND_LINE_ONLY = {"config", "version", "help"}

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from server.config import ENV_CONFIG, load_env, load_file, resolve
-from server.settings import (
+from stackmapd.config import ENV_CONFIG, load_env, load_file, resolve
+from stackmapd.settings import (
     COUNT,
     EXTENDED,
     FLAG,
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EX_USAGE
 
-    from server.lifecycle import serve
+    from stackmapd.lifecycle import serve
 
     return serve(loaded.settings, loaded)
 

@@ -3,7 +3,7 @@
 One small threaded HTTP server (standard library) on ``--metrics-listen``
 (default 127.0.0.1:9150), never on the data path:
 
-    GET  /metrics                 Prometheus text format (server/metrics.py)
+    GET  /metrics                 Prometheus text format (stackmapd/metrics.py)
     GET  /healthz                 200 while the process is up
     GET  /readyz                  200 while every worker serves, 503 otherwise;
                                   {"ready", "workers": [{"worker","state","error"?}]}
@@ -21,7 +21,7 @@ One small threaded HTTP server (standard library) on ``--metrics-listen``
 
 Answers are JSON; errors are {"error": "..."} with a 4xx/5xx status, for
 every request the server refuses, malformed ones included.  The admin paths
-check access first (server/admin.py: Access: token, Host, Origin), and every
+check access first (stackmapd/admin.py: Access: token, Host, Origin), and every
 POST must be ``Content-Type: application/json`` with a JSON object of plain
 values (no nesting) of at most MAX_BODY bytes.
 
@@ -52,8 +52,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from server.admin import Access, Admin, AdminError, host_forms
-from server.metrics import render
+from stackmapd.admin import Access, Admin, AdminError, host_forms
+from stackmapd.metrics import render
 
 log = logging.getLogger("stackmapd")
 
@@ -321,7 +321,7 @@ class Handler(BaseHTTPRequestHandler):
             elif url.path == "/healthz" and method == "GET":
                 self._json(200, {"status": "ok"})
             elif url.path == "/readyz" and method == "GET":
-                body = self.server.ready()  # server/health.py: Health.readiness
+                body = self.server.ready()  # stackmapd/health.py: Health.readiness
                 self._json(200 if body["ready"] else 503, body)
             elif url.path.startswith("/admin/"):
                 self.server.access.check(self.headers.get("Authorization"), self.headers.get_all("Host"),
