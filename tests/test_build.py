@@ -70,7 +70,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def stackmapd(tree: Path, port: int, *args: str) -> list[str]:
     """The CLI of the module built in ``tree`` (cwd=tree puts it first on sys.path)."""
-    return [sys.executable, "-m", "stackmapd.cli", "-l", HOST, "-p", str(port), *args]
+    return [sys.executable, "-m", "stackmapd", "-l", HOST, "-p", str(port), *args]
 
 
 def test_without_liburing_the_module_imports_and_refuses_uring(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_without_liburing_the_module_imports_and_refuses_uring(tmp_path: Path) -
     assert "uring=no" in out.stderr
     assert built_backends(tree, env) == ["auto", "epoll", "stackmap"]
 
-    version = subprocess.run([sys.executable, "-m", "stackmapd.cli", "--version"], cwd=tree, env=env,
+    version = subprocess.run([sys.executable, "-m", "stackmapd", "--version"], cwd=tree, env=env,
                              capture_output=True, text=True, timeout=60)
     assert "backends built in: epoll, stackmap)" in version.stdout, version.stdout
 
