@@ -11,6 +11,9 @@ setuptools and cffi, then runs the result as real processes:
   imports (it used to fail with ``undefined symbol: io_uring_...``).
 - a rebuild in the same tree after liburing appears compiles uring in
   (setuptools used to reuse the extension built without it).
+- the wheel ``pip wheel`` builds installs exactly the packages ``stackmapd``
+  and ``stackmap_core`` (it used to install a top-level ``server``, which
+  collides with any other package of that name in site-packages).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -154,6 +158,31 @@ def test_rebuild_after_liburing_appears_compiles_uring_in(tmp_path: Path) -> Non
     out = build(tree, clean_env())
     assert "uring=yes" in out.stderr
     assert "uring" in built_backends(tree, clean_env())
+
+
+def test_wheel_holds_exactly_the_stackmapd_and_stackmap_core_packages(tmp_path: Path) -> None:
+    """Build the wheel as ``pip install .`` does and read what it would install."""
+    tree = copy_tree(tmp_path / "src")
+    dist = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(dist)],
+                          cwd=tree, env=clean_env(), capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+    assert proc.returncode == 0, f"pip wheel failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    (wheel,) = dist.glob("stackmapd-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        top_level = zf.read(next(n for n in names if n.endswith(".dist-info/top_level.txt"))).decode().split()
+        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    installed = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert installed == {"stackmapd", "stackmap_core"}, sorted(installed)
+    assert sorted(top_level) == ["stackmap_core", "stackmapd"]
+    # Every module of the tree ships (a new one cannot be left out), the compiled core too.
+    for package in ("stackmapd", "stackmap_core"):
+        for module in (REPO / package).glob("*.py"):
+            assert f"{package}/{module.name}" in names, f"{package}/{module.name} is not in the wheel"
+    assert any(n.startswith("stackmap_core/_stackmap_core.") and n.endswith(".so") for n in names), names
+    # The console scripts point into the package the wheel carries.
+    assert "stackmapd = stackmapd.cli:main" in entry_points, entry_points
+    assert "stackmapctl = stackmapd.ctl:main" in entry_points, entry_points
 
 
 @pytest.mark.parametrize("flag", ["--uring-cflags", "--uring-libs"])
