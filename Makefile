@@ -10,16 +10,18 @@
 CC      ?= cc
 CORE    := stackmap_core/src
 CWARN   := -Wall -Wextra -Werror
-# liburing as the package build sees it: stackmap_core/_build.py compiles and
-# links a liburing program and prints -DSM_HAVE_URING=1 and the flags, or
-# nothing (then io/uring.c builds its stub).  Asked once, only by targets
-# that compile the core (the $(eval) keeps the first answer).
-URING_CFLAGS = $(eval URING_CFLAGS := $$(shell $(PYTHON) stackmap_core/_build.py --uring-cflags))$(URING_CFLAGS)
-URING_LIBS = $(eval URING_LIBS := $$(shell $(PYTHON) stackmap_core/_build.py --uring-libs))$(URING_LIBS)
-CFLAGS_CORE = -std=c11 -D_GNU_SOURCE -O2 -g $(CWARN) -pthread -I$(CORE) $(URING_CFLAGS)
+# The core's compiler and linker flags come from stackmap_core/_build.py,
+# which gives the same lists to the extension build (pip install .): the
+# strict flags, the include path and liburing's flags when a liburing
+# program compiles and links (-DSM_HAVE_URING=1; else io/uring.c builds its
+# stub).  Targets below add only an optimisation level and sanitizers.
+# Asked once, only by targets that compile the core (the $(eval) keeps the
+# first answer); tests/test_build.py checks both sides agree.
+core_flags = $(or $(shell $(PYTHON) stackmap_core/_build.py $(1)),$(error stackmap_core/_build.py $(1) failed))
+CFLAGS_CORE = $(eval CFLAGS_CORE := $$(call core_flags,--cflags))$(CFLAGS_CORE)
+CORE_LIBS = $(eval CORE_LIBS := $$(call core_flags,--libs))$(CORE_LIBS)
 CORE_SRCS := $(shell find $(CORE) -name '*.c' | sort)
 CORE_HDRS := $(shell find $(CORE) -name '*.h') kernel/include/uapi/stackmap.h
-CORE_LIBS = -pthread $(URING_LIBS)
 
 .PHONY: compile-check clean-c
 
@@ -175,9 +177,9 @@ vm-test: apt-test
 # findings go to build/fuzz/findings/<harness>/.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 300
-FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -O1 -g $(CWARN) -pthread -I$(CORE) \
-                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-TSAN_FLAGS   := $(CFLAGS_CORE) -O1 -fsanitize=thread -fno-omit-frame-pointer
+FUZZ_FLAGS    = $(CFLAGS_CORE) -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+                -fno-omit-frame-pointer
+TSAN_FLAGS    = $(CFLAGS_CORE) -O1 -fsanitize=thread -fno-omit-frame-pointer
 FUZZ_C       := fuzz_conn fuzz_snapshot
 FUZZ_PY      := fuzz_config fuzz_snapfile
 APT_FUZZ     := clang libclang-rt-14-dev $(APT_TEST)
