@@ -46,8 +46,16 @@ build/test_cache: $(CACHE_SRCS) $(CORE_HDRS) tests/c/test_cache.c | build
 build/mcblast: loadtest/mcblast.c | build
 	$(CC) -O2 -std=c11 $(CWARN) -o $@ loadtest/mcblast.c -lm
 
+# What the C targets above and below build, and setuptools' staging and
+# objects (build/lib.*, build/temp.*, build/bdist.*).  Everything else in
+# build/ stays: the VM image cache (build/vm, slow to rebuild), the fuzz
+# corpora and findings (build/fuzz/corpus, build/fuzz/findings), TSan
+# reports (build/tsan) and the kernel module's build (build/kernel).
+C_OUTPUTS = build/check.o build/smd build/smd-asan build/smd-tsan build/tsan-stress build/test_cache \
+            build/mcblast $(addprefix build/fuzz/,$(FUZZ_C))
+
 clean-c:
-	rm -rf build
+	rm -rf $(C_OUTPUTS) build/lib.* build/temp.* build/bdist.*
 
 # ---------------------------------------------------------------------------
 # Python: venv, package, `make run`, `make test`, `make lint`.
@@ -137,8 +145,16 @@ test: apt-test
 	$(VENV)/bin/pytest -q -rs tests
 	@$(MAKE) --no-print-directory vm-test
 
-lint: apt-test
-	@$(MAKE) --no-print-directory $(STAMP_TEST)
+# Lint needs the lint tools only (the [lint] extra, read from
+# pyproject.toml): no system packages, no build of the package.
+STAMP_LINT := $(VENV)/.stamp-lint
+LINT_REQS = $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["lint"])')
+
+$(STAMP_LINT): pyproject.toml | $(VPY)
+	$(VPIP) install -q $(foreach r,$(LINT_REQS),'$(r)')
+	@touch $@
+
+lint: $(STAMP_LINT)
 	$(VENV)/bin/ruff check .
 
 # ---------------------------------------------------------------------------
