@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import stackmap_core
 from stackmapd.config import ENV_CONFIG, Loaded, resolve_all
-from stackmapd.lifecycle import serve
+from stackmapd.lifecycle import EX_USAGE, serve
 from stackmapd.settings import (
     COUNT,
     EXTENDED,
@@ -34,7 +34,6 @@ from stackmapd.settings import (
     check_value,
 )
 
-EX_USAGE = 64
 PROG = "stackmapd"
 
 

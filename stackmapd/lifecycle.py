@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry
 
 import stackmap_core
 from stackmap_core import Engine, EngineError, SettingsError
-from stackmapd import config
+from stackmapd import config, snapshot
 from stackmapd.admin import Access, Admin, AdminError, is_loopback_host
 from stackmapd.config import Loaded
 from stackmapd.health import Health
@@ -51,16 +51,7 @@ from stackmapd.http import ControlHTTPServer
 from stackmapd.log import log, setup_logging
 from stackmapd.metrics import StatsSource, make_registry
 from stackmapd.settings import MIB, OptionError, Settings
-from stackmapd.snapshot import (
-    SnapshotConflict,
-    SnapshotError,
-    load,
-    remove_stale_temporaries,
-    save,
-    save_in,
-    snapshot_directory,
-    valid_name,
-)
+from stackmapd.snapshot import SnapshotConflict, SnapshotError
 
 EX_OK = 0
 EX_USAGE = 64
@@ -143,13 +134,13 @@ class Control:
 
     def snapshot_dirs(self) -> list[str]:
         """The directories snapshots are written to: --snapshot-dir and --snapshot's."""
-        dirs = [snapshot_directory(self.values.get("snapshot_dir"), None),
-                snapshot_directory(None, self.values.get("snapshot"))]
+        dirs = [snapshot.snapshot_directory(self.values.get("snapshot_dir"), None),
+                snapshot.snapshot_directory(None, self.values.get("snapshot"))]
         return sorted({os.path.abspath(d) for d in dirs if d})
 
     def restore_at_start(self) -> None:
         for directory in self.snapshot_dirs():
-            for stale in remove_stale_temporaries(directory):
+            for stale in snapshot.remove_stale_temporaries(directory):
                 log.warning("removed %s, a temporary snapshot file left by a crash", stale)
         path = self.values.get("restore")
         auto = self.values.get("snapshot")
@@ -161,7 +152,7 @@ class Control:
         if not path:
             return
         try:
-            result = load(self.engine, path, self.values.get("snapshot_max_age"))
+            result = snapshot.load(self.engine, path, self.values.get("snapshot_max_age"))
         except SnapshotError as exc:
             log.error("snapshot refused, starting empty: %s", exc)
             return
@@ -175,17 +166,17 @@ class Control:
                 target = self.values.get("snapshot")
                 if not target:
                     raise AdminError(400, "no name given and no --snapshot configured")
-                result = save(self.engine, target)
+                result = snapshot.save(self.engine, target)
             else:
-                directory = snapshot_directory(self.values.get("snapshot_dir"), self.values.get("snapshot"))
+                directory = snapshot.snapshot_directory(self.values.get("snapshot_dir"), self.values.get("snapshot"))
                 if directory is None:
                     raise AdminError(400, "the admin API writes snapshots only inside --snapshot-dir "
                                           "(default: the directory of --snapshot), and neither is configured")
-                if not valid_name(name):
+                if not snapshot.valid_name(name):
                     raise AdminError(400, f"snapshot name {name[:80]!r} refused: a plain file name "
                                           "(letters, digits, '.', '_', '-'; not starting with '.'; "
                                           "no '/'), written inside the snapshot directory")
-                result = save_in(self.engine, directory, name)
+                result = snapshot.save_in(self.engine, directory, name)
         except SnapshotConflict as exc:
             raise AdminError(409, str(exc)) from None
         except SnapshotError as exc:
@@ -198,7 +189,7 @@ class Control:
         if not target:
             return
         try:
-            result = save(self.engine, target)
+            result = snapshot.save(self.engine, target)
         except SnapshotError as exc:
             log.error("snapshot not saved: %s", exc)
             return
