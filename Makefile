@@ -10,16 +10,18 @@
 CC      ?= cc
 CORE    := stackmap_core/src
 CWARN   := -Wall -Wextra -Werror
-# liburing as the package build sees it: stackmap_core/_build.py compiles and
-# links a liburing program and prints -DSM_HAVE_URING=1 and the flags, or
-# nothing (then io/uring.c builds its stub).  Asked once, only by targets
-# that compile the core (the $(eval) keeps the first answer).
-URING_CFLAGS = $(eval URING_CFLAGS := $$(shell $(PYTHON) stackmap_core/_build.py --uring-cflags))$(URING_CFLAGS)
-URING_LIBS = $(eval URING_LIBS := $$(shell $(PYTHON) stackmap_core/_build.py --uring-libs))$(URING_LIBS)
-CFLAGS_CORE = -std=c11 -D_GNU_SOURCE -O2 -g $(CWARN) -pthread -I$(CORE) $(URING_CFLAGS)
+# The core's compiler and linker flags come from stackmap_core/_build.py,
+# which gives the same lists to the extension build (pip install .): the
+# strict flags, the include path and liburing's flags when a liburing
+# program compiles and links (-DSM_HAVE_URING=1; else io/uring.c builds its
+# stub).  Targets below add only an optimisation level and sanitizers.
+# Asked once, only by targets that compile the core (the $(eval) keeps the
+# first answer); tests/test_build.py checks both sides agree.
+core_flags = $(or $(shell $(PYTHON) stackmap_core/_build.py $(1)),$(error stackmap_core/_build.py $(1) failed))
+CFLAGS_CORE = $(eval CFLAGS_CORE := $$(call core_flags,--cflags))$(CFLAGS_CORE)
+CORE_LIBS = $(eval CORE_LIBS := $$(call core_flags,--libs))$(CORE_LIBS)
 CORE_SRCS := $(shell find $(CORE) -name '*.c' | sort)
 CORE_HDRS := $(shell find $(CORE) -name '*.h') kernel/include/uapi/stackmap.h
-CORE_LIBS = -pthread $(URING_LIBS)
 
 .PHONY: compile-check clean-c
 
@@ -44,8 +46,16 @@ build/test_cache: $(CACHE_SRCS) $(CORE_HDRS) tests/c/test_cache.c | build
 build/mcblast: loadtest/mcblast.c | build
 	$(CC) -O2 -std=c11 $(CWARN) -o $@ loadtest/mcblast.c -lm
 
+# What the C targets above and below build, and setuptools' staging and
+# objects (build/lib.*, build/temp.*, build/bdist.*).  Everything else in
+# build/ stays: the VM image cache (build/vm, slow to rebuild), the fuzz
+# corpora and findings (build/fuzz/corpus, build/fuzz/findings), TSan
+# reports (build/tsan) and the kernel module's build (build/kernel).
+C_OUTPUTS = build/check.o build/smd build/smd-asan build/smd-tsan build/tsan-stress build/test_cache \
+            build/mcblast $(addprefix build/fuzz/,$(FUZZ_C))
+
 clean-c:
-	rm -rf build
+	rm -rf $(C_OUTPUTS) build/lib.* build/temp.* build/bdist.*
 
 # ---------------------------------------------------------------------------
 # Python: venv, package, `make run`, `make test`, `make lint`.
@@ -135,8 +145,16 @@ test: apt-test
 	$(VENV)/bin/pytest -q -rs tests
 	@$(MAKE) --no-print-directory vm-test
 
-lint: apt-test
-	@$(MAKE) --no-print-directory $(STAMP_TEST)
+# Lint needs the lint tools only (the [lint] extra, read from
+# pyproject.toml): no system packages, no build of the package.
+STAMP_LINT := $(VENV)/.stamp-lint
+LINT_REQS = $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["lint"])')
+
+$(STAMP_LINT): pyproject.toml | $(VPY)
+	$(VPIP) install -q $(foreach r,$(LINT_REQS),'$(r)')
+	@touch $@
+
+lint: $(STAMP_LINT)
 	$(VENV)/bin/ruff check .
 
 # ---------------------------------------------------------------------------
@@ -175,9 +193,9 @@ vm-test: apt-test
 # findings go to build/fuzz/findings/<harness>/.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 300
-FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -O1 -g $(CWARN) -pthread -I$(CORE) \
-                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-TSAN_FLAGS   := $(CFLAGS_CORE) -O1 -fsanitize=thread -fno-omit-frame-pointer
+FUZZ_FLAGS    = $(CFLAGS_CORE) -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+                -fno-omit-frame-pointer
+TSAN_FLAGS    = $(CFLAGS_CORE) -O1 -fsanitize=thread -fno-omit-frame-pointer
 FUZZ_C       := fuzz_conn fuzz_snapshot
 FUZZ_PY      := fuzz_config fuzz_snapfile
 APT_FUZZ     := clang libclang-rt-14-dev $(APT_TEST)

@@ -31,8 +31,13 @@ changes the wrapper's text; setuptools then sees a newer source than the
 extension in ``build/`` and recompiles every file, instead of reusing
 objects built for the other configuration.
 
-``python stackmap_core/_build.py --uring-cflags`` / ``--uring-libs`` print
-the same decision for the Makefile's C-only targets (no cffi needed).
+The compiler and linker flags are decided here and nowhere else:
+:func:`compile_flags` and :func:`link_flags` give them to the extension
+build, and ``python stackmap_core/_build.py --cflags`` / ``--libs`` print
+the same lists for the Makefile's C-only targets (build/smd, the C tests,
+the fuzz and sanitizer builds; no cffi needed), which add only their own
+optimisation level and sanitizers.  tests/test_build.py checks that the
+Makefile and the extension build get the same flags.
 """
 
 from __future__ import annotations
@@ -224,6 +229,19 @@ def detect_uring() -> Uring:
     return Uring(True, tuple(cflags), tuple(libs), "")
 
 
+def compile_flags(uring: Uring) -> list[str]:
+    """Every compiler flag of the C core: strict flags, include path, liburing's."""
+    flags = [*STRICT_FLAGS, f"-I{SRC.relative_to(HERE.parent)}"]
+    if uring.present:
+        flags += ["-DSM_HAVE_URING=1", *(f for f in uring.cflags if f not in flags)]
+    return flags
+
+
+def link_flags(uring: Uring) -> list[str]:
+    """Every linker flag of the C core: threads, and liburing when present."""
+    return ["-pthread", *(uring.libs if uring.present else ())]
+
+
 def make_builder(uring: Uring | None = None) -> FFI:
     """Configure the FFI builder (does not compile); checks the system first."""
     from cffi import FFI
@@ -236,15 +254,10 @@ def make_builder(uring: Uring | None = None) -> FFI:
     builder = FFI()
     builder.cdef(read_cdef())
 
-    libraries = ["pthread"]
-    extra_compile = list(STRICT_FLAGS)
-    extra_link = ["-pthread"]
-    macros: list[tuple[str, str | None]] = []
-    if uring.present:
-        macros.append(("SM_HAVE_URING", "1"))
-        extra_compile += [f for f in uring.cflags if f not in extra_compile]
-        libraries += [f[2:] for f in uring.libs if f.startswith("-l")]
-        extra_link += [f for f in uring.libs if not f.startswith("-l")]
+    # setuptools wants the libraries by name; the other link flags pass as they are.
+    link = link_flags(uring)
+    libraries = [f[2:] for f in link if f.startswith("-l")]
+    extra_link = [f for f in link if not f.startswith("-l")]
 
     root = HERE.parent
     builder.set_source(
@@ -252,9 +265,7 @@ def make_builder(uring: Uring | None = None) -> FFI:
         WRAPPER_PREAMBLE.format(config=uring.describe().replace("*/", "* /")),
         sources=core_sources(),
         depends=[*core_headers(), str((HERE / "_build.py").relative_to(root))],  # new flags rebuild too
-        include_dirs=[str(SRC.relative_to(root))],
-        define_macros=macros,
-        extra_compile_args=extra_compile,
+        extra_compile_args=compile_flags(uring),
         extra_link_args=extra_link,
         libraries=libraries,
     )
@@ -262,15 +273,13 @@ def make_builder(uring: Uring | None = None) -> FFI:
 
 
 def main(argv: list[str]) -> int:
-    """``--uring-cflags`` / ``--uring-libs`` for the Makefile; no argument: build in place."""
-    if argv in (["--uring-cflags"], ["--uring-libs"]):
+    """``--cflags`` / ``--libs`` for the Makefile; no argument: build in place."""
+    if argv in (["--cflags"], ["--libs"]):
         uring = detect_uring()
-        if uring.present:
-            flags = ["-DSM_HAVE_URING=1", *uring.cflags] if argv[0] == "--uring-cflags" else list(uring.libs)
-            print(" ".join(flags))
+        print(" ".join(compile_flags(uring) if argv[0] == "--cflags" else link_flags(uring)))
         return 0
     if argv:
-        print("usage: _build.py [--uring-cflags | --uring-libs]", file=sys.stderr)
+        print("usage: _build.py [--cflags | --libs]", file=sys.stderr)
         return 2
     make_builder().compile(verbose=True)
     return 0

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stackmap_core import Engine, EngineError, ItemInfo
+from stackmapd.log import setup_logging
 from stackmapd.settings import MIB
 
 STATS_GROUPS = ("", "settings", "items", "slabs", "conns")
@@ -237,8 +238,6 @@ class Admin:
         if not 0 <= level <= 3:
             raise AdminError(400, "verbosity must be between 0 and 3")
         self.engine.set_verbosity(level)
-        from stackmapd.lifecycle import setup_logging
-
         setup_logging(level)
         return {"verbosity": level}
 

@@ -16,10 +16,12 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
-from stackmapd.config import ENV_CONFIG, load_env, load_file, resolve
+import stackmap_core
+from stackmapd.config import ENV_CONFIG, Loaded, resolve_all
+from stackmapd.lifecycle import EX_USAGE, serve
 from stackmapd.settings import (
     COUNT,
     EXTENDED,
@@ -29,11 +31,9 @@ from stackmapd.settings import (
     OPTIONS,
     OptionError,
     Settings,
-    build_settings,
     check_value,
 )
 
-EX_USAGE = 64
 PROG = "stackmapd"
 
 
@@ -58,10 +58,6 @@ class VersionAction(argparse.Action):
 
 
 def version_text() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    import stackmap_core
-
     try:
         pkg = version("stackmapd")
     except PackageNotFoundError:
@@ -139,17 +135,6 @@ def command_line_values(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class Loaded:
-    """Everything the command line, environment and config file decided."""
-
-    values: dict[str, Any]  # every option, resolved (defaults <- file <- env <- flags)
-    settings: Settings  # the engine's part
-    cli_values: dict[str, Any]  # what the command line itself gave (kept for reloads)
-    config_path: str | None  # the config file, if any (re-read on reload)
-    explicit: frozenset[str]  # option keys set by a flag, the environment or the file
-
-
 def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Loaded:
     """Command line, ``STACKMAP_*`` environment and config file -> resolved options.
 
@@ -160,42 +145,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     cli_values = command_line_values(args)
     env = os.environ if environ is None else environ
     config = getattr(args, "config", None) or env.get(ENV_CONFIG) or None
-    return reload_values(cli_values, config, env)
-
-
-def reload_values(cli_values: Mapping[str, Any], config: str | None, env: Mapping[str, str]) -> Loaded:
-    """Resolve again from kept command-line values, a config file and an environment."""
-    file_values = load_file(config) if config else {}
-    env_values = load_env(env)
-    values = resolve(file_values, cli_values, env_values)
-    check_control(values)
-    explicit = frozenset([*file_values, *env_values, *cli_values])
-    return Loaded(values, build_settings(values), dict(cli_values), config, explicit)
-
-
-def check_control(values: Mapping[str, Any]) -> None:
-    """Rules for the control plane's own options (reads the token file to check it)."""
-    if values.get("admin_token") and values.get("admin_token_file"):
-        raise OptionError("--admin-token and --admin-token-file: give only one of them")
-    admin_token(values)
-    directory = values.get("snapshot_dir")
-    if directory and not os.path.isdir(directory):
-        raise OptionError(f"--snapshot-dir {directory}: not a directory")
-
-
-def admin_token(values: Mapping[str, Any]) -> str | None:
-    """The admin bearer token: --admin-token, or the first line of --admin-token-file."""
-    path = values.get("admin_token_file")
-    if not path:
-        return values.get("admin_token")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            token = fh.readline().strip()
-    except OSError as exc:
-        raise OptionError(f"--admin-token-file {path}: cannot read: {exc.strerror}") from None
-    if not token:
-        raise OptionError(f"--admin-token-file {path}: the file is empty")
-    return token
+    return resolve_all(cli_values, config, env)
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
@@ -209,9 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OptionError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EX_USAGE
-
-    from stackmapd.lifecycle import serve
-
     return serve(loaded.settings, loaded)
 
 

@@ -1,4 +1,4 @@
-"""The config file and how it meets the command line.
+"""Configuration: the config file, the environment, how they meet the command line, reloads.
 
 A config file is TOML whose keys are the long flags' names with underscores
 (``port = 11211``, ``memory_limit = 64``, ``max_item_size = "2m"``,
@@ -16,16 +16,33 @@ Precedence: built-in defaults, then the file, then the environment, then
 the command line.  The ``-o`` extended options merge key by key, so
 ``-o hashpower=20`` on the command line overrides only that key of the
 file's ``extended``.
+
+:func:`resolve_all` turns the command line's values (cli.py parses them),
+a config file and an environment into a :class:`Loaded`; a reload (SIGHUP,
+``stackmapctl reload``) calls :func:`reread` with the same command-line
+values and the same file, and :func:`changes` splits what differs into the
+keys that apply live (``settings.LIVE_KEYS``) and the ones that need a
+restart.  Applying the live ones to the running engine is lifecycle.py's.
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stackmapd.settings import OPTION_BY_KEY, OptionError, check_value, defaults
+from stackmapd.settings import (
+    LIVE_KEYS,
+    OPTION_BY_KEY,
+    OptionError,
+    Settings,
+    build_settings,
+    check_value,
+    defaults,
+)
 
 # Keys a config file may not set: they only make sense on a command line.
 _COMMAND_LINE_ONLY = {"config", "version", "help"}
@@ -98,3 +115,60 @@ def resolve(
             else:
                 values[key] = value
     return values
+
+
+@dataclass
+class Loaded:
+    """Everything the command line, environment and config file decided."""
+
+    values: dict[str, Any]  # every option, resolved (defaults <- file <- env <- flags)
+    settings: Settings  # the engine's part
+    cli_values: dict[str, Any]  # what the command line itself gave (kept for reloads)
+    config_path: str | None  # the config file, if any (re-read on reload)
+    explicit: frozenset[str]  # option keys set by a flag, the environment or the file
+
+
+def resolve_all(cli_values: Mapping[str, Any], config: str | None, env: Mapping[str, str]) -> Loaded:
+    """Command-line values, a config file and an environment -> every option, checked."""
+    file_values = load_file(config) if config else {}
+    env_values = load_env(env)
+    values = resolve(file_values, cli_values, env_values)
+    check_control(values)
+    explicit = frozenset([*file_values, *env_values, *cli_values])
+    return Loaded(values, build_settings(values), dict(cli_values), config, explicit)
+
+
+def reread(loaded: Loaded, env: Mapping[str, str]) -> Loaded:
+    """A reload: the same command line and config file, read again with ``env``."""
+    return resolve_all(loaded.cli_values, loaded.config_path, env)
+
+
+def changes(current: Mapping[str, Any], new: Loaded) -> tuple[list[str], list[str]]:
+    """The keys whose value differs from ``current``: (live ones, ones needing a restart), sorted."""
+    changed = sorted(k for k, v in new.values.items() if current.get(k) != v)
+    return [k for k in changed if k in LIVE_KEYS], [k for k in changed if k not in LIVE_KEYS]
+
+
+def check_control(values: Mapping[str, Any]) -> None:
+    """Rules for the control plane's own options (reads the token file to check it)."""
+    if values.get("admin_token") and values.get("admin_token_file"):
+        raise OptionError("--admin-token and --admin-token-file: give only one of them")
+    admin_token(values)
+    directory = values.get("snapshot_dir")
+    if directory and not os.path.isdir(directory):
+        raise OptionError(f"--snapshot-dir {directory}: not a directory")
+
+
+def admin_token(values: Mapping[str, Any]) -> str | None:
+    """The admin bearer token: --admin-token, or the first line of --admin-token-file."""
+    path = values.get("admin_token_file")
+    if not path:
+        return values.get("admin_token")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.readline().strip()
+    except OSError as exc:
+        raise OptionError(f"--admin-token-file {path}: cannot read: {exc.strerror}") from None
+    if not token:
+        raise OptionError(f"--admin-token-file {path}: the file is empty")
+    return token

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 import os
 import re
@@ -53,9 +52,8 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from stackmapd.admin import Access, Admin, AdminError, host_forms
+from stackmapd.log import log
 from stackmapd.metrics import render
-
-log = logging.getLogger("stackmapd")
 
 MAX_BODY = 1 << 16  # our bodies are a few small fields
 MAX_HANDLERS = 32  # connections served at once (a thread each)

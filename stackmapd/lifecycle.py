@@ -26,27 +26,32 @@ file and environment on the main thread and applies what can change live
 (settings.LIVE_KEYS); the answer lists what was applied and what needs a
 restart.
 
-Logging goes to stderr, quiet by default as memcached is; ``-v`` adds the
+Logging (log.py) goes to stderr, quiet by default as memcached is; ``-v`` adds the
 startup line and lifecycle events.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import signal
-import sys
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from stackmapd.settings import LIVE_KEYS, MIB, OptionError, Settings
+from prometheus_client import CollectorRegistry
 
-if TYPE_CHECKING:
-    from stackmap_core import Engine
-    from stackmapd.cli import Loaded
-    from stackmapd.http import ControlHTTPServer
+import stackmap_core
+from stackmap_core import Engine, EngineError, SettingsError
+from stackmapd import config, snapshot
+from stackmapd.admin import Access, Admin, AdminError, is_loopback_host
+from stackmapd.config import Loaded
+from stackmapd.health import Health
+from stackmapd.http import ControlHTTPServer
+from stackmapd.log import log, setup_logging
+from stackmapd.metrics import StatsSource, make_registry
+from stackmapd.settings import MIB, OptionError, Settings
+from stackmapd.snapshot import SnapshotConflict, SnapshotError
 
 EX_OK = 0
 EX_USAGE = 64
@@ -54,18 +59,6 @@ EX_OSERR = 71
 
 GRACE_MS = 1000  # how long in-flight requests may take after a stop
 WAIT_SLICE_MS = 200  # longest time a signal waits to be noticed
-
-log = logging.getLogger("stackmapd")
-
-
-def setup_logging(verbose: int) -> None:
-    """stderr, one line per event, ``stackmapd: `` prefix; -v and up show info."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("stackmapd: %(message)s"))
-    log.handlers[:] = [handler]
-    log.propagate = False
-    log.setLevel(logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1
-                 else logging.DEBUG)
 
 
 class _Signals:
@@ -110,11 +103,6 @@ class Control:
         self.values: dict[str, Any] = dict(loaded.values) if loaded else {}
         self.http: ControlHTTPServer | None = None
         self._reloads: queue.Queue[tuple[threading.Event, list[dict[str, Any]]]] = queue.Queue()
-        from prometheus_client import CollectorRegistry
-
-        from stackmapd.admin import Admin
-        from stackmapd.health import Health
-        from stackmapd.metrics import StatsSource, make_registry
 
         # The memcached port is known once the engine has bound it (-p 0 picks one).
         self.health = Health(engine, engine.settings["listen"], 0)
@@ -126,15 +114,11 @@ class Control:
 
     def start_http(self, listen: str | None) -> None:
         """Serve /metrics, health and admin on ``listen`` (HOST:PORT), or nothing for None."""
-        from stackmapd.admin import Access, is_loopback_host
-        from stackmapd.cli import admin_token
-        from stackmapd.http import ControlHTTPServer
-
         if listen is None:
             return
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
-        access = Access(admin_token(self.values), is_loopback_host(host))
+        access = Access(config.admin_token(self.values), is_loopback_host(host))
         self.http = ControlHTTPServer((host, int(port)), self.admin, self.registry, access,
                                       self.health.readiness)
         self.http.start()
@@ -150,17 +134,13 @@ class Control:
 
     def snapshot_dirs(self) -> list[str]:
         """The directories snapshots are written to: --snapshot-dir and --snapshot's."""
-        from stackmapd.snapshot import snapshot_directory
-
-        dirs = [snapshot_directory(self.values.get("snapshot_dir"), None),
-                snapshot_directory(None, self.values.get("snapshot"))]
+        dirs = [snapshot.snapshot_directory(self.values.get("snapshot_dir"), None),
+                snapshot.snapshot_directory(None, self.values.get("snapshot"))]
         return sorted({os.path.abspath(d) for d in dirs if d})
 
     def restore_at_start(self) -> None:
-        from stackmapd.snapshot import SnapshotError, load, remove_stale_temporaries
-
         for directory in self.snapshot_dirs():
-            for stale in remove_stale_temporaries(directory):
+            for stale in snapshot.remove_stale_temporaries(directory):
                 log.warning("removed %s, a temporary snapshot file left by a crash", stale)
         path = self.values.get("restore")
         auto = self.values.get("snapshot")
@@ -172,7 +152,7 @@ class Control:
         if not path:
             return
         try:
-            result = load(self.engine, path, self.values.get("snapshot_max_age"))
+            result = snapshot.load(self.engine, path, self.values.get("snapshot_max_age"))
         except SnapshotError as exc:
             log.error("snapshot refused, starting empty: %s", exc)
             return
@@ -181,32 +161,22 @@ class Control:
 
     def save_snapshot(self, name: str | None) -> dict[str, Any]:
         """The admin API's save: ``name`` inside the snapshot directory, or --snapshot for None."""
-        from stackmapd.admin import AdminError
-        from stackmapd.snapshot import (
-            SnapshotConflict,
-            SnapshotError,
-            save,
-            save_in,
-            snapshot_directory,
-            valid_name,
-        )
-
         try:
             if name is None:
                 target = self.values.get("snapshot")
                 if not target:
                     raise AdminError(400, "no name given and no --snapshot configured")
-                result = save(self.engine, target)
+                result = snapshot.save(self.engine, target)
             else:
-                directory = snapshot_directory(self.values.get("snapshot_dir"), self.values.get("snapshot"))
+                directory = snapshot.snapshot_directory(self.values.get("snapshot_dir"), self.values.get("snapshot"))
                 if directory is None:
                     raise AdminError(400, "the admin API writes snapshots only inside --snapshot-dir "
                                           "(default: the directory of --snapshot), and neither is configured")
-                if not valid_name(name):
+                if not snapshot.valid_name(name):
                     raise AdminError(400, f"snapshot name {name[:80]!r} refused: a plain file name "
                                           "(letters, digits, '.', '_', '-'; not starting with '.'; "
                                           "no '/'), written inside the snapshot directory")
-                result = save_in(self.engine, directory, name)
+                result = snapshot.save_in(self.engine, directory, name)
         except SnapshotConflict as exc:
             raise AdminError(409, str(exc)) from None
         except SnapshotError as exc:
@@ -215,13 +185,11 @@ class Control:
         return result.as_dict()
 
     def save_at_exit(self) -> None:
-        from stackmapd.snapshot import SnapshotError, save
-
         target = self.values.get("snapshot")
         if not target:
             return
         try:
-            result = save(self.engine, target)
+            result = snapshot.save(self.engine, target)
         except SnapshotError as exc:
             log.error("snapshot not saved: %s", exc)
             return
@@ -249,20 +217,17 @@ class Control:
 
     def reload(self) -> dict[str, Any]:
         """Re-read config file and environment; apply live keys, list the others."""
-        from stackmapd.cli import admin_token, reload_values
-
         if self.loaded is None:
             return {"error": "this server was started without a configuration to reload"}
         try:
-            new = reload_values(self.loaded.cli_values, self.loaded.config_path, os.environ)
+            new = config.reread(self.loaded, os.environ)
         except OptionError as exc:
             log.error("reload refused: %s", exc)
             return {"error": str(exc)}
-        changed = sorted(k for k, v in new.values.items() if self.values.get(k) != v)
-        restart = [k for k in changed if k not in LIVE_KEYS]
+        live, restart = config.changes(self.values, new)
         applied: dict[str, Any] = {}
         errors: dict[str, str] = {}
-        for key in (k for k in changed if k in LIVE_KEYS):
+        for key in live:
             value = new.values[key]
             try:
                 if key == "memory_limit":
@@ -283,7 +248,7 @@ class Control:
                 elif key in ("admin_token", "admin_token_file"):
                     self.values[key] = value
                     if self.http is not None:
-                        self.http.access.token = admin_token(new.values)
+                        self.http.access.token = config.admin_token(new.values)
                     applied[key] = "changed"
                 else:  # snapshot: used at the next save
                     applied[key] = value
@@ -301,9 +266,6 @@ class Control:
 
 def serve(settings: Settings, loaded: Loaded | None = None) -> int:
     """Start an engine with ``settings``, run until told to stop; exit status."""
-    import stackmap_core
-    from stackmap_core import Engine, EngineError, SettingsError
-
     setup_logging(settings.verbose)
     hup = threading.Event()
     old_hup = signal.signal(signal.SIGHUP, lambda _s, _f: hup.set())

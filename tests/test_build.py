@@ -11,15 +11,22 @@ setuptools and cffi, then runs the result as real processes:
   imports (it used to fail with ``undefined symbol: io_uring_...``).
 - a rebuild in the same tree after liburing appears compiles uring in
   (setuptools used to reuse the extension built without it).
+- the Makefile's C targets and the extension build compile the core with
+  the same flags (they used to keep a list each, and drifted).
+- the wheel ``pip wheel`` builds installs exactly the packages ``stackmapd``
+  and ``stackmap_core`` (it used to install a top-level ``server``, which
+  collides with any other package of that name in site-packages).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -70,7 +77,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def stackmapd(tree: Path, port: int, *args: str) -> list[str]:
     """The CLI of the module built in ``tree`` (cwd=tree puts it first on sys.path)."""
-    return [sys.executable, "-m", "stackmapd.cli", "-l", HOST, "-p", str(port), *args]
+    return [sys.executable, "-m", "stackmapd", "-l", HOST, "-p", str(port), *args]
 
 
 def test_without_liburing_the_module_imports_and_refuses_uring(tmp_path: Path) -> None:
@@ -80,7 +87,7 @@ def test_without_liburing_the_module_imports_and_refuses_uring(tmp_path: Path) -
     assert "uring=no" in out.stderr
     assert built_backends(tree, env) == ["auto", "epoll", "stackmap"]
 
-    version = subprocess.run([sys.executable, "-m", "stackmapd.cli", "--version"], cwd=tree, env=env,
+    version = subprocess.run([sys.executable, "-m", "stackmapd", "--version"], cwd=tree, env=env,
                              capture_output=True, text=True, timeout=60)
     assert "backends built in: epoll, stackmap)" in version.stdout, version.stdout
 
@@ -156,13 +163,69 @@ def test_rebuild_after_liburing_appears_compiles_uring_in(tmp_path: Path) -> Non
     assert "uring" in built_backends(tree, clean_env())
 
 
-@pytest.mark.parametrize("flag", ["--uring-cflags", "--uring-libs"])
-def test_make_gets_the_same_uring_decision(flag: str) -> None:
-    """The Makefile's C targets ask _build.py; SM_NO_URING turns both answers empty."""
-    script = REPO / "stackmap_core" / "_build.py"
-    on = subprocess.run([sys.executable, str(script), flag], env=clean_env(),
-                        capture_output=True, text=True, timeout=60, check=True).stdout.split()
-    off = subprocess.run([sys.executable, str(script), flag], env=clean_env(SM_NO_URING="1"),
-                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
-    assert off == []
-    assert ("-DSM_HAVE_URING=1" in on) if flag == "--uring-cflags" else ("-luring" in on)
+def extension_flags(env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(compile, link) flags stackmap_core/_build.py gives cffi for the extension, as flags."""
+    spec = importlib.util.spec_from_file_location("_sm_build", REPO / "stackmap_core" / "_build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        spec.loader.exec_module(module)  # runs make_builder(), as cffi's setuptools hook does
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    kw = module.ffibuilder._assigned_source[3]  # what set_source() hands setuptools
+    compile_flags = [*kw.get("extra_compile_args", []), *(f"-I{d}" for d in kw.get("include_dirs", [])),
+                     *(f"-D{n}" if v is None else f"-D{n}={v}" for n, v in kw.get("define_macros", []))]
+    link_flags = [*kw.get("extra_link_args", []), *(f"-l{lib}" for lib in kw.get("libraries", []))]
+    return compile_flags, link_flags
+
+
+def make_flags(env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(compile, link) flags the Makefile's C targets use for the core (CFLAGS_CORE, CORE_LIBS)."""
+    show = "sm-show-flags: ; @echo '$(CFLAGS_CORE)'; echo '$(CORE_LIBS)'"
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(REPO), "--eval", show,
+                           f"PYTHON={sys.executable}", "sm-show-flags"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    compile_line, link_line = proc.stdout.splitlines()
+    return compile_line.split(), link_line.split()
+
+
+@pytest.mark.parametrize("uring", ["detected", "SM_NO_URING"])
+def test_make_and_the_extension_build_use_the_same_flags(uring: str) -> None:
+    env = clean_env(SM_NO_URING="1") if uring == "SM_NO_URING" else clean_env()
+    make_compile, make_link = make_flags(env)
+    ext_compile, ext_link = extension_flags(env)
+    assert sorted(make_compile) == sorted(ext_compile), (
+        f"only in the Makefile: {sorted(set(make_compile) - set(ext_compile))}; "
+        f"only in _build.py: {sorted(set(ext_compile) - set(make_compile))}")
+    assert sorted(make_link) == sorted(ext_link)
+    assert ("-DSM_HAVE_URING=1" in make_compile) == (uring == "detected" and "-luring" in make_link)
+
+
+def test_wheel_holds_exactly_the_stackmapd_and_stackmap_core_packages(tmp_path: Path) -> None:
+    """Build the wheel as ``pip install .`` does and read what it would install."""
+    tree = copy_tree(tmp_path / "src")
+    dist = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-q", "-w", str(dist)],
+                          cwd=tree, env=clean_env(), capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+    assert proc.returncode == 0, f"pip wheel failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    (wheel,) = dist.glob("stackmapd-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        top_level = zf.read(next(n for n in names if n.endswith(".dist-info/top_level.txt"))).decode().split()
+        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    installed = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert installed == {"stackmapd", "stackmap_core"}, sorted(installed)
+    assert sorted(top_level) == ["stackmap_core", "stackmapd"]
+    # Every module of the tree ships (a new one cannot be left out), the compiled core too.
+    for package in ("stackmapd", "stackmap_core"):
+        for module in (REPO / package).glob("*.py"):
+            assert f"{package}/{module.name}" in names, f"{package}/{module.name} is not in the wheel"
+    assert any(n.startswith("stackmap_core/_stackmap_core.") and n.endswith(".so") for n in names), names
+    # The console scripts point into the package the wheel carries.
+    assert "stackmapd = stackmapd.cli:main" in entry_points, entry_points
+    assert "stackmapctl = stackmapd.ctl:main" in entry_points, entry_points

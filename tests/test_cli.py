@@ -33,7 +33,7 @@ def stackmapd_cmd() -> list[str]:
     script = Path(sys.executable).parent / "stackmapd"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "stackmapd.cli"]
+    return [sys.executable, "-m", "stackmapd"]
 
 
 def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
