@@ -23,11 +23,13 @@ __all__ = [
     "EngineError",
     "ItemInfo",
     "LatencyTable",
+    "MetricInfo",
     "RestoreCounts",
     "SettingsError",
     "WorkerStatus",
     "built_backends",
     "default_settings",
+    "metric_table",
     "version",
 ]
 
@@ -110,6 +112,55 @@ def _item_info(raw: Any) -> ItemInfo:
         slab_class=raw.slab_class,
         fetched=bool(raw.fetched),
     )
+
+
+# enum sm_metric_kind, by value.
+METRIC_KINDS: dict[int, str] = {
+    lib.SM_METRIC_COUNTER: "counter",
+    lib.SM_METRIC_GAUGE: "gauge",
+    lib.SM_METRIC_INFO: "info",
+}
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One row of the engine's stats table (``struct sm_metric_info``, stats_table.h)."""
+
+    group: str  # "stats" group: "" general, "items", "slabs"
+    per_class: bool  # printed once per slab class ("items:N:name", "N:name")
+    name: str  # the name "stats" prints (per class: the part after the class)
+    kind: str  # counter, gauge or info
+    unit: str  # "" or the value's unit
+    metric: str  # Prometheus family, "" for none
+    labels: tuple[tuple[str, str], ...]  # fixed labels within the family; info: ((label, ""),)
+    help: str  # one line
+
+
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def metric_table() -> tuple[MetricInfo, ...]:
+    """Every row of the stats table, in the engine's order."""
+    rows = []
+    raw = ffi.new("struct sm_metric_info *")
+    for i in range(lib.sm_metric_count()):
+        lib.sm_metric_info(i, raw)
+        rows.append(MetricInfo(
+            group=ffi.string(raw.group).decode(),
+            per_class=bool(raw.per_class),
+            name=ffi.string(raw.name).decode(),
+            kind=METRIC_KINDS[raw.kind],
+            unit=ffi.string(raw.unit).decode(),
+            metric=ffi.string(raw.metric).decode(),
+            labels=_labels(ffi.string(raw.labels).decode()),
+            help=ffi.string(raw.help).decode(),
+        ))
+    return tuple(rows)
 
 
 class EngineError(RuntimeError):

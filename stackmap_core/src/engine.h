@@ -129,6 +129,31 @@ long sm_engine_stats_text(sm_engine *e, const char *group, char *buf, size_t buf
 int sm_engine_set_memlimit(sm_engine *e, uint64_t maxbytes, char *err, size_t errlen);
 void sm_engine_set_verbosity(sm_engine *e, int level);
 
+/* ---- the stats table (stats_table.h): what every "stats" name is ---- */
+
+/* What a stat measures. */
+enum sm_metric_kind {
+    SM_METRIC_COUNTER = 0,  /* only grows (until "stats reset") */
+    SM_METRIC_GAUGE = 1,    /* a current level */
+    SM_METRIC_INFO = 2      /* text, not a number (version, backend) */
+};
+
+/* One row of the stats table. */
+struct sm_metric_info {
+    const char *group;   /* "stats" group: "" general, "items", "slabs" */
+    int per_class;       /* 1: printed once per slab class ("items:N:name", "N:name") */
+    const char *name;    /* the name "stats" prints (per class: the part after the class) */
+    int kind;            /* enum sm_metric_kind */
+    const char *unit;    /* "" or the unit of the value ("seconds", "bytes", ...) */
+    const char *metric;  /* Prometheus family it is exposed as ("" for none) */
+    const char *labels;  /* "" or "k=v,k=v" within the family; INFO: the label carrying the text */
+    const char *help;    /* one line */
+};
+
+/* Rows in the stats table, and row i (0 <= i < count) into out: 0, or -1 for a bad i. */
+int sm_metric_count(void);
+int sm_metric_info(int i, struct sm_metric_info *out);
+
 /* Number of this library's version string, e.g. "1.6.18-stackmapd". */
 const char *sm_version(void);
 
