@@ -24,24 +24,32 @@ __all__ = [
     "ItemInfo",
     "LatencyTable",
     "MetricInfo",
+    "OptionInfo",
     "RestoreCounts",
     "SettingsError",
     "WorkerStatus",
     "built_backends",
+    "check_settings",
     "default_settings",
+    "derived_settings",
     "metric_table",
+    "option_table",
     "version",
 ]
 
-# The ring backends a user may ask for (--backend), by name.  This is the one
-# list the command line, the config file and the docs read; the values are
-# the C enum's, so the two cannot drift apart.
-BACKENDS: dict[str, int] = {
-    "auto": lib.SM_BACKEND_AUTO,
-    "epoll": lib.SM_BACKEND_EPOLL,
-    "uring": lib.SM_BACKEND_URING,
-    "stackmap": lib.SM_BACKEND_STACKMAP,
-}
+def _backends() -> dict[str, int]:
+    out = {}
+    kind = 0
+    while (name := lib.sm_backend_name(kind)) != ffi.NULL:
+        out[ffi.string(name).decode()] = kind
+        kind += 1
+    return out
+
+
+# The ring backends a user may ask for (--backend), by name: enum
+# sm_backend_kind's values and the engine's own names for them
+# (sm_backend_name), so the two sides cannot drift apart.
+BACKENDS: dict[str, int] = _backends()
 
 _ERR_LEN = 512
 _STATS_BUF = 16384  # first buffer for a stats group; grown when the engine asks
@@ -163,6 +171,58 @@ def metric_table() -> tuple[MetricInfo, ...]:
     return tuple(rows)
 
 
+# enum sm_option_type and enum sm_option_scope, by value.
+OPTION_TYPES: dict[int, str] = {
+    lib.SM_OPT_INT: "int", lib.SM_OPT_MB: "mb", lib.SM_OPT_SIZE: "size", lib.SM_OPT_FLOAT: "float",
+    lib.SM_OPT_BOOL: "bool", lib.SM_OPT_NOT: "not", lib.SM_OPT_COUNT: "count", lib.SM_OPT_STR: "str",
+    lib.SM_OPT_LISTEN: "listen", lib.SM_OPT_BACKEND: "backend", lib.SM_OPT_HOSTPORT: "hostport",
+    lib.SM_OPT_LIST: "list",
+}
+OPTION_SCOPES: dict[int, str] = {
+    lib.SM_OPT_ENGINE: "engine", lib.SM_OPT_EXTENDED: "extended", lib.SM_OPT_CONTROL: "control",
+    lib.SM_OPT_REFUSED: "refused",
+}
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One row of the engine's option table (``struct sm_option_info``, options.h)."""
+
+    key: str  # --key with '-' for '_', TOML key, STACKMAP_<KEY>; the -o key for scope extended
+    field: str  # struct sm_settings field it sets, "" for none
+    type: str  # int, mb, size, float, bool, not, count, str, listen, backend, hostport, list
+    default: str  # as a user writes it, "" for none
+    lo: float  # smallest value (float: the value must exceed it)
+    hi: float  # largest value, math.inf for no limit
+    flag: str  # memcached's one-letter flag ("p"), "" for none
+    metavar: str  # placeholder in --help, "" for a switch
+    scope: str  # engine, extended, control or refused
+    live: bool  # a reload applies it to a running server
+    help: str  # one line
+
+
+def option_table() -> tuple[OptionInfo, ...]:
+    """Every row of the option table, in the engine's order."""
+    rows = []
+    raw = ffi.new("struct sm_option_info *")
+    for i in range(lib.sm_option_count()):
+        lib.sm_option_info(i, raw)
+        rows.append(OptionInfo(
+            key=ffi.string(raw.key).decode(),
+            field=ffi.string(raw.field).decode(),
+            type=OPTION_TYPES[raw.type],
+            default=ffi.string(getattr(raw, "def")).decode(),  # "def" is a Python keyword
+            lo=raw.lo,
+            hi=raw.hi,
+            flag=chr(raw.flag) if raw.flag else "",
+            metavar=ffi.string(raw.metavar).decode(),
+            scope=OPTION_SCOPES[raw.scope],
+            live=bool(raw.live),
+            help=ffi.string(raw.help).decode(),
+        ))
+    return tuple(rows)
+
+
 class EngineError(RuntimeError):
     """A call into the data plane failed; the message is the engine's own."""
 
@@ -189,6 +249,14 @@ def default_settings() -> dict[str, Any]:
     """``struct sm_settings`` as filled by ``sm_settings_init``, as a dict."""
     s = ffi.new("struct sm_settings *")
     lib.sm_settings_init(s)
+    return _struct_to_dict(s)
+
+
+def derived_settings(settings: Any = None) -> dict[str, Any]:
+    """``struct sm_settings`` as the engine will run it: defaults, then ``settings``,
+    then what follows from them (``sm_settings_derive``: slab_page_size)."""
+    s = _fill(settings)
+    lib.sm_settings_derive(s)
     return _struct_to_dict(s)
 
 
@@ -240,6 +308,14 @@ def _fill(settings: Any) -> Any:
 
 def _err(buf: Any) -> str:
     return ffi.string(buf).decode(errors="replace") or "unknown error"
+
+
+def check_settings(settings: Any = None) -> None:
+    """Raise SettingsError with the engine's reason when ``sm_settings_check`` refuses ``settings``."""
+    s = _fill(settings)
+    err = ffi.new("char[]", _ERR_LEN)
+    if lib.sm_settings_check(s, err, _ERR_LEN) != 0:
+        raise SettingsError(_err(err))
 
 
 class Engine:
