@@ -107,10 +107,15 @@ def families(table: Sequence[stackmap_core.MetricInfo] = TABLE) -> tuple[Family,
 FAMILIES: tuple[Family, ...] = families()
 
 
+def exposed_kind(name: str, kind: str) -> str:
+    """The type a family is exposed with: counter for ``*_total`` counters.  prometheus-client
+    would append ``_total`` to any other counter name, so the exporter's few counters without
+    it (memcached_uptime_seconds, ...) are exposed as gauges."""
+    return "counter" if kind == "counter" and name.endswith("_total") else "gauge"
+
+
 def _family(name: str, kind: str) -> type[CounterMetricFamily] | type[GaugeMetricFamily]:
-    """Counter for ``*_total`` counters; prometheus-client would append ``_total`` to any
-    other counter name, so the exporter's few counters without it are exposed as gauges."""
-    return CounterMetricFamily if kind == "counter" and name.endswith("_total") else GaugeMetricFamily
+    return CounterMetricFamily if exposed_kind(name, kind) == "counter" else GaugeMetricFamily
 
 
 def _num(value: str) -> float | None:

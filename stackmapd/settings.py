@@ -325,14 +325,15 @@ class Extended:
     negation: str | None = None  # bare word that sets the field false (no_lru_segmented)
     bare: bool = False  # may be given without "=value" (a switch)
     unsupported: str = ""  # why stackmapd refuses it, when field is None
+    row: stackmap_core.OptionInfo | None = None  # the engine's row it comes from
 
 
 def _extended(row: stackmap_core.OptionInfo) -> Extended:
     if row.scope == "refused":
-        return Extended(row.key, None, row_parser(row), row.help, unsupported=row.help)
+        return Extended(row.key, None, row_parser(row), row.help, unsupported=row.help, row=row)
     switch = row.type == "bool"
     return Extended(row.key, row.field, row_parser(row), row.help, row.default, row.metavar,
-                    negation=f"no_{row.key}" if switch else None, bare=switch)
+                    negation=f"no_{row.key}" if switch else None, bare=switch, row=row)
 
 
 EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in ("extended", "refused"))
@@ -424,7 +425,7 @@ def defaults() -> dict[str, Any]:
     return values
 
 
-def _field_value(row: stackmap_core.OptionInfo, value: Any) -> Any:
+def field_value(row: stackmap_core.OptionInfo, value: Any) -> Any:
     """An option's checked value -> its struct sm_settings field's value."""
     if row.type == "mb":
         return value * MIB
@@ -446,7 +447,7 @@ def build_settings(values: Mapping[str, Any]) -> Any:
     for key, row in FIELD_ROWS.items():
         value = ext.get(key) if row.scope == "extended" else values.get(key)
         if value is not None:
-            fields[row.field] = _field_value(row, value)
+            fields[row.field] = field_value(row, value)
     settings = Settings(**fields)
     try:
         stackmap_core.check_settings(settings)
