@@ -127,6 +127,7 @@ METRIC_KINDS: dict[int, str] = {
     lib.SM_METRIC_COUNTER: "counter",
     lib.SM_METRIC_GAUGE: "gauge",
     lib.SM_METRIC_INFO: "info",
+    lib.SM_METRIC_SETTING: "setting",
 }
 
 
@@ -134,14 +135,15 @@ METRIC_KINDS: dict[int, str] = {
 class MetricInfo:
     """One row of the engine's stats table (``struct sm_metric_info``, stats_table.h)."""
 
-    group: str  # "stats" group: "" general, "items", "slabs"
+    group: str  # "stats" group: "" general, "settings", "items", "slabs"
     per_class: bool  # printed once per slab class ("items:N:name", "N:name")
     name: str  # the name "stats" prints (per class: the part after the class)
-    kind: str  # counter, gauge or info
+    kind: str  # counter, gauge, info or setting
     unit: str  # "" or the value's unit
     metric: str  # Prometheus family, "" for none
     labels: tuple[tuple[str, str], ...]  # fixed labels within the family; info: ((label, ""),)
     help: str  # one line
+    option: str  # settings: the option (option_table key) it shows, "" for none
 
 
 def _labels(text: str) -> tuple[tuple[str, str], ...]:
@@ -167,6 +169,7 @@ def metric_table() -> tuple[MetricInfo, ...]:
             metric=ffi.string(raw.metric).decode(),
             labels=_labels(ffi.string(raw.labels).decode()),
             help=ffi.string(raw.help).decode(),
+            option=ffi.string(raw.option).decode(),
         ))
     return tuple(rows)
 

@@ -9,7 +9,9 @@ rows of stackmap_core/src/stats_table.h):
 - every name a group prints has a row (a stat added without one fails);
 - every numeric value is a counter or gauge row whose series, with its
   labels (and slab="N" per class), is in /metrics;
-- every text value (version, libevent, backend) is an info row.
+- every text value (version, libevent, backend) is an info row;
+- ``stats settings`` prints its rows (configuration: not in /metrics), each
+  naming the option of options.h it shows, if any.
 """
 
 from __future__ import annotations
@@ -70,10 +72,11 @@ def numeric(value: str) -> bool:
 
 
 def printed(port: int) -> list[tuple[str, bool, str, str, str]]:
-    """(group, per_class, slab, name, value) of everything the three groups print."""
+    """(group, per_class, slab, name, value) of everything the four groups print."""
     out = []
-    for name, value in stats_over_wire(port, ""):
-        out.append(("", False, "", name, value))
+    for group in ("", "settings"):
+        for name, value in stats_over_wire(port, group):
+            out.append((group, False, "", name, value))
     for name, value in stats_over_wire(port, "items"):
         m = ITEMS_KEY.fullmatch(name)
         assert m, f"stats items printed {name!r}, not items:<class>:<name>"
@@ -102,6 +105,9 @@ def test_metrics_expose_every_stat_that_stats_prints(srv: Proc) -> None:
         if row is None:
             unknown.append(shown)
             continue
+        if group == "settings":
+            assert row.kind == "setting", shown
+            continue
         if not numeric(value):
             if row.kind != "info":
                 text_not_info.append(f"{shown} = {value!r}")
@@ -126,10 +132,14 @@ def test_every_row_is_printed_and_families_are_consistent(srv: Proc) -> None:
     dead = [f"{r.group}:{r.name}" for r in table if (r.group, r.per_class, r.name) not in seen]
     assert not dead, f"rows that stats never prints: {dead}"
     by_family: dict[str, tuple[str, tuple[str, ...], bool]] = {}
+    options = {o.key for o in stackmap_core.option_table()}
     for r in table:
+        assert r.help and "\n" not in r.help, r.name
+        assert (r.group == "settings") == (r.kind == "setting"), r.name
+        if r.option:
+            assert r.group == "settings" and r.option in options, f"{r.name}: no option {r.option!r}"
         if not r.metric:
-            assert r.kind == "info", f"{r.name}: only an info row may have no series"
+            assert r.kind in ("info", "setting"), f"{r.name}: only info and settings rows may have no series"
             continue
         shape = (r.kind, tuple(k for k, _ in r.labels), r.per_class)
         assert by_family.setdefault(r.metric, shape) == shape, f"{r.metric}: rows disagree"
-        assert r.help and "\n" not in r.help, r.name

@@ -190,12 +190,13 @@ void sm_engine_set_verbosity(sm_engine *e, int level);
 enum sm_metric_kind {
     SM_METRIC_COUNTER = 0,  /* only grows (until "stats reset") */
     SM_METRIC_GAUGE = 1,    /* a current level */
-    SM_METRIC_INFO = 2      /* text, not a number (version, backend) */
+    SM_METRIC_INFO = 2,     /* text, not a number (version, backend) */
+    SM_METRIC_SETTING = 3   /* "stats settings": configuration, not a measurement */
 };
 
 /* One row of the stats table. */
 struct sm_metric_info {
-    const char *group;   /* "stats" group: "" general, "items", "slabs" */
+    const char *group;   /* "stats" group: "" general, "settings", "items", "slabs" */
     int per_class;       /* 1: printed once per slab class ("items:N:name", "N:name") */
     const char *name;    /* the name "stats" prints (per class: the part after the class) */
     int kind;            /* enum sm_metric_kind */
@@ -203,6 +204,7 @@ struct sm_metric_info {
     const char *metric;  /* Prometheus family it is exposed as ("" for none) */
     const char *labels;  /* "" or "k=v,k=v" within the family; INFO: the label carrying the text */
     const char *help;    /* one line */
+    const char *option;  /* settings: the option (sm_option_info key) it shows, "" for none */
 };
 
 /* Rows in the stats table, and row i (0 <= i < count) into out: 0, or -1 for a bad i. */

@@ -41,18 +41,21 @@ void sm_stat_addf(sm_stat_sink *sink, const char *name, const char *fmt, ...)
 
 /* The stats table's rows, in stats_table.h's order. */
 #define SM_ROW(group, per_class, name, kind, unit, metric, labels, help) \
-    {group, per_class, #name, SM_METRIC_##kind, unit, metric, labels, help},
+    {group, per_class, #name, SM_METRIC_##kind, unit, metric, labels, help, ""},
 #define SM_GENERAL(name, kind, unit, metric, labels, help, value) \
     SM_ROW("", 0, name, kind, unit, metric, labels, help)
+#define SM_SETTINGS(name, option, help, value) \
+    {"settings", 0, #name, SM_METRIC_SETTING, "", "", "", help, option},
 #define SM_ITEMS(name, kind, unit, metric, labels, help) SM_ROW("items", 1, name, kind, unit, metric, labels, help)
 #define SM_SLABS(name, kind, unit, metric, labels, help) SM_ROW("slabs", 1, name, kind, unit, metric, labels, help)
 #define SM_SLABS_TOTAL(name, kind, unit, metric, labels, help) \
     SM_ROW("slabs", 0, name, kind, unit, metric, labels, help)
 static const struct sm_metric_info metric_rows[] = {
-    SM_STATS_GENERAL(SM_GENERAL) SM_STATS_ITEMS(SM_ITEMS) SM_STATS_SLABS(SM_SLABS)
+    SM_STATS_GENERAL(SM_GENERAL) SM_STATS_SETTINGS(SM_SETTINGS) SM_STATS_ITEMS(SM_ITEMS) SM_STATS_SLABS(SM_SLABS)
         SM_STATS_SLABS_TOTAL(SM_SLABS_TOTAL)};
 #undef SM_ROW
 #undef SM_GENERAL
+#undef SM_SETTINGS
 #undef SM_ITEMS
 #undef SM_SLABS
 #undef SM_SLABS_TOTAL

@@ -194,6 +194,16 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
             sink->add(sink, cap.e[i].name, cap.e[i].value);
 }
 
+/* "stats settings": SM_STATS_SETTINGS's rows in order. */
+static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
+{
+    const struct sm_settings *st = &e->settings;
+    char val[64];
+#define SM_X(name, option, help, value) sink->add(sink, #name, value);
+    SM_STATS_SETTINGS(SM_X)
+#undef SM_X
+}
+
 #undef V_U64
 #undef V_INT
 #undef V_F2
@@ -201,63 +211,6 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
 #undef V_STR
 #undef V_CACHE
 #undef V_IF
-
-#define U64(name, v) sm_stat_addf(sink, name, "%llu", (unsigned long long)(v))
-
-static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
-{
-    const struct sm_settings *st = &e->settings;
-    U64("maxbytes", cache_memlimit(e->cache));
-    sm_stat_addf(sink, "maxconns", "%d", __atomic_load_n(&st->maxconns, __ATOMIC_RELAXED)); /* changes live */
-    sm_stat_addf(sink, "tcpport", "%d", st->port);
-    sink->add(sink, "udpport", "0"); /* no UDP listener, ever */
-    sink->add(sink, "inter", st->listen[0] ? st->listen : "NULL");
-    sm_stat_addf(sink, "verbosity", "%d", atomic_load(&e->verbose));
-    sink->add(sink, "evictions", "on"); /* the cache always evicts when full (no -M) */
-    sink->add(sink, "domain_socket", "NULL");
-    sink->add(sink, "shutdown_command", st->shutdown_enabled ? "yes" : "no");
-    sm_stat_addf(sink, "growth_factor", "%.2f", st->factor);
-    sm_stat_addf(sink, "chunk_size", "%u", st->chunk_size);
-    sm_stat_addf(sink, "num_threads", "%d", st->num_threads);
-    sink->add(sink, "detail_enabled", "no");
-    sm_stat_addf(sink, "reqs_per_event", "%d", st->reqs_per_event);
-    sink->add(sink, "cas_enabled", st->use_cas ? "yes" : "no");
-    sm_stat_addf(sink, "tcp_backlog", "%d", st->backlog);
-    sink->add(sink, "binding_protocol", "ascii"); /* text and meta; no binary protocol */
-    sink->add(sink, "auth_enabled_sasl", "no");
-    sink->add(sink, "auth_enabled_ascii", "no");
-    sm_stat_addf(sink, "item_size_max", "%u", st->item_size_max);
-    sink->add(sink, "maxconns_fast", "yes");
-    sm_stat_addf(sink, "hashpower_init", "%d", st->hashpower_init);
-    /* Machinery memcached has and we do not: printed with the value that is
-     * true for us (off), so tools reading these settings see the truth. */
-    sink->add(sink, "slab_reassign", "no");
-    sink->add(sink, "slab_automove", "0");
-    sm_stat_addf(sink, "slab_chunk_max", "%u", st->slab_page_size); /* items are never chunked */
-    sink->add(sink, "lru_crawler", "no");
-    sink->add(sink, "tail_repair_time", "0");
-    sink->add(sink, "flush_enabled", "yes");
-    sink->add(sink, "dump_enabled", "no");
-    sink->add(sink, "hash_algorithm", "murmur3");
-    sink->add(sink, "lru_maintainer_thread", "no");
-    sink->add(sink, "lru_segmented", "no"); /* one LRU per slab class, whatever -o says */
-    sink->add(sink, "temp_lru", "no");
-    sm_stat_addf(sink, "idle_timeout", "%d", st->idle_timeout);
-    sink->add(sink, "track_sizes", "no");
-    sink->add(sink, "inline_ascii_response", "no");
-    /* ours */
-    sm_stat_addf(sink, "slab_page_size", "%u", st->slab_page_size);
-    sink->add(sink, "backend", backend_name(e));
-    sm_stat_addf(sink, "uring_entries", "%d", st->uring_entries);
-    sm_stat_addf(sink, "uring_bufs", "%d", st->uring_bufs);
-    sm_stat_addf(sink, "uring_buf_size", "%d", st->uring_buf_size);
-    sm_stat_addf(sink, "uring_zc_threshold", "%d", st->uring_zc_threshold);
-    sink->add(sink, "uring_sqpoll", st->uring_sqpoll ? "yes" : "no");
-    sm_stat_addf(sink, "uring_batch_usec", "%d", st->uring_batch_usec);
-    sink->add(sink, "tcp_nodelay", st->tcp_nodelay ? "yes" : "no");
-}
-
-#undef U64
 
 int engine_stats_group(struct sm_engine *e, const char *group, sm_stat_sink *sink)
 {

@@ -14,7 +14,8 @@
  *    to the control plane, whose Prometheus collector (stackmapd/metrics.py)
  *    and README generator (stackmapd/docs.py) read nothing else.
  *
- * Columns: X(name, kind, unit, metric, labels, help[, value])
+ * Columns: X(name, kind, unit, metric, labels, help[, value]); the settings
+ * group has its own (below).
  *   name    the stat's name as "stats" prints it (per class: after "items:N:"
  *           or "N:");
  *   kind    COUNTER, GAUGE or INFO (enum sm_metric_kind);
@@ -241,6 +242,70 @@
                             : 0.0))                                                                                    \
     X(backend, INFO, "", "stackmap_backend_info", "backend", "The ring backend serving the data path.",                \
       V_STR(backend_name(e)))
+
+/*
+ * "stats settings", in memcached's order: X(name, option, help, value).
+ * option is the options.h key whose value it shows, "" for a fixed value:
+ * machinery memcached has and stackmapd does not is printed with the value
+ * that is true here (off), so tools reading these settings see the truth.
+ * Settings are configuration, not measurements: /metrics leaves them out
+ * (max_connections, in the general group, is the one that changes live).
+ */
+#define SM_STATS_SETTINGS(X)                                                                                           \
+    X(maxbytes, "memory_limit", "Item memory limit in bytes (-m, changes live).", V_U64(cache_memlimit(e->cache)))     \
+    X(maxconns, "conn_limit", "Connection limit (-c, changes live).",                                                  \
+      V_INT(__atomic_load_n(&st->maxconns, __ATOMIC_RELAXED)))                                                         \
+    X(tcpport, "port", "TCP port (-p).", V_INT(st->port))                                                              \
+    X(udpport, "udp_port", "UDP port: always 0, there is no UDP listener.", V_STR("0"))                                \
+    X(inter, "listen", "Listen addresses (-l), NULL for none.", V_STR(st->listen[0] ? st->listen : "NULL"))            \
+    X(verbosity, "verbose", "Verbosity (-v, the verbosity command).", V_INT(atomic_load(&e->verbose)))                 \
+    X(evictions, "", "on: the cache always evicts when full (no -M).", V_STR("on"))                                    \
+    X(domain_socket, "", "NULL: no unix socket.", V_STR("NULL"))                                                       \
+    X(shutdown_command, "enable_shutdown", "Whether the shutdown command is allowed (-A).",                            \
+      V_STR(st->shutdown_enabled ? "yes" : "no"))                                                                      \
+    X(growth_factor, "slab_growth_factor", "Slab chunk growth factor (-f).", V_F2(st->factor))                         \
+    X(chunk_size, "slab_min_size", "Key + value + flags space of the smallest chunk (-n).", V_INT(st->chunk_size))     \
+    X(num_threads, "threads", "Worker threads (-t).", V_INT(st->num_threads))                                          \
+    X(detail_enabled, "", "no: no per-prefix stats.", V_STR("no"))                                                     \
+    X(reqs_per_event, "max_reqs_per_event", "-R as given (accepted for compatibility).",                               \
+      V_INT(st->reqs_per_event))                                                                                       \
+    X(cas_enabled, "disable_cas", "Whether items carry CAS unique ids (-C turns them off).",                           \
+      V_STR(st->use_cas ? "yes" : "no"))                                                                               \
+    X(tcp_backlog, "listen_backlog", "listen() backlog (-b).", V_INT(st->backlog))                                     \
+    X(binding_protocol, "", "ascii: text and meta protocols, no binary protocol.", V_STR("ascii"))                     \
+    X(auth_enabled_sasl, "", "no: no SASL.", V_STR("no"))                                                              \
+    X(auth_enabled_ascii, "", "no: no ascii authentication.", V_STR("no"))                                             \
+    X(item_size_max, "max_item_size", "Largest item in bytes (-I).", V_INT(st->item_size_max))                         \
+    X(maxconns_fast, "", "yes: a connection over -c is refused at once.", V_STR("yes"))                                \
+    X(hashpower_init, "hashpower", "Initial hash table size as a power of two (-o hashpower).",                        \
+      V_INT(st->hashpower_init))                                                                                       \
+    X(slab_reassign, "", "no: there is no slab page mover.", V_STR("no"))                                              \
+    X(slab_automove, "", "0: there is no slab page mover.", V_STR("0"))                                                \
+    X(slab_chunk_max, "", "The slab page size: items are never split into chunks.", V_INT(st->slab_page_size))         \
+    X(lru_crawler, "", "no: there is no LRU crawler.", V_STR("no"))                                                    \
+    X(tail_repair_time, "", "0: there is no tail repair.", V_STR("0"))                                                 \
+    X(flush_enabled, "", "yes: flush_all is always allowed.", V_STR("yes"))                                            \
+    X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
+    X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
+    X(lru_maintainer_thread, "", "no: there is no LRU maintainer thread.", V_STR("no"))                                \
+    X(lru_segmented, "", "no: one LRU per slab class, whatever -o lru_segmented says.", V_STR("no"))                   \
+    X(temp_lru, "", "no: there is no temporary LRU.", V_STR("no"))                                                     \
+    X(idle_timeout, "idle_timeout", "Idle connection timeout in seconds (-o idle_timeout), 0 never.",                  \
+      V_INT(st->idle_timeout))                                                                                         \
+    X(track_sizes, "", "no: stats sizes is not tracked.", V_STR("no"))                                                 \
+    X(inline_ascii_response, "", "no: responses are never inlined.", V_STR("no"))                                      \
+    X(slab_page_size, "", "Bytes per slab page: at least 1 MiB and at least -I.", V_INT(st->slab_page_size))           \
+    X(backend, "backend", "The ring backend in use (--backend; auto resolved).", V_STR(backend_name(e)))               \
+    X(uring_entries, "uring_entries", "io_uring submission queue entries per worker.", V_INT(st->uring_entries))       \
+    X(uring_bufs, "uring_bufs", "Provided receive buffers per worker ring.", V_INT(st->uring_bufs))                    \
+    X(uring_buf_size, "uring_buf_size", "Bytes per provided receive buffer.", V_INT(st->uring_buf_size))               \
+    X(uring_zc_threshold, "uring_zc_threshold", "Zero-copy sends at and above this size, 0 never.",                    \
+      V_INT(st->uring_zc_threshold))                                                                                   \
+    X(uring_sqpoll, "uring_sqpoll", "Whether a kernel submission-queue polling thread runs.",                          \
+      V_STR(st->uring_sqpoll ? "yes" : "no"))                                                                          \
+    X(uring_batch_usec, "uring_batch_usec", "Longest batch wait of a loaded worker in microseconds, 0 never.",         \
+      V_INT(st->uring_batch_usec))                                                                                     \
+    X(tcp_nodelay, "tcp_nodelay", "Whether accepted sockets get TCP_NODELAY.", V_STR(st->tcp_nodelay ? "yes" : "no"))
 
 /* "stats items": per slab class, printed as items:<class>:<name>. */
 #define SM_STATS_ITEMS(X)                                                                                              \
