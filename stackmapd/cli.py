@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -90,8 +91,8 @@ def _extended_epilog() -> str:
         "  STACKMAP_<KEY> (STACKMAP_MEMORY_LIMIT=1024; STACKMAP_CONFIG=FILE);",
         "  precedence: flag > environment > file > default.",
         "",
-        f"SIGHUP (or `stackmapctl reload`) re-reads the config and applies {', '.join(live[:-1])}",
-        f"and {live[-1]} live.",
+        *textwrap.wrap(f"SIGHUP (or `stackmapctl reload`) re-reads the config and applies "
+                       f"{', '.join(live[:-1])} and {live[-1]} live.", width=79),
     ]
     return "\n".join(lines)
 
