@@ -343,11 +343,11 @@
       "Items of this class the LRU crawler checked (always 0).")                                                       \
     X(lrutail_reflocked, COUNTER, "", "memcached_slab_items_lrutail_reflocked_total", "",                              \
       "LRU tail items of this class skipped because another thread held them.")                                        \
-    X(moves_to_cold, COUNTER, "", "memcached_slab_items_moves_to_cold_total", "",                                      \
+    X(moves_to_cold, COUNTER, "", "memcached_slab_items_moves_to_cold", "",                                            \
       "Number of items moved from HOT or WARM into COLD.")                                                             \
-    X(moves_to_warm, COUNTER, "", "memcached_slab_items_moves_to_warm_total", "",                                      \
+    X(moves_to_warm, COUNTER, "", "memcached_slab_items_moves_to_warm", "",                                            \
       "Number of items moved from COLD into WARM.")                                                                    \
-    X(moves_within_lru, COUNTER, "", "memcached_slab_items_moves_within_lru_total", "",                                \
+    X(moves_within_lru, COUNTER, "", "memcached_slab_items_moves_within_lru", "",                                      \
       "Number of times active items were bumped within their LRU.")                                                    \
     X(direct_reclaims, COUNTER, "", "memcached_slab_items_direct_reclaims_total", "",                                  \
       "Times worker threads had to directly reclaim or evict items of this class.")                                    \
