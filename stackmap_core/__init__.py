@@ -23,23 +23,33 @@ __all__ = [
     "EngineError",
     "ItemInfo",
     "LatencyTable",
+    "MetricInfo",
+    "OptionInfo",
     "RestoreCounts",
     "SettingsError",
     "WorkerStatus",
     "built_backends",
+    "check_settings",
     "default_settings",
+    "derived_settings",
+    "metric_table",
+    "option_table",
     "version",
 ]
 
-# The ring backends a user may ask for (--backend), by name.  This is the one
-# list the command line, the config file and the docs read; the values are
-# the C enum's, so the two cannot drift apart.
-BACKENDS: dict[str, int] = {
-    "auto": lib.SM_BACKEND_AUTO,
-    "epoll": lib.SM_BACKEND_EPOLL,
-    "uring": lib.SM_BACKEND_URING,
-    "stackmap": lib.SM_BACKEND_STACKMAP,
-}
+def _backends() -> dict[str, int]:
+    out = {}
+    kind = 0
+    while (name := lib.sm_backend_name(kind)) != ffi.NULL:
+        out[ffi.string(name).decode()] = kind
+        kind += 1
+    return out
+
+
+# The ring backends a user may ask for (--backend), by name: enum
+# sm_backend_kind's values and the engine's own names for them
+# (sm_backend_name), so the two sides cannot drift apart.
+BACKENDS: dict[str, int] = _backends()
 
 _ERR_LEN = 512
 _STATS_BUF = 16384  # first buffer for a stats group; grown when the engine asks
@@ -112,6 +122,110 @@ def _item_info(raw: Any) -> ItemInfo:
     )
 
 
+# enum sm_metric_kind, by value.
+METRIC_KINDS: dict[int, str] = {
+    lib.SM_METRIC_COUNTER: "counter",
+    lib.SM_METRIC_GAUGE: "gauge",
+    lib.SM_METRIC_INFO: "info",
+    lib.SM_METRIC_SETTING: "setting",
+}
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One row of the engine's stats table (``struct sm_metric_info``, stats_table.h)."""
+
+    group: str  # "stats" group: "" general, "settings", "items", "slabs"
+    per_class: bool  # printed once per slab class ("items:N:name", "N:name")
+    name: str  # the name "stats" prints (per class: the part after the class)
+    kind: str  # counter, gauge, info or setting
+    unit: str  # "" or the value's unit
+    metric: str  # Prometheus family, "" for none
+    labels: tuple[tuple[str, str], ...]  # fixed labels within the family; info: ((label, ""),)
+    help: str  # one line
+    option: str  # settings: the option (option_table key) it shows, "" for none
+
+
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
+def metric_table() -> tuple[MetricInfo, ...]:
+    """Every row of the stats table, in the engine's order."""
+    rows = []
+    raw = ffi.new("struct sm_metric_info *")
+    for i in range(lib.sm_metric_count()):
+        lib.sm_metric_info(i, raw)
+        rows.append(MetricInfo(
+            group=ffi.string(raw.group).decode(),
+            per_class=bool(raw.per_class),
+            name=ffi.string(raw.name).decode(),
+            kind=METRIC_KINDS[raw.kind],
+            unit=ffi.string(raw.unit).decode(),
+            metric=ffi.string(raw.metric).decode(),
+            labels=_labels(ffi.string(raw.labels).decode()),
+            help=ffi.string(raw.help).decode(),
+            option=ffi.string(raw.option).decode(),
+        ))
+    return tuple(rows)
+
+
+# enum sm_option_type and enum sm_option_scope, by value.
+OPTION_TYPES: dict[int, str] = {
+    lib.SM_OPT_INT: "int", lib.SM_OPT_MB: "mb", lib.SM_OPT_SIZE: "size", lib.SM_OPT_FLOAT: "float",
+    lib.SM_OPT_BOOL: "bool", lib.SM_OPT_NOT: "not", lib.SM_OPT_COUNT: "count", lib.SM_OPT_STR: "str",
+    lib.SM_OPT_LISTEN: "listen", lib.SM_OPT_BACKEND: "backend", lib.SM_OPT_HOSTPORT: "hostport",
+    lib.SM_OPT_LIST: "list",
+}
+OPTION_SCOPES: dict[int, str] = {
+    lib.SM_OPT_ENGINE: "engine", lib.SM_OPT_EXTENDED: "extended", lib.SM_OPT_CONTROL: "control",
+    lib.SM_OPT_REFUSED: "refused",
+}
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """One row of the engine's option table (``struct sm_option_info``, options.h)."""
+
+    key: str  # --key with '-' for '_', TOML key, STACKMAP_<KEY>; the -o key for scope extended
+    field: str  # struct sm_settings field it sets, "" for none
+    type: str  # int, mb, size, float, bool, not, count, str, listen, backend, hostport, list
+    default: str  # as a user writes it, "" for none
+    lo: float  # smallest value (float: the value must exceed it)
+    hi: float  # largest value, math.inf for no limit
+    flag: str  # memcached's one-letter flag ("p"), "" for none
+    metavar: str  # placeholder in --help, "" for a switch
+    scope: str  # engine, extended, control or refused
+    live: bool  # a reload applies it to a running server
+    help: str  # one line
+
+
+def option_table() -> tuple[OptionInfo, ...]:
+    """Every row of the option table, in the engine's order."""
+    rows = []
+    raw = ffi.new("struct sm_option_info *")
+    for i in range(lib.sm_option_count()):
+        lib.sm_option_info(i, raw)
+        rows.append(OptionInfo(
+            key=ffi.string(raw.key).decode(),
+            field=ffi.string(raw.field).decode(),
+            type=OPTION_TYPES[raw.type],
+            default=ffi.string(getattr(raw, "def")).decode(),  # "def" is a Python keyword
+            lo=raw.lo,
+            hi=raw.hi,
+            flag=chr(raw.flag) if raw.flag else "",
+            metavar=ffi.string(raw.metavar).decode(),
+            scope=OPTION_SCOPES[raw.scope],
+            live=bool(raw.live),
+            help=ffi.string(raw.help).decode(),
+        ))
+    return tuple(rows)
+
+
 class EngineError(RuntimeError):
     """A call into the data plane failed; the message is the engine's own."""
 
@@ -138,6 +252,14 @@ def default_settings() -> dict[str, Any]:
     """``struct sm_settings`` as filled by ``sm_settings_init``, as a dict."""
     s = ffi.new("struct sm_settings *")
     lib.sm_settings_init(s)
+    return _struct_to_dict(s)
+
+
+def derived_settings(settings: Any = None) -> dict[str, Any]:
+    """``struct sm_settings`` as the engine will run it: defaults, then ``settings``,
+    then what follows from them (``sm_settings_derive``: slab_page_size)."""
+    s = _fill(settings)
+    lib.sm_settings_derive(s)
     return _struct_to_dict(s)
 
 
@@ -189,6 +311,14 @@ def _fill(settings: Any) -> Any:
 
 def _err(buf: Any) -> str:
     return ffi.string(buf).decode(errors="replace") or "unknown error"
+
+
+def check_settings(settings: Any = None) -> None:
+    """Raise SettingsError with the engine's reason when ``sm_settings_check`` refuses ``settings``."""
+    s = _fill(settings)
+    err = ffi.new("char[]", _ERR_LEN)
+    if lib.sm_settings_check(s, err, _ERR_LEN) != 0:
+        raise SettingsError(_err(err))
 
 
 class Engine:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
@@ -27,6 +28,7 @@ from stackmapd.settings import (
     EXTENDED,
     FLAG,
     LIST,
+    LIVE_KEYS,
     OPTION_BY_KEY,
     OPTIONS,
     OptionError,
@@ -71,10 +73,12 @@ def _extended_epilog() -> str:
     for ext in EXTENDED:
         if ext.field is None:
             continue
-        name = ext.key if not ext.bare else f"{ext.key}[=0|1]"
+        name = f"{ext.key}[=0|1]" if ext.bare else f"{ext.key}={ext.metavar}"
         if ext.negation:
             name += f", {ext.negation}"
-        lines.append(f"  {name:38} {ext.help}")
+        shown = f" (default: {ext.default_doc})" if ext.default_doc else ""
+        lines.append(f"  {name:38} {ext.help}{shown}")
+    live = sorted(LIVE_KEYS)
     lines += [
         "",
         "config file (--config FILE, TOML): every long flag is a key with '_' for '-',",
@@ -83,9 +87,8 @@ def _extended_epilog() -> str:
         "  STACKMAP_<KEY> (STACKMAP_MEMORY_LIMIT=1024; STACKMAP_CONFIG=FILE);",
         "  precedence: flag > environment > file > default.",
         "",
-        "SIGHUP (or `stackmapctl reload`) re-reads the config and applies memory_limit,",
-        "verbose, conn_limit, metrics_listen, admin_token(_file), snapshot and",
-        "snapshot_dir live.",
+        *textwrap.wrap(f"SIGHUP (or `stackmapctl reload`) re-reads the config and applies "
+                       f"{', '.join(live[:-1])} and {live[-1]} live.", width=79),
     ]
     return "\n".join(lines)
 

@@ -1,34 +1,37 @@
-"""Every stackmapd option, once, and how it becomes a ``struct sm_settings``.
+"""Every stackmapd option, from the engine's one option table.
 
-``OPTIONS`` is the table the command line (cli.py), the config file
-(config.py) and the README's flags table are made from: a long flag
-``--memory-limit`` is the config key ``memory_limit``, with the same parser,
-range and default.  ``EXTENDED`` does the same for memcached's ``-o key=value``
-options.  Values are parsed and checked here, with messages that name where a
-bad value came from (a flag or a file's key), so that both inputs fail the
-same way.
+The options are the rows of ``stackmap_core/src/options.h`` (read through
+``stackmap_core.option_table()``): key, struct field, type, default, limits,
+memcached's one-letter flag, scope and help.  The C engine fills its
+defaults and checks its limits from those rows; here the same rows become
+``OPTIONS``, the table the command line (cli.py), the config file and the
+environment (config.py) and the README's flag tables (docs.py) are made
+from: a long flag ``--memory-limit`` is the config key ``memory_limit`` and
+the variable ``STACKMAP_MEMORY_LIMIT``, with the same parser, range and
+default.  ``EXTENDED`` does the same for memcached's ``-o key=value``
+options.  Values are parsed and checked here, with messages that name where
+a bad value came from (a flag, a variable or a file's key), so that every
+input fails the same way.
 
-``Settings`` is the dataclass whose fields are ``struct sm_settings``'s
-(engine.h); ``build_settings`` turns checked option values into it.  Fields
-left ``None`` keep the engine's own default from ``sm_settings_init``.
+``Settings`` has one field per ``struct sm_settings`` field an option sets
+(engine.h); ``build_settings`` turns checked option values into it and has
+the engine check the rules that involve several options
+(``sm_settings_check``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import stackmap_core
+
 KIB = 1024
 MIB = 1024 * 1024
-
-# memcached's limits on -I (checked against memcached 1.6.18 itself).
-ITEM_SIZE_MIN = KIB
-ITEM_SIZE_MAX = 1024 * MIB
-HASHPOWER_MIN = 12
-HASHPOWER_MAX = 32
 
 
 class OptionError(ValueError):
@@ -149,6 +152,8 @@ def parse_hostport_off(raw: object) -> str | None:
 
 
 def _num(value: float) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return str(int(value))  # the table's limits are doubles: 1073741824, not 1.07374e+09
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
@@ -187,14 +192,16 @@ def greater_than(parse: Callable[[object], Any], lo: float) -> Callable[[object]
     return check
 
 
-def only_zero(raw: object) -> int:
-    value = parse_int(raw)
-    if value != 0:
-        raise ValueError(
-            f"UDP is not supported by stackmapd; only 0 (UDP off, memcached's default) "
-            f"is accepted, got {value}"
-        )
-    return value
+def only(parse: Callable[[object], Any], value: float, why: str) -> Callable[[object], Any]:
+    """``parse`` followed by: the one value accepted (``why`` says why)."""
+
+    def check(raw: object) -> Any:
+        got = parse(raw)
+        if got != value:
+            raise ValueError(f"{why}, got {_num(got)}")
+        return got
+
+    return check
 
 
 def choice(names: Callable[[], tuple[str, ...]]) -> Callable[[object], str]:
@@ -210,14 +217,14 @@ def choice(names: Callable[[], tuple[str, ...]]) -> Callable[[object], str]:
 
 def backend_names() -> tuple[str, ...]:
     """The --backend choices: stackmap_core.BACKENDS is the one list."""
-    from stackmap_core import BACKENDS
-
-    return tuple(BACKENDS)
+    return tuple(stackmap_core.BACKENDS)
 
 
 # ---------------------------------------------------------------------------
-# The option table.
+# The option table: the engine's rows (options.h), as the control plane uses them.
 # ---------------------------------------------------------------------------
+
+TABLE: tuple[stackmap_core.OptionInfo, ...] = stackmap_core.option_table()
 
 # How a command-line option takes its value.
 VALUE = "value"  # -p 11211
@@ -225,19 +232,45 @@ FLAG = "flag"  # -C (no value; true when given)
 COUNT = "count"  # -v, -vv, -vvv
 LIST = "list"  # -o may be given several times
 
+# An option type's parser of one raw value (a flag's text, a TOML value, a variable).
+PARSERS: Mapping[str, Callable[[object], Any]] = {
+    "int": parse_int, "mb": parse_int, "count": parse_int, "size": parse_size, "float": parse_float,
+    "bool": parse_bool, "not": parse_bool, "str": parse_nonempty, "listen": parse_listen,
+    "backend": choice(backend_names), "hostport": parse_hostport_off, "list": parse_str,
+}
+NUMERIC = frozenset({"int", "mb", "count", "size"})
+
+
+def row_parser(row: stackmap_core.OptionInfo) -> Callable[[object], Any]:
+    """The parser of a row's values: its type's parser and its limits."""
+    base = PARSERS[row.type]
+    if row.type == "float":
+        return greater_than(base, row.lo)
+    if row.type in NUMERIC and row.scope != "refused":
+        if row.lo == row.hi:
+            return only(base, row.lo, row.help)
+        return ranged(base, row.lo, None if math.isinf(row.hi) else row.hi)
+    return base
+
+
+def row_default(row: stackmap_core.OptionInfo) -> Any:
+    """A row's default as a typed value; None when it has none."""
+    return row_parser(row)(row.default) if row.default else None
+
 
 @dataclass(frozen=True)
 class Option:
-    """One user-facing option: flag, config key, parser, default, doc."""
+    """One user-facing option: flag, config key, environment name, parser, default, doc."""
 
     key: str  # config-file key; the long flag is --key with '_' -> '-'
     short: str | None  # memcached's one-letter flag, e.g. "-p"
     form: str  # VALUE, FLAG, COUNT or LIST
     parse: Callable[[object], Any]  # raw value -> typed value (ValueError if bad)
-    default: Any  # typed default (None: the engine's)
+    default: Any  # typed default (None: none)
     default_doc: str  # default as shown in --help and the README
     help: str  # one-line meaning
     metavar: str | None = None  # placeholder in --help
+    row: stackmap_core.OptionInfo | None = None  # the engine's row it comes from
 
     @property
     def long(self) -> str:
@@ -248,70 +281,33 @@ class Option:
         """``-p/--port`` or ``--backend``: how messages name this option."""
         return f"{self.short}/{self.long}" if self.short else self.long
 
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it: ``STACKMAP_MEMORY_LIMIT``."""
+        return "STACKMAP_" + self.key.upper()
 
-OPTIONS: tuple[Option, ...] = (
-    Option("port", "-p", VALUE, ranged(parse_int, 0, 65535), 11211, "11211",
-           "TCP port to listen on", "NUM"),
-    Option("listen", "-l", VALUE, parse_listen, "127.0.0.1", "127.0.0.1",
-           "interfaces to listen on, comma-separated (host, IPv4 or IPv6 address)", "ADDR"),
-    Option("memory_limit", "-m", VALUE, ranged(parse_int, 1, 1 << 40), 64, "64",
-           "item memory in megabytes", "MB"),
-    Option("conn_limit", "-c", VALUE, ranged(parse_int, 1, 1 << 20), 1024, "1024",
-           "max simultaneous connections", "NUM"),
-    Option("threads", "-t", VALUE, ranged(parse_int, 1, 256), 4, "4",
-           "number of worker threads (one event loop each)", "NUM"),
-    Option("max_item_size", "-I", VALUE, ranged(parse_size, ITEM_SIZE_MIN, ITEM_SIZE_MAX,
-                                                " bytes (1k..1024m)"), MIB, "1m",
-           "largest item (key + value + overhead); k/m suffixes; at most half of -m",
-           "SIZE"),
-    Option("slab_growth_factor", "-f", VALUE, greater_than(parse_float, 1.0), 1.25, "1.25",
-           "chunk size growth factor between slab classes", "FACTOR"),
-    Option("slab_min_size", "-n", VALUE, ranged(parse_int, 1, 1 << 20), 48, "48",
-           "minimum space for key + value + flags in the smallest chunk", "BYTES"),
-    Option("disable_cas", "-C", FLAG, parse_bool, False, "off",
-           "disable CAS unique ids (saves 8 bytes per item)"),
-    Option("verbose", "-v", COUNT, ranged(parse_int, 0, 3), 0, "0",
-           "verbosity: -v errors and warnings, -vv also commands, -vvv internals"),
-    Option("enable_shutdown", "-A", FLAG, parse_bool, False, "off",
-           'allow clients to stop the server with "shutdown"'),
-    Option("udp_port", "-U", VALUE, only_zero, 0, "0",
-           "UDP port; only 0 (off) is supported", "0"),
-    Option("listen_backlog", "-b", VALUE, ranged(parse_int, 1, 1 << 20), 1024, "1024",
-           "listen() backlog", "NUM"),
-    Option("max_reqs_per_event", "-R", VALUE, ranged(parse_int, 1, 1 << 20), 20, "20",
-           "max requests served per connection before yielding to others", "NUM"),
-    Option("extended", "-o", LIST, parse_str, None, "",
-           "extended options, comma-separated key[=value] (listed below)", "OPTS"),
-    Option("backend", None, VALUE, choice(backend_names), "auto", "auto",
-           "I/O backend: auto picks the best available", "NAME"),
-    # The control plane's own options (not engine settings; see CONTROL_KEYS).
-    Option("metrics_listen", None, VALUE, parse_hostport_off, "127.0.0.1:9150", "127.0.0.1:9150",
-           "HTTP address of /metrics, /healthz, /readyz and the admin API; off to disable",
-           "HOST:PORT"),
-    Option("admin_token", None, VALUE, parse_nonempty, None, "",
-           "bearer token the admin API requires (required to use it beyond loopback)", "TOKEN"),
-    Option("admin_token_file", None, VALUE, parse_nonempty, None, "",
-           "read the admin bearer token from this file", "FILE"),
-    Option("snapshot", None, VALUE, parse_nonempty, None, "",
-           "warm restart file: loaded at start if present, saved on SIGTERM/SIGINT", "FILE"),
-    Option("restore", None, VALUE, parse_nonempty, None, "",
-           "load this snapshot at start (a bad file is refused: the server starts empty)", "FILE"),
-    Option("snapshot_dir", None, VALUE, parse_nonempty, None, "",
-           "the only directory the admin API may write snapshots to (default: --snapshot's directory)",
-           "DIR"),
-    Option("snapshot_max_age", None, VALUE, ranged(parse_int, 1, None), None, "",
-           "refuse to load a snapshot created more than this many seconds ago (start empty)",
-           "SECONDS"),
-)
+
+def _form(row: stackmap_core.OptionInfo) -> str:
+    if row.type == "count":
+        return COUNT
+    if row.type == "list":
+        return LIST
+    return FLAG if row.type in ("bool", "not") else VALUE
+
+
+def _option(row: stackmap_core.OptionInfo) -> Option:
+    return Option(row.key, f"-{row.flag}" if row.flag else None, _form(row), row_parser(row),
+                  row_default(row), row.default, row.help, row.metavar or None, row)
+
+
+OPTIONS: tuple[Option, ...] = tuple(_option(r) for r in TABLE if r.scope in ("engine", "control"))
 
 # Options the control plane keeps for itself: build_settings leaves them out.
-CONTROL_KEYS = frozenset({"metrics_listen", "admin_token", "admin_token_file", "snapshot", "restore",
-                          "snapshot_dir", "snapshot_max_age"})
+CONTROL_KEYS = frozenset(r.key for r in TABLE if r.scope == "control")
 
 # Options that SIGHUP / `stackmapctl reload` apply to a running server; any
 # other change needs a restart.
-LIVE_KEYS = frozenset({"memory_limit", "verbose", "conn_limit", "metrics_listen", "admin_token",
-                       "admin_token_file", "snapshot", "snapshot_dir"})
+LIVE_KEYS = frozenset(r.key for r in TABLE if r.live)
 
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
@@ -321,41 +317,26 @@ class Extended:
     """One ``-o key[=value]`` option and the sm_settings field it sets."""
 
     key: str  # memcached's name, e.g. "hashpower"
-    field: str | None  # struct sm_settings field (None: recognised but unsupported)
+    field: str | None  # struct sm_settings field (None: recognised but refused)
     parse: Callable[[object], Any]  # raw value -> typed value; bare key gets True
     help: str  # one-line meaning
+    default_doc: str = ""  # default as shown in --help and the README
+    metavar: str = ""  # placeholder for the value ("" for a switch)
     negation: str | None = None  # bare word that sets the field false (no_lru_segmented)
     bare: bool = False  # may be given without "=value" (a switch)
     unsupported: str = ""  # why stackmapd refuses it, when field is None
+    row: stackmap_core.OptionInfo | None = None  # the engine's row it comes from
 
 
-EXTENDED: tuple[Extended, ...] = (
-    Extended("hashpower", "hashpower_init", ranged(parse_int, HASHPOWER_MIN, HASHPOWER_MAX),
-             "initial hash table size as a power of two"),
-    Extended("lru_segmented", "lru_segmented", parse_bool,
-             "accepted for memcached compatibility; stackmapd keeps one LRU per slab class either way",
-             negation="no_lru_segmented", bare=True),
-    Extended("idle_timeout", "idle_timeout", ranged(parse_int, 0, 1 << 31),
-             "close client connections idle this many seconds; 0 never"),
-    Extended("tcp_nodelay", "tcp_nodelay", parse_bool,
-             "set TCP_NODELAY on accepted sockets", negation="no_tcp_nodelay", bare=True),
-    Extended("uring_entries", "uring_entries", ranged(parse_int, 1, 1 << 15),
-             "io_uring submission queue entries per worker"),
-    Extended("uring_bufs", "uring_bufs", ranged(parse_int, 1, 1 << 15),
-             "provided receive buffers per worker ring"),
-    Extended("uring_buf_size", "uring_buf_size", ranged(parse_size, 64, 16 * MIB),
-             "bytes per provided receive buffer (k/m suffixes)"),
-    Extended("uring_zc_threshold", "uring_zc_threshold", ranged(parse_size, 0, 1 << 31),
-             "send zero-copy at and above this many bytes; 0 never (k/m suffixes)"),
-    Extended("uring_sqpoll", "uring_sqpoll", parse_bool,
-             "kernel submission-queue polling thread", bare=True),
-    Extended("uring_batch_usec", "uring_batch_usec", ranged(parse_int, 0, 100000),
-             "a loaded worker whose CPU never idles waits up to this many microseconds "
-             "for a batch of requests; 0 never"),
-    Extended("slab_chunk_max", None, parse_size, "memcached's largest slab chunk",
-             unsupported="stackmapd never splits items into chunks: its slab pages are "
-                         "at least -I bytes, so there is no chunk maximum to set"),
-)
+def _extended(row: stackmap_core.OptionInfo) -> Extended:
+    if row.scope == "refused":
+        return Extended(row.key, None, row_parser(row), row.help, unsupported=row.help, row=row)
+    switch = row.type == "bool"
+    return Extended(row.key, row.field, row_parser(row), row.help, row.default, row.metavar,
+                    negation=f"no_{row.key}" if switch else None, bare=switch, row=row)
+
+
+EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in ("extended", "refused"))
 
 EXTENDED_BY_KEY: dict[str, Extended] = {x.key: x for x in EXTENDED}
 EXTENDED_BY_NEGATION: dict[str, Extended] = {x.negation: x for x in EXTENDED if x.negation}
@@ -420,39 +401,21 @@ def check_value(option: Option, raw: object, where: str) -> Any:
 # Settings: what the engine gets.
 # ---------------------------------------------------------------------------
 
+# The rows that set a struct sm_settings field, by key.
+FIELD_ROWS: dict[str, stackmap_core.OptionInfo] = {r.key: r for r in TABLE if r.field}
 
-@dataclass
-class Settings:
-    """``struct sm_settings`` (engine.h), field for field.  None: engine default."""
 
-    port: int
-    listen: str
-    maxbytes: int
-    maxconns: int
-    num_threads: int
-    item_size_max: int
-    factor: float
-    chunk_size: int
-    slab_page_size: int
-    use_cas: bool
-    verbose: int
-    shutdown_enabled: bool
-    backlog: int
-    reqs_per_event: int
-    backend: int
-    hashpower_init: int | None = None
-    lru_segmented: bool | None = None
-    uring_entries: int | None = None
-    uring_bufs: int | None = None
-    uring_buf_size: int | None = None
-    uring_zc_threshold: int | None = None
-    uring_sqpoll: bool | None = None
-    uring_batch_usec: int | None = None
-    tcp_nodelay: bool | None = None
-    idle_timeout: int | None = None
+def _as_dict(self: Any) -> dict[str, Any]:
+    return dataclasses.asdict(self)
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+# ``struct sm_settings`` (engine.h), one field per option that sets one.
+# None: the engine's default.  slab_page_size is no option: the engine
+# derives it (sm_settings_derive).
+Settings: Any = dataclasses.make_dataclass(
+    "Settings", [(r.field, Any, dataclasses.field(default=None)) for r in FIELD_ROWS.values()],
+    namespace={"as_dict": _as_dict, "__doc__": "struct sm_settings, field for field (None: engine default)."},
+)
 
 
 def defaults() -> dict[str, Any]:
@@ -462,40 +425,32 @@ def defaults() -> dict[str, Any]:
     return values
 
 
-def check_combination(values: Mapping[str, Any]) -> None:
-    """Rules that involve more than one option (memcached's, where it has them)."""
-    item = values["max_item_size"]
-    maxbytes = values["memory_limit"] * MIB
-    if item > maxbytes // 2:
-        raise OptionError(
-            f"-I/--max-item-size ({item} bytes) cannot be larger than half of "
-            f"-m/--memory-limit ({values['memory_limit']} MB)"
-        )
+def field_value(row: stackmap_core.OptionInfo, value: Any) -> Any:
+    """An option's checked value -> its struct sm_settings field's value."""
+    if row.type == "mb":
+        return value * MIB
+    if row.type == "not":
+        return not value
+    if row.type == "backend":
+        return stackmap_core.BACKENDS[value]
+    return value
 
 
-def build_settings(values: Mapping[str, Any]) -> Settings:
-    """Checked option values (see config.resolve) -> the engine's Settings."""
-    from stackmap_core import BACKENDS
+def build_settings(values: Mapping[str, Any]) -> Any:
+    """Checked option values (see config.resolve) -> the engine's Settings.
 
-    check_combination(values)
+    The engine checks the result (sm_settings_check): the rules that involve
+    several options (-I at most half of -m, ...) are its own.
+    """
     ext = values.get("extended") or {}
-    fields = {x.key: x.field for x in EXTENDED if x.field}
-    extended = {fields[k]: v for k, v in ext.items()}
-    return Settings(
-        port=values["port"],
-        listen=values["listen"],
-        maxbytes=values["memory_limit"] * MIB,
-        maxconns=values["conn_limit"],
-        num_threads=values["threads"],
-        item_size_max=values["max_item_size"],
-        factor=values["slab_growth_factor"],
-        chunk_size=values["slab_min_size"],
-        slab_page_size=max(MIB, values["max_item_size"]),
-        use_cas=not values["disable_cas"],
-        verbose=values["verbose"],
-        shutdown_enabled=values["enable_shutdown"],
-        backlog=values["listen_backlog"],
-        reqs_per_event=values["max_reqs_per_event"],
-        backend=BACKENDS[values["backend"]],
-        **extended,
-    )
+    fields = {}
+    for key, row in FIELD_ROWS.items():
+        value = ext.get(key) if row.scope == "extended" else values.get(key)
+        if value is not None:
+            fields[row.field] = field_value(row, value)
+    settings = Settings(**fields)
+    try:
+        stackmap_core.check_settings(settings)
+    except stackmap_core.SettingsError as exc:
+        raise OptionError(str(exc)) from None
+    return settings

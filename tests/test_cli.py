@@ -117,7 +117,8 @@ def test_defaults_are_memcacheds_and_match_the_engine() -> None:
     s = parse([])
     assert (s.port, s.listen, s.maxbytes, s.maxconns, s.num_threads) == (
         11211, "127.0.0.1", 64 * MIB, 1024, 4)
-    assert (s.item_size_max, s.factor, s.chunk_size, s.slab_page_size) == (MIB, 1.25, 48, MIB)
+    assert (s.item_size_max, s.factor, s.chunk_size) == (MIB, 1.25, 48)
+    assert stackmap_core.derived_settings(s)["slab_page_size"] == MIB
     assert (s.use_cas, s.verbose, s.shutdown_enabled, s.backlog, s.reqs_per_event) == (
         True, 0, False, 1024, 20)
     assert s.backend == stackmap_core.BACKENDS["auto"]
@@ -138,7 +139,7 @@ def test_flags_map_to_settings() -> None:
     assert s.maxbytes == 128 * MIB
     assert (s.maxconns, s.num_threads) == (10, 2)
     assert s.item_size_max == 4 * MIB
-    assert s.slab_page_size == 4 * MIB  # pages hold the largest item
+    assert stackmap_core.derived_settings(s)["slab_page_size"] == 4 * MIB  # pages hold the largest item
     assert (s.factor, s.chunk_size) == (1.5, 96)
     assert s.use_cas is False and s.shutdown_enabled is True
     assert (s.verbose, s.backlog, s.reqs_per_event) == (2, 64, 5)
@@ -148,7 +149,7 @@ def test_flags_map_to_settings() -> None:
 def test_long_flags_and_attached_values() -> None:
     s = parse(["--port=22334", "--memory-limit", "32", "-t3", "--max-item-size=512k"])
     assert (s.port, s.maxbytes, s.num_threads, s.item_size_max) == (22334, 32 * MIB, 3, 512 * 1024)
-    assert s.slab_page_size == MIB  # never below 1 MiB
+    assert stackmap_core.derived_settings(s)["slab_page_size"] == MIB  # never below 1 MiB
 
 
 @pytest.mark.parametrize(("flags", "level"), [([], 0), (["-v"], 1), (["-vv"], 2),

@@ -58,6 +58,7 @@ def test_metrics_endpoint_has_the_exporters_names(srv: Proc) -> None:
                  "memcached_limit_bytes", "memcached_item_too_large_total", "memcached_item_no_memory_total",
                  "memcached_process_user_cpu_seconds_total", "memcached_slab_current_items",
                  "memcached_slab_chunk_size_bytes", "memcached_slab_commands_total",
+                 "memcached_slab_items_moves_to_cold", "memcached_slab_lru_hits_total",
                  "stackmap_command_duration_seconds_bucket", "stackmap_syscalls_total",
                  "stackmap_uring_buffer_ring_empty_total", "stackmap_syscalls_per_request",
                  "stackmap_uring_buffers_published"):

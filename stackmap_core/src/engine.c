@@ -1,6 +1,7 @@
 /*
- * engine.c -- the engine's life cycle: settings with memcached's defaults
- * and limits, the open-file limit -c needs, binding the listeners (one
+ * engine.c -- the engine's life cycle: settings, whose defaults and limits
+ * are the option table's (options.h), which it also hands to the control
+ * plane (sm_option_info); the open-file limit -c needs, binding the listeners (one
  * SO_REUSEPORT socket per worker per address, so each worker accepts its
  * own connections), starting the worker threads over a ring backend and
  * waiting until every one has set up (AUTO moving on to the next backend
@@ -10,6 +11,7 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -24,6 +26,7 @@
 
 #include "engine_internal.h"
 #include "io/backend.h"
+#include "options.h"
 
 #define ONE_MB (1024u * 1024u)
 
@@ -32,77 +35,208 @@ const char *sm_version(void)
     return "1.6.18";
 }
 
+/* ---- the option table (options.h): defaults, limits, rows for the control plane ---- */
+
+/* enum sm_backend_kind's names, by value: what --backend takes. */
+static const char *const backend_names[] = {"auto", "epoll", "uring", "stackmap"};
+
+const char *sm_backend_name(int kind)
+{
+    if (kind < 0 || kind >= (int)(sizeof(backend_names) / sizeof(backend_names[0])))
+        return NULL;
+    return backend_names[kind];
+}
+
+/* A value as written (the default column) -> a number; -1 if it is not one of `type`. */
+static int opt_number(int type, const char *text, double *out)
+{
+    char *end = NULL;
+    switch (type) {
+    case SM_OPT_BOOL:
+    case SM_OPT_NOT: {
+        static const char *const yes[] = {"1", "on", "yes", "true"}, *const no[] = {"0", "off", "no", "false"};
+        for (int i = 0; i < 4; i++) {
+            if (strcmp(text, yes[i]) == 0)
+                return *out = 1, 0;
+            if (strcmp(text, no[i]) == 0)
+                return *out = 0, 0;
+        }
+        return -1;
+    }
+    case SM_OPT_BACKEND:
+        for (int k = 0; sm_backend_name(k); k++)
+            if (strcmp(text, sm_backend_name(k)) == 0)
+                return *out = k, 0;
+        return -1;
+    case SM_OPT_SIZE:
+        *out = strtod(text, &end);
+        if (end != text && (*end == 'k' || *end == 'K'))
+            *out *= 1024, end++;
+        else if (end != text && (*end == 'm' || *end == 'M'))
+            *out *= ONE_MB, end++;
+        return end != text && *end == '\0' ? 0 : -1;
+    default:
+        *out = strtod(text, &end);
+        return end != text && *end == '\0' ? 0 : -1;
+    }
+}
+
+/* Store v (the value as a user gives it) into a field of `size` bytes. */
+static void opt_store(int type, void *field, size_t size, double v)
+{
+    if (type == SM_OPT_FLOAT)
+        *(double *)field = v;
+    else if (type == SM_OPT_MB)
+        *(uint64_t *)field = (uint64_t)v * ONE_MB;
+    else if (type == SM_OPT_NOT)
+        *(int *)field = v == 0;
+    else if (size == sizeof(uint64_t))
+        *(uint64_t *)field = (uint64_t)v;
+    else
+        *(int *)field = (int)v; /* int and uint32_t fields alike: every limit is below 2^31 */
+}
+
+/* A field's value as a user would have given it (opt_store's inverse). */
+static double opt_load(int type, const void *field, size_t size)
+{
+    if (type == SM_OPT_FLOAT)
+        return *(const double *)field;
+    if (type == SM_OPT_MB)
+        return (double)(*(const uint64_t *)field / ONE_MB);
+    if (type == SM_OPT_NOT)
+        return *(const int *)field == 0;
+    if (size == sizeof(uint64_t))
+        return (double)*(const uint64_t *)field;
+    if (type == SM_OPT_SIZE)
+        return (double)*(const uint32_t *)field; /* item_size_max is unsigned */
+    return (double)*(const int *)field;
+}
+
+static bool opt_is_text(int type)
+{
+    return type == SM_OPT_STR || type == SM_OPT_LISTEN || type == SM_OPT_HOSTPORT || type == SM_OPT_LIST;
+}
+
+/* Set one field to its default. */
+static void opt_default(int type, const char *def, void *field, size_t size)
+{
+    if (!field)
+        return;
+    double v;
+    if (opt_is_text(type))
+        snprintf(field, size, "%s", def);
+    else if (opt_number(type, def, &v) == 0)
+        opt_store(type, field, size, v);
+    /* a default that does not parse is caught by tests/test_options.py */
+}
+
+/* "-p/--port", "--backend" or "-o hashpower": how a message names an option. */
+static void opt_name(char *buf, size_t len, const char *key, int flag, int scope)
+{
+    if (scope == SM_OPT_EXTENDED) {
+        snprintf(buf, len, "-o %s", key);
+        return;
+    }
+    size_t n = 0;
+    if (flag)
+        n = (size_t)snprintf(buf, len, "-%c/", flag);
+    n += (size_t)snprintf(buf + n, n < len ? len - n : 0, "--%s", key);
+    for (char *c = buf; *c; c++)
+        if (*c == '_')
+            *c = '-';
+}
+
+/* Check one field against its row's limits; -1 + err when outside. */
+static int opt_check(const char *key, int flag, int scope, int type, double lo, double hi, const void *field,
+                     size_t size, char *err, size_t errlen)
+{
+    if (!field || opt_is_text(type))
+        return 0;
+    double v = opt_load(type, field, size);
+    bool ok = type == SM_OPT_FLOAT ? v > lo && v <= hi : v >= lo && v <= hi;
+    if (ok)
+        return 0;
+    char name[64];
+    opt_name(name, sizeof(name), key, flag, scope);
+    if (type == SM_OPT_FLOAT)
+        snprintf(err, errlen, "%s: must be greater than %g, got %g", name, lo, v);
+    else if (isinf(hi))
+        snprintf(err, errlen, "%s: must be at least %.0f, got %.0f", name, lo, v);
+    else
+        snprintf(err, errlen, "%s: must be between %.0f and %.0f, got %.0f", name, lo, hi, v);
+    return -1;
+}
+
+/* The table's rows, for sm_option_info. */
+#define FIELD(f) #f
+#define NOFIELD ""
+#define SM_X(key, field, type, def, lo, hi, flag, metavar, scope, live, help) \
+    {#key, field, SM_OPT_##type, def, lo, hi, flag, metavar, SM_OPT_##scope, live, help},
+static const struct sm_option_info option_rows[] = {SM_OPTIONS(SM_X)};
+#undef SM_X
+#undef FIELD
+#undef NOFIELD
+
+int sm_option_count(void)
+{
+    return (int)(sizeof(option_rows) / sizeof(option_rows[0]));
+}
+
+int sm_option_info(int i, struct sm_option_info *out)
+{
+    if (i < 0 || i >= sm_option_count())
+        return -1;
+    *out = option_rows[i];
+    return 0;
+}
+
+void sm_settings_derive(struct sm_settings *s)
+{
+    if (s->slab_page_size < s->item_size_max)
+        s->slab_page_size = s->item_size_max;
+    if (s->slab_page_size < ONE_MB)
+        s->slab_page_size = ONE_MB;
+}
+
 void sm_settings_init(struct sm_settings *s)
 {
     memset(s, 0, sizeof(*s));
-    s->port = 11211;
-    snprintf(s->listen, sizeof(s->listen), "127.0.0.1");
-    s->maxbytes = 64ull * ONE_MB;
-    s->maxconns = 1024;
-    s->num_threads = 4;
-    s->item_size_max = ONE_MB;
-    s->factor = 1.25;
-    s->chunk_size = 48;
-    s->slab_page_size = ONE_MB;
-    s->use_cas = 1;
-    s->verbose = 0;
-    s->shutdown_enabled = 0;
-    s->backlog = 1024;
-    s->reqs_per_event = 20;
-    s->hashpower_init = 16;
-    s->lru_segmented = 0; /* -o lru_segmented is accepted, but the cache has one LRU per class */
-    s->backend = SM_BACKEND_AUTO;
-    s->uring_entries = 256;
-    s->uring_bufs = 1024;
-    s->uring_buf_size = 4096;
-    s->uring_zc_threshold = 0;
-    s->uring_sqpoll = 0;
-    s->uring_batch_usec = 500;
-    s->tcp_nodelay = 1;
-    s->idle_timeout = 0;
+#define FIELD(f) &s->f, sizeof(s->f)
+#define NOFIELD NULL, 0
+#define SM_X(key, field, type, def, lo, hi, flag, metavar, scope, live, help) opt_default(SM_OPT_##type, def, field);
+    SM_OPTIONS(SM_X)
+#undef SM_X
+#undef FIELD
+#undef NOFIELD
+    sm_settings_derive(s);
 }
 
 int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
 {
-#define FAIL(...)                            \
-    do {                                     \
-        snprintf(err, errlen, __VA_ARGS__); \
-        return -1;                           \
-    } while (0)
-    if (s->port < 0 || s->port > 65535)
-        FAIL("port must be between 0 and 65535");
-    if (s->listen[0] == '\0')
-        FAIL("no listen address");
-    if (s->maxbytes < ONE_MB)
-        FAIL("memory limit must be at least 1 megabyte");
-    if (s->maxconns < 1)
-        FAIL("connection limit must be at least 1");
-    if (s->num_threads < 1 || s->num_threads > 256)
-        FAIL("number of threads must be between 1 and 256");
-    if (s->item_size_max < 1024)
-        FAIL("Item max size cannot be less than 1024 bytes.");
-    if (s->item_size_max > 1024u * ONE_MB)
-        FAIL("Cannot set item size limit higher than 1 gigabyte.");
-    if ((uint64_t)s->item_size_max > s->maxbytes / 2)
-        FAIL("Cannot set item size limit higher than 1/2 of memory max.");
-    if (!(s->factor > 1.0))
-        FAIL("Factor must be greater than 1");
-    if (s->chunk_size < 1)
-        FAIL("Chunk size must be greater than 0");
-    if (s->backlog < 1)
-        FAIL("listen backlog must be at least 1");
-    if (s->reqs_per_event < 1)
-        FAIL("Number of requests per event must be greater than 0");
-    if (s->hashpower_init < 12 || s->hashpower_init > 32)
-        FAIL("Initial hashtable multiplier of %d is out of range (12..32)", s->hashpower_init);
-    if (s->backend < SM_BACKEND_AUTO || s->backend > SM_BACKEND_STACKMAP)
-        FAIL("unknown backend %d", s->backend);
-    if (!sm_backend_built(s->backend))
-        FAIL("--backend uring: %s", SM_URING_ABSENT); /* the only optional one */
-    if (s->idle_timeout < 0)
-        FAIL("idle_timeout must not be negative");
+#define FIELD(f) &s->f, sizeof(s->f)
+#define NOFIELD NULL, 0
+#define SM_X(key, field, type, def, lo, hi, flag, metavar, scope, live, help)                           \
+    if (opt_check(#key, flag, SM_OPT_##scope, SM_OPT_##type, lo, hi, field, err, errlen) < 0) \
+        return -1;
+    SM_OPTIONS(SM_X)
+#undef SM_X
+#undef FIELD
+#undef NOFIELD
+    /* rules that involve more than one field, or the build */
+    if (s->listen[0] == '\0') {
+        snprintf(err, errlen, "-l/--listen: no listen address");
+        return -1;
+    }
+    if ((uint64_t)s->item_size_max > s->maxbytes / 2) {
+        snprintf(err, errlen, "-I/--max-item-size (%u bytes) cannot be larger than half of -m/--memory-limit",
+                 s->item_size_max);
+        return -1;
+    }
+    if (!sm_backend_built(s->backend)) {
+        snprintf(err, errlen, "--backend uring: %s", SM_URING_ABSENT); /* the only optional one */
+        return -1;
+    }
     return 0;
-#undef FAIL
 }
 
 void engine_log_write(struct sm_engine *e, const char *fmt, ...)
@@ -125,10 +259,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
     }
     sm_lat_clock_init(); /* before any worker reads it */
     e->settings = *s;
-    if (e->settings.slab_page_size < e->settings.item_size_max)
-        e->settings.slab_page_size = e->settings.item_size_max;
-    if (e->settings.slab_page_size < ONE_MB)
-        e->settings.slab_page_size = ONE_MB;
+    sm_settings_derive(&e->settings);
     atomic_init(&e->verbose, s->verbose);
     pthread_mutex_init(&e->wait_lock, NULL);
     pthread_cond_init(&e->wait_cond, NULL);

@@ -43,8 +43,10 @@ enum sm_worker_state {
 };
 
 /*
- * Every engine option, with memcached's meaning.  Defaults come from
- * sm_settings_init(); the control plane overrides what the user gave.
+ * Every engine option, with memcached's meaning.  The options, their
+ * defaults and limits are the rows of options.h (sm_option_info below):
+ * sm_settings_init() fills the defaults, sm_settings_check() the limits;
+ * the control plane overrides what the user gave.
  */
 struct sm_settings {
     int port;                   /* TCP port (-p), 11211 */
@@ -55,7 +57,7 @@ struct sm_settings {
     uint32_t item_size_max;     /* largest item in bytes (-I) */
     double factor;              /* slab chunk growth factor (-f) */
     uint32_t chunk_size;        /* key+value+flags space of the smallest chunk (-n) */
-    uint32_t slab_page_size;    /* bytes per slab page (-o slab_page_size) */
+    uint32_t slab_page_size;    /* bytes per slab page: no option, see sm_settings_derive */
     int use_cas;                /* 0 when -C disables CAS */
     int verbose;                /* -v count: 0 quiet, 1 errors, 2 commands, 3 internals */
     int shutdown_enabled;       /* -A: allow the "shutdown" command */
@@ -76,11 +78,64 @@ struct sm_settings {
 
 typedef struct sm_engine sm_engine;
 
-/* Fill `s` with memcached 1.6's defaults. */
+/* Fill `s` with memcached 1.6's defaults (the option table's default column). */
 void sm_settings_init(struct sm_settings *s);
 
-/* Check `s`; on error write a one-line reason into err and return -1. */
+/* Check `s` against the option table's limits and the rules that involve
+ * several options; on error write a one-line reason into err and return -1. */
 int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen);
+
+/* Set what follows from the options: slab pages of at least 1 MiB and at
+ * least -I (an item never spans pages).  sm_engine_create calls it. */
+void sm_settings_derive(struct sm_settings *s);
+
+/* ---- the option table (options.h): every option a user can give ---- */
+
+/* How an option's value is written (see options.h). */
+enum sm_option_type {
+    SM_OPT_INT = 0,       /* an integer */
+    SM_OPT_MB = 1,        /* megabytes given, bytes stored */
+    SM_OPT_SIZE = 2,      /* bytes, with k/m suffixes */
+    SM_OPT_FLOAT = 3,     /* a number greater than lo */
+    SM_OPT_BOOL = 4,      /* a switch: on/off, 1/0, yes/no, true/false */
+    SM_OPT_NOT = 5,       /* a switch that clears its field (-C clears use_cas) */
+    SM_OPT_COUNT = 6,     /* a repeated flag (-vvv) */
+    SM_OPT_STR = 7,       /* text (a token, a path) */
+    SM_OPT_LISTEN = 8,    /* comma-separated addresses */
+    SM_OPT_BACKEND = 9,   /* a backend name (sm_backend_name) */
+    SM_OPT_HOSTPORT = 10, /* HOST:PORT, or off */
+    SM_OPT_LIST = 11      /* -o's comma-separated key[=value] list */
+};
+
+/* Where an option belongs. */
+enum sm_option_scope {
+    SM_OPT_ENGINE = 0,    /* a command-line flag and config key */
+    SM_OPT_EXTENDED = 1,  /* an -o key ([extended] in the config file) */
+    SM_OPT_CONTROL = 2,   /* the control plane's own flag and config key */
+    SM_OPT_REFUSED = 3    /* an -o key memcached has and stackmapd refuses (help says why) */
+};
+
+/* One row of the option table. */
+struct sm_option_info {
+    const char *key;      /* --key (with '-' for '_'), TOML key, STACKMAP_<KEY>; -o key for EXTENDED */
+    const char *field;    /* struct sm_settings field it sets, "" for none */
+    int type;             /* enum sm_option_type */
+    const char *def;      /* default as a user writes it, "" for none */
+    double lo;            /* smallest value (FLOAT: the value must exceed it) */
+    double hi;            /* largest value; infinity for no limit */
+    int flag;             /* memcached's one-letter flag, 0 for none */
+    const char *metavar;  /* placeholder for the value in --help, "" for a switch */
+    int scope;            /* enum sm_option_scope */
+    int live;             /* 1: a reload applies it to a running server */
+    const char *help;     /* one line */
+};
+
+/* Rows in the option table, and row i (0 <= i < count) into out: 0, or -1 for a bad i. */
+int sm_option_count(void);
+int sm_option_info(int i, struct sm_option_info *out);
+
+/* The name of enum sm_backend_kind `kind` ("auto", "epoll", ...), NULL past the last. */
+const char *sm_backend_name(int kind);
 
 /* Create an engine (cache allocated, nothing bound yet). NULL + err on failure. */
 sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errlen);
@@ -128,6 +183,33 @@ long sm_engine_stats_text(sm_engine *e, const char *group, char *buf, size_t buf
 /* Change settings that may change live; 0 or -1 + err. */
 int sm_engine_set_memlimit(sm_engine *e, uint64_t maxbytes, char *err, size_t errlen);
 void sm_engine_set_verbosity(sm_engine *e, int level);
+
+/* ---- the stats table (stats_table.h): what every "stats" name is ---- */
+
+/* What a stat measures. */
+enum sm_metric_kind {
+    SM_METRIC_COUNTER = 0,  /* only grows (until "stats reset") */
+    SM_METRIC_GAUGE = 1,    /* a current level */
+    SM_METRIC_INFO = 2,     /* text, not a number (version, backend) */
+    SM_METRIC_SETTING = 3   /* "stats settings": configuration, not a measurement */
+};
+
+/* One row of the stats table. */
+struct sm_metric_info {
+    const char *group;   /* "stats" group: "" general, "settings", "items", "slabs" */
+    int per_class;       /* 1: printed once per slab class ("items:N:name", "N:name") */
+    const char *name;    /* the name "stats" prints (per class: the part after the class) */
+    int kind;            /* enum sm_metric_kind */
+    const char *unit;    /* "" or the unit of the value ("seconds", "bytes", ...) */
+    const char *metric;  /* Prometheus family it is exposed as ("" for none) */
+    const char *labels;  /* "" or "k=v,k=v" within the family; INFO: the label carrying the text */
+    const char *help;    /* one line */
+    const char *option;  /* settings: the option (sm_option_info key) it shows, "" for none */
+};
+
+/* Rows in the stats table, and row i (0 <= i < count) into out: 0, or -1 for a bad i. */
+int sm_metric_count(void);
+int sm_metric_info(int i, struct sm_metric_info *out);
 
 /* Number of this library's version string, e.g. "1.6.18-stackmapd". */
 const char *sm_version(void);

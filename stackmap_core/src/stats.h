@@ -1,11 +1,11 @@
 /*
- * stats.h -- every per-thread counter declared once.
+ * stats.h -- the storage of every per-thread counter.
  *
- * The tables below (X-macros, after Pelikan's cc_metric.h) generate the
- * per-thread counter structs and the names used by the "stats" command, so a
- * counter is added in exactly one place.  The names are memcached 1.6's
- * thread-stat names; the "stats" printer maps a few of them to their public
- * names (get_cmds -> cmd_get, ...) exactly as memcached does.
+ * The lists below (X-macros, after Pelikan's cc_metric.h) generate the
+ * per-thread counter structs and their sums.  They are storage: what "stats"
+ * prints, under which public name (get_cmds -> cmd_get, as memcached does),
+ * with which kind, help and Prometheus series, is stats_table.h's, whose
+ * value column reads these fields.
  *
  * Counters are written only by the thread that owns them, with relaxed
  * atomic load+store (a plain increment on x86, no locked instruction), and

@@ -16,17 +16,17 @@
  *  - "libevent" (memcached prints libevent's version) carries the name of
  *    the ring backend in use ("epoll", "uring", ...), so tools that show it
  *    show something meaningful;
- *  - memcached names we have no true value for (connection_structures,
- *    response_obj_count, read_buf_*, reserved_fds, slab mover and LRU
- *    crawler counters, logger counters ...) are left out rather than faked;
+ *  - memcached names we have no true value for (response_obj_count,
+ *    read_buf_count, logger and NAPI counters ...) are left out rather than
+ *    faked; those of machinery we lack (slab mover, LRU crawler) print 0;
  *    over -c a connection is refused and counted in rejected_connections
  *    (memcached's maxconns_fast behaviour); "listen_disabled_num" and
  *    "time_in_listen_disabled_us" count the pauses a worker's accepting
  *    takes when the process is out of descriptors (EMFILE), as memcached
  *    disables its listeners then;
- *  - the cache's general stats (cache_stats_general) are placed where
- *    memcached prints them; names it emits that memcached does not print in
- *    "stats" follow, then our own counters (syscalls, uring_*, backend).
+ *  - the general group is stats_table.h's SM_STATS_GENERAL, printed row by
+ *    row; the cache's general stats (cache_stats_general) are captured
+ *    first and each printed at its row, which is where memcached prints it.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -37,6 +37,7 @@
 
 #include "engine_internal.h"
 #include "io/backend.h"
+#include "stats_table.h"
 
 /* Guards every engine's stats baselines (reads and "stats reset"). */
 static pthread_mutex_t stats_base_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -126,38 +127,22 @@ static void capture_add(sm_stat_sink *sink, const char *name, const char *value)
     cap->n++;
 }
 
-/* Print the captured pair called name, if the cache gave one. */
-static void capture_emit(struct capture *cap, const char *name, sm_stat_sink *sink)
+/* The captured value of the stat called name (marking it printed), or NULL if the cache gave none. */
+static const char *capture_take(struct capture *cap, const char *name)
 {
     for (int i = 0; i < cap->n; i++) {
         if (!cap->e[i].used && strcmp(cap->e[i].name, name) == 0) {
-            sink->add(sink, name, cap->e[i].value);
             cap->e[i].used = true;
-            return;
+            return cap->e[i].value;
         }
     }
+    return NULL;
 }
-
-/* memcached 1.6.18's "stats" names after conn_yields, in its order. */
-static const char *const cache_general_order[] = {
-    "hash_power_level", "hash_bytes", "hash_is_expanding", "slab_reassign_rescues",
-    "slab_reassign_chunk_rescues", "slab_reassign_evictions_nomem", "slab_reassign_inline_reclaim",
-    "slab_reassign_busy_items", "slab_reassign_busy_deletes", "slab_reassign_running", "slabs_moved",
-    "lru_crawler_running", "lru_crawler_starts", "lru_maintainer_juggles", "malloc_fails",
-    "log_worker_dropped", "log_worker_written", "log_watcher_skipped", "log_watcher_sent",
-    "log_watchers", "unexpected_napi_ids", "round_robin_fallback", "bytes", "curr_items",
-    "total_items", "slab_global_page_pool", "expired_unfetched", "evicted_unfetched",
-    "evicted_active", "evictions", "reclaimed", "crawler_reclaimed", "crawler_items_checked",
-    "lrutail_reflocked", "moves_to_cold", "moves_to_warm", "moves_within_lru", "direct_reclaims",
-    "lru_bumps_dropped",
-};
 
 static const char *backend_name(struct sm_engine *e)
 {
     return e->ops ? e->ops->name : "none";
 }
-
-#define U64(name, v) sm_stat_addf(sink, name, "%llu", (unsigned long long)(v))
 
 /* Listening sockets across all workers. */
 static int listener_count(struct sm_engine *e)
@@ -168,6 +153,16 @@ static int listener_count(struct sm_engine *e)
     return n;
 }
 
+/* The value column's formatters (stats_table.h): each yields the text to print, or NULL to print nothing. */
+#define V_U64(x) (snprintf(val, sizeof(val), "%llu", (unsigned long long)(x)), (const char *)val)
+#define V_INT(x) (snprintf(val, sizeof(val), "%lld", (long long)(x)), (const char *)val)
+#define V_F2(x) (snprintf(val, sizeof(val), "%.2f", (double)(x)), (const char *)val)
+#define V_TV(tv) (snprintf(val, sizeof(val), "%ld.%06ld", (long)(tv).tv_sec, (long)(tv).tv_usec), (const char *)val)
+#define V_STR(x) ((const char *)(x))
+#define V_CACHE capture_take(&cap, stat)
+#define V_IF(cond, v) ((cond) ? (v) : (const char *)NULL)
+
+/* "stats": SM_STATS_GENERAL's rows in order, each value from its value column. */
 static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
 {
     struct sm_stats_sum s;
@@ -178,148 +173,44 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     getrusage(RUSAGE_SELF, &ru);
     time_t now = time(NULL);
     int64_t started = e->started ? e->started : (int64_t)now;
-
-    sm_stat_addf(sink, "pid", "%ld", (long)getpid());
-    sm_stat_addf(sink, "uptime", "%lld", (long long)((int64_t)now - started));
-    sm_stat_addf(sink, "time", "%lld", (long long)now);
-    sink->add(sink, "version", sm_version());
-    sink->add(sink, "libevent", backend_name(e));
-    sm_stat_addf(sink, "pointer_size", "%d", (int)(8 * sizeof(void *)));
-    sm_stat_addf(sink, "rusage_user", "%ld.%06ld", (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
-    sm_stat_addf(sink, "rusage_system", "%ld.%06ld", (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec);
-    /* -c changes live (sm_engine_set_maxconns): read it as it is written */
-    sm_stat_addf(sink, "max_connections", "%d", __atomic_load_n(&e->settings.maxconns, __ATOMIC_RELAXED));
-    sm_stat_addf(sink, "curr_connections", "%d", atomic_load(&e->curr_conns));
-    U64("total_connections", total_conns);
-    U64("rejected_connections", rejected_conns);
-    /* conn structures in use: clients plus every worker's listening sockets */
-    sm_stat_addf(sink, "connection_structures", "%d", atomic_load(&e->curr_conns) + listener_count(e));
-    U64("response_obj_oom", s.response_obj_oom);
-    U64("read_buf_oom", s.read_buf_oom);
-    /* fds the server keeps for itself: listeners plus one event fd (epoll/ring) per worker */
-    sm_stat_addf(sink, "reserved_fds", "%d", listener_count(e) + e->settings.num_threads);
-    U64("cmd_get", s.get_cmds);
-    U64("cmd_set", s.slab_set_cmds);
-    U64("cmd_flush", s.flush_cmds);
-    U64("cmd_touch", s.touch_cmds);
-    U64("cmd_meta", s.meta_cmds);
-    U64("get_hits", s.slab_get_hits);
-    U64("get_misses", s.get_misses);
-    U64("get_expired", s.get_expired);
-    U64("get_flushed", s.get_flushed);
-    U64("delete_misses", s.delete_misses);
-    U64("delete_hits", s.slab_delete_hits);
-    U64("incr_misses", s.incr_misses);
-    U64("incr_hits", s.slab_incr_hits);
-    U64("decr_misses", s.decr_misses);
-    U64("decr_hits", s.slab_decr_hits);
-    U64("cas_misses", s.cas_misses);
-    U64("cas_hits", s.slab_cas_hits);
-    U64("cas_badval", s.slab_cas_badval);
-    U64("touch_hits", s.slab_touch_hits);
-    U64("touch_misses", s.touch_misses);
-    U64("store_too_large", s.store_too_large);
-    U64("store_no_memory", s.store_no_memory);
-    U64("auth_cmds", s.auth_cmds);
-    U64("auth_errors", s.auth_errors);
-    if (e->settings.idle_timeout)
-        U64("idle_kicks", s.idle_kicks);
-    U64("bytes_read", s.bytes_read);
-    U64("bytes_written", s.bytes_written);
-    U64("limit_maxbytes", cache_memlimit(e->cache));
-    sm_stat_addf(sink, "accepting_conns", "%d", atomic_load(&e->accepting) ? 1 : 0);
-    U64("listen_disabled_num", s.listen_disabled_num);
-    U64("time_in_listen_disabled_us", s.listen_disabled_ns / 1000);
-    sm_stat_addf(sink, "threads", "%d", e->settings.num_threads);
-    U64("conn_yields", s.conn_yields);
-
+    /* the cache's stats, captured so that each is printed at its row */
     struct capture cap = {.n = 0, .out = sink};
     sm_stat_sink csink = {.add = capture_add, .ctx = &cap};
     cache_stats_general(e->cache, &csink);
-    for (size_t i = 0; i < sizeof(cache_general_order) / sizeof(cache_general_order[0]); i++)
-        capture_emit(&cap, cache_general_order[i], sink);
+    char val[64];
+
+#define SM_X(name, kind, unit, metric, labels, help, value) \
+    {                                                     \
+        const char *stat = #name;                         \
+        const char *v = value;                            \
+        if (v)                                            \
+            sink->add(sink, stat, v);                     \
+    }
+    SM_STATS_GENERAL(SM_X)
+#undef SM_X
+    /* a name the cache emits without a row still reaches the client (a test flags it) */
     for (int i = 0; i < cap.n; i++)
         if (!cap.e[i].used)
             sink->add(sink, cap.e[i].name, cap.e[i].value);
-
-    /* Our own counters; memcached clients ignore names they do not know. */
-    U64("syscalls", s.syscalls);
-    U64("uring_submits", s.uring_submits);
-    U64("uring_cqes", s.uring_cqes);
-    U64("uring_buf_ring_empty", s.uring_buf_ring_empty);
-    U64("uring_send_zc", s.uring_send_zc);
-    U64("uring_batch_waits", s.uring_batch_waits);
-    U64("uring_batch_timeouts", s.uring_batch_timeouts);
-    U64("uring_batch_rests", s.uring_batch_rests);
-    /* a gauge: receive buffers the rings keep published now (see top_up_bufs) */
-    U64("uring_bufs_published", s.uring_bufs_published);
-    /* completions per io_uring_enter: how much one syscall carries */
-    sm_stat_addf(sink, "uring_batch_avg", "%.2f",
-                 s.uring_submits ? (double)s.uring_cqes / (double)s.uring_submits : 0.0);
-    U64("stackmap_syncs", s.stackmap_syncs);
-    U64("stackmap_rx_slots", s.stackmap_rx_slots);
-    U64("stackmap_tx_slots", s.stackmap_tx_slots);
-    U64("stackmap_bad_slots", s.stackmap_bad_slots);
-    sm_stat_addf(sink, "stackmap_slots_per_sync", "%.2f",
-                 s.stackmap_syncs ? (double)(s.stackmap_rx_slots + s.stackmap_tx_slots) / (double)s.stackmap_syncs
-                                  : 0.0);
-    sink->add(sink, "backend", backend_name(e));
 }
 
+/* "stats settings": SM_STATS_SETTINGS's rows in order. */
 static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
 {
     const struct sm_settings *st = &e->settings;
-    U64("maxbytes", cache_memlimit(e->cache));
-    sm_stat_addf(sink, "maxconns", "%d", __atomic_load_n(&st->maxconns, __ATOMIC_RELAXED)); /* changes live */
-    sm_stat_addf(sink, "tcpport", "%d", st->port);
-    sink->add(sink, "udpport", "0"); /* no UDP listener, ever */
-    sink->add(sink, "inter", st->listen[0] ? st->listen : "NULL");
-    sm_stat_addf(sink, "verbosity", "%d", atomic_load(&e->verbose));
-    sink->add(sink, "evictions", "on"); /* the cache always evicts when full (no -M) */
-    sink->add(sink, "domain_socket", "NULL");
-    sink->add(sink, "shutdown_command", st->shutdown_enabled ? "yes" : "no");
-    sm_stat_addf(sink, "growth_factor", "%.2f", st->factor);
-    sm_stat_addf(sink, "chunk_size", "%u", st->chunk_size);
-    sm_stat_addf(sink, "num_threads", "%d", st->num_threads);
-    sink->add(sink, "detail_enabled", "no");
-    sm_stat_addf(sink, "reqs_per_event", "%d", st->reqs_per_event);
-    sink->add(sink, "cas_enabled", st->use_cas ? "yes" : "no");
-    sm_stat_addf(sink, "tcp_backlog", "%d", st->backlog);
-    sink->add(sink, "binding_protocol", "ascii"); /* text and meta; no binary protocol */
-    sink->add(sink, "auth_enabled_sasl", "no");
-    sink->add(sink, "auth_enabled_ascii", "no");
-    sm_stat_addf(sink, "item_size_max", "%u", st->item_size_max);
-    sink->add(sink, "maxconns_fast", "yes");
-    sm_stat_addf(sink, "hashpower_init", "%d", st->hashpower_init);
-    /* Machinery memcached has and we do not: printed with the value that is
-     * true for us (off), so tools reading these settings see the truth. */
-    sink->add(sink, "slab_reassign", "no");
-    sink->add(sink, "slab_automove", "0");
-    sm_stat_addf(sink, "slab_chunk_max", "%u", st->slab_page_size); /* items are never chunked */
-    sink->add(sink, "lru_crawler", "no");
-    sink->add(sink, "tail_repair_time", "0");
-    sink->add(sink, "flush_enabled", "yes");
-    sink->add(sink, "dump_enabled", "no");
-    sink->add(sink, "hash_algorithm", "murmur3");
-    sink->add(sink, "lru_maintainer_thread", "no");
-    sink->add(sink, "lru_segmented", "no"); /* one LRU per slab class, whatever -o says */
-    sink->add(sink, "temp_lru", "no");
-    sm_stat_addf(sink, "idle_timeout", "%d", st->idle_timeout);
-    sink->add(sink, "track_sizes", "no");
-    sink->add(sink, "inline_ascii_response", "no");
-    /* ours */
-    sm_stat_addf(sink, "slab_page_size", "%u", st->slab_page_size);
-    sink->add(sink, "backend", backend_name(e));
-    sm_stat_addf(sink, "uring_entries", "%d", st->uring_entries);
-    sm_stat_addf(sink, "uring_bufs", "%d", st->uring_bufs);
-    sm_stat_addf(sink, "uring_buf_size", "%d", st->uring_buf_size);
-    sm_stat_addf(sink, "uring_zc_threshold", "%d", st->uring_zc_threshold);
-    sink->add(sink, "uring_sqpoll", st->uring_sqpoll ? "yes" : "no");
-    sm_stat_addf(sink, "uring_batch_usec", "%d", st->uring_batch_usec);
-    sink->add(sink, "tcp_nodelay", st->tcp_nodelay ? "yes" : "no");
+    char val[64];
+#define SM_X(name, option, help, value) sink->add(sink, #name, value);
+    SM_STATS_SETTINGS(SM_X)
+#undef SM_X
 }
 
-#undef U64
+#undef V_U64
+#undef V_INT
+#undef V_F2
+#undef V_TV
+#undef V_STR
+#undef V_CACHE
+#undef V_IF
 
 int engine_stats_group(struct sm_engine *e, const char *group, sm_stat_sink *sink)
 {

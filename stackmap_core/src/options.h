@@ -1,0 +1,117 @@
+/*
+ * options.h -- every stackmapd option, declared once.
+ *
+ * One row per option a user can give, on the command line, in the TOML
+ * config file or in the environment: the engine's (struct sm_settings
+ * fields), memcached's extended "-o key=value" ones, and the control
+ * plane's own (HTTP listener, admin token, snapshots), which have no field
+ * here but are checked and documented the same way.  From these rows:
+ *  - sm_settings_init (engine.c) sets every field to its default, parsed
+ *    from the default column, and sm_settings_check checks every field
+ *    against its limits;
+ *  - sm_option_count()/sm_option_info() (engine.c, engine.h) hand the rows
+ *    to the control plane: stackmapd/settings.py builds its option table
+ *    (argparse flags, TOML keys, STACKMAP_* environment names, parsers and
+ *    ranges, what reloads live) from them, and stackmapd/docs.py writes
+ *    the README's flag tables from that.
+ *
+ * Columns: X(key, field, type, default, lo, hi, flag, metavar, scope, live, help)
+ *   key      long flag --key (with '-' for '_'), TOML key, environment
+ *            variable STACKMAP_<KEY>; for scope EXTENDED the -o key, which
+ *            is in the config file's [extended] table;
+ *   field    FIELD(name) of struct sm_settings it sets, or NOFIELD;
+ *   type     how the value is written and parsed (enum sm_option_type):
+ *            INT, MB (megabytes given, bytes stored), SIZE (bytes, k/m
+ *            suffixes), FLOAT (greater than lo: the one growth factor),
+ *            BOOL, NOT (a switch that clears its field: -C), COUNT (-vvv),
+ *            STR, LISTEN (address list), BACKEND (a backend name),
+ *            HOSTPORT (HOST:PORT or off), LIST (-o's key[=value] list);
+ *   default  the default as a user would write it ("" for none);
+ *   lo, hi   inclusive limits of the value as given (INFINITY: none);
+ *   flag     memcached's one-letter flag, or 0;
+ *   metavar  the value's placeholder in --help ("" for a switch);
+ *   scope    ENGINE (a flag and key), EXTENDED (an -o key), CONTROL (the
+ *            control plane's own), REFUSED (an -o key memcached has that
+ *            stackmapd refuses; help says why);
+ *   live     1 when SIGHUP / stackmapctl reload applies it to a running
+ *            server, 0 when it needs a restart;
+ *   help     one line, for --help and the README.
+ *
+ * struct sm_settings (engine.h) keeps one field the table does not set:
+ * slab_page_size, derived from -I by sm_settings_derive.
+ */
+#ifndef SM_OPTIONS_H
+#define SM_OPTIONS_H
+
+#include <math.h>
+
+#define SM_OPTIONS(X)                                                                                                  \
+    X(port, FIELD(port), INT, "11211", 0, 65535, 'p', "NUM", ENGINE, 0, "TCP port to listen on")                       \
+    X(listen, FIELD(listen), LISTEN, "127.0.0.1", 0, 0, 'l', "ADDR", ENGINE, 0,                                        \
+      "interfaces to listen on, comma-separated (host, IPv4 or IPv6 address)")                                         \
+    X(memory_limit, FIELD(maxbytes), MB, "64", 1, 1099511627776.0, 'm', "MB", ENGINE, 1,                               \
+      "item memory in megabytes")                                                                                      \
+    X(conn_limit, FIELD(maxconns), INT, "1024", 1, 1048576, 'c', "NUM", ENGINE, 1, "max simultaneous connections")     \
+    X(threads, FIELD(num_threads), INT, "4", 1, 256, 't', "NUM", ENGINE, 0,                                            \
+      "number of worker threads (one event loop each)")                                                                \
+    X(max_item_size, FIELD(item_size_max), SIZE, "1m", 1024, 1073741824, 'I', "SIZE", ENGINE, 0,                       \
+      "largest item (key + value + overhead); k/m suffixes; at most half of -m")                                       \
+    X(slab_growth_factor, FIELD(factor), FLOAT, "1.25", 1, INFINITY, 'f', "FACTOR", ENGINE, 0,                         \
+      "chunk size growth factor between slab classes")                                                                 \
+    X(slab_min_size, FIELD(chunk_size), INT, "48", 1, 1048576, 'n', "BYTES", ENGINE, 0,                                \
+      "minimum space for key + value + flags in the smallest chunk")                                                   \
+    X(disable_cas, FIELD(use_cas), NOT, "off", 0, 1, 'C', "", ENGINE, 0,                                               \
+      "disable CAS unique ids (saves 8 bytes per item)")                                                               \
+    X(verbose, FIELD(verbose), COUNT, "0", 0, 3, 'v', "", ENGINE, 1,                                                   \
+      "verbosity: -v errors and warnings, -vv also commands, -vvv internals")                                          \
+    X(enable_shutdown, FIELD(shutdown_enabled), BOOL, "off", 0, 1, 'A', "", ENGINE, 0,                                 \
+      "allow clients to stop the server with \"shutdown\"")                                                            \
+    X(udp_port, NOFIELD, INT, "0", 0, 0, 'U', "0", ENGINE, 0,                                                          \
+      "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
+    X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
+    X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
+      "accepted for compatibility; a connection's turn is bounded by its output queue (4 MiB) instead")                \
+    X(extended, NOFIELD, LIST, "", 0, 0, 'o', "OPTS", ENGINE, 0,                                                       \
+      "extended options, comma-separated key[=value] (listed below)")                                                  \
+    X(backend, FIELD(backend), BACKEND, "auto", 0, 3, 0, "NAME", ENGINE, 0,                                            \
+      "I/O backend: auto, epoll, uring or stackmap; auto tries stackmap, then uring, then epoll, and takes "           \
+      "the first that starts on every worker (logging once why it passed over one that exists but failed)")            \
+    X(metrics_listen, NOFIELD, HOSTPORT, "127.0.0.1:9150", 0, 0, 0, "HOST:PORT", CONTROL, 1,                           \
+      "HTTP address of /metrics, /healthz, /readyz and the admin API; off to disable")                                 \
+    X(admin_token, NOFIELD, STR, "", 0, 0, 0, "TOKEN", CONTROL, 1,                                                     \
+      "bearer token the admin API requires (required to use it beyond loopback)")                                      \
+    X(admin_token_file, NOFIELD, STR, "", 0, 0, 0, "FILE", CONTROL, 1,                                                 \
+      "read the admin bearer token from this file's first line")                                                       \
+    X(snapshot, NOFIELD, STR, "", 0, 0, 0, "FILE", CONTROL, 1,                                                         \
+      "warm restart file: loaded at start if present, saved on SIGTERM/SIGINT")                                        \
+    X(restore, NOFIELD, STR, "", 0, 0, 0, "FILE", CONTROL, 0,                                                          \
+      "load this snapshot at start (a bad file is refused: the server starts empty)")                                  \
+    X(snapshot_dir, NOFIELD, STR, "", 0, 0, 0, "DIR", CONTROL, 1,                                                      \
+      "the only directory the admin API may write snapshots to (default: --snapshot's directory)")                     \
+    X(snapshot_max_age, NOFIELD, INT, "", 1, INFINITY, 0, "SECONDS", CONTROL, 0,                                       \
+      "refuse to load a snapshot created more than this many seconds ago (start empty)")                               \
+    X(hashpower, FIELD(hashpower_init), INT, "16", 12, 32, 0, "N", EXTENDED, 0,                                        \
+      "initial hash table size, 2^N buckets")                                                                          \
+    X(lru_segmented, FIELD(lru_segmented), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                        \
+      "accepted for memcached compatibility; stackmapd keeps one LRU per slab class either way")                       \
+    X(idle_timeout, FIELD(idle_timeout), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                                 \
+      "close client connections idle this many seconds; 0 never")                                                      \
+    X(tcp_nodelay, FIELD(tcp_nodelay), BOOL, "1", 0, 1, 0, "", EXTENDED, 0, "set TCP_NODELAY on accepted sockets")     \
+    X(uring_entries, FIELD(uring_entries), INT, "256", 1, 32768, 0, "N", EXTENDED, 0,                                  \
+      "io_uring submission queue entries per worker")                                                                  \
+    X(uring_bufs, FIELD(uring_bufs), INT, "1024", 1, 32768, 0, "N", EXTENDED, 0,                                       \
+      "provided receive buffers per worker ring (at most; fewer are published while fewer are needed)")                \
+    X(uring_buf_size, FIELD(uring_buf_size), SIZE, "4096", 64, 16777216, 0, "SIZE", EXTENDED, 0,                       \
+      "bytes per provided receive buffer (k/m suffixes)")                                                              \
+    X(uring_zc_threshold, FIELD(uring_zc_threshold), SIZE, "0", 0, 2147483647, 0, "SIZE", EXTENDED, 0,                 \
+      "send zero-copy at and above this many bytes; 0 never (k/m suffixes)")                                           \
+    X(uring_sqpoll, FIELD(uring_sqpoll), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                          \
+      "kernel submission-queue polling thread")                                                                        \
+    X(uring_batch_usec, FIELD(uring_batch_usec), INT, "500", 0, 100000, 0, "N", EXTENDED, 0,                           \
+      "a loaded worker whose CPU never idles waits up to this many microseconds for a batch of requests; "             \
+      "0 never")                                                                                                       \
+    X(slab_chunk_max, NOFIELD, SIZE, "", 0, 0, 0, "SIZE", REFUSED, 0,                                                  \
+      "stackmapd never splits items into chunks: its slab pages are at least -I bytes, so there is no chunk "          \
+      "maximum to set")
+
+#endif

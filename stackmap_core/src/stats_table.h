@@ -1,0 +1,395 @@
+/*
+ * stats_table.h -- every statistic the "stats" command prints, declared once.
+ *
+ * Each row names one stat and says what it is: its kind (a counter that
+ * only grows, a gauge that goes up and down, or info: a text value), its
+ * unit, the Prometheus series /metrics exposes it as, and a one-line help.
+ * Everything else is produced from these rows:
+ *  - the general "stats" group (stats_groups.c) prints SM_STATS_GENERAL in
+ *    row order, which is memcached 1.6.18's order, taking each value from
+ *    the row's value column;
+ *  - the per-class groups ("stats items", "stats slabs") are printed by the
+ *    cache (cache/cache_stats.c), and their names are declared here;
+ *  - sm_metric_count()/sm_metric_info() (stats.c, engine.h) hand the rows
+ *    to the control plane, whose Prometheus collector (stackmapd/metrics.py)
+ *    and README generator (stackmapd/docs.py) read nothing else.
+ *
+ * Columns: X(name, kind, unit, metric, labels, help[, value]); the settings
+ * group has its own (below).
+ *   name    the stat's name as "stats" prints it (per class: after "items:N:"
+ *           or "N:");
+ *   kind    COUNTER, GAUGE or INFO (enum sm_metric_kind);
+ *   unit    "" or what one unit of the value is ("seconds", "bytes", ...);
+ *   metric  the Prometheus family; memcached's stats keep memcached_exporter's
+ *           names so dashboards work, ours are stackmap_*;
+ *   labels  "" or fixed labels "k=v,k=v" that tell the rows of one family
+ *           apart; for INFO, the one label that carries the text value;
+ *           per-class rows also get slab="<class id>";
+ *   help    one line, shown by /metrics (# HELP) and the README;
+ *   value   (general group only) how stats_groups.c computes it: V_U64,
+ *           V_INT, V_F2, V_TV, V_STR of an expression over stats_general's
+ *           locals, V_CACHE for a value the cache emits (captured, then
+ *           placed here), V_IF(cond, v) for a stat memcached prints only
+ *           sometimes.
+ *
+ * Adding a stat is adding a row: "stats", /metrics and the README follow,
+ * and tests/test_metrics_table.py fails if a printed stat has no row.
+ */
+#ifndef SM_STATS_TABLE_H
+#define SM_STATS_TABLE_H
+
+/* The general group ("stats"), in the order it is printed. */
+#define SM_STATS_GENERAL(X)                                                                                            \
+    X(pid, GAUGE, "", "stackmap_pid", "", "Process id of the server.", V_INT(getpid()))                                \
+    X(uptime, COUNTER, "seconds", "memcached_uptime_seconds", "", "Number of seconds since the server started.",       \
+      V_INT((long long)now - started))                                                                                 \
+    X(time, GAUGE, "seconds", "memcached_time_seconds", "", "Current UNIX time according to the server.",              \
+      V_INT((long long)now))                                                                                           \
+    X(version, INFO, "", "memcached_version", "version", "The version of this memcached server.",                      \
+      V_STR(sm_version()))                                                                                             \
+    X(libevent, INFO, "", "", "",                                                                                      \
+      "The I/O backend in use (memcached prints libevent's version here); exposed as stackmap_backend_info.",          \
+      V_STR(backend_name(e)))                                                                                          \
+    X(pointer_size, GAUGE, "bits", "memcached_pointer_size_bits", "", "Size of a pointer on this host.",               \
+      V_INT(8 * (int)sizeof(void *)))                                                                                  \
+    X(rusage_user, COUNTER, "seconds", "memcached_process_user_cpu_seconds_total", "",                                 \
+      "Accumulated user time for this process.", V_TV(ru.ru_utime))                                                    \
+    X(rusage_system, COUNTER, "seconds", "memcached_process_system_cpu_seconds_total", "",                             \
+      "Accumulated system time for this process.", V_TV(ru.ru_stime))                                                  \
+    X(max_connections, GAUGE, "", "memcached_max_connections", "", "Maximum number of clients allowed (-c).",          \
+      V_INT(__atomic_load_n(&e->settings.maxconns, __ATOMIC_RELAXED)))                                                 \
+    X(curr_connections, GAUGE, "", "memcached_current_connections", "", "Current number of open connections.",         \
+      V_INT(atomic_load(&e->curr_conns)))                                                                              \
+    X(total_connections, COUNTER, "", "memcached_connections_total", "",                                               \
+      "Total number of connections opened since the server started running.", V_U64(total_conns))                      \
+    X(rejected_connections, COUNTER, "", "memcached_connections_rejected_total", "",                                   \
+      "Total number of connections rejected due to hitting the -c limit in maxconns_fast mode.",                       \
+      V_U64(rejected_conns))                                                                                           \
+    X(connection_structures, GAUGE, "", "memcached_connection_structures", "",                                         \
+      "Connection structures in use: clients plus every worker's listening sockets.",                                  \
+      V_INT(atomic_load(&e->curr_conns) + listener_count(e)))                                                          \
+    X(response_obj_oom, COUNTER, "", "memcached_response_obj_oom_total", "",                                           \
+      "Responses that could not be queued for want of memory.", V_U64(s.response_obj_oom))                             \
+    X(read_buf_oom, COUNTER, "", "memcached_read_buf_oom_total", "",                                                   \
+      "Reads that could not get a buffer for want of memory.", V_U64(s.read_buf_oom))                                  \
+    X(reserved_fds, GAUGE, "", "memcached_reserved_fds", "",                                                           \
+      "Descriptors the server keeps for itself: listeners and one event fd per worker.",                               \
+      V_INT(listener_count(e) + e->settings.num_threads))                                                              \
+    X(cmd_get, COUNTER, "", "memcached_cmd_get_total", "", "Keys requested by get commands (hits and misses).",        \
+      V_U64(s.get_cmds))                                                                                               \
+    X(cmd_set, COUNTER, "", "memcached_cmd_set_total", "", "Storage commands (set, add, cas, ...) served.",            \
+      V_U64(s.slab_set_cmds))                                                                                          \
+    X(cmd_flush, COUNTER, "", "memcached_commands_total", "command=flush,status=hit", "flush_all commands.",           \
+      V_U64(s.flush_cmds))                                                                                             \
+    X(cmd_touch, COUNTER, "", "memcached_cmd_touch_total", "", "Keys touched (hits and misses).",                      \
+      V_U64(s.touch_cmds))                                                                                             \
+    X(cmd_meta, COUNTER, "", "memcached_cmd_meta_total", "", "Meta protocol commands served.", V_U64(s.meta_cmds))     \
+    X(get_hits, COUNTER, "", "memcached_commands_total", "command=get,status=hit", "Keys found by get.",               \
+      V_U64(s.slab_get_hits))                                                                                          \
+    X(get_misses, COUNTER, "", "memcached_commands_total", "command=get,status=miss", "Keys get did not find.",        \
+      V_U64(s.get_misses))                                                                                             \
+    X(get_expired, COUNTER, "", "memcached_get_expired_total", "", "Keys get found expired.",                          \
+      V_U64(s.get_expired))                                                                                            \
+    X(get_flushed, COUNTER, "", "memcached_get_flushed_total", "", "Keys get found invalidated by flush_all.",         \
+      V_U64(s.get_flushed))                                                                                            \
+    X(delete_misses, COUNTER, "", "memcached_commands_total", "command=delete,status=miss",                            \
+      "Deletes of keys that were not there.", V_U64(s.delete_misses))                                                  \
+    X(delete_hits, COUNTER, "", "memcached_commands_total", "command=delete,status=hit", "Keys deleted.",              \
+      V_U64(s.slab_delete_hits))                                                                                       \
+    X(incr_misses, COUNTER, "", "memcached_commands_total", "command=incr,status=miss",                                \
+      "incr of keys that were not there.", V_U64(s.incr_misses))                                                       \
+    X(incr_hits, COUNTER, "", "memcached_commands_total", "command=incr,status=hit", "Keys incremented.",              \
+      V_U64(s.slab_incr_hits))                                                                                         \
+    X(decr_misses, COUNTER, "", "memcached_commands_total", "command=decr,status=miss",                                \
+      "decr of keys that were not there.", V_U64(s.decr_misses))                                                       \
+    X(decr_hits, COUNTER, "", "memcached_commands_total", "command=decr,status=hit", "Keys decremented.",              \
+      V_U64(s.slab_decr_hits))                                                                                         \
+    X(cas_misses, COUNTER, "", "memcached_commands_total", "command=cas,status=miss",                                  \
+      "cas of keys that were not there.", V_U64(s.cas_misses))                                                         \
+    X(cas_hits, COUNTER, "", "memcached_commands_total", "command=cas,status=hit", "cas that stored.",                 \
+      V_U64(s.slab_cas_hits))                                                                                          \
+    X(cas_badval, COUNTER, "", "memcached_commands_total", "command=cas,status=badval",                                \
+      "cas refused because the key had changed.", V_U64(s.slab_cas_badval))                                            \
+    X(touch_hits, COUNTER, "", "memcached_commands_total", "command=touch,status=hit", "Keys touched.",                \
+      V_U64(s.slab_touch_hits))                                                                                        \
+    X(touch_misses, COUNTER, "", "memcached_commands_total", "command=touch,status=miss",                              \
+      "touch of keys that were not there.", V_U64(s.touch_misses))                                                     \
+    X(store_too_large, COUNTER, "", "memcached_item_too_large_total", "",                                              \
+      "The number of times an item exceeded the max-item-size when being stored.", V_U64(s.store_too_large))           \
+    X(store_no_memory, COUNTER, "", "memcached_item_no_memory_total", "",                                              \
+      "The number of times an item could not be stored due to no more memory.", V_U64(s.store_no_memory))              \
+    X(auth_cmds, COUNTER, "", "memcached_auth_cmds_total", "", "Authentication commands (always 0: no SASL).",         \
+      V_U64(s.auth_cmds))                                                                                              \
+    X(auth_errors, COUNTER, "", "memcached_auth_errors_total", "", "Failed authentications (always 0: no SASL).",      \
+      V_U64(s.auth_errors))                                                                                            \
+    X(idle_kicks, COUNTER, "", "memcached_idle_kicks_total", "",                                                       \
+      "Connections closed for idling past -o idle_timeout (printed only when it is set).",                             \
+      V_IF(e->settings.idle_timeout, V_U64(s.idle_kicks)))                                                             \
+    X(bytes_read, COUNTER, "bytes", "memcached_read_bytes_total", "",                                                  \
+      "Total number of bytes read by this server from network.", V_U64(s.bytes_read))                                  \
+    X(bytes_written, COUNTER, "bytes", "memcached_written_bytes_total", "",                                            \
+      "Total number of bytes sent by this server to network.", V_U64(s.bytes_written))                                 \
+    X(limit_maxbytes, GAUGE, "bytes", "memcached_limit_bytes", "",                                                     \
+      "Number of bytes this server is allowed to use for storage.", V_U64(cache_memlimit(e->cache)))                   \
+    X(accepting_conns, GAUGE, "", "memcached_accepting_connections", "",                                               \
+      "The server is currently accepting new connections.", V_INT(atomic_load(&e->accepting) ? 1 : 0))                 \
+    X(listen_disabled_num, COUNTER, "", "memcached_connections_listener_disabled_total", "",                           \
+      "Times accepting paused because the process was out of descriptors.", V_U64(s.listen_disabled_num))              \
+    X(time_in_listen_disabled_us, COUNTER, "microseconds",                                                             \
+      "memcached_time_in_listen_disabled_microseconds_total", "",                                                      \
+      "Time accepting spent paused for want of descriptors.", V_U64(s.listen_disabled_ns / 1000))                      \
+    X(threads, GAUGE, "", "memcached_threads", "", "Worker threads (-t).", V_INT(e->settings.num_threads))             \
+    X(conn_yields, COUNTER, "", "memcached_connections_yielded_total", "",                                             \
+      "Times a connection yielded to others mid-turn (memcached's -R; 0 here: a turn is bounded by the "               \
+      "output queue).",                                                                                                \
+      V_U64(s.conn_yields))                                                                                            \
+    X(hash_power_level, GAUGE, "", "memcached_hash_power_level", "",                                                   \
+      "The hash table holds 2^this buckets.", V_CACHE)                                                                 \
+    X(hash_bytes, GAUGE, "bytes", "memcached_hash_bytes", "", "Memory the hash table uses.", V_CACHE)                  \
+    X(hash_is_expanding, GAUGE, "", "memcached_hash_is_expanding", "", "1 while the hash table grows.",                \
+      V_CACHE)                                                                                                         \
+    X(slab_reassign_rescues, COUNTER, "", "memcached_slab_reassign_rescues_total", "",                                 \
+      "Items rescued by the slab page mover (always 0: there is none).", V_CACHE)                                      \
+    X(slab_reassign_chunk_rescues, COUNTER, "", "memcached_slab_reassign_chunk_rescues_total", "",                     \
+      "Chunked items rescued by the slab page mover (always 0).", V_CACHE)                                             \
+    X(slab_reassign_evictions_nomem, COUNTER, "", "memcached_slab_reassign_evictions_nomem_total", "",                 \
+      "Items the slab page mover evicted for want of memory (always 0).", V_CACHE)                                     \
+    X(slab_reassign_inline_reclaim, COUNTER, "", "memcached_slab_reassign_inline_reclaim_total", "",                   \
+      "Pages the slab page mover reclaimed inline (always 0).", V_CACHE)                                               \
+    X(slab_reassign_busy_items, COUNTER, "", "memcached_slab_reassign_busy_items_total", "",                           \
+      "Busy items the slab page mover met (always 0).", V_CACHE)                                                       \
+    X(slab_reassign_busy_deletes, COUNTER, "", "memcached_slab_reassign_busy_deletes_total", "",                       \
+      "Busy deletes the slab page mover met (always 0).", V_CACHE)                                                     \
+    X(slab_reassign_running, GAUGE, "", "memcached_slab_reassign_running", "",                                         \
+      "1 while the slab page mover runs (always 0).", V_CACHE)                                                         \
+    X(slabs_moved, COUNTER, "", "memcached_slabs_moved_total", "", "Slab pages moved (always 0).", V_CACHE)            \
+    X(lru_crawler_running, GAUGE, "", "memcached_lru_crawler_running", "",                                             \
+      "1 while the LRU crawler runs (always 0: there is none).", V_CACHE)                                              \
+    X(lru_crawler_starts, COUNTER, "", "memcached_lru_crawler_starts_total", "",                                       \
+      "LRU crawler runs started (always 0).", V_CACHE)                                                                 \
+    X(lru_maintainer_juggles, COUNTER, "", "memcached_lru_maintainer_juggles_total", "",                               \
+      "Rounds of the cache maintainer thread.", V_CACHE)                                                               \
+    X(malloc_fails, COUNTER, "", "memcached_malloc_fails_total", "", "Memory allocations that failed.",                \
+      V_CACHE)                                                                                                         \
+    X(bytes, GAUGE, "bytes", "memcached_current_bytes", "", "Current number of bytes used to store items.",            \
+      V_CACHE)                                                                                                         \
+    X(curr_items, GAUGE, "", "memcached_current_items", "", "Current number of items stored by this instance.",        \
+      V_CACHE)                                                                                                         \
+    X(total_items, COUNTER, "", "memcached_items_total", "",                                                           \
+      "Total number of items stored during the life of this instance.", V_CACHE)                                       \
+    X(slab_global_page_pool, GAUGE, "", "memcached_slab_global_page_pool", "",                                         \
+      "Slab pages in the global pool (always 0: pages stay with their class).", V_CACHE)                               \
+    X(expired_unfetched, COUNTER, "", "memcached_expired_unfetched_total", "",                                         \
+      "Items that expired without ever being fetched.", V_CACHE)                                                       \
+    X(evicted_unfetched, COUNTER, "", "memcached_evicted_unfetched_total", "",                                         \
+      "Items evicted without ever being fetched.", V_CACHE)                                                            \
+    X(evicted_active, COUNTER, "", "memcached_evicted_active_total", "",                                               \
+      "Items evicted although fetched recently.", V_CACHE)                                                             \
+    X(evictions, COUNTER, "", "memcached_items_evicted_total", "",                                                     \
+      "Total number of valid items removed from cache to free memory for new items.", V_CACHE)                         \
+    X(reclaimed, COUNTER, "", "memcached_items_reclaimed_total", "",                                                   \
+      "Total number of times an entry was stored using memory from an expired entry.", V_CACHE)                        \
+    X(crawler_reclaimed, COUNTER, "", "memcached_lru_crawler_reclaimed_total", "",                                     \
+      "Items freed by the LRU crawler (always 0).", V_CACHE)                                                           \
+    X(crawler_items_checked, COUNTER, "", "memcached_lru_crawler_items_checked_total", "",                             \
+      "Items the LRU crawler checked (always 0).", V_CACHE)                                                            \
+    X(lrutail_reflocked, COUNTER, "", "memcached_lrutail_reflocked_total", "",                                         \
+      "LRU tail items skipped because another thread held them.", V_CACHE)                                             \
+    X(moves_to_cold, COUNTER, "", "memcached_moves_to_cold_total", "",                                                 \
+      "Items moved from HOT or WARM into COLD (always 0: one LRU per class).", V_CACHE)                                \
+    X(moves_to_warm, COUNTER, "", "memcached_moves_to_warm_total", "",                                                 \
+      "Items moved from COLD into WARM (always 0: one LRU per class).", V_CACHE)                                       \
+    X(moves_within_lru, COUNTER, "", "memcached_moves_within_lru_total", "",                                           \
+      "Active items bumped to the head of their LRU.", V_CACHE)                                                        \
+    X(direct_reclaims, COUNTER, "", "memcached_direct_reclaims_total", "",                                             \
+      "Times worker threads had to directly reclaim or evict items.", V_CACHE)                                         \
+    X(lru_bumps_dropped, COUNTER, "", "memcached_lru_bumps_dropped_total", "",                                         \
+      "LRU bumps dropped (always 0: bumps are synchronous).", V_CACHE)                                                 \
+    X(syscalls, COUNTER, "", "stackmap_syscalls_total", "", "System calls made by the worker loops (all backends).",   \
+      V_U64(s.syscalls))                                                                                               \
+    X(uring_submits, COUNTER, "", "stackmap_uring_submits_total", "", "io_uring_enter calls that submitted work.",     \
+      V_U64(s.uring_submits))                                                                                          \
+    X(uring_cqes, COUNTER, "", "stackmap_uring_completions_total", "", "io_uring completions reaped.",                 \
+      V_U64(s.uring_cqes))                                                                                             \
+    X(uring_buf_ring_empty, COUNTER, "", "stackmap_uring_buffer_ring_empty_total", "",                                 \
+      "Receives that found the provided-buffer ring exhausted.", V_U64(s.uring_buf_ring_empty))                        \
+    X(uring_send_zc, COUNTER, "", "stackmap_uring_send_zc_total", "", "Zero-copy sends issued.",                       \
+      V_U64(s.uring_send_zc))                                                                                          \
+    X(uring_batch_waits, COUNTER, "", "stackmap_uring_batch_waits_total", "",                                          \
+      "io_uring waits that asked for a batch of arrivals (busy CPU, loaded worker).", V_U64(s.uring_batch_waits))      \
+    X(uring_batch_timeouts, COUNTER, "", "stackmap_uring_batch_timeouts_total", "",                                    \
+      "Batch waits that ran out of time before the batch was complete.", V_U64(s.uring_batch_timeouts))                \
+    X(uring_batch_rests, COUNTER, "", "stackmap_uring_batch_rests_total", "",                                          \
+      "Times batch waits were stopped for 64 rounds (two ran out of time in a row: a shared CPU).",                    \
+      V_U64(s.uring_batch_rests))                                                                                      \
+    X(uring_bufs_published, GAUGE, "", "stackmap_uring_buffers_published", "",                                         \
+      "Receive buffers the io_uring workers keep in their provided-buffer rings now.",                                 \
+      V_U64(s.uring_bufs_published))                                                                                   \
+    X(uring_batch_avg, GAUGE, "", "stackmap_uring_completions_per_submit", "",                                         \
+      "Average io_uring batch: completions reaped per submitting io_uring_enter since start.",                         \
+      V_F2(s.uring_submits ? (double)s.uring_cqes / (double)s.uring_submits : 0.0))                                    \
+    X(stackmap_syncs, COUNTER, "", "stackmap_syncs_total", "", "Ring synchronisations with /dev/stackmap.",            \
+      V_U64(s.stackmap_syncs))                                                                                         \
+    X(stackmap_rx_slots, COUNTER, "", "stackmap_rx_slots_total", "", "Receive slots consumed from /dev/stackmap.",     \
+      V_U64(s.stackmap_rx_slots))                                                                                      \
+    X(stackmap_tx_slots, COUNTER, "", "stackmap_tx_slots_total", "", "Transmit slots handed to /dev/stackmap.",        \
+      V_U64(s.stackmap_tx_slots))                                                                                      \
+    X(stackmap_bad_slots, COUNTER, "", "stackmap_bad_slots_total", "",                                                 \
+      "Slots /dev/stackmap handed over that were malformed and skipped.", V_U64(s.stackmap_bad_slots))                 \
+    X(stackmap_slots_per_sync, GAUGE, "", "stackmap_slots_per_sync", "",                                               \
+      "Average slots (receive and transmit) moved per /dev/stackmap synchronisation since start.",                     \
+      V_F2(s.stackmap_syncs ? (double)(s.stackmap_rx_slots + s.stackmap_tx_slots) / (double)s.stackmap_syncs           \
+                            : 0.0))                                                                                    \
+    X(backend, INFO, "", "stackmap_backend_info", "backend", "The ring backend serving the data path.",                \
+      V_STR(backend_name(e)))
+
+/*
+ * "stats settings", in memcached's order: X(name, option, help, value).
+ * option is the options.h key whose value it shows, "" for a fixed value:
+ * machinery memcached has and stackmapd does not is printed with the value
+ * that is true here (off), so tools reading these settings see the truth.
+ * Settings are configuration, not measurements: /metrics leaves them out
+ * (max_connections, in the general group, is the one that changes live).
+ */
+#define SM_STATS_SETTINGS(X)                                                                                           \
+    X(maxbytes, "memory_limit", "Item memory limit in bytes (-m, changes live).", V_U64(cache_memlimit(e->cache)))     \
+    X(maxconns, "conn_limit", "Connection limit (-c, changes live).",                                                  \
+      V_INT(__atomic_load_n(&st->maxconns, __ATOMIC_RELAXED)))                                                         \
+    X(tcpport, "port", "TCP port (-p).", V_INT(st->port))                                                              \
+    X(udpport, "udp_port", "UDP port: always 0, there is no UDP listener.", V_STR("0"))                                \
+    X(inter, "listen", "Listen addresses (-l), NULL for none.", V_STR(st->listen[0] ? st->listen : "NULL"))            \
+    X(verbosity, "verbose", "Verbosity (-v, the verbosity command).", V_INT(atomic_load(&e->verbose)))                 \
+    X(evictions, "", "on: the cache always evicts when full (no -M).", V_STR("on"))                                    \
+    X(domain_socket, "", "NULL: no unix socket.", V_STR("NULL"))                                                       \
+    X(shutdown_command, "enable_shutdown", "Whether the shutdown command is allowed (-A).",                            \
+      V_STR(st->shutdown_enabled ? "yes" : "no"))                                                                      \
+    X(growth_factor, "slab_growth_factor", "Slab chunk growth factor (-f).", V_F2(st->factor))                         \
+    X(chunk_size, "slab_min_size", "Key + value + flags space of the smallest chunk (-n).", V_INT(st->chunk_size))     \
+    X(num_threads, "threads", "Worker threads (-t).", V_INT(st->num_threads))                                          \
+    X(detail_enabled, "", "no: no per-prefix stats.", V_STR("no"))                                                     \
+    X(reqs_per_event, "max_reqs_per_event", "-R as given (accepted for compatibility).",                               \
+      V_INT(st->reqs_per_event))                                                                                       \
+    X(cas_enabled, "disable_cas", "Whether items carry CAS unique ids (-C turns them off).",                           \
+      V_STR(st->use_cas ? "yes" : "no"))                                                                               \
+    X(tcp_backlog, "listen_backlog", "listen() backlog (-b).", V_INT(st->backlog))                                     \
+    X(binding_protocol, "", "ascii: text and meta protocols, no binary protocol.", V_STR("ascii"))                     \
+    X(auth_enabled_sasl, "", "no: no SASL.", V_STR("no"))                                                              \
+    X(auth_enabled_ascii, "", "no: no ascii authentication.", V_STR("no"))                                             \
+    X(item_size_max, "max_item_size", "Largest item in bytes (-I).", V_INT(st->item_size_max))                         \
+    X(maxconns_fast, "", "yes: a connection over -c is refused at once.", V_STR("yes"))                                \
+    X(hashpower_init, "hashpower", "Initial hash table size as a power of two (-o hashpower).",                        \
+      V_INT(st->hashpower_init))                                                                                       \
+    X(slab_reassign, "", "no: there is no slab page mover.", V_STR("no"))                                              \
+    X(slab_automove, "", "0: there is no slab page mover.", V_STR("0"))                                                \
+    X(slab_chunk_max, "", "The slab page size: items are never split into chunks.", V_INT(st->slab_page_size))         \
+    X(lru_crawler, "", "no: there is no LRU crawler.", V_STR("no"))                                                    \
+    X(tail_repair_time, "", "0: there is no tail repair.", V_STR("0"))                                                 \
+    X(flush_enabled, "", "yes: flush_all is always allowed.", V_STR("yes"))                                            \
+    X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
+    X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
+    X(lru_maintainer_thread, "", "no: there is no LRU maintainer thread.", V_STR("no"))                                \
+    X(lru_segmented, "", "no: one LRU per slab class, whatever -o lru_segmented says.", V_STR("no"))                   \
+    X(temp_lru, "", "no: there is no temporary LRU.", V_STR("no"))                                                     \
+    X(idle_timeout, "idle_timeout", "Idle connection timeout in seconds (-o idle_timeout), 0 never.",                  \
+      V_INT(st->idle_timeout))                                                                                         \
+    X(track_sizes, "", "no: stats sizes is not tracked.", V_STR("no"))                                                 \
+    X(inline_ascii_response, "", "no: responses are never inlined.", V_STR("no"))                                      \
+    X(slab_page_size, "", "Bytes per slab page: at least 1 MiB and at least -I.", V_INT(st->slab_page_size))           \
+    X(backend, "backend", "The ring backend in use (--backend; auto resolved).", V_STR(backend_name(e)))               \
+    X(uring_entries, "uring_entries", "io_uring submission queue entries per worker.", V_INT(st->uring_entries))       \
+    X(uring_bufs, "uring_bufs", "Provided receive buffers per worker ring.", V_INT(st->uring_bufs))                    \
+    X(uring_buf_size, "uring_buf_size", "Bytes per provided receive buffer.", V_INT(st->uring_buf_size))               \
+    X(uring_zc_threshold, "uring_zc_threshold", "Zero-copy sends at and above this size, 0 never.",                    \
+      V_INT(st->uring_zc_threshold))                                                                                   \
+    X(uring_sqpoll, "uring_sqpoll", "Whether a kernel submission-queue polling thread runs.",                          \
+      V_STR(st->uring_sqpoll ? "yes" : "no"))                                                                          \
+    X(uring_batch_usec, "uring_batch_usec", "Longest batch wait of a loaded worker in microseconds, 0 never.",         \
+      V_INT(st->uring_batch_usec))                                                                                     \
+    X(tcp_nodelay, "tcp_nodelay", "Whether accepted sockets get TCP_NODELAY.", V_STR(st->tcp_nodelay ? "yes" : "no"))
+
+/* "stats items": per slab class, printed as items:<class>:<name>. */
+#define SM_STATS_ITEMS(X)                                                                                              \
+    X(number, GAUGE, "", "memcached_slab_current_items", "", "Number of items currently stored in this slab class.")   \
+    X(number_hot, GAUGE, "", "memcached_slab_hot_items", "", "Number of items presently stored in the HOT LRU.")       \
+    X(number_warm, GAUGE, "", "memcached_slab_warm_items", "", "Number of items presently stored in the WARM LRU.")    \
+    X(number_cold, GAUGE, "", "memcached_slab_cold_items", "", "Number of items presently stored in the COLD LRU.")    \
+    X(age_hot, GAUGE, "seconds", "memcached_slab_hot_age_seconds", "", "Age of the oldest item in HOT LRU.")           \
+    X(age_warm, GAUGE, "seconds", "memcached_slab_warm_age_seconds", "", "Age of the oldest item in WARM LRU.")        \
+    X(age, GAUGE, "seconds", "memcached_slab_items_age_seconds", "",                                                   \
+      "Number of seconds the oldest item has been in the slab class.")                                                 \
+    X(mem_requested, GAUGE, "bytes", "memcached_slab_mem_requested_bytes", "",                                         \
+      "Number of bytes of memory actual items take up within a slab.")                                                 \
+    X(evicted, COUNTER, "", "memcached_slab_items_evicted_total", "",                                                  \
+      "Total number of times an item had to be evicted from the LRU before it expired.")                               \
+    X(evicted_nonzero, COUNTER, "", "memcached_slab_items_evicted_nonzero_total", "",                                  \
+      "Total number of times an item which had an explicit expire time set had to be evicted from the LRU "            \
+      "before it expired.")                                                                                            \
+    X(evicted_time, GAUGE, "seconds", "memcached_slab_items_evicted_time_seconds", "",                                 \
+      "Seconds since the last access for the most recent item evicted from this class.")                               \
+    X(outofmemory, COUNTER, "", "memcached_slab_items_outofmemory_total", "",                                          \
+      "Total number of items for this slab class that have triggered an out of memory error.")                         \
+    X(tailrepairs, COUNTER, "", "memcached_slab_items_tailrepairs_total", "",                                          \
+      "Total number of times the entries for a particular ID need repairing.")                                         \
+    X(reclaimed, COUNTER, "", "memcached_slab_items_reclaimed_total", "", "Total number of items reclaimed.")          \
+    X(expired_unfetched, COUNTER, "", "memcached_slab_items_expired_unfetched_total", "",                              \
+      "Total number of valid items evicted from the LRU which were never touched after being set.")                    \
+    X(evicted_unfetched, COUNTER, "", "memcached_slab_items_evicted_unfetched_total", "",                              \
+      "Total number of items evicted and never fetched.")                                                              \
+    X(evicted_active, COUNTER, "", "memcached_slab_items_evicted_active_total", "",                                    \
+      "Items evicted from this class although fetched recently.")                                                      \
+    X(crawler_reclaimed, COUNTER, "", "memcached_slab_items_crawler_reclaimed_total", "",                              \
+      "Number of items freed by the LRU Crawler.")                                                                     \
+    X(crawler_items_checked, COUNTER, "", "memcached_slab_items_crawler_items_checked_total", "",                      \
+      "Items of this class the LRU crawler checked (always 0).")                                                       \
+    X(lrutail_reflocked, COUNTER, "", "memcached_slab_items_lrutail_reflocked_total", "",                              \
+      "LRU tail items of this class skipped because another thread held them.")                                        \
+    X(moves_to_cold, COUNTER, "", "memcached_slab_items_moves_to_cold", "",                                            \
+      "Number of items moved from HOT or WARM into COLD.")                                                             \
+    X(moves_to_warm, COUNTER, "", "memcached_slab_items_moves_to_warm", "",                                            \
+      "Number of items moved from COLD into WARM.")                                                                    \
+    X(moves_within_lru, COUNTER, "", "memcached_slab_items_moves_within_lru", "",                                      \
+      "Number of times active items were bumped within their LRU.")                                                    \
+    X(direct_reclaims, COUNTER, "", "memcached_slab_items_direct_reclaims_total", "",                                  \
+      "Times worker threads had to directly reclaim or evict items of this class.")                                    \
+    X(hits_to_hot, COUNTER, "", "memcached_slab_lru_hits_total", "lru=hot", "get hits to the HOT LRU.")                \
+    X(hits_to_warm, COUNTER, "", "memcached_slab_lru_hits_total", "lru=warm", "get hits to the WARM LRU.")             \
+    X(hits_to_cold, COUNTER, "", "memcached_slab_lru_hits_total", "lru=cold", "get hits to the COLD LRU.")             \
+    X(hits_to_temp, COUNTER, "", "memcached_slab_lru_hits_total", "lru=temporary",                                     \
+      "get hits to the TEMPORARY LRU.")
+
+/* "stats slabs": per slab class, printed as <class>:<name>. */
+#define SM_STATS_SLABS(X)                                                                                              \
+    X(chunk_size, GAUGE, "bytes", "memcached_slab_chunk_size_bytes", "",                                               \
+      "Number of bytes allocated to each chunk within this slab class.")                                               \
+    X(chunks_per_page, GAUGE, "", "memcached_slab_chunks_per_page", "",                                                \
+      "Number of chunks within a single page for this slab class.")                                                    \
+    X(total_pages, GAUGE, "", "memcached_slab_current_pages", "", "Number of pages allocated to this slab class.")     \
+    X(total_chunks, GAUGE, "", "memcached_slab_current_chunks", "",                                                    \
+      "Number of chunks allocated to this slab class.")                                                                \
+    X(used_chunks, GAUGE, "", "memcached_slab_chunks_used", "", "Number of chunks allocated to an item.")              \
+    X(free_chunks, GAUGE, "", "memcached_slab_chunks_free", "", "Number of chunks not yet allocated items.")           \
+    X(free_chunks_end, GAUGE, "", "memcached_slab_chunks_free_end", "",                                                \
+      "Number of free chunks at the end of the last allocated page.")                                                  \
+    X(get_hits, COUNTER, "", "memcached_slab_commands_total", "command=get,status=hit",                                \
+      "Keys of this class found by get.")                                                                              \
+    X(cmd_set, COUNTER, "", "memcached_slab_cmd_set_total", "", "Storage commands into this class.")                   \
+    X(delete_hits, COUNTER, "", "memcached_slab_commands_total", "command=delete,status=hit",                          \
+      "Keys of this class deleted.")                                                                                   \
+    X(incr_hits, COUNTER, "", "memcached_slab_commands_total", "command=incr,status=hit",                              \
+      "Keys of this class incremented.")                                                                               \
+    X(decr_hits, COUNTER, "", "memcached_slab_commands_total", "command=decr,status=hit",                              \
+      "Keys of this class decremented.")                                                                               \
+    X(cas_hits, COUNTER, "", "memcached_slab_commands_total", "command=cas,status=hit",                                \
+      "cas into this class that stored.")                                                                              \
+    X(cas_badval, COUNTER, "", "memcached_slab_commands_total", "command=cas,status=badval",                           \
+      "cas into this class refused because the key had changed.")                                                      \
+    X(touch_hits, COUNTER, "", "memcached_slab_commands_total", "command=touch,status=hit",                            \
+      "Keys of this class touched.")
+
+/* "stats slabs": the two totals after the classes. */
+#define SM_STATS_SLABS_TOTAL(X)                                                                                        \
+    X(active_slabs, GAUGE, "", "memcached_active_slabs", "", "Slab classes with at least one page.")                   \
+    X(total_malloced, GAUGE, "bytes", "memcached_malloced_bytes", "",                                                  \
+      "Number of bytes of memory allocated to slab pages.")
+
+#endif
