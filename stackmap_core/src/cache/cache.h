@@ -6,8 +6,9 @@
  * on the request path; the engine (engine.c) creates the cache and starts
  * its maintainer thread.  All calls are thread-safe.  There is no global
  * lock on the get/set path: an item is guarded by one of a fixed array of
- * striped locks chosen by its key's hash; a slab class's free list and LRU
- * by that class's own lock.  The hash table grows incrementally, bucket by
+ * striped locks chosen by its key's hash; a slab class's free list and its
+ * one LRU (plain, not memcached's segmented hot/warm/cold: lru.c) by that
+ * class's own lock.  The hash table grows incrementally, bucket by
  * bucket, under the same stripe locks.
  *
  * Items are reference counted.  The hash table owns one reference while an
@@ -33,7 +34,7 @@ typedef uint32_t rel_time_t;
 /* it_flags bits. */
 #define ITEM_LINKED     0x01 /* in the hash table and an LRU */
 #define ITEM_FETCHED    0x02 /* read at least once since stored */
-#define ITEM_ACTIVE     0x04 /* read again while in the LRU (segmented LRU) */
+#define ITEM_ACTIVE     0x04 /* read again after its first fetch (counted as evicted_active) */
 #define ITEM_STALE      0x08 /* meta: invalidated (md I / ms I) */
 #define ITEM_TOKEN_SENT 0x10 /* meta: a recache "win" token was handed out */
 #define ITEM_KEY_BINARY 0x20 /* meta: the key was sent base64-encoded (ms b); k/me echo it encoded */
@@ -76,7 +77,7 @@ typedef struct cache_config {
     uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
     int hashpower_init;       /* initial hash table size, power of two */
     int use_cas;              /* 0: CAS uniques are always 0 */
-    int lru_segmented;        /* 1: hot/warm/cold LRU per class, 0: one LRU per class */
+    int lru_segmented;        /* -o lru_segmented as given; unused: the cache keeps one plain LRU per class (lru.c) */
     int verbose;              /* log level for the maintainer's messages */
 } cache_config;
 
@@ -291,7 +292,7 @@ uint64_t cache_memlimit(const cache *c);
  * evicted_unfetched, evicted_active, hash_power_level, hash_bytes,
  * hash_is_expanding, slab_global_page_pool, total_malloced... */
 void cache_stats_general(cache *c, sm_stat_sink *sink);
-/* (Added by the cache helper.)  "stats reset": zero total_items, evictions,
+/* "stats reset": zero total_items, evictions,
  * reclaimed and the other counters memcached resets (not curr_items/bytes). */
 void cache_stats_reset(cache *c);
 /* "items:<cls>:number", "items:<cls>:age", ... for classes with items. */
