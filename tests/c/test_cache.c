@@ -321,16 +321,30 @@ static void test_arith(void)
     arith_req req = {.incr = 1, .delta = 1, .cas_compare = cas + 7};
     CHECK(cache_arith(c, "m", 1, cache_hash("m", 1), &req, &v, NULL, NULL) == ARITH_EXISTS);
     req.cas_compare = cas;
-    req.set_exptime = 1;
-    req.exptime = 12345;
     item *it = NULL;
     CHECK(cache_arith(c, "m", 1, cache_hash("m", 1), &req, &v, &it, NULL) == ARITH_OK && v == 6);
-    CHECK(it && it->exptime == 12345 && it->cas != cas && it->client_flags == 3);
+    CHECK(it && it->cas != cas && it->client_flags == 3);
     if (it)
         cache_release(c, it);
-    arith_req viv = {.incr = 0, .delta = 1, .vivify = 1, .initial = 77, .viv_exptime = 0};
-    CHECK(cache_arith(c, "new", 3, cache_hash("new", 3), &viv, &v, NULL, NULL) == ARITH_OK && v == 77);
+    /* vivify: the first call creates (ARITH_VIVIFIED), the next one counts */
+    arith_req viv = {.incr = 0, .delta = 1, .vivify = 1, .initial = 77, .viv_exptime = 12345};
+    it = NULL;
+    CHECK(cache_arith(c, "new", 3, cache_hash("new", 3), &viv, &v, &it, NULL) == ARITH_VIVIFIED && v == 77);
+    CHECK(it && it->exptime == 12345 && it->client_flags == 0);
+    if (it)
+        cache_release(c, it);
     CHECK(strcmp(get(c, "new", buf, sizeof(buf), NULL, NULL), "77") == 0);
+    CHECK(cache_arith(c, "new", 3, cache_hash("new", 3), &viv, &v, NULL, NULL) == ARITH_OK && v == 76);
+    /* mg N: created under the caller's item lock, flags as asked, CAS as asked */
+    uint32_t hv = cache_hash("viv", 3);
+    cache_lock(c, hv);
+    CHECK(cache_get_locked(c, "viv", 3, hv, 0, 0, NULL) == NULL);
+    it = cache_vivify_locked(c, "viv", 3, hv, 0, 4242, ITEM_TOKEN_SENT, NULL);
+    cache_unlock(c, hv);
+    CHECK(it && it->nbytes == 2 && it->cas == 4242 && (atomic_load(&it->it_flags) & ITEM_TOKEN_SENT));
+    if (it)
+        cache_release(c, it);
+    CHECK(strcmp(get(c, "viv", buf, sizeof(buf), NULL, NULL), "") == 0);
     /* in-place is refused while a reader holds the item */
     set(c, "h", "50");
     item *held = NULL;
@@ -681,7 +695,8 @@ static void *stress_main(void *p)
             arith_req req = {.incr = (r & 0x200) != 0, .delta = r % 7, .vivify = (r & 0x400) != 0};
             uint64_t v;
             item *it = NULL;
-            if (cache_arith(c, key, nkey, hv, &req, &v, &it, NULL) == ARITH_OK && it) {
+            arith_result ar = cache_arith(c, key, nkey, hv, &req, &v, &it, NULL);
+            if ((ar == ARITH_OK || ar == ARITH_VIVIFIED) && it) {
                 if (!check_value(key, ITEM_value(it), ITEM_vlen(it)))
                     a->bad++;
                 cache_release(c, it);

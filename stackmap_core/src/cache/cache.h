@@ -196,6 +196,17 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
 /* Largest nbytes (value + 2) that cache_alloc accepts for a key of nkey bytes. */
 uint32_t cache_max_value_bytes(const cache *c, size_t nkey);
 
+/*
+ * meta mg N: with the item lock for hv held and the key found missing
+ * (cache_get_locked), create it with an empty value, exptime and it_flags
+ * (e.g. ITEM_TOKEN_SENT, so the win token is the creator's before anybody
+ * can see the item) and link it, with CAS cas_new (0: the next unique; as
+ * for store_req).  Returns it with a reference for the caller, or NULL and
+ * *err when it cannot be allocated.  The lock is still held on return.
+ */
+item *cache_vivify_locked(cache *c, const char *key, size_t nkey, uint32_t hv, rel_time_t exptime,
+                          uint64_t cas_new, uint16_t it_flags, alloc_error *err);
+
 /* How to store. */
 typedef struct store_req {
     store_op op;           /* set/add/replace/append/prepend/cas */
@@ -237,25 +248,28 @@ typedef enum {
     ARITH_NOT_FOUND = 1,   /* NOT_FOUND / NF */
     ARITH_NON_NUMERIC = 2, /* value is not a decimal uint64 */
     ARITH_EXISTS = 3,      /* cas_compare mismatch (meta C) */
-    ARITH_NO_MEMORY = 4    /* could not allocate the new value */
+    ARITH_NO_MEMORY = 4,   /* could not allocate the new value */
+    ARITH_VIVIFIED = 5,    /* missing, and created with req->initial (req->vivify) */
+    ARITH_VIVIFY_NO_MEMORY = 6 /* missing, and the item to vivify could not be allocated */
 } arith_result;
 
-/* What meta arithmetic asks beyond incr/decr. */
+/* An incr/decr, and what meta arithmetic (ma) asks beyond it. */
 typedef struct arith_req {
     int incr;             /* 1 incr (wraps at 2^64), 0 decr (floors at 0) */
     uint64_t delta;       /* amount */
     uint64_t cas_compare; /* != 0: must match */
-    int vivify;           /* meta N: create with `initial` when missing */
-    uint64_t initial;     /* meta J: initial value for vivify */
+    int vivify;           /* meta N: create the item with `initial` when missing */
+    uint64_t initial;     /* meta J: the value of a vivified item */
     rel_time_t viv_exptime; /* exptime of a vivified item */
-    int set_exptime;      /* meta T: set exptime on success */
-    rel_time_t exptime;   /* the exptime for set_exptime */
 } arith_req;
 
 /*
- * incr/decr.  On ARITH_OK *value_out is the new value and, when it_out is
- * not NULL, *it_out the (referenced) item now holding it, for meta's t/c
- * flags; release it.  *clsid_out as for cache_store.
+ * incr/decr.  On ARITH_OK (and ARITH_VIVIFIED) *value_out is the new value
+ * and, when it_out is not NULL, *it_out the (referenced) item now holding
+ * it, for meta's t/c flags; release it.  *clsid_out as for cache_store.
+ * With req->vivify a missing key is created with req->initial under the
+ * same item lock as the lookup, so of many concurrent callers exactly one
+ * gets ARITH_VIVIFIED and the others find its item.
  */
 arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, const arith_req *req,
                          uint64_t *value_out, item **it_out, int *clsid_out);

@@ -471,6 +471,19 @@ static bool meta_preparse(conn *c, meta_token *t, size_t ntokens, size_t start, 
     return !of->has_error;
 }
 
+/* The TTL of an item N vivifies: what N and T, in request order, leave. */
+static rel_time_t meta_viv_exptime(const meta_token *t, size_t ntokens, const meta_flags *of)
+{
+    rel_time_t viv_exp = 0;
+    for (size_t i = 2; i < ntokens - 1; i++) {
+        if (t[i].v[0] == 'T')
+            viv_exp = of->exptime;
+        else if (t[i].v[0] == 'N')
+            viv_exp = of->autoviv_exptime;
+    }
+    return viv_exp;
+}
+
 /* Any O token longer than memcached allows? */
 static bool meta_opaque_too_long(const meta_token *t, size_t ntokens, size_t start)
 {
@@ -555,42 +568,21 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
     meta_line l;
     l.n = 0;
 
-    for (int attempt = 0; attempt < 2; attempt++) {
-        cache_lock(ca, hv);
-        it = cache_get_locked(ca, key, nkey, hv, of.no_update ? CACHE_GET_NOBUMP : 0, 0, &info);
-        if (it != NULL || !of.vivify || attempt == 1)
-            break;
-        cache_unlock(ca, hv);
-
-        /* Vivify: a 0-byte item whose TTL is what N and T (in order) leave. */
-        rel_time_t viv_exp = 0;
-        for (size_t i = 2; i < ntokens - 1; i++) {
-            if (t[i].v[0] == 'T')
-                viv_exp = of.exptime;
-            else if (t[i].v[0] == 'N')
-                viv_exp = of.autoviv_exptime;
-        }
-        alloc_error aerr;
-        item *nit = cache_alloc(ca, key, nkey, 0, viv_exp, 2, &aerr);
-        if (nit == NULL) {
-            cache_lock(ca, hv); /* a miss, reported below */
-            break;
-        }
-        memcpy(ITEM_value(nit), "\r\n", 2);
-        /* the win token is ours before anybody can see the item */
-        atomic_fetch_or(&nit->it_flags, ITEM_TOKEN_SENT);
-        store_req req = {.op = STORE_ADD, .cas_new = of.has_cas_new ? of.cas_new : 0};
-        if (cache_store(ca, nit, hv, &req, NULL, NULL) == STORE_STORED) {
-            it = nit;
+    /* The item lock is held from the lookup to the end of the response
+     * line: vivify, T, and the recache token are one step for other clients. */
+    cache_lock(ca, hv);
+    it = cache_get_locked(ca, key, nkey, hv, of.no_update ? CACHE_GET_NOBUMP : 0, 0, &info);
+    if (it == NULL && of.vivify) {
+        /* Vivify: a 0-byte item whose TTL is what N and T (in order) leave;
+         * the win token is ours before anybody can see the item. */
+        it = cache_vivify_locked(ca, key, nkey, hv, meta_viv_exptime(t, ntokens, &of),
+                                 of.has_cas_new ? of.cas_new : 0, ITEM_TOKEN_SENT, NULL);
+        if (it != NULL) {
             created = true;
             info.prev_time = now;
             info.was_fetched = 0;
-            break;
         }
-        /* somebody else created it meanwhile: look again */
-        cache_release(ca, nit);
     }
-    /* here: the item lock is held unless we created the item */
 
     if (info.status == GET_EXPIRED)
         SM_STAT_INC(st->get_expired);
@@ -682,14 +674,19 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
                 won = true;
         }
         if (won) {
-            uint16_t prev = atomic_fetch_or(&it->it_flags, ITEM_TOKEN_SENT);
             /* under the item lock nobody else can have taken it meanwhile */
-            (void)prev;
+            atomic_fetch_or(&it->it_flags, ITEM_TOKEN_SENT);
             ml_put(&l, " W", 2);
         }
-        cache_unlock(ca, hv);
     }
     ml_crlf(&l);
+    if (created && !of.no_update) {
+        /* memcached bumps the item it vivified: it counts as fetched */
+        item *again = cache_get_locked(ca, key, nkey, hv, 0, 0, NULL);
+        if (again != NULL)
+            cache_release(ca, again);
+    }
+    cache_unlock(ca, hv);
 
     int clsid = it->slabs_clsid;
     if (ttl_set) {
@@ -698,13 +695,6 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
     } else {
         SM_STAT_INC(st->get_cmds);
         SM_STAT_INC(st->slab[clsid].get_hits);
-    }
-
-    if (created && !of.no_update) {
-        /* memcached bumps the item it vivified: it counts as fetched */
-        item *again = cache_get(ca, key, nkey, hv, 0, 0, NULL);
-        if (again != NULL)
-            cache_release(ca, again);
     }
 
     if (meta_send(c, &l) && of.value) {
@@ -1058,45 +1048,21 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
     size_t nkey = t[1].len;
     uint32_t hv = cache_hash(key, nkey);
     rel_time_t now = cache_now(ca);
-    arith_req req = {.incr = incr, .delta = of.delta, .cas_compare = of.has_cas ? of.req_cas : 0};
+    arith_req req = {
+        .incr = incr,
+        .delta = of.delta,
+        .cas_compare = of.has_cas ? of.req_cas : 0,
+        .vivify = of.vivify,
+        .initial = of.initial,
+        .viv_exptime = of.vivify ? meta_viv_exptime(t, ntokens, &of) : 0,
+    };
     uint64_t value = 0;
     item *it = NULL;
     int clsid = 0;
-    bool created = false;
-    arith_result ar = ARITH_NOT_FOUND;
-
-    for (int attempt = 0; attempt < 2; attempt++) {
-        ar = cache_arith(ca, key, nkey, hv, &req, &value, &it, &clsid);
-        if (ar != ARITH_NOT_FOUND || !of.vivify)
-            break;
-        /* vivify with J's value; TTL as N and T (in order) leave it */
-        rel_time_t viv_exp = 0;
-        for (size_t i = 2; i < ntokens - 1; i++) {
-            if (t[i].v[0] == 'T')
-                viv_exp = of.exptime;
-            else if (t[i].v[0] == 'N')
-                viv_exp = of.autoviv_exptime;
-        }
-        char num[24];
-        int vl = snprintf(num, sizeof(num), "%llu", (unsigned long long)of.initial);
-        alloc_error aerr;
-        item *nit = cache_alloc(ca, key, nkey, 0, viv_exp, (uint32_t)vl + 2, &aerr);
-        if (nit == NULL) {
-            meta_error(c, "SERVER_ERROR Out of memory allocating new item");
-            return;
-        }
-        memcpy(ITEM_value(nit), num, (size_t)vl);
-        memcpy(ITEM_value(nit) + vl, "\r\n", 2);
-        store_req sreq = {.op = STORE_ADD};
-        if (cache_store(ca, nit, hv, &sreq, NULL, &clsid) == STORE_STORED) {
-            it = nit;
-            value = of.initial;
-            created = true;
-            ar = ARITH_OK;
-            break;
-        }
-        cache_release(ca, nit); /* created by somebody else meanwhile: retry */
-    }
+    arith_result ar = cache_arith(ca, key, nkey, hv, &req, &value, &it, &clsid);
+    bool created = ar == ARITH_VIVIFIED;
+    if (created)
+        ar = ARITH_OK;
 
     meta_line l;
     l.n = 0;
@@ -1108,6 +1074,9 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
         return;
     case ARITH_NO_MEMORY:
         meta_error(c, "SERVER_ERROR out of memory");
+        return;
+    case ARITH_VIVIFY_NO_MEMORY:
+        meta_error(c, "SERVER_ERROR Out of memory allocating new item");
         return;
     case ARITH_EXISTS:
         ml_put(&l, "EX", 2);
