@@ -89,6 +89,30 @@ def idle_cost(srv: Server, conns: int) -> float:
     return (after - before) / conns
 
 
+def pending_store_cost(srv: Server, conns: int) -> float:
+    """Bytes of resident memory each of `conns` connections adds while an ms
+    on it waits for the rest of its value (its O, k and c flags must be kept
+    for the response).  The "mn" ahead of it in the same segment is answered
+    only after the ms line has been parsed, so its MN says the ms is pending.
+    """
+    held: list[socket.socket] = []
+    try:
+        for i in range(WARMUP):
+            s = socket.create_connection((HOST, srv.port), timeout=5)
+            held.append(s)
+            exchange(s, b"ms warm%d 5 O1 k\r\nhello\r\n" % i, b"HD O1 kwarm%d\r\n" % i)
+        before = rss_bytes(srv.pid)
+        for i in range(conns):
+            s = socket.create_connection((HOST, srv.port), timeout=5)
+            held.append(s)
+            exchange(s, b"mn\r\nms pend%d 5 O1 k c\r\nhel" % i, b"MN\r\n")
+        after = rss_bytes(srv.pid)
+    finally:
+        for s in held:
+            s.close()
+    return (after - before) / conns
+
+
 def server_args(conns: int) -> list[str]:
     return ["-c", str(conns + 1000), "-t", "4"]
 
@@ -99,6 +123,15 @@ def test_idle_connection_cost(start_server, target: Target) -> None:  # type: ig
     cost = idle_cost(srv, CONNS)
     assert srv.alive()
     assert cost <= BOUND_BYTES, f"{target.id}: {cost:.0f} bytes per idle connection"
+
+
+def test_pending_meta_store_cost(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    """An ms awaiting its value keeps its flags in a few bytes, not a line-sized block."""
+    raise_nofile(CONNS + WARMUP)
+    srv = start_server(target, server_args(CONNS))
+    cost = pending_store_cost(srv, CONNS)
+    assert srv.alive()
+    assert cost <= BOUND_BYTES, f"{target.id}: {cost:.0f} bytes per connection with an ms pending"
 
 
 def main() -> None:

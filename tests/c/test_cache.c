@@ -30,6 +30,7 @@
 #include "cache/hugemem.h"
 #include "latency.h"
 #include "prefetch.h"
+#include "proto/parse.h"
 
 static int failures;
 
@@ -947,6 +948,52 @@ static void test_lat_clock(void)
     CHECK(skew < 500 * 1000); /* 1% of 50 ms, far above the calibration's error */
 }
 
+/* proto/parse.c: the command table, the tokenizer, memcached's number rules. */
+static void test_parse(void)
+{
+    /* every row is found by its word, and near misses are not */
+    for (int id = 1; id < SM_NCMDS; id++) {
+        const char *name = sm_cmds[id].name;
+        size_t n = sm_cmds[id].len;
+        CHECK(n == strlen(name) && sm_cmd_lookup(name, n) == id);
+        char w[32];
+        memcpy(w, name, n);
+        w[n - 1] ^= 0x20; /* last byte's case flipped */
+        CHECK(sm_cmd_lookup(w, n) == SM_CMD_NONE);
+        CHECK(sm_cmd_lookup(name, n - 1) == SM_CMD_NONE || sm_cmds[sm_cmd_lookup(name, n - 1)].len == n - 1);
+        CHECK(sm_cmds[id].min_ntokens >= 2 && sm_cmds[id].min_ntokens <= sm_cmds[id].max_ntokens &&
+              sm_cmds[id].max_ntokens <= SM_MAX_TOKENS);
+    }
+    CHECK(sm_cmd_lookup("", 0) == SM_CMD_NONE && sm_cmd_lookup("mx", 2) == SM_CMD_NONE);
+    /* memcached's tokenizer: runs of spaces, the 24-token limit, the unsplit rest */
+    sm_request r;
+    char l1[] = "  get  a\tb c ";
+    sm_parse_line(&r, l1, strlen(l1));
+    CHECK(r.cmd == SM_CMD_get && r.ntokens == 4 && strcmp(r.tokens[1].value, "a\tb") == 0 &&
+          r.tokens[3].length == 0 && r.tokens[3].value == NULL);
+    char l2[64] = "get";
+    for (int i = 0; i < 25; i++)
+        strcat(l2, " k");
+    sm_parse_line(&r, l2, strlen(l2));
+    CHECK(r.ntokens == SM_MAX_TOKENS && r.tokens[23].length == 0 && r.tokens[23].value &&
+          strcmp(r.tokens[23].value, "k k k") == 0);
+    char l3[] = "set k\0 0 0 1";
+    sm_parse_line(&r, l3, sizeof(l3) - 1); /* a NUL ends the line */
+    CHECK(r.cmd == SM_CMD_set && r.ntokens == 3);
+    /* numbers: 64-bit rules, 32-bit truncation, '-' only when it looks negative */
+    uint64_t u64;
+    uint32_t u32;
+    int32_t i32;
+    CHECK(safe_strtoull("18446744073709551615", &u64) && u64 == UINT64_MAX);
+    CHECK(!safe_strtoull("18446744073709551616", &u64) && u64 == 0);
+    CHECK(!safe_strtoull("-1", &u64) && safe_strtoull("-0", &u64) && u64 == 0);
+    CHECK(safe_strtoull("-18446744073709551615", &u64) && u64 == 1);
+    CHECK(safe_strtoull(" +7", &u64) && u64 == 7 && !safe_strtoull("7x", &u64) && !safe_strtoull("", &u64));
+    CHECK(safe_strtoul("4294967297", &u32) && u32 == 1 && !safe_strtoul("-1", &u32));
+    CHECK(safe_strtol("-1", &i32) && i32 == -1 && safe_strtol("4294967396", &i32) && i32 == 100);
+    CHECK(!safe_strtol("9223372036854775808", &i32) && safe_strtol("-4294967295", &i32) && i32 == 1);
+}
+
 int main(void)
 {
     test_lat_clock();
@@ -959,6 +1006,7 @@ int main(void)
     test_hash_growth();
     test_hugemem();
     test_prefetch();
+    test_parse();
     test_stats_names();
     test_stress();
     stats_free();
