@@ -38,7 +38,7 @@ build/smd: $(CORE_SRCS) $(CORE_HDRS) tests/c/smd_main.c | build
 build/smd-asan: $(CORE_SRCS) $(CORE_HDRS) tests/c/smd_main.c | build
 	$(CC) $(CFLAGS_CORE) -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -o $@ $(CORE_SRCS) tests/c/smd_main.c $(CORE_LIBS)
 
-CACHE_SRCS := $(shell find $(CORE)/cache -name '*.c') $(CORE)/stats.c $(CORE)/prefetch.c $(CORE)/latency.c
+CACHE_SRCS := $(shell find $(CORE)/cache -name '*.c') $(CORE)/stats.c $(CORE)/prefetch.c $(CORE)/latency.c $(CORE)/proto/parse.c
 build/test_cache: $(CACHE_SRCS) $(CORE_HDRS) tests/c/test_cache.c | build
 	$(CC) $(CFLAGS_CORE) -fsanitize=address,undefined -o $@ $(CACHE_SRCS) tests/c/test_cache.c -pthread
 

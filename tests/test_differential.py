@@ -167,6 +167,56 @@ K251 = b"k" * 251
 # 4 MB of keys for a get line: 20,000 keys of 200 bytes, every 999th a hit
 LONG_KEYS = b" ".join(b"k%0199d" % i if i % 999 else b"h%d" % (i % 2 + 1) for i in range(20_000))
 
+# Number tokens at the edges of memcached's safe_strto* rules: signs, white
+# space strtol skips or stops at, 32- and 64-bit overflow and wrap-around,
+# trailing garbage.  (A token cannot hold a space: the tokenizer splits there.)
+NUMBERS = [
+    b"1", b"-1", b"+1", b"-0", b"+0", b"00000000000000000000001", b"\t1", b"1\t", b"1\r", b"\x0b1",
+    b"1x", b"x1", b"+", b"-", b"+-1", b"1.5", b"0x10", b"1e3",
+    b"2147483647", b"2147483648", b"4294967295", b"4294967296", b"4294967297", b"-4294967295",
+    b"9223372036854775807", b"9223372036854775808", b"-9223372036854775808", b"-9223372036854775809",
+    b"18446744073709551615", b"18446744073709551616", b"-18446744073709551615", b"-18446744073709551616",
+]
+
+
+def _number_steps() -> list[Step]:
+    """Every command that reads a number, given each of NUMBERS there.
+
+    Each step is answered at once by both servers: a store's value (one
+    byte) follows its line whether the line is accepted or not (then it is
+    a command, "ERROR"), and a number that would be a longer data length is
+    not in NUMBERS.  Keys are unique per step; flush_all comes last.
+    """
+    steps: list[Step] = [b"set n 0 0 2\r\n50\r\n"]
+    for i, n in enumerate(NUMBERS):
+        k = b"num%d" % i
+        steps += [
+            b"set %s_f %s 0 1\r\nx\r\nget %s_f\r\n" % (k, n, k),
+            b"set %s_e 0 %s 1\r\nx\r\nmg %s_e v\r\n" % (k, n, k),
+            b"set %s_b 0 0 %s\r\nx\r\nget %s_b\r\n" % (k, n, k),
+            b"cas %s_f 0 0 1 %s\r\ny\r\n" % (k, n),
+            b"incr n %s\r\ndecr n %s\r\n" % (n, n),
+            b"touch %s_f %s\r\nmg %s_f v\r\n" % (k, n, k),
+            b"gat %s %s_f\r\ngats %s %s_e\r\n" % (n, k, n, k),
+            b"verbosity %s\r\n" % n,
+            b"cache_memlimit %s\r\n" % n,
+            b"ms %s_mf 1 F%s\r\nx\r\nmg %s_mf f v\r\n" % (k, n, k),
+            b"ms %s_mt 1 T%s\r\nx\r\nmg %s_mt v\r\n" % (k, n, k),
+            b"ms %s_mb %s\r\nx\r\nmg %s_mb v\r\n" % (k, n, k),
+            b"ms %s_mf 1 C%s\r\nz\r\n" % (k, n),
+            b"mg %s_f T%s v\r\nmg %s_f v\r\n" % (k, n, k),
+            b"mg %s_v N%s s\r\nmg %s_v s\r\n" % (k, n, k),
+            b"mg %s_f R%s s\r\n" % (k, n),
+            b"ma n D%s v\r\nma n MD D%s v\r\n" % (n, n),
+            b"ma %s_a N0 J%s v\r\n" % (k, n),
+            b"ma n C%s\r\n" % n,
+            b"md %s_mt C%s\r\nmd %s_mf I T%s\r\n" % (k, n, k, n),
+        ]
+    steps.append(b"verbosity 0\r\n")
+    steps += [b"flush_all %s noreply\r\nflush_all %s\r\n" % (n, n) for n in NUMBERS if not n.strip().isdigit()]
+    return steps
+
+
 SESSIONS: dict[str, list[Step]] = {
     "storage": [
         b"set s1 5 0 3\r\nabc\r\n",
@@ -334,6 +384,7 @@ SESSIONS: dict[str, list[Step]] = {
     ],
     # the meta protocol helper's case list, one request per step
     "meta_cases": list(META_CASES),
+    "numbers": _number_steps(),
     "quit": [
         b"set q 0 0 1\r\nq\r\n",
         Raw(b"quit\r\n"),

@@ -3,8 +3,8 @@
  *
  * Most connections are idle most of the time.  What a connection needs only
  * while bytes move through it -- the carry-over of a partial request, the
- * output queue's iovec and held-item arrays, the io_uring send snapshot, a
- * meta store's kept flags -- is taken from its worker's pool when the bytes
+ * output queue's iovec and held-item arrays, the io_uring send snapshot --
+ * is taken from its worker's pool when the bytes
  * arrive and given back as soon as they have gone, so an idle connection
  * holds just its small struct (memcached's rule too: its read buffers come
  * from a per-thread cache while a connection is busy).

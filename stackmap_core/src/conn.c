@@ -62,9 +62,7 @@ void conn_cleanup(conn *c)
     }
     sm_pool *p = &c->worker->pool;
     pool_give(p, c->rbuf, c->rsize);
-    pool_give(p, c->pending.meta_flags, SM_LINE_MAX);
     c->rbuf = NULL;
-    c->pending.meta_flags = NULL;
     c->rsize = c->rbytes = 0;
 }
 
@@ -313,11 +311,6 @@ static inline void feed_done(conn *c)
         c->rbuf = NULL;
         c->rsize = 0;
     }
-    /* A meta store's flags are needed only until its value is in. */
-    if (c->pending.meta_flags && c->state != CONN_NREAD) {
-        pool_give(&c->worker->pool, c->pending.meta_flags, SM_LINE_MAX);
-        c->pending.meta_flags = NULL;
-    }
 }
 
 bool conn_feed(conn *c, char *data, size_t len)
@@ -354,13 +347,4 @@ bool conn_eof_finished(conn *c)
     /* Parsing stops only at an incomplete request, a full queue or a close:
      * with nothing queued, nothing more can be answered. */
     return out_pending(c) == 0;
-}
-
-char *conn_meta_flags_buf(conn *c)
-{
-    if (!c->pending.meta_flags) {
-        size_t cap;
-        c->pending.meta_flags = pool_take(&c->worker->pool, SM_LINE_MAX, &cap);
-    }
-    return c->pending.meta_flags;
 }

@@ -16,9 +16,9 @@
  * allocate nothing.
  *
  * Memory: an idle connection holds only this struct.  The receive
- * carry-over, the queue's iovec and held-item arrays and a meta store's kept
- * flags are blocks of the worker's pool (bufpool.h), taken when data arrives
- * and given back once it has been answered and sent.
+ * carry-over and the queue's iovec and held-item arrays are blocks of the
+ * worker's pool (bufpool.h), taken when data arrives and given back once it
+ * has been answered and sent.
  *
  * End of stream: when the peer shuts down its side, the backend stops
  * reading and sets rd_eof; every complete request received before it is
@@ -68,17 +68,22 @@ typedef enum {
 /* Which protocol a pending value belongs to. */
 typedef enum { PROTO_TEXT = 0, PROTO_META = 1 } proto_kind;
 
-/* A store waiting for its value bytes (text "set ..." or meta "ms ..."). */
+/* A store waiting for its value bytes (text "set ..." or meta "ms ...");
+ * laid out to fill 64 bytes. */
 typedef struct pending_store {
-    proto_kind proto;     /* who completes it */
-    store_op op;          /* set/add/replace/append/prepend/cas */
-    bool noreply;         /* text noreply / meta q */
-    uint64_t cas;         /* text cas unique */
+    uint64_t cas;         /* text cas unique / meta C */
+    uint64_t cas_new;     /* meta E: the stored item's CAS (0: the next unique) */
     uint32_t hv;          /* hash of the key */
-    char *meta_flags;         /* meta: the request's kept flag tokens, re-read on completion; a
-                                 pooled SM_LINE_MAX block (conn_meta_flags_buf) while the
-                                 value is awaited, else NULL */
-    uint16_t meta_flags_len;  /* bytes in meta_flags */
+    uint8_t proto;        /* proto_kind: who completes it */
+    uint8_t op;           /* store_op: set/add/replace/append/prepend/cas */
+    bool noreply;         /* text noreply / meta q */
+    struct {                  /* meta ms: what its response needs, parsed from its flags */
+        bool invalidate;      /* I: a stale CAS may store and mark the item stale */
+        uint8_t nret;         /* entries in ret */
+        char ret[3];          /* 'O', 'k', 'c' in the order the request gave them */
+        uint8_t opaque_len;   /* bytes in opaque */
+        char opaque[31];      /* the O token without its 'O' (memcached allows 31 bytes) */
+    } meta;
 } pending_store;
 
 /*
@@ -188,10 +193,5 @@ bool conn_feed(conn *c, char *data, size_t len);
  * may come with new output queued: the caller sends it and asks again.
  */
 bool conn_eof_finished(conn *c);
-
-/* The block a meta store keeps its flag tokens in (SM_LINE_MAX bytes), taken
- * from the pool if not held yet; NULL when memory is exhausted.  Given back
- * once the store is complete (conn_feed) or the connection closes. */
-char *conn_meta_flags_buf(conn *c);
 
 #endif

@@ -28,7 +28,8 @@
 #include <stdint.h>
 #include <time.h>
 
-/* Commands timed separately; everything else is "other". */
+/* Commands timed separately; everything else is "other".  Each command's
+ * class is its row's latency column in the command table (proto/parse.h). */
 #define SM_LAT_COMMANDS(X) \
     X(get)                 \
     X(gets)                \
@@ -129,9 +130,6 @@ static inline void sm_lat_record(struct sm_latency *l, int cmd, uint64_t ns)
     _Atomic uint64_t *sum = &l->sum_ns[cmd];
     atomic_store_explicit(sum, atomic_load_explicit(sum, memory_order_relaxed) + ns, memory_order_relaxed);
 }
-
-/* Which enum sm_lat_cmd a command line is (by its first word). */
-int sm_lat_classify(const char *line, size_t len);
 
 /* Name of a command ("get", ..., "other"), NULL when out of range. */
 const char *sm_lat_name(int cmd);

@@ -1,31 +1,31 @@
 /*
  * prefetch.c -- batch prefetch of the keys a ring backend is about to look
- * up (see prefetch.h for why).  Only the plain read commands are peeked at
- * ("get", "gets", "mg" with a plain key); everything else is left alone.
+ * up (see prefetch.h for why).  Only commands whose row in the command
+ * table (proto/parse.h) says their keys are prefetched are peeked at (get,
+ * gets and bget: every key; mg: the one key); everything else is left alone.
  */
 #include <string.h>
 
 #include "prefetch.h"
+#include "proto/parse.h"
 
 /* Longest key memcached accepts. */
 #define PREFETCH_KEY_MAX 250
 
+/* Longest command word, with room for the space after it. */
+#define PREFETCH_WORD_MAX 16
+
 void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t len)
 {
-    const char *p = buf, *end = buf + len;
-    int many; /* get/gets take many keys, mg one */
-    if (len > 4 && memcmp(buf, "get ", 4) == 0) {
-        p += 4;
-        many = 1;
-    } else if (len > 5 && memcmp(buf, "gets ", 5) == 0) {
-        p += 5;
-        many = 1;
-    } else if (len > 3 && memcmp(buf, "mg ", 3) == 0) {
-        p += 3;
-        many = 0;
-    } else {
+    /* the command word at the buffer's very start, and a space after it */
+    const char *sp0 = memchr(buf, ' ', len < PREFETCH_WORD_MAX ? len : PREFETCH_WORD_MAX);
+    if (!sp0)
         return;
-    }
+    int pf = sm_cmds[sm_cmd_lookup(buf, (size_t)(sp0 - buf))].prefetch;
+    if (pf == SM_PF_NONE)
+        return;
+    int many = pf == SM_PF_MANY;
+    const char *p = sp0 + 1, *end = buf + len;
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     const char *eol = nl ? nl : end; /* no newline: the line goes on in the next read */
     if (nl && eol > p && eol[-1] == '\r')

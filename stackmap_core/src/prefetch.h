@@ -48,7 +48,8 @@ static inline void prefetch_reset(struct prefetch_batch *pb)
     pb->next = 0;
 }
 
-/* Stage one for one received buffer: hash the keys of a get/gets/mg at its start. */
+/* Stage one for one received buffer: hash the keys at its start when its
+ * command word's row in the command table (proto/parse.h) says to. */
 void prefetch_scan(cache *c, struct prefetch_batch *pb, const char *buf, size_t len);
 /* Stages two and three for the whole batch: each bucket's first item, then
  * the second where the first is not the key (nothing for a lone key, whose

@@ -30,6 +30,7 @@
 #include "cache/hugemem.h"
 #include "latency.h"
 #include "prefetch.h"
+#include "proto/parse.h"
 
 static int failures;
 
@@ -321,16 +322,30 @@ static void test_arith(void)
     arith_req req = {.incr = 1, .delta = 1, .cas_compare = cas + 7};
     CHECK(cache_arith(c, "m", 1, cache_hash("m", 1), &req, &v, NULL, NULL) == ARITH_EXISTS);
     req.cas_compare = cas;
-    req.set_exptime = 1;
-    req.exptime = 12345;
     item *it = NULL;
     CHECK(cache_arith(c, "m", 1, cache_hash("m", 1), &req, &v, &it, NULL) == ARITH_OK && v == 6);
-    CHECK(it && it->exptime == 12345 && it->cas != cas && it->client_flags == 3);
+    CHECK(it && it->cas != cas && it->client_flags == 3);
     if (it)
         cache_release(c, it);
-    arith_req viv = {.incr = 0, .delta = 1, .vivify = 1, .initial = 77, .viv_exptime = 0};
-    CHECK(cache_arith(c, "new", 3, cache_hash("new", 3), &viv, &v, NULL, NULL) == ARITH_OK && v == 77);
+    /* vivify: the first call creates (ARITH_VIVIFIED), the next one counts */
+    arith_req viv = {.incr = 0, .delta = 1, .vivify = 1, .initial = 77, .viv_exptime = 12345};
+    it = NULL;
+    CHECK(cache_arith(c, "new", 3, cache_hash("new", 3), &viv, &v, &it, NULL) == ARITH_VIVIFIED && v == 77);
+    CHECK(it && it->exptime == 12345 && it->client_flags == 0);
+    if (it)
+        cache_release(c, it);
     CHECK(strcmp(get(c, "new", buf, sizeof(buf), NULL, NULL), "77") == 0);
+    CHECK(cache_arith(c, "new", 3, cache_hash("new", 3), &viv, &v, NULL, NULL) == ARITH_OK && v == 76);
+    /* mg N: created under the caller's item lock, flags as asked, CAS as asked */
+    uint32_t hv = cache_hash("viv", 3);
+    cache_lock(c, hv);
+    CHECK(cache_get_locked(c, "viv", 3, hv, 0, 0, NULL) == NULL);
+    it = cache_vivify_locked(c, "viv", 3, hv, 0, 4242, ITEM_TOKEN_SENT, NULL);
+    cache_unlock(c, hv);
+    CHECK(it && it->nbytes == 2 && it->cas == 4242 && (atomic_load(&it->it_flags) & ITEM_TOKEN_SENT));
+    if (it)
+        cache_release(c, it);
+    CHECK(strcmp(get(c, "viv", buf, sizeof(buf), NULL, NULL), "") == 0);
     /* in-place is refused while a reader holds the item */
     set(c, "h", "50");
     item *held = NULL;
@@ -681,7 +696,8 @@ static void *stress_main(void *p)
             arith_req req = {.incr = (r & 0x200) != 0, .delta = r % 7, .vivify = (r & 0x400) != 0};
             uint64_t v;
             item *it = NULL;
-            if (cache_arith(c, key, nkey, hv, &req, &v, &it, NULL) == ARITH_OK && it) {
+            arith_result ar = cache_arith(c, key, nkey, hv, &req, &v, &it, NULL);
+            if ((ar == ARITH_OK || ar == ARITH_VIVIFIED) && it) {
                 if (!check_value(key, ITEM_value(it), ITEM_vlen(it)))
                     a->bad++;
                 cache_release(c, it);
@@ -932,6 +948,52 @@ static void test_lat_clock(void)
     CHECK(skew < 500 * 1000); /* 1% of 50 ms, far above the calibration's error */
 }
 
+/* proto/parse.c: the command table, the tokenizer, memcached's number rules. */
+static void test_parse(void)
+{
+    /* every row is found by its word, and near misses are not */
+    for (int id = 1; id < SM_NCMDS; id++) {
+        const char *name = sm_cmds[id].name;
+        size_t n = sm_cmds[id].len;
+        CHECK(n == strlen(name) && sm_cmd_lookup(name, n) == id);
+        char w[32];
+        memcpy(w, name, n);
+        w[n - 1] ^= 0x20; /* last byte's case flipped */
+        CHECK(sm_cmd_lookup(w, n) == SM_CMD_NONE);
+        CHECK(sm_cmd_lookup(name, n - 1) == SM_CMD_NONE || sm_cmds[sm_cmd_lookup(name, n - 1)].len == n - 1);
+        CHECK(sm_cmds[id].min_ntokens >= 2 && sm_cmds[id].min_ntokens <= sm_cmds[id].max_ntokens &&
+              sm_cmds[id].max_ntokens <= SM_MAX_TOKENS);
+    }
+    CHECK(sm_cmd_lookup("", 0) == SM_CMD_NONE && sm_cmd_lookup("mx", 2) == SM_CMD_NONE);
+    /* memcached's tokenizer: runs of spaces, the 24-token limit, the unsplit rest */
+    sm_request r;
+    char l1[] = "  get  a\tb c ";
+    sm_parse_line(&r, l1, strlen(l1));
+    CHECK(r.cmd == SM_CMD_get && r.ntokens == 4 && strcmp(r.tokens[1].value, "a\tb") == 0 &&
+          r.tokens[3].length == 0 && r.tokens[3].value == NULL);
+    char l2[64] = "get";
+    for (int i = 0; i < 25; i++)
+        strcat(l2, " k");
+    sm_parse_line(&r, l2, strlen(l2));
+    CHECK(r.ntokens == SM_MAX_TOKENS && r.tokens[23].length == 0 && r.tokens[23].value &&
+          strcmp(r.tokens[23].value, "k k k") == 0);
+    char l3[] = "set k\0 0 0 1";
+    sm_parse_line(&r, l3, sizeof(l3) - 1); /* a NUL ends the line */
+    CHECK(r.cmd == SM_CMD_set && r.ntokens == 3);
+    /* numbers: 64-bit rules, 32-bit truncation, '-' only when it looks negative */
+    uint64_t u64;
+    uint32_t u32;
+    int32_t i32;
+    CHECK(safe_strtoull("18446744073709551615", &u64) && u64 == UINT64_MAX);
+    CHECK(!safe_strtoull("18446744073709551616", &u64) && u64 == 0);
+    CHECK(!safe_strtoull("-1", &u64) && safe_strtoull("-0", &u64) && u64 == 0);
+    CHECK(safe_strtoull("-18446744073709551615", &u64) && u64 == 1);
+    CHECK(safe_strtoull(" +7", &u64) && u64 == 7 && !safe_strtoull("7x", &u64) && !safe_strtoull("", &u64));
+    CHECK(safe_strtoul("4294967297", &u32) && u32 == 1 && !safe_strtoul("-1", &u32));
+    CHECK(safe_strtol("-1", &i32) && i32 == -1 && safe_strtol("4294967396", &i32) && i32 == 100);
+    CHECK(!safe_strtol("9223372036854775808", &i32) && safe_strtol("-4294967295", &i32) && i32 == 1);
+}
+
 int main(void)
 {
     test_lat_clock();
@@ -944,6 +1006,7 @@ int main(void)
     test_hash_growth();
     test_hugemem();
     test_prefetch();
+    test_parse();
     test_stats_names();
     test_stress();
     stats_free();

@@ -6,8 +6,9 @@
  * on the request path; the engine (engine.c) creates the cache and starts
  * its maintainer thread.  All calls are thread-safe.  There is no global
  * lock on the get/set path: an item is guarded by one of a fixed array of
- * striped locks chosen by its key's hash; a slab class's free list and LRU
- * by that class's own lock.  The hash table grows incrementally, bucket by
+ * striped locks chosen by its key's hash; a slab class's free list and its
+ * one LRU (plain, not memcached's segmented hot/warm/cold: lru.c) by that
+ * class's own lock.  The hash table grows incrementally, bucket by
  * bucket, under the same stripe locks.
  *
  * Items are reference counted.  The hash table owns one reference while an
@@ -33,7 +34,7 @@ typedef uint32_t rel_time_t;
 /* it_flags bits. */
 #define ITEM_LINKED     0x01 /* in the hash table and an LRU */
 #define ITEM_FETCHED    0x02 /* read at least once since stored */
-#define ITEM_ACTIVE     0x04 /* read again while in the LRU (segmented LRU) */
+#define ITEM_ACTIVE     0x04 /* read again after its first fetch (counted as evicted_active) */
 #define ITEM_STALE      0x08 /* meta: invalidated (md I / ms I) */
 #define ITEM_TOKEN_SENT 0x10 /* meta: a recache "win" token was handed out */
 #define ITEM_KEY_BINARY 0x20 /* meta: the key was sent base64-encoded (ms b); k/me echo it encoded */
@@ -76,7 +77,7 @@ typedef struct cache_config {
     uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
     int hashpower_init;       /* initial hash table size, power of two */
     int use_cas;              /* 0: CAS uniques are always 0 */
-    int lru_segmented;        /* 1: hot/warm/cold LRU per class, 0: one LRU per class */
+    int lru_segmented;        /* -o lru_segmented as given; unused: the cache keeps one plain LRU per class (lru.c) */
     int verbose;              /* log level for the maintainer's messages */
 } cache_config;
 
@@ -195,6 +196,17 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
 /* Largest nbytes (value + 2) that cache_alloc accepts for a key of nkey bytes. */
 uint32_t cache_max_value_bytes(const cache *c, size_t nkey);
 
+/*
+ * meta mg N: with the item lock for hv held and the key found missing
+ * (cache_get_locked), create it with an empty value, exptime and it_flags
+ * (e.g. ITEM_TOKEN_SENT, so the win token is the creator's before anybody
+ * can see the item) and link it, with CAS cas_new (0: the next unique; as
+ * for store_req).  Returns it with a reference for the caller, or NULL and
+ * *err when it cannot be allocated.  The lock is still held on return.
+ */
+item *cache_vivify_locked(cache *c, const char *key, size_t nkey, uint32_t hv, rel_time_t exptime,
+                          uint64_t cas_new, uint16_t it_flags, alloc_error *err);
+
 /* How to store. */
 typedef struct store_req {
     store_op op;           /* set/add/replace/append/prepend/cas */
@@ -236,25 +248,28 @@ typedef enum {
     ARITH_NOT_FOUND = 1,   /* NOT_FOUND / NF */
     ARITH_NON_NUMERIC = 2, /* value is not a decimal uint64 */
     ARITH_EXISTS = 3,      /* cas_compare mismatch (meta C) */
-    ARITH_NO_MEMORY = 4    /* could not allocate the new value */
+    ARITH_NO_MEMORY = 4,   /* could not allocate the new value */
+    ARITH_VIVIFIED = 5,    /* missing, and created with req->initial (req->vivify) */
+    ARITH_VIVIFY_NO_MEMORY = 6 /* missing, and the item to vivify could not be allocated */
 } arith_result;
 
-/* What meta arithmetic asks beyond incr/decr. */
+/* An incr/decr, and what meta arithmetic (ma) asks beyond it. */
 typedef struct arith_req {
     int incr;             /* 1 incr (wraps at 2^64), 0 decr (floors at 0) */
     uint64_t delta;       /* amount */
     uint64_t cas_compare; /* != 0: must match */
-    int vivify;           /* meta N: create with `initial` when missing */
-    uint64_t initial;     /* meta J: initial value for vivify */
+    int vivify;           /* meta N: create the item with `initial` when missing */
+    uint64_t initial;     /* meta J: the value of a vivified item */
     rel_time_t viv_exptime; /* exptime of a vivified item */
-    int set_exptime;      /* meta T: set exptime on success */
-    rel_time_t exptime;   /* the exptime for set_exptime */
 } arith_req;
 
 /*
- * incr/decr.  On ARITH_OK *value_out is the new value and, when it_out is
- * not NULL, *it_out the (referenced) item now holding it, for meta's t/c
- * flags; release it.  *clsid_out as for cache_store.
+ * incr/decr.  On ARITH_OK (and ARITH_VIVIFIED) *value_out is the new value
+ * and, when it_out is not NULL, *it_out the (referenced) item now holding
+ * it, for meta's t/c flags; release it.  *clsid_out as for cache_store.
+ * With req->vivify a missing key is created with req->initial under the
+ * same item lock as the lookup, so of many concurrent callers exactly one
+ * gets ARITH_VIVIFIED and the others find its item.
  */
 arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, const arith_req *req,
                          uint64_t *value_out, item **it_out, int *clsid_out);
@@ -291,7 +306,7 @@ uint64_t cache_memlimit(const cache *c);
  * evicted_unfetched, evicted_active, hash_power_level, hash_bytes,
  * hash_is_expanding, slab_global_page_pool, total_malloced... */
 void cache_stats_general(cache *c, sm_stat_sink *sink);
-/* (Added by the cache helper.)  "stats reset": zero total_items, evictions,
+/* "stats reset": zero total_items, evictions,
  * reclaimed and the other counters memcached resets (not curr_items/bytes). */
 void cache_stats_reset(cache *c);
 /* "items:<cls>:number", "items:<cls>:age", ... for classes with items. */

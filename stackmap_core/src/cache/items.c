@@ -267,6 +267,20 @@ static uint64_t store_cas(cache *c, uint64_t cas_new)
     return cas_new;
 }
 
+item *cache_vivify_locked(cache *c, const char *key, size_t nkey, uint32_t hv, rel_time_t exptime,
+                          uint64_t cas_new, uint16_t it_flags, alloc_error *err)
+{
+    /* cache_alloc never blocks on a stripe lock (eviction trylocks), so it
+     * may run under the caller's, as cache_arith's allocations do. */
+    item *it = cache_alloc(c, key, nkey, 0, exptime, 2, err);
+    if (!it)
+        return NULL;
+    memcpy(ITEM_value(it), "\r\n", 2);
+    atomic_fetch_or(&it->it_flags, it_flags);
+    item_link(c, it, hv, store_cas(c, cas_new));
+    return it;
+}
+
 /*
  * memcached's do_store_item.  The CAS comparison is made up front for every
  * mode: set and replace with a cas_compare behave as cas (meta C); add on
@@ -470,7 +484,7 @@ static int value_to_u64(const char *p, const char *end, uint64_t *out)
  * spaces, as memcached does, e.g. decr 100 -> "99 ") when it fits in the
  * old value and nobody else holds the item; otherwise a new item replaces
  * the old one.  The CAS changes either way.  Missing + vivify (meta N)
- * creates the item with `initial`.
+ * creates the item with `initial`, under the same stripe lock as the lookup.
  */
 arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, const arith_req *req,
                          uint64_t *value_out, item **it_out, int *clsid_out)
@@ -491,13 +505,14 @@ arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, co
         int len = snprintf(buf, sizeof(buf), "%" PRIu64, req->initial);
         target = cache_alloc(c, key, nkey, 0, req->viv_exptime, (uint32_t)len + 2, NULL);
         if (!target) {
-            res = ARITH_NO_MEMORY;
+            res = ARITH_VIVIFY_NO_MEMORY;
             goto out;
         }
         memcpy(ITEM_value(target), buf, (size_t)len);
         memcpy(ITEM_value(target) + len, "\r\n", 2);
         item_link(c, target, hv, cache_next_cas(c));
         value = req->initial;
+        res = ARITH_VIVIFIED;
         goto done;
     }
     if (clsid_out)
@@ -538,8 +553,6 @@ arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, co
         item_link(c, target, hv, cache_next_cas(c));
     }
 done:
-    if (req->set_exptime)
-        ST(target->exptime, req->exptime);
     if (clsid_out)
         *clsid_out = target->slabs_clsid;
     if (value_out)

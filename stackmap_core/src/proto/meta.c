@@ -6,16 +6,18 @@
  * optional tokens), and clients that use it expect memcached 1.6.18's
  * answers byte for byte -- including its error strings, which flags each
  * command accepts, in which order response flags come back, and the
- * recache "win" logic (W/X/Z).  The text protocol lives in text.c; the line
- * splitting, value reading (NREAD/SWALLOW) and number helpers in proto.c.
+ * recache "win" logic (W/X/Z).  The text protocol lives in text.c; value
+ * reading (NREAD/SWALLOW) in proto.c; tokenizer and number rules in parse.c.
  *
- * How a request is handled: the line is split in place (memcached's
- * tokenizer: single spaces separate, at most 24 tokens), the flags are
+ * How a request is handled: proto.c has split the line (parse.h, memcached's
+ * tokenizer) and the command table chose the handler here; the flags are
  * checked in one pass exactly as memcached's flag pre-parser does (first
  * character of each token; duplicates and unknown letters are errors, a
- * bad numeric token is remembered but parsing goes on), then the command
- * runs against the cache and its response line is built in a stack buffer
- * by walking the request flags again in order.  Nothing is allocated per
+ * bad numeric token is remembered but parsing goes on) into a meta_flags,
+ * then the command runs against the cache and its response line is built
+ * in a stack buffer by walking the request flags again in order (the order
+ * is part of the answer).  An ms keeps only what its response needs in
+ * c->pending.meta until its value is in.  Nothing is allocated per
  * request: values go out straight from item memory (out_item).
  *
  * Compatibility notes (memcached 1.6.18 is the reference; all checked
@@ -61,20 +63,14 @@
 #define META_LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define META_ST(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 
-/* memcached's tokenizer limit (tokens including the terminal one). */
-#define META_MAX_TOKENS 24
 /* memcached's MFLAG_MAX_OPT_LENGTH: more tokens than this is an error. */
 #define META_MAX_NTOKENS 20
 /* memcached's MFLAG_MAX_OPAQUE_LENGTH: longest O token, 'O' included. */
 #define META_MAX_OPAQUE 32
+_Static_assert(sizeof(((pending_store *)0)->meta.opaque) == META_MAX_OPAQUE - 1,
+               "an ms keeps its O token's bytes in pending_store");
 /* Room for any response line: code, 17 flags, a base64 key, numbers. */
 #define META_LINE_BUF 2048
-
-/* One token of the request line, NUL-terminated in place. */
-typedef struct meta_token {
-    char *v;    /* first byte */
-    size_t len; /* bytes, without the NUL */
-} meta_token;
 
 /* What the flags of one request asked for (memcached's _meta_flags). */
 typedef struct meta_flags {
@@ -269,76 +265,13 @@ static void meta_error(conn *c, const char *msg)
     out_static(c, "\r\n", 2);
 }
 
-/* ---- tokenizing and flag parsing ---- */
-
-/*
- * memcached's tokenize_command: single spaces separate tokens (runs of
- * spaces are skipped), the line ends at the first NUL; at most
- * META_MAX_TOKENS - 1 real tokens, after which the rest stays unsplit.
- * Returns memcached's ntokens: the real tokens plus the terminal one.
- */
-static size_t meta_tokenize(char *line, size_t len, meta_token *t)
-{
-    size_t n = 0;
-    size_t end = strnlen(line, len);
-    size_t s = 0, i = 0;
-    for (; i < end; i++) {
-        if (line[i] == ' ') {
-            if (s != i) {
-                t[n].v = line + s;
-                t[n].len = i - s;
-                n++;
-                line[i] = '\0';
-                if (n == META_MAX_TOKENS - 1) {
-                    s = i + 1;
-                    i = s;
-                    break;
-                }
-            }
-            s = i + 1;
-        }
-    }
-    if (n < META_MAX_TOKENS - 1 && s < end) {
-        t[n].v = line + s;
-        t[n].len = end - s;
-        n++;
-        /* the last token ends the line: terminate it for the number parsers */
-        line[end] = '\0';
-    }
-    t[n].v = NULL;
-    t[n].len = 0;
-    return n + 1;
-}
-
-/*
- * memcached's safe_strtol and safe_strtoul on a 64-bit build parse a long
- * and then store it into 32 bits, so "T4294967396" means T100 and
- * "F4294967297" means F1.  These reproduce that (the shared helpers in
- * proto.c refuse out-of-range values instead).
- */
-static bool meta_strtol32(const char *s, int32_t *out)
-{
-    int64_t v;
-    if (!safe_strtoll(s, &v))
-        return false;
-    *out = (int32_t)(uint32_t)(uint64_t)v;
-    return true;
-}
-
-static bool meta_strtoul32(const char *s, uint32_t *out)
-{
-    uint64_t v;
-    if (!safe_strtoull(s, &v))
-        return false;
-    *out = (uint32_t)v;
-    return true;
-}
+/* ---- flag parsing ---- */
 
 /* A TTL token as memcached converts it (negative: already expired). */
 static bool meta_ttl_token(conn *c, const char *s, rel_time_t *out)
 {
     int32_t v;
-    if (!meta_strtol32(s, &v))
+    if (!safe_strtol(s, &v))
         return false;
     *out = cache_realtime(c->worker->cache, v);
     return true;
@@ -351,26 +284,26 @@ static bool meta_ttl_token(conn *c, const char *s, rel_time_t *out)
  * with *errstr set on any error; unknown and repeated flags stop at once,
  * bad tokens are remembered and the scan goes on (so a later error wins).
  */
-static bool meta_preparse(conn *c, meta_token *t, size_t ntokens, size_t start, char cmd,
+static bool meta_preparse(conn *c, sm_token *t, size_t ntokens, size_t start, char cmd,
                           meta_flags *of, const char **errstr)
 {
     uint8_t seen[128] = {0};
     for (size_t i = start; i < ntokens - 1; i++) {
-        uint8_t o = (uint8_t)t[i].v[0];
+        uint8_t o = (uint8_t)t[i].value[0];
         if (o >= 127 || seen[o]) {
             *errstr = "CLIENT_ERROR duplicate flag";
             return false;
         }
         seen[o] = 1;
-        const char *tok = t[i].v + 1;
+        const char *tok = t[i].value + 1;
         switch (o) {
         case 'b': {
-            size_t n = b64_decode_inplace(t[1].v, t[1].len);
+            size_t n = b64_decode_inplace(t[1].value, t[1].length);
             if (n == 0) {
                 *errstr = "CLIENT_ERROR error decoding key";
                 of->has_error = true;
             }
-            t[1].len = n;
+            t[1].length = n;
             of->key_binary = true;
             break;
         }
@@ -408,7 +341,7 @@ static bool meta_preparse(conn *c, meta_token *t, size_t ntokens, size_t start, 
             of->no_reply = true;
             break;
         case 'F':
-            if (!meta_strtoul32(tok, &of->client_flags))
+            if (!safe_strtoul(tok, &of->client_flags))
                 of->has_error = true; /* memcached keeps the generic errstr here */
             break;
         case 'C':
@@ -420,11 +353,11 @@ static bool meta_preparse(conn *c, meta_token *t, size_t ntokens, size_t start, 
             }
             break;
         case 'M':
-            if (t[i].len != 2) {
+            if (t[i].length != 2) {
                 *errstr = "CLIENT_ERROR incorrect length for M token";
                 of->has_error = true;
             } else {
-                of->mode = t[i].v[1];
+                of->mode = t[i].value[1];
             }
             break;
         case 'J':
@@ -471,24 +404,37 @@ static bool meta_preparse(conn *c, meta_token *t, size_t ntokens, size_t start, 
     return !of->has_error;
 }
 
+/* The TTL of an item N vivifies: what N and T, in request order, leave. */
+static rel_time_t meta_viv_exptime(const sm_token *t, size_t ntokens, const meta_flags *of)
+{
+    rel_time_t viv_exp = 0;
+    for (size_t i = 2; i < ntokens - 1; i++) {
+        if (t[i].value[0] == 'T')
+            viv_exp = of->exptime;
+        else if (t[i].value[0] == 'N')
+            viv_exp = of->autoviv_exptime;
+    }
+    return viv_exp;
+}
+
 /* Any O token longer than memcached allows? */
-static bool meta_opaque_too_long(const meta_token *t, size_t ntokens, size_t start)
+static bool meta_opaque_too_long(const sm_token *t, size_t ntokens, size_t start)
 {
     for (size_t i = start; i < ntokens - 1; i++)
-        if (t[i].v[0] == 'O' && t[i].len > META_MAX_OPAQUE)
+        if (t[i].value[0] == 'O' && t[i].length > META_MAX_OPAQUE)
             return true;
     return false;
 }
 
 /* Append the O and k flags only (misses and failures), in request order. */
-static void ml_opaque_key(meta_line *l, const meta_token *t, size_t ntokens, size_t start,
+static void ml_opaque_key(meta_line *l, const sm_token *t, size_t ntokens, size_t start,
                           const char *key, size_t nkey, bool binary)
 {
     for (size_t i = start; i < ntokens - 1; i++) {
-        if (t[i].v[0] == 'O') {
+        if (t[i].value[0] == 'O') {
             ml_put(l, " ", 1);
-            ml_put(l, t[i].v, t[i].len);
-        } else if (t[i].v[0] == 'k') {
+            ml_put(l, t[i].value, t[i].length);
+        } else if (t[i].value[0] == 'k') {
             ml_key(l, key, nkey, binary);
         }
     }
@@ -500,13 +446,13 @@ static void ml_opaque_key(meta_line *l, const meta_token *t, size_t ntokens, siz
  * error, too many tokens is `toolong` (mg and the others word it
  * differently).  false when the error has been queued.
  */
-static bool meta_head_ok(conn *c, const meta_token *t, size_t ntokens, bool need_datalen, const char *toolong)
+static bool meta_head_ok(conn *c, const sm_token *t, size_t ntokens, bool need_datalen, const char *toolong)
 {
     if (ntokens < 3) {
         out_static(c, "ERROR\r\n", 7);
         return false;
     }
-    if (t[1].len > KEY_MAX_LENGTH || (need_datalen && ntokens == 3)) {
+    if (t[1].length > KEY_MAX_LENGTH || (need_datalen && ntokens == 3)) {
         meta_error(c, ERR_FORMAT);
         return false;
     }
@@ -519,8 +465,10 @@ static bool meta_head_ok(conn *c, const meta_token *t, size_t ntokens, bool need
 
 /* ---- mg ---- */
 
-static void meta_get(conn *c, meta_token *t, size_t ntokens)
+void proto_meta_get(conn *c, sm_request *r)
 {
+    sm_token *t = r->tokens;
+    size_t ntokens = r->ntokens;
     cache *ca = c->worker->cache;
     struct sm_thread_stats *st = &c->worker->stats;
     meta_flags of = {0};
@@ -532,8 +480,8 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
         meta_error(c, errstr);
         return;
     }
-    const char *key = t[1].v;
-    size_t nkey = t[1].len;
+    const char *key = t[1].value;
+    size_t nkey = t[1].length;
     uint32_t hv = prefetch_hash(&c->worker->pf, key, nkey);
     if (meta_opaque_too_long(t, ntokens, 2)) {
         /* memcached finds this out while answering: a miss is counted first */
@@ -555,42 +503,21 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
     meta_line l;
     l.n = 0;
 
-    for (int attempt = 0; attempt < 2; attempt++) {
-        cache_lock(ca, hv);
-        it = cache_get_locked(ca, key, nkey, hv, of.no_update ? CACHE_GET_NOBUMP : 0, 0, &info);
-        if (it != NULL || !of.vivify || attempt == 1)
-            break;
-        cache_unlock(ca, hv);
-
-        /* Vivify: a 0-byte item whose TTL is what N and T (in order) leave. */
-        rel_time_t viv_exp = 0;
-        for (size_t i = 2; i < ntokens - 1; i++) {
-            if (t[i].v[0] == 'T')
-                viv_exp = of.exptime;
-            else if (t[i].v[0] == 'N')
-                viv_exp = of.autoviv_exptime;
-        }
-        alloc_error aerr;
-        item *nit = cache_alloc(ca, key, nkey, 0, viv_exp, 2, &aerr);
-        if (nit == NULL) {
-            cache_lock(ca, hv); /* a miss, reported below */
-            break;
-        }
-        memcpy(ITEM_value(nit), "\r\n", 2);
-        /* the win token is ours before anybody can see the item */
-        atomic_fetch_or(&nit->it_flags, ITEM_TOKEN_SENT);
-        store_req req = {.op = STORE_ADD, .cas_new = of.has_cas_new ? of.cas_new : 0};
-        if (cache_store(ca, nit, hv, &req, NULL, NULL) == STORE_STORED) {
-            it = nit;
+    /* The item lock is held from the lookup to the end of the response
+     * line: vivify, T, and the recache token are one step for other clients. */
+    cache_lock(ca, hv);
+    it = cache_get_locked(ca, key, nkey, hv, of.no_update ? CACHE_GET_NOBUMP : 0, 0, &info);
+    if (it == NULL && of.vivify) {
+        /* Vivify: a 0-byte item whose TTL is what N and T (in order) leave;
+         * the win token is ours before anybody can see the item. */
+        it = cache_vivify_locked(ca, key, nkey, hv, meta_viv_exptime(t, ntokens, &of),
+                                 of.has_cas_new ? of.cas_new : 0, ITEM_TOKEN_SENT, NULL);
+        if (it != NULL) {
             created = true;
             info.prev_time = now;
             info.was_fetched = 0;
-            break;
         }
-        /* somebody else created it meanwhile: look again */
-        cache_release(ca, nit);
     }
-    /* here: the item lock is held unless we created the item */
 
     if (info.status == GET_EXPIRED)
         SM_STAT_INC(st->get_expired);
@@ -622,7 +549,7 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
     }
     uint16_t flags0 = atomic_load(&it->it_flags);
     for (size_t i = 2; i < ntokens - 1; i++) {
-        switch (t[i].v[0]) {
+        switch (t[i].value[0]) {
         case 'T':
             ttl_set = true;
             cur_exp = of.exptime;
@@ -659,7 +586,7 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
             break;
         case 'O':
             ml_put(&l, " ", 1);
-            ml_put(&l, t[i].v, t[i].len);
+            ml_put(&l, t[i].value, t[i].length);
             break;
         case 'k':
             ml_key(&l, ITEM_key(it), it->nkey, (flags0 & ITEM_KEY_BINARY) != 0);
@@ -682,29 +609,27 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
                 won = true;
         }
         if (won) {
-            uint16_t prev = atomic_fetch_or(&it->it_flags, ITEM_TOKEN_SENT);
             /* under the item lock nobody else can have taken it meanwhile */
-            (void)prev;
+            atomic_fetch_or(&it->it_flags, ITEM_TOKEN_SENT);
             ml_put(&l, " W", 2);
         }
-        cache_unlock(ca, hv);
     }
     ml_crlf(&l);
+    if (created && !of.no_update) {
+        /* memcached bumps the item it vivified: it counts as fetched */
+        item *again = cache_get_locked(ca, key, nkey, hv, 0, 0, NULL);
+        if (again != NULL)
+            cache_release(ca, again);
+    }
+    cache_unlock(ca, hv);
 
     int clsid = it->slabs_clsid;
     if (ttl_set) {
         SM_STAT_INC(st->touch_cmds);
-        SM_STAT_INC(st->slab[clsid].touch_hits);
+        SM_STAT_INC(st->slab[proto_cls(clsid)].touch_hits);
     } else {
         SM_STAT_INC(st->get_cmds);
-        SM_STAT_INC(st->slab[clsid].get_hits);
-    }
-
-    if (created && !of.no_update) {
-        /* memcached bumps the item it vivified: it counts as fetched */
-        item *again = cache_get(ca, key, nkey, hv, 0, 0, NULL);
-        if (again != NULL)
-            cache_release(ca, again);
+        SM_STAT_INC(st->slab[proto_cls(clsid)].get_hits);
     }
 
     if (meta_send(c, &l) && of.value) {
@@ -717,8 +642,10 @@ static void meta_get(conn *c, meta_token *t, size_t ntokens)
 
 /* ---- ms ---- */
 
-static void meta_set(conn *c, meta_token *t, size_t ntokens)
+void proto_meta_set(conn *c, sm_request *r)
 {
+    sm_token *t = r->tokens;
+    size_t ntokens = r->ntokens;
     cache *ca = c->worker->cache;
     struct sm_thread_stats *st = &c->worker->stats;
     meta_flags of = {0};
@@ -727,7 +654,7 @@ static void meta_set(conn *c, meta_token *t, size_t ntokens)
 
     if (!meta_head_ok(c, t, ntokens, true, "CLIENT_ERROR options flags too long"))
         return;
-    if (!meta_strtol32(t[2].v, &vlen32) || vlen32 < 0 || vlen32 > INT_MAX - 2) {
+    if (!safe_strtol(t[2].value, &vlen32) || vlen32 < 0 || vlen32 > INT_MAX - 2) {
         meta_error(c, ERR_FORMAT);
         return;
     }
@@ -755,8 +682,8 @@ static void meta_set(conn *c, meta_token *t, size_t ntokens)
             op = STORE_CAS;
 
         if (!bad) {
-            const char *key = t[1].v;
-            size_t nkey = t[1].len;
+            const char *key = t[1].value;
+            size_t nkey = t[1].length;
             uint32_t hv = cache_hash(key, nkey);
             alloc_error aerr = ALLOC_OK;
             item *it = cache_alloc(ca, key, nkey, of.client_flags, of.exptime, (uint32_t)vlen, &aerr);
@@ -784,27 +711,22 @@ static void meta_set(conn *c, meta_token *t, size_t ntokens)
             p->noreply = of.no_reply;
             p->cas = of.req_cas;
             p->hv = hv;
-            /* keep the flags the completion needs, space separated, in a
-             * block of the worker's pool (conn.h) taken only if there are any */
-            size_t n = 0;
-            char *kept = NULL;
+            /* what the response needs once the value is in (conn.h) */
+            p->cas_new = of.has_cas_new ? of.cas_new : 0;
+            p->meta.invalidate = of.set_stale;
+            p->meta.nret = 0;
+            p->meta.opaque_len = 0;
             for (size_t i = 3; i < ntokens - 1; i++) {
-                char f = t[i].v[0];
-                if (f != 'O' && f != 'k' && f != 'c' && f != 'I' && f != 'E')
+                char f = t[i].value[0];
+                if (f != 'O' && f != 'k' && f != 'c')
                     continue;
-                if (!kept && !(kept = conn_meta_flags_buf(c))) {
-                    cache_release(ca, it);
-                    meta_error(c, "SERVER_ERROR out of memory storing object");
-                    proto_begin_swallow(c, vlen);
-                    return;
+                p->meta.ret[p->meta.nret++] = f; /* each at most once: duplicates are refused */
+                if (f == 'O') {
+                    /* META_MAX_OPAQUE was checked above */
+                    p->meta.opaque_len = (uint8_t)(t[i].length - 1);
+                    memcpy(p->meta.opaque, t[i].value + 1, t[i].length - 1);
                 }
-                if (n + t[i].len + 1 > SM_LINE_MAX)
-                    break;
-                memcpy(kept + n, t[i].v, t[i].len);
-                n += t[i].len;
-                kept[n++] = ' ';
             }
-            p->meta_flags_len = (uint16_t)n;
             proto_begin_nread(c, it);
             return;
         }
@@ -820,40 +742,23 @@ void proto_meta_complete_store(conn *c)
     pending_store *p = &c->pending;
     item *it = c->nread_item;
 
-    SM_STAT_INC(st->slab[it->slabs_clsid].set_cmds);
-
-    /* re-read the kept flags */
-    meta_token t[META_MAX_TOKENS + 1];
-    char flags[SM_LINE_MAX + 1];
-    if (p->meta_flags_len > 0)
-        memcpy(flags, p->meta_flags, p->meta_flags_len);
-    flags[p->meta_flags_len] = '\0';
-    size_t nt = meta_tokenize(flags, p->meta_flags_len, t);
-    bool invalidate = false;
-    uint64_t cas_new = 0;
-    for (size_t i = 0; i < nt - 1; i++) {
-        switch (t[i].v[0]) {
-        case 'I': invalidate = true; break;
-        case 'E': (void)safe_strtoull(t[i].v + 1, &cas_new); break;
-        default: break;
-        }
-    }
+    SM_STAT_INC(st->slab[proto_cls(it->slabs_clsid)].set_cmds);
 
     store_req req = {0};
     req.op = p->op;
     if (p->op == STORE_CAS || p->op == STORE_APPEND || p->op == STORE_PREPEND)
         req.cas_compare = p->cas;
-    req.cas_new = cas_new;
-    req.invalidate = invalidate && p->op == STORE_CAS;
+    req.cas_new = p->cas_new;
+    req.invalidate = p->meta.invalidate && p->op == STORE_CAS;
 
     uint64_t cas = 0;
     int clsid = 0;
     store_result r = cache_store(ca, it, p->hv, &req, &cas, &clsid);
     if (p->op == STORE_CAS) {
         if (r == STORE_STORED)
-            SM_STAT_INC(st->slab[clsid].cas_hits);
+            SM_STAT_INC(st->slab[proto_cls(clsid)].cas_hits);
         else if (r == STORE_EXISTS)
-            SM_STAT_INC(st->slab[clsid ? clsid : it->slabs_clsid].cas_badval);
+            SM_STAT_INC(st->slab[proto_cls(clsid ? clsid : it->slabs_clsid)].cas_badval);
         else if (r == STORE_NOT_FOUND)
             SM_STAT_INC(st->cas_misses);
     }
@@ -879,11 +784,11 @@ void proto_meta_complete_store(conn *c)
     if (r != STORE_STORED)
         cas = 0;
     if (!skip) {
-        for (size_t i = 0; i < nt - 1; i++) {
-            switch (t[i].v[0]) {
+        for (size_t i = 0; i < p->meta.nret; i++) {
+            switch (p->meta.ret[i]) {
             case 'O':
-                ml_put(&l, " ", 1);
-                ml_put(&l, t[i].v, t[i].len);
+                ml_put(&l, " O", 2);
+                ml_put(&l, p->meta.opaque, p->meta.opaque_len);
                 break;
             case 'k':
                 ml_key(&l, ITEM_key(it), it->nkey, (atomic_load(&it->it_flags) & ITEM_KEY_BINARY) != 0);
@@ -904,8 +809,10 @@ void proto_meta_complete_store(conn *c)
 
 /* ---- md ---- */
 
-static void meta_delete(conn *c, meta_token *t, size_t ntokens)
+void proto_meta_delete(conn *c, sm_request *r)
 {
+    sm_token *t = r->tokens;
+    size_t ntokens = r->ntokens;
     cache *ca = c->worker->cache;
     struct sm_thread_stats *st = &c->worker->stats;
     meta_flags of = {0};
@@ -922,8 +829,8 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
         return;
     }
 
-    const char *key = t[1].v;
-    size_t nkey = t[1].len;
+    const char *key = t[1].value;
+    size_t nkey = t[1].length;
     uint32_t hv = cache_hash(key, nkey);
     const char *code;
     bool nominal = false;
@@ -951,7 +858,7 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
                                             of.new_ttl ? of.exptime : 0, &clsid);
             if (dr == DEL_DELETED) {
                 if (!of.set_stale)
-                    SM_STAT_INC(st->slab[clsid].delete_hits);
+                    SM_STAT_INC(st->slab[proto_cls(clsid)].delete_hits);
                 code = "HD";
                 nominal = true;
             } else {
@@ -973,7 +880,7 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
             store_result r = cache_store(ca, nit, hv, &req, NULL, &clsid);
             cache_release(ca, nit);
             if (r == STORE_STORED) {
-                SM_STAT_INC(st->slab[clsid].delete_hits);
+                SM_STAT_INC(st->slab[proto_cls(clsid)].delete_hits);
                 code = "HD";
                 nominal = true;
             } else if (r == STORE_EXISTS) {
@@ -993,7 +900,7 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
         switch (dr) {
         case DEL_DELETED:
             if (!of.set_stale)
-                SM_STAT_INC(st->slab[clsid].delete_hits);
+                SM_STAT_INC(st->slab[proto_cls(clsid)].delete_hits);
             code = "HD";
             nominal = true;
             break;
@@ -1031,8 +938,10 @@ static void meta_delete(conn *c, meta_token *t, size_t ntokens)
 
 /* ---- ma ---- */
 
-static void meta_arith(conn *c, meta_token *t, size_t ntokens)
+void proto_meta_arith(conn *c, sm_request *r)
 {
+    sm_token *t = r->tokens;
+    size_t ntokens = r->ntokens;
     cache *ca = c->worker->cache;
     struct sm_thread_stats *st = &c->worker->stats;
     meta_flags of = {0};
@@ -1054,49 +963,25 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
         return;
     }
 
-    const char *key = t[1].v;
-    size_t nkey = t[1].len;
+    const char *key = t[1].value;
+    size_t nkey = t[1].length;
     uint32_t hv = cache_hash(key, nkey);
     rel_time_t now = cache_now(ca);
-    arith_req req = {.incr = incr, .delta = of.delta, .cas_compare = of.has_cas ? of.req_cas : 0};
+    arith_req req = {
+        .incr = incr,
+        .delta = of.delta,
+        .cas_compare = of.has_cas ? of.req_cas : 0,
+        .vivify = of.vivify,
+        .initial = of.initial,
+        .viv_exptime = of.vivify ? meta_viv_exptime(t, ntokens, &of) : 0,
+    };
     uint64_t value = 0;
     item *it = NULL;
     int clsid = 0;
-    bool created = false;
-    arith_result ar = ARITH_NOT_FOUND;
-
-    for (int attempt = 0; attempt < 2; attempt++) {
-        ar = cache_arith(ca, key, nkey, hv, &req, &value, &it, &clsid);
-        if (ar != ARITH_NOT_FOUND || !of.vivify)
-            break;
-        /* vivify with J's value; TTL as N and T (in order) leave it */
-        rel_time_t viv_exp = 0;
-        for (size_t i = 2; i < ntokens - 1; i++) {
-            if (t[i].v[0] == 'T')
-                viv_exp = of.exptime;
-            else if (t[i].v[0] == 'N')
-                viv_exp = of.autoviv_exptime;
-        }
-        char num[24];
-        int vl = snprintf(num, sizeof(num), "%llu", (unsigned long long)of.initial);
-        alloc_error aerr;
-        item *nit = cache_alloc(ca, key, nkey, 0, viv_exp, (uint32_t)vl + 2, &aerr);
-        if (nit == NULL) {
-            meta_error(c, "SERVER_ERROR Out of memory allocating new item");
-            return;
-        }
-        memcpy(ITEM_value(nit), num, (size_t)vl);
-        memcpy(ITEM_value(nit) + vl, "\r\n", 2);
-        store_req sreq = {.op = STORE_ADD};
-        if (cache_store(ca, nit, hv, &sreq, NULL, &clsid) == STORE_STORED) {
-            it = nit;
-            value = of.initial;
-            created = true;
-            ar = ARITH_OK;
-            break;
-        }
-        cache_release(ca, nit); /* created by somebody else meanwhile: retry */
-    }
+    arith_result ar = cache_arith(ca, key, nkey, hv, &req, &value, &it, &clsid);
+    bool created = ar == ARITH_VIVIFIED;
+    if (created)
+        ar = ARITH_OK;
 
     meta_line l;
     l.n = 0;
@@ -1108,6 +993,9 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
         return;
     case ARITH_NO_MEMORY:
         meta_error(c, "SERVER_ERROR out of memory");
+        return;
+    case ARITH_VIVIFY_NO_MEMORY:
+        meta_error(c, "SERVER_ERROR Out of memory allocating new item");
         return;
     case ARITH_EXISTS:
         ml_put(&l, "EX", 2);
@@ -1133,9 +1021,9 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
 
     if (!created) {
         if (incr)
-            SM_STAT_INC(st->slab[clsid].incr_hits);
+            SM_STAT_INC(st->slab[proto_cls(clsid)].incr_hits);
         else
-            SM_STAT_INC(st->slab[clsid].decr_hits);
+            SM_STAT_INC(st->slab[proto_cls(clsid)].decr_hits);
     }
 
     char num[24];
@@ -1150,7 +1038,7 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
     bool ttl_changed = false;
     bool opaque_err = false;
     for (size_t i = 2; i < ntokens - 1; i++) {
-        switch (t[i].v[0]) {
+        switch (t[i].value[0]) {
         case 'c':
             ml_flag_u64(&l, 'c', META_LD(it->cas));
             break;
@@ -1166,12 +1054,12 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
                 cur_exp = of.autoviv_exptime;
             break;
         case 'O':
-            if (t[i].len > META_MAX_OPAQUE) {
+            if (t[i].length > META_MAX_OPAQUE) {
                 opaque_err = true;
                 break;
             }
             ml_put(&l, " ", 1);
-            ml_put(&l, t[i].v, t[i].len);
+            ml_put(&l, t[i].value, t[i].length);
             break;
         case 'k':
             ml_key(&l, key, nkey, of.key_binary);
@@ -1205,18 +1093,20 @@ static void meta_arith(conn *c, meta_token *t, size_t ntokens)
 
 /* ---- me ---- */
 
-static void meta_debug(conn *c, meta_token *t, size_t ntokens)
+void proto_meta_debug(conn *c, sm_request *r)
 {
+    sm_token *t = r->tokens;
+    size_t ntokens = r->ntokens;
     cache *ca = c->worker->cache;
     struct sm_thread_stats *st = &c->worker->stats;
 
-    if (ntokens < 3 || t[1].len > KEY_MAX_LENGTH) {
+    if (ntokens < 3 || t[1].length > KEY_MAX_LENGTH) {
         meta_error(c, ERR_FORMAT);
         return;
     }
-    char *key = t[1].v;
-    size_t nkey = t[1].len;
-    if (ntokens >= 4 && t[2].len == 1 && t[2].v[0] == 'b') {
+    char *key = t[1].value;
+    size_t nkey = t[1].length;
+    if (ntokens >= 4 && t[2].length == 1 && t[2].value[0] == 'b') {
         nkey = b64_decode_inplace(key, nkey);
         if (nkey == 0) {
             meta_error(c, ERR_FORMAT);
@@ -1261,38 +1151,10 @@ static void meta_debug(conn *c, meta_token *t, size_t ntokens)
     SM_STAT_INC(st->meta_cmds);
 }
 
-/* ---- entry point ---- */
+/* ---- mn ---- */
 
-void proto_meta_command(conn *c, char *line, size_t len)
+void proto_meta_noop(conn *c, sm_request *r)
 {
-    meta_token t[META_MAX_TOKENS + 1];
-    size_t ntokens = meta_tokenize(line, len, t);
-
-    if (ntokens < 2 || t[0].len != 2 || t[0].v[0] != 'm') {
-        out_static(c, "ERROR\r\n", 7);
-        return;
-    }
-    switch (t[0].v[1]) {
-    case 'g':
-        meta_get(c, t, ntokens);
-        break;
-    case 's':
-        meta_set(c, t, ntokens);
-        break;
-    case 'd':
-        meta_delete(c, t, ntokens);
-        break;
-    case 'a':
-        meta_arith(c, t, ntokens);
-        break;
-    case 'n':
-        out_static(c, "MN\r\n", 4);
-        break;
-    case 'e':
-        meta_debug(c, t, ntokens);
-        break;
-    default:
-        out_static(c, "ERROR\r\n", 7);
-        break;
-    }
+    (void)r;
+    out_static(c, "MN\r\n", 4);
 }

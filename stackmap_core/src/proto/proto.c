@@ -1,90 +1,19 @@
 /*
  * proto.c -- the byte-stream side of the memcached protocols: splitting
  * received bytes into command lines, receiving values into items as they
- * arrive, swallowing rejected values, and handing each line to the text or
- * meta protocol.  Also the number and key helpers both protocols share,
- * with memcached's exact acceptance rules.
+ * arrive, swallowing rejected values, and dispatching each line, parsed
+ * once (parse.h), to the handler its command-table row names.
  *
  * Everything here runs on the worker thread that owns the connection and
  * works in place on the receive buffer: nothing is allocated per request.
  */
 #include "proto.h"
 
-#include <ctype.h>
-#include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "../engine_internal.h"
 #include "../latency.h"
 #include "../worker.h"
-
-bool proto_key_valid(const char *key, size_t nkey)
-{
-    (void)key;
-    return nkey > 0 && nkey <= KEY_MAX_LENGTH;
-}
-
-/* The token ended where a number must end: at a space or the end of string. */
-static bool number_end_ok(const char *s, const char *end)
-{
-    return end != s && (*end == '\0' || isspace((unsigned char)*end));
-}
-
-bool safe_strtoull(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    *out = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno == ERANGE || !number_end_ok(s, end))
-        return false;
-    /* strtoull accepts "-1" as a huge number: refuse a sign on big values. */
-    if ((long long)v < 0 && memchr(s, '-', (size_t)(end - s)) != NULL)
-        return false;
-    *out = v;
-    return true;
-}
-
-bool safe_strtoul(const char *s, uint32_t *out)
-{
-    char *end;
-    errno = 0;
-    *out = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno == ERANGE || !number_end_ok(s, end))
-        return false;
-    if ((long)v < 0 && memchr(s, '-', (size_t)(end - s)) != NULL)
-        return false;
-    /* memcached stores the unsigned long into 32 bits: it truncates. */
-    *out = (uint32_t)v;
-    return true;
-}
-
-bool safe_strtol(const char *s, int32_t *out)
-{
-    char *end;
-    errno = 0;
-    *out = 0;
-    long v = strtol(s, &end, 10);
-    if (errno == ERANGE || !number_end_ok(s, end))
-        return false;
-    /* Truncated to 32 bits, as memcached 1.6.18 does. */
-    *out = (int32_t)(uint32_t)(unsigned long)v;
-    return true;
-}
-
-bool safe_strtoll(const char *s, int64_t *out)
-{
-    char *end;
-    errno = 0;
-    *out = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno == ERANGE || !number_end_ok(s, end))
-        return false;
-    *out = v;
-    return true;
-}
 
 void proto_begin_nread(conn *c, item *it)
 {
@@ -108,8 +37,7 @@ static void finish_nread(conn *c)
     c->state = CONN_PARSE;
     if (end[0] != '\r' || end[1] != '\n') {
         /* memcached counts the store attempt even when its data is bad. */
-        if (it->slabs_clsid < SM_MAX_SLAB_CLASSES)
-            SM_STAT_INC(c->worker->stats.slab[it->slabs_clsid].set_cmds);
+        SM_STAT_INC(c->worker->stats.slab[proto_cls(it->slabs_clsid)].set_cmds);
         cache_release(c->worker->cache, it);
         c->nread_item = NULL;
         /* A text noreply store stays silent even about a bad chunk (meta q does not). */
@@ -152,18 +80,21 @@ static void finish_nread(conn *c)
 
 /*
  * memcached's test for a long line it keeps reading: "get " or "gets "
- * after at most 100 spaces.  Returns the bytes up to the first key, or 0.
+ * after at most 100 spaces.  Returns the bytes up to the first key (and
+ * *cmd, SM_CMD_get or SM_CMD_gets), or 0.
  */
-static size_t get_line_head(const char *p, size_t n)
+static size_t get_line_head(const char *p, size_t n, int *cmd)
 {
     size_t i = 0;
     while (i < n && p[i] == ' ')
         i++;
-    if (i <= 100 && n - i >= 4 && memcmp(p + i, "get ", 4) == 0)
-        return i + 4;
-    if (i <= 100 && n - i >= 5 && memcmp(p + i, "gets ", 5) == 0)
-        return i + 5;
-    return 0;
+    if (i > 100)
+        return 0;
+    const char *sp = memchr(p + i, ' ', n - i < 5 ? n - i : 5);
+    if (!sp)
+        return 0;
+    *cmd = sm_cmd_lookup(p + i, (size_t)(sp - (p + i)));
+    return *cmd == SM_CMD_get || *cmd == SM_CMD_gets ? (size_t)(sp - p) + 1 : 0;
 }
 
 /*
@@ -173,16 +104,17 @@ static size_t get_line_head(const char *p, size_t n)
  */
 static size_t long_line(conn *c, const char *p, size_t n)
 {
-    size_t end = get_line_head(p, n);
+    int cmd;
+    size_t end = get_line_head(p, n, &cmd);
     if (end == 0) {
         c->state = CONN_CLOSING;
         return 0;
     }
-    size_t head = p[end - 2] == 's' ? 5 : 4, i = end - head;
+    size_t head = sm_cmds[cmd].len + 1, i = end - head;
     worker *w = c->worker;
-    c->gets = (get_stream){.active = true, .return_cas = head == 5};
+    c->gets = (get_stream){.active = true, .return_cas = cmd == SM_CMD_gets};
     c->lat_start = w->lat_clock; /* latency.h: timed from here to the line's end */
-    c->lat_cmd = sm_lat_classify(p + i, head);
+    c->lat_cmd = sm_cmds[cmd].lat;
     engine_log(w->engine, 2, "<%d %.*s(a line over %d bytes: keys answered as they arrive)\n", c->fd,
                (int)head, p + i, SM_LINE_MAX);
     return end;
@@ -253,24 +185,38 @@ static size_t get_stream_step(conn *c, char *p, size_t n)
     return (size_t)(nl - p) + 1;
 }
 
+/* Every command's handler, from the command table (parse.h). */
+static proto_handler *const handlers[SM_NCMDS] = {
+    [SM_CMD_NONE] = proto_text_unknown,
+#define SM_X(nm, pr, lt, pf, lo, hi, handler) [SM_CMD_##nm] = handler,
+    SM_COMMANDS(SM_X)
+#undef SM_X
+};
+
 /* Dispatch one command line (NUL-terminated in place, without "\r\n"). */
 static void dispatch_line(conn *c, char *line, size_t len)
 {
-    /* latency.h: time each command; a store is finished in finish_nread */
-    int cmd = sm_lat_classify(line, len);
     worker *w = c->worker;
     uint64_t t0 = w->lat_clock; /* one clock read per command: see latency.h */
-    if (len >= 2 && line[0] == 'm' && (len == 2 || line[2] == ' '))
-        proto_meta_command(c, line, len);
+    engine_log(w->engine, 2, "<%d %s\n", c->fd, line);
+    c->noreply = false;
+    c->last_active = cache_now(w->cache);
+    sm_request r;
+    sm_parse_line(&r, line, len);
+    const struct sm_cmd_info *ci = &sm_cmds[r.cmd];
+    /* A text command with too few or too many tokens is "ERROR", as an unknown one. */
+    if (ci->proto == SM_PROTO_TEXT && (r.ntokens < ci->min_ntokens || r.ntokens > ci->max_ntokens))
+        proto_text_unknown(c, &r);
     else
-        proto_text_command(c, line, len);
+        handlers[r.cmd](c, &r);
+    /* latency.h: time each command; a store is finished in finish_nread */
     if (c->state == CONN_NREAD) {
         c->lat_start = t0;
-        c->lat_cmd = cmd;
+        c->lat_cmd = ci->lat;
     } else {
         uint64_t now = sm_lat_now();
         w->lat_clock = now;
-        sm_lat_record(&w->lat, cmd, now - t0);
+        sm_lat_record(&w->lat, ci->lat, now - t0);
     }
 }
 
@@ -319,7 +265,8 @@ size_t proto_process(conn *c, char *data, size_t len)
             break;
         }
         size_t llen = (size_t)(nl - line);
-        if (llen >= MC_READ_BUFFER && get_line_head(line, llen) == 0) {
+        int cmd;
+        if (llen >= MC_READ_BUFFER && get_line_head(line, llen, &cmd) == 0) {
             c->state = CONN_CLOSING;
             break;
         }

@@ -5,8 +5,10 @@
  * bytes, executes them against the cache and queues the responses on the
  * connection (conn.h out_* calls).  It knows nothing about sockets or rings:
  * every backend (epoll, io_uring, /dev/stackmap) feeds it the same way, via
- * conn_feed().  The text protocol lives in text.c, the meta commands in
- * meta.c; this header is what they share.
+ * conn_feed().  Each command line is parsed once (parse.h: tokenizer,
+ * command table, number rules) and dispatched as an sm_request to the
+ * handler the command table names: text.c for the classic commands, meta.c
+ * for the meta ones.  This header is what they share.
  */
 #ifndef SM_PROTO_H
 #define SM_PROTO_H
@@ -16,6 +18,7 @@
 #include <stdint.h>
 
 #include "../conn.h"
+#include "parse.h"
 
 /*
  * Parse and execute as many complete requests from data[0..len) as
@@ -33,10 +36,20 @@
  */
 size_t proto_process(conn *c, char *data, size_t len);
 
-/* Text protocol: handle one complete command line (without "\r\n"/"\n"). */
-void proto_text_command(conn *c, char *line, size_t len);
-/* Meta protocol: handle one complete meta command line ("mg ...", "ms ...", ...). */
-void proto_meta_command(conn *c, char *line, size_t len);
+/*
+ * The handlers the command table (parse.h) dispatches to.  Each gets the
+ * parsed line: r->cmd says which of its commands it is, r->tokens[0] is the
+ * command word, and the token count is already within the table's bounds
+ * for text commands.
+ */
+typedef void proto_handler(conn *c, sm_request *r);
+proto_handler proto_text_get, proto_text_store, proto_text_delete, proto_text_arith, proto_text_touch,
+    proto_text_stats, proto_text_flush_all, proto_text_version, proto_text_verbosity, proto_text_cache_memlimit,
+    proto_text_shutdown, proto_text_quit;
+/* An unknown command, or a text command with a wrong number of tokens: "ERROR". */
+proto_handler proto_text_unknown;
+proto_handler proto_meta_get, proto_meta_set, proto_meta_delete, proto_meta_arith, proto_meta_noop,
+    proto_meta_debug;
 
 /* One key of a long get/gets line (proto.c streams those): count it and queue
  * its VALUE if it is a hit.  false: the queue could not take the reply. */
@@ -49,14 +62,12 @@ void proto_meta_complete_store(conn *c);
 /*
  * Shared helpers (proto.c).
  */
-/* A key is valid: 1..250 bytes (memcached 1.6's text protocol accepts control
- * characters inside keys; the tokenizer already split on spaces). */
-bool proto_key_valid(const char *key, size_t nkey);
-/* memcached's safe_strtoull/strtoul/strtol/strtoll: whole token must be a number. */
-bool safe_strtoull(const char *s, uint64_t *out);
-bool safe_strtoul(const char *s, uint32_t *out);
-bool safe_strtol(const char *s, int32_t *out);
-bool safe_strtoll(const char *s, int64_t *out);
+/* The per-class counters' index for a slab class id: ids outside the stats
+ * table (SM_MAX_SLAB_CLASSES) count under class 0 rather than past its end. */
+static inline unsigned proto_cls(int clsid)
+{
+    return (clsid > 0 && clsid < SM_MAX_SLAB_CLASSES) ? (unsigned)clsid : 0;
+}
 /*
  * Begin receiving a value of vlen bytes (+2 for "\r\n") into `it` (already
  * allocated, referenced; ownership passes to the connection).  proto_process

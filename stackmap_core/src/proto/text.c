@@ -3,14 +3,12 @@
  * stats, flush_all and the other whole-server commands), answering byte
  * for byte as memcached 1.6.18 does.
  *
- * proto.c hands us one command line at a time (its "\n" and a "\r" before
- * it already removed).  We tokenise the line in place, exactly like
- * memcached: tokens are separated by single spaces, runs of spaces count
- * as one separator, tabs and stray "\r" are part of a token, and at most
- * 23 tokens are split off before the rest of the line is left as one
- * remainder (only get-style commands read that remainder).  Each command
- * then validates its tokens in memcached's order, so that a bad line gets
- * the same error memcached sends, and counts the same statistics.
+ * proto.c hands each handler here one parsed command line (an sm_request:
+ * parse.h's tokenizer splits exactly like memcached, and its command table
+ * has already checked the token count).  Each command validates its tokens
+ * in memcached's order, so that a bad line gets the same error memcached
+ * sends, and counts the same statistics.  Get-style commands also read the
+ * unsplit remainder of a line of more than 23 tokens.
  *
  * Stores are two-step: the "set ..." line allocates the item and
  * proto_begin_nread() makes proto.c copy the value straight into it; once
@@ -39,8 +37,6 @@
  */
 #include "proto.h"
 
-#include <ctype.h>
-#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,91 +45,10 @@
 #include "../engine_internal.h"
 #include "../worker.h"
 
-/* memcached's MAX_TOKENS: 23 tokens plus the terminal one. */
-#define MAX_TOKENS 24
 /* memcached's MAX_VERBOSITY_LEVEL. */
 #define MAX_VERBOSITY_LEVEL 2
 /* Room for "VALUE <key> <flags> <bytes> <cas>\r\n". */
 #define VALUE_HDR_MAX (6 + KEY_MAX_LENGTH + 1 + 10 + 1 + 10 + 1 + 20 + 2)
-
-/* One token of a command line. */
-typedef struct token {
-    char *value;   /* start (NUL-terminated in place); NULL for a fully consumed terminal token */
-    size_t length; /* bytes; 0 marks the terminal token */
-} token;
-
-/*
- * memcached's tokenize_command(): split on ' ' in place, at most
- * max_tokens - 1 tokens, then a terminal token of length 0 whose value is
- * NULL when the whole line was consumed, else the unprocessed remainder.
- * Returns the number of tokens including the terminal one.
- */
-static size_t tokenize(char *command, size_t len, token *tokens, size_t max_tokens)
-{
-    /* command[len] is the line's NUL and no NUL comes before it, so memchr
-     * (a word at a time, where the key is most of the line) finds the spaces. */
-    size_t ntokens = 0;
-    char *s = command, *end = command + len, *e;
-    while ((e = memchr(s, ' ', (size_t)(end - s))) != NULL) {
-        if (e != s) {
-            tokens[ntokens].value = s;
-            tokens[ntokens].length = (size_t)(e - s);
-            ntokens++;
-            *e = '\0';
-            if (ntokens == max_tokens - 1) {
-                s = e + 1;
-                tokens[ntokens].value = s < end ? s : NULL;
-                tokens[ntokens].length = 0;
-                return ntokens + 1;
-            }
-        }
-        s = e + 1;
-    }
-    if (s != end) {
-        tokens[ntokens].value = s;
-        tokens[ntokens].length = (size_t)(end - s);
-        ntokens++;
-    }
-    tokens[ntokens].value = NULL;
-    tokens[ntokens].length = 0;
-    return ntokens + 1;
-}
-
-/*
- * memcached's safe_strtoul(): a decimal number ending at a space or the end
- * of the token; a minus sign is refused only when the value would look
- * negative; the result is truncated to 32 bits as memcached's is.
- */
-static bool mc_strtoul(const char *s, uint32_t *out)
-{
-    char *end;
-    errno = 0;
-    *out = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno == ERANGE || end == s)
-        return false;
-    if (*end != '\0' && !isspace((unsigned char)*end))
-        return false;
-    if ((long)v < 0 && memchr(s, '-', (size_t)(end - s)) != NULL)
-        return false;
-    *out = (uint32_t)v;
-    return true;
-}
-
-/* memcached's safe_strtol(): like mc_strtoul, signed, truncated to 32 bits. */
-static bool mc_strtol(const char *s, int32_t *out)
-{
-    char *end;
-    errno = 0;
-    *out = 0;
-    long v = strtol(s, &end, 10);
-    if (errno == ERANGE || end == s)
-        return false;
-    if (*end != '\0' && !isspace((unsigned char)*end))
-        return false;
-    *out = (int32_t)(uint32_t)(unsigned long)v;
-    return true;
-}
 
 /* Decimal digits of v at p; returns the end. */
 static char *put_u64(char *p, uint64_t v)
@@ -147,12 +62,6 @@ static char *put_u64(char *p, uint64_t v)
     while (n)
         *p++ = tmp[--n];
     return p;
-}
-
-/* A slab class id usable as an index into the per-class counters. */
-static inline unsigned cls_idx(int cls)
-{
-    return (cls > 0 && cls < SM_MAX_SLAB_CLASSES) ? (unsigned)cls : 0;
 }
 
 /* The queue could not take a reply: close rather than answer half. */
@@ -174,9 +83,9 @@ static void reply(conn *c, const char *s, size_t len)
 #define REPLY(c, lit) reply((c), lit "\r\n", sizeof(lit "\r\n") - 1)
 
 /* memcached's set_noreply_maybe(): the last real token is "noreply". */
-static bool set_noreply_maybe(conn *c, const token *tokens, size_t ntokens)
+static bool set_noreply_maybe(conn *c, const sm_token *tokens, size_t ntokens)
 {
-    const token *t = &tokens[ntokens - 2];
+    const sm_token *t = &tokens[ntokens - 2];
     if (t->value && strcmp(t->value, "noreply") == 0)
         c->noreply = true;
     return c->noreply;
@@ -199,7 +108,7 @@ static void count_lookup(worker *w, const get_info *info)
  * line (split on spaces without modifying it).
  */
 typedef struct key_iter {
-    const token *tok;  /* next split token (length 0: the terminal one) */
+    const sm_token *tok;  /* next split token (length 0: the terminal one) */
     const char *rest;  /* remainder after the split tokens, or NULL */
 } key_iter;
 
@@ -282,9 +191,9 @@ static bool get_one(conn *c, const char *key, size_t nkey, bool return_cas, bool
         return true;
     }
     if (touch)
-        SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].touch_hits);
+        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].touch_hits);
     else
-        SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].get_hits);
+        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].get_hits);
     if (!send) {
         cache_release(cc, it);
         return true;
@@ -299,7 +208,7 @@ bool proto_text_get_key(conn *c, const char *key, size_t nkey, bool return_cas)
     return get_one(c, key, nkey, return_cas, false, 0, true);
 }
 
-static void process_get(conn *c, token *tokens, bool return_cas, bool touch)
+static void process_get(conn *c, sm_token *tokens, bool return_cas, bool touch)
 {
     worker *w = c->worker;
     cache *cc = w->cache;
@@ -307,7 +216,7 @@ static void process_get(conn *c, token *tokens, bool return_cas, bool touch)
     rel_time_t exptime = 0;
     if (touch) {
         int32_t ex;
-        if (!mc_strtol(tokens[1].value, &ex)) {
+        if (!safe_strtol(tokens[1].value, &ex)) {
             REPLY(c, "CLIENT_ERROR invalid exptime argument");
             return;
         }
@@ -315,7 +224,7 @@ static void process_get(conn *c, token *tokens, bool return_cas, bool touch)
         first = 2;
     }
     /* The terminal token's value is the remainder when the tokenizer stopped early. */
-    const token *term = &tokens[first];
+    const sm_token *term = &tokens[first];
     while (term->length != 0)
         term++;
 
@@ -350,7 +259,7 @@ static void process_get(conn *c, token *tokens, bool return_cas, bool touch)
 
 /* ---- set, add, replace, append, prepend, cas ---- */
 
-static void process_update(conn *c, token *tokens, size_t ntokens, store_op op, bool handle_cas)
+static void process_update(conn *c, sm_token *tokens, size_t ntokens, store_op op, bool handle_cas)
 {
     worker *w = c->worker;
     set_noreply_maybe(c, tokens, ntokens);
@@ -362,8 +271,8 @@ static void process_update(conn *c, token *tokens, size_t ntokens, store_op op, 
     size_t nkey = tokens[1].length;
     uint32_t flags;
     int32_t exptime_int, vlen;
-    if (!(mc_strtoul(tokens[2].value, &flags) && mc_strtol(tokens[3].value, &exptime_int) &&
-          mc_strtol(tokens[4].value, &vlen))) {
+    if (!(safe_strtoul(tokens[2].value, &flags) && safe_strtol(tokens[3].value, &exptime_int) &&
+          safe_strtol(tokens[4].value, &vlen))) {
         REPLY(c, "CLIENT_ERROR bad command line format");
         return;
     }
@@ -409,7 +318,7 @@ void proto_text_complete_store(conn *c)
     item *it = c->nread_item;
     c->nread_item = NULL;
     c->noreply = c->pending.noreply;
-    SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].set_cmds);
+    SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].set_cmds);
 
     store_req req = {
         .op = c->pending.op,
@@ -422,11 +331,11 @@ void proto_text_complete_store(conn *c)
     switch (r) {
     case STORE_STORED:
         if (req.op == STORE_CAS)
-            SM_STAT_INC(w->stats.slab[cls_idx(cls)].cas_hits);
+            SM_STAT_INC(w->stats.slab[proto_cls(cls)].cas_hits);
         REPLY(c, "STORED");
         break;
     case STORE_EXISTS:
-        SM_STAT_INC(w->stats.slab[cls_idx(cls)].cas_badval);
+        SM_STAT_INC(w->stats.slab[proto_cls(cls)].cas_badval);
         REPLY(c, "EXISTS");
         break;
     case STORE_NOT_FOUND:
@@ -446,8 +355,10 @@ void proto_text_complete_store(conn *c)
 
 /* ---- touch, incr/decr, delete ---- */
 
-static void process_touch(conn *c, token *tokens, size_t ntokens)
+void proto_text_touch(conn *c, sm_request *r)
 {
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
     worker *w = c->worker;
     set_noreply_maybe(c, tokens, ntokens);
     if (tokens[1].length > KEY_MAX_LENGTH) {
@@ -455,7 +366,7 @@ static void process_touch(conn *c, token *tokens, size_t ntokens)
         return;
     }
     int32_t ex;
-    if (!mc_strtol(tokens[2].value, &ex)) {
+    if (!safe_strtol(tokens[2].value, &ex)) {
         REPLY(c, "CLIENT_ERROR invalid exptime argument");
         return;
     }
@@ -467,7 +378,7 @@ static void process_touch(conn *c, token *tokens, size_t ntokens)
     count_lookup(w, &info);
     SM_STAT_INC(w->stats.touch_cmds);
     if (it) {
-        SM_STAT_INC(w->stats.slab[cls_idx(it->slabs_clsid)].touch_hits);
+        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].touch_hits);
         cache_release(w->cache, it);
         REPLY(c, "TOUCHED");
     } else {
@@ -476,7 +387,7 @@ static void process_touch(conn *c, token *tokens, size_t ntokens)
     }
 }
 
-static void process_arith(conn *c, token *tokens, size_t ntokens, bool incr)
+static void process_arith(conn *c, sm_token *tokens, size_t ntokens, bool incr)
 {
     worker *w = c->worker;
     set_noreply_maybe(c, tokens, ntokens);
@@ -499,9 +410,9 @@ static void process_arith(conn *c, token *tokens, size_t ntokens, bool incr)
     case ARITH_OK:
     case ARITH_NO_MEMORY: /* memcached counts the hit before it fails to allocate */
         if (incr)
-            SM_STAT_INC(w->stats.slab[cls_idx(cls)].incr_hits);
+            SM_STAT_INC(w->stats.slab[proto_cls(cls)].incr_hits);
         else
-            SM_STAT_INC(w->stats.slab[cls_idx(cls)].decr_hits);
+            SM_STAT_INC(w->stats.slab[proto_cls(cls)].decr_hits);
         if (r == ARITH_NO_MEMORY) {
             REPLY(c, "SERVER_ERROR out of memory");
         } else if (!c->noreply) {
@@ -528,8 +439,10 @@ static void process_arith(conn *c, token *tokens, size_t ntokens, bool incr)
     }
 }
 
-static void process_delete(conn *c, token *tokens, size_t ntokens)
+void proto_text_delete(conn *c, sm_request *r)
 {
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
     worker *w = c->worker;
     if (ntokens > 3) {
         /* Only "delete <key> 0" and "delete <key> [0] noreply" survive from the old hold time. */
@@ -549,9 +462,9 @@ static void process_delete(conn *c, token *tokens, size_t ntokens)
     const char *key = tokens[1].value;
     size_t nkey = tokens[1].length;
     int cls = 0;
-    delete_result r = cache_delete(w->cache, key, nkey, cache_hash(key, nkey), 0, 0, 0, &cls);
-    if (r == DEL_DELETED) {
-        SM_STAT_INC(w->stats.slab[cls_idx(cls)].delete_hits);
+    delete_result dr = cache_delete(w->cache, key, nkey, cache_hash(key, nkey), 0, 0, 0, &cls);
+    if (dr == DEL_DELETED) {
+        SM_STAT_INC(w->stats.slab[proto_cls(cls)].delete_hits);
         REPLY(c, "DELETED");
     } else {
         SM_STAT_INC(w->stats.delete_misses);
@@ -561,11 +474,13 @@ static void process_delete(conn *c, token *tokens, size_t ntokens)
 
 /* ---- whole-server commands ---- */
 
-static void process_verbosity(conn *c, token *tokens, size_t ntokens)
+void proto_text_verbosity(conn *c, sm_request *r)
 {
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
     set_noreply_maybe(c, tokens, ntokens);
     uint32_t level;
-    if (!mc_strtoul(tokens[1].value, &level)) {
+    if (!safe_strtoul(tokens[1].value, &level)) {
         REPLY(c, "CLIENT_ERROR bad command line format");
         return;
     }
@@ -573,14 +488,16 @@ static void process_verbosity(conn *c, token *tokens, size_t ntokens)
     REPLY(c, "OK");
 }
 
-static void process_flush_all(conn *c, token *tokens, size_t ntokens)
+void proto_text_flush_all(conn *c, sm_request *r)
 {
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
     worker *w = c->worker;
     set_noreply_maybe(c, tokens, ntokens);
     SM_STAT_INC(w->stats.flush_cmds);
     int32_t delay = 0;
     if (ntokens != (c->noreply ? 3u : 2u)) {
-        if (!mc_strtol(tokens[1].value, &delay)) {
+        if (!safe_strtol(tokens[1].value, &delay)) {
             REPLY(c, "CLIENT_ERROR invalid exptime argument");
             return;
         }
@@ -590,11 +507,13 @@ static void process_flush_all(conn *c, token *tokens, size_t ntokens)
     REPLY(c, "OK");
 }
 
-static void process_memlimit(conn *c, token *tokens, size_t ntokens)
+void proto_text_cache_memlimit(conn *c, sm_request *r)
 {
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
     set_noreply_maybe(c, tokens, ntokens);
     uint32_t mb;
-    if (!mc_strtoul(tokens[1].value, &mb)) {
+    if (!safe_strtoul(tokens[1].value, &mb)) {
         REPLY(c, "ERROR");
         return;
     }
@@ -615,8 +534,10 @@ static void process_memlimit(conn *c, token *tokens, size_t ntokens)
     REPLY(c, "OK");
 }
 
-static void process_shutdown(conn *c, token *tokens, size_t ntokens)
+void proto_text_shutdown(conn *c, sm_request *r)
 {
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
     if (!c->worker->settings->shutdown_enabled) {
         REPLY(c, "ERROR: shutdown not enabled");
         return;
@@ -640,8 +561,10 @@ static void conn_stat_add(sm_stat_sink *sink, const char *name, const char *valu
         out_failed(c);
 }
 
-static void process_stats(conn *c, token *tokens, size_t ntokens)
+void proto_text_stats(conn *c, sm_request *r)
 {
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
     struct sm_engine *e = c->worker->engine;
     const char *group = ntokens == 2 ? "" : tokens[1].value;
     if (ntokens > 2 && strcmp(group, "reset") == 0) {
@@ -658,155 +581,48 @@ static void process_stats(conn *c, token *tokens, size_t ntokens)
         out_failed(c);
 }
 
-/* ---- dispatch ---- */
+/* ---- the handlers the command table names for the other commands ---- */
 
-/* Is this command token exactly `name`?  (name is a constant: strlen and
- * memcmp fold inline.) */
-static inline bool is_cmd(const token *t, const char *name)
+void proto_text_get(conn *c, sm_request *r)
 {
-    size_t n = strlen(name);
-    return t->length == n && memcmp(t->value, name, n) == 0;
+    bool touch = r->cmd == SM_CMD_gat || r->cmd == SM_CMD_gats;
+    process_get(c, r->tokens, r->cmd == SM_CMD_gets || r->cmd == SM_CMD_gats, touch);
 }
 
-void proto_text_command(conn *c, char *line, size_t len)
+void proto_text_store(conn *c, sm_request *r)
 {
-    worker *w = c->worker;
-    /* memcached reads the line as a C string: an embedded NUL ends it. */
-    len = strnlen(line, len);
-    c->noreply = false;
-    c->last_active = cache_now(w->cache);
-    engine_log(w->engine, 2, "<%d %s\n", c->fd, line);
-
-    /* A two-letter "m?" command after leading spaces is still a meta command. */
-    const char *p = line;
-    while (*p == ' ')
-        p++;
-    if (p[0] == 'm' && p[1] != '\0' && p[1] != ' ' && (p[2] == ' ' || p[2] == '\0')) {
-        proto_meta_command(c, (char *)p, len - (size_t)(p - line));
-        return;
+    store_op op;
+    switch (r->cmd) {
+    case SM_CMD_add: op = STORE_ADD; break;
+    case SM_CMD_replace: op = STORE_REPLACE; break;
+    case SM_CMD_append: op = STORE_APPEND; break;
+    case SM_CMD_prepend: op = STORE_PREPEND; break;
+    case SM_CMD_cas: op = STORE_CAS; break;
+    default: op = STORE_SET; break;
     }
+    process_update(c, r->tokens, r->ntokens, op, op == STORE_CAS);
+}
 
-    token tokens[MAX_TOKENS];
-    size_t ntokens = tokenize(line, len, tokens, MAX_TOKENS);
-    /* No valid command is shorter than two bytes. */
-    if (ntokens < 2 || tokens[0].length < 2) {
-        REPLY(c, "ERROR");
-        return;
-    }
-    const token *cmd = &tokens[0];
+void proto_text_arith(conn *c, sm_request *r)
+{
+    process_arith(c, r->tokens, r->ntokens, r->cmd == SM_CMD_incr);
+}
 
-#define WANT_OR(a, b)                       \
-    do {                                    \
-        if (ntokens != (a) && ntokens != (b)) { \
-            REPLY(c, "ERROR");              \
-            return;                         \
-        }                                   \
-    } while (0)
-#define WANT_RANGE(lo, hi)                      \
-    do {                                        \
-        if (ntokens < (lo) || ntokens > (hi)) { \
-            REPLY(c, "ERROR");                  \
-            return;                             \
-        }                                       \
-    } while (0)
+void proto_text_version(conn *c, sm_request *r)
+{
+    (void)r;
+    if (out_printf(c, "VERSION %s\r\n", sm_version()) < 0)
+        out_failed(c);
+}
 
-    switch (cmd->value[0]) {
-    case 'g':
-        WANT_RANGE(3, MAX_TOKENS);
-        if (is_cmd(cmd, "get"))
-            process_get(c, tokens, false, false);
-        else if (is_cmd(cmd, "gets"))
-            process_get(c, tokens, true, false);
-        else if (is_cmd(cmd, "gat"))
-            process_get(c, tokens, false, true);
-        else if (is_cmd(cmd, "gats"))
-            process_get(c, tokens, true, true);
-        else
-            REPLY(c, "ERROR");
-        return;
-    case 's':
-        if (is_cmd(cmd, "set")) {
-            WANT_OR(6, 7);
-            process_update(c, tokens, ntokens, STORE_SET, false);
-        } else if (is_cmd(cmd, "stats")) {
-            process_stats(c, tokens, ntokens);
-        } else if (is_cmd(cmd, "shutdown")) {
-            process_shutdown(c, tokens, ntokens);
-        } else {
-            REPLY(c, "ERROR");
-        }
-        return;
-    case 'a':
-        if (is_cmd(cmd, "add") || is_cmd(cmd, "append")) {
-            WANT_OR(6, 7);
-            process_update(c, tokens, ntokens, cmd->value[1] == 'd' ? STORE_ADD : STORE_APPEND, false);
-        } else {
-            REPLY(c, "ERROR");
-        }
-        return;
-    case 'c':
-        if (is_cmd(cmd, "cas")) {
-            WANT_OR(7, 8);
-            process_update(c, tokens, ntokens, STORE_CAS, true);
-        } else if (is_cmd(cmd, "cache_memlimit")) {
-            WANT_OR(3, 4);
-            process_memlimit(c, tokens, ntokens);
-        } else {
-            REPLY(c, "ERROR");
-        }
-        return;
-    case 'i':
-        if (is_cmd(cmd, "incr")) {
-            WANT_OR(4, 5);
-            process_arith(c, tokens, ntokens, true);
-        } else {
-            REPLY(c, "ERROR");
-        }
-        return;
-    case 'd':
-        if (is_cmd(cmd, "delete")) {
-            WANT_RANGE(3, 5);
-            process_delete(c, tokens, ntokens);
-        } else if (is_cmd(cmd, "decr")) {
-            WANT_OR(4, 5);
-            process_arith(c, tokens, ntokens, false);
-        } else {
-            REPLY(c, "ERROR");
-        }
-        return;
-    case 't':
-        if (is_cmd(cmd, "touch")) {
-            WANT_OR(4, 5);
-            process_touch(c, tokens, ntokens);
-        } else {
-            REPLY(c, "ERROR");
-        }
-        return;
-    default:
-        break;
-    }
+void proto_text_quit(conn *c, sm_request *r)
+{
+    (void)r;
+    c->state = CONN_CLOSING;
+}
 
-    if (is_cmd(cmd, "replace") || is_cmd(cmd, "prepend")) {
-        WANT_OR(6, 7);
-        process_update(c, tokens, ntokens, cmd->value[0] == 'r' ? STORE_REPLACE : STORE_PREPEND, false);
-    } else if (is_cmd(cmd, "bget")) {
-        /* memcached's ancient alias of get */
-        WANT_RANGE(3, MAX_TOKENS);
-        process_get(c, tokens, false, false);
-    } else if (is_cmd(cmd, "flush_all")) {
-        WANT_RANGE(2, 4);
-        process_flush_all(c, tokens, ntokens);
-    } else if (is_cmd(cmd, "version")) {
-        if (out_printf(c, "VERSION %s\r\n", sm_version()) < 0)
-            out_failed(c);
-    } else if (is_cmd(cmd, "quit")) {
-        c->state = CONN_CLOSING;
-    } else if (is_cmd(cmd, "verbosity")) {
-        WANT_OR(3, 4);
-        process_verbosity(c, tokens, ntokens);
-    } else {
-        REPLY(c, "ERROR");
-    }
-#undef WANT_OR
-#undef WANT_RANGE
+void proto_text_unknown(conn *c, sm_request *r)
+{
+    (void)r;
+    REPLY(c, "ERROR");
 }
