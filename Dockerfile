@@ -24,24 +24,25 @@
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS build
+# Few steps, since a builder without overlay storage (buildah's vfs) keeps a
+# full copy of the tree per step: the toolchain (cached across source
+# changes), the sources, the build.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
        build-essential pkg-config liburing-dev python3-dev python3-venv \
-    && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/pip
-WORKDIR /src
-COPY pyproject.toml setup.py MANIFEST.in README.md ./
-COPY stackmap_core ./stackmap_core
-COPY stackmapd ./stackmapd
-COPY kernel/include ./kernel/include
-# PyPI by default; another index with --build-arg PIP_INDEX_URL=... (unset
-# ARGs are not in the environment, so pip sees nothing then).
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/pip
+# PyPI by default; another index with --build-arg PIP_INDEX_URL=... (an
+# unset ARG is not in the environment, so pip then sees nothing).
 ARG PIP_INDEX_URL
-RUN /opt/pip/bin/pip wheel --no-cache-dir --disable-pip-version-check -w /wheels . \
+# .dockerignore admits only what the package build needs.
+COPY . /src/
+RUN cd /src \
+    && /opt/pip/bin/pip wheel --no-cache-dir --disable-pip-version-check -w /wheels . \
     && python3 -m venv --without-pip /opt/stackmapd \
     && /opt/pip/bin/pip --python /opt/stackmapd/bin/python install --no-cache-dir \
        --disable-pip-version-check --no-index --find-links /wheels stackmapd \
-    && /opt/stackmapd/bin/python -I -c "import stackmap_core, stackmapd"
+    && cd / && /opt/stackmapd/bin/python -I -c "import stackmap_core, stackmapd"
 
 FROM ${BASE}
 RUN apt-get update \

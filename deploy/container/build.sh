@@ -22,10 +22,10 @@
 #      BASE=that base, tagged localhost/stackmapd:src-HASH (HASH covers the
 #      Dockerfile, .dockerignore, every file the Dockerfile copies and the
 #      base) and localhost/stackmapd:latest.  Skipped when src-HASH exists,
-#      so an unchanged checkout costs a few seconds.  The layer cache keeps
-#      the apt steps of both stages across source changes.  Older src-*
-#      tags are removed after a successful build (their layers go with them
-#      unless a newer image shares them).
+#      so an unchanged checkout costs a second.  The layer cache keeps the
+#      apt steps of both stages across source changes.  After a build,
+#      older images and the cached layers only they used are removed (vfs
+#      keeps a full copy of the tree per layer).
 #
 # The build stage's pip needs an index for setuptools, cffi and
 # prometheus-client.  PyPI when reachable; this machine has none, so when
@@ -141,6 +141,32 @@ if ! "${BUILDAH[@]}" inspect --type image "$BASE" >/dev/null 2>&1; then
 fi
 log "base image: $BASE ($(elapsed))"
 
+# prune BUILD_LOG: drop older images of ours and the layer cache that only
+# they used.  vfs keeps a full copy of the tree per layer, so a cache that
+# only grows would fill the disk.  Kept: the current base and image, and
+# every intermediate image this build made or reused (its "--> ID" lines),
+# which is the cache the next build can use.
+prune() {
+    local keep id k used removed i
+    "${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}}' \
+        | grep -E "^($IMAGE:src-|localhost/stackmapd-base:)" | grep -vxF -e "$TAG" -e "$BASE" \
+        | while read -r id; do "${BUILDAH[@]}" rmi "$id" >/dev/null 2>&1 || true; done
+    keep=$(grep -oE '^--> (Using cache )?[0-9a-f]{11,}' "$1" | awk '{print $NF}')
+    # Removing an unused image can leave its parent dangling: repeat.
+    for (( i=0; i<32; i++ )); do
+        removed=0
+        for id in $("${BUILDAH[@]}" images -q --no-trunc --filter dangling=true); do
+            id=${id#sha256:}
+            used=0
+            for k in $keep; do [[ $id == "$k"* ]] && used=1; done
+            [ "$used" = 1 ] && continue
+            "${BUILDAH[@]}" rmi "$id" >/dev/null 2>&1 && removed=1
+        done
+        [ "$removed" = 0 ] && break
+    done
+    return 0
+}
+
 # ---------------------------------------------------------------------------
 # 3. The image.
 # ---------------------------------------------------------------------------
@@ -163,12 +189,11 @@ else
     fi
     log "buildah build ${args[*]} $REPO"
     t0=$(date +%s)
-    nice -n 10 "${BUILDAH[@]}" build "${args[@]}" "$REPO" >&2
+    build_log=$CACHE/container-build.log
+    nice -n 10 "${BUILDAH[@]}" build "${args[@]}" "$REPO" 2>&1 | tee "$build_log" >&2 \
+        || die "buildah build failed (log: $build_log)"
     log "built $TAG in $(( $(date +%s) - t0 )) s"
-    # Older source tags of this image: their layers are only kept while a
-    # newer image shares them.
-    "${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}}' "$IMAGE" | grep ':src-' | grep -vxF "$TAG" \
-        | while read -r old; do "${BUILDAH[@]}" rmi "$old" >/dev/null 2>&1 || true; done
+    prune "$build_log"
 fi
 log "done ($(elapsed))"
 printf '%s\n' "$TAG"
