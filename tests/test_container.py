@@ -256,7 +256,8 @@ print(buf.decode())
     settings = dict(line.split()[1:3] for line in r.stdout.splitlines() if line.startswith("STAT "))
     assert settings.get("maxbytes") == str(17 << 20), settings
     assert settings.get("num_threads") == "2", settings
-    assert settings.get("interface") in ("0.0.0.0", None), settings
+    assert settings.get("inter") == "0.0.0.0", settings  # the entry point's -l
+    assert settings.get("tcpport") == str(PORT), settings
 
 
 def test_container_low_fd_limit_still_serves(run_container) -> None:  # type: ignore[no-untyped-def]
