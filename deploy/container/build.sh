@@ -150,8 +150,9 @@ prune() {
     local keep id k used removed i
     "${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}}' \
         | grep -E "^($IMAGE:src-|localhost/stackmapd-base:)" | grep -vxF -e "$TAG" -e "$BASE" \
-        | while read -r id; do "${BUILDAH[@]}" rmi "$id" >/dev/null 2>&1 || true; done
-    keep=$(grep -oE '^--> (Using cache )?[0-9a-f]{11,}' "$1" | awk '{print $NF}')
+        | while read -r id; do "${BUILDAH[@]}" rmi "$id" >/dev/null 2>&1 || true; done \
+        || true   # nothing to remove: grep found no line
+    keep=$(grep -oE '^--> (Using cache )?[0-9a-f]{11,}' "$1" | awk '{print $NF}') || true
     # Removing an unused image can leave its parent dangling: repeat.
     for (( i=0; i<32; i++ )); do
         removed=0
