@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -277,3 +278,12 @@ def test_container_fd_limit_below_conn_limit_is_refused(run_container) -> None: 
     rc = c.proc.wait(timeout=START_TIMEOUT)
     assert rc == 71, f"exit status {rc}:\n{c.log()}"  # EX_OSERR, as memcached
     assert "open-file limit (hard 256) is below -c 1024" in c.log(), c.log()
+
+
+def test_container_has_uring_backend(run_container) -> None:  # type: ignore[no-untyped-def]
+    """The build stage compiled the uring backend in, and liburing2 is there to load it."""
+    c = run_container(["--version"])
+    rc = c.proc.wait(timeout=START_TIMEOUT)
+    assert rc == 0, f"exit status {rc}:\n{c.log()}"
+    m = re.search(r"backends built in: ([a-z, ]+)", c.log())
+    assert m and "uring" in m.group(1).split(", "), c.log()
