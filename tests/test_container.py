@@ -97,11 +97,13 @@ def proc_status(pid: int, field: str) -> list[str]:
 class Container:
     """`buildah run` of the image's entry point in a network namespace of its own."""
 
-    def __init__(self, image: Image, args: list[str], nofile: int | None, log: Path) -> None:
+    def __init__(self, image: Image, args: list[str], nofile: int | None, log: Path,
+                 security_opts: list[str] | None = None) -> None:
         self.name = f"stackmapd-test-{os.getpid()}-{time.monotonic_ns()}"
         # The open-file limit as `docker run --ulimit nofile=N:N` gives it
         # (buildah run otherwise sets 1024:1024, whatever the caller's is).
         limit = ["--ulimit", f"nofile={nofile}:{nofile}"] if nofile is not None else []
+        limit += [a for opt in security_opts or [] for a in ("--security-opt", opt)]
         buildah("from", "--pull=never", *limit, "--name", self.name, image.tag)
         entry = list(image.config.get("Entrypoint") or [])  # type: ignore[call-overload]
         argv = entry + (args or list(image.config.get("Cmd") or []))  # type: ignore[call-overload]
@@ -143,14 +145,19 @@ class Container:
         raise AssertionError(f"the container did not answer version within {START_TIMEOUT} s:\n{self.log()}")
 
     def server_pid(self) -> int:
-        """The stackmapd process: the descendant of buildah run whose root is the container's."""
+        """The stackmapd process: the descendant of buildah run whose root is the container's.
+
+        buildah's chroot isolation runs it under a helper whose command line
+        names stackmapd too (`buildah-chroot-exec /opt/stackmapd/bin/stackmapd
+        ...`); the server is the interpreter running the console script.
+        """
         for pid in descendants(self.proc.pid):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                 root = os.readlink(f"/proc/{pid}/root")
             except OSError:
                 continue
-            if root != "/" and any(b"stackmapd" in part for part in cmdline):
+            if root != "/" and b"buildah" not in cmdline[0] and any(b"stackmapd" in p for p in cmdline):
                 return pid
         raise AssertionError(f"no stackmapd process under {self.proc.pid}:\n{self.log()}")
 
@@ -174,8 +181,9 @@ class Container:
 def run_container(image: Image, tmp_path: Path) -> Iterator:
     started: list[Container] = []
 
-    def run(args: list[str] | None = None, nofile: int | None = None) -> Container:
-        c = Container(image, list(args or []), nofile, tmp_path / f"container-{len(started)}.log")
+    def run(args: list[str] | None = None, nofile: int | None = None,
+            security_opts: list[str] | None = None) -> Container:
+        c = Container(image, list(args or []), nofile, tmp_path / f"container-{len(started)}.log", security_opts)
         started.append(c)
         return c
 
@@ -287,3 +295,32 @@ def test_container_has_uring_backend(run_container) -> None:  # type: ignore[no-
     assert rc == 0, f"exit status {rc}:\n{c.log()}"
     m = re.search(r"backends built in: ([a-z, ]+)", c.log())
     assert m and "uring" in m.group(1).split(", "), c.log()
+
+
+def test_container_stops_cleanly_on_sigterm(run_container) -> None:  # type: ignore[no-untyped-def]
+    """`docker stop` sends SIGTERM to the entry point: stackmapd exits 0 (the container's status)."""
+    c = run_container()
+    c.wait_ready()
+    os.kill(c.server_pid(), signal.SIGTERM)
+    rc = c.proc.wait(timeout=30)
+    assert rc == 0, f"exit status {rc} after SIGTERM:\n{c.log()}"
+
+
+def test_container_uring_backend_serves_without_seccomp_filter(run_container) -> None:  # type: ignore[no-untyped-def]
+    """Container engines' default seccomp profiles refuse io_uring (buildah's does: `auto` falls back
+    to epoll).  Where the operator allows it (`--security-opt seccomp=unconfined` or a profile
+    that permits io_uring_setup/enter/register), the image's uring backend serves."""
+    c = run_container(["--backend", "uring"], security_opts=["seccomp=unconfined"])
+    c.wait_ready()
+    r = c.in_netns([sys.executable, "-c", f"""
+import socket
+s = socket.create_connection(("127.0.0.1", {PORT}), 5)
+s.sendall(b"set k 0 0 5\\r\\nhello\\r\\nget k\\r\\nstats settings\\r\\n")
+buf = b""
+while not buf.endswith(b"END\\r\\n") or buf.count(b"END\\r\\n") < 2:
+    buf += s.recv(65536)
+print(buf.decode())
+"""])
+    assert r.returncode == 0, r.stderr
+    assert "VALUE k 0 5\nhello\nEND" in r.stdout, r.stdout  # text mode: \r\n reads as \n
+    assert "STAT backend uring" in r.stdout, r.stdout
