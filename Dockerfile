@@ -1,33 +1,58 @@
 # stackmapd container image: the package built from this checkout, run as
-# `stackmapd -l 0.0.0.0` (the container's own network namespace; publish the
-# port with e.g. `docker run -p 127.0.0.1:11211:11211 stackmapd`).  Extra
-# arguments go after the image name: `docker run stackmapd -m 1024 -t 4`.
+# `stackmapd -l 0.0.0.0` in the container's own network namespace.  Publish
+# the port where your clients are, e.g. only on the host's loopback:
 #
-# Two stages: the first compiles the C core (cffi) into a wheel with the
-# build tools, the second installs only that wheel and the runtime library
-# (liburing2, for the uring backend) on a slim base.  The stackmap backend
-# needs the host to have loaded the module and the container to be given the
-# device (`--device /dev/stackmap`); without it, --backend auto falls back.
+#   docker build -t stackmapd .
+#   docker run -d --name stackmapd -p 127.0.0.1:11211:11211 stackmapd -m 1024 -t 4
+#
+# (arguments after the image name go to stackmapd).  Prometheus /metrics and
+# the admin API stay on the container's own 127.0.0.1:9150 unless you pass
+# --metrics-listen 0.0.0.0:9150 (and publish it; set --admin-token-file).
+#
+# Two stages on one base.  The first compiles the C core (cffi) into a wheel
+# with the build tools and installs it and its dependencies (cffi,
+# prometheus-client) into a venv, /opt/stackmapd; the second has only
+# Debian's python3, liburing2 (the uring backend) and that venv: no compiler,
+# no pip.  It runs as the unprivileged user stackmapd (uid 11211, numeric so
+# Kubernetes' runAsNonRoot can check it).  The stackmap backend needs the
+# host to have loaded the module and the container to be given the device
+# (`--device /dev/stackmap`); without it, --backend auto falls back.
+#
+# BASE is any Debian 12 (bookworm) image: a Docker user has debian:bookworm-slim;
+# deploy/container/build.sh builds one from debootstrap where no registry is
+# reachable and passes it with --build-arg BASE=... (see deploy/README.md).
+ARG BASE=debian:bookworm-slim
 
-FROM python:3.11-slim-bookworm AS build
+FROM ${BASE} AS build
+# Few steps, since a builder without overlay storage (buildah's vfs) keeps a
+# full copy of the tree per step: the toolchain (cached across source
+# changes), the sources, the build.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential pkg-config liburing-dev \
-    && rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY pyproject.toml setup.py MANIFEST.in README.md ./
-COPY stackmap_core ./stackmap_core
-COPY stackmapd ./stackmapd
-COPY kernel/include ./kernel/include
-RUN pip wheel --no-cache-dir . -w /wheels
+    && apt-get install -y --no-install-recommends \
+       build-essential pkg-config liburing-dev python3-dev python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/pip
+# PyPI by default; another index with --build-arg PIP_INDEX_URL=... (an
+# unset ARG is not in the environment, so pip then sees nothing).
+ARG PIP_INDEX_URL
+# .dockerignore admits only what the package build needs.
+COPY . /src/
+RUN cd /src \
+    && /opt/pip/bin/pip wheel --no-cache-dir --disable-pip-version-check -w /wheels . \
+    && python3 -m venv --without-pip /opt/stackmapd \
+    && /opt/pip/bin/pip --python /opt/stackmapd/bin/python install --no-cache-dir \
+       --disable-pip-version-check --no-index --find-links /wheels stackmapd \
+    && cd / && /opt/stackmapd/bin/python -I -c "import stackmap_core, stackmapd"
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends liburing2 \
-    && rm -rf /var/lib/apt/lists/*
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels stackmapd \
-    && rm -rf /wheels \
-    && useradd --system --no-create-home --shell /usr/sbin/nologin stackmapd
-USER stackmapd
+    && apt-get install -y --no-install-recommends python3 liburing2 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 11211 stackmapd \
+    && useradd --system --uid 11211 --gid 11211 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin stackmapd
+COPY --from=build /opt/stackmapd /opt/stackmapd
+ENV PATH=/opt/stackmapd/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+USER 11211:11211
 EXPOSE 11211
 ENTRYPOINT ["stackmapd", "-l", "0.0.0.0"]
