@@ -134,6 +134,7 @@ test: apt-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -rs tests
 	@$(MAKE) --no-print-directory vm-test
+	@$(MAKE) --no-print-directory appliance-test
 
 lint: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_TEST)
@@ -157,6 +158,31 @@ vm-test: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_TEST)
 	$(VPY) deploy/vm_test.py
 # --- end of test VM block ---
+
+# --- appliance image (deploy/appliance/, owned by the image part) ---
+# `make image` builds build/stackmapd-appliance.qcow2: a GPT disk that boots
+# by itself under UEFI or BIOS (GRUB), Debian 12 with systemd, our kernel
+# module loaded at boot, stackmapd as a hardened service that keeps its cache
+# across reboots, configured at first boot from a NoCloud seed
+# (deploy/appliance/README.md).  Cached in build/appliance/ by input hashes:
+# the first build debootstraps (~3-4 min), an unchanged tree takes seconds.
+# `make appliance-test` boots a copy-on-write overlay of it under qemu TCG
+# (tests/vm/test_appliance.py): serve, ACPI power-off, boot again, same cache.
+APT_IMAGE := debootstrap gdisk dosfstools mtools e2fsprogs qemu-utils qemu-system-x86 ovmf \
+             grub-common grub-efi-amd64-bin grub-pc-bin kmod
+.PHONY: apt-image image appliance-test
+
+apt-image:
+	@$(call apt_ensure,$(APT_IMAGE))
+
+image: apt-image
+	bash deploy/appliance/build.sh
+
+appliance-test: apt-test apt-image
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	@$(MAKE) --no-print-directory image
+	SM_APPLIANCE=1 $(VENV)/bin/pytest -q -rs tests/vm/test_appliance.py
+# --- end of appliance image block ---
 
 # --- fuzzing and sanitizers ---
 # libFuzzer harnesses and a ThreadSanitizer build of the engine (tests/fuzz/,
