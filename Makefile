@@ -175,8 +175,11 @@ APT_IMAGE := debootstrap gdisk dosfstools mtools e2fsprogs qemu-utils qemu-syste
 apt-image:
 	@$(call apt_ensure,$(APT_IMAGE))
 
+# APPLIANCE_KERNEL=ours: our patched kernel (kernel/build-kernel.sh appliance)
+# instead of Debian's; a directory with bzImage and stackmap.ko works too.
+APPLIANCE_KERNEL ?=
 image: apt-image
-	bash deploy/appliance/build.sh
+	SM_APPLIANCE_KERNEL=$(APPLIANCE_KERNEL) bash deploy/appliance/build.sh
 
 appliance-test: apt-test apt-image
 	@$(MAKE) --no-print-directory $(STAMP_TEST)

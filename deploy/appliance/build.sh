@@ -20,12 +20,14 @@
 #
 # Caches (build/appliance/, keyed by their inputs' hashes; apt downloads in
 # /var/cache/stackmapd/apt-archives, shared with .ci/fresh-root.sh):
-#   rootfs-KEY/   debootstrap + systemd + the kernel (+ initramfs): ~3-5 min once
+#   rootfs-KIND-KEY/  debootstrap + systemd (+ Debian's kernel and initramfs): ~3-4 min
+#                 once per kernel kind (debian, appliance)
 #   image.key     the inputs of the last image: unchanged -> nothing is done
 # Kernel: Debian's linux-image-6.12-amd64 (with its initramfs) and our module
 # built against its headers by kernel/build.sh; SM_APPLIANCE_KERNEL=DIR (a
 # directory with bzImage and stackmap.ko, e.g. kernel/build-kernel.sh's
-# output) uses that kernel instead: no initramfs, everything built in.
+# output) uses that kernel instead: no initramfs, everything built in;
+# SM_APPLIANCE_KERNEL=ours runs `kernel/build-kernel.sh appliance` for DIR.
 # Run as root (debootstrap, chroot).  Heavy steps run under nice -n 10.
 set -euo pipefail
 
@@ -103,6 +105,13 @@ in_chroot() {  # in_chroot DIR SCRIPT: run SCRIPT with sh -e in DIR, a clean env
 # Kernel choice.
 # ---------------------------------------------------------------------------
 kernel_resolve() {
+    if [ "${SM_APPLIANCE_KERNEL:-}" = ours ]; then
+        # Our patched appliance kernel, built (or taken from its cache) by the
+        # kernel part's script, which prints its output directory last.
+        [ -f "$ROOT/kernel/build-kernel.sh" ] || die "SM_APPLIANCE_KERNEL=ours needs kernel/build-kernel.sh"
+        SM_APPLIANCE_KERNEL=$(sh "$ROOT/kernel/build-kernel.sh" appliance | tail -n 1) \
+            || die "kernel/build-kernel.sh appliance failed"
+    fi
     if [ -n "${SM_APPLIANCE_KERNEL:-}" ]; then
         [ -f "$SM_APPLIANCE_KERNEL/bzImage" ] && [ -f "$SM_APPLIANCE_KERNEL/stackmap.ko" ] \
             || die "SM_APPLIANCE_KERNEL=$SM_APPLIANCE_KERNEL must hold bzImage and stackmap.ko"
@@ -129,7 +138,7 @@ rootfs_base() {
     else
         key=$(hash_of v1 "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$PKGS" none)
     fi
-    BASE=$WORK/rootfs-$key
+    BASE=$WORK/rootfs-$KIND-$key
     [ -f "$BASE/.done" ] && return 0
     rm -rf "$BASE" "$BASE.tmp"
     log "debootstrap --variant=minbase $SUITE (+$PKGS), log in $WORK/debootstrap.log"
@@ -414,6 +423,7 @@ ROOT_PARTUUID=$(cat /proc/sys/kernel/random/uuid)
 step stage stage_root
 step disk assemble
 echo "$KEY" >"$WORK/image.key"
-# Drop base trees that no longer match their inputs.
-for d in "$WORK"/rootfs-*; do [ "$d" = "$BASE" ] || rm -rf "$d"; done
+# Drop base trees of this kernel kind that no longer match their inputs
+# (the other kind's stays: switching kernels back and forth costs nothing).
+for d in "$WORK"/rootfs-$KIND-*; do [ "$d" = "$BASE" ] || rm -rf "$d"; done
 log "done: $OUT ($(du -h --apparent-size "$OUT" | cut -f1) qcow2, $(du -h "$OUT" | cut -f1) on disk; kernel $KVER)"

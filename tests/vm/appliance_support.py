@@ -30,9 +30,9 @@ from pathlib import Path
 
 from .vm_support import REPO, vmctl
 
-IMAGE = Path(os.environ.get("SM_APPLIANCE_IMAGE", REPO / "build" / "stackmapd-appliance.qcow2"))
+IMAGE = Path(os.environ.get("SM_APPLIANCE_IMAGE", REPO / "build" / "stackmapd-appliance.qcow2")).resolve()
 # Overlay, seed, console logs of the last run (build/ is not in git).
-RUN_DIR = Path(os.environ.get("SM_APPLIANCE_RUN", REPO / "build" / "appliance-run"))
+RUN_DIR = Path(os.environ.get("SM_APPLIANCE_RUN", REPO / "build" / "appliance-run")).resolve()
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 HOST = "127.0.0.1"

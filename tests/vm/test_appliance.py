@@ -24,6 +24,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,6 +112,19 @@ def reports(console: str) -> list[dict[str, str]]:
     return boots
 
 
+def wait_reports(appliance: Appliance, count: int, timeout: float = 300) -> list[dict[str, str]]:
+    """The console's boot reports once there are COUNT complete ones (the report comes when
+    systemd says the boot has finished, which may be after stackmapd is ready)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        boots = reports(appliance.console_text())
+        if len(boots) >= count and "machine-id" in boots[count - 1]:
+            return boots
+        if time.monotonic() > deadline:
+            return boots
+        time.sleep(1)
+
+
 def check_report(report: dict[str, str]) -> None:
     assert report["finished"].endswith("finished: running"), report
     assert report["failed"] == "failed units: 0", report
@@ -119,11 +133,11 @@ def check_report(report: dict[str, str]) -> None:
 
 def test_first_boot(appliance: Appliance) -> None:
     """systemd reached `running` with no failed unit; stackmapd up; the seed was applied once."""
+    boots = wait_reports(appliance, 1)
+    assert len(boots) == 1, boots
     console = appliance.console_text()
     assert "stackmapd-seed: instance appliance-test-1: wrote /etc/stackmapd/stackmapd.toml" in console
     assert appliance.token not in console, "the admin token must not be logged"
-    boots = reports(console)
-    assert len(boots) == 1, boots
     check_report(boots[0])
     # No machine-id was baked in: systemd made one at this first boot.
     assert re.search(r"machine-id [0-9a-f]{32},", boots[0]["machine-id"]), boots[0]
@@ -264,9 +278,9 @@ def test_reboot_keeps_the_cache(appliance: Appliance, mc: Client) -> None:
 
 def test_second_boot(appliance: Appliance) -> None:
     """The second boot: no failed unit, the same machine-id, the seed not applied again."""
-    console = appliance.console_text()
-    boots = reports(console)
+    boots = wait_reports(appliance, 2)
     assert len(boots) == 2, boots
+    console = appliance.console_text()
     check_report(boots[1])
     first = boots[0]["machine-id"].split(",")[0]
     assert boots[1]["machine-id"].startswith(first + ","), (boots[0], boots[1])
