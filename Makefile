@@ -134,6 +134,7 @@ test: apt-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -rs tests
 	@$(MAKE) --no-print-directory vm-test
+	@$(MAKE) --no-print-directory kernel-test
 	@$(MAKE) --no-print-directory appliance-test
 
 lint: apt-test
@@ -158,6 +159,27 @@ vm-test: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_TEST)
 	$(VPY) deploy/vm_test.py
 # --- end of test VM block ---
+
+# --- our kernels (kernel/, owned by the kernel part) ---
+# Debian's linux-source-6.12 + kernel/patches/, two configurations
+# (kernel/config/), built by kernel/build-kernel.sh and cached outside the
+# checkout (/var/cache/stackmapd/kernels as root; see kernel/README.md).  The
+# first build costs tens of minutes on 2 cores, later ones seconds.
+#   make kernel-appliance | kernel-debug   build (or reuse) one kernel + module
+#   make kernel-test      ring tests under both kernels in qemu TCG (debug:
+#                         2 vCPUs, KASAN/kmemleak/lockdep must stay silent)
+.PHONY: kernel-appliance kernel-debug kernel-test
+
+kernel-appliance:
+	sh kernel/build-kernel.sh appliance
+
+kernel-debug:
+	sh kernel/build-kernel.sh debug
+
+kernel-test: apt-test
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	SM_KERNEL_TESTS=1 $(VENV)/bin/pytest -q -rs tests/vm/test_kernels.py
+# --- end of our kernels block ---
 
 # --- appliance image (deploy/appliance/, owned by the image part) ---
 # `make image` builds build/stackmapd-appliance.qcow2: a GPT disk that boots
