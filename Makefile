@@ -144,6 +144,8 @@ test: apt-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -rs tests
 	@$(MAKE) --no-print-directory vm-test
+	@$(MAKE) --no-print-directory kernel-test
+	@$(MAKE) --no-print-directory appliance-test
 
 # Lint needs the lint tools only (the [lint] extra, read from
 # pyproject.toml): no system packages, no build of the package.
@@ -175,6 +177,55 @@ vm-test: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_TEST)
 	$(VPY) deploy/vm_test.py
 # --- end of test VM block ---
+
+# --- our kernels (kernel/, owned by the kernel part) ---
+# Debian's linux-source-6.12 + kernel/patches/, two configurations
+# (kernel/config/), built by kernel/build-kernel.sh and cached outside the
+# checkout (/var/cache/stackmapd/kernels as root; see kernel/README.md).  The
+# first build costs tens of minutes on 2 cores, later ones seconds.
+#   make kernel-appliance | kernel-debug   build (or reuse) one kernel + module
+#   make kernel-test      ring tests under both kernels in qemu TCG (debug:
+#                         2 vCPUs, KASAN/kmemleak/lockdep must stay silent)
+.PHONY: kernel-appliance kernel-debug kernel-test
+
+kernel-appliance:
+	sh kernel/build-kernel.sh appliance
+
+kernel-debug:
+	sh kernel/build-kernel.sh debug
+
+kernel-test: apt-test
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	SM_KERNEL_TESTS=1 $(VENV)/bin/pytest -q -rs tests/vm/test_kernels.py
+# --- end of our kernels block ---
+
+# --- appliance image (deploy/appliance/, owned by the image part) ---
+# `make image` builds build/stackmapd-appliance.qcow2: a GPT disk that boots
+# by itself under UEFI or BIOS (GRUB), Debian 12 with systemd, our kernel
+# module loaded at boot, stackmapd as a hardened service that keeps its cache
+# across reboots, configured at first boot from a NoCloud seed
+# (deploy/appliance/README.md).  Cached in build/appliance/ by input hashes:
+# the first build debootstraps (~3-4 min), an unchanged tree takes seconds.
+# `make appliance-test` boots a copy-on-write overlay of it under qemu TCG
+# (tests/vm/test_appliance.py): serve, ACPI power-off, boot again, same cache.
+APT_IMAGE := debootstrap gdisk dosfstools mtools e2fsprogs qemu-utils qemu-system-x86 ovmf \
+             grub-common grub-efi-amd64-bin grub-pc-bin kmod
+.PHONY: apt-image image appliance-test
+
+apt-image:
+	@$(call apt_ensure,$(APT_IMAGE))
+
+# APPLIANCE_KERNEL=ours: our patched kernel (kernel/build-kernel.sh appliance)
+# instead of Debian's; a directory with bzImage and stackmap.ko works too.
+APPLIANCE_KERNEL ?=
+image: apt-image
+	SM_APPLIANCE_KERNEL=$(APPLIANCE_KERNEL) bash deploy/appliance/build.sh
+
+appliance-test: apt-test apt-image
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	@$(MAKE) --no-print-directory image
+	SM_APPLIANCE=1 $(VENV)/bin/pytest -q -rs tests/vm/test_appliance.py
+# --- end of appliance image block ---
 
 # --- fuzzing and sanitizers ---
 # libFuzzer harnesses and a ThreadSanitizer build of the engine (tests/fuzz/,

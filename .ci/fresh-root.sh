@@ -29,7 +29,9 @@
 # (exit 101, so that installing memcached or prometheus does not start their
 # daemons on the host's loopback ports) and a bind mount of
 # $SM_FRESH_CACHE/apt-archives on /var/cache/apt/archives (downloaded .debs
-# only; the package lists are fetched fresh by every run).
+# only; the package lists are fetched fresh by every run), and likewise
+# $SM_FRESH_CACHE/kernels and /ccache on /var/cache/stackmapd/ (our built
+# kernels, see kernel/README.md).
 #
 # Usage (as root):  .ci/fresh-root.sh [REPO]     REPO defaults to this checkout
 # Exit status: 0 when both commands worked, else the first failure's status.
@@ -203,6 +205,11 @@ mnt /dev --bind /dev
 mnt /dev/pts --bind /dev/pts
 mnt /dev/shm -t tmpfs -o mode=1777 shm
 mnt /var/cache/apt/archives --bind "$CACHE/apt-archives"
+# Our kernels (kernel/build-kernel.sh) and their ccache: a cache like the
+# .debs above, so that only the first CI run pays the kernel builds.
+mkdir -p "$CACHE/kernels" "$CACHE/ccache"
+mnt /var/cache/stackmapd/kernels --bind "$CACHE/kernels"
+mnt /var/cache/stackmapd/ccache --bind "$CACHE/ccache"
 
 # in_root COMMAND: run a shell command in the checkout inside the root, with
 # the environment a root login on a fresh machine has (plus CI=true).
