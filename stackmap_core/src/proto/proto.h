@@ -5,7 +5,7 @@
  * bytes, executes them against the cache and queues the responses on the
  * connection (conn.h out_* calls).  It knows nothing about sockets or rings:
  * every backend (epoll, io_uring, /dev/stackmap) feeds it the same way, via
- * conn_feed().  The text protocol lives in text.c, the meta commands in
+ * the worker's worker_feed().  The text protocol lives in text.c, the meta commands in
  * meta.c; this header is what they share.
  */
 #ifndef SM_PROTO_H
