@@ -121,6 +121,7 @@ typedef struct conn {
     conn_state state;        /* parser state */
     bool noreply;            /* the current text command asked for no reply */
     bool rd_eof;             /* the peer ended its stream: read no more, answer what came, close */
+    uint8_t loop;            /* the worker loop's CONN_LOOP_* flags (worker.h) */
 
     /* input carried over between receives (a partial line or request);
      * a pooled block, held only while rbytes > 0 */
@@ -151,7 +152,6 @@ typedef struct conn {
 
     /* bookkeeping */
     uint64_t last_active;    /* rel_time of the last bytes received (idle timeout, stats conns) */
-    uint8_t loop;            /* the worker loop's CONN_LOOP_* flags (worker.c) */
     struct conn *next_flush; /* the worker's flush list: connections to look at after the batch */
     struct conn *prev_conn;  /* worker's list of open connections (stats conns) */
     struct conn *next_conn;  /* worker's list of open connections (stats conns) */

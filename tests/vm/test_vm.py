@@ -382,7 +382,7 @@ def test_idle_timeout(vm: VM) -> None:
                 time.sleep(0.5)
             value.sendall(b"defghij\r\n")
             assert _read_exact(value, 8) == b"STORED\r\n"
-            assert _guest_stats(vm)[b"idle_kicks"] == b"1"
+            assert _guest_stats(vm)[b"idle_kicks"] == 1
         finally:
             for s in (idle, value, chatty):
                 s.close()
