@@ -871,7 +871,8 @@ static int uring_wait(worker *w, int timeout_ms)
     uring_state *st = w->backend;
     top_up_bufs(st);
     struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000, .tv_nsec = (timeout_ms % 1000) * 1000000LL};
-    unsigned wait_nr = timeout_ms > 0 ? 1 : 0;
+    unsigned wait_nr = 1; /* (a zero timeout still enters for completions: DEFER_TASKRUN
+                             posts them only when this thread waits) */
     if (st->batch_target > 1 && timeout_ms > 0) {
         wait_nr = st->sends_queued + st->batch_target;
         ts.tv_sec = 0;
@@ -880,8 +881,7 @@ static int uring_wait(worker *w, int timeout_ms)
     }
     st->sends_queued = 0;
     struct io_uring_cqe *cqe;
-    int rc = wait_nr ? io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL)
-                     : io_uring_submit(&st->ring);
+    int rc = io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
     if (ring_broken(rc)) {
         worker_fail(w, -rc, "io_uring_enter: %s", strerror(-rc));
         return -1;
