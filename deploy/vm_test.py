@@ -74,11 +74,13 @@ def slug(label: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in label).strip("-")
 
 
-def run_pytest(label: str, backend: str, tests: Path, timings: list[tuple[str, float]]) -> int:
-    """pytest on TESTS against the running VM; junit XML goes to build/vm/run/."""
+def run_pytest(label: str, backend: str, flag: str, tests: Path, timings: list[tuple[str, float]]) -> int:
+    """pytest on TESTS against the running VM (its stackmapd started with
+    --backend FLAG); junit XML goes to build/vm/run/."""
     junit = RUN / f"junit-{slug(label)}.xml"
     junit.unlink(missing_ok=True)
-    env = dict(os.environ, SM_VM_BACKEND=backend, SM_VM_REQUIRED="1", SM_VM_STATE=str(RUN / "vm.env"))
+    env = dict(os.environ, SM_VM_BACKEND=backend, SM_VM_REQUIRED="1", SM_VM_STATE=str(RUN / "vm.env"),
+               SM_VM_SERVER_ARGS=" ".join([*SERVER_ARGS, "--backend", flag]))
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "--durations=5", "-p", "no:cacheprovider",
            f"--junitxml={junit}", str(tests)]
     return timed(label, timings, cmd, env=env, cwd=REPO)
@@ -187,11 +189,12 @@ def main() -> int:
                 rcs[label] = 1
                 results[label] = [("server start", "ERROR", f"stackmapd --backend {flag} did not answer")]
                 continue
-            rcs[label] = run_pytest(label, backend, SERVER_TESTS, timings)
+            rcs[label] = run_pytest(label, backend, flag, SERVER_TESTS, timings)
             results[label] = junit_results(RUN / f"junit-{slug(label)}.xml")
         compare_backends(agent, [b for b, _ in backends], timings)
         label = "kernel module + log"
-        rcs[label] = run_pytest(label, backends[-1][0] if backends else first, KERNEL_TESTS, timings)
+        last = backends[-1] if backends else (first, first)
+        rcs[label] = run_pytest(label, last[0], last[1], KERNEL_TESTS, timings)
         results[label] = junit_results(RUN / f"junit-{slug(label)}.xml")
     finally:
         if not opts.keep:

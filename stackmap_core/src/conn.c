@@ -4,15 +4,19 @@
  * Responses are queued as iovecs so that a whole batch of pipelined
  * requests leaves in one send, and values leave straight from item memory.
  * Short response bytes are copied into scratch chunks that never move while
- * queued (iovecs point into them); chunks are recycled through the worker's
- * free list.  The iovec and held-item arrays are blocks of the worker's pool
- * (bufpool.h): taken with the first queued byte, grown by taking the next
- * class up, and given back when the queue has been sent, so an idle
- * connection holds none and a busy one allocates nothing per request.
+ * queued (iovecs point into them); chunks are recycled through the owner's
+ * free list (conn_env).  The iovec and held-item arrays are blocks of the
+ * owner's pool (bufpool.h): taken with the first queued byte, grown by
+ * taking the next class up, and given back when the queue has been sent, so
+ * an idle connection holds none and a busy one allocates nothing per
+ * request.
  *
- * Input: conn_feed() parses directly from the backend's buffer; only the
- * unconsumed tail (a partial line) is copied into the connection's rbuf, a
- * pooled block held until it has been parsed together with the next bytes.
+ * Input: the worker (worker_feed) has the protocol parse straight from the
+ * backend's buffer; only the unconsumed tail (a partial line) is copied into
+ * the connection's rbuf, a pooled block held until it has been parsed
+ * together with the next bytes.
+ *
+ * A leaf: nothing here knows of workers, backends or protocols.
  */
 #include "conn.h"
 
@@ -21,13 +25,50 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "proto/proto.h"
-#include "worker.h"
-
 /* Smallest block taken for each per-connection array (bytes). */
 #define IOV_INITIAL_BYTES 256
 #define HELD_INITIAL_BYTES 256
 #define RBUF_INITIAL 4096
+/* Chunks kept on an env's free list; more are freed. */
+#define FREE_CHUNKS_MAX 256
+
+/* A scratch chunk from env's free list (or malloc when empty). */
+static out_chunk *chunk_get(conn_env *env)
+{
+    out_chunk *ch = env->free_chunks;
+    if (ch) {
+        env->free_chunks = ch->next;
+        env->nfree_chunks--;
+        return ch;
+    }
+    ch = malloc(sizeof(*ch));
+    if (!ch)
+        SM_STAT_INC(env->stats->response_obj_oom);
+    return ch;
+}
+
+/* Return a chunk to the free list (keeps a bounded number). */
+static void chunk_put(conn_env *env, out_chunk *ch)
+{
+    if (env->nfree_chunks >= FREE_CHUNKS_MAX) {
+        free(ch);
+        return;
+    }
+    ch->next = env->free_chunks;
+    env->free_chunks = ch;
+    env->nfree_chunks++;
+}
+
+void conn_env_destroy(conn_env *env)
+{
+    while (env->free_chunks) {
+        out_chunk *ch = env->free_chunks;
+        env->free_chunks = ch->next;
+        free(ch);
+    }
+    env->nfree_chunks = 0;
+    pool_destroy(&env->pool);
+}
 
 /* Grow a pooled array of `have` bytes (holding `used` bytes) to at least `want` bytes. */
 static void *pool_grow(sm_pool *p, void *old, size_t used, size_t have, size_t want, size_t *cap)
@@ -44,12 +85,12 @@ static void *pool_grow(sm_pool *p, void *old, size_t used, size_t have, size_t w
     return n;
 }
 
-void conn_init(conn *c, worker *w, int fd, uint32_t id)
+void conn_init(conn *c, conn_env *env, int fd, uint32_t id)
 {
     memset(c, 0, sizeof(*c));
     c->fd = fd;
     c->id = id;
-    c->worker = w;
+    c->env = env;
     c->state = CONN_PARSE;
 }
 
@@ -57,10 +98,10 @@ void conn_cleanup(conn *c)
 {
     out_reset(c);
     if (c->nread_item) {
-        cache_release(c->worker->cache, c->nread_item);
+        cache_release(c->env->cache, c->nread_item);
         c->nread_item = NULL;
     }
-    sm_pool *p = &c->worker->pool;
+    sm_pool *p = &c->env->pool;
     pool_give(p, c->rbuf, c->rsize);
     c->rbuf = NULL;
     c->rsize = c->rbytes = 0;
@@ -72,7 +113,7 @@ static int iov_reserve(conn *c)
     if (c->iovcnt < c->iovcap)
         return 0;
     size_t sz = sizeof(*c->iov), cap;
-    struct iovec *n = pool_grow(&c->worker->pool, c->iov, (size_t)c->iovcnt * sz, (size_t)c->iovcap * sz,
+    struct iovec *n = pool_grow(&c->env->pool, c->iov, (size_t)c->iovcnt * sz, (size_t)c->iovcap * sz,
                                 IOV_INITIAL_BYTES, &cap);
     if (!n)
         return -1;
@@ -109,7 +150,7 @@ static out_chunk *chunk_with_room(conn *c, size_t need)
     out_chunk *t = c->chunk_tail;
     if (t && OUT_CHUNK_SIZE - t->used >= need)
         return t;
-    out_chunk *n = worker_chunk_get(c->worker);
+    out_chunk *n = chunk_get(c->env);
     if (!n)
         return NULL;
     n->next = NULL;
@@ -178,7 +219,7 @@ void out_commit(conn *c, size_t used)
         /* No room for an iovec: give the bytes back; the caller's reply is lost
          * and the connection will be closed by the protocol's OOM handling. */
         ch->used -= (uint32_t)used;
-        SM_STAT_INC(c->worker->stats.response_obj_oom);
+        SM_STAT_INC(c->env->stats->response_obj_oom);
     }
 }
 
@@ -208,10 +249,10 @@ int out_item(conn *c, item *it, const char *p, size_t len)
 {
     if (c->nheld == c->heldcap) {
         size_t sz = sizeof(*c->held), cap;
-        item **n = pool_grow(&c->worker->pool, c->held, (size_t)c->nheld * sz, (size_t)c->heldcap * sz,
+        item **n = pool_grow(&c->env->pool, c->held, (size_t)c->nheld * sz, (size_t)c->heldcap * sz,
                              HELD_INITIAL_BYTES, &cap);
         if (!n) {
-            cache_release(c->worker->cache, it);
+            cache_release(c->env->cache, it);
             return -1;
         }
         c->held = n;
@@ -233,9 +274,9 @@ int out_item(conn *c, item *it, const char *p, size_t len)
 /* Release held items, recycle chunks, give the arrays back: everything queued is gone. */
 void out_reset(conn *c)
 {
-    sm_pool *p = &c->worker->pool;
+    sm_pool *p = &c->env->pool;
     for (int i = 0; i < c->nheld; i++)
-        cache_release(c->worker->cache, c->held[i]);
+        cache_release(c->env->cache, c->held[i]);
     c->nheld = 0;
     pool_give(p, c->held, (size_t)c->heldcap * sizeof(*c->held));
     c->held = NULL;
@@ -246,7 +287,7 @@ void out_reset(conn *c)
     out_chunk *ch = c->chunk_head;
     while (ch) {
         out_chunk *next = ch->next;
-        worker_chunk_put(c->worker, ch);
+        chunk_put(c->env, ch);
         ch = next;
     }
     c->chunk_head = c->chunk_tail = NULL;
@@ -280,19 +321,16 @@ void conn_out_sent(conn *c, size_t n)
         out_reset(c);
 }
 
-/* Append bytes to rbuf, taking or growing its block. */
-static bool rbuf_append(conn *c, const char *data, size_t len)
+bool conn_rbuf_append(conn *c, const char *data, size_t len)
 {
     size_t need = (size_t)c->rbytes + len;
     if (need > c->rsize) {
-        /* A request line longer than this is abuse, not a multiget. */
-        size_t limit = (size_t)c->worker->settings->item_size_max + (1u << 20);
-        if (need > limit)
+        if (need > c->env->rbuf_max)
             return false;
         size_t want = need < RBUF_INITIAL ? RBUF_INITIAL : need, cap;
-        char *n = pool_grow(&c->worker->pool, c->rbuf, c->rbytes, c->rsize, want, &cap);
+        char *n = pool_grow(&c->env->pool, c->rbuf, c->rbytes, c->rsize, want, &cap);
         if (!n) {
-            SM_STAT_INC(c->worker->stats.read_buf_oom);
+            SM_STAT_INC(c->env->stats->read_buf_oom);
             return false;
         }
         c->rbuf = n;
@@ -303,48 +341,19 @@ static bool rbuf_append(conn *c, const char *data, size_t len)
     return true;
 }
 
-/* After parsing: give back the blocks nothing needs any more. */
-static inline void feed_done(conn *c)
+void conn_rbuf_consume(conn *c, size_t used)
 {
-    if (c->rbytes == 0 && c->rbuf) {
-        pool_give(&c->worker->pool, c->rbuf, c->rsize);
-        c->rbuf = NULL;
-        c->rsize = 0;
-    }
-}
-
-bool conn_feed(conn *c, char *data, size_t len)
-{
-    if (c->rbytes == 0 && len > 0) {
-        size_t used = proto_process(c, data, len);
-        if (c->state != CONN_CLOSING && used < len && !rbuf_append(c, data + used, len - used))
-            return false;
-        feed_done(c);
-        return true;
-    }
-    if (len > 0 && !rbuf_append(c, data, len))
-        return false;
-    if (c->rbytes == 0)
-        return true;
-    size_t used = proto_process(c, c->rbuf, c->rbytes);
     if (used > 0) {
         memmove(c->rbuf, c->rbuf + used, c->rbytes - used);
         c->rbytes -= (uint32_t)used;
     }
-    feed_done(c);
-    return true;
 }
 
-bool conn_eof_finished(conn *c)
+void conn_input_done(conn *c)
 {
-    if (out_pending(c) > 0)
-        return false;
-    if (c->state != CONN_PARSE || c->rbytes == 0)
-        return true; /* closing, or inside a value that can no longer arrive */
-    /* Input held back by back-pressure: answer it now that the queue is empty. */
-    if (!conn_feed(c, NULL, 0))
-        return true;
-    /* Parsing stops only at an incomplete request, a full queue or a close:
-     * with nothing queued, nothing more can be answered. */
-    return out_pending(c) == 0;
+    if (c->rbytes == 0 && c->rbuf) {
+        pool_give(&c->env->pool, c->rbuf, c->rsize);
+        c->rbuf = NULL;
+        c->rsize = 0;
+    }
 }

@@ -2,28 +2,30 @@
  * conn.h -- one client connection as the protocols and the worker loop see it.
  *
  * A connection is owned by exactly one worker thread from accept to close,
- * so nothing here is locked.  The worker hands received bytes to the
- * protocol layer (proto_process in proto/proto.h); the protocol layer
- * appends responses to the connection's output queue with the out_* calls
- * below; the backend sends the queue as iovecs and calls conn_out_sent().
+ * so nothing here is locked.  conn.c is a leaf: it knows the cache (queued
+ * items are released there) and its owner's memory (struct conn_env), but
+ * neither workers nor protocols.  The worker loop (worker.c) hands received
+ * bytes to the protocol layer (proto_process in proto/proto.h), which
+ * appends responses to the output queue with the out_* calls below; the
+ * backend sends the queue as iovecs and the worker calls conn_out_sent().
  *
  * The output queue is a list of iovecs.  Short responses (status lines,
  * "VALUE ..." headers) are either constant strings or copied into scratch
  * chunks that never move while queued; values larger than OUT_COPY_MAX are
  * sent straight from item memory, and those items stay referenced until the
  * queue is sent (smaller ones are copied: cheaper than another iovec).  Scratch
- * chunks come from a per-worker free list, so steady-state requests
- * allocate nothing.
+ * chunks come from the owner's free list (conn_env), so steady-state
+ * requests allocate nothing.
  *
  * Memory: an idle connection holds only this struct.  The receive
  * carry-over and the queue's iovec and held-item arrays are blocks of the
- * worker's pool (bufpool.h), taken when data arrives and given back once it
+ * owner's pool (bufpool.h), taken when data arrives and given back once it
  * has been answered and sent.
  *
- * End of stream: when the peer shuts down its side, the backend stops
+ * End of stream: when the peer shuts down its side, the worker stops
  * reading and sets rd_eof; every complete request received before it is
  * still answered (including input that back-pressure held), and the
- * connection closes once conn_eof_finished() says nothing is left to send.
+ * connection closes once nothing is left to send (worker_eof_finished).
  */
 #ifndef SM_CONN_H
 #define SM_CONN_H
@@ -33,7 +35,9 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "bufpool.h"
 #include "cache/cache.h"
+#include "stats.h"
 
 struct worker;
 
@@ -56,6 +60,21 @@ typedef struct out_chunk {
     uint32_t used;          /* bytes used in data[] */
     char data[OUT_CHUNK_SIZE]; /* response bytes */
 } out_chunk;
+
+/*
+ * What a connection draws memory from and counts its shortages in: its
+ * owner's resources (one per worker, embedded in struct worker).  This is
+ * all conn.c sees of the thread that owns the connection.
+ */
+typedef struct conn_env {
+    sm_pool pool;                  /* blocks: carry-over, iovec and held-item arrays, meta flags,
+                                      the backends' send snapshots (bufpool.h) */
+    out_chunk *free_chunks;        /* recycled output scratch chunks */
+    int nfree_chunks;              /* length of free_chunks */
+    cache *cache;                  /* where the queue's item references are released */
+    size_t rbuf_max;               /* longest input carry-over accepted (a longer line is abuse) */
+    struct sm_thread_stats *stats; /* the owner's counters (response_obj_oom, read_buf_oom) */
+} conn_env;
 
 /* Where the protocol parser is in the byte stream. */
 typedef enum {
@@ -101,10 +120,13 @@ typedef struct get_stream {
 typedef struct conn {
     int fd;                  /* the socket */
     uint32_t id;             /* engine-wide connection number (for -vv logs) */
-    struct worker *worker;   /* owning worker thread */
+    struct worker *worker;   /* owning worker thread (the protocols reach the cache and
+                                settings through it; conn.c never does) */
+    conn_env *env;           /* the owner's memory and counters (conn.c's only view of it) */
     conn_state state;        /* parser state */
     bool noreply;            /* the current text command asked for no reply */
     bool rd_eof;             /* the peer ended its stream: read no more, answer what came, close */
+    uint8_t loop;            /* the worker loop's CONN_LOOP_* flags (worker.h) */
 
     /* input carried over between receives (a partial line or request);
      * a pooled block, held only while rbytes > 0 */
@@ -134,12 +156,11 @@ typedef struct conn {
     out_chunk *chunk_tail;   /* last scratch chunk (the one being filled) */
 
     /* bookkeeping */
-    uint64_t last_active;    /* rel_time of the last request (idle timeout, stats conns) */
-    int backend_state;       /* the backend's own per-connection flags */
-    struct conn *next_ready; /* backend's list of connections with work */
+    uint64_t last_active;    /* rel_time of the last bytes received (idle timeout, stats conns) */
+    struct conn *next_flush; /* the worker's flush list: connections to look at after the batch */
     struct conn *prev_conn;  /* worker's list of open connections (stats conns) */
     struct conn *next_conn;  /* worker's list of open connections (stats conns) */
-    void *backend_data;      /* the backend's own per-connection data */
+    void *backend_data;      /* the backend's own per-connection data, NULL when it has none */
     char peer[64];           /* "addr:port" for stats conns and logs */
     uint64_t lat_start;      /* monotonic ns when the pending store's line was dispatched (latency.h) */
     int lat_cmd;             /* enum sm_lat_cmd of the pending store */
@@ -172,26 +193,21 @@ void conn_out_sent(conn *c, size_t n);
 /* The iovecs still to send, for writev/sendmsg. */
 struct iovec *conn_out_iov(conn *c, int *cnt);
 
-/* Initialise a freshly accepted connection / free its resources. */
-void conn_init(conn *c, struct worker *w, int fd, uint32_t id);
+/* Initialise a freshly accepted connection drawing on env / free its resources. */
+void conn_init(conn *c, conn_env *env, int fd, uint32_t id);
 void conn_cleanup(conn *c);
 
-/*
- * Feed received bytes: buffers leftovers in c->rbuf so callers can pass
- * bytes from any transient, writable buffer (a ring slot, a worker buffer);
- * conn_feed(c, NULL, 0) resumes parsing buffered input after back-pressure.  Returns
- * false when the connection must close now (CONN_CLOSING also means: flush
- * the queue, then close).
- */
-bool conn_feed(conn *c, char *data, size_t len);
+/* Free env's recycled scratch chunks and pooled blocks (its owner is going away). */
+void conn_env_destroy(conn_env *env);
 
 /*
- * For a connection whose peer ended its stream (rd_eof): true when it may
- * close now -- everything queued has been sent and the input left, if any,
- * is an incomplete request that can never complete.  Input held back by
- * back-pressure is parsed first once the queue has room, so a false answer
- * may come with new output queued: the caller sends it and asks again.
+ * Input carry-over: append len bytes the parser left unconsumed to rbuf
+ * (false: over env->rbuf_max or out of memory, the connection must close);
+ * drop the first `used` bytes of rbuf once parsed; give the blocks nothing
+ * needs any more back after a parse.
  */
-bool conn_eof_finished(conn *c);
+bool conn_rbuf_append(conn *c, const char *data, size_t len);
+void conn_rbuf_consume(conn *c, size_t used);
+void conn_input_done(conn *c);
 
 #endif

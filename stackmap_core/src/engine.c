@@ -293,6 +293,10 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         w->engine = e;
         w->cache = e->cache;
         w->settings = &e->settings;
+        w->env.cache = e->cache;
+        w->env.stats = &w->stats;
+        /* A request line longer than this is abuse, not a multiget. */
+        w->env.rbuf_max = (size_t)s->item_size_max + (1u << 20);
         pthread_mutex_init(&w->conns_lock, NULL);
         atomic_init(&w->state, SM_WORKER_STOPPED);
     }
@@ -389,7 +393,7 @@ static void stop_workers(sm_engine *e, int created)
     for (int i = 0; i < created; i++)
         pthread_join(e->workers[i].thread, NULL);
     for (int i = 0; i < n; i++) {
-        e->ops->destroy(&e->workers[i]);
+        worker_destroy(&e->workers[i]);
         if (atomic_load(&e->workers[i].state) != SM_WORKER_FAILED)
             atomic_store(&e->workers[i].state, SM_WORKER_STOPPED);
     }
@@ -424,7 +428,7 @@ static int start_workers(sm_engine *e, const backend_ops *ops, char *err, size_t
             snprintf(err, errlen, "backend %s failed on worker %d: %s%s%s", ops->name, i, why, fix ? "; " : "",
                      fix ? fix : "");
             for (int j = 0; j < i; j++)
-                ops->destroy(&e->workers[j]);
+                worker_destroy(&e->workers[j]);
             for (int j = 0; j < n; j++)
                 atomic_store(&e->workers[j].state, SM_WORKER_STOPPED);
             return -1;
@@ -754,7 +758,7 @@ void sm_engine_stop(sm_engine *e, int grace_ms)
     for (int i = 0; i < n; i++)
         pthread_join(e->workers[i].thread, NULL);
     for (int i = 0; i < n; i++)
-        e->ops->destroy(&e->workers[i]);
+        worker_destroy(&e->workers[i]);
     close_listeners(e);
     cache_stop(e->cache);
     e->running = false;
@@ -768,11 +772,7 @@ void sm_engine_destroy(sm_engine *e)
         sm_engine_stop(e, 0);
     for (int i = 0; i < e->settings.num_threads; i++) {
         worker *w = &e->workers[i];
-        while (w->free_chunks) {
-            out_chunk *ch = w->free_chunks;
-            w->free_chunks = ch->next;
-            free(ch);
-        }
+        conn_env_destroy(&w->env);
         pthread_mutex_destroy(&w->conns_lock);
     }
     free(e->workers);

@@ -1,11 +1,33 @@
 /*
- * worker.c -- what every ring backend shares about a worker thread:
- * accounting connections in and out (the -c limit, socket options, the
- * list "stats conns" prints), the free list of output scratch chunks, and
- * the thread's life: setup before the engine reports started, the loop, and
- * what a failure leaves behind (state FAILED with the reason, nothing open
- * that a client could wait on).  The loops themselves are in the io/
- * backends.
+ * worker.c -- a worker thread's event loop and every connection policy, run
+ * once for all backends (as Redis's ae.c runs its loop over ae_epoll.c).
+ *
+ * The round (worker_loop): the backend waits for a batch and delivers it
+ * through the calls in io/backend.h; received bytes go to the protocols at
+ * once (worker_input), and every connection the batch touched goes on the
+ * flush list; then the flush looks at each once -- close it, or have the
+ * backend send its whole queue -- and the timed policies run (accept
+ * backoff over, idle-timeout sweep).  The policies:
+ *
+ * - Accept: the -c limit (memcached's "ERROR Too many open connections"),
+ *   no new connection while draining, and a 10 ms pause of accepting when
+ *   out of descriptors (ACCEPT_BACKOFF_NS).
+ * - Back-pressure: a connection whose queue passes OUT_HIGH_WATER stops
+ *   being parsed and read (ops->recv_ctl) until its client drains it below
+ *   the mark; then the input held meanwhile is parsed and reading resumes.
+ * - End of stream: reading stops, everything received before it is
+ *   answered, and the connection closes once its last reply has left.
+ * - Idle timeout (-o idle_timeout): at most once a second, a connection
+ *   waiting for a command (not inside a value, nothing queued) that has
+ *   received nothing for longer than idle_timeout seconds is closed, without
+ *   a word, and counted in idle_kicks: memcached 1.6's rule.
+ * - Drain (stop with a grace period): accepting stops, and every connection
+ *   with nothing in flight is closed as soon as it is idle.
+ *
+ * Also here: accounting connections in and out (socket options, the list
+ * "stats conns" prints) and the thread's life: setup before the engine
+ * reports started, the loop, and what a failure leaves behind (state FAILED
+ * with the reason, nothing open that a client could wait on).
  */
 #include "worker.h"
 
@@ -23,35 +45,12 @@
 
 #include "engine_internal.h"
 #include "io/backend.h"
+#include "proto/proto.h"
 #include "racy.h"
 
-/* Chunks kept on a worker's free list; more are freed. */
-#define FREE_CHUNKS_MAX 256
-
-out_chunk *worker_chunk_get(worker *w)
-{
-    out_chunk *ch = w->free_chunks;
-    if (ch) {
-        w->free_chunks = ch->next;
-        w->nfree_chunks--;
-        return ch;
-    }
-    ch = malloc(sizeof(*ch));
-    if (!ch)
-        SM_STAT_INC(w->stats.response_obj_oom);
-    return ch;
-}
-
-void worker_chunk_put(worker *w, out_chunk *ch)
-{
-    if (w->nfree_chunks >= FREE_CHUNKS_MAX) {
-        free(ch);
-        return;
-    }
-    ch->next = w->free_chunks;
-    w->free_chunks = ch;
-    w->nfree_chunks++;
-}
+/* How often (ms) a loop with nothing to do looks at the stop/drain flags
+ * and the timed policies. */
+#define WORKER_TICK_MS 100
 
 /* "tcp:addr:port" of a socket address. */
 static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len)
@@ -98,14 +97,27 @@ void worker_conn_unlink(worker *w, conn *c)
     pthread_mutex_unlock(&w->conns_lock);
 }
 
+/* A socket that will not become a connection: the backend lets go, then close. */
+static void refuse_fd(worker *w, int fd)
+{
+    if (w->ops && w->ops->forget_fd)
+        w->ops->forget_fd(w, fd);
+}
+
 conn *worker_conn_open(worker *w, int fd)
 {
     struct sm_engine *e = w->engine;
+    if (atomic_load_explicit(&w->draining, memory_order_relaxed)) {
+        refuse_fd(w, fd);
+        close(fd);
+        return NULL;
+    }
     int cur = atomic_fetch_add(&e->curr_conns, 1);
     /* -c may be changed live (stackmapctl reload): read it atomically */
     if (cur >= __atomic_load_n(&w->settings->maxconns, __ATOMIC_RELAXED)) {
         atomic_fetch_sub(&e->curr_conns, 1);
         atomic_fetch_add(&e->rejected_conns, 1);
+        refuse_fd(w, fd);
         static const char msg[] = "ERROR Too many open connections\r\n";
         ssize_t rc = send(fd, msg, sizeof(msg) - 1, MSG_NOSIGNAL);
         (void)rc;
@@ -116,11 +128,13 @@ conn *worker_conn_open(worker *w, int fd)
     conn *c = malloc(sizeof(*c));
     if (!c) {
         atomic_fetch_sub(&e->curr_conns, 1);
+        refuse_fd(w, fd);
         close(fd);
         return NULL;
     }
     uint32_t id = atomic_fetch_add(&e->next_conn_id, 1);
-    conn_init(c, w, fd, id);
+    conn_init(c, &w->env, fd, id);
+    c->worker = w;
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0)
         fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -232,16 +246,6 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
     pthread_mutex_unlock(&w->conns_lock);
 }
 
-void worker_close_idle(worker *w, void (*close_conn)(worker *w, conn *c))
-{
-    conn *c = w->conns, *next;
-    for (; c; c = next) {
-        next = c->next_conn; /* close_conn may free c */
-        if (out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0)
-            close_conn(w, c);
-    }
-}
-
 /* Publish a state change and wake the engine's start wait. */
 static void set_state(worker *w, int state)
 {
@@ -268,21 +272,310 @@ void worker_fail(worker *w, int errnum, const char *fmt, ...)
     set_state(w, SM_WORKER_FAILED); /* the mutex orders error before state for readers */
 }
 
-bool worker_accept_fatal(int err)
+/* ---- input: the protocols, back-pressure, end of stream ---- */
+
+bool worker_feed(conn *c, char *data, size_t len)
 {
-    return err == EBADF || err == EINVAL || err == ENOTSOCK || err == EOPNOTSUPP || err == EFAULT;
+    if (c->rbytes == 0 && len > 0) {
+        /* The common case: parse straight from the backend's buffer. */
+        size_t used = proto_process(c, data, len);
+        if (c->state != CONN_CLOSING && used < len && !conn_rbuf_append(c, data + used, len - used))
+            return false;
+        conn_input_done(c);
+        return true;
+    }
+    if (len > 0 && !conn_rbuf_append(c, data, len))
+        return false;
+    if (c->rbytes == 0)
+        return true;
+    conn_rbuf_consume(c, proto_process(c, c->rbuf, c->rbytes));
+    conn_input_done(c);
+    return true;
 }
 
-bool worker_accept_backoff(int err)
+bool worker_eof_finished(conn *c)
 {
-    return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+    if (out_pending(c) > 0)
+        return false;
+    if (c->state != CONN_PARSE || c->rbytes == 0)
+        return true; /* closing, or inside a value that can no longer arrive */
+    /* Input held back by back-pressure: answer it now that the queue is empty. */
+    if (!worker_feed(c, NULL, 0))
+        return true;
+    /* Parsing stops only at an incomplete request, a full queue or a close:
+     * with nothing queued, nothing more can be answered. */
+    return out_pending(c) == 0;
+}
+
+void worker_want_flush(worker *w, conn *c)
+{
+    if (c->loop & (CONN_LOOP_FLUSH | CONN_LOOP_CLOSED))
+        return;
+    c->loop |= CONN_LOOP_FLUSH;
+    c->next_flush = w->flush;
+    w->flush = c;
+}
+
+void worker_close_soon(worker *w, conn *c)
+{
+    c->loop |= CONN_LOOP_CLOSE;
+    worker_want_flush(w, c);
+}
+
+/* Queue above the mark: stop reading c (the protocols already stopped parsing). */
+static void pause_input(worker *w, conn *c)
+{
+    if (c->loop & CONN_LOOP_PAUSED)
+        return;
+    c->loop |= CONN_LOOP_PAUSED;
+    if (!c->rd_eof)
+        w->ops->recv_ctl(w, c, false);
+}
+
+bool worker_input(worker *w, conn *c, char *data, size_t len)
+{
+    if (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED))
+        return false;
+    SM_STAT_ADD(w->stats.bytes_read, len);
+    c->last_active = cache_now(w->cache);
+    if (!worker_feed(c, data, len)) {
+        worker_close_soon(w, c);
+        return false;
+    }
+    if (out_pending(c) > 0 || c->state == CONN_CLOSING)
+        worker_want_flush(w, c);
+    if (out_pending(c) > OUT_HIGH_WATER) {
+        pause_input(w, c);
+        return false;
+    }
+    return c->state != CONN_CLOSING;
+}
+
+void worker_eof(worker *w, conn *c)
+{
+    if (c->rd_eof)
+        return;
+    c->rd_eof = true;
+    if (!(c->loop & CONN_LOOP_PAUSED)) /* (paused: receiving is off already) */
+        w->ops->recv_ctl(w, c, false);
+    worker_want_flush(w, c); /* the flush closes it once everything is answered */
+}
+
+void worker_sent(worker *w, conn *c, size_t n)
+{
+    if (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED))
+        return;
+    if (n > 0) {
+        SM_STAT_ADD(w->stats.bytes_written, n);
+        conn_out_sent(c, n);
+    }
+    /* Back-pressure over: parse what was held meanwhile, then read again. */
+    if ((c->loop & CONN_LOOP_PAUSED) && out_pending(c) <= OUT_HIGH_WATER) {
+        if (c->rbytes > 0 && c->state == CONN_PARSE) {
+            worker_batch_clock(w);
+            if (!worker_feed(c, NULL, 0)) {
+                worker_close_soon(w, c);
+                return;
+            }
+        }
+        if (out_pending(c) <= OUT_HIGH_WATER) {
+            c->loop &= ~CONN_LOOP_PAUSED;
+            if (!c->rd_eof)
+                w->ops->recv_ctl(w, c, true);
+        }
+    }
+    if (out_pending(c) > 0 || c->state == CONN_CLOSING || c->rd_eof)
+        worker_want_flush(w, c);
+}
+
+void worker_writable(worker *w, conn *c)
+{
+    worker_want_flush(w, c);
+}
+
+/* ---- the flush ---- */
+
+/* Hand c to the backend's close; the worker no longer touches it. */
+static void close_now(worker *w, conn *c)
+{
+    if (c->loop & CONN_LOOP_FLUSH) { /* (rare: re-queued during its own flush) */
+        conn **pp = &w->flush;
+        while (*pp && *pp != c)
+            pp = &(*pp)->next_flush;
+        if (*pp)
+            *pp = c->next_flush;
+    }
+    c->loop = (uint8_t)((c->loop & ~CONN_LOOP_FLUSH) | CONN_LOOP_CLOSED);
+    w->ops->close(w, c);
+}
+
+/* One connection of the flush: close it, or send its queue. */
+static void flush_one(worker *w, conn *c)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        if (c->loop & CONN_LOOP_CLOSE) {
+            close_now(w, c);
+            return;
+        }
+        if (c->loop & CONN_LOOP_SENDING)
+            return; /* its completion or room puts it back on the list */
+        if (out_pending(c) == 0) {
+            /* CONN_CLOSING: the protocol's last words are sent; rd_eof:
+             * every reply to what came before the end is sent. */
+            if (c->state == CONN_CLOSING || (c->rd_eof && worker_eof_finished(c))) {
+                close_now(w, c);
+                return;
+            }
+            if (out_pending(c) == 0)
+                return;
+        }
+        w->ops->send(w, c);
+        /* A send that completed at once (epoll) and left nothing queued may
+         * have made c ready to close: decide now rather than next round. */
+        if (w->flush != c || (c->loop & CONN_LOOP_SENDING) || out_pending(c) > 0)
+            return;
+        w->flush = c->next_flush;
+        c->loop &= ~CONN_LOOP_FLUSH;
+    }
+}
+
+/* Look at every connection on the flush list once.  Connections put back
+ * on it meanwhile (a ring that was full) wait for the next round. */
+static void worker_flush(worker *w)
+{
+    conn *c = w->flush;
+    w->flush = NULL;
+    while (c) {
+        conn *next = c->next_flush;
+        c->loop &= ~CONN_LOOP_FLUSH;
+        flush_one(w, c);
+        c = next;
+    }
+}
+
+/* ---- accepting ---- */
+
+static void set_accepting(worker *w, bool on)
+{
+    if (w->accepting == on)
+        return;
+    w->accepting = on;
+    w->ops->accept_ctl(w, on);
+}
+
+void worker_accept_error(worker *w, int listen_fd, int err)
+{
+    if (err == EBADF || err == EINVAL || err == ENOTSOCK || err == EOPNOTSUPP || err == EFAULT) {
+        if (!atomic_load(&w->draining)) /* (a drained listener's accept may end so) */
+            worker_fail(w, err, "accept on listener fd %d: %s", listen_fd, strerror(err));
+        return;
+    }
+    if ((err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) && !w->accept_paused) {
+        w->accept_paused = true;
+        w->accept_paused_at = sm_lat_now();
+        w->accept_resume = w->accept_paused_at + ACCEPT_BACKOFF_NS;
+        SM_STAT_INC(w->stats.listen_disabled_num);
+        set_accepting(w, false);
+    }
+}
+
+/* The wait's timeout: the tick, less while an accept pause ends sooner. */
+static int wait_timeout(worker *w)
+{
+    if (w->flush)
+        return 0; /* connections left for the next round: do not sleep */
+    if (!w->accept_paused)
+        return WORKER_TICK_MS;
+    uint64_t now = sm_lat_now();
+    if (now >= w->accept_resume)
+        return 0;
+    uint64_t ms = (w->accept_resume - now + 999999) / 1000000;
+    return ms < WORKER_TICK_MS ? (int)ms : WORKER_TICK_MS;
+}
+
+/* Accept pause over: accept again (unless draining). */
+static void accept_resume(worker *w)
+{
+    uint64_t now = sm_lat_now();
+    if (now < w->accept_resume)
+        return;
+    w->accept_paused = false;
+    SM_STAT_ADD(w->stats.listen_disabled_ns, now - w->accept_paused_at);
+    if (!atomic_load(&w->draining))
+        set_accepting(w, true);
+}
+
+/* ---- idle connections ---- */
+
+/*
+ * -o idle_timeout: at most once a second, close every connection that waits
+ * for a command -- not inside a value, nothing queued -- and has received
+ * nothing for more than idle_timeout seconds (memcached 1.6: its conn
+ * timeout thread kicks only connections in conn_new_cmd/conn_read, and says
+ * nothing before closing).  A partial command line does not protect it.
+ */
+static void idle_sweep(worker *w)
+{
+    int timeout = __atomic_load_n(&w->settings->idle_timeout, __ATOMIC_RELAXED);
+    if (timeout <= 0)
+        return;
+    uint64_t now = cache_now(w->cache);
+    if (now == w->idle_swept)
+        return;
+    w->idle_swept = now;
+    for (conn *c = w->conns; c; c = c->next_conn) {
+        if (c->state != CONN_PARSE || out_pending(c) > 0 || (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED)))
+            continue;
+        if (now - c->last_active > (uint64_t)timeout) {
+            SM_STAT_INC(w->stats.idle_kicks);
+            engine_log(w->engine, 2, "<%d idle timeout, closing\n", c->fd);
+            worker_close_soon(w, c);
+        }
+    }
+}
+
+/* Draining: close every connection with nothing in flight (no queued
+ * output, no partial request, not inside a value). */
+static void close_idle(worker *w)
+{
+    for (conn *c = w->conns; c; c = c->next_conn)
+        if (out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0)
+            worker_close_soon(w, c);
+}
+
+/* ---- the round ---- */
+
+static void worker_loop(worker *w)
+{
+    while (!worker_should_exit(w)) {
+        if (atomic_load(&w->draining)) {
+            set_accepting(w, false);
+            close_idle(w);
+            worker_flush(w);
+            if (w->nconns == 0)
+                break;
+        }
+        if (w->ops->wait(w, wait_timeout(w)) < 0)
+            return; /* the backend failed the worker */
+        worker_flush(w);
+        if (w->accept_paused)
+            accept_resume(w);
+        idle_sweep(w);
+    }
+}
+
+void worker_destroy(worker *w)
+{
+    w->ops->destroy(w);
+    w->flush = NULL;
+    conn_env_destroy(&w->env);
 }
 
 /* After the loop died: close every connection (the backend's destroy) and
  * this worker's listeners, so the kernel sends new clients to the others. */
 static void abandon(worker *w)
 {
-    w->ops->destroy(w);
+    worker_destroy(w);
     pthread_mutex_lock(&w->conns_lock);
     for (int i = 0; i < w->nlisten; i++)
         close(w->listen_fds[i]);
@@ -318,8 +611,11 @@ void *worker_main(void *arg)
         set_state(w, SM_WORKER_STOPPED);
         return NULL;
     }
+    w->accepting = true; /* the backend's init or setup armed the listeners */
+    w->accept_paused = false;
+    w->flush = NULL;
     set_state(w, SM_WORKER_SERVING);
-    w->ops->run(w);
+    worker_loop(w);
     if (atomic_load(&w->state) == SM_WORKER_FAILED)
         abandon(w);
     else

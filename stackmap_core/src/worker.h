@@ -1,6 +1,8 @@
 /*
  * worker.h -- a worker thread: one run-to-completion event loop over one
- * ring backend, owning its listeners' share of the connections.
+ * ring backend, owning its listeners' share of the connections.  The loop
+ * and every connection policy are worker.c's; the backend (io/backend.h)
+ * only moves bytes.
  *
  * Everything a request needs is reachable from its connection's worker: the
  * cache, the settings, this thread's counters and its free lists.  Nothing
@@ -36,9 +38,13 @@ typedef struct worker {
     struct prefetch_batch pf;        /* keys of the batch being run (prefetch.h; ring backends) */
     const struct backend_ops *ops;   /* the backend driving this loop */
     void *backend;                   /* the backend's per-worker state */
-    out_chunk *free_chunks;          /* recycled output scratch chunks */
-    int nfree_chunks;                /* length of free_chunks */
-    sm_pool pool;                    /* buffers connections take while data is in flight (bufpool.h) */
+    conn_env env;                    /* what this worker's connections draw memory from (conn.h) */
+    conn *flush;                     /* the flush list: connections to look at after this batch */
+    bool accepting;                  /* the backend is asked to accept (off while draining or paused) */
+    bool accept_paused;              /* out of descriptors: accepting off until accept_resume */
+    uint64_t accept_paused_at;       /* clock (latency.h ns) the pause began */
+    uint64_t accept_resume;          /* clock at which accepting resumes */
+    uint64_t idle_swept;             /* cache_now() of the last idle-timeout sweep */
     int *listen_fds;                 /* this worker's listening sockets */
     int nlisten;                     /* number of listen_fds */
     int nconns;                      /* connections this worker owns */
@@ -51,6 +57,13 @@ typedef struct worker {
     char error[256];                 /* why it FAILED; written before state becomes FAILED */
     int error_errno;                 /* the errno behind error, 0 when none (picks the remedy) */
 } worker;
+
+/* conn->loop: where a connection is in the worker's round (worker.c). */
+#define CONN_LOOP_FLUSH 0x1   /* on w->flush */
+#define CONN_LOOP_PAUSED 0x2  /* receiving off: its queue passed OUT_HIGH_WATER (back-pressure) */
+#define CONN_LOOP_SENDING 0x4 /* the backend has a send in flight or waits for room: no new send */
+#define CONN_LOOP_CLOSE 0x8   /* close at the next flush (an error, a kick, a drain) */
+#define CONN_LOOP_CLOSED 0x10 /* handed to the backend's close: the worker no longer touches it */
 
 /* Worker w FAILED: record why (once: the first reason stays), log it at
  * every verbosity when it was serving (a setup failure is the engine's
@@ -65,28 +78,17 @@ static inline bool worker_should_exit(worker *w)
 }
 
 /*
- * An accept on a listening socket failed with err: true when the listener
- * itself is gone (EBADF, EINVAL: no longer listening, e.g. destroyed with
- * `ss -K`; ENOTSOCK, EOPNOTSUPP), so no retry can succeed and the worker
- * fails; false for the transient ones (a connection aborted before it was
- * taken, EMFILE, ENOBUFS, EAGAIN...).
+ * An accept failed with err: a gone listener (EBADF, EINVAL: no longer
+ * listening, e.g. destroyed with `ss -K`; ENOTSOCK, EOPNOTSUPP) fails the
+ * worker, as no retry can succeed; a want of descriptors or memory (EMFILE,
+ * ENFILE, ENOBUFS, ENOMEM) leaves the connection in the listen queue, and
+ * retrying at once would spin, so accepting stops for ACCEPT_BACKOFF_NS
+ * (memcached disables its listeners likewise), counted in
+ * listen_disabled_num; the rest (a connection aborted before it was taken,
+ * EAGAIN) are transient and ignored.
  */
-bool worker_accept_fatal(int err);
-
-/*
- * An accept failed for want of descriptors or memory (EMFILE, ENFILE,
- * ENOBUFS, ENOMEM): the connection waits in the listen queue, and retrying
- * at once would spin, so the backend stops accepting on that listener for
- * ACCEPT_BACKOFF_NS (memcached disables its listeners likewise) and counts
- * it in listen_disabled_num.
- */
-bool worker_accept_backoff(int err);
+void worker_accept_error(worker *w, int listen_fd, int err);
 #define ACCEPT_BACKOFF_NS (10ull * 1000 * 1000)
-
-/* Get a scratch chunk from the worker's free list (or malloc when empty). */
-out_chunk *worker_chunk_get(worker *w);
-/* Return a chunk to the free list (keeps a bounded number). */
-void worker_chunk_put(worker *w, out_chunk *ch);
 
 /* A backend woke with a batch: the clock its first command is timed from (latency.h). */
 static inline void worker_batch_clock(struct worker *w)
@@ -102,14 +104,29 @@ void worker_conn_unlink(worker *w, conn *c);
 void worker_stats_conns(worker *w, sm_stat_sink *sink);
 
 /*
- * While draining: hand every connection with nothing in flight (no queued
- * output, no partial request, not inside a value) to the backend's close.
+ * Feed received bytes to the protocols: they parse straight from data (any
+ * transient, writable buffer: a ring slot, a worker buffer), and the
+ * unconsumed tail is kept in c->rbuf; worker_feed(c, NULL, 0) resumes
+ * parsing held input.  false when the connection must close now
+ * (CONN_CLOSING also means: send the queue, then close).
  */
-void worker_close_idle(worker *w, void (*close_conn)(worker *w, conn *c));
+bool worker_feed(conn *c, char *data, size_t len);
+
+/*
+ * For a connection whose peer ended its stream (rd_eof): true when it may
+ * close now -- everything queued has been sent and the input left, if any,
+ * is an incomplete request that can never complete.  Input held back by
+ * back-pressure is parsed first once the queue has room, so a false answer
+ * may come with new output queued: send it and ask again.
+ */
+bool worker_eof_finished(conn *c);
+
+/* Free the backend's state and every connection, and the connections' pools. */
+void worker_destroy(worker *w);
 
 /*
  * Thread entry: the backend's setup (ring, listeners armed), then it waits
- * for the engine's go (every worker set up) and runs w->ops->run(w).  A
+ * for the engine's go (every worker set up) and runs the loop.  A
  * failure in setup or in the loop marks the worker FAILED; one in the loop
  * also closes its connections and listeners, so no client waits on a worker
  * that will never answer (SO_REUSEPORT sends new ones to the others).

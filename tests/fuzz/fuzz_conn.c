@@ -1,11 +1,11 @@
 /*
  * fuzz_conn.c -- libFuzzer harness for the protocol layer, driven the way
- * the backends drive it: through conn_feed() on connections owned by a
+ * the backends drive it: through worker_feed() on connections owned by a
  * worker, with the output queue drained through conn_out_iov() and
  * conn_out_sent().
  *
  * Why it exists: every byte a client sends reaches proto_process() through
- * conn_feed(), so this is the server's whole network attack surface short
+ * worker_feed(), so this is the server's whole network attack surface short
  * of the socket calls.  A plain "feed the input to one connection" harness
  * misses the bugs that live between calls: a line or a value split across
  * receives, the carry-over buffer, a partially sent output queue whose
@@ -15,7 +15,7 @@
  *
  * Input format: protocol bytes, with 0xFF as an escape.  "\xff\xff" is a
  * literal 0xFF byte; "\xff" followed by any other byte X is a control op.
- * Bytes between ops are fed to the current connection as one conn_feed()
+ * Bytes between ops are fed to the current connection as one worker_feed()
  * call, so every op is also a split point.  A plain memcached session (no
  * 0xFF) is a valid input: it is fed to connection 0 in one call.
  *
@@ -25,14 +25,14 @@
  *   X 0x80-0xBF  admin call number (X & 0x3F) % NADMIN (see run_admin; 0x8A
  *                stores a 60000-byte value, to reach back-pressure)
  *   X 0xC0       close the current connection and open a new one
- *   X 0xC1       conn_feed(c, NULL, 0): resume after back-pressure
+ *   X 0xC1       worker_feed(c, NULL, 0): resume after back-pressure
  *   X 0xC2       the peer ends its stream (half-close): as the backends do,
- *                send the queue until conn_eof_finished() says to close;
+ *                send the queue until worker_eof_finished() says to close;
  *                later bytes for this connection are dropped until 0xC0
  *   X 0xC3-0xFE  advance the cache clock by (X - 0xC2) * 13 seconds
  *
  * The same op sequence runs on two engines: engine A gets each segment as
- * one conn_feed() call, engine B gets it cut into pieces of 1..13 bytes.
+ * one worker_feed() call, engine B gets it cut into pieces of 1..13 bytes.
  * Splitting must not change anything, so every connection's output must be
  * byte-identical between A and B ("STAT" lines aside: they hold rusage and
  * latency figures).  The one legitimate difference -- memcached closes a
@@ -142,7 +142,8 @@ static void conn_open(struct side *sd, int i)
     conn *c = malloc(sizeof(*c));
     if (!c)
         abort();
-    conn_init(c, &sd->e->workers[0], -1, sl->next_id++);
+    conn_init(c, &sd->e->workers[0].env, -1, sl->next_id++);
+    c->worker = &sd->e->workers[0];
     /* on the worker's list, so "stats conns" walks it as it would a real one */
     worker_conn_link(&sd->e->workers[0], c);
     sl->c = c;
@@ -181,7 +182,7 @@ static void feed(struct side *sd, int i, const uint8_t *p, size_t n)
             abort();
         if (take)
             memcpy(buf, p + off, take);
-        bool ok = conn_feed(sl->c, take ? buf : NULL, take);
+        bool ok = worker_feed(sl->c, take ? buf : NULL, take);
         free(buf);
         off += take;
         if (!ok) {
@@ -204,13 +205,13 @@ static void peer_eof(struct side *sd, int i)
     sl->c->rd_eof = true;
     /* each round sends everything; a round that queues nothing new closes */
     for (int round = 0; sl->c && round < 1000; round++) {
-        if (conn_eof_finished(sl->c)) {
+        if (worker_eof_finished(sl->c)) {
             conn_close(sd, i);
             return;
         }
         drain(sl, SIZE_MAX);
     }
-    fprintf(stderr, "connection %d: conn_eof_finished never says to close\n", i);
+    fprintf(stderr, "connection %d: worker_eof_finished never says to close\n", i);
     abort();
 }
 
@@ -524,8 +525,6 @@ static void side_finish(struct side *sd)
     do
         cache_walk(sd->e->cache, NULL, 0, &cursor, 1u << 20, ref_cb, NULL);
     while (cursor != 0);
-    /* a backend's destroy frees its worker's buffer pool; this engine never had one */
-    pool_destroy(&sd->e->workers[0].pool);
     sm_engine_destroy(sd->e);
 }
 

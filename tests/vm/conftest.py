@@ -10,6 +10,8 @@ that ``make vm-test`` can never pass by testing nothing.
 
 SM_VM_BACKEND names the backend the guest's stackmapd must be running
 (default epoll); test_backend_in_use checks it through ``stats``.
+SM_VM_SERVER_ARGS are the arguments it was started with, for the tests that
+restart it with an option of their own and then restore it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def vm() -> Iterator[VM]:
         fwd_backlog=int(env.get("SM_VM_FWD_BACKLOG", "1")),
         agent_port=agent,
         backend=os.environ.get("SM_VM_BACKEND", "epoll"),
+        server_args=os.environ.get(
+            "SM_VM_SERVER_ARGS", f"-l 0.0.0.0 -p 11211 --backend {os.environ.get('SM_VM_BACKEND', 'epoll')}"),
         console=Path(env.get("SM_VM_CONSOLE", STATE.parent / "console.log")),
         has_module=image.get("MODULES", "0") != "0",
         has_ringtest=image.get("RINGTEST", "0") == "1",

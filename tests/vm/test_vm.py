@@ -10,6 +10,11 @@ virtio-net):
 - a burst of connections made while the VM is paused waits in the host's
   queue of the forwarded port and is served whole when it resumes;
 - clients that half-close (shutdown(SHUT_WR)) get every reply first;
+- back-pressure: a client that does not read its replies stalls nobody else,
+  and once it reads, every reply arrives, in order (the input held while its
+  queue was over the high-water mark is parsed when it drains);
+- -o idle_timeout closes an idle connection, silently, and counts it in
+  idle_kicks, but not one inside a value or one that keeps sending;
 - afterwards the server still serves and its log has no Python traceback.
 deploy/vm_test.py runs this module once per backend, then test_vm_kernel.py
 (the module, the ring-level test and the kernel log) once at the end.
@@ -273,6 +278,117 @@ def test_half_closed_clients_get_every_reply(vm: VM) -> None:
     bad = [i for i, (got, want) in enumerate(zip(results, wants, strict=True)) if got != want]
     assert not bad, (f"{len(bad)}/100 incomplete; first #{bad[0]}: {len(results[bad[0]])} of"
                      f" {len(wants[bad[0]])} bytes{_forward_note(vm)}")
+
+
+def _read_exact(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(min(1 << 20, n - len(buf)))
+        assert chunk, f"connection closed after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
+def test_stalled_reader_does_not_stall_others(vm: VM) -> None:
+    """A client that asks for 50 MB and reads nothing: every other client is
+    still served, and the server carries on after it disconnects."""
+    big = b"b" * (512 * 1024)
+    with socket.create_connection(("127.0.0.1", vm.port), timeout=30) as s:
+        s.sendall(b"set bpbig 0 0 %d\r\n%s\r\nset bpsmall 0 0 2\r\nok\r\n" % (len(big), big))
+        assert _read_exact(s, 16) == b"STORED\r\nSTORED\r\n"
+    hog = socket.create_connection(("127.0.0.1", vm.port), timeout=30)
+    try:
+        hog.sendall(b"get bpbig\r\n" * 100)
+        time.sleep(1)  # let its queue pass the high-water mark
+        with socket.create_connection(("127.0.0.1", vm.port), timeout=60) as other:
+            for i in range(20):
+                other.sendall(b"get bpsmall\r\nset bp%d 0 0 1\r\nx\r\n" % i)
+                want = b"VALUE bpsmall 0 2\r\nok\r\nEND\r\nSTORED\r\n"
+                assert _read_exact(other, len(want)) == want
+    finally:
+        hog.close()
+    c = Client(("127.0.0.1", vm.port), timeout=30)
+    assert c.get("bpsmall") == b"ok"
+
+
+def test_stalled_reader_drains_in_order(vm: VM) -> None:
+    """12.5 MB of replies queued past the high-water mark, input held behind
+    them: once the client reads, every reply arrives whole and in order."""
+    value = bytes(range(256)) * (64 * 1024 // 256)
+    with socket.create_connection(("127.0.0.1", vm.port), timeout=30) as s:
+        s.sendall(b"set bpv 7 0 %d\r\n%s\r\n" % (len(value), value))
+        assert _read_exact(s, 8) == b"STORED\r\n"
+    n = 200
+    one = b"VALUE bpv 7 %d\r\n%s\r\nEND\r\n" % (len(value), value)
+    with socket.create_connection(("127.0.0.1", vm.port), timeout=120) as s:
+        s.sendall(b"get bpv\r\n" * n + b"version\r\n")
+        time.sleep(1)  # let the queue fill and back-pressure engage
+        for i in range(n):
+            assert _read_exact(s, len(one)) == one, f"reply {i} of {n}"
+        assert _read_exact(s, 8) == b"VERSION "
+
+
+def _closed_by_peer(s: socket.socket, wait: float) -> tuple[bool, bytes]:
+    """(closed within wait seconds, the bytes that came first)."""
+    got = b""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([s], [], [], 0.5)
+        if r:
+            chunk = s.recv(4096)
+            if not chunk:
+                return True, got
+            got += chunk
+    return False, got
+
+
+def _guest_stats(vm: VM) -> dict[bytes, bytes]:
+    c = Client(("127.0.0.1", vm.port), timeout=30)
+    try:
+        return c.stats()
+    finally:
+        c.close()
+
+
+def test_idle_timeout(vm: VM) -> None:
+    """With -o idle_timeout=2: an idle connection is closed without a word and
+    counted in idle_kicks; one inside a value and one that keeps sending are not."""
+    restart = f"sm-server {vm.server_args}"
+    vm.check(f"{restart} -o idle_timeout=2", 60)
+    try:
+        vmctl.wait_ready(vm.port, 60)
+        assert _guest_stats(vm)[b"backend"].decode() == vm.backend
+        idle = socket.create_connection(("127.0.0.1", vm.port), timeout=30)
+        value = socket.create_connection(("127.0.0.1", vm.port), timeout=30)
+        chatty = socket.create_connection(("127.0.0.1", vm.port), timeout=30)
+        try:
+            idle.sendall(b"version\r\n")
+            line = b""
+            while not line.endswith(b"\r\n"):
+                line += _read_exact(idle, 1)
+            assert line.startswith(b"VERSION "), line
+            value.sendall(b"set idlev 0 0 10\r\nabc")  # 7 value bytes still to come
+            closed = False
+            give_up = time.monotonic() + 60
+            while not closed and time.monotonic() < give_up:
+                chatty.sendall(b"get idlev\r\n")
+                assert _read_exact(chatty, 5) == b"END\r\n"
+                closed, said = _closed_by_peer(idle, 0.5)
+            assert closed, "the idle connection was not closed"
+            assert said == b"", f"the server said {said!r} before closing an idle connection"
+            for _ in range(8):  # a few more checks pass
+                chatty.sendall(b"get idlev\r\n")
+                assert _read_exact(chatty, 5) == b"END\r\n"
+                time.sleep(0.5)
+            value.sendall(b"defghij\r\n")
+            assert _read_exact(value, 8) == b"STORED\r\n"
+            assert _guest_stats(vm)[b"idle_kicks"] == 1
+        finally:
+            for s in (idle, value, chatty):
+                s.close()
+    finally:
+        vm.check(restart, 60)
+        vmctl.wait_ready(vm.port, 60)
 
 
 def test_server_still_serves(vm: VM) -> None:

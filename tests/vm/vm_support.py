@@ -35,6 +35,7 @@ class VM:
     fwd_backlog: int  # listen() backlog of qemu's forwarded host ports (libslirp's is 1)
     agent_port: int  # 127.0.0.1 port forwarded to sm-agent (guest 7000)
     backend: str  # backend the guest's stackmapd was asked to use
+    server_args: str  # the arguments the guest's stackmapd was started with (sm-server ARGS)
     console: Path  # the serial console log on the host
     has_module: bool  # the image carries our stackmap.ko
     has_ringtest: bool  # the image carries the ring-level test program

@@ -19,11 +19,9 @@
  * until a WRITABLE slot arrives, so a client that stops reading never stalls
  * the ring or the other connections.
  *
- * End of stream (an EOF slot: the client shut down its side) closes a
- * connection only once everything it sent before has been answered and the
- * kernel has confirmed the last reply sent (conn_eof_finished); requests
- * that the output high-water mark left unparsed are parsed as soon as the
- * queue has drained below it.
+ * The module cannot stop receiving for one connection: under back-pressure
+ * its bytes wait, unparsed, in the connection's carry-over (conn.h) until
+ * the queue drains below the high-water mark.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,16 +41,11 @@
 #define SMAP_RX_SLOTS 1024
 #define SMAP_TX_SLOTS 1024
 #define SMAP_BUF_SIZE 2048
-/* How often (ms) an idle loop looks at the stop/drain flags. */
-#define SMAP_TICK_MS 100
 
 /* Per-connection state (conn->backend_data). */
 typedef struct smap_conn {
-    size_t staged;     /* queued bytes copied into TX slots this round, not yet confirmed */
+    size_t staged;     /* queued bytes copied into TX slots, not yet confirmed by a sync */
     bool blocked;      /* the kernel said AGAIN: wait for a WRITABLE slot */
-    bool in_flush;     /* on the flush list */
-    bool closing;      /* close now (an error or a bad slot) */
-    bool held;         /* parsing stopped at the output high-water mark with input left */
 } smap_conn;
 
 /* Per-worker state (worker->backend). */
@@ -67,7 +60,6 @@ typedef struct smap_state {
     uint32_t num_bufs;              /* buffers in the pool */
     conn **by_fd;                   /* connection of each fd number */
     int nby_fd;                     /* capacity of by_fd */
-    conn *flush;                    /* connections with output to stage */
     uint32_t tx_pending;            /* TX slots queued since the last sync */
     uint32_t tx_len[SMAP_TX_SLOTS]; /* bytes staged in each TX slot (the kernel rewrites len) */
 } smap_state;
@@ -164,35 +156,24 @@ static conn *conn_of(smap_state *st, int fd)
     return (fd >= 0 && fd < st->nby_fd) ? st->by_fd[fd] : NULL;
 }
 
-static void want_flush(smap_state *st, conn *c)
+/* Let go of a socket: detach it from the port. */
+static void detach(worker *w, int fd)
 {
-    smap_conn *sc = c->backend_data;
-    if (sc->in_flush)
-        return;
-    sc->in_flush = true;
-    c->next_ready = st->flush;
-    st->flush = c;
+    smap_state *st = w->backend;
+    struct stackmap_attach at = {.fd = fd};
+    ioctl(st->fd, STACKMAP_IOC_DETACH, &at);
+    SM_STAT_INC(w->stats.syscalls);
 }
 
 /* Detach from the port and close; the fd leaves the table. */
-static void close_conn(worker *w, conn *c)
+static void smap_close(worker *w, conn *c)
 {
     smap_state *st = w->backend;
-    smap_conn *sc = c->backend_data;
-    if (sc->in_flush) {
-        conn **pp = &st->flush;
-        while (*pp && *pp != c)
-            pp = &(*pp)->next_ready;
-        if (*pp)
-            *pp = c->next_ready;
-    }
-    struct stackmap_attach at = {.fd = c->fd};
-    ioctl(st->fd, STACKMAP_IOC_DETACH, &at);
-    SM_STAT_INC(w->stats.syscalls);
+    detach(w, c->fd);
     conn **slot = fd_slot(st, c->fd);
     if (slot)
         *slot = NULL;
-    free(sc);
+    free(c->backend_data);
     c->backend_data = NULL;
     worker_conn_close(w, c);
 }
@@ -203,20 +184,14 @@ static void on_new(worker *w, int fd)
     smap_state *st = w->backend;
     conn **slot = fd_slot(st, fd);
     smap_conn *sc = calloc(1, sizeof(*sc));
-    if (!slot || !sc || atomic_load(&w->draining)) {
+    if (!slot || !sc) {
         free(sc);
-        struct stackmap_attach at = {.fd = fd};
-        ioctl(st->fd, STACKMAP_IOC_DETACH, &at);
+        detach(w, fd);
         close(fd);
         return;
     }
-    if (atomic_load(&w->engine->curr_conns) >= __atomic_load_n(&w->settings->maxconns, __ATOMIC_RELAXED)) {
-        /* Over -c: detach first, so worker_conn_open's answer and close end it. */
-        struct stackmap_attach at = {.fd = fd};
-        ioctl(st->fd, STACKMAP_IOC_DETACH, &at);
-    }
     conn *c = worker_conn_open(w, fd);
-    if (!c) { /* worker_conn_open answered and closed the fd */
+    if (!c) { /* worker_conn_open detached (forget_fd), answered and closed it */
         free(sc);
         return;
     }
@@ -238,26 +213,21 @@ static void reap_tx(worker *w, uint32_t first, uint32_t n)
             continue;
         smap_conn *sc = c->backend_data;
         uint32_t staged_len = st->tx_len[(first + i) % ns];
+        sc->staged -= staged_len;
+        if (flags & (STACKMAP_F_BAD | STACKMAP_F_ERR)) {
+            worker_close_soon(w, c);
+            continue;
+        }
         uint32_t sent = staged_len;
-        if (flags & STACKMAP_F_BAD) {
-            sent = 0;
-            sc->closing = true;
-        } else if (flags & STACKMAP_F_ERR) {
-            sent = 0;
-            sc->closing = true;
-        } else if (flags & STACKMAP_F_AGAIN) {
+        if (flags & STACKMAP_F_AGAIN) {
             sent = staged_len - s->len;
             sc->blocked = true;
         }
-        if (sent > 0) {
-            SM_STAT_ADD(w->stats.bytes_written, sent);
-            conn_out_sent(c, sent);
-        }
-        sc->staged = 0;
-        want_flush(st, c);
+        if (sc->staged == 0 && !sc->blocked)
+            c->loop &= ~CONN_LOOP_SENDING;
+        worker_sent(w, c, sent);
     }
 }
-
 /* A data slot's bytes, or NULL when its length or buffer index is out of range. */
 static char *slot_data(const smap_state *st, const struct stackmap_slot *s)
 {
@@ -305,23 +275,18 @@ static void reap_rx(worker *w)
             if (c) {
                 smap_conn *sc = c->backend_data;
                 char *data = slot_data(st, s);
-                if (data && !sc->closing) {
-                    SM_STAT_ADD(w->stats.bytes_read, s->len);
-                    c->last_active = cache_now(w->cache);
-                    if (!conn_feed(c, data, s->len))
-                        sc->closing = true;
-                    sc->held = out_pending(c) > OUT_HIGH_WATER && c->rbytes > 0;
-                }
-                if (flags & STACKMAP_F_WRITABLE)
+                if (data)
+                    worker_input(w, c, data, s->len);
+                if ((flags & STACKMAP_F_WRITABLE) && sc->blocked) {
                     sc->blocked = false;
-                if (flags & STACKMAP_F_EOF)
-                    c->rd_eof = true; /* answer what came before it, then close (stage_tx) */
-                if ((flags & STACKMAP_F_ERR) || (c->rd_eof && !sc->closing && conn_eof_finished(c))) {
-                    /* Peer gone, or at its end with nothing left to answer. */
-                    close_conn(w, c);
-                } else if (out_pending(c) > 0 || c->state == CONN_CLOSING || sc->closing) {
-                    want_flush(st, c);
+                    if (sc->staged == 0)
+                        c->loop &= ~CONN_LOOP_SENDING;
+                    worker_writable(w, c);
                 }
+                if (flags & STACKMAP_F_EOF)
+                    worker_eof(w, c);
+                if (flags & STACKMAP_F_ERR)
+                    worker_close_soon(w, c); /* the peer is gone */
             }
         }
         s->flags = 0;
@@ -333,128 +298,111 @@ static void reap_rx(worker *w)
     SM_STAT_ADD(w->stats.stackmap_rx_slots, nslots);
 }
 
-/* Copy queued responses into TX slots (one connection's bytes in order). */
-static void stage_tx(worker *w)
+/* Copy c's queue, past what is already staged, into TX slots for the next
+ * sync.  A full ring leaves the rest for the next round. */
+static void smap_send(worker *w, conn *c)
 {
     smap_state *st = w->backend;
+    smap_conn *sc = c->backend_data;
     struct stackmap_ring *tx = st->tx;
     uint32_t ns = tx->num_slots;
     uint32_t head = tx->head;
     uint32_t tail = __atomic_load_n(&tx->tail, __ATOMIC_ACQUIRE);
-    conn *keep = NULL;
-    while (st->flush) {
-        conn *c = st->flush;
-        smap_conn *sc = c->backend_data;
-        st->flush = c->next_ready;
-        sc->in_flush = false;
-        /* Requests left unparsed at the high-water mark: go on once below it. */
-        if (sc->held && !sc->closing && out_pending(c) <= OUT_HIGH_WATER) {
-            if (!conn_feed(c, NULL, 0))
-                sc->closing = true;
-            sc->held = out_pending(c) > OUT_HIGH_WATER && c->rbytes > 0;
-        }
-        /* closing: an error or bad slot; CONN_CLOSING: the protocol's last words
-         * are sent; rd_eof: every reply to what came before the end is sent */
-        if (sc->closing || (c->state == CONN_CLOSING && out_pending(c) == 0) ||
-            (c->rd_eof && conn_eof_finished(c))) {
-            close_conn(w, c);
-            continue;
-        }
-        if (sc->blocked || out_pending(c) <= sc->staged)
-            continue;
-        /* Walk the queue past what is already staged and copy the rest. */
-        int cnt;
-        struct iovec *iov = conn_out_iov(c, &cnt);
-        size_t skip = sc->staged;
-        int i = 0;
-        size_t off = 0;
-        while (i < cnt && skip >= iov[i].iov_len - off) {
-            skip -= iov[i].iov_len - off;
-            off = 0;
-            i++;
-        }
-        off += skip;
-        while (i < cnt) {
-            if ((head + 1) % ns == tail) {
-                /* ring full: finish next round */
-                c->next_ready = keep;
-                keep = c;
-                sc->in_flush = true;
-                break;
-            }
-            struct stackmap_slot *s = &tx->slots[head];
-            if (s->buf_idx >= st->num_bufs)
-                break;
-            char *dst = st->bufs + (size_t)s->buf_idx * st->buf_size;
-            uint32_t len = 0;
-            while (i < cnt && len < st->buf_size) {
-                size_t n = iov[i].iov_len - off;
-                if (n > st->buf_size - len)
-                    n = st->buf_size - len;
-                memcpy(dst + len, (char *)iov[i].iov_base + off, n);
-                len += (uint32_t)n;
-                off += n;
-                if (off == iov[i].iov_len) {
-                    off = 0;
-                    i++;
-                }
-            }
-            s->fd = c->fd;
-            s->offset = 0;
-            s->len = len;
-            s->aux = 0;
-            s->flags = 0;
-            st->tx_len[head] = len;
-            sc->staged += len;
-            head = (head + 1) % ns;
-            st->tx_pending++;
-            SM_STAT_INC(w->stats.stackmap_tx_slots);
-        }
+    if (sc->blocked || out_pending(c) <= sc->staged)
+        return;
+    int cnt;
+    struct iovec *iov = conn_out_iov(c, &cnt);
+    size_t skip = sc->staged;
+    int i = 0;
+    size_t off = 0;
+    while (i < cnt && skip >= iov[i].iov_len - off) {
+        skip -= iov[i].iov_len - off;
+        off = 0;
+        i++;
     }
-    st->flush = keep;
+    off += skip;
+    while (i < cnt) {
+        if ((head + 1) % ns == tail) {
+            worker_want_flush(w, c); /* ring full: the rest next round */
+            break;
+        }
+        struct stackmap_slot *s = &tx->slots[head];
+        if (s->buf_idx >= st->num_bufs)
+            break;
+        char *dst = st->bufs + (size_t)s->buf_idx * st->buf_size;
+        uint32_t len = 0;
+        while (i < cnt && len < st->buf_size) {
+            size_t n = iov[i].iov_len - off;
+            if (n > st->buf_size - len)
+                n = st->buf_size - len;
+            memcpy(dst + len, (char *)iov[i].iov_base + off, n);
+            len += (uint32_t)n;
+            off += n;
+            if (off == iov[i].iov_len) {
+                off = 0;
+                i++;
+            }
+        }
+        s->fd = c->fd;
+        s->offset = 0;
+        s->len = len;
+        s->aux = 0;
+        s->flags = 0;
+        st->tx_len[head] = len;
+        sc->staged += len;
+        head = (head + 1) % ns;
+        st->tx_pending++;
+        SM_STAT_INC(w->stats.stackmap_tx_slots);
+    }
+    if (sc->staged > 0)
+        c->loop |= CONN_LOOP_SENDING; /* until the next sync's verdict */
     __atomic_store_n(&tx->head, head, __ATOMIC_RELEASE);
     tx->cur = head;
 }
 
-static void smap_run(worker *w)
+/* The module receives for every attached socket: nothing to switch. */
+static void smap_recv_ctl(worker *w, conn *c, bool on)
+{
+    (void)w;
+    (void)c;
+    (void)on;
+}
+
+/* Listeners attached to the port (it accepts for them) or detached. */
+static void smap_accept_ctl(worker *w, bool on)
 {
     smap_state *st = w->backend;
-    bool listening = true;
-    while (!worker_should_exit(w)) {
-        if (atomic_load(&w->draining)) {
-            if (listening) {
-                for (int i = 0; i < w->nlisten; i++) {
-                    struct stackmap_attach at = {.fd = w->listen_fds[i]};
-                    ioctl(st->fd, STACKMAP_IOC_DETACH, &at);
-                }
-                listening = false;
-            }
-            worker_close_idle(w, close_conn);
-            if (w->nconns == 0)
-                break;
-        }
-        uint32_t first = (st->tx->head + st->tx->num_slots - st->tx_pending) % st->tx->num_slots;
-        uint32_t n = st->tx_pending;
-        /* One call: send the TX slots, fill RX, sleep only when idle. */
-        struct pollfd pfd = {.fd = st->fd, .events = POLLIN};
-        int timeout = st->flush ? 0 : SMAP_TICK_MS;
-        int rc = poll(&pfd, 1, timeout);
-        worker_batch_clock(w);
+    for (int i = 0; i < w->nlisten; i++) {
+        struct stackmap_attach at = {.fd = w->listen_fds[i]};
+        ioctl(st->fd, on ? STACKMAP_IOC_ATTACH : STACKMAP_IOC_DETACH, &at);
         SM_STAT_INC(w->stats.syscalls);
-        SM_STAT_INC(w->stats.stackmap_syncs);
-        st->tx_pending = 0;
-        if (rc < 0 && (errno == EBADF || errno == EFAULT || errno == EINVAL)) {
-            worker_fail(w, errno, "stackmap poll: %s", strerror(errno)); /* the port is gone */
-            return;
-        }
-        if (rc < 0 && errno != EINTR) {
-            engine_log(w->engine, 1, "stackmap poll: %s\n", strerror(errno));
-            continue;
-        }
-        reap_tx(w, first, n);
-        reap_rx(w);
-        stage_tx(w);
     }
+}
+
+/* One call: send the TX slots staged by the last flush, fill RX, sleep only
+ * when idle; then the verdicts and the arrivals. */
+static int smap_wait(worker *w, int timeout_ms)
+{
+    smap_state *st = w->backend;
+    uint32_t first = (st->tx->head + st->tx->num_slots - st->tx_pending) % st->tx->num_slots;
+    uint32_t n = st->tx_pending;
+    struct pollfd pfd = {.fd = st->fd, .events = POLLIN};
+    int rc = poll(&pfd, 1, timeout_ms);
+    worker_batch_clock(w);
+    SM_STAT_INC(w->stats.syscalls);
+    SM_STAT_INC(w->stats.stackmap_syncs);
+    st->tx_pending = 0;
+    if (rc < 0 && (errno == EBADF || errno == EFAULT || errno == EINVAL)) {
+        worker_fail(w, errno, "stackmap poll: %s", strerror(errno)); /* the port is gone */
+        return -1;
+    }
+    if (rc < 0 && errno != EINTR) {
+        engine_log(w->engine, 1, "stackmap poll: %s\n", strerror(errno));
+        return 0;
+    }
+    reap_tx(w, first, n);
+    reap_rx(w);
+    return 0;
 }
 
 static void smap_destroy(worker *w)
@@ -468,7 +416,6 @@ static void smap_destroy(worker *w)
         c->backend_data = NULL;
         worker_conn_close(w, c);
     }
-    pool_destroy(&w->pool);
     /* Closing the port detaches everything and frees its memory. */
     if (st->mem)
         munmap(st->mem, st->mem_size);
@@ -482,6 +429,11 @@ const backend_ops backend_stackmap = {
     .name = "stackmap",
     .probe = smap_probe,
     .init = smap_init,
-    .run = smap_run,
+    .wait = smap_wait,
+    .send = smap_send,
+    .recv_ctl = smap_recv_ctl,
+    .accept_ctl = smap_accept_ctl,
+    .forget_fd = detach,
+    .close = smap_close,
     .destroy = smap_destroy,
 };

@@ -2,10 +2,11 @@
  * uring.c -- the io_uring ring backend: StackMap's data path as mainline
  * Linux offers it.
  *
- * One ring per worker thread, run to completion: one io_uring_enter both
- * submits everything queued in the last round and waits for the next batch
- * of completions; the batch is parsed and executed in full, every response
- * is queued, and each connection's queue leaves in one sendmsg SQE.  So the
+ * One ring per worker thread, run to completion: one io_uring_enter (the
+ * wait) both submits everything the worker's last flush queued and waits
+ * for the next batch of completions; the batch is handed to the worker in
+ * full (worker.c parses and executes it, every response is queued), and
+ * each connection's queue leaves in one sendmsg SQE (the send).  So the
  * number of syscalls falls with the load instead of growing with it.
  *
  * - Accept: a multishot accept SQE per listening socket (each worker has
@@ -13,8 +14,8 @@
  * - Receive: a multishot recv per connection into a provided-buffer ring
  *   of static buffers registered once per worker.  The protocol parses
  *   straight out of the ring buffer; the buffer goes back to the ring as
- *   soon as conn_feed() returns (a partial request is copied aside by
- *   conn_feed), so the ring never waits on a slow client.
+ *   soon as worker_input() returns (a partial request is copied aside),
+ *   so the ring never waits on a slow client.
  * - Registered files: every accepted socket is installed in the ring's
  *   sparse file table; recv and send use the fixed index, which saves the
  *   kernel a file-table lookup and reference per operation.
@@ -26,8 +27,8 @@
  *   bytes leaves with SENDMSG_ZC; the kernel pins the pages, and the items
  *   and scratch chunks they belong to stay referenced until the second
  *   (notification) completion says TCP has let go of them.
- * - Back-pressure: a connection whose queue passes OUT_HIGH_WATER has its
- *   multishot receive cancelled until the client drains its responses.
+ * - Back-pressure (the worker's recv_ctl): a connection's multishot receive
+ *   is cancelled until the client drains its responses.
  * - A full socket buffer after the client's end of stream: io_uring's own
  *   poll always reports POLLRDHUP, so once the peer has shut down its side
  *   a send that finds no room completes with EAGAIN instead of waiting (and
@@ -36,10 +37,8 @@
  *   EPOLLOUT, which does not report RDHUP unless asked; one io_uring poll
  *   on that epoll fd wakes the loop when any of them has room again.
  * - End of stream (a receive of 0 bytes: the client shut down its side):
- *   no receive is armed again, but everything received before it is
- *   answered, in whatever batch the end arrived, and the connection closes
- *   (shutdown, then close) only once its last reply has been sent
- *   (conn_eof_finished).
+ *   no receive is armed again (worker_eof); the close (shutdown, then
+ *   close) frees the connection once no SQE refers to it any more.
  * - Memory: an idle connection holds its conn and this backend's small
  *   uring_conn; a send's iovec snapshot is a block of the worker's pool
  *   (bufpool.h) held only while the send is in flight.
@@ -86,8 +85,6 @@
 
 /* Provided-buffer group id used for receives. */
 #define BGID 0
-/* How often (ms) an idle loop looks at the stop/drain flags. */
-#define URING_TICK_MS 100
 
 /* Batch wait (-o uring_batch_usec; see batch_adapt). */
 #define BATCH_MIN 8        /* a round with this many arrivals shows a loaded worker */
@@ -112,11 +109,9 @@ typedef struct uring_conn {
     int fixed;            /* index in the ring's registered file table, -1: use the plain fd */
     int inflight;         /* SQEs in flight that reference this connection */
     bool recv_armed;      /* a multishot recv is active */
-    bool send_inflight;   /* a sendmsg is active, or the socket waits for room (wr_wait) */
-    bool wr_wait;         /* parked in the worker's wr_epfd until the socket has room */
-    bool paused;          /* receive cancelled for back-pressure */
-    bool closing;         /* close once nothing is in flight */
-    bool in_flush;        /* on the flush list this round */
+    bool wr_wait;         /* parked in the worker's wr_epfd until the socket has room
+                             (a send is "in flight" meanwhile: CONN_LOOP_SENDING) */
+    bool closing;         /* the worker closed it: freed once nothing is in flight */
     bool zc;              /* the in-flight send is zero-copy (SENDMSG_ZC) */
     int zc_res;           /* result of a zero-copy send, applied when its notification arrives */
     unsigned seen_window; /* the active-count window of this connection's last counted arrival */
@@ -143,12 +138,7 @@ typedef struct uring_state {
     int *free_fixed;             /* stack of free registered-file slots */
     int nfree_fixed;             /* entries in free_fixed */
     int nfixed;                  /* size of the registered file table */
-    bool accepting;              /* multishot accepts are armed */
-    bool *accept_paused;         /* per listener: accept stopped by EMFILE, re-armed at accept_resume */
-    int npaused;                 /* listeners in accept_paused */
-    uint64_t accept_paused_at;   /* clock (latency.h ns) of the first pause of this spell */
-    uint64_t accept_resume;      /* clock at which paused listeners are re-armed */
-    conn *flush;                 /* connections with output to send this round */
+    bool *accept_armed;          /* per listener: its multishot accept is in flight */
     unsigned sends_queued;       /* sends queued this round: each completes inline unless its socket is full */
     unsigned arrivals;           /* receives with data this round */
     unsigned batch_target;       /* arrivals the next wait asks for (1: wake at the first) */
@@ -249,9 +239,9 @@ static int uring_init(worker *w, char *err, size_t errlen)
      * the kernel's copy and our parse). */
     st->bufs = hugemem_alloc((size_t)st->nbufs * st->bufsize);
     st->spare = malloc((size_t)st->nbufs * sizeof(*st->spare));
-    st->accept_paused = calloc((size_t)(w->nlisten > 0 ? w->nlisten : 1), sizeof(bool));
-    if (!st->free_fixed || !st->bufs || !st->spare || !st->accept_paused) {
-        free(st->accept_paused);
+    st->accept_armed = calloc((size_t)(w->nlisten > 0 ? w->nlisten : 1), sizeof(bool));
+    if (!st->free_fixed || !st->bufs || !st->spare || !st->accept_armed) {
+        free(st->accept_armed);
         free(st->spare);
         free(st->free_fixed);
         hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
@@ -400,17 +390,38 @@ static int ring_setup(worker *w, char *err, size_t errlen)
     }
     for (int i = 0; i < w->nlisten; i++)
         arm_accept(w, i);
-    st->accepting = true;
     return 0;
 }
 
 static void arm_accept(worker *w, int idx)
 {
+    uring_state *st = w->backend;
+    if (st->accept_armed[idx])
+        return;
     struct io_uring_sqe *sqe = get_sqe(w);
     if (!sqe)
         return;
     io_uring_prep_multishot_accept(sqe, w->listen_fds[idx], NULL, NULL, SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, ((uint64_t)idx << 3) | TAG_ACCEPT);
+    st->accept_armed[idx] = true;
+}
+
+/* Accepting on: arm every listener not armed; off: cancel the armed ones
+ * (their last completion, -ECANCELED, marks them unarmed). */
+static void uring_accept_ctl(worker *w, bool on)
+{
+    uring_state *st = w->backend;
+    for (int i = 0; i < w->nlisten; i++) {
+        if (on) {
+            arm_accept(w, i);
+        } else if (st->accept_armed[i]) {
+            struct io_uring_sqe *sqe = get_sqe(w);
+            if (!sqe)
+                break;
+            io_uring_prep_cancel64(sqe, ((uint64_t)i << 3) | TAG_ACCEPT, 0);
+            io_uring_sqe_set_data64(sqe, TAG_IGNORE);
+        }
+    }
 }
 
 static void arm_recv(worker *w, conn *c)
@@ -439,20 +450,10 @@ static void cancel_recv(worker *w, conn *c)
     io_uring_sqe_set_data64(sqe, TAG_IGNORE);
 }
 
-static void want_flush(uring_state *st, conn *c)
-{
-    uring_conn *uc = c->backend_data;
-    if (uc->in_flush)
-        return;
-    uc->in_flush = true;
-    c->next_ready = st->flush;
-    st->flush = c;
-}
-
 /* Give back the snapshot block of a send that has completed. */
 static void drop_snap(worker *w, uring_conn *uc)
 {
-    pool_give(&w->pool, uc->snap, uc->snapcap);
+    pool_give(&w->env.pool, uc->snap, uc->snapcap);
     uc->snap = NULL;
     uc->snapcap = 0;
 }
@@ -462,7 +463,7 @@ static void maybe_free(worker *w, conn *c)
 {
     uring_state *st = w->backend;
     uring_conn *uc = c->backend_data;
-    if (!uc->closing || uc->inflight > 0 || uc->in_flush)
+    if (!uc->closing || uc->inflight > 0 || (c->loop & CONN_LOOP_FLUSH))
         return;
     if (uc->fixed >= 0) {
         int minus1 = -1;
@@ -487,7 +488,7 @@ static void unpark(worker *w, conn *c)
     SM_STAT_INC(w->stats.syscalls);
     st->wr_count--;
     uc->wr_wait = false;
-    uc->send_inflight = false;
+    c->loop &= ~CONN_LOOP_SENDING;
     uc->inflight--;
 }
 
@@ -508,7 +509,7 @@ static void arm_wr_poll(worker *w)
 /*
  * A send found the socket buffer full (EAGAIN): park the connection in
  * wr_epfd until it has room (on_writable), sending nothing meanwhile.
- * Closes it when that cannot be set up.
+ * Has it closed when that cannot be set up.
  */
 static void wait_writable(worker *w, conn *c)
 {
@@ -518,13 +519,13 @@ static void wait_writable(worker *w, conn *c)
         st->wr_epfd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
     if (st->wr_epfd < 0 || epoll_ctl(st->wr_epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
-        start_close(w, c);
+        worker_close_soon(w, c);
         return;
     }
     SM_STAT_INC(w->stats.syscalls);
     st->wr_count++;
     uc->wr_wait = true;
-    uc->send_inflight = true;
+    c->loop |= CONN_LOOP_SENDING;
     uc->inflight++;
     arm_wr_poll(w);
 }
@@ -542,7 +543,7 @@ static void on_writable(worker *w)
         for (int i = 0; i < n; i++) {
             conn *c = evs[i].data.ptr;
             unpark(w, c);
-            want_flush(st, c);
+            worker_writable(w, c);
         }
     } while (n == 64);
     arm_wr_poll(w);
@@ -550,7 +551,7 @@ static void on_writable(worker *w)
 
 /*
  * Start closing: stop receiving; the connection is freed by maybe_free()
- * once the last completion is in (callers call it last, then forget c).
+ * once the last completion is in.
  */
 static void start_close(worker *w, conn *c)
 {
@@ -569,53 +570,41 @@ static void on_accept(worker *w, struct io_uring_cqe *cqe)
 {
     uring_state *st = w->backend;
     int idx = (int)(cqe->user_data >> 3);
-    if (cqe->res < 0 && worker_accept_fatal(-cqe->res) && !atomic_load(&w->draining)) {
-        worker_fail(w, -cqe->res, "accept on listener fd %d: %s", w->listen_fds[idx], strerror(-cqe->res));
-        return;
-    }
-    bool rearm = !(cqe->flags & IORING_CQE_F_MORE) && st->accepting && !atomic_load(&w->draining);
-    if (rearm && cqe->res < 0 && worker_accept_backoff(-cqe->res)) {
-        /* Out of descriptors: re-armed now it would fail again at once. */
-        if (!st->accept_paused[idx]) {
-            st->accept_paused[idx] = true;
-            if (st->npaused++ == 0)
-                st->accept_paused_at = sm_lat_now();
-            st->accept_resume = sm_lat_now() + ACCEPT_BACKOFF_NS;
-            SM_STAT_INC(w->stats.listen_disabled_num);
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        st->accept_armed[idx] = false;
+    if (cqe->res < 0) {
+        if (cqe->res != -ECANCELED)
+            worker_accept_error(w, w->listen_fds[idx], -cqe->res);
+    } else {
+        int fd = cqe->res;
+        conn *c = worker_conn_open(w, fd);
+        if (c) {
+            uring_conn *uc = calloc(1, sizeof(*uc));
+            if (!uc) {
+                worker_conn_close(w, c);
+            } else {
+                c->backend_data = uc;
+                uc->fixed = -1;
+                /* A registered slot when one is free (the table is sized for -c
+                 * at start; a -c raised live may outgrow it): otherwise the
+                 * plain fd serves. */
+                if (st->nfree_fixed > 0) {
+                    int slot = st->free_fixed[--st->nfree_fixed];
+                    int rc = io_uring_register_files_update(&st->ring, (unsigned)slot, &fd, 1);
+                    SM_STAT_INC(w->stats.syscalls);
+                    if (rc >= 0)
+                        uc->fixed = slot;
+                    else
+                        st->free_fixed[st->nfree_fixed++] = slot;
+                }
+                arm_recv(w, c);
+            }
         }
-        return;
     }
-    if (rearm)
+    /* A multishot accept that ended is re-armed while the worker accepts
+     * (an error above may just have stopped that, or failed the worker). */
+    if (!st->accept_armed[idx] && w->accepting && !worker_should_exit(w))
         arm_accept(w, idx);
-    if (cqe->res < 0)
-        return;
-    int fd = cqe->res;
-    if (atomic_load(&w->draining)) {
-        close(fd);
-        return;
-    }
-    conn *c = worker_conn_open(w, fd);
-    if (!c)
-        return;
-    uring_conn *uc = calloc(1, sizeof(*uc));
-    if (!uc) {
-        worker_conn_close(w, c);
-        return;
-    }
-    c->backend_data = uc;
-    uc->fixed = -1;
-    /* A registered slot when one is free (the table is sized for -c at start;
-     * a -c raised live may outgrow it): otherwise the plain fd serves. */
-    if (st->nfree_fixed > 0) {
-        int slot = st->free_fixed[--st->nfree_fixed];
-        int rc = io_uring_register_files_update(&st->ring, (unsigned)slot, &fd, 1);
-        SM_STAT_INC(w->stats.syscalls);
-        if (rc >= 0)
-            uc->fixed = slot;
-        else
-            st->free_fixed[st->nfree_fixed++] = slot;
-    }
-    arm_recv(w, c);
 }
 
 /* A receive is done with buffer bid: it waits on the spare stack. */
@@ -636,62 +625,52 @@ static void on_recv(worker *w, conn *c, struct io_uring_cqe *cqe)
     int res = cqe->res;
     bool took = cqe->flags & IORING_CQE_F_BUFFER; /* the receive took buffer bid */
     unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-    if (took) {
+    if (took)
         st->bufs_round++;
-        if (res <= 0) /* and put nothing in it */
+    if (uc->closing) {
+        if (took)
             recycle_buf(st, bid);
-    }
-    if (res > 0 && took) {
-        if (!uc->closing) {
-            SM_STAT_ADD(w->stats.bytes_read, res);
-            c->last_active = cache_now(w->cache);
-            st->arrivals++;
-            if (uc->seen_window != st->active_window) {
-                uc->seen_window = st->active_window;
-                st->active_count++;
-            }
-            if (!conn_feed(c, ring_buf(st, bid), (size_t)res)) {
-                recycle_buf(st, bid);
-                start_close(w, c);
-                maybe_free(w, c);
-                return;
-            }
-            if (out_pending(c) > 0 || c->state == CONN_CLOSING)
-                want_flush(st, c);
-            if (out_pending(c) > OUT_HIGH_WATER && !uc->paused) {
-                uc->paused = true;
-                if (uc->recv_armed)
-                    cancel_recv(w, c);
-            }
-        }
-        recycle_buf(st, bid);
-    } else if (res == -ENOBUFS) {
-        SM_STAT_INC(w->stats.uring_buf_ring_empty);
-        st->ran_dry++;
-    } else if (res == 0 && !uc->closing) {
-        /* End of stream: answer what came before it, then close (no receive
-         * is armed again; a paused one resumes parsing in on_send). */
-        c->rd_eof = true;
-        if (conn_eof_finished(c)) {
-            start_close(w, c);
-            maybe_free(w, c);
-            return;
-        }
-        if (out_pending(c) > 0)
-            want_flush(st, c);
-    } else if (res == 0 || (res < 0 && res != -ECANCELED)) {
-        start_close(w, c); /* error */
         maybe_free(w, c);
         return;
     }
-    if (!uc->recv_armed && !uc->closing && !uc->paused)
+    if (res > 0 && took) {
+        st->arrivals++;
+        if (uc->seen_window != st->active_window) {
+            uc->seen_window = st->active_window;
+            st->active_count++;
+        }
+        worker_input(w, c, ring_buf(st, bid), (size_t)res);
+        recycle_buf(st, bid);
+    } else {
+        if (took) /* and put nothing in it */
+            recycle_buf(st, bid);
+        if (res == -ENOBUFS) {
+            SM_STAT_INC(w->stats.uring_buf_ring_empty);
+            st->ran_dry++;
+        } else if (res == 0) {
+            worker_eof(w, c); /* answer what came before it, then close */
+        } else if (res < 0 && res != -ECANCELED) {
+            worker_close_soon(w, c); /* error */
+        }
+    }
+    /* A multishot receive that ended (ENOBUFS, a full CQ) goes on, unless
+     * reading is off (back-pressure, end of stream) or it closes. */
+    if (!uc->recv_armed && !(c->loop & (CONN_LOOP_PAUSED | CONN_LOOP_CLOSE)))
         arm_recv(w, c);
-    maybe_free(w, c);
+}
+
+/* The worker's receive switch: back-pressure or end of stream (off), back-pressure over (on). */
+static void uring_recv_ctl(worker *w, conn *c, bool on)
+{
+    uring_conn *uc = c->backend_data;
+    if (on && !uc->recv_armed)
+        arm_recv(w, c);
+    else if (!on && uc->recv_armed)
+        cancel_recv(w, c);
 }
 
 static void on_send(worker *w, conn *c, struct io_uring_cqe *cqe)
 {
-    uring_state *st = w->backend;
     uring_conn *uc = c->backend_data;
     int res = cqe->res;
     if (uc->zc) {
@@ -703,7 +682,7 @@ static void on_send(worker *w, conn *c, struct io_uring_cqe *cqe)
             res = uc->zc_res;
         uc->zc = false;
     }
-    uc->send_inflight = false;
+    c->loop &= ~CONN_LOOP_SENDING;
     uc->inflight--;
     drop_snap(w, uc);
     if (uc->closing) {
@@ -712,115 +691,72 @@ static void on_send(worker *w, conn *c, struct io_uring_cqe *cqe)
     }
     if (res == -EAGAIN) {
         wait_writable(w, c);
-        maybe_free(w, c); /* (only if that failed and closed it) */
         return;
     }
     if (res < 0) {
-        start_close(w, c);
-        maybe_free(w, c);
+        worker_close_soon(w, c);
         return;
     }
-    SM_STAT_ADD(w->stats.bytes_written, res);
-    conn_out_sent(c, (size_t)res);
-    if (uc->paused && out_pending(c) <= OUT_HIGH_WATER) {
-        if (!conn_feed(c, NULL, 0)) {
-            start_close(w, c);
-            maybe_free(w, c);
-            return;
-        }
-        if (out_pending(c) <= OUT_HIGH_WATER) {
-            uc->paused = false;
-            if (!uc->recv_armed)
-                arm_recv(w, c);
-        }
-    }
-    /* After end of stream: close once the last reply has left. */
-    if (c->rd_eof && conn_eof_finished(c)) {
-        start_close(w, c);
-        maybe_free(w, c);
-        return;
-    }
-    if (out_pending(c) > 0 || c->state == CONN_CLOSING)
-        want_flush(st, c);
+    worker_sent(w, c, (size_t)res);
 }
 
-/* Queue one sendmsg per connection with output; close those that asked to. */
-static void flush_all(worker *w)
+/* Queue one sendmsg SQE for c's queue (submitted by the next wait). */
+static void uring_send(worker *w, conn *c)
 {
     uring_state *st = w->backend;
-    while (st->flush) {
-        conn *c = st->flush;
-        uring_conn *uc = c->backend_data;
-        st->flush = c->next_ready;
-        uc->in_flush = false;
-        if (uc->closing) {
-            maybe_free(w, c);
-            continue;
+    uring_conn *uc = c->backend_data;
+    int cnt;
+    struct iovec *iov = conn_out_iov(c, &cnt);
+    if (cnt > IOV_MAX)
+        cnt = IOV_MAX;
+    int zc_min = w->settings->uring_zc_threshold;
+    uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min;
+    /* One contiguous run leaves as a plain send, whose SQE carries the
+     * address and length: no msghdr, no snapshot.  Otherwise the iovecs
+     * are snapshotted (the protocol may append to the live queue while
+     * the send is in flight) into a pooled block. */
+    if (cnt > 1 || uc->zc) {
+        uc->snap = pool_take(&w->env.pool, (size_t)cnt * sizeof(*iov), &uc->snapcap);
+        if (!uc->snap) {
+            worker_close_soon(w, c);
+            return;
         }
-        if (uc->send_inflight)
-            continue; /* its completion puts it back on the list */
-        if (out_pending(c) == 0) {
-            if (c->state == CONN_CLOSING || (c->rd_eof && conn_eof_finished(c))) {
-                start_close(w, c);
-                maybe_free(w, c);
-                continue;
-            }
-            if (out_pending(c) == 0)
-                continue; /* (held input parsed after end of stream may queue more) */
-        }
-        int cnt;
-        struct iovec *iov = conn_out_iov(c, &cnt);
-        if (cnt > IOV_MAX)
-            cnt = IOV_MAX;
-        int zc_min = w->settings->uring_zc_threshold;
-        uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min;
-        /* One contiguous run leaves as a plain send, whose SQE carries the
-         * address and length: no msghdr, no snapshot.  Otherwise the iovecs
-         * are snapshotted (the protocol may append to the live queue while
-         * the send is in flight) into a pooled block. */
-        if (cnt > 1 || uc->zc) {
-            uc->snap = pool_take(&w->pool, (size_t)cnt * sizeof(*iov), &uc->snapcap);
-            if (!uc->snap) {
-                start_close(w, c);
-                maybe_free(w, c);
-                continue;
-            }
-            memcpy(uc->snap, iov, (size_t)cnt * sizeof(*iov));
-            memset(&uc->msg, 0, sizeof(uc->msg));
-            uc->msg.msg_iov = uc->snap;
-            uc->msg.msg_iovlen = (size_t)cnt;
-        }
-        struct io_uring_sqe *sqe = get_sqe(w);
-        if (!sqe) {
-            drop_snap(w, uc);
-            start_close(w, c);
-            maybe_free(w, c);
-            continue;
-        }
-        int target = uc->fixed >= 0 ? uc->fixed : c->fd;
-        if (uc->zc) {
-            io_uring_prep_sendmsg_zc(sqe, target, &uc->msg, MSG_NOSIGNAL);
-            SM_STAT_INC(w->stats.uring_send_zc);
-        } else if (cnt == 1) { /* one contiguous run: a plain send, no msghdr to import */
-            io_uring_prep_send(sqe, target, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
-        } else {
-            io_uring_prep_sendmsg(sqe, target, &uc->msg, MSG_NOSIGNAL);
-        }
-        if (uc->fixed >= 0)
-            sqe->flags |= IOSQE_FIXED_FILE;
-        io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | TAG_SEND);
-        st->sends_queued++;
-        uc->send_inflight = true;
-        uc->inflight++;
+        memcpy(uc->snap, iov, (size_t)cnt * sizeof(*iov));
+        memset(&uc->msg, 0, sizeof(uc->msg));
+        uc->msg.msg_iov = uc->snap;
+        uc->msg.msg_iovlen = (size_t)cnt;
     }
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (!sqe) {
+        drop_snap(w, uc);
+        worker_close_soon(w, c);
+        return;
+    }
+    int target = uc->fixed >= 0 ? uc->fixed : c->fd;
+    if (uc->zc) {
+        io_uring_prep_sendmsg_zc(sqe, target, &uc->msg, MSG_NOSIGNAL);
+        SM_STAT_INC(w->stats.uring_send_zc);
+    } else if (cnt == 1) { /* one contiguous run: a plain send, no msghdr to import */
+        io_uring_prep_send(sqe, target, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    } else {
+        io_uring_prep_sendmsg(sqe, target, &uc->msg, MSG_NOSIGNAL);
+    }
+    if (uc->fixed >= 0)
+        sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)c | TAG_SEND);
+    st->sends_queued++;
+    c->loop |= CONN_LOOP_SENDING;
+    uc->inflight++;
 }
 
-/* worker_close_idle's close: start closing; freed once nothing is in flight. */
-static void close_now(worker *w, conn *c)
+/* The worker's close: start closing; freed once nothing is in flight. */
+static void uring_close(worker *w, conn *c)
 {
     uring_conn *uc = c->backend_data;
-    if (!uc || uc->closing)
+    if (!uc) { /* (never had its state: nothing in flight) */
+        worker_conn_close(w, c);
         return;
+    }
     start_close(w, c);
     maybe_free(w, c);
 }
@@ -924,108 +860,71 @@ static bool ring_broken(int rc)
 }
 
 /*
- * Listeners whose accept paused for want of descriptors: re-arm them once
- * the pause is over (while accepting).  Returns the nanoseconds still to
- * wait, 0 when none are paused any more.
+ * Submit what the last flush queued and wait for a batch: the first
+ * arrival, at most timeout_ms (0: do not sleep), or (batch_adapt) until
+ * batch_target have come on top of the completions of the flush's sends,
+ * for at most uring_batch_usec.  Then hand the completions over, a prefetch
+ * window at a time.
  */
-static long long resume_paused_accepts(worker *w, uring_state *st)
-{
-    uint64_t now = sm_lat_now();
-    if (st->accepting && now < st->accept_resume)
-        return (long long)(st->accept_resume - now);
-    for (int i = 0; i < w->nlisten; i++) {
-        if (st->accept_paused[i]) {
-            st->accept_paused[i] = false;
-            if (st->accepting)
-                arm_accept(w, i);
-        }
-    }
-    st->npaused = 0;
-    SM_STAT_ADD(w->stats.listen_disabled_ns, now - st->accept_paused_at);
-    return 0;
-}
-
-static void uring_run(worker *w)
+static int uring_wait(worker *w, int timeout_ms)
 {
     uring_state *st = w->backend;
-    while (!worker_should_exit(w)) {
-        if (atomic_load(&w->draining)) {
-            if (st->accepting) {
-                for (int i = 0; i < w->nlisten; i++) {
-                    struct io_uring_sqe *sqe = get_sqe(w);
-                    if (!sqe)
-                        break;
-                    io_uring_prep_cancel64(sqe, ((uint64_t)i << 3) | TAG_ACCEPT, 0);
-                    io_uring_sqe_set_data64(sqe, TAG_IGNORE);
-                }
-                st->accepting = false;
-            }
-            worker_close_idle(w, close_now);
-            if (w->nconns == 0)
-                break;
-        }
-        top_up_bufs(st);
-        /* Wake at the first arrival, or (batch_adapt) once batch_target have
-         * come on top of the completions of this round's sends. */
-        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = URING_TICK_MS * 1000000LL};
-        unsigned wait_nr = 1;
-        if (st->batch_target > 1) {
-            wait_nr = st->sends_queued + st->batch_target;
-            ts.tv_nsec = (long long)w->settings->uring_batch_usec * 1000;
-            SM_STAT_INC(w->stats.uring_batch_waits);
-        }
-        if (st->npaused > 0) {
-            long long left = resume_paused_accepts(w, st);
-            if (left > 0 && left < ts.tv_nsec)
-                ts.tv_nsec = left;
-        }
-        st->sends_queued = 0;
-        struct io_uring_cqe *cqe;
-        int rc = io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
-        if (ring_broken(rc)) {
-            worker_fail(w, -rc, "io_uring_enter: %s", strerror(-rc));
-            return;
-        }
-        worker_batch_clock(w);
-        SM_STAT_INC(w->stats.syscalls);
-        SM_STAT_INC(w->stats.uring_submits);
-        unsigned head, n = 0, prefetched = 0;
-        io_uring_for_each_cqe(&st->ring, head, cqe)
-        {
-            if (n == prefetched)
-                prefetched = n + prefetch_window(w, head);
-            n++;
-            uint64_t ud = cqe->user_data;
-            unsigned tag = (unsigned)(ud & TAG_MASK);
-            conn *c = (conn *)(uintptr_t)(ud & ~(uint64_t)TAG_MASK);
-            switch (tag) {
-            case TAG_ACCEPT:
-                on_accept(w, cqe);
-                break;
-            case TAG_RECV:
-                on_recv(w, c, cqe);
-                break;
-            case TAG_SEND:
-                on_send(w, c, cqe);
-                break;
-            case TAG_WRWAIT:
-                on_writable(w);
-                break;
-            default:
-                break;
-            }
-        }
-        prefetch_reset(&w->pf);
-        io_uring_cq_advance(&st->ring, n);
-        SM_STAT_ADD(w->stats.uring_cqes, n);
-        bool ran_out = wait_nr > 1 && n < wait_nr;
-        if (ran_out)
-            SM_STAT_INC(w->stats.uring_batch_timeouts);
-        batch_adapt(w, st, ran_out);
-        publish_adapt(st, w->lat_clock);
-        atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
-        flush_all(w);
+    top_up_bufs(st);
+    struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000, .tv_nsec = (timeout_ms % 1000) * 1000000LL};
+    unsigned wait_nr = 1; /* (a zero timeout still enters for completions: DEFER_TASKRUN
+                             posts them only when this thread waits) */
+    if (st->batch_target > 1 && timeout_ms > 0) {
+        wait_nr = st->sends_queued + st->batch_target;
+        ts.tv_sec = 0;
+        ts.tv_nsec = (long long)w->settings->uring_batch_usec * 1000;
+        SM_STAT_INC(w->stats.uring_batch_waits);
     }
+    st->sends_queued = 0;
+    struct io_uring_cqe *cqe;
+    int rc = io_uring_submit_and_wait_timeout(&st->ring, &cqe, wait_nr, &ts, NULL);
+    if (ring_broken(rc)) {
+        worker_fail(w, -rc, "io_uring_enter: %s", strerror(-rc));
+        return -1;
+    }
+    worker_batch_clock(w);
+    SM_STAT_INC(w->stats.syscalls);
+    SM_STAT_INC(w->stats.uring_submits);
+    unsigned head, n = 0, prefetched = 0;
+    io_uring_for_each_cqe(&st->ring, head, cqe)
+    {
+        if (n == prefetched)
+            prefetched = n + prefetch_window(w, head);
+        n++;
+        uint64_t ud = cqe->user_data;
+        unsigned tag = (unsigned)(ud & TAG_MASK);
+        conn *c = (conn *)(uintptr_t)(ud & ~(uint64_t)TAG_MASK);
+        switch (tag) {
+        case TAG_ACCEPT:
+            on_accept(w, cqe);
+            break;
+        case TAG_RECV:
+            on_recv(w, c, cqe);
+            break;
+        case TAG_SEND:
+            on_send(w, c, cqe);
+            break;
+        case TAG_WRWAIT:
+            on_writable(w);
+            break;
+        default:
+            break;
+        }
+    }
+    prefetch_reset(&w->pf);
+    io_uring_cq_advance(&st->ring, n);
+    SM_STAT_ADD(w->stats.uring_cqes, n);
+    bool ran_out = wait_nr > 1 && n < wait_nr;
+    if (ran_out)
+        SM_STAT_INC(w->stats.uring_batch_timeouts);
+    batch_adapt(w, st, ran_out);
+    publish_adapt(st, w->lat_clock);
+    atomic_store_explicit(&w->stats.uring_bufs_published, st->publish_target, memory_order_relaxed);
+    return 0;
 }
 
 static void uring_destroy(worker *w)
@@ -1047,14 +946,13 @@ static void uring_destroy(worker *w)
         io_uring_queue_exit(&st->ring);
         cpuidle_close(&st->idle);
     }
-    pool_destroy(&w->pool);
     if (st->wr_epfd >= 0)
         close(st->wr_epfd);
     free(st->br);
     hugemem_free(st->bufs, (size_t)st->nbufs * st->bufsize);
     free(st->free_fixed);
     free(st->spare);
-    free(st->accept_paused);
+    free(st->accept_armed);
     free(st);
     w->backend = NULL;
 }
@@ -1064,7 +962,11 @@ const backend_ops backend_uring = {
     .probe = uring_probe,
     .init = uring_init,
     .setup = ring_setup,
-    .run = uring_run,
+    .wait = uring_wait,
+    .send = uring_send,
+    .recv_ctl = uring_recv_ctl,
+    .accept_ctl = uring_accept_ctl,
+    .close = uring_close,
     .destroy = uring_destroy,
 };
 
@@ -1098,7 +1000,6 @@ const backend_ops backend_uring = {
     .name = "uring",
     .probe = uring_absent_probe,
     .init = uring_absent_init,
-    .run = uring_absent_noop,
     .destroy = uring_absent_noop,
 };
 

@@ -5,7 +5,7 @@
  * bytes, executes them against the cache and queues the responses on the
  * connection (conn.h out_* calls).  It knows nothing about sockets or rings:
  * every backend (epoll, io_uring, /dev/stackmap) feeds it the same way, via
- * conn_feed().  Each command line is parsed once (parse.h: tokenizer,
+ * worker_feed() (worker.c).  Each command line is parsed once (parse.h: tokenizer,
  * command table, number rules) and dispatched as an sm_request to the
  * handler the command table names: text.c for the classic commands, meta.c
  * for the meta ones.  This header is what they share.
