@@ -32,7 +32,7 @@ RECIPE=1                                # bump when this script's output changes
 SOURCE_PKG=linux-source-6.12
 SOURCE_VERSION=6.12.118-1~deb12u1       # what kernel/patches/ was made against
 SOURCE_TAR=/usr/src/linux-source-6.12.tar.xz
-BUILD_PKGS="linux-source-6.12 build-essential flex bison libelf-dev bc libssl-dev ccache cpio kmod xz-utils util-linux patch"
+BUILD_PKGS="linux-source-6.12 build-essential flex bison libelf-dev bc libssl-dev ccache cpio kmod xz-utils util-linux patch python3"
 
 here=$(cd "$(dirname "$0")" && pwd)
 name=${1:-}

@@ -94,14 +94,18 @@ static void sm_ring_init(struct sm_kring *kr, void *mem, u64 ofs, u32 slots,
 	kr->hwtail = r->tail;
 }
 
-static long sm_register(struct sm_port *port, struct stackmap_reg __user *up)
+/*
+ * REGISTER, under port->mutex, on a copy of the caller's struct (filled in
+ * on success): user memory is never touched with the mutex held, since a
+ * fault takes mmap_lock, which the network stack takes under sk_lock, which
+ * the sync takes under the mutex (lockdep on the debug kernel).
+ */
+static long sm_register(struct sm_port *port, struct stackmap_reg *regp)
 {
-	struct stackmap_reg reg;
+	struct stackmap_reg reg = *regp;
 	struct stackmap_if *nif;
 	u64 rx_ofs, tx_ofs, bufs_ofs, size;
 
-	if (copy_from_user(&reg, up, sizeof(reg)))
-		return -EFAULT;
 	if (port->registered)
 		return -EBUSY;
 	if (reg.version != STACKMAP_VERSION)
@@ -160,9 +164,9 @@ static long sm_register(struct sm_port *port, struct stackmap_reg __user *up)
 	nif->bufs_ofs = bufs_ofs;
 	nif->mem_size = size;
 
-	port->registered = true;
-	if (copy_to_user(up, &reg, sizeof(reg)))
-		return -EFAULT;	/* the port stays registered; REGISTER again is EBUSY */
+	/* Published last: sm_mmap() reads it without the mutex. */
+	smp_store_release(&port->registered, true);
+	*regp = reg;
 	return 0;
 }
 
@@ -172,8 +176,16 @@ static int sm_mmap(struct file *file, struct vm_area_struct *vma)
 	unsigned long len = vma->vm_end - vma->vm_start;
 	int ret;
 
-	mutex_lock(&port->mutex);
-	if (!port->registered)
+	/*
+	 * No port->mutex here: mmap_lock is held, and the mutex is held
+	 * around socket calls that take sk_lock, under which the network
+	 * stack faults on user memory (mmap_lock): lockdep's circular
+	 * dependency on the debug kernel.  The mapping needs none of it:
+	 * mem and mem_size are set before registered is published and stay
+	 * until the file is released, which this mapping's file reference
+	 * prevents.
+	 */
+	if (!smp_load_acquire(&port->registered))
 		ret = -ENXIO;
 	else if (vma->vm_pgoff != 0 || len > port->mem_size)
 		ret = -EINVAL;
@@ -184,7 +196,6 @@ static int sm_mmap(struct file *file, struct vm_area_struct *vma)
 		vm_flags_set(vma, VM_DONTCOPY);
 		ret = remap_vmalloc_range(vma, port->mem, 0);
 	}
-	mutex_unlock(&port->mutex);
 	return ret;
 }
 
@@ -194,6 +205,7 @@ static long sm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	void __user *up = (void __user *)arg;
 	struct stackmap_attach at;
 	struct stackmap_stats st;
+	struct stackmap_reg reg;
 	struct sm_att *att;
 	long ret;
 
@@ -206,9 +218,13 @@ static long sm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			return -EINVAL;
 		return sm_sync(port, arg & STACKMAP_SYNC_WAIT);
 	case STACKMAP_IOC_REGISTER:
+		if (copy_from_user(&reg, up, sizeof(reg)))
+			return -EFAULT;
 		mutex_lock(&port->mutex);
-		ret = sm_register(port, up);
+		ret = sm_register(port, &reg);
 		mutex_unlock(&port->mutex);
+		if (!ret && copy_to_user(up, &reg, sizeof(reg)))
+			return -EFAULT;	/* the port stays registered; REGISTER again is EBUSY */
 		return ret;
 	case STACKMAP_IOC_ATTACH:
 		if (copy_from_user(&at, up, sizeof(at)))
