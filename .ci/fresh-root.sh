@@ -38,9 +38,8 @@
 set -euo pipefail
 
 REPO=$(cd "${1:-$(dirname "${BASH_SOURCE[0]}")/..}" && pwd)
-SUITE=bookworm
-MIRROR=${SM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${SM_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+# SUITE, MIRROR, SECURITY_MIRROR, debian_sources (deploy/lib.sh)
+. "$REPO/deploy/lib.sh"
 # What the README assumes a user already has (and nothing else).
 PKGS=python3,python3-venv,python3-pip,git,make,ca-certificates
 CACHE=${SM_FRESH_CACHE:-/var/cache/stackmapd}
@@ -78,22 +77,7 @@ build_root() {
     log "debootstrap --variant=minbase --include=$PKGS $SUITE $MIRROR (cached afterwards as $TARBALL)"
     debootstrap --variant=minbase --include="$PKGS" "$SUITE" "$tmp" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
         || { tail -n 20 "$CACHE/debootstrap.log" >&2; rm -rf "$tmp"; die "debootstrap failed (log: $CACHE/debootstrap.log)"; }
-    # Debian 12's standard sources, as its installer writes them (debootstrap
-    # only writes the main suite; a real install also has updates and security).
-    rm -f "$tmp/etc/apt/sources.list"
-    cat >"$tmp/etc/apt/sources.list.d/debian.sources" <<EOF
-Types: deb
-URIs: $MIRROR
-Suites: $SUITE $SUITE-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: $SECURITY_MIRROR
-Suites: $SUITE-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
+    debian_sources "$tmp"
     chroot "$tmp" apt-get clean
     rm -rf "$tmp"/var/lib/apt/lists/*
     tar -C "$tmp" -cf "$TARBALL.tmp" .

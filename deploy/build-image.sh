@@ -20,8 +20,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VM=${SM_VM_DIR:-$ROOT/build/vm}
 GUEST=$ROOT/deploy/guest
-SUITE=bookworm
-MIRROR=${SM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# SUITE, MIRROR, hash_of, step (deploy/lib.sh)
+. "$ROOT/deploy/lib.sh"
 KMETA=${SM_KERNEL_META:-linux-image-6.12-amd64}
 # Guest packages beyond minbase: the interpreter and venv for our package, ip
 # for the network, insmod for our module, busybox for poweroff -f and friends,
@@ -43,23 +43,6 @@ TIMINGS=$VM/timings.txt
 log() { echo "build-image: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# step NAME FUNCTION: run FUNCTION, record its wall time in timings.txt.
-step() {
-    local name=$1 t0 t1
-    shift
-    t0=$(date +%s.%N)
-    "$@"
-    t1=$(date +%s.%N)
-    awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN { printf "%-12s %6.1f s\n", n, b - a }' | tee -a "$TIMINGS" >&2
-}
-
-# hash_of ARGS...: one sha256 over strings and file contents (files by path).
-hash_of() {
-    local a
-    for a in "$@"; do
-        if [ -f "$a" ]; then sha256sum <"$a"; else printf '%s\n' "$a"; fi
-    done | sha256sum | cut -c1-16
-}
 
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap and chroot need it)"
 

@@ -79,12 +79,8 @@ else
 fi
 mkdir -p "$cache/kernels" "$cache/ccache"
 
-# hash_of ARGS...: one short sha256 over strings and file contents.
-hash_of() {
-	for a in "$@"; do
-		if [ -f "$a" ]; then sha256sum <"$a"; else printf '%s\n' "$a"; fi
-	done | sha256sum | cut -c1-16
-}
+# hash_of (deploy/lib.sh)
+. "$here/../deploy/lib.sh"
 patches=$(find "$here/patches" -maxdepth 1 -name '*.patch' 2>/dev/null | LC_ALL=C sort)
 # The tarball by its size and mtime: a different tarball with the same
 # package version is unlikely, and hashing 150 MB would cost the cached run.

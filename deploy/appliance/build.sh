@@ -36,9 +36,8 @@ HERE=$ROOT/deploy/appliance
 WORK=${SM_APPLIANCE_DIR:-$ROOT/build/appliance}
 OUT=${SM_APPLIANCE_OUT:-$ROOT/build/stackmapd-appliance.qcow2}
 APTCACHE=${SM_APT_ARCHIVES:-/var/cache/stackmapd/apt-archives}
-SUITE=bookworm
-MIRROR=${SM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${SM_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+# SUITE, MIRROR, SECURITY_MIRROR, hash_of, step (deploy/lib.sh)
+. "$ROOT/deploy/lib.sh"
 # The userland: systemd as init, udev, dbus (logind wants it), kmod for
 # modules-load.d, e2fsprogs for the root fsck at boot, python3 + venv for stackmapd, python3-yaml for the NoCloud
 # seed's user-data, liburing2 for the uring backend, iproute2 for the operator.
@@ -54,22 +53,6 @@ log() { echo "appliance: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 TIMINGS=$WORK/timings.txt
-step() {
-    local name=$1 t0 t1
-    shift
-    t0=$(date +%s.%N)
-    "$@"
-    t1=$(date +%s.%N)
-    awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN { printf "%-10s %6.1f s\n", n, b - a }' | tee -a "$TIMINGS" >&2
-}
-
-# hash_of ARGS...: one sha256 over strings and file contents (files by path).
-hash_of() {
-    local a
-    for a in "$@"; do
-        if [ -f "$a" ]; then sha256sum <"$a"; else printf '%s\n' "$a"; fi
-    done | sha256sum | cut -c1-16
-}
 
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap and chroot need it)"
 for t in debootstrap sgdisk mkfs.vfat mcopy mkfs.ext4 qemu-img grub-mkimage; do

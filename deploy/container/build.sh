@@ -38,9 +38,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SUITE=bookworm
-MIRROR=${SM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SECURITY_MIRROR=${SM_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+# SUITE, MIRROR, SECURITY_MIRROR, debian_sources (deploy/lib.sh)
+. "$REPO/deploy/lib.sh"
 CACHE=${SM_CONTAINER_CACHE:-/var/cache/stackmapd}
 PIP_INDEX_DIR=${SM_PIP_INDEX_DIR:-/opt/pypi}
 IMAGE=localhost/stackmapd
@@ -90,20 +89,7 @@ build_root() {
     debootstrap --variant=minbase --cache-dir="$CACHE/apt-archives" "$SUITE" "$tmp" "$MIRROR" \
         >"$CACHE/container-debootstrap.log" 2>&1 \
         || { tail -n 20 "$CACHE/container-debootstrap.log" >&2; rm -rf "$tmp"; die "debootstrap failed (log: $CACHE/container-debootstrap.log)"; }
-    rm -f "$tmp/etc/apt/sources.list"
-    cat >"$tmp/etc/apt/sources.list.d/debian.sources" <<SOURCES
-Types: deb
-URIs: $MIRROR
-Suites: $SUITE $SUITE-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: $SECURITY_MIRROR
-Suites: $SUITE-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SOURCES
+    debian_sources "$tmp"
     printf '%s\n' "$APT_CLEAN" >"$tmp/etc/apt/apt.conf.d/docker-clean"
     # What debootstrap unpacked before the excludes applied, the package
     # lists, caches and logs: nothing an image should carry.
