@@ -183,6 +183,10 @@ mnt() {  # mnt TARGET MOUNT-ARGS...: mount and remember for the cleanup
     mount "$@" "$target"
     MOUNTS+=("$target")
 }
+# The root is a mount point of its own, as a real machine's / is: buildah
+# (tests/test_container.py) makes / a private mount before it applies a
+# layer, which fails with EINVAL when / is only a directory.
+mnt / --bind "$R"
 mnt /proc -t proc proc
 mnt /sys --bind /sys
 mnt /dev --bind /dev
