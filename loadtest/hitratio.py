@@ -77,6 +77,7 @@ class HitRun:
     focus: str = ""  # label of the focus window
     focus_hit_ratio: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # phase -> hit ratio
+    ranges: dict[str, float] = field(default_factory=dict)  # the trace's other named windows -> hit ratio
     windows: list[float] = field(default_factory=list)  # hit ratio per window
     window_edges: list[int] = field(default_factory=list)  # request index of each window's start, and the end
     sets: int = 0  # sets sent (one per miss)
@@ -183,7 +184,10 @@ def _fill(rec: HitRun, trace: workloads.Trace, hits: bytearray) -> None:
     rec.hit_ratio = rec.hits / n if n else 0.0
     label, start, end = trace.focus
     rec.focus, rec.focus_hit_ratio = label, _ratio(hits, start, end)
+    if trace.focus_requests:
+        rec.focus_hit_ratio = sum(hits[i] for i in trace.focus_requests) / len(trace.focus_requests)
     rec.phases = {p.name: _ratio(hits, p.start, p.end) for p in trace.phases}
+    rec.ranges = {name: _ratio(hits, a, b) for name, (a, b) in trace.ranges.items()}
     edges = [n * i // WINDOWS for i in range(WINDOWS + 1)]
     rec.window_edges = edges
     rec.windows = [_ratio(hits, a, b) for a, b in zip(edges, edges[1:], strict=False)]
