@@ -8,6 +8,7 @@ Typical use (the README's tables; see loadtest/README.md for all of them):
     python -m loadtest --generator mcblast --rates 20k,50k ...              # open loop
     ... --syscalls (add a strace pass) / --syscalls-only, --plots DIR
     python -m loadtest --corun ... / --tslice ...   # target and baseline on one vCPU (A/B)
+    python -m loadtest --hit-ratio [--scenarios scan,ttl]   # hit ratio per workload (hitratio.py)
 
 Progress goes to stderr, the table (console or markdown) to stdout, every raw run to the
 JSON file.  ``--quick`` is a 2-second, one-repetition smoke run (used by the tests); its
