@@ -78,6 +78,7 @@ class HitRun:
     focus_hit_ratio: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # phase -> hit ratio
     ranges: dict[str, float] = field(default_factory=dict)  # the trace's other named windows -> hit ratio
+    phase_starts: list[int] = field(default_factory=list)  # request index where each phase starts
     windows: list[float] = field(default_factory=list)  # hit ratio per window
     window_edges: list[int] = field(default_factory=list)  # request index of each window's start, and the end
     sets: int = 0  # sets sent (one per miss)
@@ -188,6 +189,7 @@ def _fill(rec: HitRun, trace: workloads.Trace, hits: bytearray) -> None:
         rec.focus_hit_ratio = sum(hits[i] for i in trace.focus_requests) / len(trace.focus_requests)
     rec.phases = {p.name: _ratio(hits, p.start, p.end) for p in trace.phases}
     rec.ranges = {name: _ratio(hits, a, b) for name, (a, b) in trace.ranges.items()}
+    rec.phase_starts = [p.start for p in trace.phases]
     edges = [n * i // WINDOWS for i in range(WINDOWS + 1)]
     rec.window_edges = edges
     rec.windows = [_ratio(hits, a, b) for a, b in zip(edges, edges[1:], strict=False)]
@@ -311,7 +313,10 @@ def plot(runs: list[HitRun], scenarios: list[str], targets: list[str], path: Pat
             cols_ = list(zip(*(r.windows for r in rs), strict=True))
             ax.plot(xs, [statistics.median(c) for c in cols_], marker=".", label=t)
             ax.fill_between(xs, [min(c) for c in cols_], [max(c) for c in cols_], alpha=0.2)
-        ax.set_title(sc, fontsize=9)
+        done = [r for r in runs if r.scenario == sc and r.error is None]
+        for start in done[0].phase_starts[1:] if done else []:
+            ax.axvline(start / 1000, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{sc} (dotted: phase changes)" if done and len(done[0].phase_starts) > 1 else sc, fontsize=9)
         ax.set_xlabel("requests (thousands)")
         ax.set_ylabel("hit ratio")
         ax.set_ylim(0, 1)
