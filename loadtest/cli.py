@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-cpu", type=int, default=0, help="CPU for the server (0)")
     p.add_argument("--client-cpu", type=int, default=1, help="client CPU in split mode (1)")
     p.add_argument("--duration", type=int, default=None, help="seconds per run (10)")
-    p.add_argument("--reps", type=int, default=None, help="repetitions per target (5)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per target (5; --hit-ratio: 3)")
     p.add_argument("--stat-interval", type=int, default=None, help="memaslap -S seconds (= duration)")
     p.add_argument(
         "--generator",
@@ -227,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hit.add_argument("--list-scenarios", action="store_true", help="describe the scenarios and exit")
     hit.add_argument("--seed", type=int, default=1, help="workload seed (1)")
-    hit.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's request count (1.0)")
+    hit.add_argument(
+        "--scale", type=float, default=1.0, help="multiply request counts (1.0; the scan's sweep stays 2x memory)"
+    )
     hit.add_argument(
         "--pace",
         type=float,
