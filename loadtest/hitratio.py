@@ -356,7 +356,8 @@ def main(
             what = f"FAILED: {rec.error.splitlines()[0]}"
         else:
             what = (
-                f"hit ratio {rec.hit_ratio:.3f}, focus {rec.focus_hit_ratio:.3f}, {rec.seconds:.1f} s,"
+                f"hit ratio {rec.hit_ratio:.3f}, focus {rec.focus_hit_ratio:.3f}, {rec.seconds:.1f} s"
+                f" (lag {rec.max_lag_s:.2f} s),"
                 f" {rec.cpu_us_per_req or 0:.2f} us/req, foreign {rec.foreign_cpu_s:.1f} s"
             )
         print(f"[{done}/{total}] {rec.scenario} {rec.target} rep {rec.rep + 1}: {what}", file=sys.stderr, flush=True)
@@ -407,7 +408,7 @@ def main(
                 print(f"loadtest: wrote {path}", file=sys.stderr)
             except Exception as exc:  # noqa: BLE001 -- a plot must never lose the measurements
                 print(f"loadtest: plotting failed: {exc}", file=sys.stderr)
-    pace = f"paced at {rate:g} requests/s" if rate else "unpaced"
+    pace = f"paced at {rate:g} requests/s (calcification's second phase: its own pace)" if rate else "unpaced"
     sys.stdout.write(
         f"Hit ratio, -m {topts.memory_mb} -t {topts.threads}, seed {args.seed}, scale {args.scale:g},"
         f" {reps} repetitions, {pace}; server and client on vCPU {args.server_cpu}."
