@@ -238,23 +238,33 @@ def _spread(values: list[float | None], fmt: str) -> str:
     return f"{format(med, fmt)} ({format(min(vals), fmt)}-{format(max(vals), fmt)})"
 
 
-def table(runs: list[HitRun], scenarios: list[str], targets: list[str]) -> str:
+def _delta(rs: list[HitRun], base: list[HitRun]) -> str:
+    """Median focus hit ratio minus the baseline's, or "-"."""
+    if not rs or not base:
+        return "-"
+    d = statistics.median(r.focus_hit_ratio for r in rs) - statistics.median(r.focus_hit_ratio for r in base)
+    return f"{d:+.3f}"
+
+
+def table(runs: list[HitRun], scenarios: list[str], targets: list[str], baseline: str) -> str:
     """The markdown table: one row per scenario and server, median (min-max) over reps."""
     head = (
-        "| scenario | server | hit ratio | focus window | focus hit ratio | items stored"
+        f"| scenario | server | hit ratio | focus window | focus hit ratio | focus vs {baseline} | items stored"
         " | stats bytes/item | RSS added/item | RSS end MiB | CPU µs/req | set errors |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for sc in scenarios:
+        base = [r for r in runs if r.scenario == sc and r.target == baseline and r.error is None]
         for t in targets:
             rs = [r for r in runs if r.scenario == sc and r.target == t and r.error is None]
             if not rs:
-                rows.append(f"| {sc} | {t} | failed | | | | | | | | |")
+                rows.append(f"| {sc} | {t} | failed | | | | | | | | | |")
                 continue
             rows.append(
                 f"| {sc} | {t} | {_spread([r.hit_ratio for r in rs], '.3f')} | {rs[0].focus}"
                 f" | {_spread([r.focus_hit_ratio for r in rs], '.3f')}"
+                f" | {'-' if t == baseline else _delta(rs, base)}"
                 f" | {_spread([float(r.stats.get('curr_items', 0)) for r in rs], '.0f')}"
                 f" | {_spread([r.bytes_per_item for r in rs], '.0f')}"
                 f" | {_spread([r.rss_per_item for r in rs], '.0f')}"
@@ -414,7 +424,7 @@ def main(
         f" {reps} repetitions, {pace}; server and client on vCPU {args.server_cpu}."
         " Cells: median (min-max).\n\n"
     )
-    sys.stdout.write(table(runs, scenarios, names))
+    sys.stdout.write(table(runs, scenarios, names, args.baseline))
     sys.stdout.write(f"\n{host}\n\ncommand: `{command}`\n")
     failed = [r for r in runs if r.error]
     for r in failed:
