@@ -233,9 +233,10 @@ def _spread(values: list[float | None], fmt: str) -> str:
     if not vals:
         return "-"
     med = statistics.median(vals)
-    if len(vals) == 1 or min(vals) == max(vals):
+    lo, hi = format(min(vals), fmt), format(max(vals), fmt)
+    if lo == hi:
         return format(med, fmt)
-    return f"{format(med, fmt)} ({format(min(vals), fmt)}-{format(max(vals), fmt)})"
+    return f"{format(med, fmt)} ({lo}-{hi})"
 
 
 def _delta(rs: list[HitRun], base: list[HitRun]) -> str:
