@@ -8,6 +8,7 @@ Typical use (the README's tables; see loadtest/README.md for all of them):
     python -m loadtest --generator mcblast --rates 20k,50k ...              # open loop
     ... --syscalls (add a strace pass) / --syscalls-only, --plots DIR
     python -m loadtest --corun ... / --tslice ...   # target and baseline on one vCPU (A/B)
+    python -m loadtest --hit-ratio [--scenarios scan,ttl]   # hit ratio per workload (hitratio.py)
 
 Progress goes to stderr, the table (console or markdown) to stdout, every raw run to the
 JSON file.  ``--quick`` is a 2-second, one-repetition smoke run (used by the tests); its
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import __version__, corun, mcblast, plots, report, tslice
+from loadtest import __version__, corun, hitratio, mcblast, plots, report, tslice, workloads
 from loadtest.runner import (
     Pinning,
     RunRecord,
@@ -51,6 +52,9 @@ from loadtest.targets import (
 )
 
 QUICK_DURATION_S = 2
+# --hit-ratio: item memory (-m, MiB) and pacing (requests/s) unless told otherwise.
+HIT_RATIO_MEMORY_MB = 64
+DEFAULT_PACE = 25000.0
 # Seconds per slice of a time-sliced A/B (--tslice) when --slice is not given.
 DEFAULT_SLICE_S = 0.5
 
@@ -159,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-cpu", type=int, default=0, help="CPU for the server (0)")
     p.add_argument("--client-cpu", type=int, default=1, help="client CPU in split mode (1)")
     p.add_argument("--duration", type=int, default=None, help="seconds per run (10)")
-    p.add_argument("--reps", type=int, default=None, help="repetitions per target (5)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per target (5; --hit-ratio: 3)")
     p.add_argument("--stat-interval", type=int, default=None, help="memaslap -S seconds (= duration)")
     p.add_argument(
         "--generator",
@@ -204,10 +208,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--memory-mb",
         type=int,
-        default=1024,
+        default=None,
         help="server -m, MiB (1024, so that gets hit: with memcached's default of 64, items"
-        " are evicted within a 10 s run of 1 KiB values and many gets miss)",
+        f" are evicted within a 10 s run of 1 KiB values and many gets miss; --hit-ratio: {HIT_RATIO_MEMORY_MB})",
     )
+    hit = p.add_argument_group("hit ratio (--hit-ratio; loadtest/hitratio.py, loadtest/workloads.py)")
+    hit.add_argument(
+        "--hit-ratio",
+        action="store_true",
+        help="replay seeded look-aside workloads against every target at the same -m: hit ratio,"
+        " memory per item, CPU per request, per scenario",
+    )
+    hit.add_argument(
+        "--scenarios",
+        type=_csv,
+        default=None,
+        help="comma-separated scenarios (default: all; see --list-scenarios)",
+    )
+    hit.add_argument("--list-scenarios", action="store_true", help="describe the scenarios and exit")
+    hit.add_argument("--seed", type=int, default=1, help="workload seed (1)")
+    hit.add_argument(
+        "--scale", type=float, default=1.0, help="multiply request counts (1.0; the scan's sweep stays 2x memory)"
+    )
+    hit.add_argument(
+        "--pace",
+        type=float,
+        default=DEFAULT_PACE,
+        metavar="REQ_PER_S",
+        help=f"send requests at this rate, so time-dependent eviction and TTLs line up across servers"
+        f" ({DEFAULT_PACE:g}; 0: as fast as possible)",
+    )
+    p.add_argument("--host-line", action="store_true", help="print the host line (CPU, clock, kernel, vulnerabilities)")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -355,6 +386,41 @@ def _same_cpu_ab(
     return 1 if any(r.error for r in records) else 0
 
 
+def _hit_ratio(parser: argparse.ArgumentParser, args: argparse.Namespace, args_list: list[str]) -> int:
+    """--hit-ratio: check its options, then loadtest/hitratio.py."""
+    if args.corun or args.tslice:
+        parser.error("--hit-ratio excludes --corun and --tslice")
+    unknown = [s for s in args.scenarios or [] if s not in workloads.SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; known: {', '.join(workloads.SCENARIOS)}")
+    if args.scale <= 0 or args.pace < 0 or (args.reps is not None and args.reps < 1):
+        parser.error("--scale must be positive, --pace at least 0, --reps at least 1")
+    bad = [t for t in args.targets if t not in TARGETS]
+    if bad or not args.targets or len(set(args.targets)) != len(args.targets):
+        parser.error(f"targets must be distinct and among {', '.join(TARGETS)}: {args.targets}")
+    if args.server_cpu not in os.sched_getaffinity(0):
+        parser.error(f"CPU {args.server_cpu} is not available")
+    memory_mb = args.memory_mb or HIT_RATIO_MEMORY_MB
+    if memory_mb < 1:
+        parser.error("--memory-mb must be at least 1")
+    targets = [TARGETS[t] for t in args.targets]
+    stackmapd = args.stackmapd or default_stackmapd()
+    topts = TargetOptions(
+        memcached=args.memcached,
+        stackmapd=stackmapd,
+        memory_mb=memory_mb,
+        threads=args.server_threads,
+        backend_flag=args.backend_flag or backend_flag_for(stackmapd),
+    )
+    problems = check_environment([], sorted({t.binary(topts) for t in targets}))
+    if problems:
+        for line in problems:
+            print(f"loadtest: {line}", file=sys.stderr)
+        return 2
+    why = plots.available() if args.plots else None
+    return hitratio.main(args, targets, topts, _command_line(args_list), why)
+
+
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -364,6 +430,16 @@ def main(argv: list[str] | None = None) -> int:
         for t in TARGETS.values():
             print(f"{t.name:18} {t.description}")
         return 0
+    if args.list_scenarios:
+        sys.stdout.write(hitratio.describe())
+        return 0
+    if args.host_line:
+        print(hitratio.host_line())
+        return 0
+    if args.hit_ratio:
+        return _hit_ratio(parser, args, args_list)
+    if args.memory_mb is None:
+        args.memory_mb = 1024
 
     if args.quick:
         duration = args.duration or QUICK_DURATION_S

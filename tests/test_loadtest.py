@@ -344,3 +344,79 @@ def test_tslice_argument_checks() -> None:
     ):
         bad = subprocess.run([*base, *extra], cwd=REPO, capture_output=True, text=True, timeout=30)
         assert bad.returncode == 2 and message in bad.stderr, (extra, bad.stderr)
+
+
+# ---- --hit-ratio -----------------------------------------------------------------------
+
+
+def test_hit_ratio_tiny_run_against_both_servers(tmp_path: Path) -> None:
+    """--hit-ratio on small scenarios against memcached and stackmapd: the report's shape,
+    the client's and the servers' hit counts agree, and hit ratios move the way the
+    scenarios say they must (more skew hits more; a plain LRU loses its hot set to a scan).
+    Unpaced, so no figure depends on time."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / "hit.json"
+    scenarios = ["zipf-0.8", "zipf-1.2", "scan"]
+    cmd = [sys.executable, "-m", "loadtest", "--hit-ratio", "--targets", "memcached,stackmapd-epoll"]
+    cmd += ["--scenarios", ",".join(scenarios), "--memory-mb", "32", "--scale", "0.3", "--reps", "1"]
+    cmd += ["--pace", "0", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["memory_mb"] == 32 and data["meta"]["seed"] == 1
+    runs = {(r["scenario"], r["target"]): r for r in data["hit_ratio"]}
+    assert set(runs) == {(s, t) for s in scenarios for t in ("memcached", "stackmapd-epoll")}
+    for (scenario, target), r in runs.items():
+        assert r["error"] is None, (scenario, target, r["error"])
+        assert r["server_argv"][:3] == ["taskset", "-c", "0"] and "-m" in r["server_argv"]
+        assert 0 < r["hit_ratio"] < 1 and 0 <= r["focus_hit_ratio"] <= 1
+        assert len(r["windows"]) == 20 and len(r["window_edges"]) == 21
+        assert r["window_edges"][-1] == r["requests"]
+        # One set per miss; the server counted exactly what the client sent and saw.
+        assert r["sets"] == r["requests"] - r["hits"]
+        assert r["server_get_hits"] == r["hits"]
+        assert r["server_cmds"] == r["requests"] + r["sets"]
+        assert r["stats"]["curr_items"] > 0 and r["stats"]["limit_maxbytes"] == 32 << 20
+        assert r["bytes_per_item"] > 0 and r["rss_end_kib"] > r["rss_start_kib"] > 0
+        assert r["cpu_us_per_req"] > 0
+    for target in ("memcached", "stackmapd-epoll"):
+        # A steeper Zipf concentrates requests on fewer keys: a cache of any policy hits more.
+        assert runs[("zipf-1.2", target)]["hit_ratio"] > runs[("zipf-0.8", target)]["hit_ratio"]
+        scan = runs[("scan", target)]
+        assert scan["phases"]["scan"] == 0.0  # every swept key is new
+        assert list(scan["phases"]) == ["hot", "scan", "hot again"]
+    # stackmapd has one plain LRU per class: the sweep (2x memory) evicts the hot set, so
+    # fewer hot keys are found after the scan than gets hit before it, and the hot set hits
+    # less right after the scan than before it.
+    scan = runs[("scan", "stackmapd-epoll")]
+    assert scan["focus"] == "hot keys surviving the scan"
+    before = scan["ranges"]["last 10% before scan"]
+    assert scan["focus_hit_ratio"] < before and scan["ranges"]["first 10% after scan"] < before
+    assert "| scan | stackmapd-epoll |" in proc.stdout and "Host: " in proc.stdout
+
+
+def test_hit_ratio_argument_checks() -> None:
+    base = [sys.executable, "-m", "loadtest", "--hit-ratio"]
+    for extra, message in (
+        (["--scenarios", "zipf-9"], "unknown scenarios"),
+        (["--scale", "0"], "--scale must be positive"),
+        (["--corun"], "--hit-ratio excludes --corun"),
+    ):
+        bad = subprocess.run([*base, *extra], cwd=REPO, capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 2 and message in bad.stderr, (extra, bad.stderr)
+
+
+def test_hit_ratio_traces_are_reproducible_from_the_seed() -> None:
+    """Same seed, same trace (keys, sizes, TTLs, requests, batches); another seed, another."""
+    from loadtest import workloads
+
+    a = workloads.build("ttl", 7, 4 << 20, 0.2)
+    b = workloads.build("ttl", 7, 4 << 20, 0.2)
+    c = workloads.build("ttl", 8, 4 << 20, 0.2)
+    assert (a.keys, a.sizes, a.ttls, a.requests, a.batches) == (b.keys, b.sizes, b.ttls, b.requests, b.batches)
+    assert a.requests != c.requests
+    # No batch holds a key twice (so pipelining gives the answers of a serial replay).
+    edges = [*a.batches, len(a.requests)]
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        assert len(set(a.requests[lo:hi])) == hi - lo
+    assert {t for t, _ in workloads.TTL_MIX} == set(a.ttls)
