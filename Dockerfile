@@ -35,6 +35,10 @@ RUN apt-get update \
 # PyPI by default; another index with --build-arg PIP_INDEX_URL=... (an
 # unset ARG is not in the environment, so pip then sees nothing).
 ARG PIP_INDEX_URL
+# A CA bundle for pip (PIP_CERT), when the build reaches PyPI through a
+# TLS-inspecting proxy the base image does not trust; deploy/container/build.sh
+# mounts the build host's bundle for the build only (nothing of it is kept).
+ARG PIP_CERT
 # .dockerignore admits only what the package build needs.
 COPY . /src/
 RUN cd /src \

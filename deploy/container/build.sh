@@ -34,7 +34,9 @@
 #
 # Usage (as root):  deploy/container/build.sh      prints the image's tag last
 # Environment: SM_CONTAINER_CACHE, SM_DEBIAN_MIRROR, SM_DEBIAN_SECURITY_MIRROR,
-#              SM_PIP_INDEX_DIR, SM_BUILDAH_STORAGE_DRIVER (default vfs).
+#              SM_PIP_INDEX_DIR, SM_HOST_CA_BUNDLE (default the host's
+#              /etc/ssl/certs/ca-certificates.crt, given to pip as PIP_CERT),
+#              SM_BUILDAH_STORAGE_DRIVER (default vfs).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -42,6 +44,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 . "$REPO/deploy/lib.sh"
 CACHE=${SM_CONTAINER_CACHE:-/var/cache/stackmapd}
 PIP_INDEX_DIR=${SM_PIP_INDEX_DIR:-/opt/pypi}
+HOST_CA_BUNDLE=${SM_HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 IMAGE=localhost/stackmapd
 BUILDAH=(buildah --storage-driver "${SM_BUILDAH_STORAGE_DRIVER:-vfs}")
 
@@ -173,6 +176,12 @@ else
     args=(--isolation chroot --layers --pull=never --build-arg "BASE=$BASE" -t "$TAG" -t "$IMAGE:latest")
     if [ -d "$PIP_INDEX_DIR/simple" ]; then
         args+=(--volume "$PIP_INDEX_DIR:$PIP_INDEX_DIR:ro" --build-arg "PIP_INDEX_URL=file://$PIP_INDEX_DIR/simple")
+    fi
+    # The build host's CA bundle, for pip only and only during the build: a
+    # host that reaches PyPI through a TLS-inspecting proxy trusts the
+    # proxy's CA, which a fresh Debian base does not.
+    if [ -f "$HOST_CA_BUNDLE" ]; then
+        args+=(--volume "$HOST_CA_BUNDLE:/run/stackmapd-build-ca.crt:ro" --build-arg "PIP_CERT=/run/stackmapd-build-ca.crt")
     fi
     log "buildah build ${args[*]} $REPO"
     t0=$(date +%s)
