@@ -70,7 +70,8 @@
       "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
-      "accepted for compatibility; a connection's turn is bounded by its output queue (4 MiB) instead")                \
+      "requests a connection answers in one turn before the worker's other connections get theirs "                    \
+      "(counted in conn_yields)")                                                                                      \
     X(extended, NOFIELD, LIST, "", 0, 0, 'o', "OPTS", ENGINE, 0,                                                       \
       "extended options, comma-separated key[=value] (listed below)")                                                  \
     X(backend, FIELD(backend), BACKEND, "auto", 0, 3, 0, "NAME", ENGINE, 0,                                            \

@@ -184,6 +184,9 @@ static void feed(struct side *sd, int i, const uint8_t *p, size_t n)
             memcpy(buf, p + off, take);
         bool ok = worker_feed(sl->c, take ? buf : NULL, take);
         free(buf);
+        /* a yield (-R): the worker gives the held input its next turns */
+        while (ok && sl->c->state != CONN_CLOSING && conn_yielded(sl->c))
+            ok = worker_feed(sl->c, NULL, 0);
         off += take;
         if (!ok) {
             conn_close(sd, i);
