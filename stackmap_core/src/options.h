@@ -28,6 +28,7 @@
  *            HOSTPORT (HOST:PORT or off), LIST (-o's key[=value] list);
  *   default  the default as a user would write it ("" for none);
  *   lo, hi   inclusive limits of the value as given (INFINITY: none);
+ *            lo == hi: the one value accepted, and help says why;
  *   flag     memcached's one-letter flag, or 0;
  *   metavar  the value's placeholder in --help ("" for a switch);
  *   scope    ENGINE (a flag and key), EXTENDED (an -o key), CONTROL (the
@@ -93,8 +94,9 @@
       "refuse to load a snapshot created more than this many seconds ago (start empty)")                               \
     X(hashpower, FIELD(hashpower_init), INT, "16", 12, 32, 0, "N", EXTENDED, 0,                                        \
       "initial hash table size, 2^N buckets")                                                                          \
-    X(lru_segmented, FIELD(lru_segmented), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                        \
-      "accepted for memcached compatibility; stackmapd keeps one LRU per slab class either way")                       \
+    X(lru_segmented, FIELD(lru_segmented), BOOL, "0", 0, 0, 0, "", EXTENDED, 0,                                        \
+      "segmented LRU is not implemented yet: stackmapd keeps one LRU per slab class (only no_lru_segmented, "          \
+      "the default, is accepted)")                                                                                     \
     X(idle_timeout, FIELD(idle_timeout), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                                 \
       "close client connections idle this many seconds; 0 never")                                                      \
     X(tcp_nodelay, FIELD(tcp_nodelay), BOOL, "1", 0, 1, 0, "", EXTENDED, 0, "set TCP_NODELAY on accepted sockets")     \

@@ -288,7 +288,7 @@
     X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
     X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
     X(lru_maintainer_thread, "", "no: there is no LRU maintainer thread.", V_STR("no"))                                \
-    X(lru_segmented, "", "no: one LRU per slab class, whatever -o lru_segmented says.", V_STR("no"))                   \
+    X(lru_segmented, "", "no: one LRU per slab class (-o lru_segmented is refused).", V_STR("no"))                     \
     X(temp_lru, "", "no: there is no temporary LRU.", V_STR("no"))                                                     \
     X(idle_timeout, "idle_timeout", "Idle connection timeout in seconds (-o idle_timeout), 0 never.",                  \
       V_INT(st->idle_timeout))                                                                                         \
