@@ -75,6 +75,7 @@ BAD = [
     (["-o", "hashpower"], "hashpower needs a value"),
     (["-o", "slab_chunk_max=512k"], "'slab_chunk_max' is not supported"),
     (["-o", "tcp_nodelay=maybe"], "tcp_nodelay: expected true or false"),
+    (["-o", "uring_buf_size=256"], "uring_buf_size: must be between 512 and 16777216"),
     (["-o", "lru_segmented"], "-o/--extended: lru_segmented: " + LRU_SEGMENTED_WHY),
     (["-o", "hashpower=16,lru_segmented=1"], "lru_segmented: " + LRU_SEGMENTED_WHY),
     (["--backend", "dpdk"], "--backend: must be one of auto, epoll"),

@@ -104,7 +104,7 @@
       "io_uring submission queue entries per worker")                                                                  \
     X(uring_bufs, FIELD(uring_bufs), INT, "1024", 1, 32768, 0, "N", EXTENDED, 0,                                       \
       "provided receive buffers per worker ring (at most; fewer are published while fewer are needed)")                \
-    X(uring_buf_size, FIELD(uring_buf_size), SIZE, "4096", 64, 16777216, 0, "SIZE", EXTENDED, 0,                       \
+    X(uring_buf_size, FIELD(uring_buf_size), SIZE, "4096", 512, 16777216, 0, "SIZE", EXTENDED, 0,                      \
       "bytes per provided receive buffer (k/m suffixes)")                                                              \
     X(uring_zc_threshold, FIELD(uring_zc_threshold), SIZE, "0", 0, 2147483647, 0, "SIZE", EXTENDED, 0,                 \
       "send zero-copy at and above this many bytes; 0 never (k/m suffixes)")                                           \
