@@ -13,6 +13,7 @@ They run against memcached too (``--target memcached,stackmapd``).
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 
 from conftest import Server, Target, assert_alive
@@ -126,4 +127,30 @@ def test_every_request_kind_with_r_1(start_server: Callable[..., Server], target
     with Wire(srv.host, srv.port, 10) as w:
         w.expect(send + b"mn\r\n", expect + b"MN\r\n", timeout=15)
         w.expect_silence(0.1)
+    assert_alive(srv)
+
+
+def test_big_receives_never_hold_too_much(start_server: Callable[..., Server], target: Target) -> None:
+    """A yield must not hold more input than a connection may carry over
+    (-I + 1 MiB): with 16 MiB uring receive buffers one receive brings
+    megabytes of tiny requests, and every one is answered, the connection kept."""
+    args = ["-R", "1", "-t", "1"]
+    if target.backend == "uring":
+        args += ["-o", "uring_buf_size=16m,uring_bufs=4"]
+    srv = start_server(target, args)
+    # 4 MB of "mn\r\n": the replies stay under the 4 MiB back-pressure mark,
+    # and a reader thread drains them while the requests go out.
+    count = 1_000_000
+    got = []
+    with socket.create_connection((srv.host, srv.port), timeout=30) as s:
+        def read_all() -> None:
+            while chunk := s.recv(1 << 20):
+                got.append(len(chunk))
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        s.sendall(b"mn\r\n" * count)
+        s.shutdown(socket.SHUT_WR)
+        reader.join(30)
+    assert sum(got) == 4 * count
     assert_alive(srv)

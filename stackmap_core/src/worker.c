@@ -22,6 +22,8 @@
  *   are sent (or at the flush, if it queued none) it gets its next turn of
  *   R, after every other connection's input of the round.  So a deep
  *   pipeline is answered R requests a round, interleaved with the others.
+ *   A yield holds at most YIELD_HOLD_MAX bytes (feed_turns): past that,
+ *   the turns go on at once.
  * - End of stream: reading stops, everything received before it is
  *   answered, and the connection closes once its last reply has left.
  * - Idle timeout (-o idle_timeout): at most once a second, a connection
@@ -281,22 +283,55 @@ void worker_fail(worker *w, int errnum, const char *fmt, ...)
 
 /* ---- input: the protocols, back-pressure, end of stream ---- */
 
+/*
+ * Parse data[0..len) in turns of -R requests: one turn, and more while a
+ * yield would hold more than YIELD_HOLD_MAX bytes.  A yield keeps the rest
+ * for later, but a receive larger than that (a big uring buffer, or the
+ * stackmap backend, which cannot stop receiving for a held connection)
+ * must not pile up past the carry-over's limit: memcached, reading 16 KiB
+ * at a time, never holds more either.  Returns the bytes consumed.
+ */
+#define YIELD_HOLD_MAX (64u * 1024u)
+static size_t feed_turns(conn *c, char *data, size_t len)
+{
+    int budget = c->worker->settings->reqs_per_event;
+    c->nreqs = budget;
+    size_t used = proto_process(c, data, len);
+    while (conn_yielded(c) && len - used > YIELD_HOLD_MAX) {
+        c->nreqs = budget;
+        used += proto_process(c, data + used, len - used);
+    }
+    return used;
+}
+
 bool worker_feed(conn *c, char *data, size_t len)
 {
-    c->nreqs = c->worker->settings->reqs_per_event; /* this turn's budget (-R) */
     if (c->rbytes == 0 && len > 0) {
         /* The common case: parse straight from the backend's buffer. */
-        size_t used = proto_process(c, data, len);
+        size_t used = feed_turns(c, data, len);
         if (c->state != CONN_CLOSING && used < len && !conn_rbuf_append(c, data + used, len - used))
             return false;
         conn_input_done(c);
         return true;
     }
-    if (len > 0 && !conn_rbuf_append(c, data, len))
-        return false;
-    if (c->rbytes == 0)
+    c->nreqs = 0; /* (no turn taken: no yield) */
+    if (len == 0) {
+        if (c->rbytes == 0)
+            return true;
+        conn_rbuf_consume(c, feed_turns(c, c->rbuf, c->rbytes));
+        conn_input_done(c);
         return true;
-    conn_rbuf_consume(c, proto_process(c, c->rbuf, c->rbytes));
+    }
+    /* Behind held input: append and parse YIELD_HOLD_MAX bytes at a time,
+     * so that what a yield holds never grows by a whole (big) receive. */
+    while (len > 0 && c->state != CONN_CLOSING) {
+        size_t n = len < YIELD_HOLD_MAX ? len : YIELD_HOLD_MAX;
+        if (!conn_rbuf_append(c, data, n))
+            return false;
+        data += n;
+        len -= n;
+        conn_rbuf_consume(c, feed_turns(c, c->rbuf, c->rbytes));
+    }
     conn_input_done(c);
     return true;
 }
