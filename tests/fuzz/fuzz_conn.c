@@ -508,6 +508,7 @@ static void side_init(struct side *sd, int split)
     s.item_size_max = 64u << 10;
     s.hashpower_init = 12;
     s.shutdown_enabled = 1;
+    s.reqs_per_event = 3; /* short turns: most inputs yield (worker.c), in both feeding modes */
     char err[256];
     memset(sd, 0, sizeof(*sd));
     sd->split = split;
