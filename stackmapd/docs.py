@@ -75,7 +75,12 @@ def extended_table() -> str:
     for ext in EXTENDED:
         if ext.field is None:
             continue
-        name = f"`{ext.key}[=0|1]`, `{ext.negation}`" if ext.bare else f"`{ext.key}={ext.metavar}`"
+        if ext.bare and ext.row is not None and ext.row.lo == ext.row.hi:  # a switch with one setting
+            name = f"`{ext.key}={int(ext.row.lo)}`, `{ext.negation}`"
+        elif ext.bare:
+            name = f"`{ext.key}[=0|1]`, `{ext.negation}`"
+        else:
+            name = f"`{ext.key}={ext.metavar}`"
         lines.append(f"| {_cell(name)} | {ext.default_doc} | {_limits(ext.row)} | {_cell(ext.help)} |")
     refused = [ext for ext in EXTENDED if ext.field is None]
     if refused:

@@ -204,6 +204,18 @@ def only(parse: Callable[[object], Any], value: float, why: str) -> Callable[[ob
     return check
 
 
+def switch_only(parse: Callable[[object], Any], value: bool, why: str) -> Callable[[object], Any]:
+    """``parse`` followed by: a switch that may only be ``value`` (``why`` says why)."""
+
+    def check(raw: object) -> Any:
+        got = parse(raw)
+        if got != value:
+            raise ValueError(why)
+        return got
+
+    return check
+
+
 def choice(names: Callable[[], tuple[str, ...]]) -> Callable[[object], str]:
     def check(raw: object) -> str:
         value = parse_str(raw).strip()
@@ -246,6 +258,8 @@ def row_parser(row: stackmap_core.OptionInfo) -> Callable[[object], Any]:
     base = PARSERS[row.type]
     if row.type == "float":
         return greater_than(base, row.lo)
+    if row.type == "bool" and row.lo == row.hi:
+        return switch_only(base, bool(row.lo), row.help)
     if row.type in NUMERIC and row.scope != "refused":
         if row.lo == row.hi:
             return only(base, row.lo, row.help)

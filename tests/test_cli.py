@@ -51,6 +51,8 @@ def free_port() -> int:
 
 # --- bad usage: exit 64 and a precise message --------------------------------
 
+LRU_SEGMENTED_WHY = "segmented LRU is not implemented yet: stackmapd keeps one LRU per slab class"
+
 BAD = [
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["-x"], "unrecognized arguments: -x"),
@@ -73,6 +75,9 @@ BAD = [
     (["-o", "hashpower"], "hashpower needs a value"),
     (["-o", "slab_chunk_max=512k"], "'slab_chunk_max' is not supported"),
     (["-o", "tcp_nodelay=maybe"], "tcp_nodelay: expected true or false"),
+    (["-o", "uring_buf_size=256"], "uring_buf_size: must be between 512 and 16777216"),
+    (["-o", "lru_segmented"], "-o/--extended: lru_segmented: " + LRU_SEGMENTED_WHY),
+    (["-o", "hashpower=16,lru_segmented=1"], "lru_segmented: " + LRU_SEGMENTED_WHY),
     (["--backend", "dpdk"], "--backend: must be one of auto, epoll"),
     (["-l", "127.0.0.1,,::1"], "-l/--listen: empty or invalid address"),
     (["stray"], "unrecognized arguments: stray"),
@@ -170,7 +175,27 @@ def test_extended_options() -> None:
     assert s.uring_sqpoll is True
     assert s.uring_batch_usec == 200
     assert s.tcp_nodelay is False
-    assert parse(["-o", "lru_segmented"]).lru_segmented is True
+    assert parse(["-o", "lru_segmented=0"]).lru_segmented is False
+    with pytest.raises(OptionError, match=LRU_SEGMENTED_WHY):
+        parse(["-o", "lru_segmented"])
+
+
+def test_lru_segmented_is_refused_everywhere(tmp_path: Path) -> None:
+    """Asking for a segmented LRU fails at start (it does not exist yet); asking
+    for none works, from the command line, the config file and the environment."""
+    cfg = write(tmp_path, "[extended]\nlru_segmented = true\n")
+    proc = run("--config", str(cfg))
+    assert proc.returncode == 64
+    assert f"{cfg}: " in proc.stderr and LRU_SEGMENTED_WHY in proc.stderr
+    proc = subprocess.run([*stackmapd_cmd()], capture_output=True, text=True, timeout=20,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "STACKMAP_EXTENDED": "lru_segmented"})
+    assert proc.returncode == 64
+    assert "STACKMAP_EXTENDED" in proc.stderr and LRU_SEGMENTED_WHY in proc.stderr
+    assert parse(["--config", str(write(tmp_path, "[extended]\nlru_segmented = false\n"))]).lru_segmented is False
+    # The engine's own check (for callers of the C API) says the same.
+    with pytest.raises(stackmap_core.SettingsError, match="-o lru_segmented: " + LRU_SEGMENTED_WHY):
+        stackmap_core.check_settings({"lru_segmented": 1})
+    stackmap_core.check_settings({"lru_segmented": 0})
 
 
 # --- sizes -----------------------------------------------------------------------

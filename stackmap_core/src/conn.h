@@ -127,6 +127,8 @@ typedef struct conn {
     bool noreply;            /* the current text command asked for no reply */
     bool rd_eof;             /* the peer ended its stream: read no more, answer what came, close */
     uint8_t loop;            /* the worker loop's CONN_LOOP_* flags (worker.h) */
+    int nreqs;               /* requests this turn may still start (-R, set by worker_feed); -1: the
+                                turn ended with a complete request left unanswered (a yield) */
 
     /* input carried over between receives (a partial line or request);
      * a pooled block, held only while rbytes > 0 */
@@ -165,6 +167,10 @@ typedef struct conn {
     uint64_t lat_start;      /* monotonic ns when the pending store's line was dispatched (latency.h) */
     int lat_cmd;             /* enum sm_lat_cmd of the pending store */
 } conn;
+
+/* c's last turn at parsing ended at -R requests with a complete request
+ * still held in its input: the worker resumes it after the others' turns. */
+static inline bool conn_yielded(const conn *c) { return c->nreqs < 0; }
 
 /* ---- output queue (conn.c) ---- */
 

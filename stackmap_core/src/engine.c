@@ -147,8 +147,8 @@ static void opt_name(char *buf, size_t len, const char *key, int flag, int scope
 }
 
 /* Check one field against its row's limits; -1 + err when outside. */
-static int opt_check(const char *key, int flag, int scope, int type, double lo, double hi, const void *field,
-                     size_t size, char *err, size_t errlen)
+static int opt_check(const char *key, int flag, int scope, int type, double lo, double hi, const char *help,
+                     const void *field, size_t size, char *err, size_t errlen)
 {
     if (!field || opt_is_text(type))
         return 0;
@@ -158,7 +158,11 @@ static int opt_check(const char *key, int flag, int scope, int type, double lo, 
         return 0;
     char name[64];
     opt_name(name, sizeof(name), key, flag, scope);
-    if (type == SM_OPT_FLOAT)
+    if (lo == hi && type == SM_OPT_BOOL) /* a switch that may not be turned on: help says why */
+        snprintf(err, errlen, "%s: %s", name, help);
+    else if (lo == hi)
+        snprintf(err, errlen, "%s: %s, got %.0f", name, help, v);
+    else if (type == SM_OPT_FLOAT)
         snprintf(err, errlen, "%s: must be greater than %g, got %g", name, lo, v);
     else if (isinf(hi))
         snprintf(err, errlen, "%s: must be at least %.0f, got %.0f", name, lo, v);
@@ -216,7 +220,7 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
 #define FIELD(f) &s->f, sizeof(s->f)
 #define NOFIELD NULL, 0
 #define SM_X(key, field, type, def, lo, hi, flag, metavar, scope, live, help)                           \
-    if (opt_check(#key, flag, SM_OPT_##scope, SM_OPT_##type, lo, hi, field, err, errlen) < 0) \
+    if (opt_check(#key, flag, SM_OPT_##scope, SM_OPT_##type, lo, hi, help, field, err, errlen) < 0) \
         return -1;
     SM_OPTIONS(SM_X)
 #undef SM_X

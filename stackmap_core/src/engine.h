@@ -64,7 +64,7 @@ struct sm_settings {
     int backlog;                /* listen() backlog (-b) */
     int reqs_per_event;         /* max requests per connection per event (-R) */
     int hashpower_init;         /* initial hash table size as a power of two (-o hashpower) */
-    int lru_segmented;          /* 1: hot/warm/cold LRU (-o lru_segmented / no_lru_segmented) */
+    int lru_segmented;          /* 0 only: segmented LRU is not implemented (options.h refuses 1) */
     int backend;                /* enum sm_backend_kind (--backend) */
     int uring_entries;          /* io_uring SQ size per worker (-o uring_entries) */
     int uring_bufs;             /* provided buffers per worker ring (-o uring_bufs) */

@@ -28,6 +28,7 @@
  *            HOSTPORT (HOST:PORT or off), LIST (-o's key[=value] list);
  *   default  the default as a user would write it ("" for none);
  *   lo, hi   inclusive limits of the value as given (INFINITY: none);
+ *            lo == hi: the one value accepted, and help says why;
  *   flag     memcached's one-letter flag, or 0;
  *   metavar  the value's placeholder in --help ("" for a switch);
  *   scope    ENGINE (a flag and key), EXTENDED (an -o key), CONTROL (the
@@ -70,7 +71,8 @@
       "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
-      "accepted for compatibility; a connection's turn is bounded by its output queue (4 MiB) instead")                \
+      "requests a connection answers in one turn before the worker's other connections get theirs "                    \
+      "(counted in conn_yields)")                                                                                      \
     X(extended, NOFIELD, LIST, "", 0, 0, 'o', "OPTS", ENGINE, 0,                                                       \
       "extended options, comma-separated key[=value] (listed below)")                                                  \
     X(backend, FIELD(backend), BACKEND, "auto", 0, 3, 0, "NAME", ENGINE, 0,                                            \
@@ -92,8 +94,9 @@
       "refuse to load a snapshot created more than this many seconds ago (start empty)")                               \
     X(hashpower, FIELD(hashpower_init), INT, "16", 12, 32, 0, "N", EXTENDED, 0,                                        \
       "initial hash table size, 2^N buckets")                                                                          \
-    X(lru_segmented, FIELD(lru_segmented), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                        \
-      "accepted for memcached compatibility; stackmapd keeps one LRU per slab class either way")                       \
+    X(lru_segmented, FIELD(lru_segmented), BOOL, "0", 0, 0, 0, "", EXTENDED, 0,                                        \
+      "segmented LRU is not implemented yet: stackmapd keeps one LRU per slab class (only no_lru_segmented, "          \
+      "the default, is accepted)")                                                                                     \
     X(idle_timeout, FIELD(idle_timeout), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                                 \
       "close client connections idle this many seconds; 0 never")                                                      \
     X(tcp_nodelay, FIELD(tcp_nodelay), BOOL, "1", 0, 1, 0, "", EXTENDED, 0, "set TCP_NODELAY on accepted sockets")     \
@@ -101,7 +104,7 @@
       "io_uring submission queue entries per worker")                                                                  \
     X(uring_bufs, FIELD(uring_bufs), INT, "1024", 1, 32768, 0, "N", EXTENDED, 0,                                       \
       "provided receive buffers per worker ring (at most; fewer are published while fewer are needed)")                \
-    X(uring_buf_size, FIELD(uring_buf_size), SIZE, "4096", 64, 16777216, 0, "SIZE", EXTENDED, 0,                       \
+    X(uring_buf_size, FIELD(uring_buf_size), SIZE, "4096", 512, 16777216, 0, "SIZE", EXTENDED, 0,                      \
       "bytes per provided receive buffer (k/m suffixes)")                                                              \
     X(uring_zc_threshold, FIELD(uring_zc_threshold), SIZE, "0", 0, 2147483647, 0, "SIZE", EXTENDED, 0,                 \
       "send zero-copy at and above this many bytes; 0 never (k/m suffixes)")                                           \

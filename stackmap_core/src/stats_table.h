@@ -140,8 +140,8 @@
       "Time accepting spent paused for want of descriptors.", V_U64(s.listen_disabled_ns / 1000))                      \
     X(threads, GAUGE, "", "memcached_threads", "", "Worker threads (-t).", V_INT(e->settings.num_threads))             \
     X(conn_yields, COUNTER, "", "memcached_connections_yielded_total", "",                                             \
-      "Times a connection yielded to others mid-turn (memcached's -R; 0 here: a turn is bounded by the "               \
-      "output queue).",                                                                                                \
+      "Times a connection with more requests buffered ended its turn after -R of them, so the worker's "               \
+      "other connections got theirs (memcached's count).",                                                             \
       V_U64(s.conn_yields))                                                                                            \
     X(hash_power_level, GAUGE, "", "memcached_hash_power_level", "",                                                   \
       "The hash table holds 2^this buckets.", V_CACHE)                                                                 \
@@ -267,7 +267,7 @@
     X(chunk_size, "slab_min_size", "Key + value + flags space of the smallest chunk (-n).", V_INT(st->chunk_size))     \
     X(num_threads, "threads", "Worker threads (-t).", V_INT(st->num_threads))                                          \
     X(detail_enabled, "", "no: no per-prefix stats.", V_STR("no"))                                                     \
-    X(reqs_per_event, "max_reqs_per_event", "-R as given (accepted for compatibility).",                               \
+    X(reqs_per_event, "max_reqs_per_event", "Requests a connection answers in one turn (-R).",                         \
       V_INT(st->reqs_per_event))                                                                                       \
     X(cas_enabled, "disable_cas", "Whether items carry CAS unique ids (-C turns them off).",                           \
       V_STR(st->use_cas ? "yes" : "no"))                                                                               \
@@ -288,7 +288,7 @@
     X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
     X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
     X(lru_maintainer_thread, "", "no: there is no LRU maintainer thread.", V_STR("no"))                                \
-    X(lru_segmented, "", "no: one LRU per slab class, whatever -o lru_segmented says.", V_STR("no"))                   \
+    X(lru_segmented, "", "no: one LRU per slab class (-o lru_segmented is refused).", V_STR("no"))                     \
     X(temp_lru, "", "no: there is no temporary LRU.", V_STR("no"))                                                     \
     X(idle_timeout, "idle_timeout", "Idle connection timeout in seconds (-o idle_timeout), 0 never.",                  \
       V_INT(st->idle_timeout))                                                                                         \

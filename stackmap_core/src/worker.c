@@ -15,6 +15,15 @@
  * - Back-pressure: a connection whose queue passes OUT_HIGH_WATER stops
  *   being parsed and read (ops->recv_ctl) until its client drains it below
  *   the mark; then the input held meanwhile is parsed and reading resumes.
+ * - Fairness (-R, memcached's reqs_per_event): one turn at parsing answers
+ *   at most R requests.  A connection with more complete requests buffered
+ *   yields (conn_yields): it is held like back-pressure -- reading off, the
+ *   rest of its input kept -- and put on the flush list; once its replies
+ *   are sent (or at the flush, if it queued none) it gets its next turn of
+ *   R, after every other connection's input of the round.  So a deep
+ *   pipeline is answered R requests a round, interleaved with the others.
+ *   A yield holds at most YIELD_HOLD_MAX bytes (feed_turns): past that,
+ *   the turns go on at once.
  * - End of stream: reading stops, everything received before it is
  *   answered, and the connection closes once its last reply has left.
  * - Idle timeout (-o idle_timeout): at most once a second, a connection
@@ -274,21 +283,55 @@ void worker_fail(worker *w, int errnum, const char *fmt, ...)
 
 /* ---- input: the protocols, back-pressure, end of stream ---- */
 
+/*
+ * Parse data[0..len) in turns of -R requests: one turn, and more while a
+ * yield would hold more than YIELD_HOLD_MAX bytes.  A yield keeps the rest
+ * for later, but a receive larger than that (a big uring buffer, or the
+ * stackmap backend, which cannot stop receiving for a held connection)
+ * must not pile up past the carry-over's limit: memcached, reading 16 KiB
+ * at a time, never holds more either.  Returns the bytes consumed.
+ */
+#define YIELD_HOLD_MAX (64u * 1024u)
+static size_t feed_turns(conn *c, char *data, size_t len)
+{
+    int budget = c->worker->settings->reqs_per_event;
+    c->nreqs = budget;
+    size_t used = proto_process(c, data, len);
+    while (conn_yielded(c) && len - used > YIELD_HOLD_MAX) {
+        c->nreqs = budget;
+        used += proto_process(c, data + used, len - used);
+    }
+    return used;
+}
+
 bool worker_feed(conn *c, char *data, size_t len)
 {
     if (c->rbytes == 0 && len > 0) {
         /* The common case: parse straight from the backend's buffer. */
-        size_t used = proto_process(c, data, len);
+        size_t used = feed_turns(c, data, len);
         if (c->state != CONN_CLOSING && used < len && !conn_rbuf_append(c, data + used, len - used))
             return false;
         conn_input_done(c);
         return true;
     }
-    if (len > 0 && !conn_rbuf_append(c, data, len))
-        return false;
-    if (c->rbytes == 0)
+    c->nreqs = 0; /* (no turn taken: no yield) */
+    if (len == 0) {
+        if (c->rbytes == 0)
+            return true;
+        conn_rbuf_consume(c, feed_turns(c, c->rbuf, c->rbytes));
+        conn_input_done(c);
         return true;
-    conn_rbuf_consume(c, proto_process(c, c->rbuf, c->rbytes));
+    }
+    /* Behind held input: append and parse YIELD_HOLD_MAX bytes at a time,
+     * so that what a yield holds never grows by a whole (big) receive. */
+    while (len > 0 && c->state != CONN_CLOSING) {
+        size_t n = len < YIELD_HOLD_MAX ? len : YIELD_HOLD_MAX;
+        if (!conn_rbuf_append(c, data, n))
+            return false;
+        data += n;
+        len -= n;
+        conn_rbuf_consume(c, feed_turns(c, c->rbuf, c->rbytes));
+    }
     conn_input_done(c);
     return true;
 }
@@ -299,11 +342,14 @@ bool worker_eof_finished(conn *c)
         return false;
     if (c->state != CONN_PARSE || c->rbytes == 0)
         return true; /* closing, or inside a value that can no longer arrive */
-    /* Input held back by back-pressure: answer it now that the queue is empty. */
-    if (!worker_feed(c, NULL, 0))
-        return true;
-    /* Parsing stops only at an incomplete request, a full queue or a close:
-     * with nothing queued, nothing more can be answered. */
+    /* Input held back by back-pressure or a yield: answer it now that the
+     * queue is empty (turn after turn while the turns queue nothing). */
+    do {
+        if (!worker_feed(c, NULL, 0))
+            return true;
+    } while (out_pending(c) == 0 && conn_yielded(c));
+    /* Parsing stops only at an incomplete request, a full queue, a yield or
+     * a close: with nothing queued and no yield, nothing more can be answered. */
     return out_pending(c) == 0;
 }
 
@@ -344,11 +390,35 @@ bool worker_input(worker *w, conn *c, char *data, size_t len)
     }
     if (out_pending(c) > 0 || c->state == CONN_CLOSING)
         worker_want_flush(w, c);
-    if (out_pending(c) > OUT_HIGH_WATER) {
+    if (out_pending(c) > OUT_HIGH_WATER || conn_yielded(c)) {
         pause_input(w, c);
+        worker_want_flush(w, c); /* (a yield that queued nothing resumes at the flush) */
         return false;
     }
     return c->state != CONN_CLOSING;
+}
+
+/*
+ * Held input may go on (c's queue is below the mark, or its yield's turn
+ * came): parse it, with a new -R budget, and read again unless it is held
+ * still (the queue passed the mark again, or it yielded again).  false:
+ * the connection must close now.
+ */
+static bool resume_held(worker *w, conn *c)
+{
+    bool yielded = false;
+    if (c->rbytes > 0 && c->state == CONN_PARSE) {
+        worker_batch_clock(w);
+        if (!worker_feed(c, NULL, 0))
+            return false;
+        yielded = conn_yielded(c);
+    }
+    if (out_pending(c) <= OUT_HIGH_WATER && !yielded) {
+        c->loop &= ~CONN_LOOP_PAUSED;
+        if (!c->rd_eof)
+            w->ops->recv_ctl(w, c, true);
+    }
+    return true;
 }
 
 void worker_eof(worker *w, conn *c)
@@ -369,22 +439,14 @@ void worker_sent(worker *w, conn *c, size_t n)
         SM_STAT_ADD(w->stats.bytes_written, n);
         conn_out_sent(c, n);
     }
-    /* Back-pressure over: parse what was held meanwhile, then read again. */
-    if ((c->loop & CONN_LOOP_PAUSED) && out_pending(c) <= OUT_HIGH_WATER) {
-        if (c->rbytes > 0 && c->state == CONN_PARSE) {
-            worker_batch_clock(w);
-            if (!worker_feed(c, NULL, 0)) {
-                worker_close_soon(w, c);
-                return;
-            }
-        }
-        if (out_pending(c) <= OUT_HIGH_WATER) {
-            c->loop &= ~CONN_LOOP_PAUSED;
-            if (!c->rd_eof)
-                w->ops->recv_ctl(w, c, true);
-        }
+    /* Back-pressure over, or a yield's replies sent: parse what was held
+     * meanwhile, then read again. */
+    if ((c->loop & CONN_LOOP_PAUSED) && out_pending(c) <= OUT_HIGH_WATER && !resume_held(w, c)) {
+        worker_close_soon(w, c);
+        return;
     }
-    if (out_pending(c) > 0 || c->state == CONN_CLOSING || c->rd_eof)
+    /* (still paused with nothing queued: yielded again, resumed at the flush) */
+    if (out_pending(c) > 0 || c->state == CONN_CLOSING || c->rd_eof || (c->loop & CONN_LOOP_PAUSED))
         worker_want_flush(w, c);
 }
 
@@ -419,6 +481,17 @@ static void flush_one(worker *w, conn *c)
         }
         if (c->loop & CONN_LOOP_SENDING)
             return; /* its completion or room puts it back on the list */
+        if (out_pending(c) == 0 && (c->loop & CONN_LOOP_PAUSED)) {
+            /* A yield that queued nothing: its next turn, now. */
+            if (!resume_held(w, c)) {
+                close_now(w, c);
+                return;
+            }
+            if (out_pending(c) == 0 && (c->loop & CONN_LOOP_PAUSED)) {
+                worker_want_flush(w, c); /* yielded again: the next round's turn */
+                return;
+            }
+        }
         if (out_pending(c) == 0) {
             /* CONN_CLOSING: the protocol's last words are sent; rd_eof:
              * every reply to what came before the end is sent. */

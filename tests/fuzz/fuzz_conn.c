@@ -184,6 +184,9 @@ static void feed(struct side *sd, int i, const uint8_t *p, size_t n)
             memcpy(buf, p + off, take);
         bool ok = worker_feed(sl->c, take ? buf : NULL, take);
         free(buf);
+        /* a yield (-R): the worker gives the held input its next turns */
+        while (ok && sl->c->state != CONN_CLOSING && conn_yielded(sl->c))
+            ok = worker_feed(sl->c, NULL, 0);
         off += take;
         if (!ok) {
             conn_close(sd, i);
@@ -505,6 +508,7 @@ static void side_init(struct side *sd, int split)
     s.item_size_max = 64u << 10;
     s.hashpower_init = 12;
     s.shutdown_enabled = 1;
+    s.reqs_per_event = 3; /* short turns: most inputs yield (worker.c), in both feeding modes */
     char err[256];
     memset(sd, 0, sizeof(*sd));
     sd->split = split;

@@ -77,7 +77,7 @@ typedef struct cache_config {
     uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
     int hashpower_init;       /* initial hash table size, power of two */
     int use_cas;              /* 0: CAS uniques are always 0 */
-    int lru_segmented;        /* -o lru_segmented as given; unused: the cache keeps one plain LRU per class (lru.c) */
+    int lru_segmented;        /* always 0 (sm_settings_check refuses -o lru_segmented): one plain LRU per class (lru.c) */
     int verbose;              /* log level for the maintainer's messages */
 } cache_config;
 

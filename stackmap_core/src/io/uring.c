@@ -231,7 +231,7 @@ static int uring_init(worker *w, char *err, size_t errlen)
     st->nbufs = pow2_floor((unsigned)(s->uring_bufs > 0 ? s->uring_bufs : 1024));
     if (st->nbufs > 32768)
         st->nbufs = 32768;
-    st->bufsize = (unsigned)(s->uring_buf_size >= 512 ? s->uring_buf_size : 4096);
+    st->bufsize = (unsigned)s->uring_buf_size; /* 512 and up: sm_settings_check */
     st->nfixed = fixed_table_size(s->maxconns);
     st->free_fixed = malloc((size_t)st->nfixed * sizeof(int));
     /* Huge pages: the kernel writes each receive into the next buffer of the

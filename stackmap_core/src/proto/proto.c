@@ -220,6 +220,24 @@ static void dispatch_line(conn *c, char *line, size_t len)
     }
 }
 
+/*
+ * -R (memcached's reqs_per_event): a request may start only while this
+ * turn's budget lasts.  Once R have started, the next complete one ends the
+ * turn instead -- counted in conn_yields, as memcached counts one yield each
+ * time a connection with more requests buffered gives the others a turn --
+ * and the worker (worker.c) resumes the held input later with a new budget.
+ */
+static inline bool take_turn(conn *c)
+{
+    if (c->nreqs > 0) {
+        c->nreqs--;
+        return true;
+    }
+    c->nreqs = -1;
+    SM_STAT_INC(c->worker->stats.conn_yields);
+    return false;
+}
+
 size_t proto_process(conn *c, char *data, size_t len)
 {
     size_t off = 0;
@@ -259,11 +277,15 @@ size_t proto_process(conn *c, char *data, size_t len)
         char *nl = memchr(line, '\n', len - off);
         if (!nl) {
             if (len - off > SM_LINE_MAX) {
+                if (!take_turn(c))
+                    break;
                 off += long_line(c, line, len - off);
                 continue;
             }
             break;
         }
+        if (!take_turn(c))
+            break;
         size_t llen = (size_t)(nl - line);
         int cmd;
         if (llen >= MC_READ_BUFFER && get_line_head(line, llen, &cmd) == 0) {

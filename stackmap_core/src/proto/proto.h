@@ -26,8 +26,10 @@
  * rest and calls again with more bytes appended.  Value bytes of a store
  * are consumed (copied into the item) as they arrive, so a large value
  * never has to fit in the caller's buffer.  Stops early, consuming less,
- * when out_pending(c) exceeds OUT_HIGH_WATER (back-pressure) or when the
- * connection must close (c->state == CONN_CLOSING).  An unterminated line
+ * when out_pending(c) exceeds OUT_HIGH_WATER (back-pressure), when c->nreqs
+ * requests have started and another complete one waits (a yield: c->nreqs
+ * becomes -1, conn_yielded) or when the connection must close
+ * (c->state == CONN_CLOSING).  An unterminated line
  * longer than SM_LINE_MAX that is not a get/gets closes the connection, as
  * memcached does; a long get/gets line is answered key by key as its keys
  * arrive (c->gets), so it never has to fit in the caller's buffer either.
