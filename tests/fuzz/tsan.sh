@@ -34,8 +34,12 @@ for backend in epoll uring; do
 done
 # test_uring_batches_syscalls counts io_uring submits per request: a
 # performance property that TSan's slowdown does not exercise, and that
-# flakes when the machine is loaded.
-STACKMAPD_BIN=$PWD/build/smd-tsan .venv/bin/pytest -q -k "not uring_batches_syscalls" $tests || status=1
+# flakes when the machine is loaded.  test_batch_wait_rests_beside_unrelated_busy_work
+# asserts that two batch waits in a row run out while a co-running pair holds
+# the CPU: under TSan's 5-15x slowdown the rounds are too long for that
+# pattern to show reliably (CI run of 460df40: 18 timeouts, none back to
+# back).  It runs uninstrumented in make test.
+STACKMAPD_BIN=$PWD/build/smd-tsan .venv/bin/pytest -q -k "not uring_batches_syscalls and not rests_beside" $tests || status=1
 reports=$(ls "$out" | grep -c '^report' || true)
 if [ "$reports" -gt 0 ] || grep -rqs "WARNING: ThreadSanitizer" "$out"; then
     echo "tsan: $reports report file(s) in $out:"
