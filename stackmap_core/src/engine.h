@@ -74,6 +74,8 @@ struct sm_settings {
     int uring_batch_usec;       /* a loaded worker waits up to this long for a batch, 0 = never */
     int tcp_nodelay;            /* set TCP_NODELAY on accepted sockets */
     int idle_timeout;           /* close connections idle this many seconds, 0 = never */
+    char unix_socket[108];      /* -s: unix socket path (sun_path's size); "" for TCP on -l/-p */
+    int unix_mask;              /* -a: the unix socket file's mode bits (octal as given, 0700) */
 };
 
 typedef struct sm_engine sm_engine;
@@ -104,7 +106,8 @@ enum sm_option_type {
     SM_OPT_LISTEN = 8,    /* comma-separated addresses */
     SM_OPT_BACKEND = 9,   /* a backend name (sm_backend_name) */
     SM_OPT_HOSTPORT = 10, /* HOST:PORT, or off */
-    SM_OPT_LIST = 11      /* -o's comma-separated key[=value] list */
+    SM_OPT_LIST = 11,     /* -o's comma-separated key[=value] list */
+    SM_OPT_OCTAL = 12     /* an integer written in octal (-a 0700) */
 };
 
 /* Where an option belongs. */

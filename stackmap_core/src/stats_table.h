@@ -260,7 +260,9 @@
     X(inter, "listen", "Listen addresses (-l), NULL for none.", V_STR(st->listen[0] ? st->listen : "NULL"))            \
     X(verbosity, "verbose", "Verbosity (-v, the verbosity command).", V_INT(atomic_load(&e->verbose)))                 \
     X(evictions, "", "on: the cache always evicts when full (no -M).", V_STR("on"))                                    \
-    X(domain_socket, "", "NULL: no unix socket.", V_STR("NULL"))                                                       \
+    X(domain_socket, "unix_socket", "Unix socket path (-s), NULL for none.",                                          \
+      V_STR(st->unix_socket[0] ? st->unix_socket : "NULL"))                                                            \
+    X(umask, "unix_mask", "Mode of the unix socket file, octal (-a).", V_OCT(st->unix_mask))                            \
     X(shutdown_command, "enable_shutdown", "Whether the shutdown command is allowed (-A).",                            \
       V_STR(st->shutdown_enabled ? "yes" : "no"))                                                                      \
     X(growth_factor, "slab_growth_factor", "Slab chunk growth factor (-f).", V_F2(st->factor))                         \
