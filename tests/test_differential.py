@@ -390,6 +390,25 @@ SESSIONS: dict[str, list[Step]] = {
         Raw(b"quit\r\n"),
         b"get q\r\n",
     ],
+    # an unknown command whose last token starts with "HTTP/" (memcached's
+    # defence against cross-protocol requests): the connection is closed,
+    # after what came before it on the line is answered
+    "http_get": [b"set h 0 0 1\r\nx\r\n", Raw(b"GET / HTTP/1.0\r\n"), b"get h\r\n"],
+    "http_put": [Raw(b"PUT /asdf/asd/fasdfasdf/sadf HTTP/1.1\r\n")],
+    "http_delete": [Raw(b"DELETE HTTP/1.1\r\n")],
+    "http_alone": [Raw(b"HTTP/1.1\n")],
+    "http_pipelined": [Raw(b"set p 0 0 1\r\np\r\nget p\r\nPOST /x HTTP/1.1\r\nget p\r\n")],
+    # the 23rd token is the last one split: "HTTP/" there closes ...
+    "http_23rd_token": [Raw(b"XX " + b"a " * 21 + b"HTTP/1.1 more words\r\n")],
+    # ... and everything that only looks like it is answered as usual
+    "http_lookalikes": [
+        b"set h 0 0 1\r\nx\r\n",
+        b"get / HTTP/1.0\r\n", b"gets h HTTP/1.0\r\n", b"dance HTTP/1.1\r\n", b"size HTTP/1.1\r\n",
+        b"mx HTTP/1.1\r\n", b"G HTTP/1.1\r\n", b"GET / http/1.0\r\n", b"GET\tHTTP/1.1\r\n",
+        b"POST / HTTP/1.1 x\r\n", b"XX " + b"a " * 22 + b"HTTP/1.1\r\n", b"X HTTP/1.1\r\n", b"delete HTTP/1.1\r\n",
+        b"touch HTTP/1.1 0\r\n", b"verbosity HTTP/1.1\r\n", b"flush_all 0 0 HTTP/1.1\r\n",
+        b"version HTTP/1.1\r\n", b"get h\r\n",
+    ],
 }
 
 

@@ -31,7 +31,9 @@
  *    "CLIENT_ERROR bad command line format": the values of the keys before
  *    it are looked up (and counted) but not sent;
  *  - "flush_all" with a negative or zero delay flushes now;
- *  - "verbosity" clamps to 2.
+ *  - "verbosity" clamps to 2;
+ *  - an unknown command whose line looks like HTTP closes the connection
+ *    (looks_like_http below).
  * Not implemented (answered "ERROR"): slabs, lru, lru_crawler, watch,
  * stats detail/cachedump/sizes_enable/sizes_disable.
  */
@@ -621,8 +623,40 @@ void proto_text_quit(conn *c, sm_request *r)
     c->state = CONN_CLOSING;
 }
 
+/*
+ * A line that is no command but looks like an HTTP request line: memcached
+ * hangs up on it (a defence against cross-protocol requests from browsers)
+ * instead of answering ERROR.  Its rule, reproduced exactly: the word is at
+ * least 2 bytes, does not start one of the command families memcached
+ * answers ERROR inside (a 2-byte "m?" meta word, or a word starting with
+ * g, s, a, c, i, d or t), is none of memcached's other commands, and the
+ * last split token (the 23rd when the line has more) starts with "HTTP/".
+ * "GET / HTTP/1.0", "PUT /x HTTP/1.1" and "DELETE HTTP/1.1" close;
+ * "get / HTTP/1.0" is a get and "dance HTTP/1.1" is ERROR.
+ */
+static bool looks_like_http(const sm_request *r)
+{
+    /* memcached commands reached after its letter branches that stackmapd does not implement */
+    static const char *const others[] = {"lru_crawler", "watch", "lru", "misbehave", "extstore",
+                                         "refresh_certs"};
+    if (r->cmd != SM_CMD_NONE || r->ntokens < 2 || r->tokens[0].length < 2)
+        return false;
+    const char *w = r->tokens[0].value;
+    if (w[0] == 'm' && r->tokens[0].length == 2)
+        return false;
+    if (strchr("gsacidt", w[0]) != NULL)
+        return false;
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+        if (strcmp(w, others[i]) == 0)
+            return false;
+    return strncmp(r->tokens[r->ntokens - 2].value, "HTTP/", 5) == 0;
+}
+
 void proto_text_unknown(conn *c, sm_request *r)
 {
-    (void)r;
+    if (looks_like_http(r)) {
+        c->state = CONN_CLOSING;
+        return;
+    }
     REPLY(c, "ERROR");
 }
