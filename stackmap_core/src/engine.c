@@ -568,7 +568,7 @@ static int bind_unix(sm_engine *e, char *err, size_t errlen)
     int saved = errno;
     umask(old);
     if (rc < 0) {
-        snprintf(err, errlen, "failed to listen on UNIX socket %s: %s", path, strerror(saved));
+        snprintf(err, errlen, "failed to listen on UNIX socket: %s: %s", path, strerror(saved));
         close(fd);
         return -1;
     }

@@ -61,6 +61,7 @@ struct sm_settings {
     int use_cas;                /* 0 when -C disables CAS */
     int verbose;                /* -v count: 0 quiet, 1 errors, 2 commands, 3 internals */
     int shutdown_enabled;       /* -A: allow the "shutdown" command */
+    int flush_enabled;          /* 0 when -F disables the flush_all command */
     int backlog;                /* listen() backlog (-b) */
     int reqs_per_event;         /* max requests per connection per event (-R) */
     int hashpower_init;         /* initial hash table size as a power of two (-o hashpower) */

@@ -70,6 +70,8 @@
       "disable CAS unique ids (saves 8 bytes per item)")                                                               \
     X(verbose, FIELD(verbose), COUNT, "0", 0, 3, 'v', "", ENGINE, 1,                                                   \
       "verbosity: -v errors and warnings, -vv also commands, -vvv internals")                                          \
+    X(disable_flush_all, FIELD(flush_enabled), NOT, "off", 0, 1, 'F', "", ENGINE, 0,                                  \
+      "disable the flush_all command (it answers CLIENT_ERROR flush_all not allowed)")                                 \
     X(enable_shutdown, FIELD(shutdown_enabled), BOOL, "off", 0, 1, 'A', "", ENGINE, 0,                                 \
       "allow clients to stop the server with \"shutdown\"")                                                            \
     X(udp_port, NOFIELD, INT, "0", 0, 0, 'U', "0", ENGINE, 0,                                                          \

@@ -286,7 +286,8 @@
     X(slab_chunk_max, "", "The slab page size: items are never split into chunks.", V_INT(st->slab_page_size))         \
     X(lru_crawler, "", "no: there is no LRU crawler.", V_STR("no"))                                                    \
     X(tail_repair_time, "", "0: there is no tail repair.", V_STR("0"))                                                 \
-    X(flush_enabled, "", "yes: flush_all is always allowed.", V_STR("yes"))                                            \
+    X(flush_enabled, "disable_flush_all", "Whether flush_all is allowed (-F turns it off).",                           \
+      V_STR(st->flush_enabled ? "yes" : "no"))                                                                         \
     X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
     X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
     X(lru_maintainer_thread, "", "no: there is no LRU maintainer thread.", V_STR("no"))                                \

@@ -252,7 +252,8 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
             sink->add(sink, name, addr);
         }
         snprintf(name, sizeof(name), "%d:state", c->fd);
-        sink->add(sink, name, conn_state_name(&v));
+        /* the asking connection is mid-command, as memcached shows it (its reply is queued meanwhile) */
+        sink->add(sink, name, c == sink->asker ? "conn_parse_cmd" : conn_state_name(&v));
         snprintf(name, sizeof(name), "%d:secs_since_last_cmd", c->fd);
         sm_stat_addf(sink, name, "%u", (unsigned)(now - (rel_time_t)v.last_active));
     }

@@ -497,6 +497,10 @@ void proto_text_flush_all(conn *c, sm_request *r)
     worker *w = c->worker;
     set_noreply_maybe(c, tokens, ntokens);
     SM_STAT_INC(w->stats.flush_cmds);
+    if (!w->settings->flush_enabled) { /* -F: refused, but counted, as memcached counts it */
+        REPLY(c, "CLIENT_ERROR flush_all not allowed");
+        return;
+    }
     int32_t delay = 0;
     if (ntokens != (c->noreply ? 3u : 2u)) {
         if (!safe_strtol(tokens[1].value, &delay)) {
@@ -574,7 +578,7 @@ void proto_text_stats(conn *c, sm_request *r)
         REPLY(c, "RESET");
         return;
     }
-    sm_stat_sink sink = {.add = conn_stat_add, .ctx = c};
+    sm_stat_sink sink = {.add = conn_stat_add, .ctx = c, .asker = c};
     if (engine_stats_group(e, group, &sink) < 0) {
         REPLY(c, "ERROR");
         return;
