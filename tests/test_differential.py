@@ -390,6 +390,20 @@ SESSIONS: dict[str, list[Step]] = {
         Raw(b"quit\r\n"),
         b"get q\r\n",
     ],
+    # per-prefix stats: counting, memcached's dump order (its hash buckets),
+    # keys without the delimiter, the empty prefix, off, and stats reset
+    "stats_detail": [
+        b"stats detail dump\r\n", b"stats detail\r\n", b"stats detail bogus\r\n", b"stats detail on x\r\n",
+        b"set foo:1 0 0 1\r\nx\r\nset bar:1 0 0 1\r\nx\r\nset baz:2 0 0 1\r\nx\r\nset nodelim 0 0 1\r\nx\r\n"
+        b"set :empty 0 0 1\r\nx\r\nadd foo:1 0 0 1\r\nx\r\nappend bar:1 0 0 1\r\ny\r\n",
+        b"get foo:1 foo:2 bar:1 nodelim\r\ngets baz:2\r\ndelete foo:9\r\ndelete bar:1\r\ngat 0 baz:2 q:1\r\n",
+        b"touch foo:1 0\r\nincr foo:1 1\r\nmg foo:1 v\r\nms foo:3 1\r\nx\r\nmd foo:1\r\n",
+        b"set " + b"k" * 251 + b":x 0 0 1\r\nx\r\n",
+        b"".join(b"set p%d:k 0 0 1\r\nx\r\n" % i for i in range(60)),
+        b"stats detail dump\r\n",
+        b"stats detail off\r\nget foo:1\r\nstats detail dump\r\n",
+        b"stats reset\r\nstats detail dump\r\n",
+    ],
     # an unknown command whose last token starts with "HTTP/" (memcached's
     # defence against cross-protocol requests): the connection is closed,
     # after what came before it on the line is answered

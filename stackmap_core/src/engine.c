@@ -299,8 +299,11 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         free(e);
         return NULL;
     }
+    e->prefixes = sm_prefix_create(':');
     e->workers = calloc((size_t)s->num_threads, sizeof(worker));
-    if (!e->workers) {
+    if (!e->workers || !e->prefixes) {
+        free(e->workers);
+        sm_prefix_destroy(e->prefixes);
         cache_destroy(e->cache);
         free(e);
         snprintf(err, errlen, "out of memory");
@@ -853,6 +856,7 @@ void sm_engine_destroy(sm_engine *e)
         pthread_mutex_destroy(&w->conns_lock);
     }
     free(e->workers);
+    sm_prefix_destroy(e->prefixes);
     cache_destroy(e->cache);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_cond_destroy(&e->wait_cond);

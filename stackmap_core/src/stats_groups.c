@@ -87,6 +87,7 @@ void engine_stats_reset(struct sm_engine *e)
     pthread_mutex_unlock(&stats_base_lock);
     /* total_items, evictions, reclaimed ... and the per-class item counters */
     cache_stats_reset(e->cache);
+    sm_prefix_clear(e->prefixes); /* memcached's stats reset forgets the prefixes too */
 }
 
 /* Connection totals since the last reset. */

@@ -268,7 +268,8 @@
     X(growth_factor, "slab_growth_factor", "Slab chunk growth factor (-f).", V_F2(st->factor))                         \
     X(chunk_size, "slab_min_size", "Key + value + flags space of the smallest chunk (-n).", V_INT(st->chunk_size))     \
     X(num_threads, "threads", "Worker threads (-t).", V_INT(st->num_threads))                                          \
-    X(detail_enabled, "", "no: no per-prefix stats.", V_STR("no"))                                                     \
+    X(detail_enabled, "", "Whether per-prefix stats are collected (stats detail on|off).",                            \
+      V_STR(sm_prefix_enabled(e->prefixes) ? "yes" : "no"))                                                            \
     X(reqs_per_event, "max_reqs_per_event", "Requests a connection answers in one turn (-R).",                         \
       V_INT(st->reqs_per_event))                                                                                       \
     X(cas_enabled, "disable_cas", "Whether items carry CAS unique ids (-C turns them off).",                           \

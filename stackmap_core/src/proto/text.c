@@ -35,7 +35,7 @@
  *  - an unknown command whose line looks like HTTP closes the connection
  *    (looks_like_http below).
  * Not implemented (answered "ERROR"): slabs, lru, lru_crawler, watch,
- * stats detail/cachedump/sizes_enable/sizes_disable.
+ * stats cachedump/sizes_enable/sizes_disable.
  */
 #include "proto.h"
 
@@ -180,6 +180,7 @@ static bool get_one(conn *c, const char *key, size_t nkey, bool return_cas, bool
     get_info info;
     item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), touch ? CACHE_GET_TOUCH : 0, exptime,
                          &info);
+    sm_prefix_record(w->engine->prefixes, key, nkey, it ? SM_PREFIX_GET_HIT : SM_PREFIX_GET_MISS);
     count_lookup(w, &info);
     if (touch)
         SM_STAT_INC(w->stats.touch_cmds);
@@ -289,6 +290,7 @@ static void process_update(conn *c, sm_token *tokens, size_t ntokens, store_op o
         return;
     }
     uint32_t nbytes = (uint32_t)vlen + 2;
+    sm_prefix_record(w->engine->prefixes, key, nkey, SM_PREFIX_SET);
     uint32_t hv = cache_hash(key, nkey);
     alloc_error err = ALLOC_OK;
     item *it = cache_alloc(w->cache, key, nkey, flags, exptime, nbytes, &err);
@@ -463,6 +465,7 @@ void proto_text_delete(conn *c, sm_request *r)
     }
     const char *key = tokens[1].value;
     size_t nkey = tokens[1].length;
+    sm_prefix_record(w->engine->prefixes, key, nkey, SM_PREFIX_DELETE);
     int cls = 0;
     delete_result dr = cache_delete(w->cache, key, nkey, cache_hash(key, nkey), 0, 0, 0, &cls);
     if (dr == DEL_DELETED) {
@@ -567,6 +570,26 @@ static void conn_stat_add(sm_stat_sink *sink, const char *name, const char *valu
         out_failed(c);
 }
 
+/* A "stats detail dump" line into the output queue. */
+static int conn_emit(void *ctx, const char *line, size_t len)
+{
+    return out_printf(ctx, "%.*s", (int)len, line);
+}
+
+/* "stats detail on|off|dump", memcached's answers. */
+static void stats_detail(conn *c, sm_prefix_stats *p, const char *what)
+{
+    if (strcmp(what, "on") == 0 || strcmp(what, "off") == 0) {
+        sm_prefix_enable(p, what[1] == 'n');
+        REPLY(c, "OK");
+    } else if (strcmp(what, "dump") == 0) {
+        if (sm_prefix_dump(p, conn_emit, c) < 0 || out_static(c, "END\r\n", 5) < 0)
+            out_failed(c);
+    } else {
+        REPLY(c, "CLIENT_ERROR usage: stats detail on|off|dump");
+    }
+}
+
 void proto_text_stats(conn *c, sm_request *r)
 {
     sm_token *tokens = r->tokens;
@@ -576,6 +599,10 @@ void proto_text_stats(conn *c, sm_request *r)
     if (ntokens > 2 && strcmp(group, "reset") == 0) {
         engine_stats_reset(e);
         REPLY(c, "RESET");
+        return;
+    }
+    if (ntokens > 2 && strcmp(group, "detail") == 0) {
+        stats_detail(c, e->prefixes, ntokens < 4 ? "" : tokens[2].value);
         return;
     }
     sm_stat_sink sink = {.add = conn_stat_add, .ctx = c, .asker = c};
