@@ -373,6 +373,19 @@ def test_flush_all_disabled(start_server, target, which: str) -> None:  # type: 
     assert stats(srv.host, srv.port, "settings")["flush_enabled"] == "no"
 
 
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_stats_conns_shows_the_asker_parsing(start_server, target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """The connection that sends "stats conns" is listed as conn_parse_cmd, one mid-value as conn_nread."""
+    srv = start_server(MEMCACHED if which == "memcached" else target, [])
+    with srv.wire() as busy, srv.wire() as asker:
+        busy.send(b"set foo 0 0 6\r\n")
+        time.sleep(0.2)
+        asker.send(b"stats conns\r\n")
+        lines = asker.read_response((b"END\r\n",), timeout=5).decode().splitlines()
+    states = [line.split()[2] for line in lines if line.startswith("STAT ") and line.split()[1].endswith(":state")]
+    assert sorted(states) == ["conn_listening", "conn_nread", "conn_parse_cmd"]
+
+
 def test_cache_memlimit(start_server, target) -> None:  # type: ignore[no-untyped-def]
     srv = start_server(target, ["-m", "64"])
     with srv.wire() as w:
