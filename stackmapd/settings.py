@@ -144,6 +144,8 @@ def parse_octal(raw: object) -> int:
     if isinstance(raw, bool):
         raise ValueError(f"expected an octal mode like 0700, got {raw!r}")
     if isinstance(raw, int):
+        if not 0 <= raw <= 0o777:
+            raise ValueError(f"expected an octal mode: write it \"0700\" or 0o700, got {raw}")
         value = raw
     elif isinstance(raw, str) and re.fullmatch(r"[0-7]+", raw.strip()):
         value = int(raw.strip(), 8)

@@ -363,3 +363,40 @@ def test_enable_coredumps_raises_the_core_limit(target: Target, sockdir: Path, p
     assert core_limit(plain.pid) == "0"
     want = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
     assert core_limit(raised.pid) == want
+
+
+def test_unix_socket_and_mask_from_config_file(target: Target, sockdir: Path, procs: list, tmp_path: Path) -> None:
+    path = sockdir / "mc.sock"
+    cfg = tmp_path / "smd.toml"
+    cfg.write_text(f'unix_socket = "{path}"\nunix_mask = "0640"\n')
+    proc = subprocess.Popen(smd_cmd(target, "--config", str(cfg)), stderr=subprocess.PIPE)
+    procs.append(proc)
+    wait_unix(str(path), proc)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    # a bare TOML integer 700 is decimal: refused, saying how to write the mode
+    cfg.write_text(f'unix_socket = "{path}"\nunix_mask = 700\n')
+    got = subprocess.run(smd_cmd(target, "--config", str(cfg)), capture_output=True, timeout=30)
+    assert got.returncode == 64
+    assert 'write it "0700" or 0o700' in got.stderr.decode()
+
+
+def test_memcached_up_probes_the_unix_socket(target: Target, sockdir: Path, procs: list) -> None:
+    """/metrics' memcached_up asks the data plane over -s's socket (there is no TCP port to ask)."""
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen([stackmapd_executable(), "--metrics-listen", f"127.0.0.1:{port}",
+                             backend_flag(), target.backend or "auto", "-s", str(sockdir / "mc.sock")],
+                            stderr=subprocess.PIPE)
+    procs.append(proc)
+    wait_unix(str(sockdir / "mc.sock"), proc)
+    deadline = time.monotonic() + 10
+    body = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                body = resp.read().decode()
+            break
+        except OSError:
+            time.sleep(0.1)
+    assert "\nmemcached_up 1.0\n" in body
