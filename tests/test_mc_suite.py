@@ -72,6 +72,8 @@ def run_file(name: str, env: dict[str, str]) -> Outcome:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # perl, timedrun and the server it started
         out, _ = proc.communicate()
+        for sock in Path("/tmp").glob(f"memcachetest.{proc.pid}.*"):  # the harness's END never ran
+            sock.unlink(missing_ok=True)
         return Outcome("fail", out.decode(errors="replace")[-6000:] + f"\n(killed after {FILE_TIMEOUT} s)")
     text = out.decode(errors="replace")
     if proc.returncode == 0 and text.lstrip().startswith("1..0 # SKIP"):
