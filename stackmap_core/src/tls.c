@@ -600,8 +600,8 @@ static bool ktls_possible(worker *w, conn *c)
     struct sm_tls *st = w->engine->tls;
     if (!w->settings->ssl_kernel_tls || atomic_load_explicit(&st->ktls_absent, memory_order_relaxed))
         return false;
-    if (w->ops == &backend_uring && w->settings->uring_sqpoll)
-        return false; /* receives run on the kernel's thread at any time: no exact switch point */
+    if (!w->recv_in_wait)
+        return false; /* the backend may read at any time (uring_sqpoll): no exact switch point */
     if (SSL_version(t->ssl) != TLS1_3_VERSION || t->have_secrets != 3)
         return false;
     uint32_t id = SSL_CIPHER_get_id(SSL_get_current_cipher(t->ssl));
@@ -657,10 +657,10 @@ static void ktls_switch(worker *w, conn *c)
     engine_log(w->engine, 2, "<%d kTLS on\n", c->fd);
 }
 
-bool tls_flush(worker *w, conn *c)
+bool tls_flush(worker *w, conn *c, bool may_switch)
 {
     tls_conn *t = c->tls;
-    if (t->ktls_wanted && t->sealed == 0 && !(c->loop & CONN_LOOP_SENDING) && rec_at_boundary(&t->in) &&
+    if (may_switch && t->ktls_wanted && t->sealed == 0 && !(c->loop & CONN_LOOP_SENDING) && rec_at_boundary(&t->in) &&
         BIO_ctrl_pending(t->net_in) == 0 && SSL_pending(t->ssl) == 0 && BIO_ctrl_pending(t->net_out) == 0 &&
         rec_at_boundary(&t->out))
         ktls_switch(w, c);

@@ -53,8 +53,9 @@ void tls_conn_free(conn *c);
 bool tls_input(struct worker *w, conn *c, char *data, size_t len);
 /* n bytes of c's queue left (called before the queue itself is told). */
 void tls_sent(struct worker *w, conn *c, size_t n);
-/* Before a send, and at each flush: hand the records to the kernel if it can
- * take them now, else encrypt the plaintext queued so far.  false: close. */
-bool tls_flush(struct worker *w, conn *c);
+/* Before a send: encrypt the plaintext queued so far, unless the kernel does;
+ * may_switch (only at the flush, after the wait delivered everything read):
+ * first hand the records to the kernel if it can take them now.  false: close. */
+bool tls_flush(struct worker *w, conn *c, bool may_switch);
 
 #endif

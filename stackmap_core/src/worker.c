@@ -468,7 +468,7 @@ void worker_sent(worker *w, conn *c, size_t n)
     }
     /* TLS hook: what was parsed meanwhile is encrypted before a backend
      * that sends on (epoll's loop) sees it. */
-    if (c->tls && !(c->loop & CONN_LOOP_SENDING) && !tls_flush(w, c)) {
+    if (c->tls && !(c->loop & CONN_LOOP_SENDING) && !tls_flush(w, c, false)) {
         worker_close_soon(w, c);
         return;
     }
@@ -508,7 +508,7 @@ static void flush_one(worker *w, conn *c)
         }
         if (c->loop & CONN_LOOP_SENDING)
             return; /* its completion or room puts it back on the list */
-        if (c->tls && !tls_flush(w, c)) { /* TLS hook: kTLS switch, or encrypt */
+        if (c->tls && !tls_flush(w, c, true)) { /* TLS hook: kTLS switch, or encrypt */
             close_now(w, c);
             return;
         }
@@ -533,7 +533,7 @@ static void flush_one(worker *w, conn *c)
             if (out_pending(c) == 0)
                 return;
         }
-        if (c->tls && !tls_flush(w, c)) { /* TLS hook: encrypt what the lines above queued */
+        if (c->tls && !tls_flush(w, c, true)) { /* TLS hook: encrypt what the lines above queued */
             close_now(w, c);
             return;
         }

@@ -361,6 +361,8 @@ static int ring_setup(worker *w, char *err, size_t errlen)
         return rc;
     }
     st->ring_ok = true;
+    /* DEFER_TASKRUN: receives run only inside our io_uring_enter (tls.c). */
+    w->recv_in_wait = (st->ring.flags & IORING_SETUP_DEFER_TASKRUN) != 0;
     cpuidle_init(&st->idle);
     /* Each io_uring_enter then names the ring by a registered index, which
      * spares the kernel a file lookup per enter; without it, plain fd. */
