@@ -401,8 +401,10 @@ def test_bad_certificate_is_a_clear_start_error(target: Target, pki: Pki, tmp_pa
     if target.name != "stackmapd":
         pytest.skip("stackmapd's own message")
     missing = tmp_path / "missing.pem"
-    for opts, words in ((f"ssl_chain_cert={missing}", ["ssl_chain_cert", str(missing)]),
-                        (f"ssl_chain_cert={pki.cert},ssl_key={pki.client_key}", ["ssl_key", "match"]),
+    # memcached's messages (its refresh_certs answers them too), with OpenSSL's reason.
+    for opts, words in ((f"ssl_chain_cert={missing}", ["certificate chain", str(missing), "No such file"]),
+                        (f"ssl_chain_cert={pki.cert},ssl_key={pki.client_key}",
+                         ["Error loading the key", str(pki.client_key), "mismatch"]),
                         ("", ["ssl_chain_cert"])):
         cmd = target.command(free_port(), ["-Z", *(["-o", opts] if opts else [])])
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
@@ -436,3 +438,48 @@ def test_notls_listener_is_plain(target: Target, pki: Pki) -> None:
     finally:
         terminate(proc)
         os.unlink(log_path)
+
+
+def test_refresh_certs(target: Target, pki: Pki, tmp_path: Path) -> None:
+    """memcached's refresh_certs: new connections get the reloaded certificate,
+    a file that no longer loads is refused with memcached's error and the old
+    certificate stays."""
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    cert.write_bytes(pki.cert.read_bytes())
+    key.write_bytes(pki.key.read_bytes())
+    live = Pki(pki.dir, pki.ca, cert, key, pki.client_cert, pki.client_key, pki.other_ca)
+    srv = launch_tls(target, live)
+    try:
+        with TlsWire(srv.port, client_context(pki)) as w:
+            first = w.sock.getpeercert(binary_form=True)
+            assert w.request(b"refresh_certs\r\n") == b"OK\r\n"
+            # Another certificate for the same name, from the other CA.
+            _issue(pki.dir, "again", "localhost", "other", "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+            cert.write_bytes((pki.dir / "again.crt").read_bytes())
+            key.write_bytes((pki.dir / "again.key").read_bytes())
+            assert w.request(b"refresh_certs\r\n") == b"OK\r\n"
+            with TlsWire(srv.port, client_context(pki, ca=pki.other_ca)) as w2:
+                assert w2.sock.getpeercert(binary_form=True) != first
+                assert w2.request(b"version\r\n").startswith(b"VERSION ")
+            cert.write_text("not a certificate\n")
+            answer = w.request(b"refresh_certs\r\n")
+            assert answer.startswith(b"Error loading the certificate chain: " + str(cert).encode()), answer
+            assert w.request(b"version\r\n").startswith(b"VERSION ")  # the old session carries on
+        with TlsWire(srv.port, client_context(pki, ca=pki.other_ca)) as w3:  # the last good certificate
+            assert w3.request(b"version\r\n").startswith(b"VERSION ")
+        if target.name == "stackmapd":
+            assert int(tls_stats(srv.port, client_context(pki, ca=pki.other_ca))["time_since_server_cert_refresh"]) >= 0
+    finally:
+        srv.stop()
+
+
+def test_refresh_certs_without_tls(target: Target) -> None:
+    from conftest import launch
+
+    srv = launch(target)
+    try:
+        with srv.wire() as w:
+            assert w.request(b"refresh_certs\r\n") == b"Error TLS not enabled\r\n"
+            assert w.request(b"version\r\n").startswith(b"VERSION ")
+    finally:
+        srv.stop()

@@ -130,7 +130,7 @@ static _Thread_local char plain_buf[TLS_PLAIN_MAX];
 
 /* ---- the server context ---- */
 
-/* OpenSSL's error queue as one line (after `what`), emptied. */
+/* `what`, then OpenSSL's first queued error, as one line; the queue is emptied. */
 static void ssl_reason(char *err, size_t errlen, const char *what)
 {
     unsigned long code = ERR_get_error();
@@ -138,7 +138,7 @@ static void ssl_reason(char *err, size_t errlen, const char *what)
     if (code)
         ERR_error_string_n(code, buf, sizeof(buf));
     ERR_clear_error();
-    snprintf(err, errlen, "%s%s%s", what, code ? ": " : "", buf);
+    snprintf(err, errlen, "%s%s%s", what, code ? " " : "", buf);
 }
 
 /* The key log (TLS 1.3): keep the two application traffic secrets for kTLS. */
@@ -214,28 +214,28 @@ static SSL_CTX *build_ctx(const struct sm_settings *s, char *err, size_t errlen)
     }
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
-        ssl_reason(err, errlen, "cannot create the TLS context");
+        ssl_reason(err, errlen, "cannot create the TLS context:");
         return NULL;
     }
     char what[1200];
     if (!SSL_CTX_set_min_proto_version(ctx, min_version(s->ssl_min_version))) {
-        ssl_reason(err, errlen, "-o ssl_min_version");
+        ssl_reason(err, errlen, "-o ssl_min_version:");
         goto fail;
     }
+    /* The messages are memcached's (refresh_certs answers them too). */
     if (SSL_CTX_use_certificate_chain_file(ctx, s->ssl_chain_cert) != 1) {
-        snprintf(what, sizeof(what), "-o ssl_chain_cert: cannot load %s", s->ssl_chain_cert);
+        snprintf(what, sizeof(what), "Error loading the certificate chain: %s :", s->ssl_chain_cert);
         ssl_reason(err, errlen, what);
         goto fail;
     }
     const char *key = s->ssl_key[0] ? s->ssl_key : s->ssl_chain_cert;
     if (SSL_CTX_use_PrivateKey_file(ctx, key, s->ssl_keyformat) != 1) {
-        snprintf(what, sizeof(what), "-o ssl_key: cannot load the private key from %s (ssl_keyformat %d)", key,
-                 s->ssl_keyformat);
+        snprintf(what, sizeof(what), "Error loading the key: %s :", key);
         ssl_reason(err, errlen, what);
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
-        ssl_reason(err, errlen, "-o ssl_key: the private key does not match the certificate");
+        ssl_reason(err, errlen, "Error validating the certificate:");
         goto fail;
     }
     if (s->ssl_ca_cert[0]) {
@@ -243,14 +243,14 @@ static SSL_CTX *build_ctx(const struct sm_settings *s, char *err, size_t errlen)
         if (!names || SSL_CTX_load_verify_locations(ctx, s->ssl_ca_cert, NULL) != 1) {
             if (names)
                 sk_X509_NAME_pop_free(names, X509_NAME_free);
-            snprintf(what, sizeof(what), "-o ssl_ca_cert: cannot load %s", s->ssl_ca_cert);
+            snprintf(what, sizeof(what), "Error loading the CA certificate: %s :", s->ssl_ca_cert);
             ssl_reason(err, errlen, what);
             goto fail;
         }
         SSL_CTX_set_client_CA_list(ctx, names);
     }
     if (s->ssl_ciphers[0] && SSL_CTX_set_cipher_list(ctx, s->ssl_ciphers) != 1) {
-        snprintf(what, sizeof(what), "-o ssl_ciphers: no usable cipher in %s", s->ssl_ciphers);
+        snprintf(what, sizeof(what), "Error setting the provided cipher(s): %s :", s->ssl_ciphers);
         ssl_reason(err, errlen, what);
         goto fail;
     }
@@ -316,7 +316,7 @@ int tls_refresh_certs(sm_engine *e, char *err, size_t errlen)
 {
     struct sm_tls *t = e->tls;
     if (!t) {
-        snprintf(err, errlen, "TLS is not enabled");
+        snprintf(err, errlen, "Error TLS not enabled");
         return -1;
     }
     SSL_CTX *ctx = build_ctx(&e->settings, err, errlen);
@@ -686,7 +686,7 @@ static bool handshake_failed(worker *w, conn *c)
     SM_STAT_INC(w->stats.ssl_handshake_errors);
     if (atomic_load_explicit(&w->engine->verbose, memory_order_relaxed) >= 1) {
         char why[256];
-        ssl_reason(why, sizeof(why), "TLS handshake failed");
+        ssl_reason(why, sizeof(why), "TLS handshake failed:");
         engine_log(w->engine, 1, "<%d %s\n", c->fd, why);
     }
     ERR_clear_error();
