@@ -48,8 +48,10 @@
  *    queued is replaced by its encryption (conn_out_take_tail, SSL_write)
  *    in the same queue, so every backend still just sends its queue.
  *
- * Counters: ssl_ktls_conns (handshakes whose records the kernel took over),
- * ssl_userspace_conns (handshakes that stayed in user space),
+ * Counters (each completed handshake in exactly one of the first two):
+ * ssl_ktls_conns (connections whose records the kernel took over),
+ * ssl_userspace_conns (connections that stayed in user space, including
+ * one that closed before the switch point came),
  * ssl_handshake_errors, ssl_new_sessions (with -o ssl_session_cache).
  *
  * The server context is shared: a read lock is taken once per TLS
@@ -416,6 +418,8 @@ void tls_conn_free(conn *c)
     tls_conn *t = c->tls;
     if (!t)
         return;
+    if (t->ktls_wanted) /* closed before the switch: it was served in user space */
+        SM_STAT_INC(c->worker->stats.ssl_userspace_conns);
     SSL_free(t->ssl); /* (frees the BIOs) */
     OPENSSL_cleanse(t, sizeof(*t));
     free(t);

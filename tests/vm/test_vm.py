@@ -433,6 +433,29 @@ def _tls_stats(port: int, ctx: ssl.SSLContext) -> dict[str, int | str]:
     return out
 
 
+def _s_client_two_round_trips(port: int, ca: Path, suite: str) -> None:
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca),
+                             "-tls1_3", "-ciphersuites", suite, "-quiet"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin and proc.stdout
+    try:
+        for req, want in ((b"set c 0 0 3\r\nabc\r\n", b"STORED\r\n"),
+                          (b"get c\r\n", b"VALUE c 0 3\r\nabc\r\nEND\r\n")):
+            proc.stdin.write(req)
+            proc.stdin.flush()
+            got = b""
+            while len(got) < len(want):
+                ready, _, _ = select.select([proc.stdout], [], [], 60)
+                assert ready, (suite, got)
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                assert chunk, (suite, got, proc.stderr.read() if proc.stderr else b"")
+                got += chunk
+            assert got == want, (suite, got)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def test_tls_ktls(vm: VM, tmp_path: Path) -> None:
     """-Z in a kernel with kTLS: every TLS 1.3 connection's records go to the kernel
     (ssl_ktls_conns moves, ssl_userspace_conns does not) on this backend, with
@@ -453,7 +476,6 @@ def test_tls_ktls(vm: VM, tmp_path: Path) -> None:
             time.sleep(0.25)
         before = _tls_stats(vm.port, ctx)
         assert before["backend"] == vm.backend, before
-        assert int(before["ssl_ktls_conns"]) >= 1, before  # (the readiness probes)
         # pymemcache: small and 1 MiB values, a multi-get.
         mc = Client(("127.0.0.1", vm.port), tls_context=ctx, timeout=60, connect_timeout=30)
         try:
@@ -478,17 +500,22 @@ def test_tls_ktls(vm: VM, tmp_path: Path) -> None:
                 assert chunk, got[-100:]
                 got += chunk
             assert got == want * 201
-        # Each cipher the kernel takes, through openssl s_client.
+            s.sendall(b"get tls-small\r\n")  # a round trip after the switch point
+            got = b""
+            while len(got) < len(want):
+                chunk = s.recv(65536)
+                assert chunk, got
+                got += chunk
+            assert got == want
+        # Each cipher the kernel takes, through openssl s_client: the second
+        # request is sent once the first is answered, so it is the kernel's.
         for suite in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"):
-            out = subprocess.run(
-                ["openssl", "s_client", "-connect", f"127.0.0.1:{vm.port}", "-CAfile", str(tmp_path / "ca.crt"),
-                 "-tls1_3", "-ciphersuites", suite, "-quiet"],
-                input=b"set c 0 0 3\r\nabc\r\nget c\r\nquit\r\n", capture_output=True, timeout=60)
-            assert out.stdout == b"STORED\r\nVALUE c 0 3\r\nabc\r\nEND\r\n", (suite, out.stderr[-500:])
+            _s_client_two_round_trips(vm.port, tmp_path / "ca.crt", suite)
         after = _tls_stats(vm.port, ctx)
-        # 1 pymemcache + 1 pipeline + 3 s_client connections (the stats one is counted after its stats)
+        # pymemcache, the pipeline and the three s_client connections switched;
+        # the first stats connection may have closed before its switch point.
         assert int(after["ssl_ktls_conns"]) - int(before["ssl_ktls_conns"]) >= 5, (before, after)
-        assert after["ssl_userspace_conns"] == before["ssl_userspace_conns"], (before, after)
+        assert int(after["ssl_userspace_conns"]) - int(before["ssl_userspace_conns"]) <= 1, (before, after)
         assert after["ssl_handshake_errors"] == 0, after
         # TLS 1.2: user space, still right.
         ctx12 = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -504,7 +531,7 @@ def test_tls_ktls(vm: VM, tmp_path: Path) -> None:
                 got += chunk
             assert got == want
         final = _tls_stats(vm.port, ctx)
-        assert final["ssl_userspace_conns"] == int(after["ssl_userspace_conns"]) + 1, (after, final)
+        assert int(final["ssl_userspace_conns"]) >= int(after["ssl_userspace_conns"]) + 1, (after, final)
         assert "Traceback" not in vm.check("cat /run/stackmapd.log")
     finally:
         vm.check(restart, 60)
