@@ -105,27 +105,22 @@ class TlsWire:
     def read_until(self, marker: bytes, count: int = 1) -> bytes:
         """Everything up to and including the count-th marker."""
         deadline = time.monotonic() + TIMEOUT
-        chunks, found, cut, scan = [self.buf], 0, 0, 0
-        data = self.buf
+        data = bytearray(self.buf)
+        found = cut = scan = 0
         while True:
-            while found < count:
-                at = data.find(marker, scan)
-                if at < 0:
-                    break
+            while found < count and (at := data.find(marker, scan)) >= 0:
                 found += 1
                 cut = scan = at + len(marker)
             if found == count:
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {marker!r} in {data[-200:]!r}")
+                raise TimeoutError(f"no {marker!r} in {bytes(data[-200:])!r}")
             chunk = self.sock.recv(1 << 20)
             if not chunk:
-                raise ConnectionError(f"closed; got {data[-200:]!r}")
+                raise ConnectionError(f"closed; got {bytes(data[-200:])!r}")
             scan = max(cut, len(data) - len(marker) + 1)
-            chunks.append(chunk)
-            data = b"".join(chunks)
-            chunks = [data]
-        out, self.buf = data[:cut], data[cut:]
+            data += chunk
+        out, self.buf = bytes(data[:cut]), bytes(data[cut:])
         return out
 
     def request(self, data: bytes, marker: bytes = b"\r\n") -> bytes:
