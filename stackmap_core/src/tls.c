@@ -723,6 +723,8 @@ static void handshake_done(worker *w, conn *c)
 bool tls_input(worker *w, conn *c, char *data, size_t len)
 {
     tls_conn *t = c->tls;
+    if (c->state == CONN_CLOSING)
+        return false; /* (a failed handshake's alert is on its way: nothing more is read) */
     if (t->ktls_rx) /* the kernel decrypted it */
         return worker_plain_input(w, c, data, len);
     if (BIO_write(t->net_in, data, (int)len) != (int)len) {
