@@ -712,7 +712,9 @@ static void uring_send(worker *w, conn *c)
     if (cnt > IOV_MAX)
         cnt = IOV_MAX;
     int zc_min = w->settings->uring_zc_threshold;
-    uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min;
+    /* (Not on TLS: a kTLS socket copies into its records anyway, and the
+     * user-space path sends copies of its ciphertext.) */
+    uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min && !c->tls;
     /* One contiguous run leaves as a plain send, whose SQE carries the
      * address and length: no msghdr, no snapshot.  Otherwise the iovecs
      * are snapshotted (the protocol may append to the live queue while
