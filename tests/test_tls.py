@@ -504,3 +504,20 @@ def test_backpressure_over_tls(tls_server: Server, pki: Pki) -> None:
         got = w.read_until(b"END\r\n", n)
         assert got == (b"VALUE bp 0 %d\r\n%s\r\nEND\r\n" % (len(value), value)) * n
         assert w.request(b"version\r\n").startswith(b"VERSION ")
+
+
+def test_stats_settings_without_tls(target: Target) -> None:
+    """Without -Z the ssl_* settings read as memcached's: unset files are (null)."""
+    from conftest import launch
+    from mcwire import stats
+
+    srv = launch(target)
+    try:
+        s = stats(srv.host, srv.port, "settings")
+        assert s["ssl_enabled"] == "no"
+        assert s["ssl_chain_cert"] == "(null)" and s["ssl_key"] == "(null)"
+        assert s["ssl_ciphers"] == "NULL" and s["ssl_ca_cert"] == "NULL"
+        assert s["ssl_verify_mode"] == "0" and s["ssl_keyformat"] == "1"
+        assert s["ssl_session_cache"] == "no" and s["ssl_min_version"] == "tlsv1.2"
+    finally:
+        srv.stop()

@@ -310,8 +310,9 @@
     X(track_sizes, "", "no: stats sizes is not tracked.", V_STR("no"))                                                 \
     X(inline_ascii_response, "", "no: responses are never inlined.", V_STR("no"))                                      \
     X(ssl_enabled, "enable_ssl", "Whether TCP listeners speak TLS (-Z).", V_STR(st->ssl_enabled ? "yes" : "no"))     \
-    X(ssl_chain_cert, "ssl_chain_cert", "TLS certificate chain file.", V_STR(st->ssl_chain_cert))                      \
-    X(ssl_key, "ssl_key", "TLS private key file.", V_STR(st->ssl_key))                                                 \
+    X(ssl_chain_cert, "ssl_chain_cert", "TLS certificate chain file, (null) for none (as memcached prints it).",       \
+      V_STR(st->ssl_chain_cert[0] ? st->ssl_chain_cert : "(null)"))                                                    \
+    X(ssl_key, "ssl_key", "TLS private key file, (null) for none.", V_STR(st->ssl_key[0] ? st->ssl_key : "(null)"))   \
     X(ssl_verify_mode, "ssl_verify_mode", "OpenSSL's verify flags for client certificates (as memcached prints them).",\
       V_INT(st->ssl_verify_mode == 3 ? 7 : st->ssl_verify_mode == 2 ? 3 : st->ssl_verify_mode))                        \
     X(ssl_keyformat, "ssl_keyformat", "TLS private key format (1 PEM, 2 DER).", V_INT(st->ssl_keyformat))              \
