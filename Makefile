@@ -85,7 +85,7 @@ PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core sta
 # liburing for the uring backend (without it the build leaves uring out).
 # pkg-config gives the C-only targets liburing's flags.  cffi comes as a
 # wheel from PyPI, so libffi-dev is not needed.
-APT_BUILD := build-essential python3-dev python3-venv pkg-config liburing-dev
+APT_BUILD := build-essential python3-dev python3-venv pkg-config liburing-dev libssl-dev
 # perl and xz-utils: memcached's own t/ suite (tests/test_mc_suite.py) is
 # perl, fetched as a .tar.xz (tests/mcsuite/setup.sh).
 APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace prometheus nutcracker iproute2 curl buildah debootstrap \

@@ -283,7 +283,7 @@ def _to_mapping(settings: Any) -> Mapping[str, Any]:
     raise TypeError(f"settings must be a dataclass or a mapping, not {type(settings).__name__}")
 
 
-# The char-array fields of struct sm_settings, and what a message calls them.
+# What a message calls some char-array fields of struct sm_settings (others: their name).
 _TEXT_FIELDS: dict[str, str] = {"listen": "listen address list", "unix_socket": "-s/--unix-socket path"}
 
 
@@ -297,11 +297,12 @@ def _fill(settings: Any) -> Any:
             continue
         if name not in fields:
             raise SettingsError(f"unknown engine setting {name!r}")
-        if name in _TEXT_FIELDS:
+        if not isinstance(getattr(s, name), (int, float)):  # char[] fields: listen, -s, the ssl_* files
             raw = str(value).encode()
             size = ffi.sizeof(getattr(s, name))
             if len(raw) >= size:
-                raise SettingsError(f"{_TEXT_FIELDS[name]} longer than {size - 1} bytes")
+                what = _TEXT_FIELDS.get(name, name)
+                raise SettingsError(f"{what} longer than {size - 1} bytes")
             setattr(s, name, raw)
         elif isinstance(value, bool):
             setattr(s, name, int(value))

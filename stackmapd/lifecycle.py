@@ -111,7 +111,7 @@ class Control:
         self._reloads: queue.Queue[tuple[threading.Event, list[dict[str, Any]]]] = queue.Queue()
 
         # The memcached port is known once the engine has bound it (-p 0 picks one).
-        self.health = Health(engine, engine.settings["listen"], 0)
+        self.health = Health(engine, engine.settings["listen"], 0, bool(engine.settings["ssl_enabled"]))
         self.registry: CollectorRegistry = make_registry(
             StatsSource(engine.stats, engine.latency, self.health.up))
         self.admin = Admin(engine, self.request_reload, self.save_snapshot)

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tls.h"
 #include "engine_internal.h"
 #include "io/backend.h"
 #include "options.h"
@@ -610,6 +611,7 @@ static int bind_all(sm_engine *e, char *err, size_t errlen)
             *--end = '\0';
         char host[256];
         snprintf(host, sizeof(host), "%s", tok);
+        bool notls = tls_listen_notls(host); /* memcached's -l notls:ADDR: plain under -Z */
         /* Accept "[::1]" as well as "::1". */
         if (host[0] == '[') {
             memmove(host, host + 1, strlen(host));
@@ -650,6 +652,8 @@ static int bind_all(sm_engine *e, char *err, size_t errlen)
                     freeaddrinfo(res);
                     return -1;
                 }
+                if (notls && i == 0)
+                    tls_note_notls(e, fd);
             }
         }
         freeaddrinfo(res);
@@ -696,6 +700,8 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
     }
     bool autopick = norder > 1;
     if (engine_fd_limits(e, e->settings.maxconns, err, errlen) < 0)
+        return -1;
+    if (!e->tls && tls_engine_init(e, err, errlen) < 0) /* -Z: certificates first, a bad one is the start error */
         return -1;
     if (bind_all(e, err, errlen) < 0) {
         close_listeners(e);
@@ -857,6 +863,7 @@ void sm_engine_destroy(sm_engine *e)
     }
     free(e->workers);
     sm_prefix_destroy(e->prefixes);
+    tls_engine_free(e);
     cache_destroy(e->cache);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_cond_destroy(&e->wait_cond);

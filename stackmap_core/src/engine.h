@@ -77,6 +77,16 @@ struct sm_settings {
     int idle_timeout;           /* close connections idle this many seconds, 0 = never */
     char unix_socket[108];      /* -s: unix socket path (sun_path's size); "" for TCP on -l/-p */
     int unix_mask;              /* -a: the unix socket file's mode bits (octal as given, 0700) */
+    int ssl_enabled;            /* -Z: TCP listeners speak TLS (but "notls:" ones) */
+    char ssl_chain_cert[1024];  /* -o ssl_chain_cert: certificate chain file (PEM) */
+    char ssl_key[1024];         /* -o ssl_key: private key file, "" = in ssl_chain_cert */
+    int ssl_keyformat;          /* -o ssl_keyformat: OpenSSL file type of the key, 1 PEM, 2 DER */
+    int ssl_verify_mode;        /* -o ssl_verify_mode: 0 none, 1 request, 2 require, 3 once */
+    char ssl_ciphers[1024];     /* -o ssl_ciphers: OpenSSL cipher list (TLS 1.2), "" = OpenSSL's */
+    char ssl_ca_cert[1024];     /* -o ssl_ca_cert: CAs client certificates are checked against */
+    int ssl_session_cache;      /* -o ssl_session_cache: server-side session cache */
+    int ssl_kernel_tls;         /* -o ssl_kernel_tls: hand the records to the kernel (kTLS) when it can */
+    int ssl_min_version;        /* -o ssl_min_version: 0 TLS 1.0 .. 3 TLS 1.3 */
 };
 
 typedef struct sm_engine sm_engine;

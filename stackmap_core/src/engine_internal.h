@@ -37,6 +37,7 @@ struct sm_engine {
     atomic_bool go;                 /* every worker set up: leave the start wait and serve */
     int64_t started;                /* unix time of start */
     bool running;                   /* start() succeeded and stop() not yet called */
+    struct sm_tls *tls;             /* -Z: the TLS server context (tls.c), NULL without */
     /* "stats reset" baselines, subtracted when stats are read (stats_groups.c; guarded by its lock) */
     struct sm_stats_sum stats_base; /* worker counters at the last reset */
     uint64_t total_conns_base;      /* total_conns at the last reset */

@@ -76,6 +76,8 @@
       "allow clients to stop the server with \"shutdown\"")                                                            \
     X(udp_port, NOFIELD, INT, "0", 0, 0, 'U', "0", ENGINE, 0,                                                          \
       "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
+    X(enable_ssl, FIELD(ssl_enabled), BOOL, "off", 0, 1, 'Z', "", ENGINE, 0,                                           \
+      "TLS on every TCP listener but those given as notls:ADDR (see -o ssl_*)")                                        \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
       "requests a connection answers in one turn before the worker's other connections get theirs "                    \
@@ -130,6 +132,27 @@
     X(uring_batch_usec, FIELD(uring_batch_usec), INT, "500", 0, 100000, 0, "N", EXTENDED, 0,                           \
       "a loaded worker whose CPU never idles waits up to this many microseconds for a batch of requests; "             \
       "0 never")                                                                                                       \
+    X(ssl_chain_cert, FIELD(ssl_chain_cert), STR, "", 0, 0, 0, "FILE", EXTENDED, 0,                                    \
+      "TLS certificate chain file in PEM format (needed by -Z)")                                                      \
+    X(ssl_key, FIELD(ssl_key), STR, "", 0, 0, 0, "FILE", EXTENDED, 0,                                                  \
+      "TLS private key file, if not part of ssl_chain_cert")                                                          \
+    X(ssl_keyformat, FIELD(ssl_keyformat), INT, "1", 1, 2, 0, "N", EXTENDED, 0,                                        \
+      "TLS private key format: 1 PEM, 2 DER (OpenSSL's SSL_FILETYPE_* numbers, as memcached takes them)")              \
+    X(ssl_verify_mode, FIELD(ssl_verify_mode), INT, "0", 0, 3, 0, "N", EXTENDED, 0,                                    \
+      "TLS client certificates: 0 not asked, 1 requested, 2 required, 3 required once")                                \
+    X(ssl_ciphers, FIELD(ssl_ciphers), STR, "", 0, 0, 0, "LIST", EXTENDED, 0,                                          \
+      "OpenSSL cipher list for TLS 1.2 and older (default: OpenSSL's)")                                               \
+    X(ssl_ca_cert, FIELD(ssl_ca_cert), STR, "", 0, 0, 0, "FILE", EXTENDED, 0,                                          \
+      "PEM file of the CAs whose client certificates are accepted")                                                   \
+    X(ssl_session_cache, FIELD(ssl_session_cache), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                \
+      "server-side TLS session cache, for session resumption (counted in ssl_new_sessions)")                           \
+    X(ssl_kernel_tls, FIELD(ssl_kernel_tls), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                      \
+      "hand TLS 1.3 records to the kernel (kTLS) when it can take them; no_ssl_kernel_tls keeps them in "              \
+      "user space (memcached's default is off)")                                                                       \
+    X(ssl_min_version, FIELD(ssl_min_version), INT, "2", 0, 3, 0, "N", EXTENDED, 0,                                    \
+      "oldest TLS version accepted: 0 TLS 1.0, 1 TLS 1.1, 2 TLS 1.2, 3 TLS 1.3")                                       \
+    X(ssl_wbuf_size, NOFIELD, SIZE, "", 0, 0, 0, "KB", REFUSED, 0,                                                     \
+      "stackmapd encrypts into the connection's output queue, which has no fixed-size TLS write buffer to set")        \
     X(slab_chunk_max, NOFIELD, SIZE, "", 0, 0, 0, "SIZE", REFUSED, 0,                                                  \
       "stackmapd never splits items into chunks: its slab pages are at least -I bytes, so there is no chunk "          \
       "maximum to set")

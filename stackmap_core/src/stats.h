@@ -59,6 +59,10 @@
     X(stackmap_tx_slots)   \
     X(stackmap_bad_slots)  \
     X(listen_disabled_num) \
+    X(ssl_handshake_errors)\
+    X(ssl_new_sessions)    \
+    X(ssl_ktls_conns)      \
+    X(ssl_userspace_conns) \
     X(listen_disabled_ns)
 
 /* Counters kept per worker thread and per slab class. */

@@ -38,6 +38,7 @@
 #include "engine_internal.h"
 #include "io/backend.h"
 #include "stats_table.h"
+#include "tls.h"
 
 /* Guards every engine's stats baselines (reads and "stats reset"). */
 static pthread_mutex_t stats_base_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -57,6 +57,7 @@
 #include "io/backend.h"
 #include "proto/proto.h"
 #include "racy.h"
+#include "tls.h"
 
 /* How often (ms) a loop with nothing to do looks at the stop/drain flags
  * and the timed policies. */
@@ -148,6 +149,14 @@ conn *worker_conn_open(worker *w, int fd)
     uint32_t id = atomic_fetch_add(&e->next_conn_id, 1);
     conn_init(c, &w->env, fd, id);
     c->worker = w;
+    if (tls_wanted(w, fd) && !tls_conn_start(w, c)) { /* TLS hook: the handshake starts with its bytes */
+        conn_cleanup(c);
+        free(c);
+        atomic_fetch_sub(&e->curr_conns, 1);
+        refuse_fd(w, fd);
+        close(fd);
+        return NULL;
+    }
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0)
         fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -173,6 +182,7 @@ void worker_conn_close(worker *w, conn *c)
     worker_conn_unlink(w, c);
     engine_log(e, 2, "<%d connection closed.\n", c->fd);
     close(c->fd);
+    tls_conn_free(c);
     conn_cleanup(c);
     free(c);
     w->nconns--;
@@ -389,6 +399,15 @@ bool worker_input(worker *w, conn *c, char *data, size_t len)
         return false;
     SM_STAT_ADD(w->stats.bytes_read, len);
     c->last_active = cache_now(w->cache);
+    if (c->tls) /* TLS hook: decrypted (or not: kTLS) into worker_plain_input */
+        return tls_input(w, c, data, len);
+    return worker_plain_input(w, c, data, len);
+}
+
+bool worker_plain_input(worker *w, conn *c, char *data, size_t len)
+{
+    if (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED))
+        return false;
     if (!worker_feed(c, data, len)) {
         worker_close_soon(w, c);
         return false;
@@ -440,6 +459,8 @@ void worker_sent(worker *w, conn *c, size_t n)
 {
     if (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED))
         return;
+    if (c->tls) /* TLS hook: the ciphertext head shrinks */
+        tls_sent(w, c, n);
     if (n > 0) {
         SM_STAT_ADD(w->stats.bytes_written, n);
         conn_out_sent(c, n);
@@ -447,6 +468,12 @@ void worker_sent(worker *w, conn *c, size_t n)
     /* Back-pressure over, or a yield's replies sent: parse what was held
      * meanwhile, then read again. */
     if ((c->loop & CONN_LOOP_PAUSED) && out_pending(c) <= OUT_HIGH_WATER && !resume_held(w, c)) {
+        worker_close_soon(w, c);
+        return;
+    }
+    /* TLS hook: what was parsed meanwhile is encrypted before a backend
+     * that sends on (epoll's loop) sees it. */
+    if (c->tls && !(c->loop & CONN_LOOP_SENDING) && !tls_flush(w, c, false)) {
         worker_close_soon(w, c);
         return;
     }
@@ -486,6 +513,10 @@ static void flush_one(worker *w, conn *c)
         }
         if (c->loop & CONN_LOOP_SENDING)
             return; /* its completion or room puts it back on the list */
+        if (c->tls && !tls_flush(w, c, true)) { /* TLS hook: kTLS switch, or encrypt */
+            close_now(w, c);
+            return;
+        }
         if (out_pending(c) == 0 && (c->loop & CONN_LOOP_PAUSED)) {
             /* A yield that queued nothing: its next turn, now. */
             if (!resume_held(w, c)) {
@@ -506,6 +537,10 @@ static void flush_one(worker *w, conn *c)
             }
             if (out_pending(c) == 0)
                 return;
+        }
+        if (c->tls && !tls_flush(w, c, true)) { /* TLS hook: encrypt what the lines above queued */
+            close_now(w, c);
+            return;
         }
         w->ops->send(w, c);
         /* A send that completed at once (epoll) and left nothing queued may

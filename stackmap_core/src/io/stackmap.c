@@ -88,6 +88,7 @@ static int smap_init(worker *w, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    w->recv_in_wait = true; /* the module reads only in the sync of our wait (tls.c) */
     st->fd = open(STACKMAP_DEVICE, O_RDWR | O_CLOEXEC);
     if (st->fd < 0) {
         snprintf(err, errlen, "open %s: %s", STACKMAP_DEVICE, strerror(errno));

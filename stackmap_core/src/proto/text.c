@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "../engine_internal.h"
+#include "../tls.h"
 #include "../worker.h"
 
 /* memcached's MAX_VERBOSITY_LEVEL. */
@@ -558,6 +559,22 @@ void proto_text_shutdown(conn *c, sm_request *r)
         return;
     }
     REPLY(c, "CLIENT_ERROR invalid shutdown mode");
+}
+
+/* memcached's refresh_certs: load the certificate files again for the
+ * connections that follow; its error text is memcached's, sent even under
+ * noreply (as memcached's write_and_free does). */
+void proto_text_refresh_certs(conn *c, sm_request *r)
+{
+    set_noreply_maybe(c, r->tokens, r->ntokens);
+    char err[1400];
+    if (tls_refresh_certs(c->worker->engine, err, sizeof(err)) == 0) {
+        REPLY(c, "OK");
+        return;
+    }
+    c->noreply = false;
+    if (out_printf(c, "%s\r\n", err) < 0)
+        out_failed(c);
 }
 
 /* A stats sink that writes "STAT name value\r\n" into the output queue. */
