@@ -26,6 +26,7 @@
 
 #include "engine_internal.h"
 #include "io/backend.h"
+#include "proto/auth.h"
 #include "options.h"
 
 #define ONE_MB (1024u * 1024u)
@@ -279,14 +280,23 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .lru_segmented = e->settings.lru_segmented,
         .verbose = e->settings.verbose,
     };
+    if (e->settings.auth_file[0]) { /* -Y: a file that cannot be used stops the start */
+        e->auth = sm_auth_load(e->settings.auth_file, err, errlen);
+        if (!e->auth) {
+            free(e);
+            return NULL;
+        }
+    }
     e->cache = cache_create(&cc, err, errlen);
     if (!e->cache) {
+        sm_auth_free(e->auth);
         free(e);
         return NULL;
     }
     e->workers = calloc((size_t)s->num_threads, sizeof(worker));
     if (!e->workers) {
         cache_destroy(e->cache);
+        sm_auth_free(e->auth);
         free(e);
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -781,6 +791,7 @@ void sm_engine_destroy(sm_engine *e)
     }
     free(e->workers);
     cache_destroy(e->cache);
+    sm_auth_free(e->auth);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_cond_destroy(&e->wait_cond);
     pthread_cond_destroy(&e->state_cond);

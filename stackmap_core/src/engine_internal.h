@@ -40,6 +40,7 @@ struct sm_engine {
     struct sm_stats_sum stats_base; /* worker counters at the last reset */
     uint64_t total_conns_base;      /* total_conns at the last reset */
     uint64_t rejected_conns_base;   /* rejected_conns at the last reset */
+    struct sm_auth *auth;           /* -Y: the auth file's users, NULL without -Y (proto/auth.h) */
 };
 
 /*

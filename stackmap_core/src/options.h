@@ -69,6 +69,9 @@
       "allow clients to stop the server with \"shutdown\"")                                                            \
     X(udp_port, NOFIELD, INT, "0", 0, 0, 'U', "0", ENGINE, 0,                                                          \
       "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
+    /* Authentication (-Y), with the binary protocol's SASL PLAIN (proto/auth.h). */                                   \
+    X(auth_file, FIELD(auth_file), STR, "", 0, 0, 'Y', "FILE", ENGINE, 0,                                              \
+      "memcached auth file (user:password lines): text clients log in with set, binary ones with SASL PLAIN")         \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
       "requests a connection answers in one turn before the worker's other connections get theirs "                    \
