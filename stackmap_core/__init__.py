@@ -293,12 +293,13 @@ def _fill(settings: Any) -> Any:
             continue
         if name not in fields:
             raise SettingsError(f"unknown engine setting {name!r}")
-        if name == "listen":
+        if isinstance(getattr(s, name), ffi.CData):  # char arrays: listen, auth_file
             raw = str(value).encode()
-            size = ffi.sizeof(s.listen)
+            size = ffi.sizeof(getattr(s, name))
             if len(raw) >= size:
-                raise SettingsError(f"listen address list longer than {size - 1} bytes")
-            s.listen = raw
+                what = "listen address list" if name == "listen" else name
+                raise SettingsError(f"{what} longer than {size - 1} bytes")
+            setattr(s, name, raw)
         elif isinstance(value, bool):
             setattr(s, name, int(value))
         else:

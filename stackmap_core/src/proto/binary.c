@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "../engine_internal.h"
+#include "../io/backend.h" /* worker_close_soon: bad magic closes without sending */
 #include "../worker.h"
 #include "auth.h"
 
@@ -585,7 +586,10 @@ size_t proto_bin_need(conn *c, const char *p, size_t n)
         return 0;
     if ((unsigned char)p[0] != SM_BIN_REQ_MAGIC) {
         engine_log(c->worker->engine, 1, "Invalid magic:  %x\n", (unsigned char)p[0]);
+        /* memcached closes at once: the answers it had not yet written
+         * (everything since its last flush) are dropped, not sent. */
         c->state = CONN_CLOSING;
+        worker_close_soon(c->worker, c);
         return 0;
     }
     size_t need = SM_BIN_HDR_LEN + (uint8_t)p[4] + get16(p + 2);
