@@ -189,7 +189,8 @@ class Server:
 def _answers_version(port: int) -> bool:
     try:
         with Wire(HOST, port, timeout=1.0) as w:
-            return w.request(b"version\r\n").startswith(b"VERSION ")
+            # (with -Y the first command must authenticate: an answer is enough)
+            return w.request(b"version\r\n").startswith((b"VERSION ", b"CLIENT_ERROR unauthenticated"))
     except OSError:
         return False
 

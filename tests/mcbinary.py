@@ -93,8 +93,8 @@ def split_packets(data: bytes) -> tuple[list[Packet], bytes]:
     return out, data[off:]
 
 
-def read_until_opaque(w: Wire, opaque: int, timeout: float = 10.0) -> tuple[list[Packet], bytes]:
-    """Packets up to and including the first one carrying `opaque` (a NOOP sentinel).
+def read_until_opaque(w: Wire, opaque: int, timeout: float = 10.0, opcode: int = NOOP) -> tuple[list[Packet], bytes]:
+    """Packets up to and including the first `opcode` carrying `opaque` (a NOOP sentinel).
 
     On timeout or end of stream returns what arrived; the second item is
     any trailing bytes that are not a whole packet.
@@ -103,7 +103,7 @@ def read_until_opaque(w: Wire, opaque: int, timeout: float = 10.0) -> tuple[list
     while True:
         packets, rest = split_packets(got)
         for i, p in enumerate(packets):
-            if p.opaque == opaque and p.opcode == NOOP:
+            if p.opaque == opaque and p.opcode == opcode:
                 consumed = sum(len(q.raw) for q in packets[: i + 1])
                 w.buf = got[consumed:] + w.buf
                 return packets[: i + 1], b""
@@ -115,9 +115,10 @@ def read_until_opaque(w: Wire, opaque: int, timeout: float = 10.0) -> tuple[list
         got += more
 
 
-def call(w: Wire, data: bytes, opaque: int = 0x5EA1) -> list[Packet]:
-    """Send data followed by a NOOP with `opaque`; the packets before the NOOP's answer."""
-    w.send(data + req(NOOP, opaque=opaque))
-    packets, _ = read_until_opaque(w, opaque)
-    assert packets and packets[-1].opcode == NOOP and packets[-1].opaque == opaque, packets
+def call(w: Wire, data: bytes, opaque: int = 0x5EA1, sentinel: int = NOOP) -> list[Packet]:
+    """Send data followed by a `sentinel` request (NOOP; VERSION before SASL)
+    with `opaque`; the packets before the sentinel's answer."""
+    w.send(data + req(sentinel, opaque=opaque))
+    packets, _ = read_until_opaque(w, opaque, opcode=sentinel)
+    assert packets and packets[-1].opcode == sentinel and packets[-1].opaque == opaque, packets
     return packets[:-1]
