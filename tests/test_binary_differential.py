@@ -375,3 +375,24 @@ def test_counters(pair: tuple[Server, Server]) -> None:
     steps = [s for name, ss in SESSIONS.items() if not any(isinstance(x, Raw) for x in ss) for s in ss]
     run_pair(ref, tgt, steps)
     assert counters(tgt) == counters(ref)
+
+
+@pytest.mark.parametrize(
+    "proto,steps",
+    [
+        ("ascii", [Raw(req(NOOP) + b"\r\n"), Raw(b"get foo\r\n")]),
+        ("binary", [req(NOOP, opaque=5), store(SET, b"k", b"v"), Raw(b"get k\r\n")]),
+        ("auto", [req(NOOP, opaque=5)]),
+    ],
+)
+def test_binding_protocol(start_server, target: Target, proto: str, steps: list[Step]) -> None:  # type: ignore[no-untyped-def]
+    """-B ascii: a 0x80 first byte is just text (here an ERROR line);
+    -B binary: text is bad magic, closed without an answer; both as memcached."""
+    ref = start_server(MEMCACHED, ["-B", proto])
+    tgt = start_server(target, ["-B", proto])
+    run_pair(ref, tgt, steps)
+    if proto != "binary":
+        want = b"STAT binding_protocol " + (b"auto-negotiate" if proto == "auto" else proto.encode()) + b"\r\n"
+        for srv in (ref, tgt):
+            with srv.wire() as w:
+                assert want in w.request(b"stats settings\r\n", (b"END\r\n",)), srv.target.id

@@ -237,6 +237,11 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
                  s->item_size_max);
         return -1;
     }
+    if (strcmp(s->binding_protocol, "auto") != 0 && strcmp(s->binding_protocol, "ascii") != 0 &&
+        strcmp(s->binding_protocol, "binary") != 0) {
+        snprintf(err, errlen, "-B/--protocol: must be auto, ascii or binary, got '%s'", s->binding_protocol);
+        return -1;
+    }
     if (!sm_backend_built(s->backend)) {
         snprintf(err, errlen, "--backend uring: %s", SM_URING_ABSENT); /* the only optional one */
         return -1;

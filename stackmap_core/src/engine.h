@@ -74,6 +74,7 @@ struct sm_settings {
     int uring_batch_usec;       /* a loaded worker waits up to this long for a batch, 0 = never */
     int tcp_nodelay;            /* set TCP_NODELAY on accepted sockets */
     int idle_timeout;           /* close connections idle this many seconds, 0 = never */
+    char binding_protocol[16];  /* -B: "auto", "ascii" or "binary" (proto/binary.h) */
     char auth_file[4096];       /* -Y: memcached auth file, "" for none (proto/auth.h) */
 };
 

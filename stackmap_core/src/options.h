@@ -69,7 +69,10 @@
       "allow clients to stop the server with \"shutdown\"")                                                            \
     X(udp_port, NOFIELD, INT, "0", 0, 0, 'U', "0", ENGINE, 0,                                                          \
       "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
-    /* Authentication (-Y), with the binary protocol's SASL PLAIN (proto/auth.h). */                                   \
+    /* The binary protocol (-B) and authentication (-Y, with the binary protocol's SASL PLAIN): proto/binary.h,   */ \
+    /* proto/auth.h. */                                                                                                \
+    X(protocol, FIELD(binding_protocol), STR, "auto", 0, 0, 'B', "NAME", ENGINE, 0,                                    \
+      "protocol: auto (each connection's first byte picks text or binary), ascii or binary")                          \
     X(auth_file, FIELD(auth_file), STR, "", 0, 0, 'Y', "FILE", ENGINE, 0,                                              \
       "memcached auth file (user:password lines): text clients log in with set, binary ones with SASL PLAIN")         \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \

@@ -272,8 +272,8 @@
     X(cas_enabled, "disable_cas", "Whether items carry CAS unique ids (-C turns them off).",                           \
       V_STR(st->use_cas ? "yes" : "no"))                                                                               \
     X(tcp_backlog, "listen_backlog", "listen() backlog (-b).", V_INT(st->backlog))                                     \
-    X(binding_protocol, "", "auto-negotiate: each connection's first byte picks text or binary.",                     \
-      V_STR("auto-negotiate"))                                                                                         \
+    X(binding_protocol, "protocol", "-B: auto-negotiate (the first byte picks), ascii or binary.",                     \
+      V_STR(strcmp(st->binding_protocol, "auto") == 0 ? "auto-negotiate" : st->binding_protocol))                    \
     X(auth_enabled_sasl, "", "yes with -Y: binary clients authenticate with SASL PLAIN.",                              \
       V_STR(st->auth_file[0] ? "yes" : "no"))                                                                          \
     X(auth_enabled_ascii, "auth_file", "The auth file (-Y), no for none.",                                             \

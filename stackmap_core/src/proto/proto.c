@@ -335,8 +335,15 @@ size_t proto_process(conn *c, char *data, size_t len)
         /* CONN_PARSE */
         if (out_pending(c) > OUT_HIGH_WATER)
             break;
-        if (c->proto == CONN_PROTO_UNKNOWN) /* memcached decides once, by the first byte */
-            c->proto = (unsigned char)data[off] == SM_BIN_REQ_MAGIC ? CONN_PROTO_BINARY : CONN_PROTO_TEXT;
+        if (c->proto == CONN_PROTO_UNKNOWN) { /* memcached decides once, by the first byte (-B auto) */
+            const char *b = c->worker->settings->binding_protocol;
+            if (b[0] == 'a' && b[1] == 's') /* -B ascii */
+                c->proto = CONN_PROTO_TEXT;
+            else if (b[0] == 'b') /* -B binary: anything else is bad magic */
+                c->proto = CONN_PROTO_BINARY;
+            else
+                c->proto = (unsigned char)data[off] == SM_BIN_REQ_MAGIC ? CONN_PROTO_BINARY : CONN_PROTO_TEXT;
+        }
         if (c->proto == CONN_PROTO_BINARY) {
             size_t need = proto_bin_need(c, data + off, len - off);
             if (need == 0 || need > len - off || !take_turn(c))
