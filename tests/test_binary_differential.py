@@ -372,7 +372,10 @@ def test_counters(pair: tuple[Server, Server]) -> None:
     """Binary commands move the same `stats` counters as in memcached (every
     session above run on one connection, then the text stats compared)."""
     ref, tgt = pair
-    steps = [s for name, ss in SESSIONS.items() if not any(isinstance(x, Raw) for x in ss) for s in ss]
+    # (not stat_groups: whether memcached's LRU crawler has already reclaimed
+    # the expired item of "incr_decr" changes its per-class "items" stats)
+    steps = [s for name, ss in SESSIONS.items() if name != "stat_groups" and not any(isinstance(x, Raw) for x in ss)
+             for s in ss]
     run_pair(ref, tgt, steps)
     assert counters(tgt) == counters(ref)
 
