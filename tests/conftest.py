@@ -186,10 +186,13 @@ class Server:
             pass
 
 
-def _answers_version(port: int) -> bool:
+def _answers_version(port: int, binary: bool = False) -> bool:
     try:
         with Wire(HOST, port, timeout=1.0) as w:
-            return w.request(b"version\r\n").startswith(b"VERSION ")
+            if binary:  # -B binary: a binary VERSION (magic 0x80, opcode 0x0b)
+                return w.request(b"\x80\x0b" + bytes(22), (b"\x81\x0b",)) == b"\x81\x0b"
+            # (with -Y the first command must authenticate: an answer is enough)
+            return w.request(b"version\r\n").startswith((b"VERSION ", b"CLIENT_ERROR unauthenticated"))
     except OSError:
         return False
 
@@ -211,7 +214,8 @@ def launch(target: Target, args: list[str] | None = None) -> Server:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if _answers_version(port):
+            binary = any(a == "-B" and b == "binary" for a, b in zip(args, args[1:], strict=False))
+            if _answers_version(port, binary):
                 return server
             time.sleep(0.05)
         last_error = f"{' '.join(cmd)}: exit={proc.poll()} log:\n{server.log()}"

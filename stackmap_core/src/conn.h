@@ -85,7 +85,14 @@ typedef enum {
 } conn_state;
 
 /* Which protocol a pending value belongs to. */
-typedef enum { PROTO_TEXT = 0, PROTO_META = 1 } proto_kind;
+typedef enum { PROTO_TEXT = 0, PROTO_META = 1, PROTO_BINARY = 2 } proto_kind;
+
+/* What a connection speaks, decided by its first byte as memcached does. */
+typedef enum {
+    CONN_PROTO_UNKNOWN = 0, /* nothing received yet */
+    CONN_PROTO_TEXT = 1,    /* text and meta lines */
+    CONN_PROTO_BINARY = 2   /* the first byte was 0x80: binary requests (proto/binary.h) */
+} conn_proto;
 
 /* A store waiting for its value bytes (text "set ..." or meta "ms ...");
  * laid out to fill 64 bytes. */
@@ -96,13 +103,19 @@ typedef struct pending_store {
     uint8_t proto;        /* proto_kind: who completes it */
     uint8_t op;           /* store_op: set/add/replace/append/prepend/cas */
     bool noreply;         /* text noreply / meta q */
-    struct {                  /* meta ms: what its response needs, parsed from its flags */
-        bool invalidate;      /* I: a stale CAS may store and mark the item stale */
-        uint8_t nret;         /* entries in ret */
-        char ret[3];          /* 'O', 'k', 'c' in the order the request gave them */
-        uint8_t opaque_len;   /* bytes in opaque */
-        char opaque[31];      /* the O token without its 'O' (memcached allows 31 bytes) */
-    } meta;
+    union {
+        struct {                  /* meta ms: what its response needs, parsed from its flags */
+            bool invalidate;      /* I: a stale CAS may store and mark the item stale */
+            uint8_t nret;         /* entries in ret */
+            char ret[3];          /* 'O', 'k', 'c' in the order the request gave them */
+            uint8_t opaque_len;   /* bytes in opaque */
+            char opaque[31];      /* the O token without its 'O' (memcached allows 31 bytes) */
+        } meta;
+        struct {                  /* binary set/add/replace/append/prepend: what its response echoes */
+            uint32_t opaque;      /* the request's opaque, as sent */
+            uint8_t opcode;       /* the request's opcode, as sent */
+        } bin;
+    };
 } pending_store;
 
 /*
@@ -127,6 +140,8 @@ typedef struct conn {
     bool noreply;            /* the current text command asked for no reply */
     bool rd_eof;             /* the peer ended its stream: read no more, answer what came, close */
     uint8_t loop;            /* the worker loop's CONN_LOOP_* flags (worker.h) */
+    uint8_t proto;           /* conn_proto: text or binary, from the first byte */
+    bool authenticated;      /* -Y: this connection has authenticated (proto/auth.h) */
     int nreqs;               /* requests this turn may still start (-R, set by worker_feed); -1: the
                                 turn ended with a complete request left unanswered (a yield) */
 
@@ -143,6 +158,8 @@ typedef struct conn {
     uint64_t swallow_left;   /* bytes still to discard (CONN_SWALLOW) */
     pending_store pending;   /* what to do when the value is complete */
     get_stream gets;         /* a long get/gets line being answered as it arrives */
+    uint64_t auth_left;      /* -Y text auth: bytes of the "user password" data (with "\r\n") still
+                                awaited after its set line; 0 when waiting for that line */
 
     /* output queue; its arrays are pooled blocks, held only while bytes are queued */
     struct iovec *iov;       /* queued iovecs, in order */

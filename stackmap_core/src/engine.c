@@ -31,6 +31,7 @@
 #include "tls.h"
 #include "engine_internal.h"
 #include "io/backend.h"
+#include "proto/auth.h"
 #include "options.h"
 
 #define ONE_MB (1024u * 1024u)
@@ -252,6 +253,11 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
                               "is served by --backend uring or epoll (auto picks them)");
         return -1;
     }
+    if (strcmp(s->binding_protocol, "auto") != 0 && strcmp(s->binding_protocol, "ascii") != 0 &&
+        strcmp(s->binding_protocol, "binary") != 0) {
+        snprintf(err, errlen, "-B/--protocol: must be auto, ascii or binary, got '%s'", s->binding_protocol);
+        return -1;
+    }
     if (!sm_backend_built(s->backend)) {
         snprintf(err, errlen, "--backend uring: %s", SM_URING_ABSENT); /* the only optional one */
         return -1;
@@ -295,8 +301,16 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .lru_segmented = e->settings.lru_segmented,
         .verbose = e->settings.verbose,
     };
+    if (e->settings.auth_file[0]) { /* -Y: a file that cannot be used stops the start */
+        e->auth = sm_auth_load(e->settings.auth_file, err, errlen);
+        if (!e->auth) {
+            free(e);
+            return NULL;
+        }
+    }
     e->cache = cache_create(&cc, err, errlen);
     if (!e->cache) {
+        sm_auth_free(e->auth);
         free(e);
         return NULL;
     }
@@ -306,6 +320,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         free(e->workers);
         sm_prefix_destroy(e->prefixes);
         cache_destroy(e->cache);
+        sm_auth_free(e->auth);
         free(e);
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -865,6 +880,7 @@ void sm_engine_destroy(sm_engine *e)
     sm_prefix_destroy(e->prefixes);
     tls_engine_free(e);
     cache_destroy(e->cache);
+    sm_auth_free(e->auth);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_cond_destroy(&e->wait_cond);
     pthread_cond_destroy(&e->state_cond);

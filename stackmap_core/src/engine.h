@@ -87,6 +87,8 @@ struct sm_settings {
     int ssl_session_cache;      /* -o ssl_session_cache: server-side session cache */
     int ssl_kernel_tls;         /* -o ssl_kernel_tls: hand the records to the kernel (kTLS) when it can */
     int ssl_min_version;        /* -o ssl_min_version: 0 TLS 1.0 .. 3 TLS 1.3 */
+    char binding_protocol[16];  /* -B: "auto", "ascii" or "binary" (proto/binary.h) */
+    char auth_file[4096];       /* -Y: memcached auth file, "" for none (proto/auth.h) */
 };
 
 typedef struct sm_engine sm_engine;

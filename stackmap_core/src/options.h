@@ -78,6 +78,12 @@
       "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
     X(enable_ssl, FIELD(ssl_enabled), BOOL, "off", 0, 1, 'Z', "", ENGINE, 0,                                           \
       "TLS on every TCP listener but those given as notls:ADDR (see -o ssl_*)")                                        \
+    /* The binary protocol (-B) and authentication (-Y, with the binary protocol's SASL PLAIN): proto/binary.h,   */ \
+    /* proto/auth.h. */                                                                                                \
+    X(protocol, FIELD(binding_protocol), STR, "auto", 0, 0, 'B', "NAME", ENGINE, 0,                                    \
+      "protocol: auto (each connection's first byte picks text or binary), ascii or binary")                          \
+    X(auth_file, FIELD(auth_file), STR, "", 0, 0, 'Y', "FILE", ENGINE, 0,                                              \
+      "memcached auth file (user:password lines): text clients log in with set, binary ones with SASL PLAIN")         \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
       "requests a connection answers in one turn before the worker's other connections get theirs "                    \

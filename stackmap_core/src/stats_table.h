@@ -118,9 +118,9 @@
       "The number of times an item exceeded the max-item-size when being stored.", V_U64(s.store_too_large))           \
     X(store_no_memory, COUNTER, "", "memcached_item_no_memory_total", "",                                              \
       "The number of times an item could not be stored due to no more memory.", V_U64(s.store_no_memory))              \
-    X(auth_cmds, COUNTER, "", "memcached_auth_cmds_total", "", "Authentication commands (always 0: no SASL).",         \
+    X(auth_cmds, COUNTER, "", "memcached_auth_cmds_total", "", "Authentication attempts (-Y: text and SASL).",           \
       V_U64(s.auth_cmds))                                                                                              \
-    X(auth_errors, COUNTER, "", "memcached_auth_errors_total", "", "Failed authentications (always 0: no SASL).",      \
+    X(auth_errors, COUNTER, "", "memcached_auth_errors_total", "", "Failed authentication attempts.",                      \
       V_U64(s.auth_errors))                                                                                            \
     X(idle_kicks, COUNTER, "", "memcached_idle_kicks_total", "",                                                       \
       "Connections closed for idling past -o idle_timeout (printed only when it is set).",                             \
@@ -290,9 +290,12 @@
     X(cas_enabled, "disable_cas", "Whether items carry CAS unique ids (-C turns them off).",                           \
       V_STR(st->use_cas ? "yes" : "no"))                                                                               \
     X(tcp_backlog, "listen_backlog", "listen() backlog (-b).", V_INT(st->backlog))                                     \
-    X(binding_protocol, "", "ascii: text and meta protocols, no binary protocol.", V_STR("ascii"))                     \
-    X(auth_enabled_sasl, "", "no: no SASL.", V_STR("no"))                                                              \
-    X(auth_enabled_ascii, "", "no: no ascii authentication.", V_STR("no"))                                             \
+    X(binding_protocol, "protocol", "-B: auto-negotiate (the first byte picks), ascii or binary.",                     \
+      V_STR(strcmp(st->binding_protocol, "auto") == 0 ? "auto-negotiate" : st->binding_protocol))                    \
+    X(auth_enabled_sasl, "", "yes with -Y: binary clients authenticate with SASL PLAIN.",                              \
+      V_STR(st->auth_file[0] ? "yes" : "no"))                                                                          \
+    X(auth_enabled_ascii, "auth_file", "The auth file (-Y), no for none.",                                             \
+      V_STR(st->auth_file[0] ? st->auth_file : "no"))                                                                  \
     X(item_size_max, "max_item_size", "Largest item in bytes (-I).", V_INT(st->item_size_max))                         \
     X(maxconns_fast, "", "yes: a connection over -c is refused at once.", V_STR("yes"))                                \
     X(hashpower_init, "hashpower", "Initial hash table size as a power of two (-o hashpower).",                        \

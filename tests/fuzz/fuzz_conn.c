@@ -43,7 +43,9 @@
  * Invariants checked (abort() = a finding):
  *   - every reply on every connection is a well-formed memcached reply:
  *     known first word, "\r\n"-terminated, VALUE / VA headers followed by
- *     exactly the announced bytes and "\r\n";
+ *     exactly the announced bytes and "\r\n"; on a binary connection
+ *     (first byte 0x80) a response header whose lengths fit its body,
+ *     followed by that body;
  *   - the queued iovecs add up to out_pending();
  *   - A and B produced the same bytes on every connection;
  *   - a snapshot dump of the cache restores (dry run) completely;
@@ -409,6 +411,33 @@ static int token_number(const char *p, const char *eol, int index_from_start, ui
     return 0;
 }
 
+/* memcached's binary protocol: response magic, header length, STAT opcode. */
+#define BIN_RES_MAGIC 0x81
+#define BIN_HDR 24
+#define BIN_OP_STAT 0x10
+
+/* Bytes of the binary response packet at p (whose first byte is the
+ * response magic), or 0 when it runs past end.  Aborts on a bad header. */
+static size_t bin_packet(const char *p, const char *end, int truncated)
+{
+    if ((size_t)(end - p) < BIN_HDR) {
+        if (truncated)
+            return 0;
+        bad_reply("binary header cut short", p, end);
+    }
+    const unsigned char *u = (const unsigned char *)p;
+    uint32_t keylen = (uint32_t)(u[2] << 8 | u[3]), extlen = u[4];
+    uint32_t bodylen = (uint32_t)u[8] << 24 | (uint32_t)u[9] << 16 | (uint32_t)u[10] << 8 | u[11];
+    if (u[5] != 0 || keylen + extlen > bodylen)
+        bad_reply("binary header", p, end);
+    if ((uint64_t)(end - p) < (uint64_t)BIN_HDR + bodylen) {
+        if (truncated)
+            return 0;
+        bad_reply("binary body shorter than announced", p, end);
+    }
+    return BIN_HDR + (size_t)bodylen;
+}
+
 static void check_replies(const char *p, size_t n, int truncated)
 {
     static const char *const words[] = {
@@ -419,6 +448,13 @@ static void check_replies(const char *p, size_t n, int truncated)
     while (p < end) {
         if ((size_t)(end - p) >= 8 && memcmp(p, "<closed>", 8) == 0) {
             p += 8;
+            continue;
+        }
+        if ((unsigned char)*p == BIN_RES_MAGIC) { /* a binary connection's response packet */
+            size_t len = bin_packet(p, end, truncated);
+            if (len == 0)
+                return;
+            p += len;
             continue;
         }
         const char *eol = NULL;
@@ -473,6 +509,18 @@ static size_t strip_stats(const char *p, size_t n, char *out)
     size_t o = 0;
     const char *end = p + n;
     while (p < end) {
+        if ((unsigned char)*p == BIN_RES_MAGIC && (size_t)(end - p) >= BIN_HDR) {
+            /* a binary packet: STAT packets go, like STAT lines */
+            size_t len = bin_packet(p, end, 1);
+            if (len == 0)
+                len = (size_t)(end - p);
+            if ((unsigned char)p[1] != BIN_OP_STAT) {
+                memcpy(out + o, p, len);
+                o += len;
+            }
+            p += len;
+            continue;
+        }
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *next = nl ? nl + 1 : end;
         if (!((size_t)(end - p) >= 5 && memcmp(p, "STAT ", 5) == 0)) {

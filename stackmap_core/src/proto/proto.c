@@ -14,6 +14,8 @@
 #include "../engine_internal.h"
 #include "../latency.h"
 #include "../worker.h"
+#include "auth.h"
+#include "binary.h"
 
 void proto_begin_nread(conn *c, item *it)
 {
@@ -33,9 +35,12 @@ void proto_begin_swallow(conn *c, uint64_t n)
 static void finish_nread(conn *c)
 {
     item *it = c->nread_item;
-    const char *end = ITEM_value(it) + it->nbytes - 2;
+    char *end = ITEM_value(it) + it->nbytes - 2;
     c->state = CONN_PARSE;
-    if (end[0] != '\r' || end[1] != '\n') {
+    if (c->pending.proto == PROTO_BINARY) { /* a binary value has no terminator: the item's is ours */
+        end[0] = '\r';
+        end[1] = '\n';
+    } else if (end[0] != '\r' || end[1] != '\n') {
         /* memcached counts the store attempt even when its data is bad. */
         SM_STAT_INC(c->worker->stats.slab[proto_cls(it->slabs_clsid)].set_cmds);
         cache_release(c->worker->cache, it);
@@ -47,6 +52,8 @@ static void finish_nread(conn *c)
     }
     if (c->pending.proto == PROTO_META)
         proto_meta_complete_store(c);
+    else if (c->pending.proto == PROTO_BINARY)
+        proto_bin_complete_store(c);
     else
         proto_text_complete_store(c);
     if (c->nread_item) { /* the protocol kept no reference: drop ours */
@@ -221,6 +228,67 @@ static void dispatch_line(conn *c, char *line, size_t len)
 }
 
 /*
+ * -Y on a text connection, as memcached's try_read_command_asciiauth: until
+ * it authenticates, a connection's lines must be "set <key> <flags>
+ * <exptime> <bytes>" followed by <bytes> of "user password" and "\r\n";
+ * anything else is answered "CLIENT_ERROR unauthenticated".  Returns the
+ * bytes consumed (0: more are needed).
+ */
+static size_t text_auth_step(conn *c, char *p, size_t n)
+{
+    worker *w = c->worker;
+    size_t used = 0;
+    if (c->auth_left == 0) {
+        char *nl = memchr(p, '\n', n);
+        if (!nl) {
+            if (n > SM_LINE_MAX) /* no newline after 2 KiB: junk */
+                c->state = CONN_CLOSING;
+            return 0;
+        }
+        used = (size_t)(nl - p) + 1;
+        *nl = '\0'; /* the "\r" stays: the size's number rules stop at it */
+        sm_request r;
+        sm_parse_line(&r, p, (size_t)(nl - p));
+        uint32_t size;
+        if (r.ntokens < 6 || strcmp(r.tokens[0].value, "set") != 0 || !safe_strtoul(r.tokens[4].value, &size)) {
+            if (out_static(c, "CLIENT_ERROR unauthenticated\r\n", 30) < 0)
+                c->state = CONN_CLOSING;
+            return used;
+        }
+        c->auth_left = (uint64_t)size + 2;
+    }
+    if (n - used < c->auth_left)
+        return used; /* the data is still coming (the line stays consumed) */
+    char *data = p + used;
+    size_t dlen = (size_t)c->auth_left;
+    used += dlen;
+    c->auth_left = 0;
+    const char *reply;
+    if (data[dlen - 2] != '\r' || data[dlen - 1] != '\n') {
+        reply = "CLIENT_ERROR bad command line termination\r\n";
+    } else {
+        sm_request r;
+        sm_parse_line(&r, data, dlen - 2);
+        if (r.ntokens < 3) {
+            reply = "CLIENT_ERROR bad authentication token format\r\n";
+        } else {
+            SM_STAT_INC(w->stats.auth_cmds);
+            if (sm_auth_check(w->engine->auth, r.tokens[0].value, r.tokens[0].length, r.tokens[1].value,
+                              r.tokens[1].length)) {
+                c->authenticated = true;
+                reply = "STORED\r\n";
+            } else {
+                SM_STAT_INC(w->stats.auth_errors);
+                reply = "CLIENT_ERROR authentication failure\r\n";
+            }
+        }
+    }
+    if (out_static(c, reply, strlen(reply)) < 0)
+        c->state = CONN_CLOSING;
+    return used;
+}
+
+/*
  * -R (memcached's reqs_per_event): a request may start only while this
  * turn's budget lasts.  Once R have started, the next complete one ends the
  * turn instead -- counted in conn_yields, as memcached counts one yield each
@@ -267,6 +335,41 @@ size_t proto_process(conn *c, char *data, size_t len)
         /* CONN_PARSE */
         if (out_pending(c) > OUT_HIGH_WATER)
             break;
+        if (c->proto == CONN_PROTO_UNKNOWN) { /* memcached decides once, by the first byte (-B auto) */
+            const char *b = c->worker->settings->binding_protocol;
+            if (b[0] == 'a' && b[1] == 's') /* -B ascii */
+                c->proto = CONN_PROTO_TEXT;
+            else if (b[0] == 'b') /* -B binary: anything else is bad magic */
+                c->proto = CONN_PROTO_BINARY;
+            else
+                c->proto = (unsigned char)data[off] == SM_BIN_REQ_MAGIC ? CONN_PROTO_BINARY : CONN_PROTO_TEXT;
+        }
+        if (c->proto == CONN_PROTO_BINARY) {
+            size_t need = proto_bin_need(c, data + off, len - off);
+            if (need == 0 || need > len - off || !take_turn(c))
+                break;
+            worker *w = c->worker;
+            uint64_t t0 = w->lat_clock; /* latency.h: one clock read per request */
+            c->last_active = cache_now(w->cache);
+            int lat;
+            off += proto_bin_dispatch(c, data + off, &lat);
+            if (c->state == CONN_NREAD) {
+                c->lat_start = t0;
+                c->lat_cmd = lat;
+            } else {
+                uint64_t now = sm_lat_now();
+                w->lat_clock = now;
+                sm_lat_record(&w->lat, lat, now - t0);
+            }
+            continue;
+        }
+        if (c->worker->engine->auth && !c->authenticated) {
+            size_t n = text_auth_step(c, data + off, len - off);
+            if (n == 0)
+                break;
+            off += n;
+            continue;
+        }
         if (c->gets.active) {
             off += get_stream_step(c, data + off, len - off);
             if (c->gets.active)

@@ -8,7 +8,11 @@
  * worker_feed() (worker.c).  Each command line is parsed once (parse.h: tokenizer,
  * command table, number rules) and dispatched as an sm_request to the
  * handler the command table names: text.c for the classic commands, meta.c
- * for the meta ones.  This header is what they share.
+ * for the meta ones.  A connection whose first byte is 0x80 speaks the
+ * binary protocol instead (binary.h): its requests go to binary.c, which
+ * uses the same value receiving, output queue and turns.  With -Y a
+ * connection must authenticate first (auth.h).  This header is what they
+ * share.
  */
 #ifndef SM_PROTO_H
 #define SM_PROTO_H
