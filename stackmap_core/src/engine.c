@@ -236,6 +236,14 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
                  s->item_size_max);
         return -1;
     }
+    if (s->hot_lru_pct + s->warm_lru_pct > 80) { /* memcached's words */
+        snprintf(err, errlen, "-o hot_lru_pct + warm_lru_pct cannot be more than 80%% combined");
+        return -1;
+    }
+    if (s->temporary_ttl >= 0 && !s->lru_maintainer) {
+        snprintf(err, errlen, "-o temporary_ttl requires lru_maintainer to be enabled");
+        return -1;
+    }
     if (!sm_backend_built(s->backend)) {
         snprintf(err, errlen, "--backend uring: %s", SM_URING_ABSENT); /* the only optional one */
         return -1;
@@ -277,6 +285,12 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .hashpower_init = e->settings.hashpower_init,
         .use_cas = e->settings.use_cas,
         .lru_segmented = e->settings.lru_segmented,
+        .lru_maintainer = e->settings.lru_maintainer,
+        .hot_lru_pct = e->settings.hot_lru_pct,
+        .warm_lru_pct = e->settings.warm_lru_pct,
+        .hot_max_factor = e->settings.hot_max_factor,
+        .warm_max_factor = e->settings.warm_max_factor,
+        .temporary_ttl = e->settings.temporary_ttl,
         .verbose = e->settings.verbose,
     };
     e->cache = cache_create(&cc, err, errlen);

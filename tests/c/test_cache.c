@@ -109,7 +109,13 @@ static cache *mk(uint64_t maxbytes, uint32_t page, int hashpower)
         .slab_page_size = page,
         .hashpower_init = hashpower,
         .use_cas = 1,
-        .lru_segmented = 0,
+        .lru_segmented = 1, /* the defaults of options.h */
+        .lru_maintainer = 1,
+        .hot_lru_pct = 20,
+        .warm_lru_pct = 40,
+        .hot_max_factor = 0.2,
+        .warm_max_factor = 2.0,
+        .temporary_ttl = -1,
         .verbose = 0,
     };
     char err[128];
@@ -465,7 +471,7 @@ static void test_eviction(void)
     snprintf(name, sizeof(name), "items:%d:evicted", cls);
     b = stats_of(c, "items");
     CHECK(stat_get(b, name) == ev);
-    snprintf(name, sizeof(name), "items:%d:hits_to_cold", cls);
+    snprintf(name, sizeof(name), "items:%d:hits_to_hot", cls); /* the newest item is still in HOT */
     CHECK(stat_get(b, name) == 1);
     b = stats_of(c, "slabs");
     snprintf(name, sizeof(name), "%d:total_pages", cls);
