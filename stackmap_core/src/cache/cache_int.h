@@ -97,6 +97,8 @@ struct slabclass {
     uint64_t seg_bytes[LRU_NSEGS]; /* their total size (memcached's sizes_bytes) */
     uint32_t juggle_wait_us;     /* maintainer only: sleep before this class's next juggle */
     uint32_t juggle_backoff_us;  /* maintainer only: the wait it grows while idle */
+    rel_time_t cold_age_ref;     /* maintainer only: COLD's age as the max factors see it (lru.c) */
+    rel_time_t cold_age_since;   /* maintainer only: when cold_age_ref last rose or fell */
     _Atomic uint64_t curr_items; /* linked items (relaxed; written under lock) */
     _Atomic uint64_t curr_bytes; /* sum of linked items' total sizes (mem_requested) */
     uint64_t total_items;        /* items ever linked (since stats reset) */

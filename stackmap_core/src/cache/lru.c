@@ -13,7 +13,8 @@
  *   - a hit marks an item FETCHED, a second one ACTIVE (items.c);
  *   - HOT's tail flows to WARM when ACTIVE, else to COLD once HOT holds
  *     more than hot_lru_pct of the class's bytes or the item has been idle
- *     longer than COLD's tail age times hot_max_factor; WARM's tail is
+ *     longer than COLD's tail age (held at its recent peak: see
+ *     cold_age_reference) times hot_max_factor; WARM's tail is
  *     moved back to WARM's head when ACTIVE, else to COLD by the same rule
  *     with warm_lru_pct and warm_max_factor;
  *   - a hit on a COLD item is queued (bump_ring, cache_int.h) and the
@@ -324,6 +325,34 @@ static rel_time_t age_times(rel_time_t age, double factor)
     return v >= 4294967295.0 ? (rel_time_t)4294967295u : v > 0 ? (rel_time_t)v : 0;
 }
 
+/* cold_age_ref falls this many times slower than time passes. */
+#define COLD_AGE_DECAY 8
+
+/*
+ * The COLD age that hot_max_factor and warm_max_factor multiply.  memcached
+ * takes COLD's tail age as it is; then a burst of keys read once (a scan,
+ * a batch job) that makes COLD churn in a second also makes every WARM
+ * item idle for two seconds look stale, and WARM is emptied into COLD and
+ * evicted with the scan.  We hold the age at its recent peak and let it
+ * fall COLD_AGE_DECAY times slower than time passes: a burst shorter than
+ * a few times the old COLD age leaves WARM alone, while a lasting change
+ * of traffic still brings the limits down (in 8x the time).
+ */
+static rel_time_t cold_age_reference(struct slabclass *cls, rel_time_t age, rel_time_t now)
+{
+    if (age >= cls->cold_age_ref) {
+        cls->cold_age_ref = age;
+        cls->cold_age_since = now;
+        return age;
+    }
+    rel_time_t fall = (now - cls->cold_age_since) / COLD_AGE_DECAY;
+    if (fall > 0) {
+        cls->cold_age_ref = cls->cold_age_ref - age > fall ? cls->cold_age_ref - fall : age;
+        cls->cold_age_since = now;
+    }
+    return cls->cold_age_ref;
+}
+
 /* Juggling passes per class per maintainer round (memcached: 500). */
 #define JUGGLE_PASSES 500
 
@@ -352,7 +381,7 @@ int lru_juggle(cache *c, int k)
     if (segmented) {
         /* flat mode leaves these 0: HOT and WARM drain into COLD */
         item *ct = cls->tails[LRU_COLD];
-        rel_time_t cold_age = ct && now > LD(ct->time) ? now - LD(ct->time) : 0;
+        rel_time_t cold_age = cold_age_reference(cls, ct && now > LD(ct->time) ? now - LD(ct->time) : 0, now);
         total = cls->seg_bytes[LRU_HOT] + cls->seg_bytes[LRU_WARM] + cls->seg_bytes[LRU_COLD];
         hot_age = age_times(cold_age, atomic_load_explicit(&c->hot_max_factor, memory_order_relaxed));
         warm_age = age_times(cold_age, atomic_load_explicit(&c->warm_max_factor, memory_order_relaxed));
