@@ -115,10 +115,12 @@ def test_settings_defaults_and_options(start_server, target: Target) -> None:  #
     assert (st["temp_lru"], st["temporary_ttl"]) == ("yes", "30")
 
 
-def test_without_the_maintainer_the_lru_is_flat(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
-    """-o no_lru_maintainer: one plain LRU; "lru mode" and "lru temp_ttl" are
-    refused, "lru tune" is not; stats leave the segments out."""
-    srv = start_server(target, ["-o", "no_lru_maintainer"])
+@pytest.mark.parametrize("flag", ["no_lru_maintainer", "no_modern"])
+def test_without_the_maintainer_the_lru_is_flat(start_server, target: Target, flag: str) -> None:  # type: ignore[no-untyped-def]
+    """-o no_lru_maintainer (or memcached's older defaults, -o no_modern): one
+    plain LRU; "lru mode" and "lru temp_ttl" are refused, "lru tune" is not;
+    stats leave the segments out."""
+    srv = start_server(target, ["-o", flag])
     with srv.wire() as w:
         w.expect(b"lru mode segmented\r\n", b"ERROR\r\n")
         w.expect(b"lru temp_ttl 5\r\n", b"ERROR\r\n")
