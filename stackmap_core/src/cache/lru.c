@@ -212,7 +212,13 @@ static item *evict_cold(cache *c, struct slabclass *cls, int *busy, rel_time_t n
 /*
  * Class lock held: memcached's lru_pull_tail without LRU_PULL_EVICT, for
  * segment seg: reclaim dead tail items, then move the tail item by the
- * rules at the top of this file.  total is the class's HOT+WARM+COLD
+ * rules at the top of this file.  One difference: memcached moves an
+ * ACTIVE item at WARM's tail back to WARM's head whenever it juggles, so a
+ * working set that is read all the time keeps its maintainer rotating
+ * WARM (and its hits writing the time back) forever; we rotate only when
+ * WARM is over its size or the tail over its age, i.e. when something
+ * has to leave WARM, which is when the order matters.  The same items
+ * leave, the same are rescued, and an idle maintainer stays idle.  total is the class's HOT+WARM+COLD
  * bytes (0 forces every inactive HOT/WARM tail item down to COLD), max_age
  * the idle time past which HOT/WARM items go to COLD.  Returns the number
  * of items reclaimed or moved.
@@ -235,6 +241,9 @@ static int juggle_tail(cache *c, struct slabclass *cls, int seg, uint64_t total,
                                            memory_order_relaxed);
             uint64_t limit = total * (uint64_t)pct / 100;
             rel_time_t t = LD(search->time);
+            bool over = cls->seg_bytes[seg] > limit || (now > t && now - t > max_age);
+            if ((f & ITEM_ACTIVE) && seg == LRU_WARM && !over)
+                break; /* nothing has to leave WARM: its order can wait (see below) */
             if (f & ITEM_ACTIVE) {
                 /* rescue active items: HOT's go to WARM, WARM's to its head */
                 atomic_fetch_and(&search->it_flags, (uint16_t)~ITEM_ACTIVE);
@@ -247,7 +256,7 @@ static int juggle_tail(cache *c, struct slabclass *cls, int seg, uint64_t total,
                 }
                 cls->st.moves_to_warm++;
                 seg_move(cls, search, LRU_WARM);
-            } else if (cls->seg_bytes[seg] > limit || (now > t && now - t > max_age)) {
+            } else if (over) {
                 cls->st.moves_to_cold++;
                 seg_move(cls, search, LRU_COLD);
                 removed++;

@@ -156,6 +156,8 @@ void cache_stop(cache *c)
     pthread_mutex_unlock(&c->maint_lock);
     pthread_join(c->maint_thread, NULL);
     c->maint_started = false;
+    /* the COLD hits still queued hold references: give them back */
+    lru_drain_bumps(c);
 }
 
 void cache_test_maintain(cache *c)
