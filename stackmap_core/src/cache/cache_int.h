@@ -110,12 +110,21 @@ struct hit_block {
     _Atomic uint64_t hits[LRU_NSEGS][SM_MAX_SLAB_CLASSES]; /* get hits per segment and class */
 } __attribute__((aligned(64)));
 
+/* One queued COLD hit: the item and its key's hash. */
+struct bump {
+    item *it;    /* the item as it was hit (not referenced: see bump_ring) */
+    uint32_t hv; /* its key's hash: where to look for it */
+};
+
 /*
  * A thread's queue of hits on COLD items for the maintainer to move to
  * WARM (memcached's lru_bump_buf): one producer (the thread owning the hit
- * block of the same index), one consumer (the maintainer), no lock.  Each
- * queued item carries a reference, so its chunk cannot be reused before
- * the maintainer looks at it.
+ * block of the same index), one consumer (the maintainer), no lock.
+ * Unlike memcached's, an entry holds no reference: a referenced item
+ * cannot be evicted, and a queue of them pinned whole slab classes of a
+ * small cache.  The maintainer moves an entry's item only if, under the
+ * stripe of hv, it is still in that hash chain (a pointer comparison: a
+ * chunk freed since is never read).
  */
 struct bump_ring {
     _Atomic uint32_t head;                    /* next slot the producer fills */
@@ -123,7 +132,7 @@ struct bump_ring {
     _Atomic uint32_t tail;                    /* next slot the consumer takes */
     char pad1[60];                            /* see pad0 */
     _Atomic uint64_t dropped;                 /* bumps lost to a full queue (lru_bumps_dropped) */
-    item *slots[BUMP_RING_SIZE];              /* queued items */
+    struct bump slots[BUMP_RING_SIZE];        /* queued hits */
 } __attribute__((aligned(64)));
 
 struct cache {
@@ -201,6 +210,8 @@ item *hash_find(cache *c, const char *key, size_t nkey, uint32_t hv);
 void hash_insert(cache *c, item *it, uint32_t hv);
 void hash_delete(cache *c, item *it, uint32_t hv);
 /* Maintainer: start, step (migrate up to n buckets; returns 1 when done), finish. */
+/* With the stripe of hv held: is it in hv's chain (linked)?  Reads no item but those in the chain. */
+int hash_holds(cache *c, const item *it, uint32_t hv);
 bool hash_needs_expand(cache *c);
 int hash_expand_start(cache *c);
 int hash_expand_step(cache *c, uint32_t n);

@@ -59,13 +59,13 @@ static void count_hit(cache *c, int clsid, int seg)
 }
 
 /*
- * A second hit on a COLD item (memcached's lru_bump_async): queue it, with
- * a reference, for the maintainer to move to WARM.  A full queue drops the
- * bump and takes ACTIVE back, as memcached does.  Threads beyond the
- * private blocks (more than HIT_BLOCKS - 1 of them) have no queue and move
- * the item themselves under its class lock.
+ * A second hit on a COLD item (memcached's lru_bump_async): queue it for
+ * the maintainer to move to WARM (cache_int.h: struct bump_ring).  A full
+ * queue drops the bump and takes ACTIVE back, as memcached does.  Threads
+ * beyond the private blocks (more than HIT_BLOCKS - 1 of them) have no
+ * queue and move the item themselves under its class lock.
  */
-static void bump_cold(cache *c, item *it, rel_time_t now)
+static void bump_cold(cache *c, item *it, uint32_t hv, rel_time_t now)
 {
     tl_attach(c);
     struct bump_ring *r = tl_hits.r;
@@ -83,8 +83,7 @@ static void bump_cold(cache *c, item *it, rel_time_t now)
         atomic_fetch_and(&it->it_flags, (uint16_t)~ITEM_ACTIVE);
         return;
     }
-    atomic_fetch_add(&it->refcount, 1);
-    r->slots[h & (BUMP_RING_SIZE - 1)] = it;
+    r->slots[h & (BUMP_RING_SIZE - 1)] = (struct bump){.it = it, .hv = hv};
     atomic_store_explicit(&r->head, h + 1, memory_order_release);
 }
 
@@ -239,7 +238,7 @@ static void item_update(cache *c, item *it, rel_time_t now)
  * more until the maintainer clears ACTIVE again.  Flat: FETCHED, ACTIVE on
  * the second hit (for evicted_active), and item_update.
  */
-static void item_bump(cache *c, item *it, rel_time_t now)
+static void item_bump(cache *c, item *it, uint32_t hv, rel_time_t now)
 {
     uint16_t f = atomic_load_explicit(&it->it_flags, memory_order_relaxed);
     if (atomic_load_explicit(&c->lru_segmented, memory_order_relaxed)) {
@@ -253,7 +252,7 @@ static void item_bump(cache *c, item *it, rel_time_t now)
         if (ITEM_lru(f) != LRU_COLD)
             ST(it->time, now);
         else
-            bump_cold(c, it, now);
+            bump_cold(c, it, hv, now);
         return;
     }
     if (!(f & ITEM_FETCHED))
@@ -311,7 +310,7 @@ item *cache_get_locked(cache *c, const char *key, size_t nkey, uint32_t hv, int 
         ST(it->exptime, exptime);
     int seg = ITEM_lru(atomic_load_explicit(&it->it_flags, memory_order_relaxed));
     if (!(flags & CACHE_GET_NOBUMP))
-        item_bump(c, it, now);
+        item_bump(c, it, hv, now);
     if (!(flags & CACHE_GET_TOUCH))
         count_hit(c, it->slabs_clsid, seg);
     return it;

@@ -17,14 +17,15 @@
  *     cold_age_reference) times hot_max_factor; WARM's tail is
  *     moved back to WARM's head when ACTIVE, else to COLD by the same rule
  *     with warm_lru_pct and warm_max_factor;
+ *     (WARM is sized and aged only once memory is full: see memory_full);
  *   - a hit on a COLD item is queued (bump_ring, cache_int.h) and the
  *     maintainer moves it to WARM: the hit itself takes no extra lock;
  *   - allocation evicts only from COLD's tail, moving HOT's (then WARM's)
  *     tail down when COLD is empty;
  *   - TEMP is never juggled nor evicted from: only expiry frees it.
  * The maintainer thread (maint.c) runs lru_juggle on each class, backing
- * off from 1 ms to 1 s per class while there is nothing to move, as
- * memcached's lru_maintainer_thread does.  "lru mode flat" (or
+ * off from 10 ms to 1 s per class while there is nothing to move, as
+ * memcached's lru_maintainer_thread does from 1 ms.  "lru mode flat" (or
  * -o no_lru_segmented / no_lru_maintainer) gives the plain LRU: new items
  * go to COLD, a hit moves an item to COLD's head at most once a minute
  * (items.c), and the maintainer drains what HOT and WARM still hold.
@@ -274,18 +275,50 @@ static int juggle_tail(cache *c, struct slabclass *cls, int seg, uint64_t total,
     return removed;
 }
 
+/* Items the allocation path looks at in HOT and WARM to find one for COLD. */
+#define DEMOTE_TRIES (LRU_TAIL_TRIES * ALLOC_RETRIES)
+
+/*
+ * Class lock held, COLD has nothing to give: move HOT's tail item (WARM's
+ * once HOT is empty) down to COLD, as memcached's allocation pulls HOT
+ * with no room to spare.  ACTIVE items met on the way are rescued the
+ * usual way (HOT's to WARM, WARM's to WARM's head) and the next one is
+ * tried; after DEMOTE_TRIES of them the tail goes down ACTIVE or not, so
+ * that a store never fails while the class holds an item to evict (memcached
+ * gives up and answers out of memory there).  Returns 1 when an item went
+ * to COLD, 0 when HOT and WARM are empty.
+ */
+static int demote_for_alloc(struct slabclass *cls)
+{
+    for (int tries = 0;; tries++) {
+        int seg = cls->tails[LRU_HOT] ? LRU_HOT : LRU_WARM;
+        item *it = cls->tails[seg];
+        if (!it)
+            return 0;
+        if (tries < DEMOTE_TRIES && (atomic_load_explicit(&it->it_flags, memory_order_relaxed) & ITEM_ACTIVE)) {
+            atomic_fetch_and(&it->it_flags, (uint16_t)~ITEM_ACTIVE);
+            if (seg == LRU_HOT)
+                cls->st.moves_to_warm++;
+            else
+                cls->st.moves_within_lru++;
+            seg_move(cls, it, LRU_WARM);
+            continue;
+        }
+        cls->st.moves_to_cold++;
+        seg_move(cls, it, LRU_COLD);
+        return 1;
+    }
+    return 0;
+}
+
 item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy)
 {
     *busy = 0;
     rel_time_t now = atomic_load_explicit(&c->current_time, memory_order_relaxed);
     for (int round = 0; round < ALLOC_RETRIES; round++) {
         item *it = evict_cold(c, cls, busy, now);
-        if (it)
+        if (it || !demote_for_alloc(cls))
             return it;
-        /* COLD gave nothing: push HOT's tail down (active items to WARM), and
-         * WARM's once HOT is empty, as memcached's allocation pulls HOT. */
-        if (!juggle_tail(c, cls, LRU_HOT, 0, 0, now) && !juggle_tail(c, cls, LRU_WARM, 0, 0, now))
-            break;
     }
     return NULL;
 }
@@ -315,12 +348,16 @@ uint64_t lru_drain_bumps(cache *c)
         uint32_t t = atomic_load_explicit(&r->tail, memory_order_relaxed);
         uint32_t h = atomic_load_explicit(&r->head, memory_order_acquire);
         for (; t != h; t++, n++) {
-            item *it = r->slots[t & (BUMP_RING_SIZE - 1)];
-            struct slabclass *cls = &c->classes[it->slabs_clsid];
-            pthread_mutex_lock(&cls->lock);
-            lru_bump_cold_locked(c, cls, it, cache_now(c));
-            pthread_mutex_unlock(&cls->lock);
-            cache_release(c, it); /* the queue's reference */
+            struct bump b = r->slots[t & (BUMP_RING_SIZE - 1)];
+            stripe_lock *m = stripe_of(c, b.hv);
+            stripe_lock_take(m); /* the maintainer holds no class lock here */
+            if (hash_holds(c, b.it, b.hv)) {
+                struct slabclass *cls = &c->classes[b.it->slabs_clsid];
+                pthread_mutex_lock(&cls->lock);
+                lru_bump_cold_locked(c, cls, b.it, cache_now(c));
+                pthread_mutex_unlock(&cls->lock);
+            }
+            stripe_unlock(m);
         }
         atomic_store_explicit(&r->tail, t, memory_order_release);
     }
@@ -362,6 +399,23 @@ static rel_time_t cold_age_reference(struct slabclass *cls, rel_time_t age, rel_
     return cls->cold_age_ref;
 }
 
+/*
+ * Can no class take another page?  Until then nothing is evicted, so how
+ * much WARM holds does not matter yet.  memcached sizes WARM (and ages it)
+ * from the start; then a working set larger than warm_lru_pct that is read
+ * all over keeps cycling through WARM and COLD (moved down at WARM's tail,
+ * back up on its next hit) and its maintainer moves about one item per
+ * request, evictions or not.  We size WARM only once memory is full: before
+ * that items stay where their hits put them, and when it fills, WARM's tail
+ * (what was not read since it got there) goes down to COLD until WARM is
+ * back within its share; from then on the rules are memcached's.
+ */
+static bool memory_full(cache *c)
+{
+    uint64_t limit = atomic_load_explicit(&c->maxbytes, memory_order_relaxed);
+    return limit != 0 && atomic_load_explicit(&c->mem_malloced, memory_order_relaxed) + c->page_size > limit;
+}
+
 /* Juggling passes per class per maintainer round (memcached: 500). */
 #define JUGGLE_PASSES 500
 
@@ -396,10 +450,12 @@ int lru_juggle(cache *c, int k)
         warm_age = age_times(cold_age, atomic_load_explicit(&c->warm_max_factor, memory_order_relaxed));
     }
     pthread_mutex_unlock(&cls->lock);
+    bool warm_sized = !segmented || memory_full(c);
     for (int i = 0; i < JUGGLE_PASSES; i++) {
         int more = 0;
         pthread_mutex_lock(&cls->lock); /* let go between passes: allocations wait at most one */
-        if (juggle_tail(c, cls, LRU_HOT, total, hot_age, now) || juggle_tail(c, cls, LRU_WARM, total, warm_age, now))
+        if (juggle_tail(c, cls, LRU_HOT, total, hot_age, now) ||
+            (warm_sized && juggle_tail(c, cls, LRU_WARM, total, warm_age, now)))
             more++;
         if (segmented)
             more += juggle_tail(c, cls, LRU_COLD, total, 0, now);

@@ -10,7 +10,7 @@
  *   - the LRU maintainer (unless -o no_lru_maintainer): memcached's
  *     lru_maintainer_thread, juggling each class's HOT/WARM/COLD segments
  *     (lru.c) and moving the COLD hits the workers queued to WARM.  Each
- *     class has its own wait, from 1 ms while it has items to move to 1 s
+ *     class has its own wait, from 10 ms while it has items to move to 1 s
  *     while it has none (growing by 1/8 a round, halving when work shows
  *     up), so an idle cache costs one wake-up a second;
  *   - the reclaimer: once a second, a walk over each segment's tail that
@@ -24,8 +24,12 @@
 
 /* Buckets migrated per step between checks of the stop flag and clock. */
 #define EXPAND_BATCH 1024
-/* A class's juggling wait, microseconds: memcached's MIN/MAX_LRU_MAINTAINER_SLEEP. */
-#define JUGGLE_WAIT_MIN 1000
+/* A class's juggling wait, microseconds.  memcached's MAX_LRU_MAINTAINER_SLEEP
+ * is 1 s as here; its minimum is 1 ms (and no sleep at all after a busy
+ * round): a wake-up every millisecond cost a measurable share of a loaded
+ * worker's CPU when both share one, while 10 ms of inserts is a sliver of
+ * any segment and 10 ms of COLD hits fits a thread's queue. */
+#define JUGGLE_WAIT_MIN 10000
 #define JUGGLE_WAIT_MAX 1000000
 
 void maint_wake(cache *c)
@@ -88,8 +92,8 @@ static uint32_t maint_lru_round(cache *c, uint32_t slept)
     }
     if (lru_drain_bumps(c) > 0 && to_sleep > JUGGLE_WAIT_MIN)
         to_sleep = JUGGLE_WAIT_MIN;
-    /* memcached does not sleep at all after a busy round; one millisecond
-     * still moves up to ~10^6 items a second and leaves the CPU to workers */
+    /* memcached does not sleep at all after a busy round; 10 ms still
+     * moves up to ~10^5 items a second per class and leaves the CPU to workers */
     return to_sleep < JUGGLE_WAIT_MIN ? JUGGLE_WAIT_MIN : to_sleep;
 }
 
@@ -156,7 +160,7 @@ void cache_stop(cache *c)
     pthread_mutex_unlock(&c->maint_lock);
     pthread_join(c->maint_thread, NULL);
     c->maint_started = false;
-    /* the COLD hits still queued hold references: give them back */
+    /* the COLD hits still queued: move them (the queues are empty after a stop) */
     lru_drain_bumps(c);
 }
 
