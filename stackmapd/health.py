@@ -38,10 +38,24 @@ def probe_host(listen: str) -> str:
     return _WILDCARD.get(first, first)
 
 
-def answers_version(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
-    """True when ``version`` on a new connection to host:port gets ``VERSION ...`` in time."""
+def _connect(host: str, port: int, unix_path: str, timeout: float) -> socket.socket:
+    """A connection to the memcached port: the -s unix socket when there is one, else host:port."""
+    if not unix_path:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.connect(unix_path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def answers_version(host: str, port: int, timeout: float = PROBE_TIMEOUT, unix_path: str = "") -> bool:
+    """True when ``version`` on a new connection to host:port (or unix_path) gets ``VERSION ...`` in time."""
+    try:
+        with _connect(host, port, unix_path, timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(b"version\r\n")
             buf = b""
@@ -58,10 +72,11 @@ def answers_version(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> boo
 class Health:
     """Readiness and liveness of one running engine's data plane."""
 
-    def __init__(self, engine: Engine, listen: str, port: int) -> None:
+    def __init__(self, engine: Engine, listen: str, port: int, unix_path: str = "") -> None:
         self.engine = engine
         self.host = probe_host(listen)
         self.port = port
+        self.unix_path = unix_path  # -s: the engine listens there and not on TCP
 
     def readiness(self) -> dict[str, Any]:
         """``/readyz``'s body: ``ready`` and each worker's state (and error)."""
@@ -85,4 +100,4 @@ class Health:
                 return False
         except Exception:
             return False
-        return answers_version(self.host, self.port)
+        return answers_version(self.host, self.port, unix_path=self.unix_path)

@@ -163,7 +163,7 @@ typedef struct conn {
     struct conn *prev_conn;  /* worker's list of open connections (stats conns) */
     struct conn *next_conn;  /* worker's list of open connections (stats conns) */
     void *backend_data;      /* the backend's own per-connection data, NULL when it has none */
-    char peer[64];           /* "addr:port" for stats conns and logs */
+    char peer[120];          /* "tcp:addr:port" or "unix:path" for stats conns and logs */
     uint64_t lat_start;      /* monotonic ns when the pending store's line was dispatched (latency.h) */
     int lat_cmd;             /* enum sm_lat_cmd of the pending store */
 } conn;

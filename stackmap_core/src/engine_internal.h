@@ -15,6 +15,7 @@
 #include "cache/cache.h"
 #include "engine.h"
 #include "stats.h"
+#include "stats_prefix.h"
 #include "worker.h"
 
 struct sm_engine {
@@ -40,6 +41,7 @@ struct sm_engine {
     struct sm_stats_sum stats_base; /* worker counters at the last reset */
     uint64_t total_conns_base;      /* total_conns at the last reset */
     uint64_t rejected_conns_base;   /* rejected_conns at the last reset */
+    sm_prefix_stats *prefixes;      /* "stats detail": per-prefix counters (stats_prefix.h) */
 };
 
 /*

@@ -25,7 +25,8 @@
  *            suffixes), FLOAT (greater than lo: the one growth factor),
  *            BOOL, NOT (a switch that clears its field: -C), COUNT (-vvv),
  *            STR, LISTEN (address list), BACKEND (a backend name),
- *            HOSTPORT (HOST:PORT or off), LIST (-o's key[=value] list);
+ *            HOSTPORT (HOST:PORT or off), LIST (-o's key[=value] list),
+ *            OCTAL (an integer written in octal: -a 0700);
  *   default  the default as a user would write it ("" for none);
  *   lo, hi   inclusive limits of the value as given (INFINITY: none);
  *            lo == hi: the one value accepted, and help says why;
@@ -48,6 +49,10 @@
 
 #define SM_OPTIONS(X)                                                                                                  \
     X(port, FIELD(port), INT, "11211", 0, 65535, 'p', "NUM", ENGINE, 0, "TCP port to listen on")                       \
+    X(unix_socket, FIELD(unix_socket), STR, "", 0, 0, 's', "FILE", ENGINE, 0,                                          \
+      "UNIX socket to listen on; then no TCP listener (-l and -p unused), as in memcached")                             \
+    X(unix_mask, FIELD(unix_mask), OCTAL, "0700", 0, 0777, 'a', "MASK", ENGINE, 0,                                     \
+      "access mode of the -s socket file, in octal")                                                                   \
     X(listen, FIELD(listen), LISTEN, "127.0.0.1", 0, 0, 'l', "ADDR", ENGINE, 0,                                        \
       "interfaces to listen on, comma-separated (host, IPv4 or IPv6 address)")                                         \
     X(memory_limit, FIELD(maxbytes), MB, "64", 1, 1099511627776.0, 'm', "MB", ENGINE, 1,                               \
@@ -65,6 +70,8 @@
       "disable CAS unique ids (saves 8 bytes per item)")                                                               \
     X(verbose, FIELD(verbose), COUNT, "0", 0, 3, 'v', "", ENGINE, 1,                                                   \
       "verbosity: -v errors and warnings, -vv also commands, -vvv internals")                                          \
+    X(disable_flush_all, FIELD(flush_enabled), NOT, "off", 0, 1, 'F', "", ENGINE, 0,                                  \
+      "disable the flush_all command (it answers CLIENT_ERROR flush_all not allowed)")                                 \
     X(enable_shutdown, FIELD(shutdown_enabled), BOOL, "off", 0, 1, 'A', "", ENGINE, 0,                                 \
       "allow clients to stop the server with \"shutdown\"")                                                            \
     X(udp_port, NOFIELD, INT, "0", 0, 0, 'U', "0", ENGINE, 0,                                                          \
@@ -78,6 +85,16 @@
     X(backend, FIELD(backend), BACKEND, "auto", 0, 3, 0, "NAME", ENGINE, 0,                                            \
       "I/O backend: auto, epoll, uring or stackmap; auto tries stackmap, then uring, then epoll, and takes "           \
       "the first that starts on every worker (logging once why it passed over one that exists but failed)")            \
+    X(daemon, NOFIELD, BOOL, "off", 0, 1, 'd', "", CONTROL, 0,                                                          \
+      "run as a daemon: detach once the listeners are open and the workers serve (errors until then reach "          \
+      "the terminal)")                                                                                                 \
+    X(pidfile, NOFIELD, STR, "", 0, 0, 'P', "FILE", CONTROL, 0,                                                        \
+      "write the server's pid to FILE once it serves (with -d the daemon's); removed at a clean exit")                 \
+    X(user, NOFIELD, STR, "", 0, 0, 'u', "USER", CONTROL, 0,                                                           \
+      "as root: become USER once the listeners are bound and /dev/stackmap is open (as root without -u, "             \
+      "stackmapd stays root; memcached refuses)")                                                                      \
+    X(enable_coredumps, NOFIELD, BOOL, "off", 0, 1, 'r', "", CONTROL, 0,                                               \
+      "raise the core file size limit to the maximum")                                                                 \
     X(metrics_listen, NOFIELD, HOSTPORT, "127.0.0.1:9150", 0, 0, 0, "HOST:PORT", CONTROL, 1,                           \
       "HTTP address of /metrics, /healthz, /readyz and the admin API; off to disable")                                 \
     X(admin_token, NOFIELD, STR, "", 0, 0, 0, "TOKEN", CONTROL, 1,                                                     \

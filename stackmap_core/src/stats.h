@@ -121,6 +121,7 @@ void sm_stats_accumulate(struct sm_stats_sum *sum, const struct sm_thread_stats 
 typedef struct sm_stat_sink {
     void (*add)(struct sm_stat_sink *sink, const char *name, const char *value); /* emit one pair */
     void *ctx;                                                                   /* the sink's own state */
+    const void *asker; /* the connection whose command asked (stats conns shows it parsing), or NULL */
 } sm_stat_sink;
 
 /* printf-style helper: formats value and calls sink->add. */

@@ -260,13 +260,16 @@
     X(inter, "listen", "Listen addresses (-l), NULL for none.", V_STR(st->listen[0] ? st->listen : "NULL"))            \
     X(verbosity, "verbose", "Verbosity (-v, the verbosity command).", V_INT(atomic_load(&e->verbose)))                 \
     X(evictions, "", "on: the cache always evicts when full (no -M).", V_STR("on"))                                    \
-    X(domain_socket, "", "NULL: no unix socket.", V_STR("NULL"))                                                       \
+    X(domain_socket, "unix_socket", "Unix socket path (-s), NULL for none.",                                          \
+      V_STR(st->unix_socket[0] ? st->unix_socket : "NULL"))                                                            \
+    X(umask, "unix_mask", "Mode of the unix socket file, octal (-a).", V_OCT(st->unix_mask))                            \
     X(shutdown_command, "enable_shutdown", "Whether the shutdown command is allowed (-A).",                            \
       V_STR(st->shutdown_enabled ? "yes" : "no"))                                                                      \
     X(growth_factor, "slab_growth_factor", "Slab chunk growth factor (-f).", V_F2(st->factor))                         \
     X(chunk_size, "slab_min_size", "Key + value + flags space of the smallest chunk (-n).", V_INT(st->chunk_size))     \
     X(num_threads, "threads", "Worker threads (-t).", V_INT(st->num_threads))                                          \
-    X(detail_enabled, "", "no: no per-prefix stats.", V_STR("no"))                                                     \
+    X(detail_enabled, "", "Whether per-prefix stats are collected (stats detail on|off).",                            \
+      V_STR(sm_prefix_enabled(e->prefixes) ? "yes" : "no"))                                                            \
     X(reqs_per_event, "max_reqs_per_event", "Requests a connection answers in one turn (-R).",                         \
       V_INT(st->reqs_per_event))                                                                                       \
     X(cas_enabled, "disable_cas", "Whether items carry CAS unique ids (-C turns them off).",                           \
@@ -284,7 +287,8 @@
     X(slab_chunk_max, "", "The slab page size: items are never split into chunks.", V_INT(st->slab_page_size))         \
     X(lru_crawler, "", "no: there is no LRU crawler.", V_STR("no"))                                                    \
     X(tail_repair_time, "", "0: there is no tail repair.", V_STR("0"))                                                 \
-    X(flush_enabled, "", "yes: flush_all is always allowed.", V_STR("yes"))                                            \
+    X(flush_enabled, "disable_flush_all", "Whether flush_all is allowed (-F turns it off).",                           \
+      V_STR(st->flush_enabled ? "yes" : "no"))                                                                         \
     X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
     X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
     X(lru_maintainer_thread, "lru_maintainer", "Whether the LRU maintainer moves items between segments.",            \

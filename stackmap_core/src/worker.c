@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "engine_internal.h"
@@ -76,6 +77,9 @@ static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
         port = ntohs(a->sin6_port);
         snprintf(buf, len, "tcp6:[%s]:%d", host, port);
+    } else if (ss->ss_family == AF_UNIX) {
+        const struct sockaddr_un *a = (const struct sockaddr_un *)ss;
+        snprintf(buf, len, "unix:%.*s", (int)sizeof(a->sun_path), a->sun_path);
     } else {
         snprintf(buf, len, "unknown");
     }
@@ -151,7 +155,7 @@ conn *worker_conn_open(worker *w, int fd)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0};
     socklen_t sl = sizeof(ss);
     if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
         format_addr(&ss, c->peer, sizeof(c->peer));
@@ -218,12 +222,12 @@ static const char *conn_state_name(const struct conn_view *v)
 
 void worker_stats_conns(worker *w, sm_stat_sink *sink)
 {
-    char name[64], addr[96];
+    char name[64], addr[120];
     rel_time_t now = cache_now(w->cache);
     pthread_mutex_lock(&w->conns_lock); /* a failed worker closes its listeners under it */
     if (w->id == 0) {
         for (int i = 0; i < w->nlisten; i++) {
-            struct sockaddr_storage ss;
+            struct sockaddr_storage ss = {0};
             socklen_t sl = sizeof(ss);
             if (getsockname(w->listen_fds[i], (struct sockaddr *)&ss, &sl) != 0)
                 continue;
@@ -240,7 +244,7 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
         struct conn_view v = conn_peek(c);
         snprintf(name, sizeof(name), "%d:addr", c->fd);
         sink->add(sink, name, c->peer);
-        struct sockaddr_storage ss;
+        struct sockaddr_storage ss = {0};
         socklen_t sl = sizeof(ss);
         if (getsockname(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
             format_addr(&ss, addr, sizeof(addr));
@@ -248,7 +252,8 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
             sink->add(sink, name, addr);
         }
         snprintf(name, sizeof(name), "%d:state", c->fd);
-        sink->add(sink, name, conn_state_name(&v));
+        /* the asking connection is mid-command, as memcached shows it (its reply is queued meanwhile) */
+        sink->add(sink, name, c == sink->asker ? "conn_parse_cmd" : conn_state_name(&v));
         snprintf(name, sizeof(name), "%d:secs_since_last_cmd", c->fd);
         sm_stat_addf(sink, name, "%u", (unsigned)(now - (rel_time_t)v.last_active));
     }
