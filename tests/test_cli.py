@@ -51,7 +51,6 @@ def free_port() -> int:
 
 # --- bad usage: exit 64 and a precise message --------------------------------
 
-LRU_SEGMENTED_WHY = "segmented LRU is not implemented yet: stackmapd keeps one LRU per slab class"
 
 BAD = [
     (["--bogus"], "unrecognized arguments: --bogus"),
@@ -76,8 +75,14 @@ BAD = [
     (["-o", "slab_chunk_max=512k"], "'slab_chunk_max' is not supported"),
     (["-o", "tcp_nodelay=maybe"], "tcp_nodelay: expected true or false"),
     (["-o", "uring_buf_size=256"], "uring_buf_size: must be between 512 and 16777216"),
-    (["-o", "lru_segmented"], "-o/--extended: lru_segmented: " + LRU_SEGMENTED_WHY),
-    (["-o", "hashpower=16,lru_segmented=1"], "lru_segmented: " + LRU_SEGMENTED_WHY),
+    (["-o", "hot_lru_pct=0"], "hot_lru_pct: must be between 1 and 79, got 0"),
+    (["-o", "warm_lru_pct=80"], "warm_lru_pct: must be between 1 and 79, got 80"),
+    (["-o", "hot_lru_pct=50,warm_lru_pct=40"], "hot_lru_pct + warm_lru_pct cannot be more than 80% combined"),
+    (["-o", "hot_max_factor=0"], "hot_max_factor: must be greater than 0"),
+    (["-o", "warm_max_factor=abc"], "warm_max_factor: expected a number"),
+    (["-o", "temporary_ttl=-2"], "temporary_ttl: must be between -1 and 2147483647"),
+    (["-o", "no_lru_maintainer,temporary_ttl=10"], "temporary_ttl requires lru_maintainer to be enabled"),
+    (["-o", "lru_segmented=maybe"], "lru_segmented: expected true or false"),
     (["--backend", "dpdk"], "--backend: must be one of auto, epoll"),
     (["-l", "127.0.0.1,,::1"], "-l/--listen: empty or invalid address"),
     (["stray"], "unrecognized arguments: stray"),
@@ -176,26 +181,40 @@ def test_extended_options() -> None:
     assert s.uring_batch_usec == 200
     assert s.tcp_nodelay is False
     assert parse(["-o", "lru_segmented=0"]).lru_segmented is False
-    with pytest.raises(OptionError, match=LRU_SEGMENTED_WHY):
-        parse(["-o", "lru_segmented"])
 
 
-def test_lru_segmented_is_refused_everywhere(tmp_path: Path) -> None:
-    """Asking for a segmented LRU fails at start (it does not exist yet); asking
-    for none works, from the command line, the config file and the environment."""
-    cfg = write(tmp_path, "[extended]\nlru_segmented = true\n")
+def test_segmented_lru_options() -> None:
+    """memcached 1.6's LRU options: segmented with a maintainer by default, each
+    switch with its no_ form, the tuning values, from -o, the config file and the
+    environment alike."""
+    e = stackmap_core.default_settings()  # what the engine takes when -o leaves them out
+    assert (e["lru_segmented"], e["lru_maintainer"]) == (1, 1)
+    assert (e["hot_lru_pct"], e["warm_lru_pct"], e["hot_max_factor"], e["warm_max_factor"]) == (20, 40, 0.2, 2.0)
+    assert e["temporary_ttl"] == -1
+    s = parse(["-o", "hot_lru_pct=10,warm_lru_pct=70,hot_max_factor=0.5,warm_max_factor=3,temporary_ttl=61"])
+    assert (s.hot_lru_pct, s.warm_lru_pct, s.hot_max_factor, s.warm_max_factor) == (10, 70, 0.5, 3.0)
+    assert s.temporary_ttl == 61
+    assert parse(["-o", "no_lru_maintainer"]).lru_maintainer is False
+    assert parse(["-o", "no_lru_segmented"]).lru_segmented is False
+
+
+def test_lru_options_from_config_and_environment(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "[extended]\nlru_segmented = false\nhot_lru_pct = 30\n")
+    s = parse(["--config", str(cfg)])
+    assert (s.lru_segmented, s.hot_lru_pct) == (False, 30)
+    cfg = write(tmp_path, "[extended]\nhot_lru_pct = 60\nwarm_lru_pct = 30\n")
     proc = run("--config", str(cfg))
     assert proc.returncode == 64
-    assert f"{cfg}: " in proc.stderr and LRU_SEGMENTED_WHY in proc.stderr
+    assert "hot_lru_pct + warm_lru_pct cannot be more than 80% combined" in proc.stderr
     proc = subprocess.run([*stackmapd_cmd()], capture_output=True, text=True, timeout=20,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "STACKMAP_EXTENDED": "lru_segmented"})
+                          stdin=subprocess.DEVNULL,
+                          env={**os.environ, "STACKMAP_EXTENDED": "no_lru_maintainer,temporary_ttl=5"})
     assert proc.returncode == 64
-    assert "STACKMAP_EXTENDED" in proc.stderr and LRU_SEGMENTED_WHY in proc.stderr
-    assert parse(["--config", str(write(tmp_path, "[extended]\nlru_segmented = false\n"))]).lru_segmented is False
+    assert "temporary_ttl requires lru_maintainer to be enabled" in proc.stderr
     # The engine's own check (for callers of the C API) says the same.
-    with pytest.raises(stackmap_core.SettingsError, match="-o lru_segmented: " + LRU_SEGMENTED_WHY):
-        stackmap_core.check_settings({"lru_segmented": 1})
-    stackmap_core.check_settings({"lru_segmented": 0})
+    with pytest.raises(stackmap_core.SettingsError, match="cannot be more than 80% combined"):
+        stackmap_core.check_settings({"hot_lru_pct": 41, "warm_lru_pct": 40})
+    stackmap_core.check_settings({"hot_lru_pct": 40, "warm_lru_pct": 40})
 
 
 # --- sizes -----------------------------------------------------------------------

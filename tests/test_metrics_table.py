@@ -133,7 +133,9 @@ def test_metrics_expose_every_stat_that_stats_prints(srv: Proc) -> None:
 def test_every_row_is_printed_and_families_are_consistent(srv: Proc) -> None:
     """No dead rows (a row nobody prints), and one kind and label set per family."""
     with srv.conn() as s:
-        request(s, b"set a 0 0 1\r\nx\r\n", until=b"STORED\r\n")
+        # a TEMP LRU item too, so that number_temp is printed
+        request(s, b"lru temp_ttl 600\r\nset a 0 0 1\r\nx\r\nset t 0 300 1\r\nx\r\n",
+                until=b"OK\r\nSTORED\r\nSTORED\r\n")
     seen = {(group, per_class, name) for group, per_class, _, name, _ in printed(srv.port)}
     table = stackmap_core.metric_table()
     dead = [f"{r.group}:{r.name}" for r in table if (r.group, r.per_class, r.name) not in seen]

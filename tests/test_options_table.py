@@ -195,6 +195,8 @@ def test_the_engine_checks_each_limit(row: stackmap_core.OptionInfo) -> None:
     roomy = {"maxbytes": 4 << 40}  # so that -I at its limit is below half of -m
     if row.field == "maxbytes":
         roomy = {"item_size_max": 1024}  # so that -m at its lower limit holds two items
+    if row.field in ("hot_lru_pct", "warm_lru_pct"):
+        roomy = {"hot_lru_pct": 1, "warm_lru_pct": 1}  # so that either at 79 stays within 80 together
     inside = row.lo if row.type != "float" else row.lo + 0.5
     stackmap_core.check_settings({**roomy, row.field: field_value(row, int(inside) if row.type != "float" else inside)})
     outside = [row.lo - 1] if row.type != "float" else [row.lo]

@@ -461,16 +461,15 @@ domain_socket shutdown_command growth_factor chunk_size num_threads
 detail_enabled reqs_per_event cas_enabled tcp_backlog binding_protocol
 auth_enabled_sasl auth_enabled_ascii item_size_max maxconns_fast hashpower_init slab_reassign
 slab_automove slab_chunk_max lru_crawler tail_repair_time flush_enabled dump_enabled
-hash_algorithm lru_maintainer_thread lru_segmented temp_lru idle_timeout track_sizes
-inline_ascii_response""".split()
+hash_algorithm lru_maintainer_thread lru_segmented hot_lru_pct warm_lru_pct hot_max_factor
+warm_max_factor temp_lru temporary_ttl idle_timeout track_sizes inline_ascii_response""".split()
 
 # "stats settings" names left out: they configure machinery stackmapd does not
 # have (UDP, unix-socket umask, stats detail prefixes, slab automover tuning,
-# LRU crawler tuning, the segmented LRU's hot/warm tuning, temporary TTLs, the
-# read-buffer pool).  README lists them.
+# LRU crawler tuning, the read-buffer pool).  README lists them.
 SETTINGS_NOT_OURS = """oldest umask num_threads_per_udp stat_key_prefix slab_automove_ratio
-slab_automove_window lru_crawler_sleep lru_crawler_tocrawl hot_lru_pct warm_lru_pct
-hot_max_factor warm_max_factor temporary_ttl read_buf_mem_limit slab_automove_freeratio""".split()
+slab_automove_window lru_crawler_sleep lru_crawler_tocrawl read_buf_mem_limit
+slab_automove_freeratio""".split()
 
 ITEMS_FIELDS = """number number_hot number_warm number_cold age_hot age_warm age mem_requested
 evicted evicted_nonzero evicted_time outofmemory tailrepairs reclaimed expired_unfetched

@@ -248,6 +248,14 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
                  s->item_size_max);
         return -1;
     }
+    if (s->hot_lru_pct + s->warm_lru_pct > 80) { /* memcached's words */
+        snprintf(err, errlen, "-o hot_lru_pct + warm_lru_pct cannot be more than 80%% combined");
+        return -1;
+    }
+    if (s->temporary_ttl >= 0 && !(s->lru_maintainer && s->modern)) {
+        snprintf(err, errlen, "-o temporary_ttl requires lru_maintainer to be enabled");
+        return -1;
+    }
     if (s->unix_socket[0] && s->backend == SM_BACKEND_STACKMAP) {
         snprintf(err, errlen, "-s/--unix-socket: the stackmap module carries TCP sockets only; a unix socket "
                               "is served by --backend uring or epoll (auto picks them)");
@@ -299,6 +307,12 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .hashpower_init = e->settings.hashpower_init,
         .use_cas = e->settings.use_cas,
         .lru_segmented = e->settings.lru_segmented,
+        .lru_maintainer = e->settings.lru_maintainer && e->settings.modern,
+        .hot_lru_pct = e->settings.hot_lru_pct,
+        .warm_lru_pct = e->settings.warm_lru_pct,
+        .hot_max_factor = e->settings.hot_max_factor,
+        .warm_max_factor = e->settings.warm_max_factor,
+        .temporary_ttl = e->settings.temporary_ttl,
         .verbose = e->settings.verbose,
     };
     if (e->settings.auth_file[0]) { /* -Y: a file that cannot be used stops the start */

@@ -65,7 +65,14 @@ struct sm_settings {
     int backlog;                /* listen() backlog (-b) */
     int reqs_per_event;         /* max requests per connection per event (-R) */
     int hashpower_init;         /* initial hash table size as a power of two (-o hashpower) */
-    int lru_segmented;          /* 0 only: segmented LRU is not implemented (options.h refuses 1) */
+    int lru_segmented;          /* HOT/WARM/COLD segments per class (-o lru_segmented, default) */
+    int lru_maintainer;         /* the LRU maintainer juggles segments (-o lru_maintainer, default) */
+    int modern;                 /* memcached 1.6's defaults; 0 (-o no_modern) turns the maintainer off */
+    int hot_lru_pct;            /* HOT's share of a class's bytes, % (-o hot_lru_pct) */
+    int warm_lru_pct;           /* WARM's share, % (-o warm_lru_pct) */
+    double hot_max_factor;      /* HOT idle limit as a multiple of COLD's age (-o hot_max_factor) */
+    double warm_max_factor;     /* WARM idle limit as a multiple of COLD's age (-o warm_max_factor) */
+    int temporary_ttl;          /* TTLs up to this go to the TEMP LRU, -1 none (-o temporary_ttl) */
     int backend;                /* enum sm_backend_kind (--backend) */
     int uring_entries;          /* io_uring SQ size per worker (-o uring_entries) */
     int uring_bufs;             /* provided buffers per worker ring (-o uring_bufs) */

@@ -119,9 +119,25 @@
       "refuse to load a snapshot created more than this many seconds ago (start empty)")                               \
     X(hashpower, FIELD(hashpower_init), INT, "16", 12, 32, 0, "N", EXTENDED, 0,                                        \
       "initial hash table size, 2^N buckets")                                                                          \
-    X(lru_segmented, FIELD(lru_segmented), BOOL, "0", 0, 0, 0, "", EXTENDED, 0,                                        \
-      "segmented LRU is not implemented yet: stackmapd keeps one LRU per slab class (only no_lru_segmented, "          \
-      "the default, is accepted)")                                                                                     \
+    X(lru_segmented, FIELD(lru_segmented), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                        \
+      "segmented LRU: HOT, WARM and COLD lists per slab class, as memcached 1.6 (no_lru_segmented: one plain "         \
+      "LRU per class, memcached's \"lru mode flat\")")                                                                 \
+    X(lru_maintainer, FIELD(lru_maintainer), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                      \
+      "the LRU maintainer moves items between the segments (no_lru_maintainer: a plain LRU, and \"lru mode\" "        \
+      "and \"lru temp_ttl\" answer ERROR, as in memcached)")                                                           \
+    X(modern, FIELD(modern), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                                      \
+      "memcached 1.6's defaults (no_modern: memcached's older ones; here that means no LRU maintainer, "               \
+      "so a plain LRU)")                                                                                               \
+    X(hot_lru_pct, FIELD(hot_lru_pct), INT, "20", 1, 79, 0, "N", EXTENDED, 0,                                          \
+      "% of a class's HOT+WARM+COLD bytes HOT may hold before its inactive tail goes to COLD")                         \
+    X(warm_lru_pct, FIELD(warm_lru_pct), INT, "40", 1, 79, 0, "N", EXTENDED, 0,                                        \
+      "% WARM may hold (hot_lru_pct + warm_lru_pct at most 80)")                                                       \
+    X(hot_max_factor, FIELD(hot_max_factor), FLOAT, "0.2", 0, INFINITY, 0, "F", EXTENDED, 0,                           \
+      "HOT items idle longer than COLD's tail age times this go to COLD")                                              \
+    X(warm_max_factor, FIELD(warm_max_factor), FLOAT, "2.0", 0, INFINITY, 0, "F", EXTENDED, 0,                         \
+      "WARM items idle longer than COLD's tail age times this go to COLD")                                             \
+    X(temporary_ttl, FIELD(temporary_ttl), INT, "-1", -1, 2147483647, 0, "N", EXTENDED, 0,                             \
+      "items with a TTL of at most N seconds go to a TEMP LRU, never evicted, only expired; -1 none")                  \
     X(idle_timeout, FIELD(idle_timeout), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                                 \
       "close client connections idle this many seconds; 0 never")                                                      \
     X(tcp_nodelay, FIELD(tcp_nodelay), BOOL, "1", 0, 1, 0, "", EXTENDED, 0, "set TCP_NODELAY on accepted sockets")     \

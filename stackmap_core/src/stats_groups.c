@@ -201,6 +201,8 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
 static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
 {
     const struct sm_settings *st = &e->settings;
+    cache_lru_settings lru; /* as "lru tune/mode/temp_ttl" left them */
+    cache_lru_get(e->cache, &lru);
     char val[64];
 #define SM_X(name, option, help, value) sink->add(sink, #name, value);
     SM_STATS_SETTINGS(SM_X)

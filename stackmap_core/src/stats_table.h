@@ -168,7 +168,7 @@
     X(lru_crawler_starts, COUNTER, "", "memcached_lru_crawler_starts_total", "",                                       \
       "LRU crawler runs started (always 0).", V_CACHE)                                                                 \
     X(lru_maintainer_juggles, COUNTER, "", "memcached_lru_maintainer_juggles_total", "",                               \
-      "Rounds of the cache maintainer thread.", V_CACHE)                                                               \
+      "Rounds of the LRU maintainer.", V_CACHE)                                                               \
     X(malloc_fails, COUNTER, "", "memcached_malloc_fails_total", "", "Memory allocations that failed.",                \
       V_CACHE)                                                                                                         \
     X(ssl_new_sessions, COUNTER, "", "memcached_ssl_new_sessions_total", "",                                           \
@@ -211,15 +211,15 @@
     X(lrutail_reflocked, COUNTER, "", "memcached_lrutail_reflocked_total", "",                                         \
       "LRU tail items skipped because another thread held them.", V_CACHE)                                             \
     X(moves_to_cold, COUNTER, "", "memcached_moves_to_cold_total", "",                                                 \
-      "Items moved from HOT or WARM into COLD (always 0: one LRU per class).", V_CACHE)                                \
+      "Items moved from HOT or WARM into COLD.", V_CACHE)                                \
     X(moves_to_warm, COUNTER, "", "memcached_moves_to_warm_total", "",                                                 \
-      "Items moved from COLD into WARM (always 0: one LRU per class).", V_CACHE)                                       \
+      "Items moved into WARM (from HOT, or COLD after a hit).", V_CACHE)                                       \
     X(moves_within_lru, COUNTER, "", "memcached_moves_within_lru_total", "",                                           \
       "Active items bumped to the head of their LRU.", V_CACHE)                                                        \
     X(direct_reclaims, COUNTER, "", "memcached_direct_reclaims_total", "",                                             \
       "Times worker threads had to directly reclaim or evict items.", V_CACHE)                                         \
     X(lru_bumps_dropped, COUNTER, "", "memcached_lru_bumps_dropped_total", "",                                         \
-      "LRU bumps dropped (always 0: bumps are synchronous).", V_CACHE)                                                 \
+      "Hits on COLD items not queued for the maintainer (a thread's queue was full).", V_CACHE)                                                 \
     X(syscalls, COUNTER, "", "stackmap_syscalls_total", "", "System calls made by the worker loops (all backends).",   \
       V_U64(s.syscalls))                                                                                               \
     X(uring_submits, COUNTER, "", "stackmap_uring_submits_total", "", "io_uring_enter calls that submitted work.",     \
@@ -309,9 +309,21 @@
       V_STR(st->flush_enabled ? "yes" : "no"))                                                                         \
     X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
     X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
-    X(lru_maintainer_thread, "", "no: there is no LRU maintainer thread.", V_STR("no"))                                \
-    X(lru_segmented, "", "no: one LRU per slab class (-o lru_segmented is refused).", V_STR("no"))                     \
-    X(temp_lru, "", "no: there is no temporary LRU.", V_STR("no"))                                                     \
+    X(lru_maintainer_thread, "lru_maintainer", "Whether the LRU maintainer moves items between segments.",            \
+      V_STR(lru.maintainer ? "yes" : "no"))                                                                            \
+    X(lru_segmented, "lru_segmented", "Whether the LRU is segmented (HOT/WARM/COLD; \"lru mode\" changes it live).",   \
+      V_STR(lru.segmented ? "yes" : "no"))                                                                             \
+    X(hot_lru_pct, "hot_lru_pct", "HOT's share of a class's memory, % (\"lru tune\" changes it live).",                \
+      V_INT(lru.hot_lru_pct))                                                                                          \
+    X(warm_lru_pct, "warm_lru_pct", "WARM's share of a class's memory, % (\"lru tune\").", V_INT(lru.warm_lru_pct))    \
+    X(hot_max_factor, "hot_max_factor", "HOT idle limit as a multiple of COLD's age (\"lru tune\").",                  \
+      V_F2(lru.hot_max_factor))                                                                                        \
+    X(warm_max_factor, "warm_max_factor", "WARM idle limit as a multiple of COLD's age (\"lru tune\").",               \
+      V_F2(lru.warm_max_factor))                                                                                       \
+    X(temp_lru, "temporary_ttl", "Whether short-TTL items go to a TEMP LRU (\"lru temp_ttl\" changes it live).",       \
+      V_STR(lru.temp_lru ? "yes" : "no"))                                                                              \
+    X(temporary_ttl, "temporary_ttl", "TTL at or under which items go to TEMP (61 until one is set).",             \
+      V_INT(lru.temporary_ttl))                                                                                        \
     X(idle_timeout, "idle_timeout", "Idle connection timeout in seconds (-o idle_timeout), 0 never.",                  \
       V_INT(st->idle_timeout))                                                                                         \
     X(track_sizes, "", "no: stats sizes is not tracked.", V_STR("no"))                                                 \
@@ -353,6 +365,7 @@
     X(number_hot, GAUGE, "", "memcached_slab_hot_items", "", "Number of items presently stored in the HOT LRU.")       \
     X(number_warm, GAUGE, "", "memcached_slab_warm_items", "", "Number of items presently stored in the WARM LRU.")    \
     X(number_cold, GAUGE, "", "memcached_slab_cold_items", "", "Number of items presently stored in the COLD LRU.")    \
+    X(number_temp, GAUGE, "", "memcached_slab_temp_items", "", "Number of items presently stored in the TEMP LRU.")    \
     X(age_hot, GAUGE, "seconds", "memcached_slab_hot_age_seconds", "", "Age of the oldest item in HOT LRU.")           \
     X(age_warm, GAUGE, "seconds", "memcached_slab_warm_age_seconds", "", "Age of the oldest item in WARM LRU.")        \
     X(age, GAUGE, "seconds", "memcached_slab_items_age_seconds", "",                                                   \
@@ -386,7 +399,7 @@
     X(moves_to_cold, COUNTER, "", "memcached_slab_items_moves_to_cold", "",                                            \
       "Number of items moved from HOT or WARM into COLD.")                                                             \
     X(moves_to_warm, COUNTER, "", "memcached_slab_items_moves_to_warm", "",                                            \
-      "Number of items moved from COLD into WARM.")                                                                    \
+      "Number of items moved into WARM (from HOT, or COLD after a hit).")                                                                    \
     X(moves_within_lru, COUNTER, "", "memcached_slab_items_moves_within_lru", "",                                      \
       "Number of times active items were bumped within their LRU.")                                                    \
     X(direct_reclaims, COUNTER, "", "memcached_slab_items_direct_reclaims_total", "",                                  \

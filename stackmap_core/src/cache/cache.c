@@ -43,9 +43,23 @@ cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
     atomic_store(&c->current_time, (rel_time_t)(ITEM_UPDATE_INTERVAL + 2));
     atomic_store(&c->maxbytes, cfg->maxbytes);
     pthread_mutex_init(&c->maint_lock, NULL);
-    pthread_cond_init(&c->maint_cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* the maintainer's sleeps are short and timed */
+    pthread_cond_init(&c->maint_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    c->lru_maintainer = cfg->lru_maintainer != 0;
+    atomic_store(&c->lru_segmented, c->lru_maintainer && cfg->lru_segmented);
+    atomic_store(&c->hot_lru_pct, cfg->hot_lru_pct);
+    atomic_store(&c->warm_lru_pct, cfg->warm_lru_pct);
+    atomic_store(&c->hot_max_factor, cfg->hot_max_factor);
+    atomic_store(&c->warm_max_factor, cfg->warm_max_factor);
+    atomic_store(&c->temp_lru, c->lru_maintainer && cfg->temporary_ttl >= 0);
+    atomic_store(&c->temporary_ttl, cfg->temporary_ttl >= 0 ? cfg->temporary_ttl : 61); /* memcached's default */
     c->hit_blocks = aligned_alloc(64, sizeof(struct hit_block) * HIT_BLOCKS);
-    if (!c->hit_blocks || hash_init(c, cfg->hashpower_init ? cfg->hashpower_init : 16) != 0 ||
+    /* calloc: the queues' pages cost nothing until a thread uses its own */
+    c->bump_rings = calloc(HIT_BLOCKS - 1, sizeof(struct bump_ring));
+    if (!c->hit_blocks || !c->bump_rings || hash_init(c, cfg->hashpower_init ? cfg->hashpower_init : 16) != 0 ||
         slabs_init(c) != 0) {
         snprintf(err, errlen, "cache: out of memory");
         cache_destroy(c);
@@ -63,6 +77,7 @@ void cache_destroy(cache *c)
     slabs_free_all(c);
     hash_free(c);
     free(c->hit_blocks);
+    free(c->bump_rings);
     pthread_mutex_destroy(&c->maint_lock);
     pthread_cond_destroy(&c->maint_cond);
     free(c);
@@ -158,6 +173,49 @@ uint64_t cache_memlimit(const cache *c)
     return atomic_load(&c->maxbytes);
 }
 
+/* ---- LRU settings (the "lru" command) ---- */
+
+void cache_lru_get(cache *c, cache_lru_settings *out)
+{
+    out->maintainer = c->lru_maintainer;
+    out->segmented = atomic_load(&c->lru_segmented);
+    out->hot_lru_pct = atomic_load(&c->hot_lru_pct);
+    out->warm_lru_pct = atomic_load(&c->warm_lru_pct);
+    out->hot_max_factor = atomic_load(&c->hot_max_factor);
+    out->warm_max_factor = atomic_load(&c->warm_max_factor);
+    out->temp_lru = atomic_load(&c->temp_lru);
+    out->temporary_ttl = atomic_load(&c->temporary_ttl);
+}
+
+void cache_lru_tune(cache *c, int hot_pct, int warm_pct, double hot_factor, double warm_factor)
+{
+    atomic_store(&c->hot_lru_pct, hot_pct);
+    atomic_store(&c->warm_lru_pct, warm_pct);
+    atomic_store(&c->hot_max_factor, hot_factor);
+    atomic_store(&c->warm_max_factor, warm_factor);
+}
+
+int cache_lru_mode(cache *c, int segmented)
+{
+    if (!c->lru_maintainer)
+        return -1;
+    atomic_store(&c->lru_segmented, segmented != 0);
+    return 0;
+}
+
+int cache_lru_temp_ttl(cache *c, int ttl)
+{
+    if (!c->lru_maintainer)
+        return -1;
+    if (ttl < 0) {
+        atomic_store(&c->temp_lru, false); /* memcached keeps the old TTL on show */
+    } else {
+        atomic_store(&c->temporary_ttl, ttl);
+        atomic_store(&c->temp_lru, true);
+    }
+    return 0;
+}
+
 /* ---- test hooks ---- */
 
 void cache_test_set_time(cache *c, rel_time_t t)
@@ -176,8 +234,9 @@ uint64_t cache_test_count_lru(cache *c)
     uint64_t n = 0;
     for (int k = 1; k <= c->nclasses; k++) {
         pthread_mutex_lock(&c->classes[k].lock);
-        for (item *it = c->classes[k].head; it; it = it->next)
-            n++;
+        for (int s = 0; s < LRU_NSEGS; s++)
+            for (item *it = c->classes[k].heads[s]; it; it = it->next)
+                n++;
         pthread_mutex_unlock(&c->classes[k].lock);
     }
     return n;

@@ -7,8 +7,8 @@
  * its maintainer thread.  All calls are thread-safe.  There is no global
  * lock on the get/set path: an item is guarded by one of a fixed array of
  * striped locks chosen by its key's hash; a slab class's free list and its
- * one LRU (plain, not memcached's segmented hot/warm/cold: lru.c) by that
- * class's own lock.  The hash table grows incrementally, bucket by
+ * LRU (memcached 1.6's segmented HOT/WARM/COLD/TEMP lists, or one plain
+ * list in flat mode: lru.c) by that class's own lock.  The hash table grows incrementally, bucket by
  * bucket, under the same stripe locks.
  *
  * Items are reference counted.  The hash table owns one reference while an
@@ -38,6 +38,11 @@ typedef uint32_t rel_time_t;
 #define ITEM_STALE      0x08 /* meta: invalidated (md I / ms I) */
 #define ITEM_TOKEN_SENT 0x10 /* meta: a recache "win" token was handed out */
 #define ITEM_KEY_BINARY 0x20 /* meta: the key was sent base64-encoded (ms b); k/me echo it encoded */
+/* Bits 8-9: the LRU segment the item is in (LRU_HOT..LRU_TEMP, lru.c), changed
+ * only under its class lock, read anywhere (a stale read only picks how a
+ * hit is recorded). */
+#define ITEM_LRU_SHIFT  8
+#define ITEM_LRU_MASK   0x300
 
 /* Longest key, in bytes (memcached's KEY_MAX_LENGTH). */
 #define KEY_MAX_LENGTH 250
@@ -77,7 +82,13 @@ typedef struct cache_config {
     uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
     int hashpower_init;       /* initial hash table size, power of two */
     int use_cas;              /* 0: CAS uniques are always 0 */
-    int lru_segmented;        /* always 0 (sm_settings_check refuses -o lru_segmented): one plain LRU per class (lru.c) */
+    int lru_segmented;        /* 1: HOT/WARM/COLD segments (memcached 1.6's default); 0: flat (lru.c) */
+    int lru_maintainer;       /* 1: the maintainer juggles the segments; 0: flat only, no "lru mode" */
+    int hot_lru_pct;          /* HOT's share of the class's HOT+WARM+COLD bytes, % */
+    int warm_lru_pct;         /* WARM's share, % */
+    double hot_max_factor;    /* HOT items idle longer than COLD's age times this go to COLD */
+    double warm_max_factor;   /* WARM items idle longer than COLD's age times this go to COLD */
+    int temporary_ttl;        /* items with a TTL of at most this many seconds go to TEMP; -1 none */
     int verbose;              /* log level for the maintainer's messages */
 } cache_config;
 
@@ -194,6 +205,29 @@ typedef enum {
  */
 item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags, rel_time_t exptime,
                   uint32_t nbytes, alloc_error *err);
+
+/* ---- LRU tuning (the "lru" command; memcached's settings of the same names) ---- */
+
+/* The segmented LRU's settings as they are now. */
+typedef struct cache_lru_settings {
+    int maintainer;         /* the LRU maintainer runs (-o lru_maintainer, the default) */
+    int segmented;          /* HOT/WARM/COLD in use ("lru mode segmented") */
+    int hot_lru_pct;        /* hot_lru_pct */
+    int warm_lru_pct;       /* warm_lru_pct */
+    double hot_max_factor;  /* hot_max_factor */
+    double warm_max_factor; /* warm_max_factor */
+    int temp_lru;           /* a TEMP LRU is in use (temp_lru) */
+    int temporary_ttl;      /* temporary_ttl (61 until one is set; kept when temp_lru goes off) */
+} cache_lru_settings;
+
+void cache_lru_get(cache *c, cache_lru_settings *out);
+/* "lru tune": checked by the caller as memcached does (hot + warm <= 80, factors > 0). */
+void cache_lru_tune(cache *c, int hot_pct, int warm_pct, double hot_factor, double warm_factor);
+/* "lru mode flat|segmented"; -1 when there is no LRU maintainer (memcached: ERROR). */
+int cache_lru_mode(cache *c, int segmented);
+/* "lru temp_ttl N": N >= 0 turns the TEMP LRU on with that TTL, N < 0 off;
+ * -1 without a maintainer. */
+int cache_lru_temp_ttl(cache *c, int ttl);
 
 /* Largest nbytes (value + 2) that cache_alloc accepts for a key of nkey bytes. */
 uint32_t cache_max_value_bytes(const cache *c, size_t nkey);

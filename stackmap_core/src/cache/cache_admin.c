@@ -177,7 +177,7 @@ uint64_t cache_evict_to(cache *c, uint64_t target)
         for (int k = 1; k <= c->nclasses && cache_item_bytes(c) > target; k++) {
             struct slabclass *cls = &c->classes[k];
             pthread_mutex_lock(&cls->lock);
-            for (int n = 0; n < EVICT_BATCH && cls->tail; n++) {
+            for (int n = 0; n < EVICT_BATCH; n++) {
                 int busy;
                 item *it = lru_pull_tail_locked(c, cls, &busy);
                 if (!it)

@@ -8,8 +8,10 @@
  *     nstripes never exceeds the smallest bucket count the table ever has,
  *     so during an expansion old bucket b and new buckets b and b+oldsize
  *     share one stripe.
- *   - slabclass.lock: one per class; guards its free list, its pages and
- *     its LRU list and counters.
+ *   - slabclass.lock: one per class; guards its free list, its pages, its
+ *     LRU lists (every segment), their counters, and an item's segment bits.
+ *     Moving an item between segments needs only this lock: the maintainer
+ *     never takes a stripe to juggle (only to reclaim a dead item).
  *   - Order: stripe, then class.  Code that already holds a class lock
  *     (eviction, the reclaimer) only ever TRYLOCKs a stripe.  Nobody holds
  *     two class locks, nor two stripes, except the maintainer when it swaps
@@ -42,6 +44,12 @@
 /* Threads that get a private block of hit counters; the rest share one. */
 #define HIT_BLOCKS 64
 
+/* LRU segments (memcached's HOT_LRU..TEMP_LRU), kept in it_flags bits 8-9. */
+enum { LRU_HOT = 0, LRU_WARM = 1, LRU_COLD = 2, LRU_TEMP = 3, LRU_NSEGS = 4 };
+#define ITEM_lru(flags) ((int)(((flags) & ITEM_LRU_MASK) >> ITEM_LRU_SHIFT))
+/* Entries of a thread's queue of COLD hits for the maintainer (a power of two). */
+#define BUMP_RING_SIZE 1024
+
 /* Relaxed access to plain item fields that are read outside their lock. */
 #define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 #define ST(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
@@ -65,7 +73,9 @@ struct class_stats {
     uint64_t evicted_unfetched; /* evicted items that were never read */
     uint64_t evicted_active;    /* evicted items that were read at least twice */
     uint64_t lrutail_reflocked; /* tail items skipped because a reader held them */
-    uint64_t moves_within_lru;  /* hits that moved an item to the LRU head */
+    uint64_t moves_to_cold;     /* items moved from HOT or WARM into COLD */
+    uint64_t moves_to_warm;     /* items moved from HOT or COLD into WARM */
+    uint64_t moves_within_lru;  /* items moved to the head of their own segment */
     uint64_t direct_reclaims;   /* allocations that had to pull from the LRU tail */
 };
 
@@ -81,17 +91,48 @@ struct slabclass {
     uint32_t npages;             /* pages owned by this class */
     uint32_t pages_cap;          /* capacity of pages[] */
     char **pages;                /* every page, for cache_destroy */
-    item *head;                  /* LRU head: most recently used */
-    item *tail;                  /* LRU tail: eviction candidate */
+    item *heads[LRU_NSEGS];      /* each segment's head: most recently linked */
+    item *tails[LRU_NSEGS];      /* each segment's tail: next to move or evict */
+    uint64_t seg_items[LRU_NSEGS]; /* items in each segment */
+    uint64_t seg_bytes[LRU_NSEGS]; /* their total size (memcached's sizes_bytes) */
+    uint32_t juggle_wait_us;     /* maintainer only: sleep before this class's next juggle */
+    uint32_t juggle_backoff_us;  /* maintainer only: the wait it grows while idle */
+    rel_time_t cold_age_ref;     /* maintainer only: COLD's age as the max factors see it (lru.c) */
+    rel_time_t cold_age_since;   /* maintainer only: when cold_age_ref last rose or fell */
     _Atomic uint64_t curr_items; /* linked items (relaxed; written under lock) */
     _Atomic uint64_t curr_bytes; /* sum of linked items' total sizes (mem_requested) */
     uint64_t total_items;        /* items ever linked (since stats reset) */
     struct class_stats st;       /* eviction/reclaim counters */
 } __attribute__((aligned(64)));
 
-/* A thread's private hit counters ("items:N:hits_to_cold"). */
+/* A thread's private hit counters ("items:N:hits_to_hot" ...). */
 struct hit_block {
-    _Atomic uint64_t hits[SM_MAX_SLAB_CLASSES]; /* get hits per class */
+    _Atomic uint64_t hits[LRU_NSEGS][SM_MAX_SLAB_CLASSES]; /* get hits per segment and class */
+} __attribute__((aligned(64)));
+
+/* One queued COLD hit: the item and its key's hash. */
+struct bump {
+    item *it;    /* the item as it was hit (not referenced: see bump_ring) */
+    uint32_t hv; /* its key's hash: where to look for it */
+};
+
+/*
+ * A thread's queue of hits on COLD items for the maintainer to move to
+ * WARM (memcached's lru_bump_buf): one producer (the thread owning the hit
+ * block of the same index), one consumer (the maintainer), no lock.
+ * Unlike memcached's, an entry holds no reference: a referenced item
+ * cannot be evicted, and a queue of them pinned whole slab classes of a
+ * small cache.  The maintainer moves an entry's item only if, under the
+ * stripe of hv, it is still in that hash chain (a pointer comparison: a
+ * chunk freed since is never read).
+ */
+struct bump_ring {
+    _Atomic uint32_t head;                    /* next slot the producer fills */
+    char pad0[60];                            /* keeps head and tail on their own lines */
+    _Atomic uint32_t tail;                    /* next slot the consumer takes */
+    char pad1[60];                            /* see pad0 */
+    _Atomic uint64_t dropped;                 /* bumps lost to a full queue (lru_bumps_dropped) */
+    struct bump slots[BUMP_RING_SIZE];        /* queued hits */
 } __attribute__((aligned(64)));
 
 struct cache {
@@ -133,9 +174,20 @@ struct cache {
     _Atomic uint64_t malloc_fails;    /* page allocations that failed */
     struct page_arena arena;          /* where slab pages come from (huge pages) */
 
-    /* ---- per-thread hit counters ---- */
+    /* ---- per-thread hit counters and COLD-hit queues ---- */
     struct hit_block *hit_blocks;     /* HIT_BLOCKS blocks; the last one is shared */
+    struct bump_ring *bump_rings;     /* one per private hit block (the shared one has none) */
     atomic_uint hit_blocks_used;      /* blocks handed out */
+
+    /* ---- the segmented LRU's settings (the "lru" command changes them live) ---- */
+    bool lru_maintainer;              /* the maintainer juggles segments (-o lru_maintainer) */
+    atomic_int lru_segmented;         /* 1: new items to HOT, COLD hits to WARM; 0: flat, all COLD */
+    atomic_int hot_lru_pct;           /* HOT's share of HOT+WARM+COLD bytes, % */
+    atomic_int warm_lru_pct;          /* WARM's share, % */
+    _Atomic double hot_max_factor;    /* HOT items idle > COLD age * this move to COLD */
+    _Atomic double warm_max_factor;   /* WARM items idle > COLD age * this move to COLD */
+    atomic_bool temp_lru;             /* short-TTL items go to TEMP */
+    atomic_int temporary_ttl;         /* the TTL at or under which they do (kept while temp_lru is off) */
 
     /* ---- maintainer ---- */
     pthread_t maint_thread;           /* the maintainer thread */
@@ -143,7 +195,7 @@ struct cache {
     atomic_bool maint_stop;           /* ask the maintainer to exit */
     pthread_mutex_t maint_lock;       /* guards maint_cond */
     pthread_cond_t maint_cond;        /* wakes the maintainer early (expansion, stop) */
-    _Atomic uint64_t maint_juggles;   /* reclaimer batches run (lru_maintainer_juggles) */
+    _Atomic uint64_t maint_juggles;   /* maintainer rounds (lru_maintainer_juggles) */
 };
 
 /* ---- cache.c ---- */
@@ -158,6 +210,8 @@ item *hash_find(cache *c, const char *key, size_t nkey, uint32_t hv);
 void hash_insert(cache *c, item *it, uint32_t hv);
 void hash_delete(cache *c, item *it, uint32_t hv);
 /* Maintainer: start, step (migrate up to n buckets; returns 1 when done), finish. */
+/* With the stripe of hv held: is it in hv's chain (linked)?  Reads no item but those in the chain. */
+int hash_holds(cache *c, const item *it, uint32_t hv);
 bool hash_needs_expand(cache *c);
 int hash_expand_start(cache *c);
 int hash_expand_step(cache *c, uint32_t n);
@@ -176,16 +230,30 @@ item *slabs_alloc_locked(cache *c, struct slabclass *cls);
 void slabs_free_locked(struct slabclass *cls, item *it);
 
 /* ---- lru.c ---- */
-/* With the class lock held. */
-void lru_link_locked(struct slabclass *cls, item *it);
+/* With the class lock held: put it at the head of segment seg (sets its
+ * segment bits and the segment's counters). */
+void lru_link_locked(struct slabclass *cls, item *it, int seg);
+/* With the class lock held: take it out of whichever segment it is in. */
 void lru_unlink_locked(struct slabclass *cls, item *it);
-/* With the class lock held: reclaim or evict a tail item for reuse (refcount 1,
- * unlinked), or NULL; *busy tells whether a stripe trylock failed on the way. */
+/* The segment a new item with this exptime goes to (TEMP, HOT, or COLD when flat). */
+int lru_segment_for(cache *c, rel_time_t exptime, rel_time_t now);
+/* With the class lock held: reclaim or evict a COLD tail item for reuse
+ * (refcount 1, unlinked), or NULL; *busy tells whether a stripe trylock
+ * failed on the way.  When COLD has nothing to give it moves HOT's (then
+ * WARM's) tail down to COLD and tries again, as memcached's allocation does. */
 item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy);
 /* Allocation attempts when tail items' stripes are momentarily busy. */
 #define ALLOC_RETRIES 10
 /* Maintainer: one pass of the expired-item reclaimer over every class. */
 uint64_t lru_reclaim_pass(cache *c);
+/* Maintainer: memcached's lru_maintainer_juggle for class k: move items
+ * between segments by size, age and activity; returns moves made. */
+int lru_juggle(cache *c, int k);
+/* Maintainer: move the queued COLD hits to WARM; returns items looked at. */
+uint64_t lru_drain_bumps(cache *c);
+/* Stripe or class context: a hit moves a COLD item to WARM now (the
+ * maintainer's part of a bump, and memcached's do_item_update). */
+void lru_bump_cold_locked(cache *c, struct slabclass *cls, item *it, rel_time_t now);
 /* Is it dead (expired or flushed) at `now`?  Stripe lock held or fields read relaxed. */
 int item_is_dead(cache *c, item *it, rel_time_t now, get_status *why);
 /* Stripe held and class lock held: unlink and drop the hash table's

@@ -6,9 +6,11 @@
  * slab mover and LRU maintainer right after conn_yields, the item counters
  * at the end.  cache_stats_general emits both, each in memcached's order;
  * stats_groups.c places every name where memcached prints it.  Names that
- * describe machinery we do not have (slab page mover, LRU crawler, segmented
- * LRU, async bump queue) are printed as 0, which is the truth here: none of
- * those events can happen.  Counters are read under each class lock in
+ * describe machinery we do not have (slab page mover, LRU crawler) are
+ * printed as 0, which is the truth here: none of those events can happen.
+ * As in memcached, the segmented LRU's names (number_hot, moves_to_cold,
+ * evicted_active, lru_bumps_dropped, ...) are printed only while the LRU
+ * maintainer runs, and number_temp only while there is a TEMP LRU.  Counters are read under each class lock in
  * turn, so the output is consistent per class, not across classes.
  */
 #include <stdio.h>
@@ -24,7 +26,8 @@ struct class_snap {
     uint32_t npages;        /* pages */
     uint64_t free_count;    /* chunks on the free list */
     uint32_t end_page_free; /* uncarved chunks of the newest page */
-    rel_time_t tail_time;   /* time of the LRU tail item, 0 if empty */
+    rel_time_t tail_time[LRU_NSEGS]; /* time of each segment's tail item, 0 if empty */
+    uint64_t seg_items[LRU_NSEGS];   /* items in each segment */
     struct class_stats st;  /* eviction/reclaim counters */
 };
 
@@ -38,7 +41,10 @@ static void snap_class(cache *c, int k, struct class_snap *s)
     s->npages = cls->npages;
     s->free_count = cls->free_count;
     s->end_page_free = cls->end_page_free;
-    s->tail_time = cls->tail ? LD(cls->tail->time) : 0;
+    for (int g = 0; g < LRU_NSEGS; g++) {
+        s->tail_time[g] = cls->tails[g] ? LD(cls->tails[g]->time) : 0;
+        s->seg_items[g] = cls->seg_items[g];
+    }
     s->st = cls->st;
     pthread_mutex_unlock(&cls->lock);
 }
@@ -87,6 +93,8 @@ void cache_stats_general(cache *c, sm_stat_sink *sink)
         tot.st.evicted += s.st.evicted;
         tot.st.reclaimed += s.st.reclaimed;
         tot.st.lrutail_reflocked += s.st.lrutail_reflocked;
+        tot.st.moves_to_cold += s.st.moves_to_cold;
+        tot.st.moves_to_warm += s.st.moves_to_warm;
         tot.st.moves_within_lru += s.st.moves_within_lru;
         tot.st.direct_reclaims += s.st.direct_reclaims;
     }
@@ -97,17 +105,23 @@ void cache_stats_general(cache *c, sm_stat_sink *sink)
     sink->add(sink, "slab_global_page_pool", "0"); /* pages never go back to a pool */
     sm_stat_addf(sink, "expired_unfetched", "%llu", U(tot.st.expired_unfetched));
     sm_stat_addf(sink, "evicted_unfetched", "%llu", U(tot.st.evicted_unfetched));
-    sm_stat_addf(sink, "evicted_active", "%llu", U(tot.st.evicted_active));
+    if (c->lru_maintainer)
+        sm_stat_addf(sink, "evicted_active", "%llu", U(tot.st.evicted_active));
     sm_stat_addf(sink, "evictions", "%llu", U(tot.st.evicted));
     sm_stat_addf(sink, "reclaimed", "%llu", U(tot.st.reclaimed));
     sink->add(sink, "crawler_reclaimed", "0");
     sink->add(sink, "crawler_items_checked", "0");
     sm_stat_addf(sink, "lrutail_reflocked", "%llu", U(tot.st.lrutail_reflocked));
-    sink->add(sink, "moves_to_cold", "0"); /* plain LRU: no segments to move between */
-    sink->add(sink, "moves_to_warm", "0");
+    if (!c->lru_maintainer)
+        return;
+    uint64_t dropped = 0;
+    for (int i = 0; i < HIT_BLOCKS - 1; i++)
+        dropped += atomic_load_explicit(&c->bump_rings[i].dropped, memory_order_relaxed);
+    sm_stat_addf(sink, "moves_to_cold", "%llu", U(tot.st.moves_to_cold));
+    sm_stat_addf(sink, "moves_to_warm", "%llu", U(tot.st.moves_to_warm));
     sm_stat_addf(sink, "moves_within_lru", "%llu", U(tot.st.moves_within_lru));
     sm_stat_addf(sink, "direct_reclaims", "%llu", U(tot.st.direct_reclaims));
-    sink->add(sink, "lru_bumps_dropped", "0"); /* bumps are synchronous, never dropped */
+    sm_stat_addf(sink, "lru_bumps_dropped", "%llu", U(dropped));
 }
 
 /* "items:<k>:<name>" */
@@ -118,24 +132,37 @@ static void item_stat(sm_stat_sink *sink, int k, const char *name, unsigned long
     sm_stat_addf(sink, key, "%llu", v);
 }
 
+/* Seconds since t (a tail item's time), 0 for no item. */
+static unsigned long long age_of(rel_time_t now, rel_time_t t)
+{
+    return t && now > t ? now - t : 0;
+}
+
 void cache_stats_items(cache *c, sm_stat_sink *sink)
 {
     rel_time_t now = cache_now(c);
+    bool maint = c->lru_maintainer;
+    bool temp = atomic_load(&c->temp_lru);
     for (int k = 1; k <= c->nclasses; k++) {
         struct class_snap s;
         snap_class(c, k, &s);
         if (s.curr_items == 0)
             continue;
-        uint64_t hits = 0;
+        uint64_t hits[LRU_NSEGS] = {0};
         for (int b = 0; b < HIT_BLOCKS; b++)
-            hits += atomic_load_explicit(&c->hit_blocks[b].hits[k], memory_order_relaxed);
+            for (int g = 0; g < LRU_NSEGS; g++)
+                hits[g] += atomic_load_explicit(&c->hit_blocks[b].hits[g][k], memory_order_relaxed);
         item_stat(sink, k, "number", s.curr_items);
-        item_stat(sink, k, "number_hot", 0);
-        item_stat(sink, k, "number_warm", 0);
-        item_stat(sink, k, "number_cold", s.curr_items);
-        item_stat(sink, k, "age_hot", 0);
-        item_stat(sink, k, "age_warm", 0);
-        item_stat(sink, k, "age", s.tail_time && now > s.tail_time ? now - s.tail_time : 0);
+        if (maint) {
+            item_stat(sink, k, "number_hot", s.seg_items[LRU_HOT]);
+            item_stat(sink, k, "number_warm", s.seg_items[LRU_WARM]);
+            item_stat(sink, k, "number_cold", s.seg_items[LRU_COLD]);
+            if (temp)
+                item_stat(sink, k, "number_temp", s.seg_items[LRU_TEMP]);
+            item_stat(sink, k, "age_hot", age_of(now, s.tail_time[LRU_HOT]));
+            item_stat(sink, k, "age_warm", age_of(now, s.tail_time[LRU_WARM]));
+        }
+        item_stat(sink, k, "age", age_of(now, s.tail_time[LRU_COLD]));
         item_stat(sink, k, "mem_requested", s.curr_bytes);
         item_stat(sink, k, "evicted", s.st.evicted);
         item_stat(sink, k, "evicted_nonzero", s.st.evicted_nonzero);
@@ -145,18 +172,21 @@ void cache_stats_items(cache *c, sm_stat_sink *sink)
         item_stat(sink, k, "reclaimed", s.st.reclaimed);
         item_stat(sink, k, "expired_unfetched", s.st.expired_unfetched);
         item_stat(sink, k, "evicted_unfetched", s.st.evicted_unfetched);
-        item_stat(sink, k, "evicted_active", s.st.evicted_active);
+        if (maint)
+            item_stat(sink, k, "evicted_active", s.st.evicted_active);
         item_stat(sink, k, "crawler_reclaimed", 0);
         item_stat(sink, k, "crawler_items_checked", 0);
         item_stat(sink, k, "lrutail_reflocked", s.st.lrutail_reflocked);
-        item_stat(sink, k, "moves_to_cold", 0);
-        item_stat(sink, k, "moves_to_warm", 0);
-        item_stat(sink, k, "moves_within_lru", s.st.moves_within_lru);
-        item_stat(sink, k, "direct_reclaims", s.st.direct_reclaims);
-        item_stat(sink, k, "hits_to_hot", 0);
-        item_stat(sink, k, "hits_to_warm", 0);
-        item_stat(sink, k, "hits_to_cold", hits);
-        item_stat(sink, k, "hits_to_temp", 0);
+        if (maint) {
+            item_stat(sink, k, "moves_to_cold", s.st.moves_to_cold);
+            item_stat(sink, k, "moves_to_warm", s.st.moves_to_warm);
+            item_stat(sink, k, "moves_within_lru", s.st.moves_within_lru);
+            item_stat(sink, k, "direct_reclaims", s.st.direct_reclaims);
+            item_stat(sink, k, "hits_to_hot", hits[LRU_HOT]);
+            item_stat(sink, k, "hits_to_warm", hits[LRU_WARM]);
+            item_stat(sink, k, "hits_to_cold", hits[LRU_COLD]);
+            item_stat(sink, k, "hits_to_temp", hits[LRU_TEMP]);
+        }
     }
 }
 
@@ -216,8 +246,9 @@ void cache_stats_reset(cache *c)
         pthread_mutex_unlock(&cls->lock);
     }
     for (int b = 0; b < HIT_BLOCKS; b++)
-        for (int k = 0; k < SM_MAX_SLAB_CLASSES; k++)
-            atomic_store_explicit(&c->hit_blocks[b].hits[k], 0, memory_order_relaxed);
+        for (int g = 0; g < LRU_NSEGS; g++)
+            for (int k = 0; k < SM_MAX_SLAB_CLASSES; k++)
+                atomic_store_explicit(&c->hit_blocks[b].hits[g][k], 0, memory_order_relaxed);
     atomic_store(&c->malloc_fails, 0);
     atomic_store(&c->maint_juggles, 0);
 }

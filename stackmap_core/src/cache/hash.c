@@ -220,6 +220,14 @@ item *hash_find(cache *c, const char *key, size_t nkey, uint32_t hv)
     return NULL;
 }
 
+int hash_holds(cache *c, const item *it, uint32_t hv)
+{
+    for (const item *p = *bucket_of(c, hv); p; p = p->h_next)
+        if (p == it)
+            return 1;
+    return 0;
+}
+
 void hash_insert(cache *c, item *it, uint32_t hv)
 {
     item **b = bucket_of(c, hv);

@@ -4,8 +4,11 @@
  *
  * Every operation on a key runs under that key's stripe lock (cache_int.h),
  * never a global lock.  A hit costs: hash, stripe lock, chain walk, expiry
- * and flush check, refcount increment, unlock.  The class lock is taken on
- * a hit only when the item was last moved in its LRU more than
+ * and flush check, refcount increment, unlock.  With the segmented LRU
+ * (lru.c) a hit never takes the class lock: it sets FETCHED, then ACTIVE
+ * (and the access time) once, and a COLD item's second hit is queued for
+ * the maintainer on the thread's own lock-free queue.  In flat mode the
+ * class lock is taken on a hit only when the item was last moved more than
  * ITEM_UPDATE_INTERVAL (60) seconds ago, as memcached does.  Link, unlink
  * and free take the item's class lock after the stripe lock.
  *
@@ -24,27 +27,64 @@
 
 #include "cache_int.h"
 
-/* ---- per-thread hit counters ("items:N:hits_to_cold") ---- */
+/* ---- per-thread hit counters and COLD-hit queues ---- */
 
 static _Thread_local struct {
     uint64_t cache_id;   /* cache the block belongs to */
     struct hit_block *b; /* this thread's block */
+    struct bump_ring *r; /* this thread's COLD-hit queue; NULL for the shared block */
     bool shared;         /* b is the shared overflow block: use atomic adds */
 } tl_hits;
 
-static void count_hit(cache *c, int clsid)
+/* This thread's block of c (handed out on its first hit). */
+static inline void tl_attach(cache *c)
 {
     if (tl_hits.cache_id != c->cache_id) {
         unsigned i = atomic_fetch_add(&c->hit_blocks_used, 1);
         tl_hits.shared = i >= HIT_BLOCKS - 1;
         tl_hits.b = &c->hit_blocks[tl_hits.shared ? HIT_BLOCKS - 1 : i];
+        tl_hits.r = tl_hits.shared ? NULL : &c->bump_rings[i];
         tl_hits.cache_id = c->cache_id;
     }
-    _Atomic uint64_t *h = &tl_hits.b->hits[clsid];
+}
+
+static void count_hit(cache *c, int clsid, int seg)
+{
+    tl_attach(c);
+    _Atomic uint64_t *h = &tl_hits.b->hits[seg][clsid];
     if (tl_hits.shared)
         atomic_fetch_add_explicit(h, 1, memory_order_relaxed);
     else
         atomic_store_explicit(h, atomic_load_explicit(h, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
+/*
+ * A second hit on a COLD item (memcached's lru_bump_async): queue it for
+ * the maintainer to move to WARM (cache_int.h: struct bump_ring).  A full
+ * queue drops the bump and takes ACTIVE back, as memcached does.  Threads
+ * beyond the private blocks (more than HIT_BLOCKS - 1 of them) have no
+ * queue and move the item themselves under its class lock.
+ */
+static void bump_cold(cache *c, item *it, uint32_t hv, rel_time_t now)
+{
+    tl_attach(c);
+    struct bump_ring *r = tl_hits.r;
+    if (!r) {
+        struct slabclass *cls = &c->classes[it->slabs_clsid];
+        pthread_mutex_lock(&cls->lock);
+        lru_bump_cold_locked(c, cls, it, now);
+        pthread_mutex_unlock(&cls->lock);
+        return;
+    }
+    uint32_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+    if (h - atomic_load_explicit(&r->tail, memory_order_acquire) >= BUMP_RING_SIZE) {
+        atomic_store_explicit(&r->dropped, atomic_load_explicit(&r->dropped, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+        atomic_fetch_and(&it->it_flags, (uint16_t)~ITEM_ACTIVE);
+        return;
+    }
+    r->slots[h & (BUMP_RING_SIZE - 1)] = (struct bump){.it = it, .hv = hv};
+    atomic_store_explicit(&r->head, h + 1, memory_order_release);
 }
 
 /* ---- allocation and release ---- */
@@ -129,13 +169,15 @@ void cache_release(cache *c, item *it)
 void item_link(cache *c, item *it, uint32_t hv, uint64_t cas)
 {
     struct slabclass *cls = &c->classes[it->slabs_clsid];
+    rel_time_t now = cache_now(c);
     atomic_fetch_or(&it->it_flags, ITEM_LINKED);
-    ST(it->time, cache_now(c));
+    ST(it->time, now);
     ST(it->cas, cas);
     atomic_fetch_add(&it->refcount, 1);
     hash_insert(c, it, hv);
+    int seg = lru_segment_for(c, LD(it->exptime), now);
     pthread_mutex_lock(&cls->lock);
-    lru_link_locked(cls, it);
+    lru_link_locked(cls, it, seg);
     atomic_store_explicit(&cls->curr_items, atomic_load_explicit(&cls->curr_items, memory_order_relaxed) + 1,
                           memory_order_relaxed);
     atomic_store_explicit(&cls->curr_bytes,
@@ -156,26 +198,63 @@ void item_unlink(cache *c, item *it, uint32_t hv)
     pthread_mutex_unlock(&cls->lock);
 }
 
-/* memcached's do_item_update: move to the LRU head at most once a minute. */
+/*
+ * memcached's do_item_update, for what is not a plain hit (add on an
+ * existing key, incr/decr in place): segmented, an active COLD item moves
+ * to WARM and any other takes the current time; flat, the item moves to
+ * COLD's head at most once a minute.
+ */
 static void item_update(cache *c, item *it, rel_time_t now)
 {
+    struct slabclass *cls = &c->classes[it->slabs_clsid];
+    if (atomic_load_explicit(&c->lru_segmented, memory_order_relaxed)) {
+        uint16_t f = atomic_load_explicit(&it->it_flags, memory_order_relaxed);
+        if (ITEM_lru(f) != LRU_COLD || !(f & ITEM_ACTIVE)) {
+            ST(it->time, now);
+            return;
+        }
+        pthread_mutex_lock(&cls->lock);
+        lru_bump_cold_locked(c, cls, it, now);
+        pthread_mutex_unlock(&cls->lock);
+        return;
+    }
     if (LD(it->time) + ITEM_UPDATE_INTERVAL >= now)
         return;
-    struct slabclass *cls = &c->classes[it->slabs_clsid];
     pthread_mutex_lock(&cls->lock);
-    if (atomic_load(&it->it_flags) & ITEM_LINKED) {
+    uint16_t f = atomic_load(&it->it_flags);
+    if (f & ITEM_LINKED) {
         lru_unlink_locked(cls, it);
-        lru_link_locked(cls, it);
+        lru_link_locked(cls, it, ITEM_lru(f)); /* its own segment's head */
         ST(it->time, now);
         cls->st.moves_within_lru++;
     }
     pthread_mutex_unlock(&cls->lock);
 }
 
-/* A hit: FETCHED on the first read, ACTIVE on the second, then update. */
-static void item_bump(cache *c, item *it, rel_time_t now)
+/*
+ * A hit (memcached's do_item_bump).  Segmented: the first hit sets
+ * FETCHED, the next ACTIVE and, outside COLD, the access time; a COLD item
+ * is queued for the maintainer (bump_cold).  An ACTIVE item costs nothing
+ * more until the maintainer clears ACTIVE again.  Flat: FETCHED, ACTIVE on
+ * the second hit (for evicted_active), and item_update.
+ */
+static void item_bump(cache *c, item *it, uint32_t hv, rel_time_t now)
 {
     uint16_t f = atomic_load_explicit(&it->it_flags, memory_order_relaxed);
+    if (atomic_load_explicit(&c->lru_segmented, memory_order_relaxed)) {
+        if (f & ITEM_ACTIVE)
+            return;
+        if (!(f & ITEM_FETCHED)) {
+            atomic_fetch_or(&it->it_flags, ITEM_FETCHED);
+            return;
+        }
+        atomic_fetch_or(&it->it_flags, ITEM_ACTIVE);
+        if (ITEM_lru(f) != LRU_COLD)
+            ST(it->time, now);
+        else
+            bump_cold(c, it, hv, now);
+        return;
+    }
     if (!(f & ITEM_FETCHED))
         atomic_fetch_or(&it->it_flags, ITEM_FETCHED);
     else if (!(f & ITEM_ACTIVE))
@@ -229,10 +308,11 @@ item *cache_get_locked(cache *c, const char *key, size_t nkey, uint32_t hv, int 
     atomic_fetch_add(&it->refcount, 1);
     if (flags & CACHE_GET_TOUCH)
         ST(it->exptime, exptime);
+    int seg = ITEM_lru(atomic_load_explicit(&it->it_flags, memory_order_relaxed));
     if (!(flags & CACHE_GET_NOBUMP))
-        item_bump(c, it, now);
+        item_bump(c, it, hv, now);
     if (!(flags & CACHE_GET_TOUCH))
-        count_hit(c, it->slabs_clsid);
+        count_hit(c, it->slabs_clsid, seg);
     return it;
 }
 

@@ -54,6 +54,7 @@ int sm_cmd_lookup(const char *w, size_t n)
         case 's': return is(w, SM_CMD_set);
         case 'a': return is(w, SM_CMD_add);
         case 'c': return is(w, SM_CMD_cas);
+        case 'l': return is(w, SM_CMD_lru);
         default: return SM_CMD_NONE;
         }
     case 4:
@@ -179,5 +180,17 @@ bool safe_strtol(const char *s, int32_t *out)
     if (errno == ERANGE || !number_end_ok(s, end))
         return false;
     *out = (int32_t)(uint32_t)(unsigned long long)v; /* memcached stores its long into 32 bits */
+    return true;
+}
+
+bool safe_strtod(const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    *out = 0;
+    double d = strtod(s, &end);
+    if (errno == ERANGE || !number_end_ok(s, end))
+        return false;
+    *out = d;
     return true;
 }

@@ -56,6 +56,7 @@
     X(flush_all, TEXT, flush_all, NONE, 2, 4, proto_text_flush_all)           \
     X(version, TEXT, version, NONE, 2, SM_MAX_TOKENS, proto_text_version)     \
     X(verbosity, TEXT, other, NONE, 3, 4, proto_text_verbosity)               \
+    X(lru, TEXT, other, NONE, 3, SM_MAX_TOKENS, proto_text_lru)               \
     X(cache_memlimit, TEXT, other, NONE, 3, 4, proto_text_cache_memlimit)     \
     X(shutdown, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_shutdown)     \
     X(refresh_certs, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_refresh_certs) \
@@ -141,5 +142,7 @@ void sm_parse_line(sm_request *r, char *line, size_t len);
 bool safe_strtoull(const char *s, uint64_t *out);
 bool safe_strtoul(const char *s, uint32_t *out);
 bool safe_strtol(const char *s, int32_t *out);
+/* memcached's safe_strtod: a number strtod takes, then white space or the end. */
+bool safe_strtod(const char *s, double *out);
 
 #endif

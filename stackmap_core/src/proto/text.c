@@ -494,6 +494,53 @@ void proto_text_verbosity(conn *c, sm_request *r)
     REPLY(c, "OK");
 }
 
+/*
+ * memcached's process_lru_command: "lru tune HOT_PCT WARM_PCT HOT_FACTOR
+ * WARM_FACTOR", "lru mode flat|segmented", "lru temp_ttl TTL" (negative:
+ * no TEMP LRU), each with an optional noreply; the last two answer ERROR
+ * without an LRU maintainer.  Its replies, word for word.  Two inputs
+ * memcached takes and we refuse: percentages whose sum wraps around 2^32,
+ * and factors that are not numbers (nan).
+ */
+void proto_text_lru(conn *c, sm_request *r)
+{
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
+    cache *ca = c->worker->cache;
+    set_noreply_maybe(c, tokens, ntokens);
+    const char *sub = tokens[1].value;
+    if (strcmp(sub, "tune") == 0 && ntokens >= 7) {
+        uint32_t hot, warm;
+        double hot_factor, warm_factor;
+        if (!safe_strtoul(tokens[2].value, &hot) || !safe_strtoul(tokens[3].value, &warm) ||
+            !safe_strtod(tokens[4].value, &hot_factor) || !safe_strtod(tokens[5].value, &warm_factor)) {
+            REPLY(c, "ERROR");
+        } else if ((uint64_t)hot + warm > 80) {
+            REPLY(c, "ERROR hot and warm pcts must not exceed 80");
+        } else if (!(warm_factor > 0) || !(hot_factor > 0)) {
+            REPLY(c, "ERROR hot/warm age factors must be greater than 0");
+        } else {
+            cache_lru_tune(ca, (int)hot, (int)warm, hot_factor, warm_factor);
+            REPLY(c, "OK");
+        }
+    } else if (strcmp(sub, "mode") == 0 && ntokens >= 4) {
+        const char *m = tokens[2].value;
+        int seg = strcmp(m, "segmented") == 0 ? 1 : strcmp(m, "flat") == 0 ? 0 : -1;
+        if (seg < 0 || cache_lru_mode(ca, seg) < 0)
+            REPLY(c, "ERROR");
+        else
+            REPLY(c, "OK");
+    } else if (strcmp(sub, "temp_ttl") == 0 && ntokens >= 4) {
+        int32_t ttl;
+        if (!safe_strtol(tokens[2].value, &ttl) || cache_lru_temp_ttl(ca, ttl) < 0)
+            REPLY(c, "ERROR");
+        else
+            REPLY(c, "OK");
+    } else {
+        REPLY(c, "ERROR");
+    }
+}
+
 void proto_text_flush_all(conn *c, sm_request *r)
 {
     sm_token *tokens = r->tokens;
