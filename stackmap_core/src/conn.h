@@ -40,6 +40,7 @@
 #include "stats.h"
 
 struct worker;
+struct dump_stream;
 
 /* Bytes of one output scratch chunk. */
 #define OUT_CHUNK_SIZE 16384
@@ -143,6 +144,7 @@ typedef struct conn {
     uint64_t swallow_left;   /* bytes still to discard (CONN_SWALLOW) */
     pending_store pending;   /* what to do when the value is complete */
     get_stream gets;         /* a long get/gets line being answered as it arrives */
+    struct dump_stream *dump; /* an lru_crawler metadump being streamed (proto/crawler_cmd.c), or NULL */
 
     /* output queue; its arrays are pooled blocks, held only while bytes are queued */
     struct iovec *iov;       /* queued iovecs, in order */
@@ -169,7 +171,8 @@ typedef struct conn {
 } conn;
 
 /* c's last turn at parsing ended at -R requests with a complete request
- * still held in its input: the worker resumes it after the others' turns. */
+ * still held in its input, or in a metadump step with more to come: the
+ * worker resumes it after the others' turns. */
 static inline bool conn_yielded(const conn *c) { return c->nreqs < 0; }
 
 /* ---- output queue (conn.c) ---- */

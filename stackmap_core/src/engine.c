@@ -278,6 +278,9 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .use_cas = e->settings.use_cas,
         .lru_segmented = e->settings.lru_segmented,
         .verbose = e->settings.verbose,
+        .lru_crawler = e->settings.lru_crawler,
+        .lru_crawler_sleep = (uint32_t)e->settings.lru_crawler_sleep,
+        .lru_crawler_tocrawl = (uint32_t)e->settings.lru_crawler_tocrawl,
     };
     e->cache = cache_create(&cc, err, errlen);
     if (!e->cache) {

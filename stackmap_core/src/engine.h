@@ -74,6 +74,10 @@ struct sm_settings {
     int uring_batch_usec;       /* a loaded worker waits up to this long for a batch, 0 = never */
     int tcp_nodelay;            /* set TCP_NODELAY on accepted sockets */
     int idle_timeout;           /* close connections idle this many seconds, 0 = never */
+    int dump_enabled;           /* 0 when -X disables lru_crawler metadump */
+    int lru_crawler;            /* start the LRU crawler thread (-o lru_crawler / no_lru_crawler) */
+    int lru_crawler_sleep;      /* crawler pause per 1000 items, microseconds (-o lru_crawler_sleep) */
+    int lru_crawler_tocrawl;    /* items per class per crawler pass, 0 all (-o lru_crawler_tocrawl) */
 };
 
 typedef struct sm_engine sm_engine;

@@ -69,6 +69,8 @@
       "allow clients to stop the server with \"shutdown\"")                                                            \
     X(udp_port, NOFIELD, INT, "0", 0, 0, 'U', "0", ENGINE, 0,                                                          \
       "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
+    X(disable_dumping, FIELD(dump_enabled), NOT, "off", 0, 1, 'X', "", ENGINE, 0,                                       \
+      "disable lru_crawler metadump (memcached's -X)")                                                                 \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
       "requests a connection answers in one turn before the worker's other connections get theirs "                    \
@@ -97,6 +99,13 @@
     X(lru_segmented, FIELD(lru_segmented), BOOL, "0", 0, 0, 0, "", EXTENDED, 0,                                        \
       "segmented LRU is not implemented yet: stackmapd keeps one LRU per slab class (only no_lru_segmented, "          \
       "the default, is accepted)")                                                                                     \
+    X(lru_crawler, FIELD(lru_crawler), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                            \
+      "run the LRU crawler thread, which frees expired items in the background (no_lru_crawler: off; "                 \
+      "lru_crawler enable/disable change it live)")                                                                    \
+    X(lru_crawler_sleep, FIELD(lru_crawler_sleep), INT, "100", 0, 1000000, 0, "N", EXTENDED, 0,                        \
+      "microseconds the LRU crawler pauses every 1000 items it looks at")                                              \
+    X(lru_crawler_tocrawl, FIELD(lru_crawler_tocrawl), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                   \
+      "items the LRU crawler looks at per slab class per pass; 0 all")                                                 \
     X(idle_timeout, FIELD(idle_timeout), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                                 \
       "close client connections idle this many seconds; 0 never")                                                      \
     X(tcp_nodelay, FIELD(tcp_nodelay), BOOL, "1", 0, 1, 0, "", EXTENDED, 0, "set TCP_NODELAY on accepted sockets")     \

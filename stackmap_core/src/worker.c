@@ -297,7 +297,7 @@ static size_t feed_turns(conn *c, char *data, size_t len)
     int budget = c->worker->settings->reqs_per_event;
     c->nreqs = budget;
     size_t used = proto_process(c, data, len);
-    while (conn_yielded(c) && len - used > YIELD_HOLD_MAX) {
+    while (conn_yielded(c) && !c->dump && len - used > YIELD_HOLD_MAX) {
         c->nreqs = budget;
         used += proto_process(c, data + used, len - used);
     }
@@ -316,7 +316,7 @@ bool worker_feed(conn *c, char *data, size_t len)
     }
     c->nreqs = 0; /* (no turn taken: no yield) */
     if (len == 0) {
-        if (c->rbytes == 0)
+        if (c->rbytes == 0 && !c->dump)
             return true;
         conn_rbuf_consume(c, feed_turns(c, c->rbuf, c->rbytes));
         conn_input_done(c);
@@ -340,7 +340,7 @@ bool worker_eof_finished(conn *c)
 {
     if (out_pending(c) > 0)
         return false;
-    if (c->state != CONN_PARSE || c->rbytes == 0)
+    if (c->state != CONN_PARSE || (c->rbytes == 0 && !c->dump))
         return true; /* closing, or inside a value that can no longer arrive */
     /* Input held back by back-pressure or a yield: answer it now that the
      * queue is empty (turn after turn while the turns queue nothing). */
@@ -407,7 +407,7 @@ bool worker_input(worker *w, conn *c, char *data, size_t len)
 static bool resume_held(worker *w, conn *c)
 {
     bool yielded = false;
-    if (c->rbytes > 0 && c->state == CONN_PARSE) {
+    if ((c->rbytes > 0 || c->dump) && c->state == CONN_PARSE) {
         worker_batch_clock(w);
         if (!worker_feed(c, NULL, 0))
             return false;

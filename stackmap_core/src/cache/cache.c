@@ -44,6 +44,7 @@ cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
     atomic_store(&c->maxbytes, cfg->maxbytes);
     pthread_mutex_init(&c->maint_lock, NULL);
     pthread_cond_init(&c->maint_cond, NULL);
+    crawler_init(c);
     c->hit_blocks = aligned_alloc(64, sizeof(struct hit_block) * HIT_BLOCKS);
     if (!c->hit_blocks || hash_init(c, cfg->hashpower_init ? cfg->hashpower_init : 16) != 0 ||
         slabs_init(c) != 0) {
@@ -60,6 +61,7 @@ void cache_destroy(cache *c)
     if (!c)
         return;
     cache_stop(c);
+    crawler_destroy(c);
     slabs_free_all(c);
     hash_free(c);
     free(c->hit_blocks);

@@ -88,11 +88,14 @@ int cache_start(cache *c)
         return -1;
     }
     c->maint_started = true;
+    if (c->cfg.lru_crawler && !cache_crawler_enabled(c) && cache_crawler_enable(c) != 0)
+        return -1; /* errno from pthread_create */
     return 0;
 }
 
 void cache_stop(cache *c)
 {
+    cache_crawler_disable(c);
     if (!c->maint_started)
         return;
     pthread_mutex_lock(&c->maint_lock);

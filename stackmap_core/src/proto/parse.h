@@ -59,6 +59,7 @@
     X(cache_memlimit, TEXT, other, NONE, 3, 4, proto_text_cache_memlimit)     \
     X(shutdown, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_shutdown)     \
     X(quit, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_quit)             \
+    X(lru_crawler, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_lru_crawler) \
     X(mg, META, mg, ONE, 2, SM_MAX_TOKENS, proto_meta_get)                    \
     X(ms, META, ms, NONE, 2, SM_MAX_TOKENS, proto_meta_set)                   \
     X(md, META, md, NONE, 2, SM_MAX_TOKENS, proto_meta_delete)                \

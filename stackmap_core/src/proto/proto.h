@@ -47,7 +47,7 @@ size_t proto_process(conn *c, char *data, size_t len);
 typedef void proto_handler(conn *c, sm_request *r);
 proto_handler proto_text_get, proto_text_store, proto_text_delete, proto_text_arith, proto_text_touch,
     proto_text_stats, proto_text_flush_all, proto_text_version, proto_text_verbosity, proto_text_cache_memlimit,
-    proto_text_shutdown, proto_text_quit;
+    proto_text_shutdown, proto_text_quit, proto_text_lru_crawler;
 /* An unknown command, or a text command with a wrong number of tokens: "ERROR". */
 proto_handler proto_text_unknown;
 proto_handler proto_meta_get, proto_meta_set, proto_meta_delete, proto_meta_arith, proto_meta_noop,
@@ -56,6 +56,12 @@ proto_handler proto_meta_get, proto_meta_set, proto_meta_delete, proto_meta_arit
 /* One key of a long get/gets line (proto.c streams those): count it and queue
  * its VALUE if it is a hit.  false: the queue could not take the reply. */
 bool proto_text_get_key(conn *c, const char *key, size_t nkey, bool return_cas);
+
+/*
+ * A metadump is being streamed on c (c->dump, crawler_cmd.c): queue its next
+ * step.  true when it ended (END queued, c->dump NULL) and parsing may go on.
+ */
+bool proto_dump_step(conn *c);
 
 /* Called by proto_process when a value is complete (c->pending says whose). */
 void proto_text_complete_store(conn *c);

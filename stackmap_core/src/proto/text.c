@@ -32,7 +32,7 @@
  *    it are looked up (and counted) but not sent;
  *  - "flush_all" with a negative or zero delay flushes now;
  *  - "verbosity" clamps to 2.
- * Not implemented (answered "ERROR"): slabs, lru, lru_crawler, watch,
+ * Not implemented (answered "ERROR"): slabs, lru, watch,
  * stats detail/cachedump/sizes_enable/sizes_disable.
  */
 #include "proto.h"
