@@ -352,6 +352,10 @@ def _extended(row: stackmap_core.OptionInfo) -> Extended:
 
 EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in ("extended", "refused"))
 
+# What memcached's ``no_modern`` turns off, at its place in the ``-o`` list
+# (so a later key wins: ``no_modern,lru_crawler`` runs the crawler).
+NO_MODERN_OFF: tuple[str, ...] = ("lru_crawler",)
+
 EXTENDED_BY_KEY: dict[str, Extended] = {x.key: x for x in EXTENDED}
 EXTENDED_BY_NEGATION: dict[str, Extended] = {x.negation: x for x in EXTENDED if x.negation}
 
@@ -384,6 +388,8 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
             if raw is not True:
                 raise OptionError(f"{where}: {key} takes no value")
             out[ext.key] = False
+            if ext.key == "modern":
+                out.update(dict.fromkeys(NO_MODERN_OFF, False))
             continue
         ext = EXTENDED_BY_KEY.get(key)
         if ext is None:
@@ -398,6 +404,8 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
             out[key] = ext.parse(raw)
         except ValueError as exc:
             raise OptionError(f"{where}: {key}: {exc}") from None
+        if key == "modern" and out[key] is False:
+            out.update(dict.fromkeys(NO_MODERN_OFF, False))
     return out
 
 

@@ -355,3 +355,14 @@ def test_client_gone_mid_dump(target: Target, start_server) -> None:
     with srv.wire() as w2:
         assert len(metadump(w2)) == 50_000
 
+
+
+@pytest.mark.parametrize("opts", ["no_modern", "no_modern,lru_crawler", "lru_crawler,no_modern", "modern",
+                                  "no_lru_crawler,lru_crawler_sleep=50,lru_crawler_tocrawl=9"])
+def test_start_options_as_memcached(target: Target, start_server, opts: str) -> None:
+    """-o keys act where they appear in the list, as memcached's getsubopt loop."""
+    only_stackmapd(target)
+    got = [stats(s.host, s.port, "settings") for s in (start_server(target, ["-o", opts]),
+                                                       start_server(MEMCACHED, ["-o", opts]))]
+    for name in ("lru_crawler", "lru_crawler_sleep", "lru_crawler_tocrawl"):
+        assert got[0][name] == got[1][name], name

@@ -99,6 +99,9 @@
     X(lru_segmented, FIELD(lru_segmented), BOOL, "0", 0, 0, 0, "", EXTENDED, 0,                                        \
       "segmented LRU is not implemented yet: stackmapd keeps one LRU per slab class (only no_lru_segmented, "          \
       "the default, is accepted)")                                                                                     \
+    X(modern, NOFIELD, BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                                            \
+      "memcached's modern defaults; no_modern turns the LRU crawler off where it appears in the -o list "             \
+      "(so no_modern,lru_crawler runs it, as in memcached)")                                                          \
     X(lru_crawler, FIELD(lru_crawler), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                            \
       "run the LRU crawler thread, which frees expired items in the background (no_lru_crawler: off; "                 \
       "lru_crawler enable/disable change it live)")                                                                    \

@@ -8,7 +8,8 @@
  *     wakes this thread, which doubles the table and migrates it a batch of
  *     buckets at a time (hash.c) without sleeping until it is done;
  *   - the reclaimer: once a second, a walk over each class's LRU tail that
- *     unlinks expired and flushed items (lru.c).
+ *     unlinks expired and flushed items (lru.c), while the LRU crawler
+ *     (crawler.c, which walks every item) is disabled.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -57,7 +58,9 @@ static void *maint_main(void *arg)
     while (!atomic_load(&c->maint_stop)) {
         cache_update_clock(c);
         rel_time_t now = cache_now(c);
-        if (now != last_reclaim) {
+        /* The LRU crawler (crawler.c), when on, frees expired items everywhere
+         * in the LRU; the tail walk is for when it is off. */
+        if (now != last_reclaim && !cache_crawler_enabled(c)) {
             last_reclaim = now;
             lru_reclaim_pass(c);
         }
