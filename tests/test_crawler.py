@@ -19,6 +19,7 @@ memcached's, Debian's memcached 1.6.18 side by side with the same commands.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MEMCACHED, Server, Target
+from control_support import pipeline_sets, running
 from mcwire import Wire, stats
 
 pytestmark = pytest.mark.slow
@@ -366,3 +368,20 @@ def test_start_options_as_memcached(target: Target, start_server, opts: str) -> 
                                                        start_server(MEMCACHED, ["-o", opts]))]
     for name in ("lru_crawler", "lru_crawler_sleep", "lru_crawler_tocrawl"):
         assert got[0][name] == got[1][name], name
+
+
+def test_admin_keys_and_metadump_see_the_same_items() -> None:
+    """stackmapctl keys (the admin API) and lru_crawler metadump share one walker."""
+    with running(["-m", "64"]) as p:
+        with p.conn() as s:
+            pipeline_sets(s, [(b"adm:%d" % i, 0, 3600 if i % 2 else 0, b"v" * (i % 50)) for i in range(3000)])
+        r = p.ctl("--json", "keys")
+        assert r.returncode == 0, r.stderr
+        listed = {o["key"].encode(): o for o in map(json.loads, r.stdout.splitlines()) if "key" in o}
+        with Wire("127.0.0.1", p.port) as w:
+            dumped = parse_dump(metadump(w))
+    assert set(listed) == set(dumped)
+    for key, (exp, _la, cas, fetch, cls, _size) in dumped.items():
+        o = listed[key]
+        assert (o["cas"], o["slab_class"], o["fetched"]) == (cas, cls, fetch == b"yes"), key
+        assert o["exptime"] == (0 if exp == -1 else exp), key
