@@ -385,3 +385,23 @@ def test_admin_keys_and_metadump_see_the_same_items() -> None:
         o = listed[key]
         assert (o["cas"], o["slab_class"], o["fetched"]) == (cas, cls, fetch == b"yes"), key
         assert o["exptime"] == (0 if exp == -1 else exp), key
+
+
+def test_half_closed_client_gets_the_whole_dump(target: Target, start_server) -> None:
+    """`printf 'lru_crawler metadump all\\r\\n' | nc -N`: the end of the request
+    stream does not cut the dump short, nor what was asked after it."""
+    srv = start_server(target, ["-m", "64"])
+    with srv.wire() as w:
+        w.send(b"".join(b"set hc-%06d 0 0 1 noreply\r\nv\r\n" % i for i in range(30_000)))
+        assert w.request(b"mn\r\n") == b"MN\r\n"
+    s = socket.create_connection((srv.host, srv.port), timeout=30)
+    s.sendall(b"lru_crawler metadump all\r\nversion\r\n")
+    s.shutdown(socket.SHUT_WR)
+    parts = []
+    while chunk := s.recv(1 << 20):
+        parts.append(chunk)
+    s.close()
+    raw = b"".join(parts)
+    dump, _, tail = raw.partition(b"END\r\n")
+    assert tail.startswith(b"VERSION ") and tail.endswith(b"\r\n")
+    assert len(parse_dump([ln for ln in dump.split(b"\n") if ln])) == 30_000

@@ -23,7 +23,9 @@
  *   R, after every other connection's input of the round.  So a deep
  *   pipeline is answered R requests a round, interleaved with the others.
  *   A yield holds at most YIELD_HOLD_MAX bytes (feed_turns): past that,
- *   the turns go on at once.
+ *   the turns go on at once.  An lru_crawler metadump is held the same way
+ *   (c->dump, proto/crawler_cmd.c): each turn queues one step of it, and
+ *   the next turn comes once that step's bytes are sent.
  * - End of stream: reading stops, everything received before it is
  *   answered, and the connection closes once its last reply has left.
  * - Idle timeout (-o idle_timeout): at most once a second, a connection

@@ -28,7 +28,9 @@
  * never has to fit in the caller's buffer.  Stops early, consuming less,
  * when out_pending(c) exceeds OUT_HIGH_WATER (back-pressure), when c->nreqs
  * requests have started and another complete one waits (a yield: c->nreqs
- * becomes -1, conn_yielded) or when the connection must close
+ * becomes -1, conn_yielded), after one step of a metadump that is not over
+ * (c->dump; also a yield, and then it runs even with len 0) or when the
+ * connection must close
  * (c->state == CONN_CLOSING).  An unterminated line
  * longer than SM_LINE_MAX that is not a get/gets closes the connection, as
  * memcached does; a long get/gets line is answered key by key as its keys
