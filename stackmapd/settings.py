@@ -352,9 +352,10 @@ def _extended(row: stackmap_core.OptionInfo) -> Extended:
 
 EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in ("extended", "refused"))
 
-# What memcached's ``no_modern`` turns off, at its place in the ``-o`` list
-# (so a later key wins: ``no_modern,lru_crawler`` runs the crawler).
-NO_MODERN_OFF: tuple[str, ...] = ("lru_crawler",)
+# What memcached's ``no_modern`` sets, at its place in the ``-o`` list (so a
+# later key wins: ``no_modern,lru_crawler`` runs the crawler).  memcached
+# also turns off its LRU maintainer, segmented LRU and slab automover there.
+NO_MODERN: dict[str, Any] = {"lru_crawler": False}
 
 EXTENDED_BY_KEY: dict[str, Extended] = {x.key: x for x in EXTENDED}
 EXTENDED_BY_NEGATION: dict[str, Extended] = {x.negation: x for x in EXTENDED if x.negation}
@@ -389,7 +390,7 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
                 raise OptionError(f"{where}: {key} takes no value")
             out[ext.key] = False
             if ext.key == "modern":
-                out.update(dict.fromkeys(NO_MODERN_OFF, False))
+                out.update(NO_MODERN)
             continue
         ext = EXTENDED_BY_KEY.get(key)
         if ext is None:
@@ -405,7 +406,7 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
         except ValueError as exc:
             raise OptionError(f"{where}: {key}: {exc}") from None
         if key == "modern" and out[key] is False:
-            out.update(dict.fromkeys(NO_MODERN_OFF, False))
+            out.update(NO_MODERN)
     return out
 
 
