@@ -593,6 +593,21 @@ static cache_walk_action count_cb(void *p, cache *c, item *it)
     return CACHE_WALK_NEXT;
 }
 
+/* lru_crawler enable / crawl / disable from many workers at once. */
+static void *toggle_main(void *p)
+{
+    cache *c = p;
+    uint8_t all[SM_MAX_SLAB_CLASSES];
+    memset(all, 1, sizeof(all));
+    for (int i = 0; i < 200; i++) {
+        cache_crawler_enable(c);
+        cache_crawler_set_sleep(c, (uint32_t)(i % 3) * 1000);
+        cache_crawler_crawl(c, all);
+        cache_crawler_disable(c);
+    }
+    return NULL;
+}
+
 /*
  * The LRU crawler frees expired and flushed items in the middle of the LRU
  * without a lookup (the tail reclaimer would not reach them), counts them,
@@ -641,6 +656,20 @@ static void test_crawler(void)
     CHECK(stat_get(stats_of(c, "general"), "curr_items") == 0);
     cache_crawler_disable(c);
     CHECK(!cache_crawler_enabled(c));
+    /* concurrent enable/disable: every thread started is joined once */
+    for (int i = 0; i < 3000; i++) {
+        snprintf(key, sizeof(key), "t%d", i);
+        CHECK(put(c, key, "v", 1, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+    pthread_t tt[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&tt[i], NULL, toggle_main, c);
+    for (int i = 0; i < 4; i++)
+        pthread_join(tt[i], NULL);
+    CHECK(!cache_crawler_enabled(c));
+    CHECK(cache_crawler_enable(c) == 0);
+    crawler_wait_idle(c);
+    cache_crawler_disable(c);
     free(w);
     cache_destroy(c);
 }

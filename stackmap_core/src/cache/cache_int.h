@@ -101,6 +101,7 @@ struct crawl_class {
 /* The LRU crawler's state (crawler.c); lock guards the fields not atomic. */
 struct crawler {
     pthread_t thread;                        /* the crawler thread */
+    pthread_mutex_t ctl;                     /* serialises enable/disable (held across the join) */
     bool started;                            /* thread is running (joined on disable/destroy) */
     bool stop;                               /* ask the thread to exit */
     pthread_mutex_t lock;                    /* guards want, user_busy, stop, started */

@@ -48,7 +48,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "cache_int.h"
 
@@ -240,6 +239,24 @@ static bool crawl_should_stop(cache *c)
     return stop;
 }
 
+/* lru_crawler_sleep: pause, but wake at once when asked to stop (disable waits for us). */
+static void crawl_pause(cache *c, uint32_t us)
+{
+    struct crawler *cr = &c->crawler;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += us / 1000000;
+    ts.tv_nsec += (long)(us % 1000000) * 1000;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&cr->lock);
+    if (!cr->stop)
+        pthread_cond_timedwait(&cr->cond, &cr->lock, &ts);
+    pthread_mutex_unlock(&cr->lock);
+}
+
 /*
  * One pass over class k: up to tocrawl items (0: all of them), from where
  * the last limited pass stopped.  Fills *ps.
@@ -263,7 +280,7 @@ static void crawl_class(cache *c, int k, struct pass *ps)
             break;
         uint32_t us = atomic_load_explicit(&cr->sleep_usec, memory_order_relaxed);
         if (since_sleep >= CRAWL_PER_SLEEP && us) {
-            usleep(us);
+            crawl_pause(c, us);
             since_sleep = 0;
         }
     }
@@ -392,6 +409,7 @@ static void *crawler_main(void *arg)
 void crawler_init(cache *c)
 {
     struct crawler *cr = &c->crawler;
+    pthread_mutex_init(&cr->ctl, NULL);
     pthread_mutex_init(&cr->lock, NULL);
     pthread_cond_init(&cr->cond, NULL);
     atomic_store(&cr->sleep_usec, c->cfg.lru_crawler_sleep);
@@ -403,6 +421,7 @@ void crawler_init(cache *c)
 void crawler_destroy(cache *c)
 {
     cache_crawler_disable(c);
+    pthread_mutex_destroy(&c->crawler.ctl);
     pthread_mutex_destroy(&c->crawler.lock);
     pthread_cond_destroy(&c->crawler.cond);
 }
@@ -410,20 +429,22 @@ void crawler_destroy(cache *c)
 int cache_crawler_enable(cache *c)
 {
     struct crawler *cr = &c->crawler;
+    pthread_mutex_lock(&cr->ctl);
     pthread_mutex_lock(&cr->lock);
-    if (cr->started) {
-        pthread_mutex_unlock(&cr->lock);
-        return -1;
-    }
+    bool running = cr->started;
     cr->stop = false;
-    int rc = pthread_create(&cr->thread, NULL, crawler_main, c);
+    pthread_mutex_unlock(&cr->lock);
+    int rc = running ? -1 : pthread_create(&cr->thread, NULL, crawler_main, c);
     if (rc == 0) {
+        pthread_mutex_lock(&cr->lock);
         cr->started = true;
+        pthread_mutex_unlock(&cr->lock);
         atomic_store(&cr->enabled, true);
     }
-    pthread_mutex_unlock(&cr->lock);
+    pthread_mutex_unlock(&cr->ctl);
     if (rc != 0) {
-        errno = rc;
+        if (rc > 0)
+            errno = rc;
         return -1;
     }
     return 0;
@@ -432,19 +453,22 @@ int cache_crawler_enable(cache *c)
 void cache_crawler_disable(cache *c)
 {
     struct crawler *cr = &c->crawler;
+    pthread_mutex_lock(&cr->ctl); /* one disable joins; a concurrent one waits for it */
     pthread_mutex_lock(&cr->lock);
-    if (!cr->started) {
-        pthread_mutex_unlock(&cr->lock);
-        return;
+    bool running = cr->started;
+    if (running) {
+        cr->stop = true;
+        atomic_store(&cr->enabled, false);
+        pthread_cond_signal(&cr->cond);
     }
-    cr->stop = true;
-    atomic_store(&cr->enabled, false);
-    pthread_cond_signal(&cr->cond);
     pthread_mutex_unlock(&cr->lock);
-    pthread_join(cr->thread, NULL);
-    pthread_mutex_lock(&cr->lock);
-    cr->started = false;
-    pthread_mutex_unlock(&cr->lock);
+    if (running) {
+        pthread_join(cr->thread, NULL);
+        pthread_mutex_lock(&cr->lock);
+        cr->started = false;
+        pthread_mutex_unlock(&cr->lock);
+    }
+    pthread_mutex_unlock(&cr->ctl);
 }
 
 int cache_crawler_enabled(cache *c)
