@@ -373,6 +373,11 @@ def _extended(row: stackmap_core.OptionInfo) -> Extended:
 
 EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in ("extended", "refused"))
 
+# What memcached's ``no_modern`` sets, at its place in the ``-o`` list (so a
+# later key wins: ``no_modern,lru_crawler`` runs the crawler).  memcached
+# also turns off its slab automover there.
+NO_MODERN: dict[str, Any] = {"lru_crawler": False, "lru_maintainer": False, "lru_segmented": False}
+
 EXTENDED_BY_KEY: dict[str, Extended] = {x.key: x for x in EXTENDED}
 EXTENDED_BY_NEGATION: dict[str, Extended] = {x.negation: x for x in EXTENDED if x.negation}
 
@@ -405,6 +410,8 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
             if raw is not True:
                 raise OptionError(f"{where}: {key} takes no value")
             out[ext.key] = False
+            if ext.key == "modern":
+                out.update(NO_MODERN)
             continue
         ext = EXTENDED_BY_KEY.get(key)
         if ext is None:
@@ -419,6 +426,8 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
             out[key] = ext.parse(raw)
         except ValueError as exc:
             raise OptionError(f"{where}: {key}: {exc}") from None
+        if key == "modern" and out[key] is False:
+            out.update(NO_MODERN)
     return out
 
 

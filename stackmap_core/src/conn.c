@@ -97,6 +97,11 @@ void conn_init(conn *c, conn_env *env, int fd, uint32_t id)
 void conn_cleanup(conn *c)
 {
     out_reset(c);
+    if (c->dump) { /* a metadump cut short: it holds no lock nor item between steps */
+        free(c->dump);
+        c->dump = NULL;
+        cache_crawler_dump_end(c->env->cache);
+    }
     if (c->nread_item) {
         cache_release(c->env->cache, c->nread_item);
         c->nread_item = NULL;

@@ -40,6 +40,7 @@
 #include "stats.h"
 
 struct worker;
+struct dump_stream;
 
 /* Bytes of one output scratch chunk. */
 #define OUT_CHUNK_SIZE 16384
@@ -160,6 +161,7 @@ typedef struct conn {
     get_stream gets;         /* a long get/gets line being answered as it arrives */
     uint64_t auth_left;      /* -Y text auth: bytes of the "user password" data (with "\r\n") still
                                 awaited after its set line; 0 when waiting for that line */
+    struct dump_stream *dump; /* an lru_crawler metadump being streamed (proto/crawler_cmd.c), or NULL */
 
     /* output queue; its arrays are pooled blocks, held only while bytes are queued */
     struct iovec *iov;       /* queued iovecs, in order */
@@ -187,7 +189,8 @@ typedef struct conn {
 } conn;
 
 /* c's last turn at parsing ended at -R requests with a complete request
- * still held in its input: the worker resumes it after the others' turns. */
+ * still held in its input, or in a metadump step with more to come: the
+ * worker resumes it after the others' turns. */
 static inline bool conn_yielded(const conn *c) { return c->nreqs < 0; }
 
 /* ---- output queue (conn.c) ---- */

@@ -314,6 +314,9 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .warm_max_factor = e->settings.warm_max_factor,
         .temporary_ttl = e->settings.temporary_ttl,
         .verbose = e->settings.verbose,
+        .lru_crawler = e->settings.lru_crawler,
+        .lru_crawler_sleep = (uint32_t)e->settings.lru_crawler_sleep,
+        .lru_crawler_tocrawl = (uint32_t)e->settings.lru_crawler_tocrawl,
     };
     if (e->settings.auth_file[0]) { /* -Y: a file that cannot be used stops the start */
         e->auth = sm_auth_load(e->settings.auth_file, err, errlen);

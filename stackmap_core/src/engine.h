@@ -96,6 +96,10 @@ struct sm_settings {
     int ssl_min_version;        /* -o ssl_min_version: 0 TLS 1.0 .. 3 TLS 1.3 */
     char binding_protocol[16];  /* -B: "auto", "ascii" or "binary" (proto/binary.h) */
     char auth_file[4096];       /* -Y: memcached auth file, "" for none (proto/auth.h) */
+    int dump_enabled;           /* 0 when -X disables lru_crawler metadump */
+    int lru_crawler;            /* start the LRU crawler thread (-o lru_crawler / no_lru_crawler) */
+    int lru_crawler_sleep;      /* crawler pause per 1000 items, microseconds (-o lru_crawler_sleep) */
+    int lru_crawler_tocrawl;    /* items per class per crawler pass, 0 all (-o lru_crawler_tocrawl) */
 };
 
 typedef struct sm_engine sm_engine;

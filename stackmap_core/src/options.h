@@ -84,6 +84,8 @@
       "protocol: auto (each connection's first byte picks text or binary), ascii or binary")                          \
     X(auth_file, FIELD(auth_file), STR, "", 0, 0, 'Y', "FILE", ENGINE, 0,                                              \
       "memcached auth file (user:password lines): text clients log in with set, binary ones with SASL PLAIN")         \
+    X(disable_dumping, FIELD(dump_enabled), NOT, "off", 0, 1, 'X', "", ENGINE, 0,                                       \
+      "disable lru_crawler metadump (memcached's -X)")                                                                 \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
       "requests a connection answers in one turn before the worker's other connections get theirs "                    \
@@ -126,8 +128,8 @@
       "the LRU maintainer moves items between the segments (no_lru_maintainer: a plain LRU, and \"lru mode\" "        \
       "and \"lru temp_ttl\" answer ERROR, as in memcached)")                                                           \
     X(modern, FIELD(modern), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                                      \
-      "memcached 1.6's defaults (no_modern: memcached's older ones; here that means no LRU maintainer, "               \
-      "so a plain LRU)")                                                                                               \
+      "memcached 1.6's defaults (no_modern, where it appears in the -o list: memcached's older ones, "               \
+      "no LRU maintainer (a plain LRU) and no LRU crawler)")                                                          \
     X(hot_lru_pct, FIELD(hot_lru_pct), INT, "20", 1, 79, 0, "N", EXTENDED, 0,                                          \
       "% of a class's HOT+WARM+COLD bytes HOT may hold before its inactive tail goes to COLD")                         \
     X(warm_lru_pct, FIELD(warm_lru_pct), INT, "40", 1, 79, 0, "N", EXTENDED, 0,                                        \
@@ -138,6 +140,13 @@
       "WARM items idle longer than COLD's tail age times this go to COLD")                                             \
     X(temporary_ttl, FIELD(temporary_ttl), INT, "-1", -1, 2147483647, 0, "N", EXTENDED, 0,                             \
       "items with a TTL of at most N seconds go to a TEMP LRU, never evicted, only expired; -1 none")                  \
+    X(lru_crawler, FIELD(lru_crawler), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                            \
+      "run the LRU crawler thread, which frees expired items in the background (no_lru_crawler: off; "                 \
+      "lru_crawler enable/disable change it live)")                                                                    \
+    X(lru_crawler_sleep, FIELD(lru_crawler_sleep), INT, "100", 0, 1000000, 0, "N", EXTENDED, 0,                        \
+      "microseconds the LRU crawler pauses every 1000 items it looks at")                                              \
+    X(lru_crawler_tocrawl, FIELD(lru_crawler_tocrawl), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                   \
+      "items the LRU crawler looks at per slab class per pass; 0 all")                                                 \
     X(idle_timeout, FIELD(idle_timeout), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                                 \
       "close client connections idle this many seconds; 0 never")                                                      \
     X(tcp_nodelay, FIELD(tcp_nodelay), BOOL, "1", 0, 1, 0, "", EXTENDED, 0, "set TCP_NODELAY on accepted sockets")     \

@@ -164,9 +164,9 @@
       "1 while the slab page mover runs (always 0).", V_CACHE)                                                         \
     X(slabs_moved, COUNTER, "", "memcached_slabs_moved_total", "", "Slab pages moved (always 0).", V_CACHE)            \
     X(lru_crawler_running, GAUGE, "", "memcached_lru_crawler_running", "",                                             \
-      "1 while the LRU crawler runs (always 0: there is none).", V_CACHE)                                              \
+      "1 while the LRU crawler (a crawl or a metadump) runs; printed while the crawler is enabled.", V_CACHE)                                              \
     X(lru_crawler_starts, COUNTER, "", "memcached_lru_crawler_starts_total", "",                                       \
-      "LRU crawler runs started (always 0).", V_CACHE)                                                                 \
+      "LRU crawler runs started: crawls asked for, background passes and metadumps.", V_CACHE)                                                                 \
     X(lru_maintainer_juggles, COUNTER, "", "memcached_lru_maintainer_juggles_total", "",                               \
       "Rounds of the LRU maintainer.", V_CACHE)                                                               \
     X(malloc_fails, COUNTER, "", "memcached_malloc_fails_total", "", "Memory allocations that failed.",                \
@@ -205,9 +205,9 @@
     X(reclaimed, COUNTER, "", "memcached_items_reclaimed_total", "",                                                   \
       "Total number of times an entry was stored using memory from an expired entry.", V_CACHE)                        \
     X(crawler_reclaimed, COUNTER, "", "memcached_lru_crawler_reclaimed_total", "",                                     \
-      "Items freed by the LRU crawler (always 0).", V_CACHE)                                                           \
+      "Expired and flushed items freed by the LRU crawler.", V_CACHE)                                                           \
     X(crawler_items_checked, COUNTER, "", "memcached_lru_crawler_items_checked_total", "",                             \
-      "Items the LRU crawler checked (always 0).", V_CACHE)                                                            \
+      "Items the LRU crawler checked.", V_CACHE)                                                            \
     X(lrutail_reflocked, COUNTER, "", "memcached_lrutail_reflocked_total", "",                                         \
       "LRU tail items skipped because another thread held them.", V_CACHE)                                             \
     X(moves_to_cold, COUNTER, "", "memcached_moves_to_cold_total", "",                                                 \
@@ -303,11 +303,17 @@
     X(slab_reassign, "", "no: there is no slab page mover.", V_STR("no"))                                              \
     X(slab_automove, "", "0: there is no slab page mover.", V_STR("0"))                                                \
     X(slab_chunk_max, "", "The slab page size: items are never split into chunks.", V_INT(st->slab_page_size))         \
-    X(lru_crawler, "", "no: there is no LRU crawler.", V_STR("no"))                                                    \
+    X(lru_crawler, "lru_crawler", "Whether the LRU crawler thread runs (-o lru_crawler, lru_crawler enable).",         \
+      V_STR(cache_crawler_enabled(e->cache) ? "yes" : "no"))                                                          \
+    X(lru_crawler_sleep, "lru_crawler_sleep", "Microseconds the crawler pauses every 1000 items (changes live).",      \
+      V_INT(cache_crawler_sleep(e->cache)))                                                                            \
+    X(lru_crawler_tocrawl, "lru_crawler_tocrawl", "Items the crawler looks at per class per pass, 0 all.",            \
+      V_U64(cache_crawler_tocrawl(e->cache)))                                                                          \
     X(tail_repair_time, "", "0: there is no tail repair.", V_STR("0"))                                                 \
     X(flush_enabled, "disable_flush_all", "Whether flush_all is allowed (-F turns it off).",                           \
       V_STR(st->flush_enabled ? "yes" : "no"))                                                                         \
-    X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
+    X(dump_enabled, "disable_dumping", "Whether lru_crawler metadump is allowed (-X turns it off).",                   \
+      V_STR(st->dump_enabled ? "yes" : "no"))                                                                          \
     X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
     X(lru_maintainer_thread, "lru_maintainer", "Whether the LRU maintainer moves items between segments.",            \
       V_STR(lru.maintainer ? "yes" : "no"))                                                                            \
@@ -393,7 +399,7 @@
     X(crawler_reclaimed, COUNTER, "", "memcached_slab_items_crawler_reclaimed_total", "",                              \
       "Number of items freed by the LRU Crawler.")                                                                     \
     X(crawler_items_checked, COUNTER, "", "memcached_slab_items_crawler_items_checked_total", "",                      \
-      "Items of this class the LRU crawler checked (always 0).")                                                       \
+      "Items of this class the LRU crawler checked.")                                                       \
     X(lrutail_reflocked, COUNTER, "", "memcached_slab_items_lrutail_reflocked_total", "",                              \
       "LRU tail items of this class skipped because another thread held them.")                                        \
     X(moves_to_cold, COUNTER, "", "memcached_slab_items_moves_to_cold", "",                                            \

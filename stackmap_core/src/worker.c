@@ -23,7 +23,9 @@
  *   R, after every other connection's input of the round.  So a deep
  *   pipeline is answered R requests a round, interleaved with the others.
  *   A yield holds at most YIELD_HOLD_MAX bytes (feed_turns): past that,
- *   the turns go on at once.
+ *   the turns go on at once.  An lru_crawler metadump is held the same way
+ *   (c->dump, proto/crawler_cmd.c): each turn queues one step of it, and
+ *   the next turn comes once that step's bytes are sent.
  * - End of stream: reading stops, everything received before it is
  *   answered, and the connection closes once its last reply has left.
  * - Idle timeout (-o idle_timeout): at most once a second, a connection
@@ -312,7 +314,7 @@ static size_t feed_turns(conn *c, char *data, size_t len)
     int budget = c->worker->settings->reqs_per_event;
     c->nreqs = budget;
     size_t used = proto_process(c, data, len);
-    while (conn_yielded(c) && len - used > YIELD_HOLD_MAX) {
+    while (conn_yielded(c) && !c->dump && len - used > YIELD_HOLD_MAX) {
         c->nreqs = budget;
         used += proto_process(c, data + used, len - used);
     }
@@ -331,7 +333,7 @@ bool worker_feed(conn *c, char *data, size_t len)
     }
     c->nreqs = 0; /* (no turn taken: no yield) */
     if (len == 0) {
-        if (c->rbytes == 0)
+        if (c->rbytes == 0 && !c->dump)
             return true;
         conn_rbuf_consume(c, feed_turns(c, c->rbuf, c->rbytes));
         conn_input_done(c);
@@ -355,7 +357,7 @@ bool worker_eof_finished(conn *c)
 {
     if (out_pending(c) > 0)
         return false;
-    if (c->state != CONN_PARSE || c->rbytes == 0)
+    if (c->state != CONN_PARSE || (c->rbytes == 0 && !c->dump))
         return true; /* closing, or inside a value that can no longer arrive */
     /* Input held back by back-pressure or a yield: answer it now that the
      * queue is empty (turn after turn while the turns queue nothing). */
@@ -431,7 +433,7 @@ bool worker_plain_input(worker *w, conn *c, char *data, size_t len)
 static bool resume_held(worker *w, conn *c)
 {
     bool yielded = false;
-    if (c->rbytes > 0 && c->state == CONN_PARSE) {
+    if ((c->rbytes > 0 || c->dump) && c->state == CONN_PARSE) {
         worker_batch_clock(w);
         if (!worker_feed(c, NULL, 0))
             return false;

@@ -606,6 +606,119 @@ static void test_slab_classes(void)
 }
 
 /* The cache's names in plain "stats", in memcached 1.6.18's order. */
+/* Poll until the crawler has no run under way (a crawl asked for is counted at once). */
+static void crawler_wait_idle(cache *c)
+{
+    for (int i = 0; i < 5000; i++) {
+        struct statbuf *b = stats_of(c, "general");
+        if (stat_get(b, "lru_crawler_running") == 0)
+            return;
+        usleep(1000);
+    }
+    CHECK(!"crawler still running after 5 s");
+}
+
+/* Counts the live items a walk shows, and checks each is shown once. */
+struct walk_count {
+    uint64_t n;         /* items shown */
+    uint8_t seen[2000]; /* by key number */
+    int dup;            /* keys shown twice */
+};
+
+static cache_walk_action count_cb(void *p, cache *c, item *it)
+{
+    (void)c;
+    struct walk_count *w = p;
+    int k = atoi(ITEM_key(it) + 1);
+    if (k >= 0 && k < 2000) {
+        w->dup += w->seen[k];
+        w->seen[k] = 1;
+    }
+    w->n++;
+    return CACHE_WALK_NEXT;
+}
+
+/* lru_crawler enable / crawl / disable from many workers at once. */
+static void *toggle_main(void *p)
+{
+    cache *c = p;
+    uint8_t all[SM_MAX_SLAB_CLASSES];
+    memset(all, 1, sizeof(all));
+    for (int i = 0; i < 200; i++) {
+        cache_crawler_enable(c);
+        cache_crawler_set_sleep(c, (uint32_t)(i % 3) * 1000);
+        cache_crawler_crawl(c, all);
+        cache_crawler_disable(c);
+    }
+    return NULL;
+}
+
+/*
+ * The LRU crawler frees expired and flushed items in the middle of the LRU
+ * without a lookup (the tail reclaimer would not reach them), counts them,
+ * and leaves live ones alone; the walker shows every live item once.
+ */
+static void test_crawler(void)
+{
+    cache *c = mk(64 << 20, 1 << 20, 16);
+    cache_test_set_time(c, 1000);
+    char key[32];
+    /* expiring items first (the LRU tail), then live ones on top */
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        CHECK(put(c, key, "v", 1, 0, i % 2 ? 1010 : 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+    cache_test_set_time(c, 1020);
+    uint8_t one[SM_MAX_SLAB_CLASSES] = {0};
+    one[1] = 1;
+    CHECK(cache_crawler_crawl(c, one) == CRAWL_ERROR); /* not enabled */
+    CHECK(cache_crawler_enable(c) == 0);
+    CHECK(cache_crawler_enable(c) == -1);
+    uint8_t none[SM_MAX_SLAB_CLASSES] = {0};
+    CHECK(cache_crawler_crawl(c, none) == CRAWL_NOTSTARTED);
+    uint8_t all[SM_MAX_SLAB_CLASSES];
+    memset(all, 1, sizeof(all));
+    crawl_result r = cache_crawler_crawl(c, all);
+    CHECK(r == CRAWL_OK);
+    crawler_wait_idle(c);
+    struct statbuf *b = stats_of(c, "general");
+    CHECK(stat_get(b, "curr_items") == 500);
+    CHECK(stat_get(b, "crawler_reclaimed") == 500);
+    CHECK(stat_get(b, "crawler_items_checked") >= 1000);
+    CHECK(stat_get(b, "expired_unfetched") == 500);
+    CHECK(stat_get(b, "lru_crawler_starts") >= 1);
+    b = stats_of(c, "items");
+    CHECK(stat_get(b, "items:1:crawler_reclaimed") == 500);
+    struct walk_count *w = calloc(1, sizeof(*w));
+    uint64_t cur = 0;
+    while (cache_walk_classes(c, NULL, &cur, 100, count_cb, w) == 0)
+        ;
+    CHECK(w->n == 500 && w->dup == 0);
+    /* a flush makes the rest dead: the background pass frees them (due at once) */
+    cache_flush(c, 0);
+    for (int i = 0; i < 5000 && stat_get(stats_of(c, "general"), "curr_items") != 0; i++)
+        usleep(1000);
+    CHECK(stat_get(stats_of(c, "general"), "curr_items") == 0);
+    cache_crawler_disable(c);
+    CHECK(!cache_crawler_enabled(c));
+    /* concurrent enable/disable: every thread started is joined once */
+    for (int i = 0; i < 3000; i++) {
+        snprintf(key, sizeof(key), "t%d", i);
+        CHECK(put(c, key, "v", 1, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+    pthread_t tt[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&tt[i], NULL, toggle_main, c);
+    for (int i = 0; i < 4; i++)
+        pthread_join(tt[i], NULL);
+    CHECK(!cache_crawler_enabled(c));
+    CHECK(cache_crawler_enable(c) == 0);
+    crawler_wait_idle(c);
+    cache_crawler_disable(c);
+    free(w);
+    cache_destroy(c);
+}
+
 static void test_stats_names(void)
 {
     static const char *const want[] = {
@@ -620,7 +733,11 @@ static void test_stats_names(void)
     };
     cache *c = mk(64 << 20, 1 << 20, 16);
     set(c, "foo", "bar");
+    /* without the crawler memcached leaves out lru_crawler_running and _starts */
     struct statbuf *b = stats_of(c, "general");
+    CHECK(b->n == (int)(sizeof(want) / sizeof(want[0])) - 2);
+    CHECK(cache_crawler_enable(c) == 0);
+    b = stats_of(c, "general");
     CHECK(b->n == (int)(sizeof(want) / sizeof(want[0])));
     for (int i = 0; i < b->n && i < (int)(sizeof(want) / sizeof(want[0])); i++)
         CHECK(strcmp(b->name[i], want[i]) == 0);
@@ -759,6 +876,43 @@ static void *stress_main(void *p)
     return NULL;
 }
 
+/* The walker under churn: every item it shows is whole (its stripe is held). */
+struct walker_arg {
+    cache *c;           /* the cache */
+    atomic_bool *stop;  /* end of the run */
+    uint64_t shown;     /* items shown */
+    uint64_t passes;    /* complete walks */
+    int bad;            /* items shown torn */
+};
+
+static cache_walk_action stress_walk_cb(void *p, cache *c, item *it)
+{
+    (void)c;
+    struct walker_arg *a = p;
+    char key[KEY_MAX_LENGTH + 1];
+    memcpy(key, ITEM_key(it), it->nkey);
+    key[it->nkey] = '\0';
+    if (strcmp(key, "pre") != 0 && !check_value(key, ITEM_value(it), ITEM_vlen(it)))
+        a->bad++;
+    a->shown++;
+    return CACHE_WALK_NEXT;
+}
+
+static void *walker_main(void *p)
+{
+    struct walker_arg *a = p;
+    uint8_t all[SM_MAX_SLAB_CLASSES];
+    memset(all, 1, sizeof(all));
+    while (!atomic_load(a->stop)) {
+        uint64_t cur = 0;
+        while (!cache_walk_classes(a->c, NULL, &cur, 97, stress_walk_cb, a))
+            ;
+        a->passes++;
+        cache_crawler_crawl(a->c, all); /* BUSY while the last one runs: fine */
+    }
+    return NULL;
+}
+
 static void test_stress(void)
 {
     uint32_t page = 64 << 10;
@@ -774,6 +928,8 @@ static void test_stress(void)
     del(c, "pre", 0, 0, 0);
     CHECK(cache_test_mem_malloced(c) <= limit);
     CHECK(cache_start(c) == 0);
+    CHECK(cache_crawler_enable(c) == 0);
+    cache_crawler_set_sleep(c, 0);
     atomic_bool stop = false;
     pthread_t th[STRESS_THREADS];
     struct stress_arg args[STRESS_THREADS];
@@ -781,8 +937,13 @@ static void test_stress(void)
         args[i] = (struct stress_arg){.c = c, .seed = 1234u + (unsigned)i, .stop = &stop};
         pthread_create(&th[i], NULL, stress_main, &args[i]);
     }
+    struct walker_arg wa = {.c = c, .stop = &stop};
+    pthread_t wth;
+    pthread_create(&wth, NULL, walker_main, &wa);
     sleep(3);
     atomic_store(&stop, true);
+    pthread_join(wth, NULL);
+    CHECK(wa.bad == 0 && wa.passes > 0);
     uint64_t ops = 0;
     for (int i = 0; i < STRESS_THREADS; i++) {
         pthread_join(th[i], NULL);
@@ -824,6 +985,8 @@ static void test_stress(void)
      * them (queued COLD hits once held references and pinned whole classes) */
     CHECK(oom == 0);
     b = stats_of(c, "general");
+    printf("stress walker: %llu passes, %llu items shown\n", (unsigned long long)wa.passes,
+           (unsigned long long)wa.shown);
     printf("stress: %" PRIu64 " ops, %" PRIu64 " items, evictions %" PRIu64 ", reclaimed %" PRIu64
            ", out of memory %" PRIu64 ", hash power %" PRIu64 "\n",
            ops, curr, stat_get(b, "evictions"), stat_get(b, "reclaimed"), oom, stat_get(b, "hash_power_level"));
@@ -1057,6 +1220,7 @@ int main(void)
     test_prefetch();
     test_parse();
     test_stats_names();
+    test_crawler();
     test_stress();
     stats_free();
     if (failures) {

@@ -15,7 +15,9 @@
  *
  * Clients: CLIENTS threads, each with two connections, send pipelined
  * batches of text and meta commands (set/get/incr/delete/mg/ms/stats/stats
- * conns/stats settings) and read the replies to the end; a connection is
+ * conns/stats settings/lru_crawler crawl, and now and then a metadump) and
+ * read the replies to the end; items expiring in a second keep the LRU
+ * crawler freeing; a connection is
  * closed and reopened every few batches.  The main thread meanwhile loops
  * over the admin calls.  Exits 0 when done; TSan's exitcode (TSAN_OPTIONS)
  * when it reported anything; 1 when a client saw the server misbehave.
@@ -104,11 +106,21 @@ static void *client(void *arg)
         if (fds[k] < 0 && (fds[k] = connect_port(sh->port)) < 0)
             continue;
         unsigned key = rand_r(&seed) % 64;
+        if (i % 17 == 0) {
+            /* a metadump (first in its read: nothing queued before it), streamed by the worker */
+            static const char dump[] = "lru_crawler metadump all\r\nmn\r\n";
+            if (batch(fds[k], dump, sizeof(dump) - 1, buf, sizeof(buf)) < 0) {
+                close(fds[k]);
+                fds[k] = -1;
+            }
+            continue;
+        }
         int n = snprintf(req, sizeof(req),
                          "set k%u 0 0 4\r\nabcd\r\nget k%u k%u\r\nms m%u 2 T60\r\nxy\r\nmg m%u v c t\r\n"
-                         "set n%u 0 0 1\r\n1\r\nincr n%u 5\r\ndelete k%u\r\n%s%s%smn\r\n",
-                         key, key, key + 1, key, key, key, key, key, i % 7 == 0 ? "stats\r\n" : "",
-                         i % 5 == 0 ? "stats conns\r\n" : "", i % 11 == 0 ? "stats settings\r\n" : "");
+                         "set n%u 0 0 1\r\n1\r\nincr n%u 5\r\ndelete k%u\r\nset e%u 0 1 1\r\ne\r\n%s%s%s%smn\r\n",
+                         key, key, key + 1, key, key, key, key, key, key, i % 7 == 0 ? "stats\r\n" : "",
+                         i % 5 == 0 ? "stats conns\r\n" : "", i % 11 == 0 ? "stats settings\r\n" : "",
+                         i % 3 == 0 ? "lru_crawler crawl all\r\n" : "");
         int r = batch(fds[k], req, (size_t)n, buf, sizeof(buf));
         if (r < 0) {
             close(fds[k]);
@@ -142,6 +154,7 @@ int main(int argc, char **argv)
     s.num_threads = 2;
     s.maxbytes = 16u << 20;
     s.backend = argc > 2 && strcmp(argv[2], "uring") == 0 ? SM_BACKEND_URING : SM_BACKEND_EPOLL;
+    s.lru_crawler_sleep = 0; /* the crawler as busy as it gets, beside the workers and the admin walks */
     char err[256];
     sm_engine *e = sm_engine_create(&s, err, sizeof(err));
     if (!e || sm_engine_start(e, err, sizeof(err)) < 0) {

@@ -56,6 +56,7 @@ cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
     atomic_store(&c->warm_max_factor, cfg->warm_max_factor);
     atomic_store(&c->temp_lru, c->lru_maintainer && cfg->temporary_ttl >= 0);
     atomic_store(&c->temporary_ttl, cfg->temporary_ttl >= 0 ? cfg->temporary_ttl : 61); /* memcached's default */
+    crawler_init(c);
     c->hit_blocks = aligned_alloc(64, sizeof(struct hit_block) * HIT_BLOCKS);
     /* calloc: the queues' pages cost nothing until a thread uses its own */
     c->bump_rings = calloc(HIT_BLOCKS - 1, sizeof(struct bump_ring));
@@ -74,6 +75,7 @@ void cache_destroy(cache *c)
     if (!c)
         return;
     cache_stop(c);
+    crawler_destroy(c);
     slabs_free_all(c);
     hash_free(c);
     free(c->hit_blocks);

@@ -90,6 +90,9 @@ typedef struct cache_config {
     double warm_max_factor;   /* WARM items idle longer than COLD's age times this go to COLD */
     int temporary_ttl;        /* items with a TTL of at most this many seconds go to TEMP; -1 none */
     int verbose;              /* log level for the maintainer's messages */
+    int lru_crawler;          /* start the LRU crawler thread (-o lru_crawler / no_lru_crawler) */
+    uint32_t lru_crawler_sleep;   /* microseconds the crawler pauses per CRAWL_PER_SLEEP items */
+    uint32_t lru_crawler_tocrawl; /* items the crawler looks at per class per pass, 0: all */
 } cache_config;
 
 typedef struct cache cache;
@@ -364,18 +367,21 @@ typedef enum {
     CACHE_WALK_UNLINK = 2 /* unlink it (delete), then go on */
 } cache_walk_action;
 
-/* Shown each live item whose key starts with the walk's prefix, with its stripe lock held. */
+/* Shown each live item whose key starts with the walk's prefix, with its
+ * class lock and its stripe lock held (it may be read whole, not changed). */
 typedef cache_walk_action (*cache_walk_fn)(void *ctx, cache *c, item *it);
 
 /*
  * Walk the slab pages from *cursor (0: the beginning), looking at no more
  * than `budget` chunks, and show every live linked item whose key starts
- * with prefix to fn.  Takes one class lock briefly per page and one stripe
- * lock per matching item, never two at once, so workers are not stalled.
- * Pages are never freed, so a walk is safe against concurrent stores,
- * deletes, evictions and hash growth; an item stored or moved during a walk
- * may or may not be shown.  *cursor is 0 when the walk is complete.
- * Returns the number of items unlinked.
+ * with prefix to fn.  This is the LRU crawler's walker (crawler.c): a
+ * short batch of chunks under one class lock at a time, the item's stripe
+ * taken without ever waiting for it while the class lock is held, so
+ * workers are not stalled and the lock order is kept.  It never follows
+ * the LRU lists, so concurrent stores, deletes, evictions, LRU moves and
+ * hash growth cannot make it skip or repeat an item that stays put; an
+ * item stored or moved during a walk may or may not be shown.  *cursor is
+ * 0 when the walk is complete.  Returns the number of items unlinked.
  */
 uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *cursor, uint32_t budget,
                     cache_walk_fn fn, void *ctx);
@@ -389,5 +395,48 @@ uint64_t cache_evict_to(cache *c, uint64_t target);
 uint64_t cache_item_bytes(cache *c);
 /* Run pending hash growth now; only while the maintainer thread is not running. */
 void cache_grow_now(cache *c);
+/*
+ * The same walk over the classes set in classes[] (indexed by class id,
+ * SM_MAX_SLAB_CLASSES entries; NULL: every class), for lru_crawler
+ * metadump.  Returns 1 when complete (*cursor is then 0), else 0.
+ */
+int cache_walk_classes(cache *c, const uint8_t *classes, uint64_t *cursor, uint32_t budget, cache_walk_fn fn,
+                       void *ctx);
+/* An item's total size in its slab chunk (memcached's ITEM_ntotal; metadump's size=). */
+size_t cache_item_total(const item *it);
+
+/* ---- the LRU crawler (crawler.c) ---- */
+
+/* Start the crawler thread (lru_crawler enable).  -1 when it runs already or cannot start. */
+int cache_crawler_enable(cache *c);
+/* Stop it (lru_crawler disable); a crawl under way ends after its current batch. */
+void cache_crawler_disable(cache *c);
+int cache_crawler_enabled(cache *c);
+
+/* What lru_crawler crawl (and metadump) answers, as memcached's crawler_result_type. */
+typedef enum {
+    CRAWL_OK = 0,         /* OK */
+    CRAWL_RUNNING = 1,    /* BUSY currently processing crawler request */
+    CRAWL_BADCLASS = 2,   /* BADCLASS invalid class id */
+    CRAWL_NOTSTARTED = 3, /* NOTSTARTED no items to crawl */
+    CRAWL_ERROR = 4       /* ERROR an unknown error happened */
+} crawl_result;
+
+/*
+ * lru_crawler crawl: ask the crawler thread to free the expired and flushed
+ * items of the classes set in classes[] (SM_MAX_SLAB_CLASSES entries), up to
+ * lru_crawler_tocrawl items each.  CRAWL_RUNNING while an earlier one is
+ * pending or running, CRAWL_NOTSTARTED when no class is set.  The caller
+ * checks that the crawler is enabled.
+ */
+crawl_result cache_crawler_crawl(cache *c, const uint8_t *classes);
+/* lru_crawler sleep / tocrawl (the callers check memcached's limits). */
+void cache_crawler_set_sleep(cache *c, uint32_t usec);
+void cache_crawler_set_tocrawl(cache *c, uint32_t n);
+uint32_t cache_crawler_sleep(cache *c);
+uint32_t cache_crawler_tocrawl(cache *c);
+/* A metadump starts / ends on a worker: counted in lru_crawler_starts and _running. */
+void cache_crawler_dump_begin(cache *c);
+void cache_crawler_dump_end(cache *c);
 
 #endif

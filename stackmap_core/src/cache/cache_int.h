@@ -77,6 +77,8 @@ struct class_stats {
     uint64_t moves_to_warm;     /* items moved from HOT or COLD into WARM */
     uint64_t moves_within_lru;  /* items moved to the head of their own segment */
     uint64_t direct_reclaims;   /* allocations that had to pull from the LRU tail */
+    uint64_t crawler_reclaimed; /* expired/flushed items the LRU crawler freed (crawler.c) */
+    uint64_t crawler_checked;   /* items the LRU crawler looked at (crawler_items_checked) */
 };
 
 /* One slab class: chunks of one size, their pages, free list and LRU. */
@@ -104,6 +106,33 @@ struct slabclass {
     uint64_t total_items;        /* items ever linked (since stats reset) */
     struct class_stats st;       /* eviction/reclaim counters */
 } __attribute__((aligned(64)));
+
+/* Where the crawler is with one class, and when it looks at it again (crawler.c). */
+struct crawl_class {
+    uint64_t cursor;     /* walk cursor a pass limited by tocrawl resumes from; 0: the start */
+    rel_time_t next_due; /* the background pass of this class is due at this rel_time */
+    uint32_t gap;        /* seconds between background passes while they find little (1..CRAWL_GAP_MAX) */
+};
+
+/* The LRU crawler's state (crawler.c); lock guards the fields not atomic. */
+struct crawler {
+    pthread_t thread;                        /* the crawler thread */
+    pthread_mutex_t ctl;                     /* serialises enable/disable (held across the join) */
+    bool started;                            /* thread is running (joined on disable/destroy) */
+    bool stop;                               /* ask the thread to exit */
+    pthread_mutex_t lock;                    /* guards want, user_busy, stop, started */
+    pthread_cond_t cond;                     /* wakes the thread: a request, or stop */
+    uint8_t want[SM_MAX_SLAB_CLASSES];       /* classes `lru_crawler crawl` asked for, not yet begun */
+    bool user_busy;                          /* a `lru_crawler crawl` is pending or running (BUSY) */
+    atomic_bool enabled;                     /* lru_crawler enable/disable, -o lru_crawler */
+    _Atomic uint32_t sleep_usec;             /* lru_crawler_sleep: pause per CRAWL_PER_SLEEP items */
+    _Atomic uint32_t tocrawl;                /* lru_crawler_tocrawl: items per class per pass, 0 all */
+    _Atomic uint32_t running;                /* crawls and metadumps under way (lru_crawler_running) */
+    _Atomic uint64_t starts;                 /* runs started (lru_crawler_starts) */
+    rel_time_t seen_oldest_live;             /* thread only: the flush_all it last crawled for */
+    uint64_t seen_oldest_cas;                /* thread only: ditto, its CAS bound */
+    struct crawl_class cls[SM_MAX_SLAB_CLASSES]; /* thread only: per-class pass state */
+};
 
 /* A thread's private hit counters ("items:N:hits_to_hot" ...). */
 struct hit_block {
@@ -196,6 +225,9 @@ struct cache {
     pthread_mutex_t maint_lock;       /* guards maint_cond */
     pthread_cond_t maint_cond;        /* wakes the maintainer early (expansion, stop) */
     _Atomic uint64_t maint_juggles;   /* maintainer rounds (lru_maintainer_juggles) */
+
+    /* ---- LRU crawler ---- */
+    struct crawler crawler;           /* background reclaim thread and its settings (crawler.c) */
 };
 
 /* ---- cache.c ---- */
@@ -269,6 +301,22 @@ void item_unlink(cache *c, item *it, uint32_t hv);
 /* ---- maint.c ---- */
 /* Wake the maintainer (hash expansion wanted). */
 void maint_wake(cache *c);
+
+/* ---- crawler.c: the one item walker ---- */
+/* walk_items flags: also show items that are expired or flushed (the crawler reclaims them). */
+#define WALK_DEAD 0x1
+/*
+ * Visit the linked items of the classes set in classes[] (NULL: all) from
+ * *cursor (0: the start), looking at no more than budget chunks, and show
+ * each whose key starts with prefix (and that is live, unless WALK_DEAD)
+ * to fn, with its class lock and its stripe held.  Returns true when the
+ * walk is complete (*cursor is then 0); *unlinked counts CACHE_WALK_UNLINK.
+ */
+bool walk_items(cache *c, const uint8_t *classes, const char *prefix, size_t nprefix, uint64_t *cursor,
+                uint32_t budget, cache_walk_fn fn, void *ctx, int flags, uint64_t *unlinked);
+/* cache_create / cache_destroy: the crawler's locks and its thread. */
+void crawler_init(cache *c);
+void crawler_destroy(cache *c);
 
 /* ---- test hooks (tests/c/test_cache.c) ---- */
 /* Freeze the clock at t; the maintainer stops moving it. */

@@ -6,9 +6,9 @@
  * slab mover and LRU maintainer right after conn_yields, the item counters
  * at the end.  cache_stats_general emits both, each in memcached's order;
  * stats_groups.c places every name where memcached prints it.  Names that
- * describe machinery we do not have (slab page mover, LRU crawler) are
- * printed as 0, which is the truth here: none of those events can happen.
- * As in memcached, the segmented LRU's names (number_hot, moves_to_cold,
+ * describe machinery we do not have (none since the slab mover, the
+ * segmented LRU and the crawler landed: see each name's source) are printed
+ * as 0.  As in memcached, the segmented LRU's names (number_hot, moves_to_cold,
  * evicted_active, lru_bumps_dropped, ...) are printed only while the LRU
  * maintainer runs, and number_temp only while there is a TEMP LRU.  Counters are read under each class lock in
  * turn, so the output is consistent per class, not across classes.
@@ -69,9 +69,11 @@ static void stats_general_hash(cache *c, sm_stat_sink *sink)
     sink->add(sink, "slab_reassign_busy_deletes", "0");
     sink->add(sink, "slab_reassign_running", "0");
     sink->add(sink, "slabs_moved", "0");
-    /* No LRU crawler (the reclaimer is a tail walker, counted as "reclaimed"). */
-    sink->add(sink, "lru_crawler_running", "0");
-    sink->add(sink, "lru_crawler_starts", "0");
+    /* The LRU crawler (crawler.c): memcached prints these only while it is enabled. */
+    if (cache_crawler_enabled(c)) {
+        sm_stat_addf(sink, "lru_crawler_running", "%u", atomic_load(&c->crawler.running) ? 1u : 0u);
+        sm_stat_addf(sink, "lru_crawler_starts", "%llu", (unsigned long long)atomic_load(&c->crawler.starts));
+    }
     sm_stat_addf(sink, "lru_maintainer_juggles", "%llu", (unsigned long long)atomic_load(&c->maint_juggles));
     sm_stat_addf(sink, "malloc_fails", "%llu", (unsigned long long)atomic_load(&c->malloc_fails));
 }
@@ -97,6 +99,8 @@ void cache_stats_general(cache *c, sm_stat_sink *sink)
         tot.st.moves_to_warm += s.st.moves_to_warm;
         tot.st.moves_within_lru += s.st.moves_within_lru;
         tot.st.direct_reclaims += s.st.direct_reclaims;
+        tot.st.crawler_reclaimed += s.st.crawler_reclaimed;
+        tot.st.crawler_checked += s.st.crawler_checked;
     }
 #define U(x) ((unsigned long long)(x))
     sm_stat_addf(sink, "bytes", "%llu", U(tot.curr_bytes));
@@ -109,8 +113,8 @@ void cache_stats_general(cache *c, sm_stat_sink *sink)
         sm_stat_addf(sink, "evicted_active", "%llu", U(tot.st.evicted_active));
     sm_stat_addf(sink, "evictions", "%llu", U(tot.st.evicted));
     sm_stat_addf(sink, "reclaimed", "%llu", U(tot.st.reclaimed));
-    sink->add(sink, "crawler_reclaimed", "0");
-    sink->add(sink, "crawler_items_checked", "0");
+    sm_stat_addf(sink, "crawler_reclaimed", "%llu", U(tot.st.crawler_reclaimed));
+    sm_stat_addf(sink, "crawler_items_checked", "%llu", U(tot.st.crawler_checked));
     sm_stat_addf(sink, "lrutail_reflocked", "%llu", U(tot.st.lrutail_reflocked));
     if (!c->lru_maintainer)
         return;
@@ -174,8 +178,8 @@ void cache_stats_items(cache *c, sm_stat_sink *sink)
         item_stat(sink, k, "evicted_unfetched", s.st.evicted_unfetched);
         if (maint)
             item_stat(sink, k, "evicted_active", s.st.evicted_active);
-        item_stat(sink, k, "crawler_reclaimed", 0);
-        item_stat(sink, k, "crawler_items_checked", 0);
+        item_stat(sink, k, "crawler_reclaimed", s.st.crawler_reclaimed);
+        item_stat(sink, k, "crawler_items_checked", s.st.crawler_checked);
         item_stat(sink, k, "lrutail_reflocked", s.st.lrutail_reflocked);
         if (maint) {
             item_stat(sink, k, "moves_to_cold", s.st.moves_to_cold);
@@ -251,4 +255,5 @@ void cache_stats_reset(cache *c)
                 atomic_store_explicit(&c->hit_blocks[b].hits[g][k], 0, memory_order_relaxed);
     atomic_store(&c->malloc_fails, 0);
     atomic_store(&c->maint_juggles, 0);
+    atomic_store(&c->crawler.starts, 0);
 }

@@ -14,7 +14,10 @@
  *     while it has none (growing by 1/8 a round, halving when work shows
  *     up), so an idle cache costs one wake-up a second;
  *   - the reclaimer: once a second, a walk over each segment's tail that
- *     unlinks expired and flushed items (lru.c).
+ *     unlinks expired and flushed items (lru.c), while the LRU maintainer
+ *     runs and the LRU crawler (crawler.c, which walks every item) does
+ *     not: memcached's tail reclaim is part of its maintainer, so with
+ *     neither (-o no_modern) expired items are found lazily, as there.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -105,7 +108,9 @@ static void *maint_main(void *arg)
     while (!atomic_load(&c->maint_stop)) {
         cache_update_clock(c);
         rel_time_t now = cache_now(c);
-        if (now != last_reclaim) {
+        /* The LRU crawler (crawler.c), when on, frees expired items everywhere
+         * in the LRU; the tail walk is the maintainer's for when it is off. */
+        if (now != last_reclaim && c->lru_maintainer && !cache_crawler_enabled(c)) {
             last_reclaim = now;
             lru_reclaim_pass(c);
         }
@@ -147,11 +152,14 @@ int cache_start(cache *c)
         return -1;
     }
     c->maint_started = true;
+    if (c->cfg.lru_crawler && !cache_crawler_enabled(c) && cache_crawler_enable(c) != 0)
+        return -1; /* errno from pthread_create */
     return 0;
 }
 
 void cache_stop(cache *c)
 {
+    cache_crawler_disable(c);
     if (!c->maint_started)
         return;
     pthread_mutex_lock(&c->maint_lock);

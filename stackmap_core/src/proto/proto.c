@@ -309,7 +309,7 @@ static inline bool take_turn(conn *c)
 size_t proto_process(conn *c, char *data, size_t len)
 {
     size_t off = 0;
-    while (off < len && c->state != CONN_CLOSING) {
+    while ((off < len || c->dump) && c->state != CONN_CLOSING) {
         if (c->state == CONN_NREAD) {
             size_t n = len - off;
             if (n > c->nread_left)
@@ -333,6 +333,14 @@ size_t proto_process(conn *c, char *data, size_t len)
             continue;
         }
         /* CONN_PARSE */
+        if (c->dump) {
+            /* lru_crawler metadump: a step, then the others' turn (a yield,
+             * not counted as one); the input after it waits for its END. */
+            if (proto_dump_step(c))
+                continue;
+            c->nreqs = -1;
+            break;
+        }
         if (out_pending(c) > OUT_HIGH_WATER)
             break;
         if (c->proto == CONN_PROTO_UNKNOWN) { /* memcached decides once, by the first byte (-B auto) */

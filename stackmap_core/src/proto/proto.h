@@ -32,7 +32,9 @@
  * never has to fit in the caller's buffer.  Stops early, consuming less,
  * when out_pending(c) exceeds OUT_HIGH_WATER (back-pressure), when c->nreqs
  * requests have started and another complete one waits (a yield: c->nreqs
- * becomes -1, conn_yielded) or when the connection must close
+ * becomes -1, conn_yielded), after one step of a metadump that is not over
+ * (c->dump; also a yield, and then it runs even with len 0) or when the
+ * connection must close
  * (c->state == CONN_CLOSING).  An unterminated line
  * longer than SM_LINE_MAX that is not a get/gets closes the connection, as
  * memcached does; a long get/gets line is answered key by key as its keys
@@ -51,7 +53,8 @@ size_t proto_process(conn *c, char *data, size_t len);
 typedef void proto_handler(conn *c, sm_request *r);
 proto_handler proto_text_get, proto_text_store, proto_text_delete, proto_text_arith, proto_text_touch,
     proto_text_stats, proto_text_flush_all, proto_text_version, proto_text_verbosity, proto_text_lru,
-    proto_text_cache_memlimit, proto_text_shutdown, proto_text_quit, proto_text_refresh_certs;
+    proto_text_cache_memlimit, proto_text_shutdown, proto_text_quit, proto_text_refresh_certs,
+    proto_text_lru_crawler;
 /* An unknown command, or a text command with a wrong number of tokens: "ERROR". */
 proto_handler proto_text_unknown;
 proto_handler proto_meta_get, proto_meta_set, proto_meta_delete, proto_meta_arith, proto_meta_noop,
@@ -60,6 +63,12 @@ proto_handler proto_meta_get, proto_meta_set, proto_meta_delete, proto_meta_arit
 /* One key of a long get/gets line (proto.c streams those): count it and queue
  * its VALUE if it is a hit.  false: the queue could not take the reply. */
 bool proto_text_get_key(conn *c, const char *key, size_t nkey, bool return_cas);
+
+/*
+ * A metadump is being streamed on c (c->dump, crawler_cmd.c): queue its next
+ * step.  true when it ended (END queued, c->dump NULL) and parsing may go on.
+ */
+bool proto_dump_step(conn *c);
 
 /* Called by proto_process when a value is complete (c->pending says whose). */
 void proto_text_complete_store(conn *c);

@@ -34,7 +34,7 @@
  *  - "verbosity" clamps to 2;
  *  - an unknown command whose line looks like HTTP closes the connection
  *    (looks_like_http below).
- * Not implemented (answered "ERROR"): slabs, lru, lru_crawler, watch,
+ * Not implemented (answered "ERROR"): slabs, watch,
  * stats cachedump/sizes_enable/sizes_disable.
  */
 #include "proto.h"
