@@ -228,9 +228,10 @@ APT_IMAGE := debootstrap gdisk dosfstools mtools e2fsprogs qemu-utils qemu-syste
 apt-image:
 	@$(call apt_ensure,$(APT_IMAGE))
 
-# APPLIANCE_KERNEL=ours: our patched kernel (kernel/build-kernel.sh appliance)
-# instead of Debian's; a directory with bzImage and stackmap.ko works too.
-APPLIANCE_KERNEL ?=
+# APPLIANCE_KERNEL=ours (default): our patched kernel (kernel/build-kernel.sh
+# appliance, cached in /var/cache/stackmapd/kernels); =debian: Debian's
+# linux-image-6.12-amd64; =DIR: a directory with bzImage and stackmap.ko.
+APPLIANCE_KERNEL ?= ours
 image: apt-image
 	SM_APPLIANCE_KERNEL=$(APPLIANCE_KERNEL) bash deploy/appliance/build.sh
 

@@ -7,7 +7,8 @@
  * creates a port; STACKMAP_IOC_REGISTER sizes the port and allocates its
  * memory (rings plus a pool of fixed-size buffers, one vmalloc_user area
  * that the application maps with mmap); the other ioctls attach and detach
- * sockets, run a sync, or read the port's counters; poll() runs a sync
+ * sockets, run a sync, or read the port's counters (STACKMAP_REG_ZC adds
+ * the TX-done ring of zero-copy TX, sm_zc.c, to the memory); poll() runs a sync
  * too and reports whether the RX ring holds anything.  Releasing the file
  * (close, or the process dying) detaches every socket and frees the port.
  *
@@ -56,6 +57,8 @@ static int sm_release(struct inode *inode, struct file *file)
 	mutex_lock(&port->mutex);
 	sm_detach_all(port);
 	mutex_unlock(&port->mutex);
+	/* Lent buffers' pages are held by their skbs, not by port->mem. */
+	sm_zc_release(port);
 	xa_destroy(&port->atts);
 	vfree(port->mem);
 	kfree(port->kv);
@@ -104,13 +107,15 @@ static long sm_register(struct sm_port *port, struct stackmap_reg *regp)
 {
 	struct stackmap_reg reg = *regp;
 	struct stackmap_if *nif;
-	u64 rx_ofs, tx_ofs, bufs_ofs, size;
+	u64 rx_ofs, tx_ofs, done_ofs = 0, bufs_ofs, size;
+	bool zc = reg.flags & STACKMAP_REG_ZC;
+	int ret;
 
 	if (port->registered)
 		return -EBUSY;
 	if (reg.version != STACKMAP_VERSION)
 		return -EPROTO;
-	if (reg.flags || reg.reserved)
+	if ((reg.flags & ~STACKMAP_REG_ZC) || reg.done_ring_ofs)
 		return -EINVAL;
 	if (reg.rx_slots < STACKMAP_MIN_SLOTS || reg.rx_slots > STACKMAP_MAX_SLOTS ||
 	    reg.tx_slots < STACKMAP_MIN_SLOTS || reg.tx_slots > STACKMAP_MAX_SLOTS)
@@ -124,7 +129,13 @@ static long sm_register(struct sm_port *port, struct stackmap_reg *regp)
 
 	rx_ofs = ALIGN(sizeof(struct stackmap_if), 64);
 	tx_ofs = rx_ofs + sm_ring_bytes(reg.rx_slots);
-	bufs_ofs = PAGE_ALIGN(tx_ofs + sm_ring_bytes(reg.tx_slots));
+	bufs_ofs = tx_ofs + sm_ring_bytes(reg.tx_slots);
+	if (zc) {
+		done_ofs = bufs_ofs;
+		bufs_ofs += ALIGN(sizeof(struct stackmap_done_ring) +
+				  ((u64)reg.num_bufs + 1) * sizeof(__u32), 64);
+	}
+	bufs_ofs = PAGE_ALIGN(bufs_ofs);
 	size = PAGE_ALIGN(bufs_ofs + (u64)reg.num_bufs * reg.buf_size);
 	if (size > STACKMAP_MAX_MEM)
 		return -E2BIG;
@@ -145,12 +156,26 @@ static long sm_register(struct sm_port *port, struct stackmap_reg *regp)
 	sm_ring_init(&port->rx, port->mem, rx_ofs, reg.rx_slots, 0, false);
 	sm_ring_init(&port->tx, port->mem, tx_ofs, reg.tx_slots, reg.rx_slots,
 		     true);
+	if (zc) {
+		ret = sm_zc_init(port, reg.tx_slots);
+		if (ret) {
+			vfree(port->mem);
+			port->mem = NULL;
+			kfree(port->kv);
+			port->kv = NULL;
+			return ret;
+		}
+		port->done = port->mem + done_ofs;
+		port->done->num_entries = reg.num_bufs + 1;
+		port->done_tail = 0;
+	}
 
 	reg.first_free_buf = reg.rx_slots + reg.tx_slots;
 	reg.rx_ring_ofs = rx_ofs;
 	reg.tx_ring_ofs = tx_ofs;
 	reg.bufs_ofs = bufs_ofs;
 	reg.mem_size = size;
+	reg.done_ring_ofs = done_ofs;
 
 	nif = port->mem;
 	nif->version = STACKMAP_VERSION;
@@ -163,6 +188,7 @@ static long sm_register(struct sm_port *port, struct stackmap_reg *regp)
 	nif->tx_ring_ofs = tx_ofs;
 	nif->bufs_ofs = bufs_ofs;
 	nif->mem_size = size;
+	nif->done_ring_ofs = done_ofs;
 
 	/* Published last: sm_mmap() reads it without the mutex. */
 	smp_store_release(&port->registered, true);
@@ -251,10 +277,11 @@ static long sm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		mutex_unlock(&port->mutex);
 		return ret;
 	case STACKMAP_IOC_STATS:
+	case STACKMAP_IOC_STATS_V1:	/* binaries from before zero-copy TX */
 		mutex_lock(&port->mutex);
 		st = port->st;
 		mutex_unlock(&port->mutex);
-		if (copy_to_user(up, &st, sizeof(st)))
+		if (copy_to_user(up, &st, _IOC_SIZE(cmd)))
 			return -EFAULT;
 		return 0;
 	default:
@@ -264,7 +291,8 @@ static long sm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 /*
  * poll() is a sync (like netmap's): transmit what the application queued,
- * fill RX, and report EPOLLIN when the application owns RX slots.  The TX
+ * fill RX, and report EPOLLIN when the application owns RX slots or unread
+ * TX-done entries (lent buffers it can have back).  The TX
  * ring is always fully handed back by a sync, so EPOLLOUT is always set;
  * poll for EPOLLIN only.
  */
@@ -279,7 +307,7 @@ static __poll_t sm_poll(struct file *file, poll_table *pt)
 	if (sm_sync(port, false) < 0)
 		return EPOLLERR;
 	mutex_lock(&port->mutex);
-	if (sm_rx_avail(port))
+	if (sm_rx_avail(port) || sm_zc_unread(port))
 		mask |= EPOLLIN | EPOLLRDNORM;
 	mutex_unlock(&port->mutex);
 	return mask;

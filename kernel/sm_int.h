@@ -6,7 +6,8 @@
  * registration, mmap, ioctl dispatch, poll, release), sm_sock.c owns the
  * relation with TCP sockets (attach/detach, the upcalls it takes over,
  * accepting and installing new descriptors), and sm_sync.c is the data
- * path (the TX and RX halves of one sync).  This header holds the port and
+ * path (the TX and RX halves of one sync), sm_zc.c lends TX buffers to TCP
+ * (zero-copy TX) and takes them back.  This header holds the port and
  * attachment structures those three share.
  *
  * Locking:
@@ -17,6 +18,8 @@
  *  - port->lock (irq-safe spinlock) protects the ready list and the event
  *    bits' queueing state; socket upcalls run in softirq context (and the
  *    listener's wait-queue callback with interrupts off) and take only it.
+ *  - zc->lock (irq-safe spinlock, sm_zc.c) protects the zero-copy
+ *    notifiers' free and done lists; completions run in any context.
  *  - sk->sk_callback_lock is taken for writing when callbacks are swapped
  *    and for reading inside our callbacks, so once detach has restored the
  *    callbacks no callback still uses the attachment.
@@ -33,6 +36,7 @@
 #include <linux/pid.h>
 #include <linux/net.h>
 #include <linux/uio.h>
+#include <linux/bvec.h>
 #include <net/sock.h>
 
 #include "include/uapi/stackmap.h"
@@ -65,7 +69,8 @@ struct sm_txslot {
 	u32 len;	/* bytes to send */
 	u32 offset;	/* first byte in the buffer */
 	s32 fd;		/* connection */
-	u32 flags;	/* application's flags (only CLOSE is meaningful) */
+	u32 flags;	/* application's flags (CLOSE, ZC) */
+	bool zc;	/* to be lent: F_ZC asked and allowed (buffer marked lent) */
 };
 
 /* A run of consecutive valid slots of one connection, sent by one sendmsg. */
@@ -74,6 +79,7 @@ struct sm_txgroup {
 	u32 n;					/* slots in the run */
 	size_t bytes;				/* their total length */
 	bool close;				/* last slot asked for CLOSE */
+	bool zc;				/* a zero-copy run (all slots .zc) */
 	struct sm_txslot s[SM_TX_BATCH];	/* the slots */
 };
 
@@ -95,6 +101,10 @@ struct sm_port {
 	struct xarray atts;		/* fd number -> struct sm_att */
 	struct kvec *kv;		/* SM_TX_BATCH kvecs for gathered sends */
 	struct sm_txgroup txg;		/* the TX run being gathered */
+	struct sm_zc *zc;		/* zero-copy TX state, NULL: copy-only port */
+	struct stackmap_done_ring *done;	/* the TX-done ring (with zc) */
+	u32 done_tail;			/* kernel's tail of the done ring */
+	struct bio_vec *bv;		/* page pieces of one zero-copy run */
 	struct stackmap_stats st;	/* counters (st.attached kept live) */
 };
 
@@ -124,6 +134,16 @@ void sm_detach_all(struct sm_port *port);
 void sm_queue_event(struct sm_att *att, unsigned int ev);
 void sm_arm_write(struct sm_att *att);
 int sm_accept_one(struct sm_port *port, struct sm_att *lst, int *newfd);
+
+/* sm_zc.c */
+int sm_zc_init(struct sm_port *port, u32 tx_slots);
+void sm_zc_release(struct sm_port *port);
+bool sm_zc_want(struct sm_port *port, struct sm_att *att, u32 buf_idx);
+void sm_zc_unmark(struct sm_port *port, u32 buf_idx);
+int sm_zc_send(struct sm_port *port, struct sm_txgroup *g, bool *lent);
+void sm_zc_publish(struct sm_port *port);
+bool sm_zc_pending(struct sm_port *port);
+u32 sm_zc_unread(struct sm_port *port);
 
 /* sm_sync.c */
 int sm_sync(struct sm_port *port, bool wait);

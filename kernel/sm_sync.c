@@ -19,7 +19,12 @@
  *      RX slots (at most SM_RX_PER_SOCK buffers per connection before the
  *      next one gets its turn), with EOF/ERR slots when a stream ends.
  *   3. With STACKMAP_SYNC_WAIT, sleep only if the application owns no RX
- *      slot at all, until an upcall queues an event.
+ *      slot and no unread TX-done entry, until an upcall queues an event
+ *      or a lent buffer comes back.
+ * Before all that, buffers lent by earlier syncs and since released by TCP
+ * are published in the TX-done ring (sm_zc.c); TX slots flagged
+ * STACKMAP_F_ZC on a zero-copy port are gathered into runs of their own
+ * and sent with MSG_ZEROCOPY instead of being copied.
  *
  * Everything read from the shared rings is untrusted: each field is read
  * once (READ_ONCE into a local), indices and lengths are bounds-checked,
@@ -88,7 +93,8 @@ static void sm_tx_result(struct sm_port *port, const struct sm_txslot *t,
 	struct stackmap_slot *s = &port->tx.ring->slots[t->pos];
 
 	WRITE_ONCE(s->aux, aux);
-	WRITE_ONCE(s->flags, (t->flags & STACKMAP_F_CLOSE) | STACKMAP_F_DONE | flags);
+	WRITE_ONCE(s->flags, (t->flags & (STACKMAP_F_CLOSE | STACKMAP_F_ZC)) |
+		   STACKMAP_F_DONE | flags);
 }
 
 static void sm_tx_bad(struct sm_port *port, const struct sm_txslot *t, s32 why)
@@ -120,16 +126,36 @@ static void sm_tx_flush(struct sm_port *port, struct sm_txgroup *g)
 	struct sm_att *att = g->att;
 	u64 syncno = port->st.syncs;
 	size_t sent = 0;
+	bool lent = false;
 	int err = 0;
 	u32 k;
 
 	if (!g->n)
 		return;
+	if (g->zc && (att->blocked_sync == syncno || !g->bytes)) {
+		for (k = 0; k < g->n; k++)
+			sm_zc_unmark(port, g->s[k].buf_idx);
+		g->zc = false;
+	}
 	if (att->blocked_sync == syncno) {
 		err = -EAGAIN;	/* an earlier run of this sync hit a full buffer */
+	} else if (g->zc && (err = sm_zc_send(port, g, &lent)) != -ENOBUFS) {
+		port->st.sendmsgs++;
+		if (err >= 0) {
+			sent = err;
+			port->st.tx_bytes += sent;
+			err = sent < g->bytes ? -EAGAIN : 0;
+		}
 	} else if (g->bytes) {
 		struct msghdr msg = { .msg_flags = MSG_DONTWAIT | MSG_NOSIGNAL };
 		int r;
+
+		if (g->zc) {	/* no notifier free: copy this run */
+			port->st.zc_fallback += g->n;
+			for (k = 0; k < g->n; k++)
+				sm_zc_unmark(port, g->s[k].buf_idx);
+			err = 0;
+		}
 
 		for (k = 0; k < g->n; k++) {
 			port->kv[k].iov_base = port->bufs +
@@ -151,10 +177,11 @@ static void sm_tx_flush(struct sm_port *port, struct sm_txgroup *g)
 	for (k = 0; k < g->n; k++) {
 		struct sm_txslot *t = &g->s[k];
 		struct stackmap_slot *s = &port->tx.ring->slots[t->pos];
+		u32 loan = lent && sent && t->len ? STACKMAP_F_LOAN : 0;
 
 		if (sent >= t->len) {
 			sent -= t->len;
-			sm_tx_result(port, t, 0, 0);
+			sm_tx_result(port, t, loan, 0);
 			continue;
 		}
 		/* Not (entirely) sent: describe what is left. */
@@ -163,9 +190,9 @@ static void sm_tx_flush(struct sm_port *port, struct sm_txgroup *g)
 		sent = 0;
 		if (err == -EAGAIN) {
 			port->st.tx_again++;
-			sm_tx_result(port, t, STACKMAP_F_AGAIN, 0);
+			sm_tx_result(port, t, STACKMAP_F_AGAIN | loan, 0);
 		} else {
-			sm_tx_result(port, t, STACKMAP_F_ERR, -err);
+			sm_tx_result(port, t, STACKMAP_F_ERR | loan, -err);
 		}
 	}
 	if (err == -EAGAIN && att->blocked_sync != syncno) {
@@ -177,6 +204,7 @@ static void sm_tx_flush(struct sm_port *port, struct sm_txgroup *g)
 	g->n = 0;
 	g->bytes = 0;
 	g->close = false;
+	g->zc = false;
 	g->att = NULL;
 }
 
@@ -233,6 +261,7 @@ static int sm_txsync(struct sm_port *port)
 		t.offset = READ_ONCE(slots[i].offset);
 		t.fd = READ_ONCE(slots[i].fd);
 		t.flags = READ_ONCE(slots[i].flags);
+		t.zc = false;
 		port->st.tx_slots++;
 
 		if (t.buf_idx >= port->num_bufs) {
@@ -253,6 +282,14 @@ static int sm_txsync(struct sm_port *port)
 				continue;
 			}
 			g->att = att;
+		}
+		if ((t.flags & STACKMAP_F_ZC) && port->zc && t.len)
+			t.zc = sm_zc_want(port, att, t.buf_idx);
+		if (g->n && g->zc != t.zc)
+			sm_tx_flush(port, g);	/* runs are all lent or all copied */
+		if (!g->n) {
+			g->att = att;
+			g->zc = t.zc;
 		}
 		g->s[g->n++] = t;
 		g->bytes += t.len;
@@ -438,16 +475,20 @@ int sm_sync(struct sm_port *port, bool wait)
 		goto out;
 	}
 	port->st.syncs++;
+	sm_zc_publish(port);
 	ret = sm_txsync(port);
 	if (!ret)
 		ret = sm_rxsync(port);
-	while (!ret && wait && !sm_rx_avail(port)) {
+	while (!ret && wait && !sm_rx_avail(port) && !sm_zc_unread(port)) {
 		port->st.waits++;
 		mutex_unlock(&port->mutex);
-		ret = wait_event_interruptible(port->wq, sm_rx_pending(port));
+		ret = wait_event_interruptible(port->wq, sm_rx_pending(port) ||
+					       sm_zc_pending(port));
 		mutex_lock(&port->mutex);
-		if (!ret)
+		if (!ret) {
+			sm_zc_publish(port);
 			ret = sm_rxsync(port);
+		}
 	}
 	if (!ret)
 		ret = sm_rx_avail(port);

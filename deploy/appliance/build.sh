@@ -23,11 +23,12 @@
 #   rootfs-KIND-KEY/  debootstrap + systemd (+ Debian's kernel and initramfs): ~3-4 min
 #                 once per kernel kind (debian, appliance)
 #   image.key     the inputs of the last image: unchanged -> nothing is done
-# Kernel: Debian's linux-image-6.12-amd64 (with its initramfs) and our module
-# built against its headers by kernel/build.sh; SM_APPLIANCE_KERNEL=DIR (a
-# directory with bzImage and stackmap.ko, e.g. kernel/build-kernel.sh's
-# output) uses that kernel instead: no initramfs, everything built in;
-# SM_APPLIANCE_KERNEL=ours runs `kernel/build-kernel.sh appliance` for DIR.
+# Kernel (SM_APPLIANCE_KERNEL): ours (the default) runs `kernel/build-kernel.sh
+# appliance` (cached outside the checkout) and takes its directory: our
+# patched kernel, no initramfs, everything built in, our module built
+# against it; DIR (any directory with bzImage and stackmap.ko) likewise;
+# debian takes Debian's linux-image-6.12-amd64 (with its initramfs) and our
+# module built against its headers by kernel/build.sh.
 # Run as root (debootstrap, chroot).  Heavy steps run under nice -n 10.
 set -euo pipefail
 
@@ -88,6 +89,8 @@ in_chroot() {  # in_chroot DIR SCRIPT: run SCRIPT with sh -e in DIR, a clean env
 # Kernel choice.
 # ---------------------------------------------------------------------------
 kernel_resolve() {
+    SM_APPLIANCE_KERNEL=${SM_APPLIANCE_KERNEL:-ours}
+    [ "$SM_APPLIANCE_KERNEL" = debian ] && SM_APPLIANCE_KERNEL=
     if [ "${SM_APPLIANCE_KERNEL:-}" = ours ]; then
         # Our patched appliance kernel, built (or taken from its cache) by the
         # kernel part's script, which prints its output directory last.

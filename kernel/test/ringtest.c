@@ -27,6 +27,17 @@
  * SIGKILL must release its connections, and the socket and vmalloc usage
  * must be back to where they started.
  *
+ * Zero-copy TX (STACKMAP_REG_ZC) gets a port of its own afterwards: the
+ * echo server marks its TX slots STACKMAP_F_ZC, swaps a spare buffer in
+ * for every buffer reported STACKMAP_F_LOAN and takes lent buffers back
+ * from the TX-done ring.  Two clients stop reading, so buffers stay lent
+ * in their sockets' queues; one checks every byte of its echo, the other
+ * is the target of hostile use of lent buffers (written to while lent,
+ * named again with F_ZC, a done-ring head out of range).  Every loan must
+ * be answered by one done entry.  Last, a port owner with buffers lent is
+ * SIGKILLed: the module must stay in use (rmmod refused) until the peer
+ * goes away and the network stack frees the lent pages, then be free.
+ *
  * Output: one "PASS name" or "FAIL name: why" line per check, and a final
  * "RINGTEST PASS" or "RINGTEST FAIL n"; the exit status is non-zero on
  * failure.  Built with `gcc -static -std=c11 -O2 -Wall -Wextra -Werror`.
@@ -48,6 +59,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -103,6 +115,20 @@ static uint32_t res_flags[STACKMAP_MAX_SLOTS];	/* last TX result per slot */
 static int32_t res_aux[STACKMAP_MAX_SLOTS];
 static uint32_t rx_shadow[STACKMAP_MAX_SLOTS];	/* good index of a tampered RX
 						 * slot + 1 (0: not tampered) */
+static struct stackmap_done_ring *done;	/* TX-done ring (zero-copy port) */
+static bool zc_mode;			/* echo with F_ZC, buffer swaps */
+#define ZC_MAXBUFS 4096
+static bool lent[ZC_MAXBUFS];		/* buffer reported F_LOAN, not back */
+static int lent_fd[ZC_MAXBUFS];		/* ... to which connection */
+static uint32_t pool[ZC_MAXBUFS];	/* spare buffers (not in any slot) */
+static uint32_t npool;
+static struct {
+	long loans;		/* F_LOAN results */
+	long returned;		/* done-ring entries */
+	long copied;		/* ... flagged COPIED */
+	long unexpected;	/* done entries for buffers not lent */
+	long zc_slots;		/* slots queued with F_ZC */
+} zcnt;
 
 static uint8_t *buf_of(uint32_t idx)
 {
@@ -140,7 +166,7 @@ static struct stackmap_stats get_stats(void)
 	return st;
 }
 
-static int port_open(void)
+static int port_open_flags(uint32_t flags)
 {
 	pfd = open(STACKMAP_DEVICE, O_RDWR | O_CLOEXEC);
 	if (pfd < 0)
@@ -151,6 +177,7 @@ static int port_open(void)
 	reg.tx_slots = 256;
 	reg.buf_size = 2048;
 	reg.num_bufs = 2048;
+	reg.flags = flags;
 	if (ioctl(pfd, STACKMAP_IOC_REGISTER, &reg) < 0)
 		return -1;
 	mem = mmap(NULL, reg.mem_size, PROT_READ | PROT_WRITE, MAP_SHARED, pfd, 0);
@@ -159,7 +186,70 @@ static int port_open(void)
 	rx = (struct stackmap_ring *)(mem + reg.rx_ring_ofs);
 	tx = (struct stackmap_ring *)(mem + reg.tx_ring_ofs);
 	tx_done = tx->head;
+	done = reg.done_ring_ofs ? (struct stackmap_done_ring *)(mem + reg.done_ring_ofs) : NULL;
+	npool = 0;
+	for (uint32_t i = reg.first_free_buf; i < reg.num_bufs && i < ZC_MAXBUFS; i++)
+		pool[npool++] = i;
+	memset(lent, 0, sizeof(lent));
 	return 0;
+}
+
+static int port_open(void)
+{
+	return port_open_flags(0);
+}
+
+/* The buffer of TX slot @pos: a lent buffer left its slot when the loan
+ * was reported (UINT32_MAX there: no spare was left); take a spare now,
+ * or UINT32_MAX when there is none (wait for the done ring). */
+static uint32_t tx_buf(uint32_t pos)
+{
+	struct stackmap_slot *s = &tx->slots[pos];
+
+	if (s->buf_idx == UINT32_MAX) {
+		if (!npool)
+			return UINT32_MAX;
+		s->buf_idx = pool[--npool];
+	}
+	return s->buf_idx;
+}
+
+/* Take back what the done ring returns. */
+static void done_reap(void)
+{
+	uint32_t n, h, t;
+
+	if (!done)
+		return;
+	n = done->num_entries;
+	h = done->head;
+	t = __atomic_load_n(&done->tail, __ATOMIC_ACQUIRE);
+	while (h != t && h < n) {
+		uint32_t e = done->bufs[h], idx = e & STACKMAP_DONE_IDX;
+
+		zcnt.returned++;
+		if (e & STACKMAP_DONE_COPIED)
+			zcnt.copied++;
+		if (idx >= ZC_MAXBUFS || !lent[idx]) {
+			zcnt.unexpected++;
+		} else {
+			lent[idx] = false;
+			pool[npool++] = idx;
+		}
+		h = h + 1 == n ? 0 : h + 1;
+	}
+	__atomic_store_n(&done->head, h, __ATOMIC_RELEASE);
+}
+
+/* Buffers reported lent and not back yet (to @fd, or any when -1). */
+static long lent_now(int fd)
+{
+	long k = 0;
+
+	for (uint32_t i = 0; i < ZC_MAXBUFS; i++)
+		if (lent[i] && (fd < 0 || lent_fd[i] == fd))
+			k++;
+	return k;
 }
 
 /* ------------------------------------------------------------ echo server */
@@ -264,16 +354,20 @@ static void flush_pending(void)
 		if (!c->open || c->blocked)
 			continue;
 		while (bq_size(&c->pend) && tx_free()) {
-			struct stackmap_slot *s = &tx->slots[tx->head];
+			uint32_t b = tx_buf(tx->head);
 			size_t n = bq_size(&c->pend);
 
+			if (b == UINT32_MAX)
+				break;	/* every spare is lent */
 			if (n > reg.buf_size)
 				n = reg.buf_size;
-			memcpy(buf_of(s->buf_idx), c->pend.p + c->pend.off, n);
+			memcpy(buf_of(b), c->pend.p + c->pend.off, n);
 			c->pend.off += n;
-			tx_put(s->buf_idx, 0, (uint32_t)n, fd, 0);
+			tx_put(b, 0, (uint32_t)n, fd, zc_mode ? STACKMAP_F_ZC : 0);
+			zcnt.zc_slots += zc_mode;
 		}
-		if (c->close_req && !bq_size(&c->pend) && tx_free()) {
+		if (c->close_req && !bq_size(&c->pend) && tx_free() &&
+		    tx_buf(tx->head) != UINT32_MAX) {
 			tx_put(tx->slots[tx->head].buf_idx, 0, 0, fd, STACKMAP_F_CLOSE);
 			cnt.closes++;
 			conn_close(fd);	/* the kernel closes the fd in this sync */
@@ -289,7 +383,7 @@ static void tx_results(void)
 
 	for (uint32_t i = tx_done; i != tx->head; i = ring_next(tx, i)) {
 		struct stackmap_slot *s = &tx->slots[i];
-		uint32_t f = s->flags;
+		uint32_t f = s->flags, bidx = s->buf_idx;
 		int fd = s->fd;
 
 		res_flags[i] = f;
@@ -297,6 +391,17 @@ static void tx_results(void)
 		s->flags = 0;
 		if (!(f & STACKMAP_F_DONE))
 			cnt.not_done++;
+		if ((f & STACKMAP_F_LOAN) && bidx < ZC_MAXBUFS) {
+			if (lent[bidx])
+				zcnt.unexpected++;	/* lent twice */
+			lent[bidx] = true;
+			lent_fd[bidx] = fd;
+			zcnt.loans++;
+			/* Swap at once: the lent buffer must be in no slot when
+			 * the done ring gives it back to the pool.  (It may
+			 * still be read: the AGAIN remainder below.) */
+			s->buf_idx = npool ? pool[--npool] : UINT32_MAX;
+		}
 		if (f & STACKMAP_F_BAD) {
 			cnt.tx_bad++;
 			continue;
@@ -310,7 +415,7 @@ static void tx_results(void)
 			c->blocked = true;
 			if (!bq_size(&c->back) && ntouched < 256)
 				touched[ntouched++] = fd;
-			bq_append(&c->back, buf_of(s->buf_idx) + s->offset, s->len);
+			bq_append(&c->back, buf_of(bidx) + s->offset, s->len);
 		} else if (f & STACKMAP_F_ERR) {
 			if (cnt.errs++ < 3)
 				printf("INFO TX error on fd %d: %s\n", fd, strerror(s->aux));
@@ -371,7 +476,7 @@ static void rx_process(void)
 			struct conn *c = &conns[fd];
 
 			cnt.bytes_in += len;
-			if (echo_enabled && !bq_size(&c->pend) && !c->blocked &&
+			if (echo_enabled && !zc_mode && !bq_size(&c->pend) && !c->blocked &&
 			    tx_free() && len <= reg.buf_size) {
 				/* Zero-copy echo: swap the RX buffer into TX. */
 				uint32_t spare = tx->slots[tx->head].buf_idx;
@@ -411,6 +516,7 @@ static int server_step(int wait_ms)
 	}
 	tx_results();
 	rx_process();
+	done_reap();
 	return r;
 }
 
@@ -1178,6 +1284,338 @@ static void kill_test(void)
 	close(kill_sync[0]);
 }
 
+/* ------------------------------------------------------------ zero-copy TX */
+
+#define ZC_BYTES (1024 * 1024)	/* echoed to each stalled client */
+
+static int zc_ready[2], zc_go[2];	/* clients -> parent, parent -> clients */
+
+/* Stalls like the staller, then checks every byte of its echo. */
+static int run_zc_checker(void *a)
+{
+	(void)a;
+	close(zc_ready[0]);
+	close(zc_go[1]);
+	return client_bulk(ZC_BYTES, 11, zc_ready[1], zc_go[0]);
+}
+
+/* Stalls too; its lent buffers are abused, so it only counts bytes. */
+static int run_zc_victim(void *a)
+{
+	uint8_t *out = malloc(ZC_BYTES), buf[65536];
+	int fd = connect_lo(), small = 16384;
+	size_t got = 0;
+	ssize_t r;
+	char c = 'r';
+
+	(void)a;
+	close(zc_ready[0]);
+	close(zc_go[1]);
+	if (!out || fd < 0)
+		return 80;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+	fill_pattern(out, ZC_BYTES, 12);
+	if (write_full(fd, out, ZC_BYTES) || write(zc_ready[1], &c, 1) != 1 ||
+	    read(zc_go[0], &c, 1) != 1)
+		return 81;
+	while (got < ZC_BYTES && (r = read(fd, buf, sizeof(buf))) > 0)
+		got += (size_t)r;
+	shutdown(fd, SHUT_WR);
+	while ((r = read(fd, buf, sizeof(buf))) > 0)	/* whatever the hostile slots added */
+		;
+	close(fd);
+	free(out);
+	return got >= ZC_BYTES ? 0 : 82;
+}
+
+/* The fd of the connection whose lent buffers are the most, other than @not. */
+static int zc_busiest(int not)
+{
+	int best = -1;
+	long most = 0;
+
+	for (int fd = 0; fd < MAXFD; fd++) {
+		long k = conns[fd].open && fd != not ? lent_now(fd) : 0;
+
+		if (k > most) {
+			most = k;
+			best = fd;
+		}
+	}
+	return best;
+}
+
+/* A buffer lent to @fd, or UINT32_MAX. */
+static uint32_t zc_lent_buf(int fd)
+{
+	for (uint32_t i = 0; i < ZC_MAXBUFS; i++)
+		if (lent[i] && lent_fd[i] == fd)
+			return i;
+	return UINT32_MAX;
+}
+
+static void zc_phase(void)
+{
+	struct stackmap_attach at = { 0 };
+	struct stackmap_stats a, b;
+	pid_t checker, victim;
+	int rc1, rc2, vfd, cfd;
+	double end;
+	char c;
+
+	/* Registration: unknown flags and a non-zero done_ring_ofs refused. */
+	{
+		int p = open(STACKMAP_DEVICE, O_RDWR | O_CLOEXEC), e1, e2;
+		struct stackmap_reg r = { .version = STACKMAP_VERSION, .rx_slots = 64,
+					  .tx_slots = 64, .buf_size = 2048, .num_bufs = 256 };
+
+		r.flags = 0x80;
+		e1 = ioctl(p, STACKMAP_IOC_REGISTER, &r) < 0 ? errno : 0;
+		r.flags = STACKMAP_REG_ZC;
+		r.done_ring_ofs = 4096;
+		e2 = ioctl(p, STACKMAP_IOC_REGISTER, &r) < 0 ? errno : 0;
+		close(p);
+		check(e1 == EINVAL && e2 == EINVAL, "zc-register-flags-checked",
+		      "errno %d / %d, want EINVAL", e1, e2);
+	}
+	for (int fd = 0; fd < MAXFD; fd++)
+		conn_close(fd);
+	memset(&cnt, 0, sizeof(cnt));
+	check(port_open_flags(STACKMAP_REG_ZC) == 0 && done, "zc-register", "%s", strerror(errno));
+	if (!done)
+		return;
+	check(done->num_entries == reg.num_bufs + 1 && done->head == 0 && done->tail == 0 &&
+	      reg.done_ring_ofs >= reg.tx_ring_ofs && reg.done_ring_ofs < reg.bufs_ofs,
+	      "zc-done-ring-layout", "entries %u head %u tail %u ofs %u", done->num_entries,
+	      done->head, done->tail, reg.done_ring_ofs);
+	{
+		uint64_t v1[14];
+
+		check(ioctl(pfd, STACKMAP_IOC_STATS_V1, v1) == 0, "stats-v1-ioctl", "%s",
+		      strerror(errno));
+	}
+	listen_fd = make_listener();
+	at.fd = listen_fd;
+	check(ioctl(pfd, STACKMAP_IOC_ATTACH, &at) == 0, "zc-attach", "%s", strerror(errno));
+	zc_mode = true;
+
+	/* Two clients that stop reading, with 1 MiB echoed to each. */
+	if (pipe(zc_ready) || pipe(zc_go)) {
+		check(false, "zc-pipes", "%s", strerror(errno));
+		return;
+	}
+	/* The checker first, alone, so that its connection is known. */
+	fcntl(zc_ready[0], F_SETFL, O_NONBLOCK);
+	checker = spawn(run_zc_checker, NULL);
+	cfd = vfd = -1;
+	{
+		int ready = 0;
+
+		end = now_s() + 120;
+		while (now_s() < end && (ready < 1 || zc_busiest(-1) < 0)) {
+			server_step(20);
+			while (read(zc_ready[0], &c, 1) == 1)
+				ready++;
+		}
+		cfd = zc_busiest(-1);
+		victim = spawn(run_zc_victim, NULL);
+		close(zc_ready[1]);
+		close(zc_go[0]);
+		while (now_s() < end && (ready < 2 || zc_busiest(cfd) < 0)) {
+			server_step(20);
+			while (read(zc_ready[0], &c, 1) == 1)
+				ready++;
+		}
+		vfd = zc_busiest(cfd);
+		check(ready == 2, "zc-clients-stalled", "%d of 2 ready", ready);
+	}
+	a = get_stats();
+	printf("INFO zc stalled: %ld buffers lent (%ld to the checker, %ld to the victim), "
+	       "%ld loans, %ld returned so far, %llu fallbacks\n", lent_now(-1), lent_now(cfd),
+	       lent_now(vfd), zcnt.loans, zcnt.returned, (unsigned long long)a.zc_fallback);
+	check(cfd >= 0 && vfd >= 0 && lent_now(cfd) > 0 && lent_now(vfd) > 0,
+	      "zc-lent-while-peer-stalls", "lent %ld", lent_now(-1));
+	if (vfd >= 0) {
+		uint32_t lb = zc_lent_buf(vfd), pos;
+
+		/* 1. Write into a lent buffer: only our own data suffers. */
+		if (lb != UINT32_MAX)
+			memset(buf_of(lb), 0xAA, reg.buf_size);
+		/* 2. Name a lent buffer again with F_ZC: copied, never lent twice. */
+		a = get_stats();
+		pos = tx->head;
+		if (lb != UINT32_MAX && tx_free()) {
+			uint32_t keep = tx->slots[pos].buf_idx;
+
+			tx_put(lb, 0, 100, vfd, STACKMAP_F_ZC);
+			hostile_sync();
+			tx->slots[pos].buf_idx = keep;
+		}
+		b = get_stats();
+		check(lb != UINT32_MAX && !(res_flags[pos] & STACKMAP_F_LOAN) &&
+		      b.zc_fallback == a.zc_fallback + 1 && zcnt.unexpected == 0,
+		      "zc-lent-buffer-not-lent-twice", "buf %u flags %#x fallback %llu->%llu",
+		      lb, res_flags[pos], (unsigned long long)a.zc_fallback,
+		      (unsigned long long)b.zc_fallback);
+		/* 3. A done-ring head out of range: counted, reset, port fine. */
+		done_reap();
+		a = get_stats();
+		done->head = done->num_entries + 5;
+		check(ioctl(pfd, STACKMAP_IOC_SYNC, 0) >= 0, "zc-bad-done-head-sync", "%s",
+		      strerror(errno));
+		tx_results();
+		rx_process();
+		b = get_stats();
+		check(b.bad_heads == a.bad_heads + 1 && done->head < done->num_entries,
+		      "zc-bad-done-head", "bad_heads %llu->%llu head %u",
+		      (unsigned long long)a.bad_heads, (unsigned long long)b.bad_heads, done->head);
+		done_reap();
+	}
+
+	/* Let them read: everything must arrive, every loan come back. */
+	if (write(zc_go[1], "gg", 2) != 2)
+		check(false, "zc-go", "%s", strerror(errno));
+	end = now_s() + 120;
+	rc1 = rc2 = -1;
+	while (now_s() < end && (rc1 < 0 || rc2 < 0)) {
+		int st;
+
+		server_step(20);
+		if (rc1 < 0 && waitpid(checker, &st, WNOHANG) == checker)
+			rc1 = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+		if (rc2 < 0 && waitpid(victim, &st, WNOHANG) == victim)
+			rc2 = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+	}
+	end = now_s() + 30;
+	while (now_s() < end && (lent_now(-1) || cnt.eofs < 2))
+		server_step(20);
+	for (int i = 0; i < 5; i++)
+		server_step(20);
+	check(rc1 == 0, "zc-stalled-client-gets-every-byte", "checker exit %d", rc1);
+	check(rc2 == 0, "zc-victim-served", "victim exit %d", rc2);
+	b = get_stats();
+	printf("INFO zc: %ld F_ZC slots, %llu zc sendmsgs, %llu bytes lent, %llu loans, "
+	       "%llu returned (%llu copied by the stack), %llu fallbacks\n", zcnt.zc_slots,
+	       (unsigned long long)b.zc_sends, (unsigned long long)b.zc_bytes,
+	       (unsigned long long)b.zc_lent, (unsigned long long)b.zc_returned,
+	       (unsigned long long)b.zc_copied, (unsigned long long)b.zc_fallback);
+	check(lent_now(-1) == 0 && zcnt.unexpected == 0 && zcnt.loans == zcnt.returned &&
+	      b.zc_lent == (unsigned long long)zcnt.loans && b.zc_returned == b.zc_lent,
+	      "zc-every-loan-returned-once", "still lent %ld, unexpected %ld, loans %ld/%llu, "
+	      "returned %ld/%llu", lent_now(-1), zcnt.unexpected, zcnt.loans,
+	      (unsigned long long)b.zc_lent, zcnt.returned, (unsigned long long)b.zc_returned);
+	zc_mode = false;
+	munmap(mem, reg.mem_size);
+	close(pfd);
+	pfd = -1;
+	done = NULL;
+	for (int fd = 0; fd < MAXFD; fd++)
+		if (conns[fd].open) {
+			close(fd);
+			conn_close(fd);
+		}
+	close(listen_fd);
+	listen_fd = -1;
+	close(zc_ready[0]);
+	close(zc_go[1]);
+}
+
+/* The module's reference count (/sys/module/stackmap/refcnt), -1 unknown. */
+static long module_refcnt(void)
+{
+	FILE *f = fopen("/sys/module/stackmap/refcnt", "r");
+	long v = -1;
+
+	if (f) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+/* A port owner with buffers lent to a client that does not read. */
+static int run_zc_doomed(void *a)
+{
+	static uint8_t chunk[2048];
+	double end = now_s() + 60;
+
+	(void)a;
+	close(kill_sync[0]);
+	memset(&cnt, 0, sizeof(cnt));
+	memset(&zcnt, 0, sizeof(zcnt));
+	if (port_open_flags(STACKMAP_REG_ZC))
+		return 90;
+	struct stackmap_attach at = { .fd = listen_fd };
+
+	if (ioctl(pfd, STACKMAP_IOC_ATTACH, &at))
+		return 91;
+	zc_mode = true;
+	memset(chunk, 0x5A, sizeof(chunk));
+	while (now_s() < end) {
+		server_step(20);
+		for (int fd = 0; fd < MAXFD; fd++)
+			if (conns[fd].open && !conns[fd].blocked && bq_size(&conns[fd].pend) < 65536)
+				bq_append(&conns[fd].pend, chunk, sizeof(chunk));
+		if (lent_now(-1) > 0 && cnt.again > 0) {
+			if (write(kill_sync[1], "k", 1) != 1)
+				return 92;
+			pause();
+		}
+	}
+	return 93;
+}
+
+static void zc_kill_test(void)
+{
+	long ref0 = module_refcnt(), ref1, ref2;
+	int cfd, dl, st, small = 4096, busy_errno = 0;
+	pid_t doomed;
+	double end;
+	char c;
+
+	if (pipe(kill_sync)) {
+		check(false, "zc-kill", "pipe");
+		return;
+	}
+	dl = make_listener();
+	listen_fd = dl;
+	doomed = fork();
+	if (doomed == 0) {
+		pfd = -1;
+		_exit(run_zc_doomed(NULL));
+	}
+	close(kill_sync[1]);
+	cfd = connect_lo();
+	if (cfd >= 0)
+		setsockopt(cfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+	if (cfd < 0 || read(kill_sync[0], &c, 1) != 1) {
+		check(false, "zc-kill-with-loans", "doomed owner never had buffers lent");
+		kill(doomed, SIGKILL);
+		waitpid(doomed, &st, 0);
+		return;
+	}
+	kill(doomed, SIGKILL);
+	waitpid(doomed, &st, 0);
+	/* The port is released; its lent pages are still in cfd's peer's
+	 * queue.  The module must stay in use. */
+	ref1 = module_refcnt();
+	if (ref0 == 0 && ref1 > 0)
+		busy_errno = syscall(SYS_delete_module, "stackmap", O_NONBLOCK) < 0 ? errno : 0;
+	check(ref1 == ref0 + 1 && (ref0 != 0 || busy_errno == EWOULDBLOCK),
+	      "zc-rmmod-refused-while-lent", "refcnt %ld -> %ld, delete_module errno %d",
+	      ref0, ref1, busy_errno);
+	/* The peer goes away (unread data: RST): the stack frees the pages. */
+	close(cfd);
+	end = now_s() + 30;
+	while ((ref2 = module_refcnt()) != ref0 && now_s() < end)
+		usleep(100 * 1000);
+	check(ref2 == ref0, "zc-loans-end-with-the-peer", "refcnt %ld, was %ld", ref2, ref0);
+	close(dl);
+	close(kill_sync[0]);
+	listen_fd = -1;
+}
+
 static bool is_test_port(unsigned int port)
 {
 	for (int i = 0; i < n_test_ports; i++)
@@ -1306,6 +1744,8 @@ int main(void)
 			close(fd);
 	close(listen_fd);
 	kill_test();
+	zc_phase();
+	zc_kill_test();
 
 	end = now_s() + 30;
 	long tcp1;

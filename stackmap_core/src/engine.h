@@ -79,6 +79,7 @@ struct sm_settings {
     int uring_buf_size;         /* bytes per provided buffer (-o uring_buf_size) */
     int uring_zc_threshold;     /* send zero-copy above this many bytes, 0 = never */
     int uring_sqpoll;           /* 1: kernel submission polling thread */
+    int stackmap_zc_threshold;  /* stackmap: lend TX buffers for queues of this many bytes, 0 = never */
     int uring_batch_usec;       /* a loaded worker waits up to this long for a batch, 0 = never */
     int tcp_nodelay;            /* set TCP_NODELAY on accepted sockets */
     int idle_timeout;           /* close connections idle this many seconds, 0 = never */

@@ -158,6 +158,9 @@
       "bytes per provided receive buffer (k/m suffixes)")                                                              \
     X(uring_zc_threshold, FIELD(uring_zc_threshold), SIZE, "0", 0, 2147483647, 0, "SIZE", EXTENDED, 0,                 \
       "send zero-copy at and above this many bytes; 0 never (k/m suffixes)")                                           \
+    X(stackmap_zc_threshold, FIELD(stackmap_zc_threshold), SIZE, "0", 0, 2147483647, 0, "SIZE", EXTENDED, 0,           \
+      "stackmap backend: lend TX buffers to the kernel (zero-copy) for queues of at least this many bytes; "          \
+      "0 never (k/m suffixes)")                                                                                      \
     X(uring_sqpoll, FIELD(uring_sqpoll), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                          \
       "kernel submission-queue polling thread")                                                                        \
     X(uring_batch_usec, FIELD(uring_batch_usec), INT, "500", 0, 100000, 0, "N", EXTENDED, 0,                           \

@@ -58,6 +58,8 @@
     X(stackmap_rx_slots)   \
     X(stackmap_tx_slots)   \
     X(stackmap_bad_slots)  \
+    X(stackmap_tx_lent)    \
+    X(stackmap_tx_lent_copied) \
     X(listen_disabled_num) \
     X(ssl_handshake_errors)\
     X(ssl_new_sessions)    \

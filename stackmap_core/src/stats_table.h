@@ -251,6 +251,12 @@
       V_U64(s.stackmap_tx_slots))                                                                                      \
     X(stackmap_bad_slots, COUNTER, "", "stackmap_bad_slots_total", "",                                                 \
       "Slots /dev/stackmap handed over that were malformed and skipped.", V_U64(s.stackmap_bad_slots))                 \
+    X(stackmap_tx_lent, COUNTER, "", "stackmap_tx_lent_total", "",                                                     \
+      "Transmit buffers /dev/stackmap sent zero-copy and lent to TCP until acknowledged (-o stackmap_zc_threshold).",  \
+      V_U64(s.stackmap_tx_lent))                                                                                       \
+    X(stackmap_tx_lent_copied, COUNTER, "", "stackmap_tx_lent_copied_total", "",                                       \
+      "Lent transmit buffers the kernel copied after all (loopback, no scatter-gather).",                              \
+      V_U64(s.stackmap_tx_lent_copied))                                                                                \
     X(stackmap_slots_per_sync, GAUGE, "", "stackmap_slots_per_sync", "",                                               \
       "Average slots (receive and transmit) moved per /dev/stackmap synchronisation since start.",                     \
       V_F2(s.stackmap_syncs ? (double)(s.stackmap_rx_slots + s.stackmap_tx_slots) / (double)s.stackmap_syncs           \
@@ -359,6 +365,9 @@
     X(uring_buf_size, "uring_buf_size", "Bytes per provided receive buffer.", V_INT(st->uring_buf_size))               \
     X(uring_zc_threshold, "uring_zc_threshold", "Zero-copy sends at and above this size, 0 never.",                    \
       V_INT(st->uring_zc_threshold))                                                                                   \
+    X(stackmap_zc_threshold, "stackmap_zc_threshold",                                                                  \
+      "stackmap backend: TX buffers lent (zero-copy) for queues of at least this size, 0 never.",                      \
+      V_INT(st->stackmap_zc_threshold))                                                                                \
     X(uring_sqpoll, "uring_sqpoll", "Whether a kernel submission-queue polling thread runs.",                          \
       V_STR(st->uring_sqpoll ? "yes" : "no"))                                                                          \
     X(uring_batch_usec, "uring_batch_usec", "Longest batch wait of a loaded worker in microseconds, 0 never.",         \

@@ -19,6 +19,8 @@
  *                                          the kernel never reads it back)
  *   rx_ring_ofs  struct stackmap_ring + rx_slots slots   (kernel -> app)
  *   tx_ring_ofs  struct stackmap_ring + tx_slots slots   (app -> kernel)
+ *   done_ring_ofs struct stackmap_done_ring + num_bufs + 1 entries
+ *                (kernel -> app; only with STACKMAP_REG_ZC, else absent)
  *   bufs_ofs     num_bufs buffers of buf_size bytes (page aligned start);
  *                buffer i is at bufs_ofs + i * buf_size
  *
@@ -40,6 +42,19 @@
  * reads every index, offset, length and fd from shared memory exactly once
  * and bounds-checks it, so a bad value only loses the application's own
  * data (the slot is flagged STACKMAP_F_BAD and counted).
+ *
+ * Zero-copy TX (STACKMAP_REG_ZC at registration): a TX slot flagged
+ * STACKMAP_F_ZC may be sent without copying -- TCP's skbs then point at
+ * the buffer's pages (MSG_ZEROCOPY) until the peer acknowledges the data.
+ * When that happened the slot comes back with STACKMAP_F_LOAN: the slot is
+ * the application's again, but its buffer is on loan to the kernel and
+ * must not be written (nor given to an RX slot) until its index appears in
+ * the TX-done ring.  The usual way is a buffer swap: put a spare buffer
+ * (indices >= first_free_buf, or any returned one) into the slot and keep
+ * the loaned index aside.  A slot without F_LOAN has its buffer back at
+ * once, as without STACKMAP_REG_ZC.  Every F_LOAN is answered by exactly
+ * one done-ring entry, published by a later sync (never the one that
+ * reported the loan), so the two can be processed in any order.
  */
 #ifndef _UAPI_LINUX_STACKMAP_H
 #define _UAPI_LINUX_STACKMAP_H
@@ -94,6 +109,12 @@ struct stackmap_slot {
 #define STACKMAP_F_WRITABLE	0x0040u	/* RX: fd can take data again after AGAIN */
 #define STACKMAP_F_DONE		0x0080u	/* TX: slot processed by the kernel (set on
 					 *     every slot handed back) */
+#define STACKMAP_F_ZC		0x0100u	/* TX (app sets): the buffer may be sent
+					 *     zero-copy (lent); ignored without
+					 *     STACKMAP_REG_ZC */
+#define STACKMAP_F_LOAN		0x0200u	/* TX (kernel sets): the buffer was lent
+					 *     to TCP; do not write it until the
+					 *     done ring returns it */
 
 /* aux values of STACKMAP_F_BAD slots. */
 #define STACKMAP_BAD_INDEX	1	/* buf_idx >= num_bufs */
@@ -113,6 +134,30 @@ struct stackmap_ring {
 	struct stackmap_slot slots[];	/* num_slots entries */
 };
 
+/*
+ * The TX-done ring (STACKMAP_REG_ZC): buffers lent by F_LOAN slots, handed
+ * back.  The kernel writes entries at tail and advances tail; the
+ * application reads [head, tail) and advances head.  It has num_bufs + 1
+ * entries, so it never fills while the application keeps up; if it does
+ * fill, the kernel keeps the rest (those buffers stay lent) until there is
+ * room.  A head outside the ring is counted in bad_heads and reset to the
+ * kernel's tail (the entries in between are lost to the application, the
+ * buffers are no longer lent).
+ */
+struct stackmap_done_ring {
+	__u32 num_entries;	/* entries in bufs[] (set by the kernel) */
+	__u32 head;		/* application: first entry it has not read */
+	__u32 tail;		/* kernel: next entry it writes */
+	__u32 flags;		/* reserved, 0 */
+	__u32 reserved[12];	/* pads the header to 64 bytes */
+	__u32 bufs[];		/* buffer index | STACKMAP_DONE_COPIED */
+};
+
+/* Entry bits: the buffer index and whether the stack copied it after all
+ * (e.g. over loopback, or a device without scatter-gather). */
+#define STACKMAP_DONE_IDX	0x7fffffffu
+#define STACKMAP_DONE_COPIED	0x80000000u
+
 /* Informative copy of the registration results at offset 0 of the map. */
 struct stackmap_if {
 	__u32 version;		/* STACKMAP_VERSION */
@@ -125,7 +170,7 @@ struct stackmap_if {
 	__u64 tx_ring_ofs;	/* byte offset of the TX struct stackmap_ring */
 	__u64 bufs_ofs;		/* byte offset of buffer 0 */
 	__u64 mem_size;		/* bytes to mmap */
-	__u32 reserved[2];	/* pads to 64 bytes */
+	__u64 done_ring_ofs;	/* byte offset of the TX-done ring, 0: none */
 };
 
 /* STACKMAP_IOC_REGISTER argument. */
@@ -135,14 +180,19 @@ struct stackmap_reg {
 	__u32 tx_slots;		/* in: TX ring size */
 	__u32 buf_size;		/* in: bytes per buffer */
 	__u32 num_bufs;		/* in: pool size, >= rx_slots + tx_slots */
-	__u32 flags;		/* in: 0 */
+	__u32 flags;		/* in: STACKMAP_REG_* (0: copy-only port) */
 	__u32 first_free_buf;	/* out: rx_slots + tx_slots */
-	__u32 reserved;		/* 0 */
+	__u32 done_ring_ofs;	/* in: 0; out: offset of the TX-done ring
+				 *     (STACKMAP_REG_ZC), else 0 */
 	__u64 rx_ring_ofs;	/* out: offset of the RX ring */
 	__u64 tx_ring_ofs;	/* out: offset of the TX ring */
 	__u64 bufs_ofs;		/* out: offset of buffer 0 */
 	__u64 mem_size;		/* out: bytes to mmap at offset 0 */
 };
+
+/* STACKMAP_IOC_REGISTER flags.  A module without a flag refuses it with
+ * EINVAL, so an application can ask and fall back. */
+#define STACKMAP_REG_ZC		0x1u	/* zero-copy TX: F_ZC slots, done ring */
 
 /* STACKMAP_IOC_ATTACH / STACKMAP_IOC_DETACH argument. */
 struct stackmap_attach {
@@ -169,6 +219,14 @@ struct stackmap_stats {
 	__u64 accepts;		/* connections accepted */
 	__u64 closes;		/* CLOSE requests honoured */
 	__u64 attached;		/* sockets attached right now */
+	/* Zero-copy TX (STACKMAP_REG_ZC); appended, the ioctl number moved. */
+	__u64 zc_sends;		/* zero-copy sendmsg calls */
+	__u64 zc_bytes;		/* bytes TCP took from lent buffers */
+	__u64 zc_lent;		/* slots handed back with F_LOAN */
+	__u64 zc_returned;	/* done-ring entries published */
+	__u64 zc_copied;	/* ... of which the stack had copied anyway */
+	__u64 zc_fallback;	/* F_ZC slots sent by copying (buffer already
+				 * lent, socket cannot, notifier pool empty) */
 };
 
 #define STACKMAP_IOC_MAGIC	0xB7
@@ -177,5 +235,7 @@ struct stackmap_stats {
 #define STACKMAP_IOC_DETACH	_IOW(STACKMAP_IOC_MAGIC, 3, struct stackmap_attach)
 #define STACKMAP_IOC_SYNC	_IO(STACKMAP_IOC_MAGIC, 4)
 #define STACKMAP_IOC_STATS	_IOR(STACKMAP_IOC_MAGIC, 5, struct stackmap_stats)
+/* The counters up to 'attached' only (the struct before zero-copy TX). */
+#define STACKMAP_IOC_STATS_V1	_IOC(_IOC_READ, STACKMAP_IOC_MAGIC, 5, 14 * sizeof(__u64))
 
 #endif /* _UAPI_LINUX_STACKMAP_H */

@@ -14,10 +14,21 @@
  * Copies: RX data is copied once, by TCP into the ring buffers, and parsed
  * in place.  TX data is copied from the response queue (item memory is not
  * in the port's pool) into TX buffers, and once more by TCP into the
- * socket.  The queue is consumed only when the kernel reports what TCP
+ * socket -- unless the buffers are lent (zero-copy TX, below).  The queue is consumed only when the kernel reports what TCP
  * took: a slot flagged AGAIN (send buffer full) leaves its remainder queued
  * until a WRITABLE slot arrives, so a client that stops reading never stalls
  * the ring or the other connections.
+ *
+ * Zero-copy TX (-o stackmap_zc_threshold=BYTES): for a queue of at least
+ * that many bytes the slots are flagged STACKMAP_F_ZC, and the module lends
+ * their buffers to TCP instead of copying them (MSG_ZEROCOPY).  A buffer
+ * reported STACKMAP_F_LOAN leaves its slot at once for a spare from this
+ * worker's pool (the port has SMAP_ZC_SPARE buffers more than slots) and
+ * goes back to the pool when the TX-done ring returns it.  A slot is flagged
+ * only while the pool holds a spare for it and for every flagged slot not
+ * yet reaped, so with the pool drained by slow peers it is copied instead.  A module without zero-copy
+ * TX refuses the registration flag: the worker then copies, as below the
+ * threshold.
  *
  * The module cannot stop receiving for one connection: under back-pressure
  * its bytes wait, unparsed, in the connection's carry-over (conn.h) until
@@ -41,6 +52,10 @@
 #define SMAP_RX_SLOTS 1024
 #define SMAP_TX_SLOTS 1024
 #define SMAP_BUF_SIZE 2048
+/* Buffers beyond the slots, to swap in for lent ones (zero-copy TX only). */
+#define SMAP_ZC_SPARE 1024
+/* A TX slot whose lent buffer left it and no spare was there to replace it. */
+#define SMAP_NO_BUF UINT32_MAX
 
 /* Per-connection state (conn->backend_data). */
 typedef struct smap_conn {
@@ -61,6 +76,11 @@ typedef struct smap_state {
     conn **by_fd;                   /* connection of each fd number */
     int nby_fd;                     /* capacity of by_fd */
     uint32_t tx_pending;            /* TX slots queued since the last sync */
+    struct stackmap_done_ring *done; /* TX-done ring; NULL: zero-copy TX off */
+    uint32_t *spare;                /* free buffers (none in a slot, none lent) */
+    uint32_t nspare;                /* how many */
+    uint32_t zc_staged;             /* F_ZC slots not yet reaped: each may need a spare */
+    bool tx_zc[SMAP_TX_SLOTS];      /* the slot was queued with F_ZC */
     uint32_t tx_len[SMAP_TX_SLOTS]; /* bytes staged in each TX slot (the kernel rewrites len) */
 } smap_state;
 
@@ -95,12 +115,22 @@ static int smap_init(worker *w, char *err, size_t errlen)
         free(st);
         return -1;
     }
+    bool zc = w->settings->stackmap_zc_threshold > 0;
     struct stackmap_reg reg = {.version = STACKMAP_VERSION,
                                .rx_slots = SMAP_RX_SLOTS,
                                .tx_slots = SMAP_TX_SLOTS,
                                .buf_size = SMAP_BUF_SIZE,
-                               .num_bufs = SMAP_RX_SLOTS + SMAP_TX_SLOTS};
-    if (ioctl(st->fd, STACKMAP_IOC_REGISTER, &reg) < 0) {
+                               .num_bufs = SMAP_RX_SLOTS + SMAP_TX_SLOTS + (zc ? SMAP_ZC_SPARE : 0),
+                               .flags = zc ? STACKMAP_REG_ZC : 0};
+    int rc = ioctl(st->fd, STACKMAP_IOC_REGISTER, &reg);
+    if (rc < 0 && zc && errno == EINVAL) {
+        engine_log(w->engine, 1,
+                   "stackmap: this module has no zero-copy TX; stackmap_zc_threshold ignored, copying\n");
+        reg.flags = 0;
+        reg.num_bufs = SMAP_RX_SLOTS + SMAP_TX_SLOTS;
+        rc = ioctl(st->fd, STACKMAP_IOC_REGISTER, &reg);
+    }
+    if (rc < 0) {
         snprintf(err, errlen, "STACKMAP_IOC_REGISTER: %s", strerror(errno));
         goto fail;
     }
@@ -116,6 +146,16 @@ static int smap_init(worker *w, char *err, size_t errlen)
     st->bufs = st->mem + reg.bufs_ofs;
     st->buf_size = reg.buf_size;
     st->num_bufs = reg.num_bufs;
+    if (reg.done_ring_ofs) {
+        st->done = (struct stackmap_done_ring *)(st->mem + reg.done_ring_ofs);
+        st->spare = malloc((size_t)reg.num_bufs * sizeof(*st->spare));
+        if (!st->spare) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        for (uint32_t i = reg.first_free_buf; i < reg.num_bufs; i++)
+            st->spare[st->nspare++] = i;
+    }
     if (st->tx->num_slots != SMAP_TX_SLOTS || st->rx->num_slots != SMAP_RX_SLOTS) {
         snprintf(err, errlen, "stackmap port has %u/%u slots, asked for %u/%u", st->rx->num_slots,
                  st->tx->num_slots, SMAP_RX_SLOTS, SMAP_TX_SLOTS);
@@ -134,6 +174,7 @@ fail:
     if (st->mem)
         munmap(st->mem, st->mem_size);
     close(st->fd);
+    free(st->spare);
     free(st);
     return -1;
 }
@@ -215,6 +256,15 @@ static void reap_tx(worker *w, uint32_t first, uint32_t n)
         conn *c = conn_of(st, s->fd);
         uint32_t flags = s->flags;
         s->flags = 0;
+        if (st->tx_zc[(first + i) % ns]) {
+            st->tx_zc[(first + i) % ns] = false;
+            st->zc_staged--;
+        }
+        if (flags & STACKMAP_F_LOAN) {
+            /* Lent until the done ring returns it: out of the slot now. */
+            s->buf_idx = st->nspare ? st->spare[--st->nspare] : SMAP_NO_BUF;
+            SM_STAT_INC(w->stats.stackmap_tx_lent);
+        }
         if (!c)
             continue;
         smap_conn *sc = c->backend_data;
@@ -234,6 +284,27 @@ static void reap_tx(worker *w, uint32_t first, uint32_t n)
         worker_sent(w, c, sent);
     }
 }
+/* Lent buffers the kernel gives back go to the spare pool. */
+static void reap_done(worker *w)
+{
+    smap_state *st = w->backend;
+    struct stackmap_done_ring *d = st->done;
+    if (!d)
+        return;
+    uint32_t n = st->num_bufs + 1, h = d->head;
+    uint32_t t = __atomic_load_n(&d->tail, __ATOMIC_ACQUIRE);
+    while (h != t && h < n && t < n) {
+        uint32_t e = d->bufs[h];
+        uint32_t idx = e & STACKMAP_DONE_IDX;
+        if (e & STACKMAP_DONE_COPIED)
+            SM_STAT_INC(w->stats.stackmap_tx_lent_copied);
+        if (idx < st->num_bufs && st->nspare < st->num_bufs)
+            st->spare[st->nspare++] = idx;
+        h = h + 1 == n ? 0 : h + 1;
+    }
+    __atomic_store_n(&d->head, h, __ATOMIC_RELEASE);
+}
+
 /* A data slot's bytes, or NULL when its length or buffer index is out of range. */
 static char *slot_data(const smap_state *st, const struct stackmap_slot *s)
 {
@@ -316,6 +387,8 @@ static void smap_send(worker *w, conn *c)
     uint32_t tail = __atomic_load_n(&tx->tail, __ATOMIC_ACQUIRE);
     if (sc->blocked || out_pending(c) <= sc->staged)
         return;
+    int zc_min = w->settings->stackmap_zc_threshold;
+    uint32_t zc = st->done && out_pending(c) - sc->staged >= (size_t)zc_min ? STACKMAP_F_ZC : 0;
     int cnt;
     struct iovec *iov = conn_out_iov(c, &cnt);
     size_t skip = sc->staged;
@@ -333,6 +406,13 @@ static void smap_send(worker *w, conn *c)
             break;
         }
         struct stackmap_slot *s = &tx->slots[head];
+        if (s->buf_idx == SMAP_NO_BUF) {
+            if (!st->nspare) {
+                worker_want_flush(w, c); /* every spare is lent: after the next sync */
+                break;
+            }
+            s->buf_idx = st->spare[--st->nspare];
+        }
         if (s->buf_idx >= st->num_bufs)
             break;
         char *dst = st->bufs + (size_t)s->buf_idx * st->buf_size;
@@ -353,7 +433,10 @@ static void smap_send(worker *w, conn *c)
         s->offset = 0;
         s->len = len;
         s->aux = 0;
-        s->flags = 0;
+        /* Lend only while a spare is sure to replace every buffer lent. */
+        s->flags = zc && st->nspare > st->zc_staged ? zc : 0;
+        st->tx_zc[head] = s->flags != 0;
+        st->zc_staged += s->flags != 0;
         st->tx_len[head] = len;
         sc->staged += len;
         head = (head + 1) % ns;
@@ -407,6 +490,7 @@ static int smap_wait(worker *w, int timeout_ms)
         return 0;
     }
     reap_tx(w, first, n);
+    reap_done(w);
     reap_rx(w);
     return 0;
 }
@@ -427,6 +511,7 @@ static void smap_destroy(worker *w)
         munmap(st->mem, st->mem_size);
     close(st->fd);
     free(st->by_fd);
+    free(st->spare);
     free(st);
     w->backend = NULL;
 }
