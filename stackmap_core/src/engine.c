@@ -278,6 +278,10 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .use_cas = e->settings.use_cas,
         .lru_segmented = e->settings.lru_segmented,
         .verbose = e->settings.verbose,
+        .slab_reassign = e->settings.slab_reassign,
+        .slab_automove = e->settings.slab_automove,
+        .slab_automove_ratio = e->settings.slab_automove_ratio,
+        .slab_automove_window = e->settings.slab_automove_window,
     };
     e->cache = cache_create(&cc, err, errlen);
     if (!e->cache) {

@@ -44,6 +44,10 @@ cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
     atomic_store(&c->maxbytes, cfg->maxbytes);
     pthread_mutex_init(&c->maint_lock, NULL);
     pthread_cond_init(&c->maint_cond, NULL);
+    pthread_mutex_init(&c->mover_lock, NULL);
+    pthread_cond_init(&c->mover_cond, NULL);
+    atomic_store(&c->automove, cfg->slab_reassign ? cfg->slab_automove : 0);
+    cache_set_automove_ratio(c, cfg->slab_automove_ratio > 0 ? cfg->slab_automove_ratio : 0.8);
     c->hit_blocks = aligned_alloc(64, sizeof(struct hit_block) * HIT_BLOCKS);
     if (!c->hit_blocks || hash_init(c, cfg->hashpower_init ? cfg->hashpower_init : 16) != 0 ||
         slabs_init(c) != 0) {
@@ -65,6 +69,8 @@ void cache_destroy(cache *c)
     free(c->hit_blocks);
     pthread_mutex_destroy(&c->maint_lock);
     pthread_cond_destroy(&c->maint_cond);
+    pthread_mutex_destroy(&c->mover_lock);
+    pthread_cond_destroy(&c->mover_cond);
     free(c);
 }
 
@@ -150,6 +156,12 @@ int cache_set_memlimit(cache *c, uint64_t maxbytes, char *err, size_t errlen)
         return -1;
     }
     atomic_store(&c->maxbytes, maxbytes);
+    atomic_store(&c->shrinking, atomic_load(&c->mem_malloced) > maxbytes);
+    /* Pooled pages above the new limit go back to the OS now; the mover
+     * empties more pages into the pool until memory is within it. */
+    slabs_memory_release(c);
+    if (c->cfg.slab_reassign)
+        mover_wake(c);
     return 0;
 }
 

@@ -79,6 +79,10 @@ typedef struct cache_config {
     int use_cas;              /* 0: CAS uniques are always 0 */
     int lru_segmented;        /* always 0 (sm_settings_check refuses -o lru_segmented): one plain LRU per class (lru.c) */
     int verbose;              /* log level for the maintainer's messages */
+    int slab_reassign;        /* 1: the slab page mover runs (slabs reassign, automove, memlimit shrink) */
+    int slab_automove;        /* initial automove level: 0 off, 1 age balancing, 2 on every eviction */
+    double slab_automove_ratio; /* age ratio below which a class gets a page (memcached's, 0.8) */
+    int slab_automove_window; /* seconds of history the automover judges by (memcached's, 30) */
 } cache_config;
 
 typedef struct cache cache;
@@ -299,6 +303,28 @@ void cache_flush(cache *c, rel_time_t when);
 /* cache_memlimit: new limit in bytes; 0 or -1 + err. Shrinking evicts lazily. */
 int cache_set_memlimit(cache *c, uint64_t maxbytes, char *err, size_t errlen);
 uint64_t cache_memlimit(const cache *c);
+
+/* ---- slab page moves (slab_mover.c) ---- */
+
+/* memcached's reassign_result_type: what "slabs reassign" answers. */
+typedef enum {
+    REASSIGN_OK = 0,          /* OK: the mover starts */
+    REASSIGN_RUNNING = 1,     /* BUSY: a move is already under way */
+    REASSIGN_BADCLASS = 2,    /* BADCLASS: no such class (or none to pick) */
+    REASSIGN_NOSPARE = 3,     /* NOSPARE: the source has fewer than two pages */
+    REASSIGN_SRC_DST_SAME = 4 /* SAME */
+} reassign_result;
+
+/* Whether the mover runs (-o slab_reassign). */
+int cache_slab_reassign_enabled(const cache *c);
+/* Move one page from src (-1: any class with a spare page) to dst (0: the
+ * global page pool), as memcached's slabs_reassign. */
+reassign_result cache_slabs_reassign(cache *c, int src, int dst);
+/* slabs automove 0|1|2 and slabs automove ratio R. */
+void cache_set_automove(cache *c, int level);
+int cache_automove(const cache *c);
+void cache_set_automove_ratio(cache *c, double ratio);
+double cache_automove_ratio(const cache *c);
 
 /* ---- statistics (names as memcached's "stats", "stats items", "stats slabs") ---- */
 

@@ -4,41 +4,50 @@
  * looking at one item without touching it, evicting down to a memory limit,
  * and the CAS counter and hash growth a snapshot restore needs.
  *
- * The walk goes over slab pages, not hash buckets: pages are never freed
- * while the cache lives (slabs.c), so a (class, page, chunk) cursor stays
- * valid across calls, across hash-table growth and across any amount of
- * churn.  A chunk is an item only while ITEM_LINKED is set, which is decided
- * under the item's stripe lock; the walker first copies the key without a
- * lock (the bytes may be torn by a concurrent reuse of the chunk), filters
- * on the prefix, hashes the copy, takes that stripe and checks that the
- * chunk is still linked under the same key.  Only one lock is held at any
- * time, and only for one item, so workers never wait for a walk for longer
- * than one item's inspection.
+ * The walk goes over slab pages by their id in the page directory
+ * (slabs.c), not over hash buckets: ids are never reused while the cache
+ * lives, so a (page id, chunk) cursor stays valid across calls, across
+ * hash-table growth, across any amount of churn and across page moves
+ * (slab_mover.c).  A chunk is an item only while ITEM_LINKED is set, which
+ * is decided under the item's stripe lock; the walker first copies the key
+ * without a lock (the bytes may be torn by a concurrent reuse of the chunk,
+ * or be the middle of another class's item when the page moved), filters on
+ * the prefix, hashes the copy, takes that stripe and looks the key up: only
+ * when the hash table maps it to this very chunk is it shown.  Only one
+ * lock is held at any time, and only for one item, so workers never wait
+ * for a walk for longer than one item's inspection.  Items the mover copies
+ * to another page during a walk may be shown twice or not at all.
  */
 #include <string.h>
 
 #include "cache_int.h"
 #include "../racy.h"
 
-/* Cursor layout: class id (8 bits) | page (32 bits) | chunk (24 bits). */
-#define CUR_CLASS(cur) ((int)((cur) >> 56))
-#define CUR_PAGE(cur) ((uint32_t)((cur) >> 24))
+/* Cursor layout: page id + 1 (40 bits) | chunk (24 bits); 0 is the start. */
+#define CUR_PAGE(cur) ((uint32_t)(((cur) >> 24) - 1))
 #define CUR_CHUNK(cur) ((uint32_t)((cur) & 0xFFFFFFu))
-#define CUR_MAKE(k, p, ch) (((uint64_t)(k) << 56) | ((uint64_t)(p) << 24) | (uint64_t)(ch))
+#define CUR_MAKE(p, ch) ((((uint64_t)(p) + 1) << 24) | (uint64_t)(ch))
 
-/* One page of a class as seen at one moment (class lock held briefly). */
-static int page_view(cache *c, int k, uint32_t page, char **base, uint32_t *carved)
+/* Page id as seen at one moment: its base, owner class and carved chunks.
+ * 1 when it belongs to a class, 0 while it is in the pool, -1 past the last id. */
+static int page_view(cache *c, uint32_t id, char **base, int *k, uint32_t *carved)
 {
-    struct slabclass *cls = &c->classes[k];
-    int ok = 0;
+    if (id >= atomic_load_explicit(&c->npagedir, memory_order_acquire))
+        return -1;
+    struct page_dir_entry *e = &c->pagedir[id / PAGEDIR_CHUNK][id % PAGEDIR_CHUNK];
+    int owner = atomic_load_explicit(&e->owner, memory_order_acquire);
+    if (owner == SLAB_POOL)
+        return 0;
+    struct slabclass *cls = &c->classes[owner];
+    *base = e->base;
+    *k = owner;
     pthread_mutex_lock(&cls->lock);
-    if (page < cls->npages) {
-        *base = cls->pages[page];
-        *carved = page + 1 == cls->npages ? cls->perslab - cls->end_page_free : cls->perslab;
-        ok = 1;
-    }
+    if (cls->carve_page == e->base)
+        *carved = (uint32_t)((cls->end_page_ptr - e->base) / cls->size);
+    else
+        *carved = cls->perslab;
     pthread_mutex_unlock(&cls->lock);
-    return ok;
+    return 1;
 }
 
 /*
@@ -56,78 +65,53 @@ static SM_RACY_READ void copy_key_unlocked(char *key, const item *it, size_t nke
         key[i] = SM_RACY_LOAD(it->data[i]);
 }
 
-/*
- * With the stripe of `key` held: does the chunk hold that key?  An item
- * linked under this key cannot change (unlinking it needs this stripe), but
- * the chunk may be linked under another key in another stripe, and then be
- * freed and reused (cache_alloc writing a new key) while we compare: the
- * comparison races by design and is exempt from ThreadSanitizer.  The
- * caller checks ITEM_LINKED before and after it: a match between two
- * LINKED observations is the item linked under this key, except for a
- * chunk freed, refilled with this very key, abandoned and relinked under
- * yet another key between the two loads.
- */
-static SM_RACY_READ int key_matches_unlocked(const item *it, const char *key, size_t nkey)
-{
-    if (SM_RACY_LOAD(it->nkey) != nkey)
-        return 0;
-    for (size_t i = 0; i < nkey; i++)
-        if (SM_RACY_LOAD(it->data[i]) != key[i])
-            return 0;
-    return 1;
-}
-
 uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *cursor, uint32_t budget,
                     cache_walk_fn fn, void *ctx)
 {
     uint64_t unlinked = 0;
     uint64_t cur = *cursor;
-    int k = CUR_CLASS(cur);
-    uint32_t page = CUR_PAGE(cur), chunk = CUR_CHUNK(cur);
-    if (k == 0) {
-        k = 1;
-        page = chunk = 0;
-    }
+    uint32_t page = cur ? CUR_PAGE(cur) : 0, chunk = cur ? CUR_CHUNK(cur) : 0;
     uint32_t looked = 0;
     char key[KEY_MAX_LENGTH + 1];
-    for (; k <= c->nclasses; k++, page = 0, chunk = 0) {
+    for (;; page++, chunk = 0) {
+        char *base;
+        int k;
+        uint32_t carved;
+        int v = page_view(c, page, &base, &k, &carved);
+        if (v < 0)
+            break;
+        if (v == 0)
+            continue;
         uint32_t size = c->classes[k].size;
-        for (;; page++, chunk = 0) {
-            char *base;
-            uint32_t carved;
-            if (!page_view(c, k, page, &base, &carved))
-                break;
-            for (; chunk < carved; chunk++) {
-                if (looked++ >= budget) {
-                    *cursor = CUR_MAKE(k, page, chunk);
-                    return unlinked;
-                }
-                item *it = (item *)(base + (size_t)chunk * size);
-                if (!(atomic_load_explicit(&it->it_flags, memory_order_relaxed) & ITEM_LINKED))
-                    continue;
-                size_t nkey = LD(it->nkey);
-                if (nkey == 0 || nkey < nprefix)
-                    continue;
-                copy_key_unlocked(key, it, nkey);
-                if (nprefix && memcmp(key, prefix, nprefix) != 0)
-                    continue;
-                uint32_t hv = cache_hash(key, nkey);
-                stripe_lock *m = stripe_of(c, hv);
-                stripe_lock_take(m);
-                cache_walk_action act = CACHE_WALK_NEXT;
-                /* LINKED before and after the key: see key_matches_unlocked */
-                if ((atomic_load(&it->it_flags) & ITEM_LINKED) && key_matches_unlocked(it, key, nkey) &&
-                    (atomic_load(&it->it_flags) & ITEM_LINKED) && !item_is_dead(c, it, cache_now(c), NULL))
-                    act = fn(ctx, c, it);
-                if (act == CACHE_WALK_UNLINK) {
-                    item_unlink(c, it, hv);
-                    unlinked++;
-                }
-                stripe_unlock(m);
-                if (act == CACHE_WALK_STOP) {
-                    *cursor = CUR_MAKE(k, page, chunk);
-                    return unlinked;
-                }
+        for (; chunk < carved; chunk++) {
+            if (looked++ >= budget) {
+                *cursor = CUR_MAKE(page, chunk);
+                return unlinked;
+            }
+            item *it = (item *)(base + (size_t)chunk * size);
+            if (!(atomic_load_explicit(&it->it_flags, memory_order_relaxed) & ITEM_LINKED))
+                continue;
+            size_t nkey = LD(it->nkey);
+            if (nkey == 0 || nkey < nprefix || it->data + nkey > base + c->page_size)
+                continue;
+            copy_key_unlocked(key, it, nkey);
+            if (nprefix && memcmp(key, prefix, nprefix) != 0)
+                continue;
+            uint32_t hv = cache_hash(key, nkey);
+            stripe_lock *m = stripe_of(c, hv);
+            stripe_lock_take(m);
+            cache_walk_action act = CACHE_WALK_NEXT;
+            /* The hash table maps the key to this chunk: it is that item. */
+            if (hash_find(c, key, nkey, hv) == it && !item_is_dead(c, it, cache_now(c), NULL))
+                act = fn(ctx, c, it);
+            if (act == CACHE_WALK_UNLINK) {
+                item_unlink(c, it, hv);
+                unlinked++;
+            }
+            stripe_unlock(m);
+            if (act == CACHE_WALK_STOP) {
+                *cursor = CUR_MAKE(page, chunk);
+                return unlinked;
             }
         }
     }

@@ -9,6 +9,8 @@
  *     buckets at a time (hash.c) without sleeping until it is done;
  *   - the reclaimer: once a second, a walk over each class's LRU tail that
  *     unlinks expired and flushed items (lru.c).
+ * cache_start also starts the slab page mover's thread (slab_mover.c),
+ * which can spend long stretches waiting for busy items.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -88,11 +90,18 @@ int cache_start(cache *c)
         return -1;
     }
     c->maint_started = true;
+    if (mover_start(c) != 0) {
+        int e = errno;
+        cache_stop(c);
+        errno = e;
+        return -1;
+    }
     return 0;
 }
 
 void cache_stop(cache *c)
 {
+    mover_stop(c);
     if (!c->maint_started)
         return;
     pthread_mutex_lock(&c->maint_lock);

@@ -57,6 +57,7 @@
     X(version, TEXT, version, NONE, 2, SM_MAX_TOKENS, proto_text_version)     \
     X(verbosity, TEXT, other, NONE, 3, 4, proto_text_verbosity)               \
     X(cache_memlimit, TEXT, other, NONE, 3, 4, proto_text_cache_memlimit)     \
+    X(slabs, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_slabs)           \
     X(shutdown, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_shutdown)     \
     X(quit, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_quit)             \
     X(mg, META, mg, ONE, 2, SM_MAX_TOKENS, proto_meta_get)                    \
