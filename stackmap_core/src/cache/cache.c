@@ -46,7 +46,7 @@ cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
     pthread_cond_init(&c->maint_cond, NULL);
     pthread_mutex_init(&c->mover_lock, NULL);
     pthread_cond_init(&c->mover_cond, NULL);
-    atomic_store(&c->automove, cfg->slab_reassign ? cfg->slab_automove : 0);
+    atomic_store(&c->automove, cfg->slab_automove); /* shown as set even with no mover, as memcached */
     cache_set_automove_ratio(c, cfg->slab_automove_ratio > 0 ? cfg->slab_automove_ratio : 0.8);
     c->hit_blocks = aligned_alloc(64, sizeof(struct hit_block) * HIT_BLOCKS);
     if (!c->hit_blocks || hash_init(c, cfg->hashpower_init ? cfg->hashpower_init : 16) != 0 ||
