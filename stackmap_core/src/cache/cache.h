@@ -300,7 +300,9 @@ arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, co
 uint64_t cache_next_cas(cache *c);
 /* flush_all: items stored up to now (+delay seconds) become invalid then. */
 void cache_flush(cache *c, rel_time_t when);
-/* cache_memlimit: new limit in bytes; 0 or -1 + err. Shrinking evicts lazily. */
+/* cache_memlimit: new limit in bytes; 0 or -1 + err.  Shrinking: pooled
+ * pages above it go back to the OS at once, and the slab page mover empties
+ * pages into the pool (and so to the OS) until memory is within it. */
 int cache_set_memlimit(cache *c, uint64_t maxbytes, char *err, size_t errlen);
 uint64_t cache_memlimit(const cache *c);
 
@@ -362,9 +364,11 @@ typedef cache_walk_action (*cache_walk_fn)(void *ctx, cache *c, item *it);
  * than `budget` chunks, and show every live linked item whose key starts
  * with prefix to fn.  Takes one class lock briefly per page and one stripe
  * lock per matching item, never two at once, so workers are not stalled.
- * Pages are never freed, so a walk is safe against concurrent stores,
- * deletes, evictions and hash growth; an item stored or moved during a walk
- * may or may not be shown.  *cursor is 0 when the walk is complete.
+ * Pages stay mapped and keep their page id when they move between classes
+ * (an item is shown only once the hash table confirms it), so a walk is
+ * safe against concurrent stores, deletes, evictions, hash growth and page
+ * moves; an item stored or moved during a walk may be shown twice or not
+ * at all.  *cursor is 0 when the walk is complete.
  * Returns the number of items unlinked.
  */
 uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *cursor, uint32_t budget,
