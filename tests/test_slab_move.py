@@ -103,8 +103,10 @@ def reply_transcript(srv: Server) -> list[bytes]:
                 out.append(b"(silent)")
             else:
                 out.append(cmd + w.read_line())
-        # A move that runs: class 31 gives its oldest page to 25, then one to the pool.
-        for n, cmd in enumerate([b"slabs reassign 31 25\r\n", b"slabs reassign 31 0\r\n"], 1):
+        # Moves that run: class 31 gives its oldest page to 25, one to the
+        # pool, then "any class" (-1: the first with a spare page, 31) one to 25.
+        moves = [b"slabs reassign 31 25\r\n", b"slabs reassign 31 0\r\n", b"slabs reassign -1 25\r\n"]
+        for n, cmd in enumerate(moves, 1):
             out.append(cmd + w.request(cmd))
             wait_idle(srv, n)
         # The pool page was above the limit (25's first page came past it):
@@ -264,6 +266,21 @@ def calcify(srv: Server, rounds: int) -> tuple[int, list[int], list[int]]:
             pages.append(slab_pages(srv).get(big, 0))
             time.sleep(1)  # the automover samples once a second
     return big, pages, evictions
+
+
+def test_automove_2_moves_a_page_on_evictions(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    """slabs automove 2: every eviction asks for a page from any class."""
+    srv = start_server(target, ["-m", "8", "-o", "slab_automove=0"])
+    with srv.wire(timeout=60) as w:
+        fill(w, b"small:", 60_000, 100)  # every page goes to the small class
+        before = slab_pages(srv)
+        assert w.request(b"slabs automove 2\r\n") == b"OK\r\n"
+        for _ in range(5):
+            fill(w, b"large:", 1200, 4000)  # 4.8 MB: more than two pages' worth keeps evicting
+        after = slab_pages(srv)
+    big = max(after)
+    assert after[big] > 3, (before, after)
+    assert int(stats(srv.host, srv.port)["slabs_moved"]) > 0
 
 
 @pytest.mark.parametrize("automove", [1, 0])
