@@ -29,7 +29,7 @@ FROM ${BASE} AS build
 # changes), the sources, the build.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-       build-essential pkg-config liburing-dev python3-dev python3-venv \
+       build-essential pkg-config liburing-dev libssl-dev python3-dev python3-venv \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/pip
 # PyPI by default; another index with --build-arg PIP_INDEX_URL=... (an
@@ -50,7 +50,7 @@ RUN cd /src \
 
 FROM ${BASE}
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 liburing2 \
+    && apt-get install -y --no-install-recommends python3 liburing2 libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 11211 stackmapd \
     && useradd --system --uid 11211 --gid 11211 --no-create-home --home-dir /nonexistent \

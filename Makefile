@@ -85,8 +85,11 @@ PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core sta
 # liburing for the uring backend (without it the build leaves uring out).
 # pkg-config gives the C-only targets liburing's flags.  cffi comes as a
 # wheel from PyPI, so libffi-dev is not needed.
-APT_BUILD := build-essential python3-dev python3-venv pkg-config liburing-dev
-APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace prometheus nutcracker iproute2 curl buildah debootstrap
+APT_BUILD := build-essential python3-dev python3-venv pkg-config liburing-dev libssl-dev
+# perl and xz-utils: memcached's own t/ suite (tests/test_mc_suite.py) is
+# perl, fetched as a .tar.xz (tests/mcsuite/setup.sh).
+APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace prometheus nutcracker iproute2 curl buildah debootstrap \
+             perl xz-utils
 
 # $(call apt_ensure,packages): install the packages dpkg does not have.
 # apt-get update runs first when there are no package lists (a fresh
@@ -104,7 +107,7 @@ define apt_ensure
 	apt-get install -y -q $$missing >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; }
 endef
 
-.PHONY: run test lint apt-build apt-test venv install
+.PHONY: run test lint apt-build apt-test venv install mctest
 
 apt-build:
 	@$(call apt_ensure,$(APT_BUILD))
@@ -146,6 +149,16 @@ test: apt-test
 	@$(MAKE) --no-print-directory vm-test
 	@$(MAKE) --no-print-directory kernel-test
 	@$(MAKE) --no-print-directory appliance-test
+
+# memcached 1.6.18's own t/ files against stackmapd (epoll and uring), alone;
+# `make test` runs them too.  build/mctest/ is memcached's harness's build
+# directory (tests/mcsuite/setup.sh, also run by the test module when
+# missing); tests/mcsuite/files.toml says what each file must do.
+mctest: apt-test
+	@$(MAKE) --no-print-directory $(STAMP_TEST)
+	@$(MAKE) --no-print-directory $(STAMP_PKG)
+	sh tests/mcsuite/setup.sh build/mctest
+	$(VENV)/bin/pytest -q -rxXs tests/test_mc_suite.py
 
 # Lint needs the lint tools only (the [lint] extra, read from
 # pyproject.toml): no system packages, no build of the package.

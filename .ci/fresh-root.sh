@@ -30,8 +30,8 @@
 # daemons on the host's loopback ports) and a bind mount of
 # $SM_FRESH_CACHE/apt-archives on /var/cache/apt/archives (downloaded .debs
 # only; the package lists are fetched fresh by every run), and likewise
-# $SM_FRESH_CACHE/kernels and /ccache on /var/cache/stackmapd/ (our built
-# kernels, see kernel/README.md).
+# $SM_FRESH_CACHE/kernels, /ccache and /sources on /var/cache/stackmapd/ (our
+# built kernels, see kernel/README.md; memcached's source for its t/ suite).
 #
 # Usage (as root):  .ci/fresh-root.sh [REPO]     REPO defaults to this checkout
 # Exit status: 0 when both commands worked, else the first failure's status.
@@ -198,6 +198,10 @@ mnt /var/cache/apt/archives --bind "$CACHE/apt-archives"
 mkdir -p "$CACHE/kernels" "$CACHE/ccache"
 mnt /var/cache/stackmapd/kernels --bind "$CACHE/kernels"
 mnt /var/cache/stackmapd/ccache --bind "$CACHE/ccache"
+# memcached's source tarball for its t/ suite (tests/mcsuite/setup.sh
+# checks its pinned sha256 at every use, so a bad file is fetched again).
+mkdir -p "$CACHE/sources"
+mnt /var/cache/stackmapd/sources --bind "$CACHE/sources"
 
 # in_root COMMAND: run a shell command in the checkout inside the root, with
 # the environment a root login on a fresh machine has (plus CI=true).

@@ -26,11 +26,15 @@ KMETA=${SM_KERNEL_META:-linux-image-6.12-amd64}
 # Guest packages beyond minbase: the interpreter and venv for our package, ip
 # for the network, insmod for our module, busybox for poweroff -f and friends,
 # liburing2 for the core's uring backend (the wheel's extension links it).
+# (libssl3, which tls.c links, comes with python3: libpython3.11-stdlib needs it.)
 GUEST_PKGS=python3,python3-venv,iproute2,kmod,busybox-static,liburing2
 # Modules the initramfs loads (with their modules.dep closure).  crc32c_generic
 # is what ext4's metadata checksums ask the crypto API for; it is requested at
-# mount time, when no modprobe exists yet, so it is loaded up front.
-INITRD_MODULES="virtio_pci virtio_net virtio_blk ext4 crc32c_generic"
+# mount time, when no modprobe exists yet, so it is loaded up front.  tls
+# and the AEADs it asks the crypto API for (gcm + ghash for AES-GCM, aes and
+# ctr are built in; chacha20poly1305) are kTLS, for -Z (stackmap_core/src/tls.c):
+# the root filesystem has no /lib/modules tree for modprobe to find them in.
+INITRD_MODULES="virtio_pci virtio_net virtio_blk ext4 crc32c_generic tls gcm ghash_generic chacha20poly1305 chacha_generic poly1305_generic"
 HOST_PKGS="qemu-system-x86 debootstrap busybox-static cpio kmod e2fsprogs xz-utils zstd ca-certificates"
 
 FORCE=0

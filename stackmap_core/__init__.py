@@ -179,7 +179,7 @@ OPTION_TYPES: dict[int, str] = {
     lib.SM_OPT_INT: "int", lib.SM_OPT_MB: "mb", lib.SM_OPT_SIZE: "size", lib.SM_OPT_FLOAT: "float",
     lib.SM_OPT_BOOL: "bool", lib.SM_OPT_NOT: "not", lib.SM_OPT_COUNT: "count", lib.SM_OPT_STR: "str",
     lib.SM_OPT_LISTEN: "listen", lib.SM_OPT_BACKEND: "backend", lib.SM_OPT_HOSTPORT: "hostport",
-    lib.SM_OPT_LIST: "list",
+    lib.SM_OPT_LIST: "list", lib.SM_OPT_OCTAL: "octal",
 }
 OPTION_SCOPES: dict[int, str] = {
     lib.SM_OPT_ENGINE: "engine", lib.SM_OPT_EXTENDED: "extended", lib.SM_OPT_CONTROL: "control",
@@ -193,7 +193,7 @@ class OptionInfo:
 
     key: str  # --key with '-' for '_', TOML key, STACKMAP_<KEY>; the -o key for scope extended
     field: str  # struct sm_settings field it sets, "" for none
-    type: str  # int, mb, size, float, bool, not, count, str, listen, backend, hostport, list
+    type: str  # int, mb, size, float, bool, not, count, str, listen, backend, hostport, list, octal
     default: str  # as a user writes it, "" for none
     lo: float  # smallest value (float: the value must exceed it)
     hi: float  # largest value, math.inf for no limit
@@ -283,6 +283,10 @@ def _to_mapping(settings: Any) -> Mapping[str, Any]:
     raise TypeError(f"settings must be a dataclass or a mapping, not {type(settings).__name__}")
 
 
+# What a message calls some char-array fields of struct sm_settings (others: their name).
+_TEXT_FIELDS: dict[str, str] = {"listen": "listen address list", "unix_socket": "-s/--unix-socket path"}
+
+
 def _fill(settings: Any) -> Any:
     """A new ``struct sm_settings *``: C defaults, then every non-None value given."""
     s = ffi.new("struct sm_settings *")
@@ -293,12 +297,13 @@ def _fill(settings: Any) -> Any:
             continue
         if name not in fields:
             raise SettingsError(f"unknown engine setting {name!r}")
-        if name == "listen":
+        if not isinstance(getattr(s, name), (int, float)):  # char[] fields: listen, -s, the ssl_* files
             raw = str(value).encode()
-            size = ffi.sizeof(s.listen)
+            size = ffi.sizeof(getattr(s, name))
             if len(raw) >= size:
-                raise SettingsError(f"listen address list longer than {size - 1} bytes")
-            s.listen = raw
+                what = _TEXT_FIELDS.get(name, name)
+                raise SettingsError(f"{what} longer than {size - 1} bytes")
+            setattr(s, name, raw)
         elif isinstance(value, bool):
             setattr(s, name, int(value))
         else:

@@ -151,6 +151,11 @@ def check_build_requirements() -> None:
             f"no C compiler ({' '.join(cc) or 'cc'} not found): install build-essential "
             "(Debian/Ubuntu: apt-get install build-essential)"
         )
+    if not any(Path(d, "openssl", "ssl.h").is_file() for d in ("/usr/include", "/usr/local/include")):
+        raise BuildRequirementError(
+            "openssl/ssl.h not found: TLS (-Z, tls.c) needs OpenSSL's headers; install libssl-dev "
+            "(Debian/Ubuntu: apt-get install libssl-dev)"
+        )
     paths = sysconfig.get_paths()
     for key, header in (("include", "Python.h"), ("platinclude", "pyconfig.h")):
         path = Path(paths[key]) / header
@@ -238,8 +243,8 @@ def compile_flags(uring: Uring) -> list[str]:
 
 
 def link_flags(uring: Uring) -> list[str]:
-    """Every linker flag of the C core: threads, and liburing when present."""
-    return ["-pthread", *(uring.libs if uring.present else ())]
+    """Every linker flag of the C core: threads, liburing when present, OpenSSL (tls.c)."""
+    return ["-pthread", *(uring.libs if uring.present else ()), "-lssl", "-lcrypto"]
 
 
 def make_builder(uring: Uring | None = None) -> FFI:

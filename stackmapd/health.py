@@ -13,12 +13,15 @@ Two questions, answered from two sides:
   a server whose workers are all alive but whose port does not answer also
   reads 0.  When the whole process is gone nothing in it can say 0: the
   alert rules in deploy/prometheus/stackmapd-alerts.yml cover that with
-  Prometheus's own ``up``.
+  Prometheus's own ``up``.  Under ``-Z`` the round trip goes over TLS (a
+  plain ``notls:`` listener is preferred), without checking the server's
+  certificate: the probe asks whether the port answers, not who it is.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,16 +35,52 @@ PROBE_TIMEOUT = 0.5
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}
 
 
+NOTLS = "notls:"
+
+
+def probe_listener(listen: str, tls: bool) -> tuple[str, bool]:
+    """The address to probe for a ``-l`` list and whether it speaks TLS: under
+    ``-Z`` its first ``notls:`` entry if any, else its first entry; loopback
+    for a wildcard."""
+    entries = [e.strip() for e in listen.split(",") if e.strip()] or [""]
+    plain = [e for e in entries if e.startswith(NOTLS)]
+    first = (plain or entries)[0].removeprefix(NOTLS).strip("[]")
+    return _WILDCARD.get(first, first), tls and not plain
+
+
 def probe_host(listen: str) -> str:
     """The address to probe for a ``-l`` list: its first entry, loopback for a wildcard."""
-    first = listen.split(",")[0].strip().strip("[]")
-    return _WILDCARD.get(first, first)
+    return probe_listener(listen, False)[0]
 
 
-def answers_version(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
-    """True when ``version`` on a new connection to host:port gets ``VERSION ...`` in time."""
+def _probe_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _connect(host: str, port: int, unix_path: str, timeout: float) -> socket.socket:
+    """A connection to the memcached port: the -s unix socket when there is one, else host:port."""
+    if not unix_path:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.connect(unix_path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def answers_version(host: str, port: int, timeout: float = PROBE_TIMEOUT, tls: bool = False,
+                    unix_path: str = "") -> bool:
+    """True when ``version`` on a new connection to host:port (or unix_path; TLS when
+    ``tls``, as -Z makes TCP listeners speak it) gets ``VERSION ...`` in time."""
+    try:
+        with _connect(host, port, unix_path, timeout) as raw:
+            sock = _probe_context().wrap_socket(raw) if tls and not unix_path else raw
             sock.settimeout(timeout)
             sock.sendall(b"version\r\n")
             buf = b""
@@ -58,10 +97,11 @@ def answers_version(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> boo
 class Health:
     """Readiness and liveness of one running engine's data plane."""
 
-    def __init__(self, engine: Engine, listen: str, port: int) -> None:
+    def __init__(self, engine: Engine, listen: str, port: int, tls: bool = False, unix_path: str = "") -> None:
         self.engine = engine
-        self.host = probe_host(listen)
+        self.host, self.tls = probe_listener(listen, tls)
         self.port = port
+        self.unix_path = unix_path  # -s: the engine listens there and not on TCP
 
     def readiness(self) -> dict[str, Any]:
         """``/readyz``'s body: ``ready`` and each worker's state (and error)."""
@@ -85,4 +125,4 @@ class Health:
                 return False
         except Exception:
             return False
-        return answers_version(self.host, self.port)
+        return answers_version(self.host, self.port, tls=self.tls, unix_path=self.unix_path)

@@ -26,6 +26,11 @@ file and environment on the main thread and applies what can change live
 (settings.LIVE_KEYS); the answer lists what was applied and what needs a
 restart.
 
+memcached's process flags -d, -P, -u and -r (daemon.py) wrap all this: the
+daemon's parent returns only once the child serves, so start-up errors
+still reach the terminal; the pid file and the drop to -u's user come once
+the listeners are bound.
+
 Logging (log.py) goes to stderr, quiet by default as memcached is; ``-v`` adds the
 startup line and lifecycle events.
 """
@@ -43,7 +48,7 @@ from prometheus_client import CollectorRegistry
 
 import stackmap_core
 from stackmap_core import Engine, EngineError, SettingsError
-from stackmapd import config, snapshot
+from stackmapd import config, daemon, snapshot
 from stackmapd.admin import Access, Admin, AdminError, is_loopback_host
 from stackmapd.config import Loaded
 from stackmapd.health import Health
@@ -86,9 +91,10 @@ class _Signals:
 
 def describe(settings: Settings, backend: str, engine_version: str) -> str:
     """The startup line: where we listen and with what."""
+    where = (f"unix socket {settings.unix_socket}" if settings.unix_socket
+             else f"{settings.listen} port {settings.port}")
     return (
-        f"stackmapd (engine {engine_version}) listening on {settings.listen} "
-        f"port {settings.port}: {settings.num_threads} threads, "
+        f"stackmapd (engine {engine_version}) listening on {where}: {settings.num_threads} threads, "
         f"{settings.maxbytes // MIB} MB, max item {settings.item_size_max} bytes, "
         f"{settings.maxconns} connections, backend {backend}"
     )
@@ -105,7 +111,7 @@ class Control:
         self._reloads: queue.Queue[tuple[threading.Event, list[dict[str, Any]]]] = queue.Queue()
 
         # The memcached port is known once the engine has bound it (-p 0 picks one).
-        self.health = Health(engine, engine.settings["listen"], 0)
+        self.health = Health(engine, engine.settings["listen"], 0, bool(engine.settings["ssl_enabled"]))
         self.registry: CollectorRegistry = make_registry(
             StatsSource(engine.stats, engine.latency, self.health.up))
         self.admin = Admin(engine, self.request_reload, self.save_snapshot)
@@ -264,9 +270,46 @@ class Control:
         return result
 
 
+def process_flags(loaded: Loaded | None) -> daemon.ProcessFlags:
+    """-d, -P, -u and -r from the resolved options."""
+    values = loaded.values if loaded else {}
+    return daemon.ProcessFlags(daemon=bool(values.get("daemon")), pidfile=values.get("pidfile"),
+                               user=values.get("user"),
+                               enable_coredumps=bool(values.get("enable_coredumps")))
+
+
 def serve(settings: Settings, loaded: Loaded | None = None) -> int:
-    """Start an engine with ``settings``, run until told to stop; exit status."""
+    """Start an engine with ``settings``, run until told to stop; exit status.
+
+    The process flags (daemon.py) wrap the engine's life: -r and -u's lookup
+    first, -d's fork before the engine exists, -P and -u's drop once it
+    serves, -d's detach last.
+    """
     setup_logging(settings.verbose)
+    flags = process_flags(loaded)
+    try:
+        if flags.enable_coredumps:
+            daemon.raise_core_limit()
+        user = daemon.lookup_user(flags.user) if flags.user and daemon.running_as_root() else None
+    except daemon.ProcessError as exc:
+        log.error("%s", exc)
+        return exc.status
+    detacher = daemon.Detacher() if flags.daemon else None
+    if detacher is not None:
+        status = detacher.start()
+        if status is not None:  # the parent: the child serves (0) or failed (its status)
+            return status
+    try:
+        return _serve(settings, loaded, flags, user, detacher)
+    finally:
+        if flags.pidfile:
+            why = daemon.remove_pidfile(flags.pidfile)
+            if why:
+                log.info("pid file %s not removed: %s", flags.pidfile, why)
+
+
+def _serve(settings: Settings, loaded: Loaded | None, flags: daemon.ProcessFlags,
+           user: Any, detacher: daemon.Detacher | None) -> int:
     hup = threading.Event()
     old_hup = signal.signal(signal.SIGHUP, lambda _s, _f: hup.set())
     with _Signals() as signals:
@@ -287,6 +330,18 @@ def serve(settings: Settings, loaded: Loaded | None = None) -> int:
                 log.error("cannot start: %s", exc)
                 return EX_OSERR
             control.health.port = int(engine.stats("settings").get("tcpport", settings.port))
+            control.health.unix_path = settings.unix_socket or ""
+            try:
+                if flags.pidfile:
+                    daemon.write_pidfile(flags.pidfile)
+                if user is not None:
+                    daemon.drop_privileges(user)
+                elif flags.user is None and daemon.running_as_root():
+                    log.info("running as root: -u USER drops privileges once the listeners are open")
+            except daemon.ProcessError as exc:
+                log.error("%s", exc)
+                engine.stop(0)
+                return exc.status
             listen = control.values.get("metrics_listen")
             try:
                 control.start_http(listen)
@@ -300,6 +355,8 @@ def serve(settings: Settings, loaded: Loaded | None = None) -> int:
             log.info("%s", describe(settings, engine.backend, stackmap_core.version()))
             if engine.backend_note:
                 log.warning("backend: %s", engine.backend_note)  # a fallback is always worth a line
+            if detacher is not None:
+                detacher.ready(settings.verbose or 0)
 
             reason = ""
             while not reason:

@@ -136,6 +136,26 @@ def parse_nonempty(raw: object) -> str:
     return value
 
 
+def parse_octal(raw: object) -> int:
+    """A file mode as memcached's -a takes it: octal digits ("700", "0700"), at most 0777.
+
+    A TOML integer is taken as the mode's value (write it 0o700).
+    """
+    if isinstance(raw, bool):
+        raise ValueError(f"expected an octal mode like 0700, got {raw!r}")
+    if isinstance(raw, int):
+        if not 0 <= raw <= 0o777:
+            raise ValueError(f"expected an octal mode: write it \"0700\" or 0o700, got {raw}")
+        value = raw
+    elif isinstance(raw, str) and re.fullmatch(r"[0-7]+", raw.strip()):
+        value = int(raw.strip(), 8)
+    else:
+        raise ValueError(f"expected an octal mode like 0700, got {raw!r}")
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"must be an octal mode between 0 and 777, got {value:o}")
+    return value
+
+
 def parse_hostport_off(raw: object) -> str | None:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) or ``off``; None means off."""
     value = parse_str(raw).strip()
@@ -249,6 +269,7 @@ PARSERS: Mapping[str, Callable[[object], Any]] = {
     "int": parse_int, "mb": parse_int, "count": parse_int, "size": parse_size, "float": parse_float,
     "bool": parse_bool, "not": parse_bool, "str": parse_nonempty, "listen": parse_listen,
     "backend": choice(backend_names), "hostport": parse_hostport_off, "list": parse_str,
+    "octal": parse_octal,
 }
 NUMERIC = frozenset({"int", "mb", "count", "size"})
 

@@ -390,6 +390,39 @@ SESSIONS: dict[str, list[Step]] = {
         Raw(b"quit\r\n"),
         b"get q\r\n",
     ],
+    # per-prefix stats: counting, memcached's dump order (its hash buckets),
+    # keys without the delimiter, the empty prefix, off, and stats reset
+    "stats_detail": [
+        b"stats detail dump\r\n", b"stats detail\r\n", b"stats detail bogus\r\n", b"stats detail on x\r\n",
+        b"set foo:1 0 0 1\r\nx\r\nset bar:1 0 0 1\r\nx\r\nset baz:2 0 0 1\r\nx\r\nset nodelim 0 0 1\r\nx\r\n"
+        b"set :empty 0 0 1\r\nx\r\nadd foo:1 0 0 1\r\nx\r\nappend bar:1 0 0 1\r\ny\r\n",
+        b"get foo:1 foo:2 bar:1 nodelim\r\ngets baz:2\r\ndelete foo:9\r\ndelete bar:1\r\ngat 0 baz:2 q:1\r\n",
+        b"touch foo:1 0\r\nincr foo:1 1\r\nmg foo:1 v\r\nms foo:3 1\r\nx\r\nmd foo:1\r\n",
+        b"set " + b"k" * 251 + b":x 0 0 1\r\nx\r\n",
+        b"".join(b"set p%d:k 0 0 1\r\nx\r\n" % i for i in range(60)),
+        b"stats detail dump\r\n",
+        b"stats detail off\r\nget foo:1\r\nstats detail dump\r\n",
+        b"stats reset\r\nstats detail dump\r\n",
+    ],
+    # an unknown command whose last token starts with "HTTP/" (memcached's
+    # defence against cross-protocol requests): the connection is closed,
+    # after what came before it on the line is answered
+    "http_get": [b"set h 0 0 1\r\nx\r\n", Raw(b"GET / HTTP/1.0\r\n"), b"get h\r\n"],
+    "http_put": [Raw(b"PUT /asdf/asd/fasdfasdf/sadf HTTP/1.1\r\n")],
+    "http_delete": [Raw(b"DELETE HTTP/1.1\r\n")],
+    "http_alone": [Raw(b"HTTP/1.1\n")],
+    "http_pipelined": [Raw(b"set p 0 0 1\r\np\r\nget p\r\nPOST /x HTTP/1.1\r\nget p\r\n")],
+    # the 23rd token is the last one split: "HTTP/" there closes ...
+    "http_23rd_token": [Raw(b"XX " + b"a " * 21 + b"HTTP/1.1 more words\r\n")],
+    # ... and everything that only looks like it is answered as usual
+    "http_lookalikes": [
+        b"set h 0 0 1\r\nx\r\n",
+        b"get / HTTP/1.0\r\n", b"gets h HTTP/1.0\r\n", b"dance HTTP/1.1\r\n", b"size HTTP/1.1\r\n",
+        b"mx HTTP/1.1\r\n", b"G HTTP/1.1\r\n", b"GET / http/1.0\r\n", b"GET\tHTTP/1.1\r\n",
+        b"POST / HTTP/1.1 x\r\n", b"XX " + b"a " * 22 + b"HTTP/1.1\r\n", b"X HTTP/1.1\r\n", b"delete HTTP/1.1\r\n",
+        b"touch HTTP/1.1 0\r\n", b"verbosity HTTP/1.1\r\n", b"flush_all 0 0 HTTP/1.1\r\n",
+        b"version HTTP/1.1\r\n", b"get h\r\n",
+    ],
 }
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from control_support import HOST, Proc, http, request, running
@@ -33,9 +35,14 @@ SLABS_KEY = re.compile(r"(\d+):(\w+)")
 
 
 @pytest.fixture
-def srv() -> Iterator[Proc]:
-    # idle_timeout set: memcached prints idle_kicks only then
-    with running(["-o", "idle_timeout=600"]) as p:
+def srv(tmp_path: Path) -> Iterator[Proc]:
+    # idle_timeout set: memcached prints idle_kicks only then; -Z with a
+    # session cache: the ssl_* stats (the listener is notls:, plain)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+    with running(["-o", f"idle_timeout=600,ssl_chain_cert={cert},ssl_key={key},ssl_session_cache", "-Z",
+                  "-l", f"notls:{HOST}"]) as p:
         yield p
 
 

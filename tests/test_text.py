@@ -11,7 +11,7 @@ import re
 import time
 
 import pytest
-from conftest import Server, assert_alive
+from conftest import MEMCACHED, Server, assert_alive
 from mcwire import Wire, parse_stats, stats
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheClientError
@@ -358,6 +358,32 @@ def test_shutdown_enabled(start_server, target) -> None:  # type: ignore[no-unty
     except Exception:
         pytest.fail("process still running 10 s after 'shutdown' with -A")
     assert srv.proc.returncode is not None
+
+
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_flush_all_disabled(start_server, target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """-F: flush_all is refused (and still counted), the items stay; memcached's answers."""
+    srv = start_server(MEMCACHED if which == "memcached" else target, ["-F"])
+    with srv.wire() as w:
+        w.expect(b"set f 0 0 1\r\nx\r\n", b"STORED\r\n")
+        w.expect(b"flush_all\r\n", b"CLIENT_ERROR flush_all not allowed\r\n")
+        w.expect(b"flush_all 0\r\n", b"CLIENT_ERROR flush_all not allowed\r\n")
+        w.expect(b"flush_all noreply\r\nget f\r\n", b"VALUE f 0 1\r\nx\r\nEND\r\n")
+    assert stats(srv.host, srv.port)["cmd_flush"] == "3"
+    assert stats(srv.host, srv.port, "settings")["flush_enabled"] == "no"
+
+
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_stats_conns_shows_the_asker_parsing(start_server, target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """The connection that sends "stats conns" is listed as conn_parse_cmd, one mid-value as conn_nread."""
+    srv = start_server(MEMCACHED if which == "memcached" else target, [])
+    with srv.wire() as busy, srv.wire() as asker:
+        busy.send(b"set foo 0 0 6\r\n")
+        time.sleep(0.2)
+        asker.send(b"stats conns\r\n")
+        lines = asker.read_response((b"END\r\n",), timeout=5).decode().splitlines()
+    states = [line.split()[2] for line in lines if line.startswith("STAT ") and line.split()[1].endswith(":state")]
+    assert sorted(states) == ["conn_listening", "conn_nread", "conn_parse_cmd"]
 
 
 def test_cache_memlimit(start_server, target) -> None:  # type: ignore[no-untyped-def]

@@ -321,6 +321,41 @@ void conn_out_sent(conn *c, size_t n)
         out_reset(c);
 }
 
+bool conn_out_take_tail(conn *c, size_t tail, bool (*fn)(void *arg, const char *p, size_t len), void *arg)
+{
+    if (tail == 0)
+        return true;
+    if (tail > c->out_bytes)
+        return false;
+    int i = c->iovcnt;
+    size_t acc = 0;
+    while (acc < tail) {
+        i--;
+        acc += c->iov[i].iov_len;
+    }
+    size_t keep = acc - tail; /* bytes of iov[i] before the tail */
+    int n = c->iovcnt - i;
+    size_t cap;
+    struct iovec *pieces = pool_take(&c->env->pool, (size_t)n * sizeof(*pieces), &cap);
+    if (!pieces)
+        return false;
+    memcpy(pieces, c->iov + i, (size_t)n * sizeof(*pieces));
+    pieces[0].iov_base = (char *)pieces[0].iov_base + keep;
+    pieces[0].iov_len -= keep;
+    if (keep > 0) {
+        c->iov[i].iov_len = keep;
+        c->iovcnt = i + 1;
+    } else {
+        c->iovcnt = i;
+    }
+    c->out_bytes -= tail;
+    bool ok = true;
+    for (int k = 0; k < n && ok; k++)
+        ok = fn(arg, pieces[k].iov_base, pieces[k].iov_len);
+    pool_give(&c->env->pool, pieces, cap);
+    return ok;
+}
+
 bool conn_rbuf_append(conn *c, const char *data, size_t len)
 {
     size_t need = (size_t)c->rbytes + len;

@@ -163,7 +163,8 @@ typedef struct conn {
     struct conn *prev_conn;  /* worker's list of open connections (stats conns) */
     struct conn *next_conn;  /* worker's list of open connections (stats conns) */
     void *backend_data;      /* the backend's own per-connection data, NULL when it has none */
-    char peer[64];           /* "addr:port" for stats conns and logs */
+    struct tls_conn *tls;    /* TLS state (tls.c), NULL on a plain connection */
+    char peer[120];          /* "tcp:addr:port" or "unix:path" for stats conns and logs */
     uint64_t lat_start;      /* monotonic ns when the pending store's line was dispatched (latency.h) */
     int lat_cmd;             /* enum sm_lat_cmd of the pending store */
 } conn;
@@ -198,6 +199,15 @@ static inline size_t out_pending(const conn *c) { return c->out_bytes; }
 void conn_out_sent(conn *c, size_t n);
 /* The iovecs still to send, for writev/sendmsg. */
 struct iovec *conn_out_iov(conn *c, int *cnt);
+
+/*
+ * The last `tail` bytes queued (the plaintext after TLS's ciphertext head):
+ * hand them to fn piece by piece, in order, after dropping them from the
+ * queue, so fn may queue their replacement (tls.c encrypts them).  Their
+ * memory (scratch chunks, held items) stays valid until the queue is sent.
+ * false when fn fails or memory runs out.
+ */
+bool conn_out_take_tail(conn *c, size_t tail, bool (*fn)(void *arg, const char *p, size_t len), void *arg);
 
 /* Initialise a freshly accepted connection drawing on env / free its resources. */
 void conn_init(conn *c, conn_env *env, int fd, uint32_t id);

@@ -1,9 +1,10 @@
 /*
  * engine.c -- the engine's life cycle: settings, whose defaults and limits
  * are the option table's (options.h), which it also hands to the control
- * plane (sm_option_info); the open-file limit -c needs, binding the listeners (one
- * SO_REUSEPORT socket per worker per address, so each worker accepts its
- * own connections), starting the worker threads over a ring backend and
+ * plane (sm_option_info); the open-file limit -c needs, binding the
+ * listeners (one SO_REUSEPORT socket per worker per address, so each worker
+ * accepts its own connections; or, with -s, one unix socket every worker
+ * accepts from), starting the worker threads over a ring backend and
  * waiting until every one has set up (AUTO moving on to the next backend
  * when one cannot start everywhere), each worker's state for readiness,
  * stopping, and the few whole-server calls the control plane makes.
@@ -20,10 +21,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "tls.h"
 #include "engine_internal.h"
 #include "io/backend.h"
 #include "options.h"
@@ -68,6 +73,9 @@ static int opt_number(int type, const char *text, double *out)
             if (strcmp(text, sm_backend_name(k)) == 0)
                 return *out = k, 0;
         return -1;
+    case SM_OPT_OCTAL:
+        *out = (double)strtol(text, &end, 8);
+        return end != text && *end == '\0' ? 0 : -1;
     case SM_OPT_SIZE:
         *out = strtod(text, &end);
         if (end != text && (*end == 'k' || *end == 'K'))
@@ -164,6 +172,9 @@ static int opt_check(const char *key, int flag, int scope, int type, double lo, 
         snprintf(err, errlen, "%s: %s, got %.0f", name, help, v);
     else if (type == SM_OPT_FLOAT)
         snprintf(err, errlen, "%s: must be greater than %g, got %g", name, lo, v);
+    else if (type == SM_OPT_OCTAL)
+        snprintf(err, errlen, "%s: must be an octal mode between %o and %o, got %o", name, (unsigned)lo,
+                 (unsigned)hi, (unsigned)v);
     else if (isinf(hi))
         snprintf(err, errlen, "%s: must be at least %.0f, got %.0f", name, lo, v);
     else
@@ -236,6 +247,11 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
                  s->item_size_max);
         return -1;
     }
+    if (s->unix_socket[0] && s->backend == SM_BACKEND_STACKMAP) {
+        snprintf(err, errlen, "-s/--unix-socket: the stackmap module carries TCP sockets only; a unix socket "
+                              "is served by --backend uring or epoll (auto picks them)");
+        return -1;
+    }
     if (!sm_backend_built(s->backend)) {
         snprintf(err, errlen, "--backend uring: %s", SM_URING_ABSENT); /* the only optional one */
         return -1;
@@ -288,8 +304,11 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         free(e);
         return NULL;
     }
+    e->prefixes = sm_prefix_create(':');
     e->workers = calloc((size_t)s->num_threads, sizeof(worker));
-    if (!e->workers) {
+    if (!e->workers || !e->prefixes) {
+        free(e->workers);
+        sm_prefix_destroy(e->prefixes);
         cache_destroy(e->cache);
         free(e);
         snprintf(err, errlen, "out of memory");
@@ -516,9 +535,73 @@ static int bound_port(int fd)
     return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 }
 
-/* Bind every listen address for every worker. */
+/* Give fd to worker w as one more listener; -1 + err (fd closed) when out of memory. */
+static int add_listener(worker *w, int fd, char *err, size_t errlen)
+{
+    int *n = realloc(w->listen_fds, (size_t)(w->nlisten + 1) * sizeof(int));
+    if (!n) {
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    w->listen_fds = n;
+    w->listen_fds[w->nlisten++] = fd;
+    return 0;
+}
+
+/*
+ * -s: the one unix socket, as memcached binds it: a socket file left at the
+ * path (a previous run's) is removed first, anything else there makes bind
+ * fail; the file gets mode -a (bound under umask ~mask, as memcached does:
+ * the engine starts before the control plane's other threads, so nothing
+ * else creates files meanwhile).  AF_UNIX has no SO_REUSEPORT balancing, so
+ * every worker gets a dup() of the one listening socket and they all accept
+ * from it (a worker that loses the race gets EAGAIN).
+ */
+static int bind_unix(sm_engine *e, char *err, size_t errlen)
+{
+    const char *path = e->settings.unix_socket;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket(AF_UNIX): %s", strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(path);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path);
+    mode_t old = umask((mode_t)(~e->settings.unix_mask & 0777));
+    int rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+    int saved = errno;
+    umask(old);
+    if (rc < 0) {
+        snprintf(err, errlen, "failed to listen on UNIX socket: %s: %s", path, strerror(saved));
+        close(fd);
+        return -1;
+    }
+    if (listen(fd, e->settings.backlog) < 0) {
+        snprintf(err, errlen, "listen() on UNIX socket %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    for (int i = 0; i < e->settings.num_threads; i++) {
+        int copy = i == 0 ? fd : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (copy < 0) {
+            snprintf(err, errlen, "dup of the unix listener: %s", strerror(errno));
+            return -1;
+        }
+        if (add_listener(&e->workers[i], copy, err, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Bind every listen address for every worker (or, with -s, the unix socket). */
 static int bind_all(sm_engine *e, char *err, size_t errlen)
 {
+    if (e->settings.unix_socket[0])
+        return bind_unix(e, err, errlen);
     char list[sizeof(e->settings.listen)];
     snprintf(list, sizeof(list), "%s", e->settings.listen);
     int nthreads = e->settings.num_threads;
@@ -532,6 +615,7 @@ static int bind_all(sm_engine *e, char *err, size_t errlen)
             *--end = '\0';
         char host[256];
         snprintf(host, sizeof(host), "%s", tok);
+        bool notls = tls_listen_notls(host); /* memcached's -l notls:ADDR: plain under -Z */
         /* Accept "[::1]" as well as "::1". */
         if (host[0] == '[') {
             memmove(host, host + 1, strlen(host));
@@ -568,16 +652,12 @@ static int bind_all(sm_engine *e, char *err, size_t errlen)
                     freeaddrinfo(res);
                     return -1;
                 }
-                worker *w = &e->workers[i];
-                int *n = realloc(w->listen_fds, (size_t)(w->nlisten + 1) * sizeof(int));
-                if (!n) {
-                    close(fd);
+                if (add_listener(&e->workers[i], fd, err, errlen) < 0) {
                     freeaddrinfo(res);
-                    snprintf(err, errlen, "out of memory");
                     return -1;
                 }
-                w->listen_fds = n;
-                w->listen_fds[w->nlisten++] = fd;
+                if (notls && i == 0)
+                    tls_note_notls(e, fd);
             }
         }
         freeaddrinfo(res);
@@ -624,6 +704,8 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
     }
     bool autopick = norder > 1;
     if (engine_fd_limits(e, e->settings.maxconns, err, errlen) < 0)
+        return -1;
+    if (!e->tls && tls_engine_init(e, err, errlen) < 0) /* -Z: certificates first, a bad one is the start error */
         return -1;
     if (bind_all(e, err, errlen) < 0) {
         close_listeners(e);
@@ -784,6 +866,8 @@ void sm_engine_destroy(sm_engine *e)
         pthread_mutex_destroy(&w->conns_lock);
     }
     free(e->workers);
+    sm_prefix_destroy(e->prefixes);
+    tls_engine_free(e);
     cache_destroy(e->cache);
     pthread_mutex_destroy(&e->wait_lock);
     pthread_cond_destroy(&e->wait_cond);

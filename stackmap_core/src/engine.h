@@ -61,6 +61,7 @@ struct sm_settings {
     int use_cas;                /* 0 when -C disables CAS */
     int verbose;                /* -v count: 0 quiet, 1 errors, 2 commands, 3 internals */
     int shutdown_enabled;       /* -A: allow the "shutdown" command */
+    int flush_enabled;          /* 0 when -F disables the flush_all command */
     int backlog;                /* listen() backlog (-b) */
     int reqs_per_event;         /* max requests per connection per event (-R) */
     int hashpower_init;         /* initial hash table size as a power of two (-o hashpower) */
@@ -78,6 +79,18 @@ struct sm_settings {
     int slab_automove;          /* automover level 0, 1 or 2 (-o slab_automove) */
     double slab_automove_ratio; /* automover age ratio (-o slab_automove_ratio) */
     int slab_automove_window;   /* automover window in seconds (-o slab_automove_window) */
+    char unix_socket[108];      /* -s: unix socket path (sun_path's size); "" for TCP on -l/-p */
+    int unix_mask;              /* -a: the unix socket file's mode bits (octal as given, 0700) */
+    int ssl_enabled;            /* -Z: TCP listeners speak TLS (but "notls:" ones) */
+    char ssl_chain_cert[1024];  /* -o ssl_chain_cert: certificate chain file (PEM) */
+    char ssl_key[1024];         /* -o ssl_key: private key file, "" = in ssl_chain_cert */
+    int ssl_keyformat;          /* -o ssl_keyformat: OpenSSL file type of the key, 1 PEM, 2 DER */
+    int ssl_verify_mode;        /* -o ssl_verify_mode: 0 none, 1 request, 2 require, 3 once */
+    char ssl_ciphers[1024];     /* -o ssl_ciphers: OpenSSL cipher list (TLS 1.2), "" = OpenSSL's */
+    char ssl_ca_cert[1024];     /* -o ssl_ca_cert: CAs client certificates are checked against */
+    int ssl_session_cache;      /* -o ssl_session_cache: server-side session cache */
+    int ssl_kernel_tls;         /* -o ssl_kernel_tls: hand the records to the kernel (kTLS) when it can */
+    int ssl_min_version;        /* -o ssl_min_version: 0 TLS 1.0 .. 3 TLS 1.3 */
 };
 
 typedef struct sm_engine sm_engine;
@@ -108,7 +121,8 @@ enum sm_option_type {
     SM_OPT_LISTEN = 8,    /* comma-separated addresses */
     SM_OPT_BACKEND = 9,   /* a backend name (sm_backend_name) */
     SM_OPT_HOSTPORT = 10, /* HOST:PORT, or off */
-    SM_OPT_LIST = 11      /* -o's comma-separated key[=value] list */
+    SM_OPT_LIST = 11,     /* -o's comma-separated key[=value] list */
+    SM_OPT_OCTAL = 12     /* an integer written in octal (-a 0700) */
 };
 
 /* Where an option belongs. */

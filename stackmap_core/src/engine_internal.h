@@ -15,6 +15,7 @@
 #include "cache/cache.h"
 #include "engine.h"
 #include "stats.h"
+#include "stats_prefix.h"
 #include "worker.h"
 
 struct sm_engine {
@@ -36,10 +37,12 @@ struct sm_engine {
     atomic_bool go;                 /* every worker set up: leave the start wait and serve */
     int64_t started;                /* unix time of start */
     bool running;                   /* start() succeeded and stop() not yet called */
+    struct sm_tls *tls;             /* -Z: the TLS server context (tls.c), NULL without */
     /* "stats reset" baselines, subtracted when stats are read (stats_groups.c; guarded by its lock) */
     struct sm_stats_sum stats_base; /* worker counters at the last reset */
     uint64_t total_conns_base;      /* total_conns at the last reset */
     uint64_t rejected_conns_base;   /* rejected_conns at the last reset */
+    sm_prefix_stats *prefixes;      /* "stats detail": per-prefix counters (stats_prefix.h) */
 };
 
 /*

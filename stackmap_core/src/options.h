@@ -25,7 +25,8 @@
  *            suffixes), FLOAT (greater than lo, at most hi),
  *            BOOL, NOT (a switch that clears its field: -C), COUNT (-vvv),
  *            STR, LISTEN (address list), BACKEND (a backend name),
- *            HOSTPORT (HOST:PORT or off), LIST (-o's key[=value] list);
+ *            HOSTPORT (HOST:PORT or off), LIST (-o's key[=value] list),
+ *            OCTAL (an integer written in octal: -a 0700);
  *   default  the default as a user would write it ("" for none);
  *   lo, hi   inclusive limits of the value as given (INFINITY: none);
  *            lo == hi: the one value accepted, and help says why;
@@ -49,6 +50,10 @@
 
 #define SM_OPTIONS(X)                                                                                                  \
     X(port, FIELD(port), INT, "11211", 0, 65535, 'p', "NUM", ENGINE, 0, "TCP port to listen on")                       \
+    X(unix_socket, FIELD(unix_socket), STR, "", 0, 0, 's', "FILE", ENGINE, 0,                                          \
+      "UNIX socket to listen on; then no TCP listener (-l and -p unused), as in memcached")                             \
+    X(unix_mask, FIELD(unix_mask), OCTAL, "0700", 0, 0777, 'a', "MASK", ENGINE, 0,                                     \
+      "access mode of the -s socket file, in octal")                                                                   \
     X(listen, FIELD(listen), LISTEN, "127.0.0.1", 0, 0, 'l', "ADDR", ENGINE, 0,                                        \
       "interfaces to listen on, comma-separated (host, IPv4 or IPv6 address)")                                         \
     X(memory_limit, FIELD(maxbytes), MB, "64", 1, 1099511627776.0, 'm', "MB", ENGINE, 1,                               \
@@ -66,10 +71,14 @@
       "disable CAS unique ids (saves 8 bytes per item)")                                                               \
     X(verbose, FIELD(verbose), COUNT, "0", 0, 3, 'v', "", ENGINE, 1,                                                   \
       "verbosity: -v errors and warnings, -vv also commands, -vvv internals")                                          \
+    X(disable_flush_all, FIELD(flush_enabled), NOT, "off", 0, 1, 'F', "", ENGINE, 0,                                  \
+      "disable the flush_all command (it answers CLIENT_ERROR flush_all not allowed)")                                 \
     X(enable_shutdown, FIELD(shutdown_enabled), BOOL, "off", 0, 1, 'A', "", ENGINE, 0,                                 \
       "allow clients to stop the server with \"shutdown\"")                                                            \
     X(udp_port, NOFIELD, INT, "0", 0, 0, 'U', "0", ENGINE, 0,                                                          \
       "UDP is not supported: only 0 (UDP off, memcached's default) is accepted")                                       \
+    X(enable_ssl, FIELD(ssl_enabled), BOOL, "off", 0, 1, 'Z', "", ENGINE, 0,                                           \
+      "TLS on every TCP listener but those given as notls:ADDR (see -o ssl_*)")                                        \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
       "requests a connection answers in one turn before the worker's other connections get theirs "                    \
@@ -79,6 +88,16 @@
     X(backend, FIELD(backend), BACKEND, "auto", 0, 3, 0, "NAME", ENGINE, 0,                                            \
       "I/O backend: auto, epoll, uring or stackmap; auto tries stackmap, then uring, then epoll, and takes "           \
       "the first that starts on every worker (logging once why it passed over one that exists but failed)")            \
+    X(daemon, NOFIELD, BOOL, "off", 0, 1, 'd', "", CONTROL, 0,                                                          \
+      "run as a daemon: detach once the listeners are open and the workers serve (errors until then reach "          \
+      "the terminal)")                                                                                                 \
+    X(pidfile, NOFIELD, STR, "", 0, 0, 'P', "FILE", CONTROL, 0,                                                        \
+      "write the server's pid to FILE once it serves (with -d the daemon's); removed at a clean exit")                 \
+    X(user, NOFIELD, STR, "", 0, 0, 'u', "USER", CONTROL, 0,                                                           \
+      "as root: become USER once the listeners are bound and /dev/stackmap is open (as root without -u, "             \
+      "stackmapd stays root; memcached refuses)")                                                                      \
+    X(enable_coredumps, NOFIELD, BOOL, "off", 0, 1, 'r', "", CONTROL, 0,                                               \
+      "raise the core file size limit to the maximum")                                                                 \
     X(metrics_listen, NOFIELD, HOSTPORT, "127.0.0.1:9150", 0, 0, 0, "HOST:PORT", CONTROL, 1,                           \
       "HTTP address of /metrics, /healthz, /readyz and the admin API; off to disable")                                 \
     X(admin_token, NOFIELD, STR, "", 0, 0, 0, "TOKEN", CONTROL, 1,                                                     \
@@ -122,6 +141,27 @@
       "automove 1 moves a page to a class whose LRU tail is younger than R times the oldest class's")                  \
     X(slab_automove_window, FIELD(slab_automove_window), INT, "30", 3, 3600, 0, "N", EXTENDED, 0,                      \
       "seconds of history (one sample a second) the automover judges classes by")                                     \
+    X(ssl_chain_cert, FIELD(ssl_chain_cert), STR, "", 0, 0, 0, "FILE", EXTENDED, 0,                                    \
+      "TLS certificate chain file in PEM format (needed by -Z)")                                                      \
+    X(ssl_key, FIELD(ssl_key), STR, "", 0, 0, 0, "FILE", EXTENDED, 0,                                                  \
+      "TLS private key file, if not part of ssl_chain_cert")                                                          \
+    X(ssl_keyformat, FIELD(ssl_keyformat), INT, "1", 1, 2, 0, "N", EXTENDED, 0,                                        \
+      "TLS private key format: 1 PEM, 2 DER (OpenSSL's SSL_FILETYPE_* numbers, as memcached takes them)")              \
+    X(ssl_verify_mode, FIELD(ssl_verify_mode), INT, "0", 0, 3, 0, "N", EXTENDED, 0,                                    \
+      "TLS client certificates: 0 not asked, 1 requested, 2 required, 3 required once")                                \
+    X(ssl_ciphers, FIELD(ssl_ciphers), STR, "", 0, 0, 0, "LIST", EXTENDED, 0,                                          \
+      "OpenSSL cipher list for TLS 1.2 and older (default: OpenSSL's)")                                               \
+    X(ssl_ca_cert, FIELD(ssl_ca_cert), STR, "", 0, 0, 0, "FILE", EXTENDED, 0,                                          \
+      "PEM file of the CAs whose client certificates are accepted")                                                   \
+    X(ssl_session_cache, FIELD(ssl_session_cache), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                \
+      "server-side TLS session cache, for session resumption (counted in ssl_new_sessions)")                           \
+    X(ssl_kernel_tls, FIELD(ssl_kernel_tls), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                      \
+      "hand TLS 1.3 records to the kernel (kTLS) when it can take them; no_ssl_kernel_tls keeps them in "              \
+      "user space (memcached's default is off)")                                                                       \
+    X(ssl_min_version, FIELD(ssl_min_version), INT, "2", 0, 3, 0, "N", EXTENDED, 0,                                    \
+      "oldest TLS version accepted: 0 TLS 1.0, 1 TLS 1.1, 2 TLS 1.2, 3 TLS 1.3")                                       \
+    X(ssl_wbuf_size, NOFIELD, SIZE, "", 0, 0, 0, "KB", REFUSED, 0,                                                     \
+      "stackmapd encrypts into the connection's output queue, which has no fixed-size TLS write buffer to set")        \
     X(slab_chunk_max, NOFIELD, SIZE, "", 0, 0, 0, "SIZE", REFUSED, 0,                                                  \
       "stackmapd never splits items into chunks: its slab pages are at least -I bytes, so there is no chunk "          \
       "maximum to set")

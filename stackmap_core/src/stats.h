@@ -59,6 +59,10 @@
     X(stackmap_tx_slots)   \
     X(stackmap_bad_slots)  \
     X(listen_disabled_num) \
+    X(ssl_handshake_errors)\
+    X(ssl_new_sessions)    \
+    X(ssl_ktls_conns)      \
+    X(ssl_userspace_conns) \
     X(listen_disabled_ns)
 
 /* Counters kept per worker thread and per slab class. */
@@ -121,6 +125,7 @@ void sm_stats_accumulate(struct sm_stats_sum *sum, const struct sm_thread_stats 
 typedef struct sm_stat_sink {
     void (*add)(struct sm_stat_sink *sink, const char *name, const char *value); /* emit one pair */
     void *ctx;                                                                   /* the sink's own state */
+    const void *asker; /* the connection whose command asked (stats conns shows it parsing), or NULL */
 } sm_stat_sink;
 
 /* printf-style helper: formats value and calls sink->add. */

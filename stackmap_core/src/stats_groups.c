@@ -38,6 +38,7 @@
 #include "engine_internal.h"
 #include "io/backend.h"
 #include "stats_table.h"
+#include "tls.h"
 
 /* Guards every engine's stats baselines (reads and "stats reset"). */
 static pthread_mutex_t stats_base_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -87,6 +88,7 @@ void engine_stats_reset(struct sm_engine *e)
     pthread_mutex_unlock(&stats_base_lock);
     /* total_items, evictions, reclaimed ... and the per-class item counters */
     cache_stats_reset(e->cache);
+    sm_prefix_clear(e->prefixes); /* memcached's stats reset forgets the prefixes too */
 }
 
 /* Connection totals since the last reset. */
@@ -156,6 +158,7 @@ static int listener_count(struct sm_engine *e)
 /* The value column's formatters (stats_table.h): each yields the text to print, or NULL to print nothing. */
 #define V_U64(x) (snprintf(val, sizeof(val), "%llu", (unsigned long long)(x)), (const char *)val)
 #define V_INT(x) (snprintf(val, sizeof(val), "%lld", (long long)(x)), (const char *)val)
+#define V_OCT(x) (snprintf(val, sizeof(val), "%o", (unsigned)(x)), (const char *)val)
 #define V_F2(x) (snprintf(val, sizeof(val), "%.2f", (double)(x)), (const char *)val)
 #define V_TV(tv) (snprintf(val, sizeof(val), "%ld.%06ld", (long)(tv).tv_sec, (long)(tv).tv_usec), (const char *)val)
 #define V_STR(x) ((const char *)(x))
@@ -207,6 +210,7 @@ static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
 #undef V_U64
 #undef V_INT
 #undef V_F2
+#undef V_OCT
 #undef V_TV
 #undef V_STR
 #undef V_CACHE

@@ -172,6 +172,21 @@
       "Rounds of the cache maintainer thread.", V_CACHE)                                                               \
     X(malloc_fails, COUNTER, "", "memcached_malloc_fails_total", "", "Memory allocations that failed.",                \
       V_CACHE)                                                                                                         \
+    X(ssl_new_sessions, COUNTER, "", "memcached_ssl_new_sessions_total", "",                                           \
+      "TLS sessions cached for resumption (-o ssl_session_cache).",                                                    \
+      V_IF(e->settings.ssl_enabled && e->settings.ssl_session_cache, V_U64(s.ssl_new_sessions)))                       \
+    X(ssl_handshake_errors, COUNTER, "", "memcached_ssl_handshake_errors_total", "",                                   \
+      "TLS handshakes that failed (garbage, a plaintext client, a refused certificate).",                              \
+      V_IF(e->settings.ssl_enabled, V_U64(s.ssl_handshake_errors)))                                                    \
+    X(time_since_server_cert_refresh, GAUGE, "seconds", "memcached_time_since_server_cert_refresh_seconds", "",        \
+      "Seconds since the TLS certificates were loaded (start or refresh_certs).",                                      \
+      V_IF(e->settings.ssl_enabled, V_INT(tls_cert_age(e))))                                                           \
+    X(ssl_ktls_conns, COUNTER, "", "stackmap_ssl_ktls_connections_total", "",                                          \
+      "TLS connections whose records the kernel took over after the handshake (kTLS).",                                \
+      V_IF(e->settings.ssl_enabled, V_U64(s.ssl_ktls_conns)))                                                          \
+    X(ssl_userspace_conns, COUNTER, "", "stackmap_ssl_userspace_connections_total", "",                                \
+      "TLS connections whose records stayed in user space (no kTLS here, TLS 1.2, or another cipher).",                \
+      V_IF(e->settings.ssl_enabled, V_U64(s.ssl_userspace_conns)))                                                     \
     X(bytes, GAUGE, "bytes", "memcached_current_bytes", "", "Current number of bytes used to store items.",            \
       V_CACHE)                                                                                                         \
     X(curr_items, GAUGE, "", "memcached_current_items", "", "Current number of items stored by this instance.",        \
@@ -261,13 +276,16 @@
     X(inter, "listen", "Listen addresses (-l), NULL for none.", V_STR(st->listen[0] ? st->listen : "NULL"))            \
     X(verbosity, "verbose", "Verbosity (-v, the verbosity command).", V_INT(atomic_load(&e->verbose)))                 \
     X(evictions, "", "on: the cache always evicts when full (no -M).", V_STR("on"))                                    \
-    X(domain_socket, "", "NULL: no unix socket.", V_STR("NULL"))                                                       \
+    X(domain_socket, "unix_socket", "Unix socket path (-s), NULL for none.",                                          \
+      V_STR(st->unix_socket[0] ? st->unix_socket : "NULL"))                                                            \
+    X(umask, "unix_mask", "Mode of the unix socket file, octal (-a).", V_OCT(st->unix_mask))                            \
     X(shutdown_command, "enable_shutdown", "Whether the shutdown command is allowed (-A).",                            \
       V_STR(st->shutdown_enabled ? "yes" : "no"))                                                                      \
     X(growth_factor, "slab_growth_factor", "Slab chunk growth factor (-f).", V_F2(st->factor))                         \
     X(chunk_size, "slab_min_size", "Key + value + flags space of the smallest chunk (-n).", V_INT(st->chunk_size))     \
     X(num_threads, "threads", "Worker threads (-t).", V_INT(st->num_threads))                                          \
-    X(detail_enabled, "", "no: no per-prefix stats.", V_STR("no"))                                                     \
+    X(detail_enabled, "", "Whether per-prefix stats are collected (stats detail on|off).",                            \
+      V_STR(sm_prefix_enabled(e->prefixes) ? "yes" : "no"))                                                            \
     X(reqs_per_event, "max_reqs_per_event", "Requests a connection answers in one turn (-R).",                         \
       V_INT(st->reqs_per_event))                                                                                       \
     X(cas_enabled, "disable_cas", "Whether items carry CAS unique ids (-C turns them off).",                           \
@@ -291,7 +309,8 @@
     X(slab_chunk_max, "", "The slab page size: items are never split into chunks.", V_INT(st->slab_page_size))         \
     X(lru_crawler, "", "no: there is no LRU crawler.", V_STR("no"))                                                    \
     X(tail_repair_time, "", "0: there is no tail repair.", V_STR("0"))                                                 \
-    X(flush_enabled, "", "yes: flush_all is always allowed.", V_STR("yes"))                                            \
+    X(flush_enabled, "disable_flush_all", "Whether flush_all is allowed (-F turns it off).",                           \
+      V_STR(st->flush_enabled ? "yes" : "no"))                                                                         \
     X(dump_enabled, "", "no: no lru_crawler metadump.", V_STR("no"))                                                   \
     X(hash_algorithm, "", "The key hash.", V_STR("murmur3"))                                                           \
     X(lru_maintainer_thread, "", "no: there is no LRU maintainer thread.", V_STR("no"))                                \
@@ -301,6 +320,24 @@
       V_INT(st->idle_timeout))                                                                                         \
     X(track_sizes, "", "no: stats sizes is not tracked.", V_STR("no"))                                                 \
     X(inline_ascii_response, "", "no: responses are never inlined.", V_STR("no"))                                      \
+    X(ssl_enabled, "enable_ssl", "Whether TCP listeners speak TLS (-Z).", V_STR(st->ssl_enabled ? "yes" : "no"))     \
+    X(ssl_chain_cert, "ssl_chain_cert", "TLS certificate chain file, (null) for none (as memcached prints it).",       \
+      V_STR(st->ssl_chain_cert[0] ? st->ssl_chain_cert : "(null)"))                                                    \
+    X(ssl_key, "ssl_key", "TLS private key file, (null) for none.", V_STR(st->ssl_key[0] ? st->ssl_key : "(null)"))   \
+    X(ssl_verify_mode, "ssl_verify_mode", "OpenSSL's verify flags for client certificates (as memcached prints them).",\
+      V_INT(st->ssl_verify_mode == 3 ? 7 : st->ssl_verify_mode == 2 ? 3 : st->ssl_verify_mode))                        \
+    X(ssl_keyformat, "ssl_keyformat", "TLS private key format (1 PEM, 2 DER).", V_INT(st->ssl_keyformat))              \
+    X(ssl_ciphers, "ssl_ciphers", "OpenSSL cipher list, NULL for OpenSSL's default.",                                  \
+      V_STR(st->ssl_ciphers[0] ? st->ssl_ciphers : "NULL"))                                                            \
+    X(ssl_ca_cert, "ssl_ca_cert", "CA file for client certificates, NULL for none.",                                   \
+      V_STR(st->ssl_ca_cert[0] ? st->ssl_ca_cert : "NULL"))                                                            \
+    X(ssl_session_cache, "ssl_session_cache", "Whether the server-side TLS session cache is on.",                      \
+      V_STR(st->ssl_session_cache ? "yes" : "no"))                                                                     \
+    X(ssl_kernel_tls, "ssl_kernel_tls", "Whether TLS records go to the kernel (kTLS) when it can take them.",          \
+      V_STR(st->ssl_kernel_tls ? "yes" : "no"))                                                                        \
+    X(ssl_min_version, "ssl_min_version", "Oldest TLS version accepted.",                                              \
+      V_STR(st->ssl_min_version == 0 ? "tlsv1.0" : st->ssl_min_version == 1 ? "tlsv1.1" :                              \
+            st->ssl_min_version == 2 ? "tlsv1.2" : "tlsv1.3"))                                                         \
     X(slab_page_size, "", "Bytes per slab page: at least 1 MiB and at least -I.", V_INT(st->slab_page_size))           \
     X(backend, "backend", "The ring backend in use (--backend; auto resolved).", V_STR(backend_name(e)))               \
     X(uring_entries, "uring_entries", "io_uring submission queue entries per worker.", V_INT(st->uring_entries))       \

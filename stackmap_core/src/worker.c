@@ -50,12 +50,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "engine_internal.h"
 #include "io/backend.h"
 #include "proto/proto.h"
 #include "racy.h"
+#include "tls.h"
 
 /* How often (ms) a loop with nothing to do looks at the stop/drain flags
  * and the timed policies. */
@@ -76,6 +78,9 @@ static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
         port = ntohs(a->sin6_port);
         snprintf(buf, len, "tcp6:[%s]:%d", host, port);
+    } else if (ss->ss_family == AF_UNIX) {
+        const struct sockaddr_un *a = (const struct sockaddr_un *)ss;
+        snprintf(buf, len, "unix:%.*s", (int)sizeof(a->sun_path), a->sun_path);
     } else {
         snprintf(buf, len, "unknown");
     }
@@ -144,6 +149,14 @@ conn *worker_conn_open(worker *w, int fd)
     uint32_t id = atomic_fetch_add(&e->next_conn_id, 1);
     conn_init(c, &w->env, fd, id);
     c->worker = w;
+    if (tls_wanted(w, fd) && !tls_conn_start(w, c)) { /* TLS hook: the handshake starts with its bytes */
+        conn_cleanup(c);
+        free(c);
+        atomic_fetch_sub(&e->curr_conns, 1);
+        refuse_fd(w, fd);
+        close(fd);
+        return NULL;
+    }
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0)
         fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -151,7 +164,7 @@ conn *worker_conn_open(worker *w, int fd)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0};
     socklen_t sl = sizeof(ss);
     if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
         format_addr(&ss, c->peer, sizeof(c->peer));
@@ -169,6 +182,7 @@ void worker_conn_close(worker *w, conn *c)
     worker_conn_unlink(w, c);
     engine_log(e, 2, "<%d connection closed.\n", c->fd);
     close(c->fd);
+    tls_conn_free(c);
     conn_cleanup(c);
     free(c);
     w->nconns--;
@@ -218,12 +232,12 @@ static const char *conn_state_name(const struct conn_view *v)
 
 void worker_stats_conns(worker *w, sm_stat_sink *sink)
 {
-    char name[64], addr[96];
+    char name[64], addr[120];
     rel_time_t now = cache_now(w->cache);
     pthread_mutex_lock(&w->conns_lock); /* a failed worker closes its listeners under it */
     if (w->id == 0) {
         for (int i = 0; i < w->nlisten; i++) {
-            struct sockaddr_storage ss;
+            struct sockaddr_storage ss = {0};
             socklen_t sl = sizeof(ss);
             if (getsockname(w->listen_fds[i], (struct sockaddr *)&ss, &sl) != 0)
                 continue;
@@ -240,7 +254,7 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
         struct conn_view v = conn_peek(c);
         snprintf(name, sizeof(name), "%d:addr", c->fd);
         sink->add(sink, name, c->peer);
-        struct sockaddr_storage ss;
+        struct sockaddr_storage ss = {0};
         socklen_t sl = sizeof(ss);
         if (getsockname(c->fd, (struct sockaddr *)&ss, &sl) == 0) {
             format_addr(&ss, addr, sizeof(addr));
@@ -248,7 +262,8 @@ void worker_stats_conns(worker *w, sm_stat_sink *sink)
             sink->add(sink, name, addr);
         }
         snprintf(name, sizeof(name), "%d:state", c->fd);
-        sink->add(sink, name, conn_state_name(&v));
+        /* the asking connection is mid-command, as memcached shows it (its reply is queued meanwhile) */
+        sink->add(sink, name, c == sink->asker ? "conn_parse_cmd" : conn_state_name(&v));
         snprintf(name, sizeof(name), "%d:secs_since_last_cmd", c->fd);
         sm_stat_addf(sink, name, "%u", (unsigned)(now - (rel_time_t)v.last_active));
     }
@@ -384,6 +399,15 @@ bool worker_input(worker *w, conn *c, char *data, size_t len)
         return false;
     SM_STAT_ADD(w->stats.bytes_read, len);
     c->last_active = cache_now(w->cache);
+    if (c->tls) /* TLS hook: decrypted (or not: kTLS) into worker_plain_input */
+        return tls_input(w, c, data, len);
+    return worker_plain_input(w, c, data, len);
+}
+
+bool worker_plain_input(worker *w, conn *c, char *data, size_t len)
+{
+    if (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED))
+        return false;
     if (!worker_feed(c, data, len)) {
         worker_close_soon(w, c);
         return false;
@@ -435,6 +459,8 @@ void worker_sent(worker *w, conn *c, size_t n)
 {
     if (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED))
         return;
+    if (c->tls) /* TLS hook: the ciphertext head shrinks */
+        tls_sent(w, c, n);
     if (n > 0) {
         SM_STAT_ADD(w->stats.bytes_written, n);
         conn_out_sent(c, n);
@@ -442,6 +468,12 @@ void worker_sent(worker *w, conn *c, size_t n)
     /* Back-pressure over, or a yield's replies sent: parse what was held
      * meanwhile, then read again. */
     if ((c->loop & CONN_LOOP_PAUSED) && out_pending(c) <= OUT_HIGH_WATER && !resume_held(w, c)) {
+        worker_close_soon(w, c);
+        return;
+    }
+    /* TLS hook: what was parsed meanwhile is encrypted before a backend
+     * that sends on (epoll's loop) sees it. */
+    if (c->tls && !(c->loop & CONN_LOOP_SENDING) && !tls_flush(w, c, false)) {
         worker_close_soon(w, c);
         return;
     }
@@ -481,6 +513,10 @@ static void flush_one(worker *w, conn *c)
         }
         if (c->loop & CONN_LOOP_SENDING)
             return; /* its completion or room puts it back on the list */
+        if (c->tls && !tls_flush(w, c, true)) { /* TLS hook: kTLS switch, or encrypt */
+            close_now(w, c);
+            return;
+        }
         if (out_pending(c) == 0 && (c->loop & CONN_LOOP_PAUSED)) {
             /* A yield that queued nothing: its next turn, now. */
             if (!resume_held(w, c)) {
@@ -501,6 +537,10 @@ static void flush_one(worker *w, conn *c)
             }
             if (out_pending(c) == 0)
                 return;
+        }
+        if (c->tls && !tls_flush(w, c, true)) { /* TLS hook: encrypt what the lines above queued */
+            close_now(w, c);
+            return;
         }
         w->ops->send(w, c);
         /* A send that completed at once (epoll) and left nothing queued may

@@ -41,6 +41,8 @@ typedef struct worker {
     conn_env env;                    /* what this worker's connections draw memory from (conn.h) */
     conn *flush;                     /* the flush list: connections to look at after this batch */
     bool accepting;                  /* the backend is asked to accept (off while draining or paused) */
+    bool recv_in_wait;               /* the backend reads sockets only inside ops->wait, so at a flush
+                                        every byte read has been delivered (tls.c's kTLS switch) */
     bool accept_paused;              /* out of descriptors: accepting off until accept_resume */
     uint64_t accept_paused_at;       /* clock (latency.h ns) the pause began */
     uint64_t accept_resume;          /* clock at which accepting resumes */

@@ -86,7 +86,7 @@ static struct statbuf *stats_of(cache *c, const char *group)
     if (!b)
         b = tl_statbuf = malloc(sizeof(*b));
     b->n = 0;
-    sm_stat_sink sink = {statbuf_add, b};
+    sm_stat_sink sink = {.add = statbuf_add, .ctx = b};
     if (strcmp(group, "general") == 0) {
         cache_stats_general(c, &sink);
     } else if (strcmp(group, "items") == 0) {

@@ -15,6 +15,9 @@ virtio-net):
   queue was over the high-water mark is parsed when it drains);
 - -o idle_timeout closes an idle connection, silently, and counts it in
   idle_kicks, but not one inside a value or one that keeps sending;
+- -Z: TLS 1.3 connections' records go to the kernel (kTLS, the guest has
+  the tls module) on this backend, with every kTLS cipher, pipelines and
+  1 MiB values; TLS 1.2 stays in user space;
 - afterwards the server still serves and its log has no Python traceback.
 deploy/vm_test.py runs this module once per backend, then test_vm_kernel.py
 (the module, the ring-level test and the kernel log) once at the end.
@@ -28,10 +31,12 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pymemcache.client.base import Client
@@ -386,6 +391,151 @@ def test_idle_timeout(vm: VM) -> None:
         finally:
             for s in (idle, value, chatty):
                 s.close()
+    finally:
+        vm.check(restart, 60)
+        vmctl.wait_ready(vm.port, 60)
+
+
+def _make_pki(d: Path) -> None:
+    """A throwaway CA and a server certificate for 127.0.0.1 (the forwarded port), in d."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=stackmap vm test ca")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj",
+        "/CN=localhost")
+    (d / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+        "server.crt", "-days", "2", "-extfile", "ext")
+
+
+def _tls_version_answer(port: int, ctx: ssl.SSLContext) -> bool:
+    try:
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                             server_hostname="localhost") as s:
+            s.sendall(b"version\r\n")
+            return s.recv(100).startswith(b"VERSION ")
+    except OSError:
+        return False
+
+
+def _tls_stats(port: int, ctx: ssl.SSLContext) -> dict[str, int | str]:
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                         server_hostname="localhost") as s:
+        s.sendall(b"stats\r\n")
+        raw = b""
+        while not raw.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, raw
+            raw += chunk
+    out: dict[str, int | str] = {}
+    for line in raw.decode().splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0] == "STAT":
+            out[parts[1]] = int(parts[2]) if parts[2].isdigit() else parts[2]
+    return out
+
+
+def _s_client_two_round_trips(port: int, ca: Path, suite: str) -> None:
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca),
+                             "-tls1_3", "-ciphersuites", suite, "-quiet"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin and proc.stdout
+    try:
+        for req, want in ((b"set c 0 0 3\r\nabc\r\n", b"STORED\r\n"),
+                          (b"get c\r\n", b"VALUE c 0 3\r\nabc\r\nEND\r\n")):
+            proc.stdin.write(req)
+            proc.stdin.flush()
+            got = b""
+            while len(got) < len(want):
+                ready, _, _ = select.select([proc.stdout], [], [], 60)
+                assert ready, (suite, got)
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                assert chunk, (suite, got, proc.stderr.read() if proc.stderr else b"")
+                got += chunk
+            assert got == want, (suite, got)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_tls_ktls(vm: VM, tmp_path: Path) -> None:
+    """-Z in a kernel with kTLS: every TLS 1.3 connection's records go to the kernel
+    (ssl_ktls_conns moves, ssl_userspace_conns does not) on this backend, with
+    requests riding on the handshake, pipelines, 1 MiB values and each kTLS
+    cipher (AES-128/256-GCM, ChaCha20-Poly1305); TLS 1.2 stays in user space."""
+    _make_pki(tmp_path)
+    vm.check("mkdir -p /tmp/tls", 60)
+    for name in ("server.crt", "server.key"):
+        vm.check(f"cat > /tmp/tls/{name} <<'PEM'\n{(tmp_path / name).read_text()}PEM\n", 60)
+    restart = f"sm-server {vm.server_args}"
+    vm.check(f"{restart} -I 2m -Z -o ssl_chain_cert=/tmp/tls/server.crt,ssl_key=/tmp/tls/server.key", 60)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(tmp_path / "ca.crt"))
+    try:
+        deadline = time.monotonic() + 60
+        while not _tls_version_answer(vm.port, ctx):
+            assert time.monotonic() < deadline, vm.run("tail -n 20 /run/stackmapd.log")[1]
+            time.sleep(0.25)
+        before = _tls_stats(vm.port, ctx)
+        assert before["backend"] == vm.backend, before
+        # pymemcache: small and 1 MiB values, a multi-get.
+        mc = Client(("127.0.0.1", vm.port), tls_context=ctx, timeout=60, connect_timeout=30)
+        try:
+            assert mc.set("tls-small", b"s" * 10, noreply=False)
+            assert mc.get("tls-small") == b"s" * 10
+            big = os.urandom(1 << 20)
+            assert mc.set("tls-big", big, noreply=False)
+            assert mc.get("tls-big") == big
+            many = {f"tls-k{i}": os.urandom(500 + i) for i in range(100)}
+            mc.set_many(many, noreply=False)
+            assert mc.get_many(list(many)) == many
+        finally:
+            mc.close()
+        # A request sent at once after the handshake, then a pipeline of 200 gets.
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", vm.port), timeout=60),
+                             server_hostname="localhost") as s:
+            s.sendall(b"get tls-small\r\n" + b"get tls-small\r\n" * 200)
+            want = b"VALUE tls-small 0 10\r\n" + b"s" * 10 + b"\r\nEND\r\n"
+            got = b""
+            while len(got) < len(want) * 201:
+                chunk = s.recv(65536)
+                assert chunk, got[-100:]
+                got += chunk
+            assert got == want * 201
+            s.sendall(b"get tls-small\r\n")  # a round trip after the switch point
+            got = b""
+            while len(got) < len(want):
+                chunk = s.recv(65536)
+                assert chunk, got
+                got += chunk
+            assert got == want
+        # Each cipher the kernel takes, through openssl s_client: the second
+        # request is sent once the first is answered, so it is the kernel's.
+        for suite in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"):
+            _s_client_two_round_trips(vm.port, tmp_path / "ca.crt", suite)
+        after = _tls_stats(vm.port, ctx)
+        # pymemcache, the pipeline and the three s_client connections switched;
+        # the first stats connection may have closed before its switch point.
+        assert int(after["ssl_ktls_conns"]) - int(before["ssl_ktls_conns"]) >= 5, (before, after)
+        assert int(after["ssl_userspace_conns"]) - int(before["ssl_userspace_conns"]) <= 1, (before, after)
+        assert after["ssl_handshake_errors"] == 0, after
+        # TLS 1.2: user space, still right.
+        ctx12 = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx12.load_verify_locations(str(tmp_path / "ca.crt"))
+        ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with ctx12.wrap_socket(socket.create_connection(("127.0.0.1", vm.port), timeout=60),
+                               server_hostname="localhost") as s:
+            s.sendall(b"get tls-small\r\n")
+            got = b""
+            while not got.endswith(b"END\r\n"):
+                chunk = s.recv(65536)
+                assert chunk, got
+                got += chunk
+            assert got == want
+        final = _tls_stats(vm.port, ctx)
+        assert int(final["ssl_userspace_conns"]) >= int(after["ssl_userspace_conns"]) + 1, (after, final)
+        assert "Traceback" not in vm.check("cat /run/stackmapd.log")
     finally:
         vm.check(restart, 60)
         vmctl.wait_ready(vm.port, 60)

@@ -115,6 +115,8 @@ rel_time_t cache_realtime(const cache *c, int64_t exptime);
 
 /* Hash of a key; pass it to the calls below. */
 uint32_t cache_hash(const char *key, size_t nkey);
+/* The same MurmurHash3 with another seed (memcached's own hash is seed 0: stats_prefix.c). */
+uint32_t cache_hash_seeded(const char *key, size_t nkey, uint32_t seed);
 /* Batch prefetch (prefetch.c): the stripe and bucket of hv, then its first
  * item, then that item's value when it is the key, else the next item. */
 void cache_prefetch(cache *c, uint32_t hv);

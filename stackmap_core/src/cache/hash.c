@@ -29,9 +29,14 @@ static inline uint32_t rotl32(uint32_t x, int r)
 
 uint32_t cache_hash(const char *key, size_t nkey)
 {
+    return cache_hash_seeded(key, nkey, 0x9747b28cu); /* fixed seed */
+}
+
+uint32_t cache_hash_seeded(const char *key, size_t nkey, uint32_t seed)
+{
     const uint8_t *p = (const uint8_t *)key;
     const uint32_t c1 = 0xcc9e2d51u, c2 = 0x1b873593u;
-    uint32_t h = 0x9747b28cu; /* fixed seed */
+    uint32_t h = seed;
     size_t nblocks = nkey / 4;
     for (size_t i = 0; i < nblocks; i++) {
         uint32_t k;

@@ -94,6 +94,8 @@ void worker_conn_close(worker *w, conn *c);
 /* len bytes arrived for c: parse them, queue the replies, apply
  * back-pressure.  true when the backend may deliver c more bytes now. */
 bool worker_input(worker *w, conn *c, char *data, size_t len);
+/* worker_input's plaintext half: what TLS decrypted (tls.c), or a plain connection's bytes. */
+bool worker_plain_input(worker *w, conn *c, char *data, size_t len);
 /* c's peer ended its stream: read no more, answer what came, then close. */
 void worker_eof(worker *w, conn *c);
 /* n bytes of c's queue have left (n may be 0 after a send that moved none). */

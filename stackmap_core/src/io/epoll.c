@@ -58,6 +58,7 @@ static int epoll_init(worker *w, char *err, size_t errlen)
         free(st);
         goto oom;
     }
+    w->recv_in_wait = true; /* reads happen in epoll_wait's batch only (tls.c) */
     st->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (st->epfd < 0) {
         snprintf(err, errlen, "epoll_create1: %s", strerror(errno));

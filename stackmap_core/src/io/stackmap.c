@@ -66,7 +66,12 @@ typedef struct smap_state {
 
 static int smap_probe(const struct sm_settings *s, char *why, size_t whylen)
 {
-    (void)s;
+    /* The module attaches TCP sockets only (kernel/sm_sock.c): a -s unix
+     * listener is for uring or epoll, which AUTO then picks. */
+    if (s->unix_socket[0]) {
+        snprintf(why, whylen, "the module carries TCP sockets only, and -s asks for a unix socket");
+        return -1;
+    }
     int fd = open(STACKMAP_DEVICE, O_RDWR | O_CLOEXEC);
     if (fd < 0) {
         snprintf(why, whylen, "%s: %s", STACKMAP_DEVICE, strerror(errno));
@@ -83,6 +88,7 @@ static int smap_init(worker *w, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    w->recv_in_wait = true; /* the module reads only in the sync of our wait (tls.c) */
     st->fd = open(STACKMAP_DEVICE, O_RDWR | O_CLOEXEC);
     if (st->fd < 0) {
         snprintf(err, errlen, "open %s: %s", STACKMAP_DEVICE, strerror(errno));

@@ -361,6 +361,8 @@ static int ring_setup(worker *w, char *err, size_t errlen)
         return rc;
     }
     st->ring_ok = true;
+    /* DEFER_TASKRUN: receives run only inside our io_uring_enter (tls.c). */
+    w->recv_in_wait = (st->ring.flags & IORING_SETUP_DEFER_TASKRUN) != 0;
     cpuidle_init(&st->idle);
     /* Each io_uring_enter then names the ring by a registered index, which
      * spares the kernel a file lookup per enter; without it, plain fd. */
@@ -710,7 +712,9 @@ static void uring_send(worker *w, conn *c)
     if (cnt > IOV_MAX)
         cnt = IOV_MAX;
     int zc_min = w->settings->uring_zc_threshold;
-    uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min;
+    /* (Not on TLS: a kTLS socket copies into its records anyway, and the
+     * user-space path sends copies of its ciphertext.) */
+    uc->zc = zc_min > 0 && out_pending(c) >= (size_t)zc_min && !c->tls;
     /* One contiguous run leaves as a plain send, whose SQE carries the
      * address and length: no msghdr, no snapshot.  Otherwise the iovecs
      * are snapshotted (the protocol may append to the live queue while

@@ -31,9 +31,11 @@
  *    "CLIENT_ERROR bad command line format": the values of the keys before
  *    it are looked up (and counted) but not sent;
  *  - "flush_all" with a negative or zero delay flushes now;
- *  - "verbosity" clamps to 2.
+ *  - "verbosity" clamps to 2;
+ *  - an unknown command whose line looks like HTTP closes the connection
+ *    (looks_like_http below).
  * Not implemented (answered "ERROR"): slabs, lru, lru_crawler, watch,
- * stats detail/cachedump/sizes_enable/sizes_disable.
+ * stats cachedump/sizes_enable/sizes_disable.
  */
 #include "proto.h"
 
@@ -44,6 +46,7 @@
 #include <string.h>
 
 #include "../engine_internal.h"
+#include "../tls.h"
 #include "../worker.h"
 
 /* memcached's MAX_VERBOSITY_LEVEL. */
@@ -179,6 +182,7 @@ static bool get_one(conn *c, const char *key, size_t nkey, bool return_cas, bool
     get_info info;
     item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), touch ? CACHE_GET_TOUCH : 0, exptime,
                          &info);
+    sm_prefix_record(w->engine->prefixes, key, nkey, it ? SM_PREFIX_GET_HIT : SM_PREFIX_GET_MISS);
     count_lookup(w, &info);
     if (touch)
         SM_STAT_INC(w->stats.touch_cmds);
@@ -288,6 +292,7 @@ static void process_update(conn *c, sm_token *tokens, size_t ntokens, store_op o
         return;
     }
     uint32_t nbytes = (uint32_t)vlen + 2;
+    sm_prefix_record(w->engine->prefixes, key, nkey, SM_PREFIX_SET);
     uint32_t hv = cache_hash(key, nkey);
     alloc_error err = ALLOC_OK;
     item *it = cache_alloc(w->cache, key, nkey, flags, exptime, nbytes, &err);
@@ -462,6 +467,7 @@ void proto_text_delete(conn *c, sm_request *r)
     }
     const char *key = tokens[1].value;
     size_t nkey = tokens[1].length;
+    sm_prefix_record(w->engine->prefixes, key, nkey, SM_PREFIX_DELETE);
     int cls = 0;
     delete_result dr = cache_delete(w->cache, key, nkey, cache_hash(key, nkey), 0, 0, 0, &cls);
     if (dr == DEL_DELETED) {
@@ -496,6 +502,10 @@ void proto_text_flush_all(conn *c, sm_request *r)
     worker *w = c->worker;
     set_noreply_maybe(c, tokens, ntokens);
     SM_STAT_INC(w->stats.flush_cmds);
+    if (!w->settings->flush_enabled) { /* -F: refused, but counted, as memcached counts it */
+        REPLY(c, "CLIENT_ERROR flush_all not allowed");
+        return;
+    }
     int32_t delay = 0;
     if (ntokens != (c->noreply ? 3u : 2u)) {
         if (!safe_strtol(tokens[1].value, &delay)) {
@@ -623,6 +633,22 @@ void proto_text_shutdown(conn *c, sm_request *r)
     REPLY(c, "CLIENT_ERROR invalid shutdown mode");
 }
 
+/* memcached's refresh_certs: load the certificate files again for the
+ * connections that follow; its error text is memcached's, sent even under
+ * noreply (as memcached's write_and_free does). */
+void proto_text_refresh_certs(conn *c, sm_request *r)
+{
+    set_noreply_maybe(c, r->tokens, r->ntokens);
+    char err[1400];
+    if (tls_refresh_certs(c->worker->engine, err, sizeof(err)) == 0) {
+        REPLY(c, "OK");
+        return;
+    }
+    c->noreply = false;
+    if (out_printf(c, "%s\r\n", err) < 0)
+        out_failed(c);
+}
+
 /* A stats sink that writes "STAT name value\r\n" into the output queue. */
 static void conn_stat_add(sm_stat_sink *sink, const char *name, const char *value)
 {
@@ -631,6 +657,26 @@ static void conn_stat_add(sm_stat_sink *sink, const char *name, const char *valu
         return;
     if (out_printf(c, "STAT %s %s\r\n", name, value) < 0)
         out_failed(c);
+}
+
+/* A "stats detail dump" line into the output queue. */
+static int conn_emit(void *ctx, const char *line, size_t len)
+{
+    return out_printf(ctx, "%.*s", (int)len, line);
+}
+
+/* "stats detail on|off|dump", memcached's answers. */
+static void stats_detail(conn *c, sm_prefix_stats *p, const char *what)
+{
+    if (strcmp(what, "on") == 0 || strcmp(what, "off") == 0) {
+        sm_prefix_enable(p, what[1] == 'n');
+        REPLY(c, "OK");
+    } else if (strcmp(what, "dump") == 0) {
+        if (sm_prefix_dump(p, conn_emit, c) < 0 || out_static(c, "END\r\n", 5) < 0)
+            out_failed(c);
+    } else {
+        REPLY(c, "CLIENT_ERROR usage: stats detail on|off|dump");
+    }
 }
 
 void proto_text_stats(conn *c, sm_request *r)
@@ -644,7 +690,11 @@ void proto_text_stats(conn *c, sm_request *r)
         REPLY(c, "RESET");
         return;
     }
-    sm_stat_sink sink = {.add = conn_stat_add, .ctx = c};
+    if (ntokens > 2 && strcmp(group, "detail") == 0) {
+        stats_detail(c, e->prefixes, ntokens < 4 ? "" : tokens[2].value);
+        return;
+    }
+    sm_stat_sink sink = {.add = conn_stat_add, .ctx = c, .asker = c};
     if (engine_stats_group(e, group, &sink) < 0) {
         REPLY(c, "ERROR");
         return;
@@ -693,8 +743,40 @@ void proto_text_quit(conn *c, sm_request *r)
     c->state = CONN_CLOSING;
 }
 
+/*
+ * A line that is no command but looks like an HTTP request line: memcached
+ * hangs up on it (a defence against cross-protocol requests from browsers)
+ * instead of answering ERROR.  Its rule, reproduced exactly: the word is at
+ * least 2 bytes, does not start one of the command families memcached
+ * answers ERROR inside (a 2-byte "m?" meta word, or a word starting with
+ * g, s, a, c, i, d or t), is none of memcached's other commands, and the
+ * last split token (the 23rd when the line has more) starts with "HTTP/".
+ * "GET / HTTP/1.0", "PUT /x HTTP/1.1" and "DELETE HTTP/1.1" close;
+ * "get / HTTP/1.0" is a get and "dance HTTP/1.1" is ERROR.
+ */
+static bool looks_like_http(const sm_request *r)
+{
+    /* memcached commands reached after its letter branches that stackmapd does not implement */
+    static const char *const others[] = {"lru_crawler", "watch", "lru", "misbehave", "extstore",
+                                         "refresh_certs"};
+    if (r->cmd != SM_CMD_NONE || r->ntokens < 2 || r->tokens[0].length < 2)
+        return false;
+    const char *w = r->tokens[0].value;
+    if (w[0] == 'm' && r->tokens[0].length == 2)
+        return false;
+    if (strchr("gsacidt", w[0]) != NULL)
+        return false;
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+        if (strcmp(w, others[i]) == 0)
+            return false;
+    return strncmp(r->tokens[r->ntokens - 2].value, "HTTP/", 5) == 0;
+}
+
 void proto_text_unknown(conn *c, sm_request *r)
 {
-    (void)r;
+    if (looks_like_http(r)) {
+        c->state = CONN_CLOSING;
+        return;
+    }
     REPLY(c, "ERROR");
 }
