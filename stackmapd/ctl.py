@@ -242,7 +242,7 @@ def build_parser() -> Parser:
     s.add_argument("--delay", type=int, default=0, help="seconds until the flush takes effect")
     s.set_defaults(fn=cmd_flush)
 
-    s = sub.add_parser("set-memory-limit", help="change -m live (shrinking evicts down to it)")
+    s = sub.add_parser("set-memory-limit", help="change -m live (shrinking evicts down to it and frees pages)")
     s.add_argument("mb", type=int)
     s.set_defaults(fn=cmd_memory)
 

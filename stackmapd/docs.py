@@ -49,7 +49,7 @@ def _limits(row: stackmap_core.OptionInfo | None) -> str:
         return ""
     lo = f"{row.lo:g}" if not row.lo.is_integer() else str(int(row.lo))
     if row.type == "float":
-        return f"> {lo}"
+        return f"> {lo}" if math.isinf(row.hi) else f"> {lo}, <= {row.hi:g}"
     if math.isinf(row.hi):
         return f">= {lo}"
     return f"{lo}–{int(row.hi)}"
@@ -81,6 +81,8 @@ def extended_table() -> str:
             continue
         if ext.bare and ext.row is not None and ext.row.lo == ext.row.hi:  # a switch with one setting
             name = f"`{ext.key}={int(ext.row.lo)}`, `{ext.negation}`"
+        elif ext.bare and ext.negation is None:  # a number that may be given bare, meaning 1
+            name = f"`{ext.key}[={ext.metavar.strip('[]')}]`"
         elif ext.bare:
             name = f"`{ext.key}[=0|1]`, `{ext.negation}`"
         else:

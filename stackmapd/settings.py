@@ -278,7 +278,8 @@ def row_parser(row: stackmap_core.OptionInfo) -> Callable[[object], Any]:
     """The parser of a row's values: its type's parser and its limits."""
     base = PARSERS[row.type]
     if row.type == "float":
-        return greater_than(base, row.lo)
+        above = greater_than(base, row.lo)
+        return above if math.isinf(row.hi) else ranged(above, None, row.hi)
     if row.type == "bool" and row.lo == row.hi:
         return switch_only(base, bool(row.lo), row.help)
     if row.type in NUMERIC and row.scope != "refused":
@@ -367,16 +368,18 @@ def _extended(row: stackmap_core.OptionInfo) -> Extended:
     if row.scope == "refused":
         return Extended(row.key, None, row_parser(row), row.help, unsupported=row.help, row=row)
     switch = row.type == "bool"
+    optional = row.metavar.startswith("[")  # "-o slab_automove" alone means slab_automove=1
     return Extended(row.key, row.field, row_parser(row), row.help, row.default, row.metavar,
-                    negation=f"no_{row.key}" if switch else None, bare=switch, row=row)
+                    negation=f"no_{row.key}" if switch else None, bare=switch or optional, row=row)
 
 
 EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in ("extended", "refused"))
 
 # What memcached's ``no_modern`` sets, at its place in the ``-o`` list (so a
 # later key wins: ``no_modern,lru_crawler`` runs the crawler).  memcached
-# also turns off its slab automover there.
-NO_MODERN: dict[str, Any] = {"lru_crawler": False, "lru_maintainer": False, "lru_segmented": False}
+# sets the slab page size as the largest chunk there (ours always is).
+NO_MODERN: dict[str, Any] = {"lru_crawler": False, "lru_maintainer": False, "lru_segmented": False,
+                             "slab_reassign": False, "slab_automove": 0}
 
 EXTENDED_BY_KEY: dict[str, Extended] = {x.key: x for x in EXTENDED}
 EXTENDED_BY_NEGATION: dict[str, Extended] = {x.negation: x for x in EXTENDED if x.negation}
@@ -422,6 +425,8 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
                               f"{ext.unsupported}")
         if raw is True and not ext.bare:
             raise OptionError(f"{where}: {key} needs a value ({key}=N)")
+        if raw is True and ext.row is not None and ext.row.type != "bool":
+            raw = "1"  # a bare optional-value key ("[N]" metavar)
         try:
             out[key] = ext.parse(raw)
         except ValueError as exc:

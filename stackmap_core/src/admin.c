@@ -115,9 +115,14 @@ void sm_admin_flush(sm_engine *e, int delay)
 
 long long sm_admin_set_memlimit(sm_engine *e, uint64_t maxbytes, char *err, size_t errlen)
 {
+    if (maxbytes == 0) /* refused, with cache_set_memlimit's message */
+        return sm_engine_set_memlimit(e, maxbytes, err, errlen);
+    /* Evict first: the lower limit sets the slab page mover emptying pages
+     * into the pool, and it should find the free chunks this leaves. */
+    uint64_t evicted = cache_evict_to(e->cache, maxbytes);
     if (sm_engine_set_memlimit(e, maxbytes, err, errlen) < 0)
         return -1;
-    return (long long)cache_evict_to(e->cache, maxbytes);
+    return (long long)evicted;
 }
 
 int sm_engine_set_maxconns(sm_engine *e, int maxconns, char *err, size_t errlen)

@@ -317,6 +317,10 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .lru_crawler = e->settings.lru_crawler,
         .lru_crawler_sleep = (uint32_t)e->settings.lru_crawler_sleep,
         .lru_crawler_tocrawl = (uint32_t)e->settings.lru_crawler_tocrawl,
+        .slab_reassign = e->settings.slab_reassign,
+        .slab_automove = e->settings.slab_automove,
+        .slab_automove_ratio = e->settings.slab_automove_ratio,
+        .slab_automove_window = e->settings.slab_automove_window,
     };
     if (e->settings.auth_file[0]) { /* -Y: a file that cannot be used stops the start */
         e->auth = sm_auth_load(e->settings.auth_file, err, errlen);

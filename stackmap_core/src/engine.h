@@ -83,6 +83,10 @@ struct sm_settings {
     int uring_batch_usec;       /* a loaded worker waits up to this long for a batch, 0 = never */
     int tcp_nodelay;            /* set TCP_NODELAY on accepted sockets */
     int idle_timeout;           /* close connections idle this many seconds, 0 = never */
+    int slab_reassign;          /* 1: the slab page mover runs (-o slab_reassign) */
+    int slab_automove;          /* automover level 0, 1 or 2 (-o slab_automove) */
+    double slab_automove_ratio; /* automover age ratio (-o slab_automove_ratio) */
+    int slab_automove_window;   /* automover window in seconds (-o slab_automove_window) */
     char unix_socket[108];      /* -s: unix socket path (sun_path's size); "" for TCP on -l/-p */
     int unix_mask;              /* -a: the unix socket file's mode bits (octal as given, 0700) */
     int ssl_enabled;            /* -Z: TCP listeners speak TLS (but "notls:" ones) */

@@ -22,7 +22,7 @@
  *   field    FIELD(name) of struct sm_settings it sets, or NOFIELD;
  *   type     how the value is written and parsed (enum sm_option_type):
  *            INT, MB (megabytes given, bytes stored), SIZE (bytes, k/m
- *            suffixes), FLOAT (greater than lo: the one growth factor),
+ *            suffixes), FLOAT (greater than lo, at most hi),
  *            BOOL, NOT (a switch that clears its field: -C), COUNT (-vvv),
  *            STR, LISTEN (address list), BACKEND (a backend name),
  *            HOSTPORT (HOST:PORT or off), LIST (-o's key[=value] list),
@@ -31,7 +31,8 @@
  *   lo, hi   inclusive limits of the value as given (INFINITY: none);
  *            lo == hi: the one value accepted, and help says why;
  *   flag     memcached's one-letter flag, or 0;
- *   metavar  the value's placeholder in --help ("" for a switch);
+ *   metavar  the value's placeholder in --help ("" for a switch; "[N]":
+ *            an -o number that may be given bare, meaning 1);
  *   scope    ENGINE (a flag and key), EXTENDED (an -o key), CONTROL (the
  *            control plane's own), REFUSED (an -o key memcached has that
  *            stackmapd refuses; help says why);
@@ -166,6 +167,14 @@
     X(uring_batch_usec, FIELD(uring_batch_usec), INT, "500", 0, 100000, 0, "N", EXTENDED, 0,                           \
       "a loaded worker whose CPU never idles waits up to this many microseconds for a batch of requests; "             \
       "0 never")                                                                                                       \
+    X(slab_reassign, FIELD(slab_reassign), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                        \
+      "the slab page mover: slabs reassign, the automover and memory-limit shrinking (no_slab_reassign: off)")         \
+    X(slab_automove, FIELD(slab_automove), INT, "1", 0, 2, 0, "[N]", EXTENDED, 0,                                      \
+      "slab page automover: 0 off, 1 age balancing, 2 a page on every eviction (bare: 1); slabs automove changes it")  \
+    X(slab_automove_ratio, FIELD(slab_automove_ratio), FLOAT, "0.8", 0, 1, 0, "R", EXTENDED, 0,                        \
+      "automove 1 moves a page to a class whose LRU tail is younger than R times the oldest class's")                  \
+    X(slab_automove_window, FIELD(slab_automove_window), INT, "30", 3, 3600, 0, "N", EXTENDED, 0,                      \
+      "seconds of history (one sample a second) the automover judges classes by")                                     \
     X(ssl_chain_cert, FIELD(ssl_chain_cert), STR, "", 0, 0, 0, "FILE", EXTENDED, 0,                                    \
       "TLS certificate chain file in PEM format (needed by -Z)")                                                      \
     X(ssl_key, FIELD(ssl_key), STR, "", 0, 0, 0, "FILE", EXTENDED, 0,                                                  \

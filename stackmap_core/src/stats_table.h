@@ -149,20 +149,21 @@
     X(hash_is_expanding, GAUGE, "", "memcached_hash_is_expanding", "", "1 while the hash table grows.",                \
       V_CACHE)                                                                                                         \
     X(slab_reassign_rescues, COUNTER, "", "memcached_slab_reassign_rescues_total", "",                                 \
-      "Items rescued by the slab page mover (always 0: there is none).", V_CACHE)                                      \
+      "Items the slab page mover copied out of a page it emptied.", V_CACHE)                                      \
     X(slab_reassign_chunk_rescues, COUNTER, "", "memcached_slab_reassign_chunk_rescues_total", "",                     \
-      "Chunked items rescued by the slab page mover (always 0).", V_CACHE)                                             \
+      "Chunked items rescued by the slab page mover (always 0: items are never chunked).", V_CACHE)                                             \
     X(slab_reassign_evictions_nomem, COUNTER, "", "memcached_slab_reassign_evictions_nomem_total", "",                 \
-      "Items the slab page mover evicted for want of memory (always 0).", V_CACHE)                                     \
+      "Items the slab page mover evicted for want of a free chunk.", V_CACHE)                                     \
     X(slab_reassign_inline_reclaim, COUNTER, "", "memcached_slab_reassign_inline_reclaim_total", "",                   \
-      "Pages the slab page mover reclaimed inline (always 0).", V_CACHE)                                               \
+      "Expired or flushed items the slab page mover freed while emptying a page.", V_CACHE)                                               \
     X(slab_reassign_busy_items, COUNTER, "", "memcached_slab_reassign_busy_items_total", "",                           \
-      "Busy items the slab page mover met (always 0).", V_CACHE)                                                       \
+      "Times the slab page mover found an item in use and came back to it.", V_CACHE)                                                       \
     X(slab_reassign_busy_deletes, COUNTER, "", "memcached_slab_reassign_busy_deletes_total", "",                       \
-      "Busy deletes the slab page mover met (always 0).", V_CACHE)                                                     \
+      "Items the slab page mover unlinked after they stayed in use too long.", V_CACHE)                                                     \
     X(slab_reassign_running, GAUGE, "", "memcached_slab_reassign_running", "",                                         \
-      "1 while the slab page mover runs (always 0).", V_CACHE)                                                         \
-    X(slabs_moved, COUNTER, "", "memcached_slabs_moved_total", "", "Slab pages moved (always 0).", V_CACHE)            \
+      "1 while the slab page mover is moving a page.", V_CACHE)                                                         \
+    X(slabs_moved, COUNTER, "", "memcached_slabs_moved_total", "",                                                     \
+      "Slab pages moved to another class or the global pool.", V_CACHE)                                                \
     X(lru_crawler_running, GAUGE, "", "memcached_lru_crawler_running", "",                                             \
       "1 while the LRU crawler (a crawl or a metadump) runs; printed while the crawler is enabled.", V_CACHE)                                              \
     X(lru_crawler_starts, COUNTER, "", "memcached_lru_crawler_starts_total", "",                                       \
@@ -193,7 +194,7 @@
     X(total_items, COUNTER, "", "memcached_items_total", "",                                                           \
       "Total number of items stored during the life of this instance.", V_CACHE)                                       \
     X(slab_global_page_pool, GAUGE, "", "memcached_slab_global_page_pool", "",                                         \
-      "Slab pages in the global pool (always 0: pages stay with their class).", V_CACHE)                               \
+      "Slab pages in the global pool, free for any class.", V_CACHE)                               \
     X(expired_unfetched, COUNTER, "", "memcached_expired_unfetched_total", "",                                         \
       "Items that expired without ever being fetched.", V_CACHE)                                                       \
     X(evicted_unfetched, COUNTER, "", "memcached_evicted_unfetched_total", "",                                         \
@@ -306,8 +307,14 @@
     X(maxconns_fast, "", "yes: a connection over -c is refused at once.", V_STR("yes"))                                \
     X(hashpower_init, "hashpower", "Initial hash table size as a power of two (-o hashpower).",                        \
       V_INT(st->hashpower_init))                                                                                       \
-    X(slab_reassign, "", "no: there is no slab page mover.", V_STR("no"))                                              \
-    X(slab_automove, "", "0: there is no slab page mover.", V_STR("0"))                                                \
+    X(slab_reassign, "slab_reassign", "Whether the slab page mover runs (-o slab_reassign).",                          \
+      V_STR(st->slab_reassign ? "yes" : "no"))                                                                         \
+    X(slab_automove, "slab_automove", "Slab automover level (-o slab_automove, slabs automove).",                      \
+      V_INT(cache_automove(e->cache)))                                                                                 \
+    X(slab_automove_ratio, "slab_automove_ratio", "Automover age ratio (-o slab_automove_ratio, slabs automove ratio).",\
+      V_F2(cache_automove_ratio(e->cache)))                                                                            \
+    X(slab_automove_window, "slab_automove_window", "Automover window in seconds (-o slab_automove_window).",          \
+      V_INT(st->slab_automove_window))                                                                                 \
     X(slab_chunk_max, "", "The slab page size: items are never split into chunks.", V_INT(st->slab_page_size))         \
     X(lru_crawler, "lru_crawler", "Whether the LRU crawler thread runs (-o lru_crawler, lru_crawler enable).",         \
       V_STR(cache_crawler_enabled(e->cache) ? "yes" : "no"))                                                          \

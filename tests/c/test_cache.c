@@ -1205,6 +1205,92 @@ static void test_parse(void)
     CHECK(!safe_strtol("9223372036854775808", &i32) && safe_strtol("-4294967295", &i32) && i32 == 1);
 }
 
+/* ---- slab page moves (slab_mover.c) ---- */
+
+/* Walk callback: count shown items and check each value names its key. */
+struct move_walk_count {
+    int seen[2000]; /* times each key w<i> was shown */
+    int bad;        /* items whose value does not start with their key */
+};
+
+static cache_walk_action count_walk(void *ctx, cache *c, item *it)
+{
+    (void)c;
+    struct move_walk_count *wc = ctx;
+    int i = atoi(ITEM_key(it) + 1);
+    if (ITEM_key(it)[0] != 'w' || i < 0 || i >= 2000 || memcmp(ITEM_value(it), ITEM_key(it), it->nkey) != 0)
+        wc->bad++;
+    else
+        wc->seen[i]++;
+    return CACHE_WALK_NEXT;
+}
+
+static uint64_t moved_pages(cache *c)
+{
+    struct statbuf *b = stats_of(c, "general");
+    return stat_get(b, "slabs_moved");
+}
+
+static void test_slab_moves(void)
+{
+    cache_config cfg = {.maxbytes = 16 << 20, .item_size_max = 1 << 20, .chunk_size = 48, .factor = 1.25,
+                        .slab_page_size = 1 << 20, .hashpower_init = 12, .use_cas = 1, .slab_reassign = 1,
+                        .slab_automove = 0, .slab_automove_ratio = 0.8, .slab_automove_window = 30};
+    char err[128], key[32], val[3000], buf[3100];
+    cache *c = cache_create(&cfg, err, sizeof(err));
+    CHECK(c != NULL);
+    if (!c)
+        return;
+    CHECK(cache_start(c) == 0);
+    for (int i = 0; i < 2000; i++) {
+        snprintf(key, sizeof(key), "w%d", i);
+        memset(val, 'v', sizeof(val));
+        memcpy(val, key, strlen(key));
+        CHECK(put(c, key, val, sizeof(val), 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+    for (int i = 1; i < 2000; i += 2) {
+        snprintf(key, sizeof(key), "w%d", i);
+        CHECK(del(c, key, 0, 0, 0) == DEL_DELETED);
+    }
+    int src = cache_slab_class(c, 2, sizeof(val) + 2);
+    CHECK(cache_slabs_reassign(c, src, src) == REASSIGN_SRC_DST_SAME);
+    CHECK(cache_slabs_reassign(c, src, 200) == REASSIGN_BADCLASS);
+    CHECK(cache_slabs_reassign(c, 3, src) == REASSIGN_NOSPARE);
+    /* A walk begun before the moves goes on safely across them. */
+    struct move_walk_count before = {0};
+    uint64_t cursor = 0;
+    cache_walk(c, "w", 1, &cursor, 100, count_walk, &before);
+    CHECK(cursor != 0);
+    uint64_t moved = moved_pages(c);
+    for (int m = 0; m < 3; m++) { /* one page to class 1, one to the pool, one to class 1 */
+        CHECK(cache_slabs_reassign(c, src, m == 1 ? 0 : 1) == REASSIGN_OK);
+        for (int spin = 0; spin < 20000 && moved_pages(c) == moved; spin++)
+            usleep(500);
+        CHECK(moved_pages(c) == moved + 1);
+        moved = moved_pages(c);
+    }
+    while (cursor)
+        cache_walk(c, "w", 1, &cursor, 100, count_walk, &before);
+    CHECK(before.bad == 0);
+    /* Every kept key is there with its value, and a fresh walk shows each once. */
+    struct move_walk_count after = {0};
+    cursor = 0;
+    do
+        cache_walk(c, "w", 1, &cursor, 1000, count_walk, &after);
+    while (cursor);
+    CHECK(after.bad == 0);
+    for (int i = 0; i < 2000; i++) {
+        snprintf(key, sizeof(key), "w%d", i);
+        char *v = get(c, key, buf, sizeof(buf), NULL, NULL);
+        CHECK(i % 2 ? v == NULL : v != NULL && strlen(v) == sizeof(val) && memcmp(v, key, strlen(key)) == 0);
+        CHECK(after.seen[i] == (i % 2 ? 0 : 1));
+    }
+    struct statbuf *st = stats_of(c, "general");
+    CHECK(stat_get(st, "slab_reassign_rescues") > 0);
+    CHECK(stat_get(st, "slab_reassign_evictions_nomem") == 0);
+    cache_destroy(c);
+}
+
 int main(void)
 {
     test_lat_clock();
@@ -1221,6 +1307,7 @@ int main(void)
     test_parse();
     test_stats_names();
     test_crawler();
+    test_slab_moves();
     test_stress();
     stats_free();
     if (failures) {

@@ -57,6 +57,10 @@ cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
     atomic_store(&c->temp_lru, c->lru_maintainer && cfg->temporary_ttl >= 0);
     atomic_store(&c->temporary_ttl, cfg->temporary_ttl >= 0 ? cfg->temporary_ttl : 61); /* memcached's default */
     crawler_init(c);
+    pthread_mutex_init(&c->mover_lock, NULL);
+    pthread_cond_init(&c->mover_cond, NULL);
+    atomic_store(&c->automove, cfg->slab_automove); /* shown as set even with no mover, as memcached */
+    cache_set_automove_ratio(c, cfg->slab_automove_ratio > 0 ? cfg->slab_automove_ratio : 0.8);
     c->hit_blocks = aligned_alloc(64, sizeof(struct hit_block) * HIT_BLOCKS);
     /* calloc: the queues' pages cost nothing until a thread uses its own */
     c->bump_rings = calloc(HIT_BLOCKS - 1, sizeof(struct bump_ring));
@@ -82,6 +86,8 @@ void cache_destroy(cache *c)
     free(c->bump_rings);
     pthread_mutex_destroy(&c->maint_lock);
     pthread_cond_destroy(&c->maint_cond);
+    pthread_mutex_destroy(&c->mover_lock);
+    pthread_cond_destroy(&c->mover_cond);
     free(c);
 }
 
@@ -167,6 +173,12 @@ int cache_set_memlimit(cache *c, uint64_t maxbytes, char *err, size_t errlen)
         return -1;
     }
     atomic_store(&c->maxbytes, maxbytes);
+    atomic_store(&c->shrinking, atomic_load(&c->mem_malloced) > maxbytes);
+    /* Pooled pages above the new limit go back to the OS now; the mover
+     * empties more pages into the pool until memory is within it. */
+    slabs_memory_release(c);
+    if (c->cfg.slab_reassign)
+        mover_wake(c);
     return 0;
 }
 

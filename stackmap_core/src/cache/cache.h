@@ -93,6 +93,10 @@ typedef struct cache_config {
     int lru_crawler;          /* start the LRU crawler thread (-o lru_crawler / no_lru_crawler) */
     uint32_t lru_crawler_sleep;   /* microseconds the crawler pauses per CRAWL_PER_SLEEP items */
     uint32_t lru_crawler_tocrawl; /* items the crawler looks at per class per pass, 0: all */
+    int slab_reassign;        /* 1: the slab page mover runs (slabs reassign, automove, memlimit shrink) */
+    int slab_automove;        /* initial automove level: 0 off, 1 age balancing, 2 on every eviction */
+    double slab_automove_ratio; /* age ratio below which a class gets a page (memcached's, 0.8) */
+    int slab_automove_window; /* seconds of history the automover judges by (memcached's, 30) */
 } cache_config;
 
 typedef struct cache cache;
@@ -335,9 +339,33 @@ arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, co
 uint64_t cache_next_cas(cache *c);
 /* flush_all: items stored up to now (+delay seconds) become invalid then. */
 void cache_flush(cache *c, rel_time_t when);
-/* cache_memlimit: new limit in bytes; 0 or -1 + err. Shrinking evicts lazily. */
+/* cache_memlimit: new limit in bytes; 0 or -1 + err.  Shrinking: pooled
+ * pages above it go back to the OS at once, and the slab page mover empties
+ * pages into the pool (and so to the OS) until memory is within it. */
 int cache_set_memlimit(cache *c, uint64_t maxbytes, char *err, size_t errlen);
 uint64_t cache_memlimit(const cache *c);
+
+/* ---- slab page moves (slab_mover.c) ---- */
+
+/* memcached's reassign_result_type: what "slabs reassign" answers. */
+typedef enum {
+    REASSIGN_OK = 0,          /* OK: the mover starts */
+    REASSIGN_RUNNING = 1,     /* BUSY: a move is already under way */
+    REASSIGN_BADCLASS = 2,    /* BADCLASS: no such class (or none to pick) */
+    REASSIGN_NOSPARE = 3,     /* NOSPARE: the source has fewer than two pages */
+    REASSIGN_SRC_DST_SAME = 4 /* SAME */
+} reassign_result;
+
+/* Whether the mover runs (-o slab_reassign). */
+int cache_slab_reassign_enabled(const cache *c);
+/* Move one page from src (-1: any class with a spare page) to dst (0: the
+ * global page pool), as memcached's slabs_reassign. */
+reassign_result cache_slabs_reassign(cache *c, int src, int dst);
+/* slabs automove 0|1|2 and slabs automove ratio R. */
+void cache_set_automove(cache *c, int level);
+int cache_automove(const cache *c);
+void cache_set_automove_ratio(cache *c, double ratio);
+double cache_automove_ratio(const cache *c);
 
 /* ---- statistics (names as memcached's "stats", "stats items", "stats slabs") ---- */
 
@@ -379,7 +407,8 @@ typedef cache_walk_action (*cache_walk_fn)(void *ctx, cache *c, item *it);
  * taken without ever waiting for it while the class lock is held, so
  * workers are not stalled and the lock order is kept.  It never follows
  * the LRU lists, so concurrent stores, deletes, evictions, LRU moves and
- * hash growth cannot make it skip or repeat an item that stays put; an
+ * hash growth cannot make it skip or repeat an item that stays put (page
+ * moves: an item the mover copies may be shown twice or not at all); an
  * item stored or moved during a walk may or may not be shown.  *cursor is
  * 0 when the walk is complete.  Returns the number of items unlinked.
  */

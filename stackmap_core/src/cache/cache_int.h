@@ -18,6 +18,14 @@
  *     hash tables (it takes every stripe, in index order, holding no class
  *     lock).
  *   - Page accounting (mem_malloced) is one atomic counter, no lock.
+ *   - Slab page moves (slab_mover.c): the mover thread empties a page of
+ *     its source class in short batches under that class lock (trylocking
+ *     stripes, as eviction does), then hands the page over holding one
+ *     class lock at a time.  pool_lock guards the global page pool, the
+ *     released pages and the page directory; it is taken with at most one
+ *     class lock held, never the other way round.  mover_lock guards the
+ *     mover's request (reb_*); nothing else is taken under it except by
+ *     the mover thread itself, which holds no class lock then.
  */
 #ifndef SM_CACHE_INT_H
 #define SM_CACHE_INT_H
@@ -49,6 +57,18 @@ enum { LRU_HOT = 0, LRU_WARM = 1, LRU_COLD = 2, LRU_TEMP = 3, LRU_NSEGS = 4 };
 #define ITEM_lru(flags) ((int)(((flags) & ITEM_LRU_MASK) >> ITEM_LRU_SHIFT))
 /* Entries of a thread's queue of COLD hits for the maintainer (a power of two). */
 #define BUMP_RING_SIZE 1024
+
+/* it_flags bit of a free chunk: on its class's free list, or emptied out of
+ * a page the mover is taking away.  Set and cleared under the class lock.
+ * (A high bit, clear of the ITEM_* bits in cache.h.) */
+#define ITEM_SLABBED 0x8000
+
+/* Page directory: every page ever taken, in chunks of this many entries. */
+#define PAGEDIR_CHUNK 1024
+#define PAGEDIR_TOP 8192
+
+/* memcached's SLAB_GLOBAL_PAGE_POOL: the "class" id of the global page pool. */
+#define SLAB_POOL 0
 
 /* Relaxed access to plain item fields that are read outside their lock. */
 #define LD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
@@ -86,13 +106,16 @@ struct slabclass {
     pthread_mutex_t lock;        /* guards everything below */
     uint32_t size;               /* chunk size in bytes (8-byte aligned) */
     uint32_t perslab;            /* chunks per page */
-    item *free_list;             /* freed chunks, linked through item->next */
+    item *free_list;             /* freed chunks, doubly linked through item->next/prev */
     uint64_t free_count;         /* chunks on free_list (memcached's sl_curr) */
     char *end_page_ptr;          /* next never-used chunk of the newest page */
-    uint32_t end_page_free;      /* never-used chunks left on the newest page */
+    uint32_t end_page_free;      /* never-used chunks left on carve_page */
+    char *carve_page;            /* the page end_page_ptr carves, or NULL */
+    char *evac_page;             /* the page the mover is emptying, or NULL */
+    uint32_t evac_chunks;        /* chunks of evac_page ever carved (the rest may hold garbage) */
     uint32_t npages;             /* pages owned by this class */
     uint32_t pages_cap;          /* capacity of pages[] */
-    char **pages;                /* every page, for cache_destroy */
+    char **pages;                /* its pages, oldest first (the mover takes pages[0]) */
     item *heads[LRU_NSEGS];      /* each segment's head: most recently linked */
     item *tails[LRU_NSEGS];      /* each segment's tail: next to move or evict */
     uint64_t seg_items[LRU_NSEGS]; /* items in each segment */
@@ -132,6 +155,23 @@ struct crawler {
     rel_time_t seen_oldest_live;             /* thread only: the flush_all it last crawled for */
     uint64_t seen_oldest_cas;                /* thread only: ditto, its CAS bound */
     struct crawl_class cls[SM_MAX_SLAB_CLASSES]; /* thread only: per-class pass state */
+};
+
+/* One page of the page directory: where it is and who owns it now. */
+struct page_dir_entry {
+    char *base;             /* the page's first byte (pages never go back to the arena) */
+    _Atomic uint8_t owner;  /* class id owning it, SLAB_POOL while pooled or released */
+};
+
+/* The mover's counters (memcached's slab_reassign_* and slabs_moved stats). */
+struct mover_stats {
+    _Atomic uint64_t slabs_moved;      /* pages handed to another class or the pool */
+    _Atomic uint64_t rescues;          /* items copied to another chunk of their class */
+    _Atomic uint64_t evictions_nomem;  /* live items evicted for want of a free chunk */
+    _Atomic uint64_t inline_reclaim;   /* expired/flushed items freed while emptying a page */
+    _Atomic uint64_t busy_items;       /* times an item was in use and had to be waited for */
+    _Atomic uint64_t busy_deletes;     /* items unlinked because they stayed in use too long */
+    _Atomic uint64_t pages_released;   /* pages given back to the OS (MADV_DONTNEED) */
 };
 
 /* A thread's private hit counters ("items:N:hits_to_hot" ...). */
@@ -202,6 +242,31 @@ struct cache {
     _Atomic uint64_t mem_malloced;    /* bytes of pages allocated */
     _Atomic uint64_t malloc_fails;    /* page allocations that failed */
     struct page_arena arena;          /* where slab pages come from (huge pages) */
+    pthread_mutex_t pool_lock;        /* guards pool, released and pagedir appends */
+    char **pool;                      /* global page pool: backed pages, counted in mem_malloced */
+    uint32_t pool_n;                  /* pages in pool */
+    uint32_t pool_cap;                /* capacity of pool[] and of released[] */
+    char **released;                  /* pages given back to the OS: address space only */
+    uint32_t released_n;              /* pages in released */
+    _Atomic uint32_t pool_count;      /* pool_n, for stats without the lock */
+    struct page_dir_entry *pagedir[PAGEDIR_TOP]; /* every page ever taken, by id */
+    _Atomic uint32_t npagedir;        /* ids below this are valid (release-published) */
+
+    /* ---- slab page mover (slab_mover.c) ---- */
+    pthread_t mover_thread;           /* the mover thread */
+    bool mover_started;               /* mover_thread is running */
+    atomic_bool mover_stop;           /* ask the mover to exit */
+    pthread_mutex_t mover_lock;       /* guards reb_* and mover_cond */
+    pthread_cond_t mover_cond;        /* wakes the mover (request, memlimit, stop) */
+    int reb_signal;                   /* 0 idle, 1 requested, 2 moving (memcached's slab_rebalance_signal) */
+    int reb_src;                      /* source class of the request or move */
+    int reb_dst;                      /* destination class, SLAB_POOL for the pool */
+    int reb_pick;                     /* last class "slabs reassign -1" picked (round robin) */
+    _Atomic int automove;             /* slabs automove level: 0 off, 1 age balancing, 2 on every eviction */
+    _Atomic uint64_t automove_ratio_bits; /* slab_automove_ratio, a double's bits */
+    atomic_bool reb_running;          /* slab_reassign_running */
+    atomic_bool shrinking;            /* a lowered limit: move pages to the pool until within it */
+    struct mover_stats mst;           /* the mover's counters */
 
     /* ---- per-thread hit counters and COLD-hit queues ---- */
     struct hit_block *hit_blocks;     /* HIT_BLOCKS blocks; the last one is shared */
@@ -258,8 +323,37 @@ void slabs_free_all(cache *c);
 int slabs_clsid(const cache *c, size_t ntotal);
 /* With the class lock held: a free chunk or a chunk of a new page, or NULL. */
 item *slabs_alloc_locked(cache *c, struct slabclass *cls);
-/* With the class lock held: put a chunk on the free list. */
+/* With the class lock held: put a chunk on the free list (or, in a page
+ * the mover is emptying, just mark it free). */
 void slabs_free_locked(struct slabclass *cls, item *it);
+/* With the class lock held: a free chunk without taking a new page, or NULL. */
+item *slabs_alloc_nonew_locked(struct slabclass *cls);
+/* With the class lock held: is this chunk in the page being emptied?  If so
+ * it is marked free (it must be unreferenced) and 1 is returned. */
+int slabs_evac_claim_locked(struct slabclass *cls, item *it);
+/* Take a page out of the free list bookkeeping of cls (class lock held):
+ * stop carving it and unlink its free chunks.  Returns the chunks it holds. */
+uint32_t slabs_evac_begin_locked(cache *c, struct slabclass *cls, char *page);
+/* Class lock held: drop the emptied page from cls's page list. */
+void slabs_evac_end_locked(struct slabclass *cls, char *page);
+/* Class lock held: add a page (garbage inside) to cls. 0 or -1 (no memory for the list). */
+int slabs_add_page_locked(struct slabclass *cls, char *page);
+/* Put a page into the global pool, or give it back to the OS when memory is
+ * above the limit.  Takes pool_lock. */
+void slabs_pool_put(cache *c, char *page);
+/* Give pool pages back to the OS while mem_malloced exceeds the limit. */
+void slabs_memory_release(cache *c);
+/* Set a page's owner in the page directory. */
+void slabs_set_owner(cache *c, char *page, int clsid);
+
+/* ---- slab_mover.c ---- */
+/* Start / stop the mover thread (cache_start / cache_stop). */
+int mover_start(cache *c);
+void mover_stop(cache *c);
+/* cache_alloc saw an eviction in clsid: with automove 2, ask for a page. */
+void mover_note_eviction(cache *c, int clsid);
+/* Wake the mover (memory limit changed). */
+void mover_wake(cache *c);
 
 /* ---- lru.c ---- */
 /* With the class lock held: put it at the head of segment seg (sets its

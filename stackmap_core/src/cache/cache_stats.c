@@ -60,15 +60,18 @@ static void stats_general_hash(cache *c, sm_stat_sink *sink)
     sm_stat_addf(sink, "hash_power_level", "%u", hp);
     sm_stat_addf(sink, "hash_bytes", "%llu", (unsigned long long)hbytes);
     sm_stat_addf(sink, "hash_is_expanding", "%d", expanding ? 1 : 0);
-    /* No slab page mover: none of these can happen. */
-    sink->add(sink, "slab_reassign_rescues", "0");
+    /* The slab page mover (slab_mover.c).  Items are never chained, so no
+     * chunked item can be rescued: chunk_rescues stays 0. */
+    const struct mover_stats *m = &c->mst;
+    sm_stat_addf(sink, "slab_reassign_rescues", "%llu", (unsigned long long)atomic_load(&m->rescues));
     sink->add(sink, "slab_reassign_chunk_rescues", "0");
-    sink->add(sink, "slab_reassign_evictions_nomem", "0");
-    sink->add(sink, "slab_reassign_inline_reclaim", "0");
-    sink->add(sink, "slab_reassign_busy_items", "0");
-    sink->add(sink, "slab_reassign_busy_deletes", "0");
-    sink->add(sink, "slab_reassign_running", "0");
-    sink->add(sink, "slabs_moved", "0");
+    sm_stat_addf(sink, "slab_reassign_evictions_nomem", "%llu",
+                 (unsigned long long)atomic_load(&m->evictions_nomem));
+    sm_stat_addf(sink, "slab_reassign_inline_reclaim", "%llu", (unsigned long long)atomic_load(&m->inline_reclaim));
+    sm_stat_addf(sink, "slab_reassign_busy_items", "%llu", (unsigned long long)atomic_load(&m->busy_items));
+    sm_stat_addf(sink, "slab_reassign_busy_deletes", "%llu", (unsigned long long)atomic_load(&m->busy_deletes));
+    sm_stat_addf(sink, "slab_reassign_running", "%d", atomic_load(&c->reb_running) ? 1 : 0);
+    sm_stat_addf(sink, "slabs_moved", "%llu", (unsigned long long)atomic_load(&m->slabs_moved));
     /* The LRU crawler (crawler.c): memcached prints these only while it is enabled. */
     if (cache_crawler_enabled(c)) {
         sm_stat_addf(sink, "lru_crawler_running", "%u", atomic_load(&c->crawler.running) ? 1u : 0u);
@@ -106,7 +109,7 @@ void cache_stats_general(cache *c, sm_stat_sink *sink)
     sm_stat_addf(sink, "bytes", "%llu", U(tot.curr_bytes));
     sm_stat_addf(sink, "curr_items", "%llu", U(tot.curr_items));
     sm_stat_addf(sink, "total_items", "%llu", U(tot.total_items));
-    sink->add(sink, "slab_global_page_pool", "0"); /* pages never go back to a pool */
+    sm_stat_addf(sink, "slab_global_page_pool", "%u", atomic_load(&c->pool_count));
     sm_stat_addf(sink, "expired_unfetched", "%llu", U(tot.st.expired_unfetched));
     sm_stat_addf(sink, "evicted_unfetched", "%llu", U(tot.st.evicted_unfetched));
     if (c->lru_maintainer)
@@ -256,4 +259,11 @@ void cache_stats_reset(cache *c)
     atomic_store(&c->malloc_fails, 0);
     atomic_store(&c->maint_juggles, 0);
     atomic_store(&c->crawler.starts, 0);
+    /* memcached's stats_reset clears the mover's counters too */
+    atomic_store(&c->mst.slabs_moved, 0);
+    atomic_store(&c->mst.rescues, 0);
+    atomic_store(&c->mst.evictions_nomem, 0);
+    atomic_store(&c->mst.inline_reclaim, 0);
+    atomic_store(&c->mst.busy_items, 0);
+    atomic_store(&c->mst.busy_deletes, 0);
 }

@@ -60,7 +60,7 @@
 /* Buckets of the remaining-lifetime histogram: [2^b, 2^(b+1)) seconds. */
 #define TTL_BUCKETS 32
 
-/* Cursor layout: class id (8 bits) | page (32 bits) | chunk (24 bits). */
+/* Cursor layout: class id (8 bits) | page directory id (32 bits) | chunk (24 bits). */
 #define CUR_CLASS(cur) ((int)((cur) >> 56))
 #define CUR_PAGE(cur) ((uint32_t)((cur) >> 24))
 #define CUR_CHUNK(cur) ((uint32_t)((cur) & 0xFFFFFFu))
@@ -73,13 +73,28 @@ size_t cache_item_total(const item *it)
 
 /* ---- the walker ---- */
 
-/* Class lock held: the chunk count of page `page` (0 when there is no such page). */
-static uint32_t page_chunks(const struct slabclass *cls, uint32_t page, char **base)
+/*
+ * Class k's lock held: the chunk count of the page with directory id `page`
+ * (slabs.c's page directory: ids are never reused, and a page keeps its id
+ * when the slab mover gives it to another class, so a (page id, chunk)
+ * cursor stays valid across moves), 0 when that page is not class k's now,
+ * -1 past the last id.  Only the page a class is carving (or a page the
+ * mover took while it was being carved) has fewer chunks: the rest of it
+ * has never been written by this class and may hold another's bytes.
+ */
+static int64_t page_chunks(cache *c, const struct slabclass *cls, int k, uint32_t page, char **base)
 {
-    if (page >= cls->npages)
+    if (page >= atomic_load_explicit(&c->npagedir, memory_order_acquire))
+        return -1;
+    struct page_dir_entry *e = &c->pagedir[page / PAGEDIR_CHUNK][page % PAGEDIR_CHUNK];
+    if (atomic_load_explicit(&e->owner, memory_order_acquire) != k)
         return 0;
-    *base = cls->pages[page];
-    return page + 1 == cls->npages ? cls->perslab - cls->end_page_free : cls->perslab;
+    *base = e->base;
+    if (cls->evac_page == e->base) /* being emptied: its linked items are still shown */
+        return cls->evac_chunks;
+    if (cls->carve_page == e->base)
+        return (cls->end_page_ptr - e->base) / cls->size;
+    return cls->perslab;
 }
 
 /*
@@ -87,7 +102,8 @@ static uint32_t page_chunks(const struct slabclass *cls, uint32_t page, char **b
  * or NULL when the chunk changed while the class lock was let go (the
  * caller looks at the same chunk again).  *hv gets the key's hash.
  */
-static stripe_lock *lock_item(cache *c, struct slabclass *cls, uint32_t page, char *base, item *it, uint32_t *hv)
+static stripe_lock *lock_item(cache *c, struct slabclass *cls, int k, uint32_t page, char *base, item *it,
+                              uint32_t *hv)
 {
     *hv = cache_hash(ITEM_key(it), it->nkey);
     stripe_lock *m = stripe_of(c, *hv);
@@ -97,7 +113,7 @@ static stripe_lock *lock_item(cache *c, struct slabclass *cls, uint32_t page, ch
     stripe_lock_take(m);
     pthread_mutex_lock(&cls->lock);
     char *now_base;
-    if (page_chunks(cls, page, &now_base) == 0 || now_base != base ||
+    if (page_chunks(c, cls, k, page, &now_base) <= 0 || now_base != base ||
         !(atomic_load_explicit(&it->it_flags, memory_order_acquire) & ITEM_LINKED)) {
         stripe_unlock(m);
         return NULL;
@@ -141,10 +157,10 @@ bool walk_items(cache *c, const uint8_t *classes, const char *prefix, size_t npr
                 pthread_mutex_lock(&cls->lock);
             }
             char *base = NULL;
-            uint32_t n = page_chunks(cls, page, &base);
-            if (n == 0)
-                break; /* past the class's last page */
-            if (chunk >= n) {
+            int64_t n = page_chunks(c, cls, k, page, &base);
+            if (n < 0)
+                break; /* past the last page */
+            if (chunk >= n) { /* done with it, or not this class's page */
                 page++;
                 chunk = 0;
                 continue;
@@ -157,7 +173,7 @@ bool walk_items(cache *c, const uint8_t *classes, const char *prefix, size_t npr
                 continue;
             }
             uint32_t hv;
-            stripe_lock *m = lock_item(c, cls, page, base, it, &hv);
+            stripe_lock *m = lock_item(c, cls, k, page, base, it, &hv);
             if (!m)
                 continue; /* it changed while we waited: look again */
             cache_walk_action act = CACHE_WALK_NEXT;

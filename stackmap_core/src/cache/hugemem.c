@@ -20,7 +20,9 @@
  *     ARENA_REGION bytes.  Only the carved part of a region is ever touched,
  *     so the untouched rest costs address space, not memory (at most one
  *     huge page past the last slab page).  Regions are unmapped together
- *     by page_arena_destroy; slab pages are never freed one by one.
+ *     by page_arena_destroy; slab pages are never unmapped one by one
+ *     (slabs.c gives a page's memory back with MADV_DONTNEED and keeps its
+ *     address range for reuse).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* MADV_HUGEPAGE */

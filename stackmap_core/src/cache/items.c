@@ -117,11 +117,21 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
     /* No free chunk and no new page: take the LRU tail's.  When its stripes
      * were only momentarily busy, let go of the class lock and try again
      * (memcached also retries its tail pull). */
-    for (int tries = 0; !it && tries < ALLOC_RETRIES; tries++) {
+    int evicted = 0;
+    for (int tries = 0, claims = 0; !it && tries < ALLOC_RETRIES; tries++) {
         int busy;
         it = lru_pull_tail_locked(c, cls, &busy);
+        if (it && slabs_evac_claim_locked(cls, it)) {
+            /* its chunk is in the page the mover is emptying: that page
+             * keeps it; pull again (not counted as a try) */
+            it = slabs_alloc_locked(c, cls);
+            if (!it && claims++ < (int)cls->perslab)
+                tries--;
+            continue;
+        }
         if (it) {
             cls->st.direct_reclaims++;
+            evicted = 1;
             break;
         }
         if (!busy)
@@ -134,6 +144,8 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
     if (!it)
         cls->st.outofmemory++;
     pthread_mutex_unlock(&cls->lock);
+    if (evicted)
+        mover_note_eviction(c, id); /* automove 2: a page for this class */
     if (!it) {
         *err = ALLOC_NO_MEMORY;
         return NULL;

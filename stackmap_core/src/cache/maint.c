@@ -18,6 +18,8 @@
  *     runs and the LRU crawler (crawler.c, which walks every item) does
  *     not: memcached's tail reclaim is part of its maintainer, so with
  *     neither (-o no_modern) expired items are found lazily, as there.
+ * cache_start also starts the slab page mover's thread (slab_mover.c),
+ * which can spend long stretches waiting for busy items.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -152,6 +154,12 @@ int cache_start(cache *c)
         return -1;
     }
     c->maint_started = true;
+    if (mover_start(c) != 0) {
+        int e = errno;
+        cache_stop(c);
+        errno = e;
+        return -1;
+    }
     if (c->cfg.lru_crawler && !cache_crawler_enabled(c) && cache_crawler_enable(c) != 0)
         return -1; /* errno from pthread_create */
     return 0;
@@ -160,6 +168,7 @@ int cache_start(cache *c)
 void cache_stop(cache *c)
 {
     cache_crawler_disable(c);
+    mover_stop(c);
     if (!c->maint_started)
         return;
     pthread_mutex_lock(&c->maint_lock);

@@ -18,12 +18,34 @@
  * that has no page at all may take its first one past the limit.  That is
  * memcached's rule (do_slabs_newslab) and keeps every item size storable
  * with a small -m; so the hard bound is maxbytes + one page per class in
- * use.  maxbytes 0 means no limit (memcached's -m 0).  Pages never move
- * between classes (no slab rebalancing) and are only freed by
- * cache_destroy.  A lower limit (cache_set_memlimit) just
- * stops new pages; the LRU keeps evicting within the pages it has.
+ * use.  maxbytes 0 means no limit (memcached's -m 0).
+ *
+ * Pages move (slab_mover.c): the mover empties a page of one class and
+ * gives it to another class or to the global page pool.  A class that
+ * needs a page takes one from the pool before new memory.  A page put in
+ * the pool while mem_malloced is above the limit (a lowered
+ * cache_set_memlimit) is given back to the OS instead: madvise
+ * MADV_DONTNEED drops its memory, the address range is kept on the
+ * released list and reused (faulting in fresh zero pages) before the arena
+ * is asked for more.  mem_malloced counts the pages of classes and pool,
+ * not released ones: it is memcached's total_malloced.
+ *
+ * Every page ever taken has an id in the page directory (pagedir), with its
+ * current owner: cache_walk goes over pages by id, so a walk's cursor stays
+ * valid however pages move.
+ *
+ * Free chunks are marked ITEM_SLABBED and doubly linked, so the mover can
+ * take the free chunks of the page it empties out of the list in O(1)
+ * each.  While a page is being emptied (cls->evac_page), a chunk of it
+ * that is freed is only marked, never listed, so no allocation can land
+ * there again.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* MADV_DONTNEED */
+#endif
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
 
 #include "cache_int.h"
 
@@ -46,6 +68,7 @@ int slabs_init(cache *c)
     if (!c->classes)
         return -1;
     page_arena_init(&c->arena, ARENA_REGION);
+    pthread_mutex_init(&c->pool_lock, NULL);
     double factor = c->cfg.factor > 1.0 ? c->cfg.factor : 1.25;
     /* memcached's series starts at its own 48-byte item header (its CAS lives
      * in the chunk), not at sizeof(item), which counts our CAS; and it ends
@@ -90,6 +113,11 @@ void slabs_free_all(cache *c)
     }
     free(c->classes);
     c->classes = NULL;
+    for (int i = 0; i < PAGEDIR_TOP; i++)
+        free(c->pagedir[i]);
+    free(c->pool);
+    free(c->released);
+    pthread_mutex_destroy(&c->pool_lock);
     page_arena_destroy(&c->arena); /* every page at once */
 }
 
@@ -123,55 +151,269 @@ static int mem_reserve(cache *c, const struct slabclass *cls)
     }
 }
 
-/* Class lock held: add one page to the class. */
+/* pool_lock held: give the page an id in the directory; -1 on no memory. */
+static int pagedir_add(cache *c, char *page, int owner)
+{
+    uint32_t id = atomic_load_explicit(&c->npagedir, memory_order_relaxed);
+    uint32_t top = id / PAGEDIR_CHUNK;
+    if (top >= PAGEDIR_TOP)
+        return -1;
+    if (!c->pagedir[top]) {
+        c->pagedir[top] = calloc(PAGEDIR_CHUNK, sizeof(struct page_dir_entry));
+        if (!c->pagedir[top])
+            return -1;
+    }
+    struct page_dir_entry *e = &c->pagedir[top][id % PAGEDIR_CHUNK];
+    e->base = page;
+    atomic_store_explicit(&e->owner, (uint8_t)owner, memory_order_relaxed);
+    atomic_store_explicit(&c->npagedir, id + 1, memory_order_release);
+    return 0;
+}
+
+void slabs_set_owner(cache *c, char *page, int clsid)
+{
+    uint32_t n = atomic_load_explicit(&c->npagedir, memory_order_acquire);
+    for (uint32_t id = 0; id < n; id++) {
+        struct page_dir_entry *e = &c->pagedir[id / PAGEDIR_CHUNK][id % PAGEDIR_CHUNK];
+        if (e->base == page) {
+            atomic_store_explicit(&e->owner, (uint8_t)clsid, memory_order_release);
+            return;
+        }
+    }
+}
+
+/* pool_lock held: room in pool[] and released[] for every page there is,
+ * plus one, so putting a page in either never needs memory. */
+static int pool_reserve(cache *c)
+{
+    uint32_t need = atomic_load_explicit(&c->npagedir, memory_order_relaxed) + 1;
+    if (need <= c->pool_cap)
+        return 0;
+    uint32_t ncap = c->pool_cap ? c->pool_cap * 2 : 64;
+    char **np = realloc(c->pool, ncap * sizeof(char *));
+    if (!np)
+        return -1;
+    c->pool = np;
+    char **nr = realloc(c->released, ncap * sizeof(char *));
+    if (!nr)
+        return -1;
+    c->released = nr;
+    c->pool_cap = ncap;
+    return 0;
+}
+
+/* A page for class clsid: from the pool, else (within the limit) from the
+ * released pages or the arena.  NULL when none may be had. */
+static char *page_get(cache *c, const struct slabclass *cls, int clsid)
+{
+    char *page = NULL;
+    pthread_mutex_lock(&c->pool_lock);
+    if (c->pool_n > 0) {
+        page = c->pool[--c->pool_n]; /* already counted in mem_malloced */
+        atomic_store_explicit(&c->pool_count, c->pool_n, memory_order_relaxed);
+        slabs_set_owner(c, page, clsid);
+    } else if (mem_reserve(c, cls) == 0) {
+        if (c->released_n > 0) {
+            page = c->released[--c->released_n];
+            slabs_set_owner(c, page, clsid);
+        } else {
+            page = pool_reserve(c) == 0 ? page_arena_take(&c->arena, c->page_size) : NULL;
+            if (page && pagedir_add(c, page, clsid) != 0)
+                page = NULL; /* the directory is full: that much of the arena stays unused */
+            if (!page) {
+                atomic_fetch_sub(&c->mem_malloced, c->page_size);
+                atomic_fetch_add(&c->malloc_fails, 1);
+            }
+        }
+    }
+    pthread_mutex_unlock(&c->pool_lock);
+    return page;
+}
+
+/* Class lock held: room for one more entry in pages[]. */
+static int pages_grow(struct slabclass *cls)
+{
+    if (cls->npages < cls->pages_cap)
+        return 0;
+    uint32_t ncap = cls->pages_cap ? cls->pages_cap * 2 : 16;
+    char **np = realloc(cls->pages, ncap * sizeof(char *));
+    if (!np)
+        return -1;
+    cls->pages = np;
+    cls->pages_cap = ncap;
+    return 0;
+}
+
+/* Class lock held: add one page to the class, carved lazily. */
 static int slabs_newpage(cache *c, struct slabclass *cls)
 {
-    if (mem_reserve(c, cls) != 0)
-        return -1;
-    if (cls->npages == cls->pages_cap) {
-        uint32_t ncap = cls->pages_cap ? cls->pages_cap * 2 : 16;
-        char **np = realloc(cls->pages, ncap * sizeof(char *));
-        if (!np) {
-            atomic_fetch_sub(&c->mem_malloced, c->page_size);
-            atomic_fetch_add(&c->malloc_fails, 1);
-            return -1;
-        }
-        cls->pages = np;
-        cls->pages_cap = ncap;
-    }
-    char *page = page_arena_take(&c->arena, c->page_size);
-    if (!page) {
-        atomic_fetch_sub(&c->mem_malloced, c->page_size);
+    if (pages_grow(cls) != 0) {
         atomic_fetch_add(&c->malloc_fails, 1);
         return -1;
     }
+    char *page = page_get(c, cls, (int)(cls - c->classes));
+    if (!page)
+        return -1;
     cls->pages[cls->npages++] = page;
+    cls->carve_page = page;
     cls->end_page_ptr = page;
     cls->end_page_free = cls->perslab;
     return 0;
 }
 
-item *slabs_alloc_locked(cache *c, struct slabclass *cls)
+/* Class lock held: put a chunk at the head of the free list. */
+static void freelist_push(struct slabclass *cls, item *it)
+{
+    atomic_store_explicit(&it->it_flags, ITEM_SLABBED, memory_order_relaxed);
+    it->prev = NULL;
+    it->next = cls->free_list;
+    if (cls->free_list)
+        cls->free_list->prev = it;
+    cls->free_list = it;
+    cls->free_count++;
+}
+
+/* Class lock held: take a listed free chunk out of the list. */
+static void freelist_remove(struct slabclass *cls, item *it)
+{
+    if (it->prev)
+        it->prev->next = it->next;
+    else
+        cls->free_list = it->next;
+    if (it->next)
+        it->next->prev = it->prev;
+    it->prev = it->next = NULL;
+    cls->free_count--;
+}
+
+item *slabs_alloc_nonew_locked(struct slabclass *cls)
 {
     item *it = cls->free_list;
     if (it) {
-        cls->free_list = it->next;
-        cls->free_count--;
+        freelist_remove(cls, it);
+        atomic_store_explicit(&it->it_flags, 0, memory_order_relaxed);
         return it;
     }
-    if (cls->end_page_free == 0 && slabs_newpage(c, cls) != 0)
+    if (cls->end_page_free == 0)
         return NULL;
     it = (item *)cls->end_page_ptr;
     cls->end_page_ptr += cls->size;
-    cls->end_page_free--;
+    if (--cls->end_page_free == 0)
+        cls->carve_page = NULL;
+    atomic_store_explicit(&it->it_flags, 0, memory_order_relaxed);
     return it;
+}
+
+item *slabs_alloc_locked(cache *c, struct slabclass *cls)
+{
+    item *it = slabs_alloc_nonew_locked(cls);
+    if (it || slabs_newpage(c, cls) != 0)
+        return it;
+    return slabs_alloc_nonew_locked(cls);
+}
+
+/* Is the chunk in the page being emptied? */
+static inline int in_evac(const struct slabclass *cls, const item *it)
+{
+    const char *p = (const char *)it;
+    return cls->evac_page && p >= cls->evac_page && p < cls->evac_page + (size_t)cls->perslab * cls->size;
 }
 
 void slabs_free_locked(struct slabclass *cls, item *it)
 {
-    atomic_store_explicit(&it->it_flags, 0, memory_order_relaxed);
-    it->prev = NULL;
-    it->next = cls->free_list;
-    cls->free_list = it;
-    cls->free_count++;
+    if (in_evac(cls, it)) {
+        atomic_store_explicit(&it->it_flags, ITEM_SLABBED, memory_order_relaxed);
+        it->prev = it->next = NULL;
+        return;
+    }
+    freelist_push(cls, it);
+}
+
+int slabs_evac_claim_locked(struct slabclass *cls, item *it)
+{
+    if (!in_evac(cls, it))
+        return 0;
+    atomic_store_explicit(&it->refcount, 0, memory_order_relaxed);
+    slabs_free_locked(cls, it);
+    return 1;
+}
+
+uint32_t slabs_evac_begin_locked(cache *c, struct slabclass *cls, char *page)
+{
+    (void)c;
+    uint32_t carved = cls->perslab;
+    if (cls->carve_page == page) {
+        carved = (uint32_t)((cls->end_page_ptr - page) / cls->size);
+        cls->carve_page = NULL;
+        cls->end_page_free = 0;
+    }
+    cls->evac_page = page;
+    cls->evac_chunks = carved;
+    for (uint32_t i = 0; i < carved; i++) {
+        item *it = (item *)(page + (size_t)i * cls->size);
+        if (atomic_load_explicit(&it->it_flags, memory_order_relaxed) & ITEM_SLABBED)
+            freelist_remove(cls, it);
+    }
+    return carved;
+}
+
+void slabs_evac_end_locked(struct slabclass *cls, char *page)
+{
+    for (uint32_t i = 0; i < cls->npages; i++) {
+        if (cls->pages[i] == page) {
+            memmove(&cls->pages[i], &cls->pages[i + 1], (cls->npages - i - 1) * sizeof(char *));
+            cls->npages--;
+            break;
+        }
+    }
+    cls->evac_page = NULL;
+}
+
+int slabs_add_page_locked(struct slabclass *cls, char *page)
+{
+    if (pages_grow(cls) != 0)
+        return -1;
+    cls->pages[cls->npages++] = page;
+    if (cls->end_page_free == 0) {
+        cls->carve_page = page;
+        cls->end_page_ptr = page;
+        cls->end_page_free = cls->perslab;
+        return 0;
+    }
+    /* Still carving another page: this one's chunks go on the free list. */
+    for (uint32_t i = cls->perslab; i-- > 0;)
+        freelist_push(cls, (item *)(page + (size_t)i * cls->size));
+    return 0;
+}
+
+/* pool_lock held: give a page's memory back to the OS; it stays mapped. */
+static void page_release(cache *c, char *page)
+{
+    (void)madvise(page, c->page_size, MADV_DONTNEED); /* a hint: the range reads as zeros */
+    c->released[c->released_n++] = page;
+    atomic_fetch_sub(&c->mem_malloced, c->page_size);
+    atomic_fetch_add_explicit(&c->mst.pages_released, 1, memory_order_relaxed);
+}
+
+void slabs_pool_put(cache *c, char *page)
+{
+    pthread_mutex_lock(&c->pool_lock);
+    slabs_set_owner(c, page, SLAB_POOL); /* pool[] and released[] have room: pool_reserve */
+    uint64_t limit = atomic_load(&c->maxbytes);
+    if (limit != 0 && atomic_load(&c->mem_malloced) > limit)
+        page_release(c, page);
+    else
+        c->pool[c->pool_n++] = page;
+    atomic_store_explicit(&c->pool_count, c->pool_n, memory_order_relaxed);
+    pthread_mutex_unlock(&c->pool_lock);
+}
+
+void slabs_memory_release(cache *c)
+{
+    pthread_mutex_lock(&c->pool_lock);
+    uint64_t limit = atomic_load(&c->maxbytes);
+    while (limit != 0 && c->pool_n > 0 && atomic_load(&c->mem_malloced) > limit)
+        page_release(c, c->pool[--c->pool_n]);
+    atomic_store_explicit(&c->pool_count, c->pool_n, memory_order_relaxed);
+    pthread_mutex_unlock(&c->pool_lock);
 }

@@ -69,7 +69,7 @@ int sm_cmd_lookup(const char *w, size_t n)
     case 5:
         switch (w[0]) {
         case 't': return is(w, SM_CMD_touch);
-        case 's': return is(w, SM_CMD_stats);
+        case 's': return w[1] == 't' ? is(w, SM_CMD_stats) : is(w, SM_CMD_slabs);
         default: return SM_CMD_NONE;
         }
     case 6:

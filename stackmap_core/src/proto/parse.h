@@ -58,6 +58,7 @@
     X(verbosity, TEXT, other, NONE, 3, 4, proto_text_verbosity)               \
     X(lru, TEXT, other, NONE, 3, SM_MAX_TOKENS, proto_text_lru)               \
     X(cache_memlimit, TEXT, other, NONE, 3, 4, proto_text_cache_memlimit)     \
+    X(slabs, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_slabs)           \
     X(shutdown, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_shutdown)     \
     X(refresh_certs, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_refresh_certs) \
     X(quit, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_quit)             \

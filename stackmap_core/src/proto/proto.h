@@ -54,7 +54,7 @@ typedef void proto_handler(conn *c, sm_request *r);
 proto_handler proto_text_get, proto_text_store, proto_text_delete, proto_text_arith, proto_text_touch,
     proto_text_stats, proto_text_flush_all, proto_text_version, proto_text_verbosity, proto_text_lru,
     proto_text_cache_memlimit, proto_text_shutdown, proto_text_quit, proto_text_refresh_certs,
-    proto_text_lru_crawler;
+    proto_text_lru_crawler, proto_text_slabs;
 /* An unknown command, or a text command with a wrong number of tokens: "ERROR". */
 proto_handler proto_text_unknown;
 proto_handler proto_meta_get, proto_meta_set, proto_meta_delete, proto_meta_arith, proto_meta_noop,

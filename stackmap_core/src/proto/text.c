@@ -39,6 +39,7 @@
  */
 #include "proto.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -589,6 +590,62 @@ void proto_text_cache_memlimit(conn *c, sm_request *r)
     }
     engine_log(c->worker->engine, 1, "maxbytes adjusted to %um\n", mb);
     REPLY(c, "OK");
+}
+
+/*
+ * memcached 1.6.18's process_slabs_command: "slabs reassign SRC DST" (five
+ * tokens with the terminal one, no noreply) and "slabs automove N|ratio R"
+ * (noreply allowed), with its replies; anything else is ERROR.
+ */
+void proto_text_slabs(conn *c, sm_request *r)
+{
+    sm_token *tokens = r->tokens;
+    size_t ntokens = r->ntokens;
+    cache *ch = c->worker->cache;
+    if (ntokens == 5 && strcmp(tokens[1].value, "reassign") == 0) {
+        if (!cache_slab_reassign_enabled(ch)) {
+            REPLY(c, "CLIENT_ERROR slab reassignment disabled");
+            return;
+        }
+        int32_t src, dst;
+        if (!(safe_strtol(tokens[2].value, &src) && safe_strtol(tokens[3].value, &dst))) {
+            REPLY(c, "CLIENT_ERROR bad command line format");
+            return;
+        }
+        switch (cache_slabs_reassign(ch, src, dst)) {
+        case REASSIGN_OK: REPLY(c, "OK"); break;
+        case REASSIGN_RUNNING: REPLY(c, "BUSY currently processing reassign request"); break;
+        case REASSIGN_BADCLASS: REPLY(c, "BADCLASS invalid src or dst class id"); break;
+        case REASSIGN_NOSPARE: REPLY(c, "NOSPARE source class has no spare pages"); break;
+        case REASSIGN_SRC_DST_SAME: REPLY(c, "SAME src and dst class are identical"); break;
+        }
+        return;
+    }
+    if (ntokens >= 4 && strcmp(tokens[1].value, "automove") == 0) {
+        set_noreply_maybe(c, tokens, ntokens);
+        if (strcmp(tokens[2].value, "ratio") == 0) {
+            double ratio;
+            if (ntokens < 5 || !safe_strtod(tokens[3].value, &ratio)) {
+                REPLY(c, "ERROR");
+                return;
+            }
+            cache_set_automove_ratio(ch, ratio);
+        } else {
+            uint32_t level;
+            if (!safe_strtoul(tokens[2].value, &level)) {
+                REPLY(c, "CLIENT_ERROR bad command line format");
+                return;
+            }
+            if (level > 2) {
+                REPLY(c, "ERROR");
+                return;
+            }
+            cache_set_automove(ch, (int)level);
+        }
+        REPLY(c, "OK");
+        return;
+    }
+    REPLY(c, "ERROR");
 }
 
 void proto_text_shutdown(conn *c, sm_request *r)
