@@ -130,7 +130,7 @@
       "and \"lru temp_ttl\" answer ERROR, as in memcached)")                                                           \
     X(modern, FIELD(modern), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                                      \
       "memcached 1.6's defaults (no_modern, where it appears in the -o list: memcached's older ones, "               \
-      "no LRU maintainer (a plain LRU) and no LRU crawler)")                                                          \
+      "no LRU maintainer (a plain LRU), no LRU crawler, no slab page mover)")                                         \
     X(hot_lru_pct, FIELD(hot_lru_pct), INT, "20", 1, 79, 0, "N", EXTENDED, 0,                                          \
       "% of a class's HOT+WARM+COLD bytes HOT may hold before its inactive tail goes to COLD")                         \
     X(warm_lru_pct, FIELD(warm_lru_pct), INT, "40", 1, 79, 0, "N", EXTENDED, 0,                                        \
