@@ -399,3 +399,24 @@ def test_binding_protocol(start_server, target: Target, proto: str, steps: list[
         for srv in (ref, tgt):
             with srv.wire() as w:
                 assert want in w.request(b"stats settings\r\n", (b"END\r\n",)), srv.target.id
+
+
+def detail_dump(srv: Server) -> bytes:
+    with srv.wire() as w:
+        return w.request(b"stats detail dump\r\n", (b"END\r\n",))
+
+
+def test_binary_commands_count_in_stats_detail(pair: tuple[Server, Server]) -> None:
+    """`stats detail on` (text) counts binary gets, sets and deletes per key
+    prefix as memcached's proto_bin does: the dumps are byte-identical."""
+    ref, tgt = pair
+    for srv in (ref, tgt):
+        with srv.wire() as w:
+            assert w.request(b"stats detail on\r\n", (b"\r\n",)) == b"OK\r\n"
+    run_pair(ref, tgt, [
+        store(SET, b"user:1", b"a") + store(SET, b"user:2", b"b") + store(SET, b"page:1", b"c"),
+        req(GET, b"user:1") + req(GETK, b"user:9") + req(GETQ, b"page:1") + req(GAT, b"page:1", extras=flags_exp()[4:]),
+        req(DELETE, b"user:2") + req(DELETE, b"page:7") + req(NOOP),
+    ])
+    assert detail_dump(tgt) == detail_dump(ref)
+    assert b"PREFIX user " in detail_dump(tgt)

@@ -200,15 +200,6 @@ static void bin_ok(conn *c, const bin_req *rq, uint64_t cas, const void *body, s
     respond(c, rq->opcode, ST_SUCCESS, rq->opaque, cas, body, blen);
 }
 
-/* get_expired / get_flushed, counted wherever a lookup finds them. */
-static void count_lookup(worker *w, const get_info *info)
-{
-    if (info->status == GET_EXPIRED)
-        SM_STAT_INC(w->stats.get_expired);
-    else if (info->status == GET_FLUSHED)
-        SM_STAT_INC(w->stats.get_flushed);
-}
-
 /*
  * A binary key may hold any byte; one with a byte no text line can carry
  * in a key (space, newline, NUL) is marked ITEM_KEY_BINARY, as a meta key
@@ -235,16 +226,8 @@ static void process_get(conn *c, const bin_req *rq, bool touch, bool with_key, b
     get_info info;
     item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), touch ? CACHE_GET_TOUCH : 0, exptime,
                          &info);
-    count_lookup(w, &info);
-    if (touch)
-        SM_STAT_INC(w->stats.touch_cmds);
-    else
-        SM_STAT_INC(w->stats.get_cmds);
+    proto_count_get(w, key, nkey, it, touch, &info);
     if (!it) {
-        if (touch)
-            SM_STAT_INC(w->stats.touch_misses);
-        else
-            SM_STAT_INC(w->stats.get_misses);
         if (rq->quiet)
             return;
         if (with_key) {
@@ -262,10 +245,6 @@ static void process_get(conn *c, const bin_req *rq, bool touch, bool with_key, b
         }
         return;
     }
-    if (touch)
-        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].touch_hits);
-    else
-        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].get_hits);
     uint32_t vlen = with_value ? ITEM_vlen(it) : 0;
     uint16_t klen = with_key ? (uint16_t)nkey : 0;
     char *p = out_reserve(c, RESP_HEAD_MAX);
@@ -296,6 +275,7 @@ static void process_update(conn *c, const bin_req *rq, store_op op, uint32_t fla
     worker *w = c->worker;
     const char *key = rq->key;
     size_t nkey = rq->keylen;
+    sm_prefix_record(w->engine->prefixes, key, nkey, SM_PREFIX_SET);
     uint32_t hv = cache_hash(key, nkey);
     alloc_error err = ALLOC_OK;
     item *it = NULL;
@@ -385,6 +365,7 @@ static void process_delete(conn *c, const bin_req *rq)
 {
     worker *w = c->worker;
     int cls = 0;
+    sm_prefix_record(w->engine->prefixes, rq->key, rq->keylen, SM_PREFIX_DELETE);
     delete_result dr = cache_delete(w->cache, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen), rq->cas, 0, 0,
                                     &cls);
     if (dr == DEL_DELETED) {

@@ -411,3 +411,33 @@ size_t proto_process(conn *c, char *data, size_t len)
     }
     return off;
 }
+
+/* ---- counting shared by text and binary ---- */
+
+void proto_count_lookup(worker *w, const get_info *info)
+{
+    if (info->status == GET_EXPIRED)
+        SM_STAT_INC(w->stats.get_expired);
+    else if (info->status == GET_FLUSHED)
+        SM_STAT_INC(w->stats.get_flushed);
+}
+
+void proto_count_get(worker *w, const char *key, size_t nkey, const item *it, bool touch, const get_info *info)
+{
+    sm_prefix_record(w->engine->prefixes, key, nkey, it ? SM_PREFIX_GET_HIT : SM_PREFIX_GET_MISS);
+    proto_count_lookup(w, info);
+    if (touch)
+        SM_STAT_INC(w->stats.touch_cmds);
+    else
+        SM_STAT_INC(w->stats.get_cmds);
+    if (!it) {
+        if (touch)
+            SM_STAT_INC(w->stats.touch_misses);
+        else
+            SM_STAT_INC(w->stats.get_misses);
+    } else if (touch) {
+        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].touch_hits);
+    } else {
+        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].get_hits);
+    }
+}

@@ -50,6 +50,18 @@ size_t proto_process(conn *c, char *data, size_t len);
  * command word, and the token count is already within the table's bounds
  * for text commands.
  */
+/*
+ * Counting shared by the text and binary protocols (proto.c), as memcached
+ * counts in both: proto_count_lookup adds get_expired / get_flushed for
+ * whatever a lookup found; proto_count_get counts one get or touch lookup
+ * (the key's prefix stats, get_cmds or touch_cmds, and the miss or the
+ * hit of the item's class).
+ */
+struct worker;
+void proto_count_lookup(struct worker *w, const get_info *info);
+void proto_count_get(struct worker *w, const char *key, size_t nkey, const item *it, bool touch,
+                     const get_info *info);
+
 typedef void proto_handler(conn *c, sm_request *r);
 proto_handler proto_text_get, proto_text_store, proto_text_delete, proto_text_arith, proto_text_touch,
     proto_text_stats, proto_text_flush_all, proto_text_version, proto_text_verbosity, proto_text_lru,

@@ -95,15 +95,6 @@ static bool set_noreply_maybe(conn *c, const sm_token *tokens, size_t ntokens)
     return c->noreply;
 }
 
-/* get_expired / get_flushed, counted by memcached wherever a lookup finds them. */
-static void count_lookup(worker *w, const get_info *info)
-{
-    if (info->status == GET_EXPIRED)
-        SM_STAT_INC(w->stats.get_expired);
-    else if (info->status == GET_FLUSHED)
-        SM_STAT_INC(w->stats.get_flushed);
-}
-
 /* ---- get, gets, gat, gats, bget ---- */
 
 /*
@@ -182,23 +173,9 @@ static bool get_one(conn *c, const char *key, size_t nkey, bool return_cas, bool
     get_info info;
     item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), touch ? CACHE_GET_TOUCH : 0, exptime,
                          &info);
-    sm_prefix_record(w->engine->prefixes, key, nkey, it ? SM_PREFIX_GET_HIT : SM_PREFIX_GET_MISS);
-    count_lookup(w, &info);
-    if (touch)
-        SM_STAT_INC(w->stats.touch_cmds);
-    else
-        SM_STAT_INC(w->stats.get_cmds);
-    if (!it) {
-        if (touch)
-            SM_STAT_INC(w->stats.touch_misses);
-        else
-            SM_STAT_INC(w->stats.get_misses);
+    proto_count_get(w, key, nkey, it, touch, &info);
+    if (!it)
         return true;
-    }
-    if (touch)
-        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].touch_hits);
-    else
-        SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].get_hits);
     if (!send) {
         cache_release(cc, it);
         return true;
@@ -381,7 +358,7 @@ void proto_text_touch(conn *c, sm_request *r)
     get_info info;
     item *it = cache_get(w->cache, key, nkey, cache_hash(key, nkey), CACHE_GET_TOUCH,
                          cache_realtime(w->cache, ex), &info);
-    count_lookup(w, &info);
+    proto_count_lookup(w, &info);
     SM_STAT_INC(w->stats.touch_cmds);
     if (it) {
         SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].touch_hits);
