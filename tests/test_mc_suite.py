@@ -164,7 +164,15 @@ def test_file(runs: Runs, target: Target, name: str) -> None:
             pytest.xfail(f"pending: {row['why']}")
         return  # passes (or skips itself) already: files.toml may make it required
     expected = ("pass", "skip") if row["memcached"] == "skip" else ("pass",)
-    assert got.result in expected, f"{name} on {target.id}: {got.result}\n{got.output}"
+    if got.result not in expected:
+        # memcached's files wait for background threads with fixed sleeps; the
+        # pool runs SUITE_JOBS of them at once on this machine's cores, so a
+        # failure there is run again on its own before it counts (CI's fresh
+        # root once lost lru-maintainer.t's canary this way, 1 check of 226).
+        crowded = got
+        got = run_file(name, target_env(target))
+        assert got.result in expected, (
+            f"{name} on {target.id}: {got.result} (also in the shared pool: {crowded.result})\n{got.output}")
 
 
 def test_table_lists_every_file() -> None:
