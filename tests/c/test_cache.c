@@ -363,6 +363,40 @@ static void test_arith(void)
     cache_destroy(c);
 }
 
+/*
+ * The clock names the same second as the wall clock: a client that sends
+ * "flush_all <time() + 2>" and then stores must see its item for a second
+ * more (flush-all.t).  The clock was once a second ahead whenever the
+ * process started late in a wall-clock second, so start caches at ten
+ * points within a second and compare.
+ */
+static void test_clock_follows_wall(void)
+{
+    for (int k = 0; k < 10; k++) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        long target = k * 100000000L;
+        long wait = target - now.tv_nsec;
+        if (wait < 0)
+            wait += 1000000000L;
+        struct timespec d = {0, wait};
+        nanosleep(&d, NULL);
+        cache *c = mk(8 << 20, 1 << 20, 10);
+        int64_t ps = cache_process_started(c);
+        for (int i = 0; i < 20; i++) {
+            struct timespec a, b; /* not time(): glibc reads the coarse clock, a tick behind */
+            clock_gettime(CLOCK_REALTIME, &a);
+            rel_time_t r = cache_clock_now(c);
+            clock_gettime(CLOCK_REALTIME, &b);
+            int64_t w1 = a.tv_sec, w2 = b.tv_sec;
+            CHECK((int64_t)r >= w1 - ps && (int64_t)r <= w2 - ps);
+            struct timespec tiny = {0, 5000000L};
+            nanosleep(&tiny, NULL);
+        }
+        cache_destroy(c);
+    }
+}
+
 static void test_time_and_flush(void)
 {
     cache *c = mk(64 << 20, 1 << 20, 16);
@@ -1298,6 +1332,7 @@ int main(void)
     test_slab_classes();
     test_store_modes();
     test_arith();
+    test_clock_follows_wall();
     test_time_and_flush();
     test_eviction();
     test_warm_unsized_until_full();

@@ -5,8 +5,10 @@
  * Time follows memcached: rel_time is seconds since process_started, which
  * is set ITEM_UPDATE_INTERVAL + 2 seconds in the past, so rel_time starts at
  * 62 and small values such as 1 are always in the past.  The maintainer
- * thread advances the clock once a second from CLOCK_MONOTONIC; readers
- * load it with a relaxed atomic.
+ * thread advances the clock at each second boundary of the wall clock, read
+ * through CLOCK_MONOTONIC plus the offset between the two taken at start
+ * (so a later wall-clock step moves nothing); readers load it with a
+ * relaxed atomic.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,11 +19,11 @@
 
 static _Atomic uint64_t next_cache_id = 1;
 
-static int64_t mono_seconds(void)
+static int64_t clock_ns(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec;
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
@@ -38,8 +40,9 @@ cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
     memset(c, 0, sizeof(*c));
     c->cfg = *cfg;
     c->cache_id = atomic_fetch_add(&next_cache_id, 1);
-    c->process_started = (int64_t)time(NULL) - ITEM_UPDATE_INTERVAL - 2;
-    c->mono_start = mono_seconds() - ITEM_UPDATE_INTERVAL - 2;
+    int64_t wall = clock_ns(CLOCK_REALTIME);
+    c->mono_to_wall = wall - clock_ns(CLOCK_MONOTONIC);
+    c->process_started = wall / 1000000000 - ITEM_UPDATE_INTERVAL - 2;
     atomic_store(&c->current_time, (rel_time_t)(ITEM_UPDATE_INTERVAL + 2));
     atomic_store(&c->maxbytes, cfg->maxbytes);
     pthread_mutex_init(&c->maint_lock, NULL);
@@ -93,7 +96,16 @@ void cache_destroy(cache *c)
 
 rel_time_t cache_clock_now(cache *c)
 {
-    return (rel_time_t)(mono_seconds() - c->mono_start);
+    /* Monotonic, so a wall-clock step cannot move it, yet it ticks on the
+     * wall clock's second boundaries: a client's time() + 2 and our now
+     * name the same second (flush-all.t's "flush in two seconds"). */
+    return (rel_time_t)((clock_ns(CLOCK_MONOTONIC) + c->mono_to_wall) / 1000000000 - c->process_started);
+}
+
+int64_t cache_next_tick_ns(const cache *c)
+{
+    int64_t wall = clock_ns(CLOCK_MONOTONIC) + c->mono_to_wall;
+    return (wall / 1000000000 + 1) * 1000000000 - c->mono_to_wall;
 }
 
 void cache_update_clock(cache *c)

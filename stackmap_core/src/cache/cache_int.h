@@ -211,7 +211,7 @@ struct cache {
     /* ---- time ---- */
     _Atomic rel_time_t current_time;  /* rel_time now, set by the maintainer */
     int64_t process_started;          /* unix time of rel_time 0 */
-    int64_t mono_start;               /* CLOCK_MONOTONIC seconds at rel_time 0 */
+    int64_t mono_to_wall;             /* ns to add to CLOCK_MONOTONIC to get unix time, fixed at start */
     atomic_bool time_frozen;          /* a test set the clock; the maintainer leaves it */
 
     /* ---- flush_all (memcached's settings.oldest_live / oldest_cas) ---- */
@@ -298,6 +298,7 @@ struct cache {
 /* ---- cache.c ---- */
 rel_time_t cache_clock_now(cache *c);  /* read the monotonic clock, as rel_time */
 void cache_update_clock(cache *c);     /* maintainer tick */
+int64_t cache_next_tick_ns(const cache *c); /* CLOCK_MONOTONIC ns at which the clock next advances */
 
 /* ---- hash.c ---- */
 int hash_init(cache *c, int hashpower);

@@ -124,12 +124,12 @@ static void *maint_main(void *arg)
         /* Sleep that long, but wake when the next second starts (the clock), or when woken. */
         struct timespec t0, ts;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        ts = t0;
-        ts.tv_nsec += (long)to_sleep * 1000;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec += 1;
-            ts.tv_nsec = 0; /* the next second's start comes first */
-        }
+        int64_t wake = (int64_t)t0.tv_sec * 1000000000 + t0.tv_nsec + (int64_t)to_sleep * 1000;
+        int64_t tick = cache_next_tick_ns(c);
+        if (tick < wake)
+            wake = tick; /* the next second's start comes first */
+        ts.tv_sec = (time_t)(wake / 1000000000);
+        ts.tv_nsec = (long)(wake % 1000000000);
         pthread_mutex_lock(&c->maint_lock);
         if (!atomic_load(&c->maint_stop) && !atomic_load(&c->expand_wanted))
             pthread_cond_timedwait(&c->maint_cond, &c->maint_lock, &ts);
