@@ -298,6 +298,22 @@ int tls_engine_init(sm_engine *e, char *err, size_t errlen)
         free(t);
         return -1;
     }
+    /* memcached's ssl_wbuf: one per worker thread, where a flush's replies
+     * gather before they are encrypted (seal). */
+    size_t wbuf = (size_t)e->settings.ssl_wbuf_size * 1024;
+    for (int i = 0; i < e->settings.num_threads; i++) {
+        e->workers[i].tls_wbuf = malloc(wbuf);
+        if (!e->workers[i].tls_wbuf) {
+            snprintf(err, errlen, "out of memory for -o ssl_wbuf_size (%zu bytes per thread)", wbuf);
+            for (int j = 0; j < i; j++) {
+                free(e->workers[j].tls_wbuf);
+                e->workers[j].tls_wbuf = NULL;
+            }
+            SSL_CTX_free(t->ctx);
+            free(t);
+            return -1;
+        }
+    }
     pthread_rwlock_init(&t->lock, NULL);
     atomic_store(&t->cert_time, (long long)time(NULL));
     e->tls = t;
@@ -313,6 +329,10 @@ void tls_engine_free(sm_engine *e)
     pthread_rwlock_destroy(&t->lock);
     free(t);
     e->tls = NULL;
+    for (int i = 0; i < e->settings.num_threads; i++) {
+        free(e->workers[i].tls_wbuf);
+        e->workers[i].tls_wbuf = NULL;
+    }
 }
 
 int tls_refresh_certs(sm_engine *e, char *err, size_t errlen)
@@ -482,22 +502,50 @@ static bool move_out(conn *c)
     return true;
 }
 
-/* conn_out_take_tail's callback: encrypt one piece of plaintext into the queue. */
+/* Encrypt len bytes with one SSL_write (OpenSSL cuts records of at most
+ * 16 KiB) and move the ciphertext into c's queue. */
+static bool seal_write(conn *c, const char *p, size_t len)
+{
+    tls_conn *t = c->tls;
+    int r = SSL_write(t->ssl, p, (int)len);
+    if (r <= 0 || (size_t)r != len) {
+        ERR_clear_error();
+        return false;
+    }
+    return move_out(c);
+}
+
+/* conn_out_take_tail's callback: one piece of plaintext (an iovec of the
+ * queue).  Pieces gather in the worker's wbuf and each full wbuf is one
+ * SSL_write, as memcached's ssl_wbuf does: a reply's header, value and END
+ * share records instead of being one record each.  A piece at least a
+ * wbuf long, with nothing gathered, is encrypted in place, wbuf bytes at a
+ * time (no copy). */
 static bool seal_piece(void *arg, const char *p, size_t len)
 {
     conn *c = arg;
-    tls_conn *t = c->tls;
+    worker *w = c->worker;
+    size_t cap = (size_t)w->settings->ssl_wbuf_size * 1024;
     while (len > 0) {
-        int n = (int)(len < TLS_PLAIN_MAX ? len : TLS_PLAIN_MAX);
-        int r = SSL_write(t->ssl, p, n);
-        if (r <= 0) {
-            ERR_clear_error();
-            return false;
+        if (w->tls_wbuf_len == 0 && len >= cap) {
+            if (!seal_write(c, p, cap))
+                return false;
+            p += cap;
+            len -= cap;
+            continue;
         }
-        p += r;
-        len -= (size_t)r;
-        if (!move_out(c))
-            return false;
+        size_t n = cap - w->tls_wbuf_len;
+        if (n > len)
+            n = len;
+        memcpy(w->tls_wbuf + w->tls_wbuf_len, p, n);
+        w->tls_wbuf_len += n;
+        p += n;
+        len -= n;
+        if (w->tls_wbuf_len == cap) {
+            w->tls_wbuf_len = 0;
+            if (!seal_write(c, w->tls_wbuf, cap))
+                return false;
+        }
     }
     return true;
 }
@@ -510,8 +558,15 @@ static bool seal(conn *c)
     if (t->ktls_tx)
         return true;
     size_t plain = out_pending(c) - t->sealed;
-    if (plain > 0 && !conn_out_take_tail(c, plain, seal_piece, c))
-        return false;
+    if (plain > 0) {
+        worker *w = c->worker;
+        w->tls_wbuf_len = 0;
+        bool ok = conn_out_take_tail(c, plain, seal_piece, c);
+        size_t rest = w->tls_wbuf_len;
+        w->tls_wbuf_len = 0;
+        if (!ok || (rest > 0 && !seal_write(c, w->tls_wbuf, rest)))
+            return false;
+    }
     return move_out(c);
 }
 
