@@ -15,6 +15,11 @@ of a session starts at once on a pool of SUITE_JOBS (default 6) and each
 test waits for its own file's result: the whole suite costs about as long
 as its slowest files.
 
+Rows with ``ssl_test = true`` (the ssl_*.t files, which skip themselves
+otherwise) run in memcached's TLS mode, SSL_TEST=1: the harness starts
+every server with -Z and t/'s certificates and talks to it over TLS
+(IO::Socket::SSL, Debian's libio-socket-ssl-perl).
+
 A file passes when perl exits 0 and its TAP plan ran (no "not ok"); it
 skipped when it printed "1..0 # SKIP ...".
 """
@@ -51,6 +56,8 @@ def load_table(path: Path = TABLE) -> dict[str, dict[str, str]]:
             raise ValueError(f"{path}: {name}: status must be one of {STATUSES} and memcached one of {OUTCOMES}")
         if row["status"] != "required" and not row.get("why"):
             raise ValueError(f"{path}: {name} is {row['status']}: say why")
+        if not isinstance(row.get("ssl_test", False), bool):
+            raise ValueError(f"{path}: {name}: ssl_test is true or false")
     return files
 
 
@@ -94,9 +101,13 @@ def setup_build() -> None:
         pytest.fail(f"tests/mcsuite/setup.sh failed:\n{got.stderr}")
 
 
-def target_env(target: Target) -> dict[str, str]:
+def target_env(target: Target, name: str) -> dict[str, str]:
+    """The harness's environment for one file against one target."""
     env = dict(os.environ)
     env.pop("T_MEMD_USE_DAEMON", None)
+    env.pop("SSL_TEST", None)
+    if FILES[name].get("ssl_test"):
+        env["SSL_TEST"] = "1"  # memcached's TLS mode: -Z, t/'s certificates, TLS sockets
     if target.name == "memcached":
         env["SM_MCTEST_SERVER"] = "/usr/bin/memcached"
     else:
@@ -123,7 +134,7 @@ class Runs:
         for target, name in sorted(pairs, key=lambda p: -SLOW.get(p[1], 0)):
             key = (target.id, name)
             if key not in self.futures and runs_file(target, name):
-                self.futures[key] = self.pool.submit(run_file, name, target_env(target))
+                self.futures[key] = self.pool.submit(run_file, name, target_env(target, name))
 
     def result(self, target: Target, name: str) -> Outcome:
         return self.futures[(target.id, name)].result()
@@ -170,7 +181,7 @@ def test_file(runs: Runs, target: Target, name: str) -> None:
         # failure there is run again on its own before it counts (CI's fresh
         # root once lost lru-maintainer.t's canary this way, 1 check of 226).
         crowded = got
-        got = run_file(name, target_env(target))
+        got = run_file(name, target_env(target, name))
         assert got.result in expected, (
             f"{name} on {target.id}: {got.result} (also in the shared pool: {crowded.result})\n{got.output}")
 
