@@ -707,3 +707,42 @@ def test_ssl_wbuf_size_caps_the_records(target: Target, pki: Pki) -> None:
             assert max(sizes) == 1024 and len(sizes) >= 4, sizes
     finally:
         srv.stop()
+
+
+def session_end(w: RecordWire) -> str:
+    """Read to the end of the TCP stream: "close_notify" when TLS's end of
+    session came first, "truncated" when the stream just stopped."""
+    while True:
+        try:
+            chunk = w.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        w.inc.write(chunk)
+    try:
+        while w.tls.read(65536):  # b"": the close_notify was read
+            pass
+    except ssl.SSLWantReadError:  # more was to come: the stream stopped short
+        return "truncated"
+    return "close_notify"
+
+
+@pytest.mark.parametrize("how", ["quit", "idle_timeout"])
+def test_server_close_sends_close_notify(target: Target, pki: Pki, how: str) -> None:
+    """When the server ends a TLS session (quit, an idle kick) it says so with
+    TLS's close_notify first, as memcached's SSL_shutdown does: a client reads
+    a clean end, not a truncated stream (Perl's IO::Socket::SSL died of SIGPIPE
+    in memcached's t/idle-timeout.t without it)."""
+    srv = launch_tls(target, pki, "idle_timeout=1" + userspace_tls(target))
+    try:
+        with RecordWire(srv.port, client_context(pki)) as w:
+            if how == "quit":
+                w.tls.write(b"quit\r\n")
+                w._flush()
+            assert session_end(w) == "close_notify"  # (idle: the kick comes within ~2 s)
+        if how == "idle_timeout":
+            assert int(tls_stats(srv.port, client_context(pki))["idle_kicks"]) >= 1
+        assert_serves(srv, pki)
+    finally:
+        srv.stop()

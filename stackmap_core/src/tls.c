@@ -118,6 +118,7 @@ typedef struct tls_conn {
     bool ktls_wanted;    /* open, TLS 1.3, the ULP is attached: switch at the next exact flush */
     bool ktls_rx;        /* the kernel decrypts what the backend receives */
     bool ktls_tx;        /* the kernel encrypts what the backend sends */
+    bool goodbye;        /* our close_notify is queued (tls_goodbye): the next close is final */
     size_t sealed;       /* ciphertext at the head of the output queue (the rest is plaintext) */
     struct rec_track in; /* client records since the handshake (the RX sequence number) */
     struct rec_track out; /* our records since the handshake (the TX sequence number) */
@@ -738,6 +739,24 @@ void tls_sent(worker *w, conn *c, size_t n)
     t->sealed = n < t->sealed ? t->sealed - n : 0;
     if (t->ktls_wanted && t->sealed == 0)
         worker_want_flush(w, c); /* the switch may be possible now */
+}
+
+bool tls_goodbye(worker *w, conn *c)
+{
+    tls_conn *t = c->tls;
+    if (t->goodbye || !t->open || !t->ssl || t->ktls_tx || out_pending(c) > 0 || (c->loop & CONN_LOOP_SENDING))
+        return false;
+    t->goodbye = true;
+    if (t->ktls_wanted) /* no switch for a connection that is ending */
+        stay_userspace(w, t);
+    if (SSL_shutdown(t->ssl) < 0) { /* (0: sent, the peer's is not awaited) */
+        ERR_clear_error();
+        return false;
+    }
+    if (!move_out(c) || out_pending(c) == 0)
+        return false;
+    engine_log(w->engine, 2, "<%d TLS close_notify\n", c->fd);
+    return true;
 }
 
 /* ---- receiving ---- */
