@@ -46,7 +46,12 @@
  *    stays in user space: received bytes are decrypted (SSL_read) before the
  *    protocols see them, and before each send the plaintext the protocols
  *    queued is replaced by its encryption (conn_out_take_tail, SSL_write)
- *    in the same queue, so every backend still just sends its queue.
+ *    in the same queue, so every backend still just sends its queue.  The
+ *    queue's pieces (a reply's header, its value, END) gather in the
+ *    worker's -o ssl_wbuf_size buffer first, one SSL_write per full buffer,
+ *    as memcached's ssl_wbuf: records carry whole replies, not pieces.
+ *    When the server closes such a session it sends close_notify first
+ *    (tls_goodbye), as memcached's SSL_shutdown does.
  *
  * Counters (each completed handshake in exactly one of the first two):
  * ssl_ktls_conns (connections whose records the kernel took over),
