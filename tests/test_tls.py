@@ -746,3 +746,34 @@ def test_server_close_sends_close_notify(target: Target, pki: Pki, how: str) -> 
         assert_serves(srv, pki)
     finally:
         srv.stop()
+
+
+def test_up_probe_goes_to_the_notls_entry_port(target: Target, pki: Pki) -> None:
+    """memcached_up under -Z probes the plain notls: listener, on the port its
+    -l entry names (not -p's, which speaks TLS here)."""
+    if target.name != "stackmapd":
+        pytest.skip("memcached_up is stackmapd's")
+    import urllib.request
+
+    plain_port, tls_port, http_port = free_port(), free_port(), free_port()
+    cmd = target.command(tls_port, ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}",
+                                    "--metrics-listen", f"{HOST}:{http_port}"])
+    cmd[cmd.index("-l") + 1] = f"{HOST}:{tls_port},notls:{HOST}:{plain_port}"
+    fd, log_path = tempfile.mkstemp(prefix="tls-up-", suffix=".log")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+    os.close(fd)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=TIMEOUT) as resp:
+                    body = resp.read().decode()
+                if "\nmemcached_up 1" in body:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+    finally:
+        terminate(proc)
+        os.unlink(log_path)
