@@ -306,6 +306,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .slab_page_size = e->settings.slab_page_size,
         .hashpower_init = e->settings.hashpower_init,
         .use_cas = e->settings.use_cas,
+        .disable_evictions = !e->settings.evict_to_free,
         .lru_segmented = e->settings.lru_segmented,
         .lru_maintainer = e->settings.lru_maintainer && e->settings.modern,
         .hot_lru_pct = e->settings.hot_lru_pct,

@@ -52,6 +52,7 @@ struct sm_settings {
     int port;                   /* TCP port (-p), 11211 */
     char listen[512];           /* comma-separated listen addresses (-l) */
     uint64_t maxbytes;          /* memory limit for items in bytes (-m) */
+    int evict_to_free;          /* 0 when -M: a full cache refuses stores instead of evicting */
     int maxconns;               /* simultaneous connection limit (-c) */
     int num_threads;            /* worker threads (-t) */
     uint32_t item_size_max;     /* largest item in bytes (-I) */

@@ -58,6 +58,8 @@
       "interfaces to listen on, comma-separated (host, IPv4 or IPv6 address)")                                         \
     X(memory_limit, FIELD(maxbytes), MB, "64", 1, 1099511627776.0, 'm', "MB", ENGINE, 1,                               \
       "item memory in megabytes")                                                                                      \
+    X(disable_evictions, FIELD(evict_to_free), NOT, "off", 0, 1, 'M', "", ENGINE, 0,                                  \
+      "when memory is full, answer SERVER_ERROR out of memory storing object instead of evicting")                   \
     X(conn_limit, FIELD(maxconns), INT, "1024", 1, 1048576, 'c', "NUM", ENGINE, 1, "max simultaneous connections")     \
     X(threads, FIELD(num_threads), INT, "4", 1, 256, 't', "NUM", ENGINE, 0,                                            \
       "number of worker threads (one event loop each)")                                                                \

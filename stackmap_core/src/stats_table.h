@@ -281,7 +281,8 @@
     X(udpport, "udp_port", "UDP port: always 0, there is no UDP listener.", V_STR("0"))                                \
     X(inter, "listen", "Listen addresses (-l), NULL for none.", V_STR(st->listen[0] ? st->listen : "NULL"))            \
     X(verbosity, "verbose", "Verbosity (-v, the verbosity command).", V_INT(atomic_load(&e->verbose)))                 \
-    X(evictions, "", "on: the cache always evicts when full (no -M).", V_STR("on"))                                    \
+    X(evictions, "disable_evictions", "on: a full cache evicts; off (-M): it refuses the store.",                      \
+      V_STR(st->evict_to_free ? "on" : "off"))                                                                         \
     X(domain_socket, "unix_socket", "Unix socket path (-s), NULL for none.",                                          \
       V_STR(st->unix_socket[0] ? st->unix_socket : "NULL"))                                                            \
     X(umask, "unix_mask", "Mode of the unix socket file, octal (-a).", V_OCT(st->unix_mask))                            \

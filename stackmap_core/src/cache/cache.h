@@ -82,6 +82,7 @@ typedef struct cache_config {
     uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
     int hashpower_init;       /* initial hash table size, power of two */
     int use_cas;              /* 0: CAS uniques are always 0 */
+    int disable_evictions;    /* 1 (-M): never evict a live item to make room; the alloc fails */
     int lru_segmented;        /* 1: HOT/WARM/COLD segments (memcached 1.6's default); 0: flat (lru.c) */
     int lru_maintainer;       /* 1: the maintainer juggles the segments; 0: flat only, no "lru mode" */
     int hot_lru_pct;          /* HOT's share of the class's HOT+WARM+COLD bytes, % */

@@ -369,6 +369,11 @@ int lru_segment_for(cache *c, rel_time_t exptime, rel_time_t now);
  * failed on the way.  When COLD has nothing to give it moves HOT's (then
  * WARM's) tail down to COLD and tries again, as memcached's allocation does. */
 item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy);
+/* With the class lock held, flat LRU: free the dead (expired or flushed)
+ * items at COLD's tail up to the first live one, counted in reclaimed, as
+ * memcached's allocation does before it takes a chunk when its LRU is not
+ * segmented (so a flushed item's memory is reused before a fresh chunk). */
+void lru_reclaim_tail_locked(cache *c, struct slabclass *cls);
 /* Allocation attempts when tail items' stripes are momentarily busy. */
 #define ALLOC_RETRIES 10
 /* Maintainer: one pass of the expired-item reclaimer over every class. */
