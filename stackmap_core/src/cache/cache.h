@@ -214,6 +214,14 @@ typedef enum {
 item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags, rel_time_t exptime,
                   uint32_t nbytes, alloc_error *err);
 
+/* ---- eviction log (the "evictions" watch stream) ---- */
+
+/* Called for each live item evicted, with its class lock held: it is still intact. */
+typedef void cache_evict_log_fn(void *arg, const item *it, rel_time_t now);
+/* Call fn(arg, ...) on each eviction while (*flags & bit) != 0 (one relaxed
+ * load per eviction otherwise).  Set before the cache is used. */
+void cache_set_evict_log(cache *c, const atomic_uint *flags, unsigned bit, cache_evict_log_fn *fn, void *arg);
+
 /* ---- LRU tuning (the "lru" command; memcached's settings of the same names) ---- */
 
 /* The segmented LRU's settings as they are now. */

@@ -273,6 +273,12 @@ struct cache {
     struct bump_ring *bump_rings;     /* one per private hit block (the shared one has none) */
     atomic_uint hit_blocks_used;      /* blocks handed out */
 
+    /* ---- the eviction log (cache_set_evict_log) ---- */
+    const atomic_uint *evict_log_flags; /* the watchers' kinds, NULL: no log */
+    unsigned evict_log_bit;           /* the kind that asks for evictions */
+    cache_evict_log_fn *evict_log;    /* called per eviction while that kind is asked for */
+    void *evict_log_arg;              /* its argument */
+
     /* ---- the segmented LRU's settings (the "lru" command changes them live) ---- */
     bool lru_maintainer;              /* the maintainer juggles segments (-o lru_maintainer) */
     atomic_int lru_segmented;         /* 1: new items to HOT, COLD hits to WARM; 0: flat, all COLD */

@@ -206,6 +206,9 @@ static item *evict_cold(cache *c, struct slabclass *cls, int *busy, rel_time_t n
                 cls->st.evicted_unfetched++;
             if (fl & ITEM_ACTIVE)
                 cls->st.evicted_active++;
+            if (c->evict_log_flags &&
+                (atomic_load_explicit(c->evict_log_flags, memory_order_relaxed) & c->evict_log_bit))
+                c->evict_log(c->evict_log_arg, search, now);
         }
         unlink_core(c, cls, search, hv);
         atomic_fetch_sub(&search->refcount, 1); /* the hash table's; ours remains */

@@ -507,6 +507,7 @@ void proto_meta_get(conn *c, sm_request *r)
      * line: vivify, T, and the recache token are one step for other clients. */
     cache_lock(ca, hv);
     it = cache_get_locked(ca, key, nkey, hv, of.no_update ? CACHE_GET_NOBUMP : 0, 0, &info);
+    proto_log_get(c, key, nkey, it, &info);
     if (it == NULL && of.vivify) {
         /* Vivify: a 0-byte item whose TTL is what N and T (in order) leave;
          * the win token is ours before anybody can see the item. */
@@ -753,7 +754,9 @@ void proto_meta_complete_store(conn *c)
 
     uint64_t cas = 0;
     int clsid = 0;
+    proto_log_store_lookup(c, it, p->hv);
     store_result r = cache_store(ca, it, p->hv, &req, &cas, &clsid);
+    proto_log_store(c, ITEM_key(it), it->nkey, it, req.op, r);
     if (p->op == STORE_CAS) {
         if (r == STORE_STORED)
             SM_STAT_INC(st->slab[proto_cls(clsid)].cas_hits);
