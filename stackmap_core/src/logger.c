@@ -85,12 +85,11 @@ void sm_logger_bind_thread(sm_logger *lg, int i)
 
 /* ---- producing ---- */
 
-/* Reserve an entry of up to LOG_LINE_MAX bytes in r: the line's place, or NULL (full). */
-static char *ring_reserve(sm_log_ring *r, uint64_t *head)
+/* Reserve room for an entry of `need` bytes (aligned) in r: its place, or NULL (full). */
+static char *ring_reserve(sm_log_ring *r, size_t need, uint64_t *head)
 {
     uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t t = atomic_load_explicit(&r->tail, memory_order_acquire);
-    size_t need = ALIGN8(sizeof(struct log_hdr) + LOG_LINE_MAX);
     uint32_t pos = (uint32_t)(h % r->size);
     size_t contig = r->size - pos;
     size_t used = (size_t)(h - t);
@@ -107,10 +106,28 @@ static char *ring_reserve(sm_log_ring *r, uint64_t *head)
     return r->buf + pos;
 }
 
-/* Format "ts=.. gid=.. " + fmt + "\n" into the calling thread's ring. */
+/* Format "ts=.. gid=.. " + fmt + "\n" and put it in the calling thread's
+ * ring (formatted on the stack first: the entry takes only what it needs). */
 static void log_line(sm_logger *lg, unsigned flag, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void log_line(sm_logger *lg, unsigned flag, const char *fmt, ...)
 {
+    char text[LOG_LINE_MAX];
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    uint64_t gid = atomic_fetch_add_explicit(&lg->gid, 1, memory_order_relaxed) + 1;
+    int n = snprintf(text, sizeof(text), "ts=%lld.%d gid=%llu ", (long long)tv.tv_sec, (int)tv.tv_usec,
+                     (unsigned long long)gid);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(text + n, sizeof(text) - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    if (m < 0)
+        m = 0;
+    if (n + m > LOG_LINE_MAX - 2)
+        m = LOG_LINE_MAX - 2 - n; /* (cannot happen with keys of at most 250 bytes) */
+    text[n + m] = '\n';
+    uint32_t len = (uint32_t)(n + m + 1);
+
     sm_log_ring *r = (tl_logger == lg) ? tl_ring : NULL;
     bool shared = r == NULL;
     if (shared) {
@@ -118,30 +135,18 @@ static void log_line(sm_logger *lg, unsigned flag, const char *fmt, ...)
         pthread_mutex_lock(&lg->shared_lock);
     }
     uint64_t h;
-    char *p = ring_reserve(r, &h);
+    size_t need = ALIGN8(sizeof(struct log_hdr) + len);
+    char *p = ring_reserve(r, need, &h);
     if (!p) {
         atomic_fetch_add_explicit(&r->dropped, 1, memory_order_relaxed);
     } else {
         struct log_hdr *hd = (struct log_hdr *)p;
-        char *text = p + sizeof(*hd);
-        struct timeval tv;
-        gettimeofday(&tv, NULL);
-        hd->gid = atomic_fetch_add_explicit(&lg->gid, 1, memory_order_relaxed) + 1;
+        hd->len = len;
         hd->flags = (uint16_t)flag;
         hd->pad = 0;
-        int n = snprintf(text, LOG_LINE_MAX, "ts=%lld.%d gid=%llu ", (long long)tv.tv_sec, (int)tv.tv_usec,
-                         (unsigned long long)hd->gid);
-        va_list ap;
-        va_start(ap, fmt);
-        int m = vsnprintf(text + n, (size_t)(LOG_LINE_MAX - n - 1), fmt, ap);
-        va_end(ap);
-        if (m < 0)
-            m = 0;
-        if (n + m > LOG_LINE_MAX - 2)
-            m = LOG_LINE_MAX - 2 - n; /* (cannot happen with keys of at most 250 bytes) */
-        text[n + m] = '\n';
-        hd->len = (uint32_t)(n + m + 1);
-        atomic_store_explicit(&r->head, h + ALIGN8(sizeof(*hd) + hd->len), memory_order_release);
+        hd->gid = gid;
+        memcpy(hd + 1, text, len);
+        atomic_store_explicit(&r->head, h + need, memory_order_release);
         atomic_fetch_add_explicit(&r->written, 1, memory_order_relaxed);
     }
     if (shared)
