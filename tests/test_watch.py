@@ -239,3 +239,16 @@ def test_stats_conns_in_descriptor_order(server: Server) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+def test_stats_reset_zeroes_the_log_counters(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    server: Server = start_server(target, [])
+    with watcher(server, "mutations") as wt, server.wire() as c:
+        for i in range(3):
+            c.expect(b"set r%d 0 0 1\r\nr\r\n" % i, b"STORED\r\n")
+        lines(wt, 3)  # delivered: counted
+        st = stats(server.host, server.port)
+        assert int(st["log_worker_written"]) >= 3 and int(st["log_watcher_sent"]) >= 3, st
+        c.expect(b"stats reset\r\n", b"RESET\r\n")
+        st = stats(server.host, server.port)
+        assert (st["log_worker_written"], st["log_watcher_sent"], st["log_watchers"]) == ("0", "0", "1"), st

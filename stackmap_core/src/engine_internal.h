@@ -43,6 +43,7 @@ struct sm_engine {
     struct sm_stats_sum stats_base; /* worker counters at the last reset */
     uint64_t total_conns_base;      /* total_conns at the last reset */
     uint64_t rejected_conns_base;   /* rejected_conns at the last reset */
+    struct sm_log_stats log_base;   /* the watch counters at the last reset */
     sm_prefix_stats *prefixes;      /* "stats detail": per-prefix counters (stats_prefix.h) */
     struct sm_auth *auth;           /* -Y: the auth file's users, NULL without -Y (proto/auth.h) */
     sm_logger log;                  /* the "watch" log streams (logger.h) */

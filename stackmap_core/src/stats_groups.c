@@ -86,6 +86,7 @@ void engine_stats_reset(struct sm_engine *e)
     e->stats_base.uring_bufs_published = 0; /* a gauge, not a counter: never reset */
     e->total_conns_base = atomic_load(&e->total_conns);
     e->rejected_conns_base = atomic_load(&e->rejected_conns);
+    sm_logger_stats(&e->log, &e->log_base); /* (log_watchers is a gauge: printed as it is) */
     pthread_mutex_unlock(&stats_base_lock);
     /* total_items, evictions, reclaimed ... and the per-class item counters */
     cache_stats_reset(e->cache);
@@ -181,8 +182,14 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     struct capture cap = {.n = 0, .out = sink};
     sm_stat_sink csink = {.add = capture_add, .ctx = &cap};
     cache_stats_general(e->cache, &csink);
-    struct sm_log_stats lgs; /* the watch log streams' counters */
+    struct sm_log_stats lgs; /* the watch log streams' counters, since the last reset */
     sm_logger_stats(&e->log, &lgs);
+    pthread_mutex_lock(&stats_base_lock);
+    lgs.worker_dropped = sub0(lgs.worker_dropped, e->log_base.worker_dropped);
+    lgs.worker_written = sub0(lgs.worker_written, e->log_base.worker_written);
+    lgs.watcher_skipped = sub0(lgs.watcher_skipped, e->log_base.watcher_skipped);
+    lgs.watcher_sent = sub0(lgs.watcher_sent, e->log_base.watcher_sent);
+    pthread_mutex_unlock(&stats_base_lock);
     char val[64];
 
 #define SM_X(name, kind, unit, metric, labels, help, value) \
