@@ -231,11 +231,12 @@ def test_stats_conns_in_descriptor_order(server: Server) -> None:
     """memcached walks its connections by descriptor; t/watcher_connid.t reads its own fd from the last line."""
     clients = [server.wire() for _ in range(6)]
     try:
+        for c in clients:  # each accepted by its worker
+            c.expect(b"mn\r\n", b"MN\r\n")
         raw = clients[0].request(b"stats conns\r\n", (b"END\r\n",))
         fds = [int(m) for m in re.findall(rb"STAT (\d+):state ", raw)]
         assert len(fds) >= 6 and fds == sorted(fds), raw
-        newest = clients[-1]
-        assert own_fd(newest) == max(fds) or own_fd(newest) in fds
+        assert {own_fd(c) for c in clients} <= set(fds)
     finally:
         for c in clients:
             c.close()
@@ -252,3 +253,21 @@ def test_stats_reset_zeroes_the_log_counters(start_server, target: Target) -> No
         c.expect(b"stats reset\r\n", b"RESET\r\n")
         st = stats(server.host, server.port)
         assert (st["log_worker_written"], st["log_watcher_sent"], st["log_watchers"]) == ("0", "0", "1"), st
+
+
+def test_delete_and_incr_log_their_lookup(server: Server) -> None:
+    """memcached's delete and incr/decr fetch the item first: fetchers sees it."""
+    with watcher(server, "fetchers") as wt, server.wire() as c:
+        fd = own_fd(c)
+        c.expect(b"set num 0 0 1\r\n7\r\n", b"STORED\r\n")
+        c.expect(b"incr num 1\r\n", b"8\r\n")
+        c.expect(b"delete num\r\n", b"DELETED\r\n")
+        c.expect(b"decr num 1\r\n", b"NOT_FOUND\r\n")
+        got = lines(wt, 4)
+        cls = re.search(rb"clsid=(\d+)", got[1]).group(1)  # type: ignore[union-attr]
+        assert got == [
+            b"type=item_get key=num status=not_found clsid=0 cfd=%d size=0" % fd,
+            b"type=item_get key=num status=found clsid=%s cfd=%d size=1" % (cls, fd),
+            b"type=item_get key=num status=found clsid=%s cfd=%d size=1" % (cls, fd),
+            b"type=item_get key=num status=not_found clsid=0 cfd=%d size=0" % fd,
+        ]

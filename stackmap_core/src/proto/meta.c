@@ -898,6 +898,7 @@ void proto_meta_delete(conn *c, sm_request *r)
             cache_release(ca, old);
     } else {
         int clsid = 0;
+        proto_log_lookup(c, key, nkey, hv);
         delete_result dr = cache_delete(ca, key, nkey, hv, of.has_cas ? of.req_cas : 0, of.set_stale,
                                         of.new_ttl ? of.exptime : 0, &clsid);
         switch (dr) {
@@ -981,6 +982,7 @@ void proto_meta_arith(conn *c, sm_request *r)
     uint64_t value = 0;
     item *it = NULL;
     int clsid = 0;
+    proto_log_lookup(c, key, nkey, hv);
     arith_result ar = cache_arith(ca, key, nkey, hv, &req, &value, &it, &clsid);
     bool created = ar == ARITH_VIVIFIED;
     if (created)

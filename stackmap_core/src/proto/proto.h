@@ -92,6 +92,8 @@ bool proto_dump_step(conn *c);
  */
 void proto_log_get(conn *c, const char *key, size_t nkey, const item *it, const get_info *info);
 void proto_log_store_lookup(conn *c, const item *it, uint32_t hv);
+/* The item_get of the lookup a delete or incr/decr makes (before it runs). */
+void proto_log_lookup(conn *c, const char *key, size_t nkey, uint32_t hv);
 void proto_log_store(conn *c, const char *key, size_t nkey, const item *it, int op, int result);
 
 /* Called by proto_process when a value is complete (c->pending says whose). */

@@ -393,6 +393,7 @@ static void process_arith(conn *c, sm_token *tokens, size_t ntokens, bool incr)
     arith_req req = {.incr = incr ? 1 : 0, .delta = delta};
     uint64_t value = 0;
     int cls = 0;
+    proto_log_lookup(c, key, nkey, cache_hash(key, nkey));
     arith_result r = cache_arith(w->cache, key, nkey, cache_hash(key, nkey), &req, &value, NULL, &cls);
     switch (r) {
     case ARITH_OK:
@@ -451,6 +452,7 @@ void proto_text_delete(conn *c, sm_request *r)
     size_t nkey = tokens[1].length;
     sm_prefix_record(w->engine->prefixes, key, nkey, SM_PREFIX_DELETE);
     int cls = 0;
+    proto_log_lookup(c, key, nkey, cache_hash(key, nkey));
     delete_result dr = cache_delete(w->cache, key, nkey, cache_hash(key, nkey), 0, 0, 0, &cls);
     if (dr == DEL_DELETED) {
         SM_STAT_INC(w->stats.slab[proto_cls(cls)].delete_hits);

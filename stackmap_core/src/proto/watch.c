@@ -100,18 +100,24 @@ void proto_log_get(conn *c, const char *key, size_t nkey, const item *it, const 
                     it ? ITEM_vlen(it) : 0, c->fd);
 }
 
-void proto_log_store_lookup(conn *c, const item *it, uint32_t hv)
+void proto_log_lookup(conn *c, const char *key, size_t nkey, uint32_t hv)
 {
     sm_logger *lg = &c->worker->engine->log;
     if (!sm_log_wants(lg, SM_LOG_FETCHERS))
         return;
-    /* memcached's store looks the key up first (and logs it): look without bumping */
+    /* memcached's store, delete and incr/decr look the key up first (and log
+     * it): look without bumping (only while somebody watches fetchers) */
     cache *ca = c->worker->cache;
     get_info info;
-    item *old = cache_get(ca, ITEM_key(it), it->nkey, hv, CACHE_GET_NOBUMP, 0, &info);
-    proto_log_get(c, ITEM_key(it), it->nkey, old, &info);
+    item *old = cache_get(ca, key, nkey, hv, CACHE_GET_NOBUMP, 0, &info);
+    proto_log_get(c, key, nkey, old, &info);
     if (old)
         cache_release(ca, old);
+}
+
+void proto_log_store_lookup(conn *c, const item *it, uint32_t hv)
+{
+    proto_log_lookup(c, ITEM_key(it), it->nkey, hv);
 }
 
 void proto_log_store(conn *c, const char *key, size_t nkey, const item *it, int op, int result)
