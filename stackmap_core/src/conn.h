@@ -76,6 +76,7 @@ typedef struct conn_env {
     cache *cache;                  /* where the queue's item references are released */
     size_t rbuf_max;               /* longest input carry-over accepted (a longer line is abuse) */
     struct sm_thread_stats *stats; /* the owner's counters (response_obj_oom, read_buf_oom) */
+    const _Atomic unsigned *log_flags; /* the kinds somebody watches (logger.h sm_logger.eflags), or NULL */
 } conn_env;
 
 /* Where the protocol parser is in the byte stream. */

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "../conn.h"
+#include "../logger.h"
 #include "parse.h"
 
 /*
@@ -90,11 +91,36 @@ bool proto_dump_step(conn *c);
  * store_op, result a store_result) after it, or for an allocation that
  * failed (it NULL).
  */
-void proto_log_get(conn *c, const char *key, size_t nkey, const item *it, const get_info *info);
-void proto_log_store_lookup(conn *c, const item *it, uint32_t hv);
+void proto_log_get_now(conn *c, const char *key, size_t nkey, const item *it, const get_info *info);
+void proto_log_lookup_now(conn *c, const char *key, size_t nkey, uint32_t hv);
+void proto_log_store_now(conn *c, const char *key, size_t nkey, const item *it, int op, int result);
+
+/* Does anybody watch `kind`?  What a request pays when nobody does: one relaxed load. */
+static inline bool proto_log_on(const conn *c, unsigned kind)
+{
+    return c->env->log_flags && (atomic_load_explicit(c->env->log_flags, memory_order_relaxed) & kind);
+}
+static inline void proto_log_get(conn *c, const char *key, size_t nkey, const item *it, const get_info *info)
+{
+    if (proto_log_on(c, SM_LOG_FETCHERS))
+        proto_log_get_now(c, key, nkey, it, info);
+}
 /* The item_get of the lookup a delete or incr/decr makes (before it runs). */
-void proto_log_lookup(conn *c, const char *key, size_t nkey, uint32_t hv);
-void proto_log_store(conn *c, const char *key, size_t nkey, const item *it, int op, int result);
+static inline void proto_log_lookup(conn *c, const char *key, size_t nkey, uint32_t hv)
+{
+    if (proto_log_on(c, SM_LOG_FETCHERS))
+        proto_log_lookup_now(c, key, nkey, hv);
+}
+static inline void proto_log_store_lookup(conn *c, const item *it, uint32_t hv)
+{
+    if (proto_log_on(c, SM_LOG_FETCHERS))
+        proto_log_lookup_now(c, ITEM_key(it), it->nkey, hv);
+}
+static inline void proto_log_store(conn *c, const char *key, size_t nkey, const item *it, int op, int result)
+{
+    if (proto_log_on(c, SM_LOG_MUTATIONS))
+        proto_log_store_now(c, key, nkey, it, op, result);
+}
 
 /* Called by proto_process when a value is complete (c->pending says whose). */
 void proto_text_complete_store(conn *c);

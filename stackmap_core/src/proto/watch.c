@@ -4,8 +4,8 @@
  * item_get / item_store lines the text, meta and binary protocols log for
  * each lookup and store while somebody watches fetchers or mutations.
  *
- * Each logging call here is made only after sm_log_wants() said yes, so a
- * server nobody watches pays one relaxed load per request and no more.
+ * The *_now calls are made only after proto_log_on() (proto.h, inline)
+ * said yes, so a server nobody watches pays one relaxed load per request.
  */
 #include <string.h>
 
@@ -91,40 +91,28 @@ static int get_status_code(const get_info *info, const item *it)
     }
 }
 
-void proto_log_get(conn *c, const char *key, size_t nkey, const item *it, const get_info *info)
+void proto_log_get_now(conn *c, const char *key, size_t nkey, const item *it, const get_info *info)
 {
     sm_logger *lg = &c->worker->engine->log;
-    if (!sm_log_wants(lg, SM_LOG_FETCHERS))
-        return;
     sm_log_item_get(lg, key, nkey, get_status_code(info, it), it ? it->slabs_clsid : 0,
                     it ? ITEM_vlen(it) : 0, c->fd);
 }
 
-void proto_log_lookup(conn *c, const char *key, size_t nkey, uint32_t hv)
+void proto_log_lookup_now(conn *c, const char *key, size_t nkey, uint32_t hv)
 {
-    sm_logger *lg = &c->worker->engine->log;
-    if (!sm_log_wants(lg, SM_LOG_FETCHERS))
-        return;
     /* memcached's store, delete and incr/decr look the key up first (and log
      * it): look without bumping (only while somebody watches fetchers) */
     cache *ca = c->worker->cache;
     get_info info;
     item *old = cache_get(ca, key, nkey, hv, CACHE_GET_NOBUMP, 0, &info);
-    proto_log_get(c, key, nkey, old, &info);
+    proto_log_get_now(c, key, nkey, old, &info);
     if (old)
         cache_release(ca, old);
 }
 
-void proto_log_store_lookup(conn *c, const item *it, uint32_t hv)
-{
-    proto_log_lookup(c, ITEM_key(it), it->nkey, hv);
-}
-
-void proto_log_store(conn *c, const char *key, size_t nkey, const item *it, int op, int result)
+void proto_log_store_now(conn *c, const char *key, size_t nkey, const item *it, int op, int result)
 {
     sm_logger *lg = &c->worker->engine->log;
-    if (!sm_log_wants(lg, SM_LOG_MUTATIONS))
-        return;
     /* store_op -> memcached's NREAD_* (add 1, set 2, replace 3, append 4, prepend 5, cas 6) */
     static const int cmd_of[] = {[STORE_SET] = 2,    [STORE_ADD] = 1,     [STORE_REPLACE] = 3,
                                  [STORE_APPEND] = 4, [STORE_PREPEND] = 5, [STORE_CAS] = 6};
