@@ -433,7 +433,7 @@ def test_expiry(wire: Wire, k: str) -> None:
 
 # The names memcached 1.6.18 prints, which stackmapd claims to print too
 # (values may differ).  Left out on purpose, because stackmapd has no such
-# feature: libevent, the "watch" logger (log_*), NAPI ids, TLS (ssl_*),
+# feature: libevent, NAPI ids, TLS (ssl_*),
 # extstore (ext_*), memory-file restart (memory_file).
 GENERAL_NAMES = """pid uptime time version pointer_size rusage_user rusage_system
 max_connections curr_connections total_connections rejected_connections connection_structures
@@ -445,7 +445,8 @@ listen_disabled_num time_in_listen_disabled_us threads conn_yields hash_power_le
 hash_is_expanding slab_reassign_rescues slab_reassign_chunk_rescues
 slab_reassign_evictions_nomem slab_reassign_inline_reclaim slab_reassign_busy_items
 slab_reassign_busy_deletes slab_reassign_running slabs_moved lru_crawler_running
-lru_crawler_starts lru_maintainer_juggles malloc_fails bytes curr_items total_items
+lru_crawler_starts lru_maintainer_juggles malloc_fails log_worker_dropped log_worker_written
+log_watcher_skipped log_watcher_sent log_watchers bytes curr_items total_items
 slab_global_page_pool expired_unfetched evicted_unfetched evicted_active evictions reclaimed
 crawler_reclaimed crawler_items_checked lrutail_reflocked moves_to_cold moves_to_warm
 moves_within_lru direct_reclaims lru_bumps_dropped""".split()
@@ -462,7 +463,8 @@ detail_enabled reqs_per_event cas_enabled tcp_backlog binding_protocol
 auth_enabled_sasl auth_enabled_ascii item_size_max maxconns_fast hashpower_init slab_reassign
 slab_automove slab_chunk_max lru_crawler tail_repair_time flush_enabled dump_enabled
 hash_algorithm lru_maintainer_thread lru_segmented hot_lru_pct warm_lru_pct hot_max_factor
-warm_max_factor temp_lru temporary_ttl idle_timeout track_sizes inline_ascii_response""".split()
+warm_max_factor temp_lru temporary_ttl idle_timeout watcher_logbuf_size worker_logbuf_size track_sizes
+inline_ascii_response""".split()
 
 # "stats settings" names left out: they configure machinery stackmapd does not
 # have (UDP, unix-socket umask, stats detail prefixes, slab automover tuning,

@@ -41,6 +41,7 @@
 
 struct worker;
 struct dump_stream;
+struct sm_watcher;
 
 /* Bytes of one output scratch chunk. */
 #define OUT_CHUNK_SIZE 16384
@@ -75,6 +76,7 @@ typedef struct conn_env {
     cache *cache;                  /* where the queue's item references are released */
     size_t rbuf_max;               /* longest input carry-over accepted (a longer line is abuse) */
     struct sm_thread_stats *stats; /* the owner's counters (response_obj_oom, read_buf_oom) */
+    const _Atomic unsigned *log_flags; /* the kinds somebody watches (logger.h sm_logger.eflags), or NULL */
 } conn_env;
 
 /* Where the protocol parser is in the byte stream. */
@@ -162,6 +164,9 @@ typedef struct conn {
     uint64_t auth_left;      /* -Y text auth: bytes of the "user password" data (with "\r\n") still
                                 awaited after its set line; 0 when waiting for that line */
     struct dump_stream *dump; /* an lru_crawler metadump being streamed (proto/crawler_cmd.c), or NULL */
+    struct sm_watcher *watch; /* "watch" made it a watcher (logger.h): it gets log lines, its input is
+                                 ignored; NULL otherwise */
+    uint8_t close_reason;    /* enum sm_close_reason (logger.h): what conn_close logs */
 
     /* output queue; its arrays are pooled blocks, held only while bytes are queued */
     struct iovec *iov;       /* queued iovecs, in order */

@@ -282,6 +282,15 @@ void engine_log_write(struct sm_engine *e, const char *fmt, ...)
     va_end(ap);
 }
 
+/* The cache's eviction hook: memcached's "type=eviction" line for a watcher. */
+static void log_eviction(void *arg, const item *it, rel_time_t now)
+{
+    rel_time_t exp = it->exptime, last = it->time;
+    sm_log_eviction(arg, ITEM_key(it), it->nkey, (atomic_load(&it->it_flags) & ITEM_FETCHED) != 0,
+                    exp > 0 ? (long long)exp - (long long)now : -1LL, now - last, it->slabs_clsid,
+                    it->nbytes >= 2 ? it->nbytes - 2 : 0);
+}
+
 sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errlen)
 {
     if (sm_settings_check(s, err, errlen) < 0)
@@ -306,6 +315,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .slab_page_size = e->settings.slab_page_size,
         .hashpower_init = e->settings.hashpower_init,
         .use_cas = e->settings.use_cas,
+        .disable_evictions = !e->settings.evict_to_free,
         .lru_segmented = e->settings.lru_segmented,
         .lru_maintainer = e->settings.lru_maintainer && e->settings.modern,
         .hot_lru_pct = e->settings.hot_lru_pct,
@@ -337,7 +347,10 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
     }
     e->prefixes = sm_prefix_create(':');
     e->workers = calloc((size_t)s->num_threads, sizeof(worker));
-    if (!e->workers || !e->prefixes) {
+    if (!e->workers || !e->prefixes ||
+        sm_logger_init(&e->log, s->num_threads, (uint32_t)s->worker_logbuf_size * 1024u,
+                       (uint32_t)s->watcher_logbuf_size * 1024u) < 0) {
+        sm_logger_destroy(&e->log);
         free(e->workers);
         sm_prefix_destroy(e->prefixes);
         cache_destroy(e->cache);
@@ -346,6 +359,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    cache_set_evict_log(e->cache, &e->log.eflags, SM_LOG_EVICTIONS, log_eviction, &e->log);
     for (int i = 0; i < s->num_threads; i++) {
         worker *w = &e->workers[i];
         w->id = i;
@@ -354,6 +368,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         w->settings = &e->settings;
         w->env.cache = e->cache;
         w->env.stats = &w->stats;
+        w->env.log_flags = &e->log.eflags;
         /* A request line longer than this is abuse, not a multiget. */
         w->env.rbuf_max = (size_t)s->item_size_max + (1u << 20);
         pthread_mutex_init(&w->conns_lock, NULL);
@@ -785,6 +800,12 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
         close_listeners(e);
         return -1;
     }
+    if (sm_logger_start(&e->log) != 0) {
+        snprintf(err, errlen, "cannot start the logger thread");
+        cache_stop(e->cache);
+        close_listeners(e);
+        return -1;
+    }
     e->backend_note[0] = '\0';
     char why[sizeof(e->backend_note)];
     size_t nl = 0;
@@ -823,6 +844,7 @@ int sm_engine_start(sm_engine *e, char *err, size_t errlen)
         e->started = 0;
         if (autopick)
             snprintf(err, errlen, "no backend could start: %s", e->backend_note);
+        sm_logger_stop(&e->log);
         cache_stop(e->cache);
         close_listeners(e);
         return -1;
@@ -919,6 +941,7 @@ void sm_engine_stop(sm_engine *e, int grace_ms)
     for (int i = 0; i < n; i++)
         worker_destroy(&e->workers[i]);
     close_listeners(e);
+    sm_logger_stop(&e->log); /* (every watcher's connection is closed) */
     cache_stop(e->cache);
     e->running = false;
 }
@@ -936,6 +959,7 @@ void sm_engine_destroy(sm_engine *e)
     }
     free(e->workers);
     sm_prefix_destroy(e->prefixes);
+    sm_logger_destroy(&e->log);
     tls_engine_free(e);
     cache_destroy(e->cache);
     sm_auth_free(e->auth);

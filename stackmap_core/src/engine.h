@@ -52,6 +52,7 @@ struct sm_settings {
     int port;                   /* TCP port (-p), 11211 */
     char listen[512];           /* comma-separated listen addresses (-l) */
     uint64_t maxbytes;          /* memory limit for items in bytes (-m) */
+    int evict_to_free;          /* 0 when -M: a full cache refuses stores instead of evicting */
     int maxconns;               /* simultaneous connection limit (-c) */
     int num_threads;            /* worker threads (-t) */
     uint32_t item_size_max;     /* largest item in bytes (-I) */
@@ -103,6 +104,9 @@ struct sm_settings {
     char binding_protocol[16];  /* -B: "auto", "ascii" or "binary" (proto/binary.h) */
     char auth_file[4096];       /* -Y: memcached auth file, "" for none (proto/auth.h) */
     int dump_enabled;           /* 0 when -X disables lru_crawler metadump */
+    int watch_enabled;          /* 0 when -W disables the watch command */
+    int watcher_logbuf_size;    /* -o watcher_logbuf_size: each watcher's buffer, kilobytes */
+    int worker_logbuf_size;     /* -o worker_logbuf_size: each thread's log ring, kilobytes */
     int lru_crawler;            /* start the LRU crawler thread (-o lru_crawler / no_lru_crawler) */
     int lru_crawler_sleep;      /* crawler pause per 1000 items, microseconds (-o lru_crawler_sleep) */
     int lru_crawler_tocrawl;    /* items per class per crawler pass, 0 all (-o lru_crawler_tocrawl) */

@@ -14,6 +14,7 @@
 
 #include "cache/cache.h"
 #include "engine.h"
+#include "logger.h"
 #include "stats.h"
 #include "stats_prefix.h"
 #include "worker.h"
@@ -42,8 +43,10 @@ struct sm_engine {
     struct sm_stats_sum stats_base; /* worker counters at the last reset */
     uint64_t total_conns_base;      /* total_conns at the last reset */
     uint64_t rejected_conns_base;   /* rejected_conns at the last reset */
+    struct sm_log_stats log_base;   /* the watch counters at the last reset */
     sm_prefix_stats *prefixes;      /* "stats detail": per-prefix counters (stats_prefix.h) */
     struct sm_auth *auth;           /* -Y: the auth file's users, NULL without -Y (proto/auth.h) */
+    sm_logger log;                  /* the "watch" log streams (logger.h) */
 };
 
 /*

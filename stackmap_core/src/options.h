@@ -59,6 +59,8 @@
       "listen on their own port)")                                                                                     \
     X(memory_limit, FIELD(maxbytes), MB, "64", 1, 1099511627776.0, 'm', "MB", ENGINE, 1,                               \
       "item memory in megabytes")                                                                                      \
+    X(disable_evictions, FIELD(evict_to_free), NOT, "off", 0, 1, 'M', "", ENGINE, 0,                                  \
+      "when memory is full, answer SERVER_ERROR out of memory storing object instead of evicting")                   \
     X(conn_limit, FIELD(maxconns), INT, "1024", 1, 1048576, 'c', "NUM", ENGINE, 1, "max simultaneous connections")     \
     X(threads, FIELD(num_threads), INT, "4", 1, 256, 't', "NUM", ENGINE, 0,                                            \
       "number of worker threads (one event loop each)")                                                                \
@@ -88,6 +90,8 @@
       "memcached auth file (user:password lines): text clients log in with set, binary ones with SASL PLAIN")         \
     X(disable_dumping, FIELD(dump_enabled), NOT, "off", 0, 1, 'X', "", ENGINE, 0,                                       \
       "disable lru_crawler metadump (memcached's -X)")                                                                 \
+    X(disable_watch, FIELD(watch_enabled), NOT, "off", 0, 1, 'W', "", ENGINE, 0,                                      \
+      "disable the watch command (log streams): it answers CLIENT_ERROR watch commands not allowed")                 \
     X(listen_backlog, FIELD(backlog), INT, "1024", 1, 1048576, 'b', "NUM", ENGINE, 0, "listen() backlog")              \
     X(max_reqs_per_event, FIELD(reqs_per_event), INT, "20", 1, 1048576, 'R', "NUM", ENGINE, 0,                         \
       "requests a connection answers in one turn before the worker's other connections get theirs "                    \
@@ -149,6 +153,10 @@
       "microseconds the LRU crawler pauses every 1000 items it looks at")                                              \
     X(lru_crawler_tocrawl, FIELD(lru_crawler_tocrawl), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                   \
       "items the LRU crawler looks at per slab class per pass; 0 all")                                                 \
+    X(watcher_logbuf_size, FIELD(watcher_logbuf_size), INT, "256", 1, 1048576, 0, "KB", EXTENDED, 0,               \
+      "kilobytes of each watcher's log buffer; a watcher that reads slower skips lines (log_watcher_skipped)")         \
+    X(worker_logbuf_size, FIELD(worker_logbuf_size), INT, "64", 1, 1048576, 0, "KB", EXTENDED, 0,                   \
+      "kilobytes of each worker thread's log ring, which the logger thread drains (full: log_worker_dropped)")         \
     X(idle_timeout, FIELD(idle_timeout), INT, "0", 0, 2147483647, 0, "N", EXTENDED, 0,                                 \
       "close client connections idle this many seconds; 0 never")                                                      \
     X(tcp_nodelay, FIELD(tcp_nodelay), BOOL, "1", 0, 1, 0, "", EXTENDED, 0, "set TCP_NODELAY on accepted sockets")     \

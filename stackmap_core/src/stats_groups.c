@@ -30,6 +30,7 @@
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -85,6 +86,7 @@ void engine_stats_reset(struct sm_engine *e)
     e->stats_base.uring_bufs_published = 0; /* a gauge, not a counter: never reset */
     e->total_conns_base = atomic_load(&e->total_conns);
     e->rejected_conns_base = atomic_load(&e->rejected_conns);
+    sm_logger_stats(&e->log, &e->log_base); /* (log_watchers is a gauge: printed as it is) */
     pthread_mutex_unlock(&stats_base_lock);
     /* total_items, evictions, reclaimed ... and the per-class item counters */
     cache_stats_reset(e->cache);
@@ -180,6 +182,14 @@ static void stats_general(struct sm_engine *e, sm_stat_sink *sink)
     struct capture cap = {.n = 0, .out = sink};
     sm_stat_sink csink = {.add = capture_add, .ctx = &cap};
     cache_stats_general(e->cache, &csink);
+    struct sm_log_stats lgs; /* the watch log streams' counters, since the last reset */
+    sm_logger_stats(&e->log, &lgs);
+    pthread_mutex_lock(&stats_base_lock);
+    lgs.worker_dropped = sub0(lgs.worker_dropped, e->log_base.worker_dropped);
+    lgs.worker_written = sub0(lgs.worker_written, e->log_base.worker_written);
+    lgs.watcher_skipped = sub0(lgs.watcher_skipped, e->log_base.watcher_skipped);
+    lgs.watcher_sent = sub0(lgs.watcher_sent, e->log_base.watcher_sent);
+    pthread_mutex_unlock(&stats_base_lock);
     char val[64];
 
 #define SM_X(name, kind, unit, metric, labels, help, value) \
@@ -218,6 +228,67 @@ static void stats_settings(struct sm_engine *e, sm_stat_sink *sink)
 #undef V_CACHE
 #undef V_IF
 
+/*
+ * "stats conns" in memcached's order, ascending descriptor (it walks its
+ * table of connections by fd; clients find their own line as the last one,
+ * e.g. t/watcher_connid.t): the workers' lines are gathered, stably sorted
+ * on the number before the ':', then sent.  A line that does not fit the
+ * gathering (out of memory) goes straight out, out of order but not lost.
+ */
+struct conn_line {
+    long fd;       /* the descriptor the name starts with */
+    int seq;       /* order of arrival (stable sort) */
+    char name[64]; /* "FD:what" */
+    char value[128]; /* its value */
+};
+struct conn_lines {
+    struct conn_line *v; /* lines gathered */
+    int n, cap;          /* count and capacity */
+    sm_stat_sink *out;   /* the real sink */
+};
+
+static void conn_lines_add(sm_stat_sink *sink, const char *name, const char *value)
+{
+    struct conn_lines *cl = sink->ctx;
+    if (cl->n == cl->cap) {
+        int cap = cl->cap ? 2 * cl->cap : 64;
+        struct conn_line *v = realloc(cl->v, (size_t)cap * sizeof(*v));
+        if (!v) {
+            cl->out->add(cl->out, name, value);
+            return;
+        }
+        cl->v = v;
+        cl->cap = cap;
+    }
+    struct conn_line *l = &cl->v[cl->n];
+    l->fd = strtol(name, NULL, 10);
+    l->seq = cl->n++;
+    snprintf(l->name, sizeof(l->name), "%s", name);
+    snprintf(l->value, sizeof(l->value), "%s", value);
+}
+
+static int conn_line_cmp(const void *a, const void *b)
+{
+    const struct conn_line *x = a, *y = b;
+    if (x->fd != y->fd)
+        return x->fd < y->fd ? -1 : 1;
+    return x->seq - y->seq;
+}
+
+static void stats_conns(struct sm_engine *e, sm_stat_sink *sink)
+{
+    if (!e->workers)
+        return;
+    struct conn_lines cl = {.v = NULL, .n = 0, .cap = 0, .out = sink};
+    sm_stat_sink gather = {.add = conn_lines_add, .ctx = &cl, .asker = sink->asker};
+    for (int i = 0; i < e->settings.num_threads; i++)
+        worker_stats_conns(&e->workers[i], &gather);
+    qsort(cl.v, (size_t)cl.n, sizeof(*cl.v), conn_line_cmp);
+    for (int i = 0; i < cl.n; i++)
+        sink->add(sink, cl.v[i].name, cl.v[i].value);
+    free(cl.v);
+}
+
 int engine_stats_group(struct sm_engine *e, const char *group, sm_stat_sink *sink)
 {
     if (!group || group[0] == '\0') {
@@ -233,9 +304,7 @@ int engine_stats_group(struct sm_engine *e, const char *group, sm_stat_sink *sin
     } else if (strcmp(group, "sizes") == 0) {
         cache_stats_sizes(e->cache, sink);
     } else if (strcmp(group, "conns") == 0) {
-        if (e->workers)
-            for (int i = 0; i < e->settings.num_threads; i++)
-                worker_stats_conns(&e->workers[i], sink);
+        stats_conns(e, sink);
     } else {
         return -1;
     }

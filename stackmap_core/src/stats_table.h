@@ -172,6 +172,17 @@
       "Rounds of the LRU maintainer.", V_CACHE)                                                               \
     X(malloc_fails, COUNTER, "", "memcached_malloc_fails_total", "", "Memory allocations that failed.",                \
       V_CACHE)                                                                                                         \
+    X(log_worker_dropped, COUNTER, "", "memcached_log_worker_dropped_total", "",                                       \
+      "Log lines (watch) a thread's full log ring dropped before the logger thread read them.",                        \
+      V_U64(lgs.worker_dropped))                                                                                       \
+    X(log_worker_written, COUNTER, "", "memcached_log_worker_written_total", "",                                       \
+      "Log lines (watch) written to the threads' log rings.", V_U64(lgs.worker_written))                              \
+    X(log_watcher_skipped, COUNTER, "", "memcached_log_watcher_skipped_total", "",                                     \
+      "Log lines a watcher missed because its buffer was full (it reads too slowly).", V_U64(lgs.watcher_skipped))     \
+    X(log_watcher_sent, COUNTER, "", "memcached_log_watcher_sent_total", "",                                           \
+      "Log lines put in watchers' buffers.", V_U64(lgs.watcher_sent))                                                  \
+    X(log_watchers, GAUGE, "", "memcached_log_watchers", "", "Connections watching log streams (watch).",              \
+      V_U64(lgs.watchers))                                                                                             \
     X(ssl_new_sessions, COUNTER, "", "memcached_ssl_new_sessions_total", "",                                           \
       "TLS sessions cached for resumption (-o ssl_session_cache).",                                                    \
       V_IF(e->settings.ssl_enabled && e->settings.ssl_session_cache, V_U64(s.ssl_new_sessions)))                       \
@@ -281,7 +292,8 @@
     X(udpport, "udp_port", "UDP port: always 0, there is no UDP listener.", V_STR("0"))                                \
     X(inter, "listen", "Listen addresses (-l), NULL for none.", V_STR(st->listen[0] ? st->listen : "NULL"))            \
     X(verbosity, "verbose", "Verbosity (-v, the verbosity command).", V_INT(atomic_load(&e->verbose)))                 \
-    X(evictions, "", "on: the cache always evicts when full (no -M).", V_STR("on"))                                    \
+    X(evictions, "disable_evictions", "on: a full cache evicts; off (-M): it refuses the store.",                      \
+      V_STR(st->evict_to_free ? "on" : "off"))                                                                         \
     X(domain_socket, "unix_socket", "Unix socket path (-s), NULL for none.",                                          \
       V_STR(st->unix_socket[0] ? st->unix_socket : "NULL"))                                                            \
     X(umask, "unix_mask", "Mode of the unix socket file, octal (-a).", V_OCT(st->unix_mask))                            \
@@ -345,6 +357,10 @@
       V_INT(lru.temporary_ttl))                                                                                        \
     X(idle_timeout, "idle_timeout", "Idle connection timeout in seconds (-o idle_timeout), 0 never.",                  \
       V_INT(st->idle_timeout))                                                                                         \
+    X(watcher_logbuf_size, "watcher_logbuf_size", "Bytes of each watcher's log buffer (-o watcher_logbuf_size, KB).",  \
+      V_U64((uint64_t)st->watcher_logbuf_size * 1024))                                                                 \
+    X(worker_logbuf_size, "worker_logbuf_size", "Bytes of each thread's log ring (-o worker_logbuf_size, KB).",        \
+      V_U64((uint64_t)st->worker_logbuf_size * 1024))                                                                  \
     X(track_sizes, "", "no: stats sizes is not tracked.", V_STR("no"))                                                 \
     X(inline_ascii_response, "", "no: responses are never inlined.", V_STR("no"))                                      \
     X(ssl_enabled, "enable_ssl", "Whether TCP listeners speak TLS (-Z).", V_STR(st->ssl_enabled ? "yes" : "no"))     \

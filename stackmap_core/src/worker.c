@@ -64,6 +64,8 @@
 /* How often (ms) a loop with nothing to do looks at the stop/drain flags
  * and the timed policies. */
 #define WORKER_TICK_MS 100
+/* How often (ms) a worker that owns a watcher moves its log lines to it. */
+#define WATCH_TICK_MS 2
 
 /* "tcp:addr:port" of a socket address. */
 static void format_addr(const struct sockaddr_storage *ss, char *buf, size_t len)
@@ -175,12 +177,25 @@ conn *worker_conn_open(worker *w, int fd)
     w->nconns++;
     worker_conn_link(w, c);
     engine_log(e, 2, "<%d new auto-negotiating client connection\n", fd);
+    if (sm_log_wants(&e->log, SM_LOG_CONNEVENTS))
+        sm_log_conn_event(&e->log, true, c->peer, 0, fd);
     return c;
 }
 
 void worker_conn_close(worker *w, conn *c)
 {
     struct sm_engine *e = w->engine;
+    if (sm_log_wants(&e->log, SM_LOG_CONNEVENTS))
+        sm_log_conn_event(&e->log, false, c->peer, c->close_reason, c->fd);
+    if (c->watch) { /* a watcher goes: off this worker's list, then the logger's */
+        sm_watcher **pp = &w->watchers;
+        while (*pp && *pp != c->watch)
+            pp = &(*pp)->next_local;
+        if (*pp)
+            *pp = c->watch->next_local;
+        sm_watcher_remove(&e->log, c->watch);
+        c->watch = NULL;
+    }
     worker_conn_unlink(w, c);
     engine_log(e, 2, "<%d connection closed.\n", c->fd);
     close(c->fd);
@@ -452,6 +467,8 @@ void worker_eof(worker *w, conn *c)
     if (c->rd_eof)
         return;
     c->rd_eof = true;
+    if (c->state != CONN_CLOSING)
+        c->close_reason = SM_CLOSE_NORMAL;
     if (!(c->loop & CONN_LOOP_PAUSED)) /* (paused: receiving is off already) */
         w->ops->recv_ctl(w, c, false);
     worker_want_flush(w, c); /* the flush closes it once everything is answered */
@@ -607,6 +624,8 @@ static int wait_timeout(worker *w)
 {
     if (w->flush)
         return 0; /* connections left for the next round: do not sleep */
+    if (w->watchers)
+        return WATCH_TICK_MS; /* (an accept pause is shorter than a tick anyway) */
     if (!w->accept_paused)
         return WORKER_TICK_MS;
     uint64_t now = sm_lat_now();
@@ -647,9 +666,11 @@ static void idle_sweep(worker *w)
         return;
     w->idle_swept = now;
     for (conn *c = w->conns; c; c = c->next_conn) {
-        if (c->state != CONN_PARSE || out_pending(c) > 0 || (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED)))
+        if (c->state != CONN_PARSE || out_pending(c) > 0 || (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED)) ||
+            c->watch) /* (memcached never times a watcher out) */
             continue;
         if (now - c->last_active > (uint64_t)timeout) {
+            c->close_reason = SM_CLOSE_IDLE_TIMEOUT;
             SM_STAT_INC(w->stats.idle_kicks);
             engine_log(w->engine, 2, "<%d idle timeout, closing\n", c->fd);
             worker_close_soon(w, c);
@@ -662,8 +683,43 @@ static void idle_sweep(worker *w)
 static void close_idle(worker *w)
 {
     for (conn *c = w->conns; c; c = c->next_conn)
-        if (out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0)
+        if (out_pending(c) == 0 && c->state == CONN_PARSE && c->rbytes == 0) {
+            c->close_reason = SM_CLOSE_SHUTDOWN;
             worker_close_soon(w, c);
+        }
+}
+
+/*
+ * Move what each watcher's buffer holds into its connection's queue, while
+ * less than SM_WATCH_PUMP_MAX bytes are queued there: a watcher that reads
+ * slowly keeps its lines in its bounded buffer, where the logger thread
+ * skips what does not fit.  Not once the connection is ending.
+ */
+static void pump_watchers(worker *w)
+{
+    bool draining = atomic_load_explicit(&w->draining, memory_order_relaxed);
+    for (sm_watcher *wt = w->watchers; wt; wt = wt->next_local) {
+        conn *c = wt->conn;
+        if (draining || c->rd_eof || c->state == CONN_CLOSING || (c->loop & (CONN_LOOP_CLOSE | CONN_LOOP_CLOSED)))
+            continue;
+        bool queued = false;
+        while (out_pending(c) < SM_WATCH_PUMP_MAX) {
+            const char *p;
+            size_t n = sm_watcher_peek(wt, &p);
+            if (n == 0)
+                break;
+            if (n > SM_WATCH_PUMP_MAX - out_pending(c))
+                n = SM_WATCH_PUMP_MAX - out_pending(c);
+            if (n > OUT_CHUNK_SIZE)
+                n = OUT_CHUNK_SIZE; /* one chunk a copy: a failure queued none of it */
+            if (out_copy(c, p, n) < 0)
+                break; /* out of memory: the lines wait in the buffer */
+            sm_watcher_consume(wt, n);
+            queued = true;
+        }
+        if (queued)
+            worker_want_flush(w, c);
+    }
 }
 
 /* ---- the round ---- */
@@ -680,6 +736,8 @@ static void worker_loop(worker *w)
         }
         if (w->ops->wait(w, wait_timeout(w)) < 0)
             return; /* the backend failed the worker */
+        if (w->watchers)
+            pump_watchers(w);
         worker_flush(w);
         if (w->accept_paused)
             accept_resume(w);
@@ -715,6 +773,7 @@ void *worker_main(void *arg)
     char name[16];
     snprintf(name, sizeof(name), "sm-worker-%d", w->id);
     pthread_setname_np(pthread_self(), name);
+    sm_logger_bind_thread(&e->log, w->id); /* this thread's log ring (logger.h) */
     if (w->ops->setup) {
         char err[sizeof(w->error)] = "";
         int rc = w->ops->setup(w, err, sizeof(err));

@@ -52,6 +52,7 @@ typedef struct worker {
     int nconns;                      /* connections this worker owns */
     pthread_mutex_t conns_lock;      /* guards the conns list (taken on open/close and by stats conns) */
     conn *conns;                     /* open connections of this worker */
+    struct sm_watcher *watchers;     /* this worker's watcher connections' watchers (logger.h) */
     atomic_bool stop;                /* set by the engine to end the loop */
     atomic_bool draining;            /* stop accepting, finish in-flight requests */
     atomic_int state;                /* enum sm_worker_state (engine.h) */

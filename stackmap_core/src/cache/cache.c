@@ -221,6 +221,14 @@ void cache_lru_tune(cache *c, int hot_pct, int warm_pct, double hot_factor, doub
     atomic_store(&c->warm_max_factor, warm_factor);
 }
 
+void cache_set_evict_log(cache *c, const atomic_uint *flags, unsigned bit, cache_evict_log_fn *fn, void *arg)
+{
+    c->evict_log_bit = bit;
+    c->evict_log = fn;
+    c->evict_log_arg = arg;
+    c->evict_log_flags = flags;
+}
+
 int cache_lru_mode(cache *c, int segmented)
 {
     if (!c->lru_maintainer)

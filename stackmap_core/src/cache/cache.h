@@ -82,6 +82,7 @@ typedef struct cache_config {
     uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
     int hashpower_init;       /* initial hash table size, power of two */
     int use_cas;              /* 0: CAS uniques are always 0 */
+    int disable_evictions;    /* 1 (-M): never evict a live item to make room; the alloc fails */
     int lru_segmented;        /* 1: HOT/WARM/COLD segments (memcached 1.6's default); 0: flat (lru.c) */
     int lru_maintainer;       /* 1: the maintainer juggles the segments; 0: flat only, no "lru mode" */
     int hot_lru_pct;          /* HOT's share of the class's HOT+WARM+COLD bytes, % */
@@ -212,6 +213,14 @@ typedef enum {
  */
 item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags, rel_time_t exptime,
                   uint32_t nbytes, alloc_error *err);
+
+/* ---- eviction log (the "evictions" watch stream) ---- */
+
+/* Called for each live item evicted, with its class lock held: it is still intact. */
+typedef void cache_evict_log_fn(void *arg, const item *it, rel_time_t now);
+/* Call fn(arg, ...) on each eviction while (*flags & bit) != 0 (one relaxed
+ * load per eviction otherwise).  Set before the cache is used. */
+void cache_set_evict_log(cache *c, const atomic_uint *flags, unsigned bit, cache_evict_log_fn *fn, void *arg);
 
 /* ---- LRU tuning (the "lru" command; memcached's settings of the same names) ---- */
 

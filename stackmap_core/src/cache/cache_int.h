@@ -273,6 +273,12 @@ struct cache {
     struct bump_ring *bump_rings;     /* one per private hit block (the shared one has none) */
     atomic_uint hit_blocks_used;      /* blocks handed out */
 
+    /* ---- the eviction log (cache_set_evict_log) ---- */
+    const atomic_uint *evict_log_flags; /* the watchers' kinds, NULL: no log */
+    unsigned evict_log_bit;           /* the kind that asks for evictions */
+    cache_evict_log_fn *evict_log;    /* called per eviction while that kind is asked for */
+    void *evict_log_arg;              /* its argument */
+
     /* ---- the segmented LRU's settings (the "lru" command changes them live) ---- */
     bool lru_maintainer;              /* the maintainer juggles segments (-o lru_maintainer) */
     atomic_int lru_segmented;         /* 1: new items to HOT, COLD hits to WARM; 0: flat, all COLD */
@@ -369,6 +375,11 @@ int lru_segment_for(cache *c, rel_time_t exptime, rel_time_t now);
  * failed on the way.  When COLD has nothing to give it moves HOT's (then
  * WARM's) tail down to COLD and tries again, as memcached's allocation does. */
 item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy);
+/* With the class lock held, flat LRU: free the dead (expired or flushed)
+ * items at COLD's tail up to the first live one, counted in reclaimed, as
+ * memcached's allocation does before it takes a chunk when its LRU is not
+ * segmented (so a flushed item's memory is reused before a fresh chunk). */
+void lru_reclaim_tail_locked(cache *c, struct slabclass *cls);
 /* Allocation attempts when tail items' stripes are momentarily busy. */
 #define ALLOC_RETRIES 10
 /* Maintainer: one pass of the expired-item reclaimer over every class. */

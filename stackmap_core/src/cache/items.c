@@ -113,6 +113,8 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
     }
     struct slabclass *cls = &c->classes[id];
     pthread_mutex_lock(&cls->lock);
+    if (!atomic_load_explicit(&c->lru_segmented, memory_order_relaxed))
+        lru_reclaim_tail_locked(c, cls);
     item *it = slabs_alloc_locked(c, cls);
     /* No free chunk and no new page: take the LRU tail's.  When its stripes
      * were only momentarily busy, let go of the class lock and try again

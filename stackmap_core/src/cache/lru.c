@@ -192,6 +192,11 @@ static item *evict_cold(cache *c, struct slabclass *cls, int *busy, rel_time_t n
             cls->st.reclaimed++;
             if (!(fl & ITEM_FETCHED))
                 cls->st.expired_unfetched++;
+        } else if (c->cfg.disable_evictions) {
+            /* -M: a live tail item stays, and the allocation fails (memcached stops here too) */
+            atomic_fetch_sub(&search->refcount, 1);
+            stripe_unlock(m);
+            return NULL;
         } else {
             cls->st.evicted++;
             cls->st.evicted_time = now - LD(search->time);
@@ -201,6 +206,9 @@ static item *evict_cold(cache *c, struct slabclass *cls, int *busy, rel_time_t n
                 cls->st.evicted_unfetched++;
             if (fl & ITEM_ACTIVE)
                 cls->st.evicted_active++;
+            if (c->evict_log_flags &&
+                (atomic_load_explicit(c->evict_log_flags, memory_order_relaxed) & c->evict_log_bit))
+                c->evict_log(c->evict_log_arg, search, now);
         }
         unlink_core(c, cls, search, hv);
         atomic_fetch_sub(&search->refcount, 1); /* the hash table's; ours remains */
@@ -309,6 +317,19 @@ static int demote_for_alloc(struct slabclass *cls)
         return 1;
     }
     return 0;
+}
+
+void lru_reclaim_tail_locked(cache *c, struct slabclass *cls)
+{
+    rel_time_t now = atomic_load_explicit(&c->current_time, memory_order_relaxed);
+    item *search = cls->tails[LRU_COLD];
+    for (int tries = LRU_TAIL_TRIES; search && tries > 0; tries--) {
+        item *prev = search->prev;
+        if (!item_is_dead(c, search, now, NULL))
+            return; /* the oldest live item: memcached's pull stops at it */
+        reclaim_dead(c, cls, search, now);
+        search = prev;
+    }
 }
 
 item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy)

@@ -227,6 +227,7 @@ static void process_get(conn *c, const bin_req *rq, bool touch, bool with_key, b
     item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), touch ? CACHE_GET_TOUCH : 0, exptime,
                          &info);
     proto_count_get(w, key, nkey, it, touch, &info);
+    proto_log_get(c, key, nkey, it, &info);
     if (!it) {
         if (rq->quiet)
             return;
@@ -324,7 +325,9 @@ void proto_bin_complete_store(conn *c)
     store_req req = {.op = op, .cas_compare = c->pending.cas, .cas_new = 0, .invalidate = 0};
     int cls = it->slabs_clsid;
     uint64_t cas = 0;
+    proto_log_store_lookup(c, it, c->pending.hv);
     store_result r = cache_store(w->cache, it, c->pending.hv, &req, &cas, &cls);
+    proto_log_store(c, ITEM_key(it), it->nkey, it, op, r);
     switch (r) {
     case STORE_STORED:
         if (op == STORE_CAS)
@@ -366,6 +369,7 @@ static void process_delete(conn *c, const bin_req *rq)
     worker *w = c->worker;
     int cls = 0;
     sm_prefix_record(w->engine->prefixes, rq->key, rq->keylen, SM_PREFIX_DELETE);
+    proto_log_lookup(c, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen));
     delete_result dr = cache_delete(w->cache, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen), rq->cas, 0, 0,
                                     &cls);
     if (dr == DEL_DELETED) {
@@ -394,6 +398,7 @@ static void process_arith(conn *c, const bin_req *rq, bool incr)
     uint64_t value = 0;
     item *it = NULL;
     int cls = 0;
+    proto_log_lookup(c, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen));
     arith_result r = cache_arith(w->cache, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen), &req, &value, &it,
                                  &cls);
     char body[8];
@@ -740,6 +745,7 @@ size_t proto_bin_dispatch(conn *c, char *p, int *lat)
     case OP_QUIT: case OP_QUITQ:
         if (key == 0 && ext == 0 && body == 0) {
             bin_ok(c, &rq, 0, NULL, 0);
+            c->close_reason = SM_CLOSE_NORMAL;
             c->state = CONN_CLOSING;
         } else {
             bad = true;

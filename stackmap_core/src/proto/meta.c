@@ -507,6 +507,7 @@ void proto_meta_get(conn *c, sm_request *r)
      * line: vivify, T, and the recache token are one step for other clients. */
     cache_lock(ca, hv);
     it = cache_get_locked(ca, key, nkey, hv, of.no_update ? CACHE_GET_NOBUMP : 0, 0, &info);
+    proto_log_get(c, key, nkey, it, &info);
     if (it == NULL && of.vivify) {
         /* Vivify: a 0-byte item whose TTL is what N and T (in order) leave;
          * the win token is ours before anybody can see the item. */
@@ -753,7 +754,9 @@ void proto_meta_complete_store(conn *c)
 
     uint64_t cas = 0;
     int clsid = 0;
+    proto_log_store_lookup(c, it, p->hv);
     store_result r = cache_store(ca, it, p->hv, &req, &cas, &clsid);
+    proto_log_store(c, ITEM_key(it), it->nkey, it, req.op, r);
     if (p->op == STORE_CAS) {
         if (r == STORE_STORED)
             SM_STAT_INC(st->slab[proto_cls(clsid)].cas_hits);
@@ -895,6 +898,7 @@ void proto_meta_delete(conn *c, sm_request *r)
             cache_release(ca, old);
     } else {
         int clsid = 0;
+        proto_log_lookup(c, key, nkey, hv);
         delete_result dr = cache_delete(ca, key, nkey, hv, of.has_cas ? of.req_cas : 0, of.set_stale,
                                         of.new_ttl ? of.exptime : 0, &clsid);
         switch (dr) {
@@ -978,6 +982,7 @@ void proto_meta_arith(conn *c, sm_request *r)
     uint64_t value = 0;
     item *it = NULL;
     int clsid = 0;
+    proto_log_lookup(c, key, nkey, hv);
     arith_result ar = cache_arith(ca, key, nkey, hv, &req, &value, &it, &clsid);
     bool created = ar == ARITH_VIVIFIED;
     if (created)

@@ -70,6 +70,7 @@ int sm_cmd_lookup(const char *w, size_t n)
         switch (w[0]) {
         case 't': return is(w, SM_CMD_touch);
         case 's': return w[1] == 't' ? is(w, SM_CMD_stats) : is(w, SM_CMD_slabs);
+        case 'w': return is(w, SM_CMD_watch);
         default: return SM_CMD_NONE;
         }
     case 6:

@@ -63,6 +63,7 @@
     X(refresh_certs, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_refresh_certs) \
     X(quit, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_quit)             \
     X(lru_crawler, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_lru_crawler) \
+    X(watch, TEXT, other, NONE, 2, SM_MAX_TOKENS, proto_text_watch)           \
     X(mg, META, mg, ONE, 2, SM_MAX_TOKENS, proto_meta_get)                    \
     X(ms, META, ms, NONE, 2, SM_MAX_TOKENS, proto_meta_set)                   \
     X(md, META, md, NONE, 2, SM_MAX_TOKENS, proto_meta_delete)                \

@@ -333,6 +333,10 @@ size_t proto_process(conn *c, char *data, size_t len)
             continue;
         }
         /* CONN_PARSE */
+        if (c->watch) { /* a watcher (watch.c): memcached reads nothing more from it */
+            off = len;
+            break;
+        }
         if (c->dump) {
             /* lru_crawler metadump: a step, then the others' turn (a yield,
              * not counted as one); the input after it waits for its END. */

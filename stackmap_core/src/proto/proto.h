@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "../conn.h"
+#include "../logger.h"
 #include "parse.h"
 
 /*
@@ -66,7 +67,7 @@ typedef void proto_handler(conn *c, sm_request *r);
 proto_handler proto_text_get, proto_text_store, proto_text_delete, proto_text_arith, proto_text_touch,
     proto_text_stats, proto_text_flush_all, proto_text_version, proto_text_verbosity, proto_text_lru,
     proto_text_cache_memlimit, proto_text_shutdown, proto_text_quit, proto_text_refresh_certs,
-    proto_text_lru_crawler, proto_text_slabs;
+    proto_text_lru_crawler, proto_text_slabs, proto_text_watch;
 /* An unknown command, or a text command with a wrong number of tokens: "ERROR". */
 proto_handler proto_text_unknown;
 proto_handler proto_meta_get, proto_meta_set, proto_meta_delete, proto_meta_arith, proto_meta_noop,
@@ -81,6 +82,45 @@ bool proto_text_get_key(conn *c, const char *key, size_t nkey, bool return_cas);
  * step.  true when it ended (END queued, c->dump NULL) and parsing may go on.
  */
 bool proto_dump_step(conn *c);
+
+/*
+ * The log streams (watch.c, logger.h), each a no-op unless a watcher asked
+ * for its kind: proto_log_get logs one lookup (item_get); a store logs
+ * proto_log_store_lookup (the key's item_get, as memcached's store looks it
+ * up first) before cache_store and proto_log_store (item_store: op is a
+ * store_op, result a store_result) after it, or for an allocation that
+ * failed (it NULL).
+ */
+void proto_log_get_now(conn *c, const char *key, size_t nkey, const item *it, const get_info *info);
+void proto_log_lookup_now(conn *c, const char *key, size_t nkey, uint32_t hv);
+void proto_log_store_now(conn *c, const char *key, size_t nkey, const item *it, int op, int result);
+
+/* Does anybody watch `kind`?  What a request pays when nobody does: one relaxed load. */
+static inline bool proto_log_on(const conn *c, unsigned kind)
+{
+    return c->env->log_flags && (atomic_load_explicit(c->env->log_flags, memory_order_relaxed) & kind);
+}
+static inline void proto_log_get(conn *c, const char *key, size_t nkey, const item *it, const get_info *info)
+{
+    if (proto_log_on(c, SM_LOG_FETCHERS))
+        proto_log_get_now(c, key, nkey, it, info);
+}
+/* The item_get of the lookup a delete or incr/decr makes (before it runs). */
+static inline void proto_log_lookup(conn *c, const char *key, size_t nkey, uint32_t hv)
+{
+    if (proto_log_on(c, SM_LOG_FETCHERS))
+        proto_log_lookup_now(c, key, nkey, hv);
+}
+static inline void proto_log_store_lookup(conn *c, const item *it, uint32_t hv)
+{
+    if (proto_log_on(c, SM_LOG_FETCHERS))
+        proto_log_lookup_now(c, ITEM_key(it), it->nkey, hv);
+}
+static inline void proto_log_store(conn *c, const char *key, size_t nkey, const item *it, int op, int result)
+{
+    if (proto_log_on(c, SM_LOG_MUTATIONS))
+        proto_log_store_now(c, key, nkey, it, op, result);
+}
 
 /* Called by proto_process when a value is complete (c->pending says whose). */
 void proto_text_complete_store(conn *c);

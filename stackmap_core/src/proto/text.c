@@ -34,7 +34,7 @@
  *  - "verbosity" clamps to 2;
  *  - an unknown command whose line looks like HTTP closes the connection
  *    (looks_like_http below).
- * Not implemented (answered "ERROR"): slabs, watch,
+ * Not implemented (answered "ERROR"): slabs,
  * stats cachedump/sizes_enable/sizes_disable.
  */
 #include "proto.h"
@@ -174,6 +174,7 @@ static bool get_one(conn *c, const char *key, size_t nkey, bool return_cas, bool
     item *it = cache_get(cc, key, nkey, prefetch_hash(&w->pf, key, nkey), touch ? CACHE_GET_TOUCH : 0, exptime,
                          &info);
     proto_count_get(w, key, nkey, it, touch, &info);
+    proto_log_get(c, key, nkey, it, &info);
     if (!it)
         return true;
     if (!send) {
@@ -281,6 +282,7 @@ static void process_update(conn *c, sm_token *tokens, size_t ntokens, store_op o
             REPLY(c, "SERVER_ERROR out of memory storing object");
             SM_STAT_INC(w->stats.store_no_memory);
         }
+        proto_log_store(c, key, nkey, NULL, op, err == ALLOC_TOO_LARGE ? STORE_TOO_LARGE : STORE_NO_MEMORY);
         /* A failed set must not leave the old value readable (memcached does the same). */
         if (op == STORE_SET)
             cache_delete(w->cache, key, nkey, hv, 0, 0, 0, NULL);
@@ -310,7 +312,9 @@ void proto_text_complete_store(conn *c)
         .invalidate = 0,
     };
     int cls = it->slabs_clsid;
+    proto_log_store_lookup(c, it, c->pending.hv);
     store_result r = cache_store(w->cache, it, c->pending.hv, &req, NULL, &cls);
+    proto_log_store(c, ITEM_key(it), it->nkey, it, req.op, r);
     switch (r) {
     case STORE_STORED:
         if (req.op == STORE_CAS)
@@ -359,6 +363,7 @@ void proto_text_touch(conn *c, sm_request *r)
     item *it = cache_get(w->cache, key, nkey, cache_hash(key, nkey), CACHE_GET_TOUCH,
                          cache_realtime(w->cache, ex), &info);
     proto_count_lookup(w, &info);
+    proto_log_get(c, key, nkey, it, &info);
     SM_STAT_INC(w->stats.touch_cmds);
     if (it) {
         SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].touch_hits);
@@ -388,6 +393,7 @@ static void process_arith(conn *c, sm_token *tokens, size_t ntokens, bool incr)
     arith_req req = {.incr = incr ? 1 : 0, .delta = delta};
     uint64_t value = 0;
     int cls = 0;
+    proto_log_lookup(c, key, nkey, cache_hash(key, nkey));
     arith_result r = cache_arith(w->cache, key, nkey, cache_hash(key, nkey), &req, &value, NULL, &cls);
     switch (r) {
     case ARITH_OK:
@@ -446,6 +452,7 @@ void proto_text_delete(conn *c, sm_request *r)
     size_t nkey = tokens[1].length;
     sm_prefix_record(w->engine->prefixes, key, nkey, SM_PREFIX_DELETE);
     int cls = 0;
+    proto_log_lookup(c, key, nkey, cache_hash(key, nkey));
     delete_result dr = cache_delete(w->cache, key, nkey, cache_hash(key, nkey), 0, 0, 0, &cls);
     if (dr == DEL_DELETED) {
         SM_STAT_INC(w->stats.slab[proto_cls(cls)].delete_hits);
@@ -749,6 +756,7 @@ void proto_text_version(conn *c, sm_request *r)
 void proto_text_quit(conn *c, sm_request *r)
 {
     (void)r;
+    c->close_reason = SM_CLOSE_NORMAL;
     c->state = CONN_CLOSING;
 }
 

@@ -1,0 +1,273 @@
+"""The watch command: memcached's log streams, line for line.
+
+A connection that sends "watch <kinds>" gets "OK", then one line per event
+of those kinds: "ts=SECS.USECS gid=N type=..." in memcached 1.6's format.
+ts and gid differ from run to run and are checked for their shape only;
+the rest of each line is compared exactly (run with --target memcached to
+see Debian's memcached give the same lines).  A watcher that reads too
+slowly loses lines, counted in log_watcher_skipped and announced with
+"skipped=N"; the clients it watches never wait for it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import pytest
+from conftest import Server, Target
+from mcwire import Wire, stats
+
+HEAD = re.compile(rb"^ts=\d+\.\d+ gid=(\d+) ")
+WAIT = 10.0  # seconds a line may take to arrive (the logger thread batches them)
+
+
+def watcher(server: Server, kinds: str) -> Wire:
+    w = server.wire(timeout=WAIT)
+    w.expect(b"watch %s\r\n" % kinds.encode() if kinds else b"watch\r\n", b"OK\r\n")
+    return w
+
+
+def lines(w: Wire, n: int) -> list[bytes]:
+    """The next n log lines without their ts= and gid= (checked, gids increasing)."""
+    out = []
+    last_gid = 0
+    for _ in range(n):
+        line = w.read_response((b"\n",), timeout=WAIT)
+        m = HEAD.match(line)
+        assert m and line.endswith(b"\n") and not line.endswith(b"\r\n"), line
+        gid = int(m.group(1))
+        assert gid > last_gid, (gid, last_gid)
+        last_gid = gid
+        out.append(line[m.end():-1])
+    return out
+
+
+def events_of(w: Wire, port: int, n: int) -> list[bytes]:
+    """The next n connevents lines about the client on port (other clients' may come between)."""
+    out: list[bytes] = []
+    while len(out) < n:
+        line = lines(w, 1)[0]
+        if b" rport=%d " % port in line:
+            out.append(line)
+    return out
+
+
+def own_fd(w: Wire) -> int:
+    """The descriptor the server gives this connection: its line in stats conns (by our port)."""
+    port = w.sock.getsockname()[1]
+    raw = w.request(b"stats conns\r\n", (b"END\r\n",))
+    for ln in raw.split(b"\r\n"):
+        m = re.fullmatch(rb"STAT (\d+):addr tcp:127\.0\.0\.1:%d" % port, ln)
+        if m:
+            return int(m.group(1))
+    raise AssertionError(f"no stats conns line for port {port}: {raw!r}")
+
+
+def test_fetchers_and_mutations(server: Server) -> None:
+    with watcher(server, "fetchers mutations") as wt, server.wire() as c:
+        fd = own_fd(c)
+        c.expect(b"set wkey 0 0 5\r\nhello\r\n", b"STORED\r\n")
+        c.expect(b"get wkey nokey\r\n", b"VALUE wkey 0 5\r\nhello\r\nEND\r\n")
+        c.expect(b"add wkey 0 0 1\r\nx\r\n", b"NOT_STORED\r\n")
+        c.expect(b"set n,foo 0 0 2\r\nab\r\n", b"STORED\r\n")
+        got = lines(wt, 8)
+        cls = re.search(rb"clsid=(\d+)", got[1]).group(1)  # type: ignore[union-attr]
+        assert got == [
+            b"type=item_get key=wkey status=not_found clsid=0 cfd=%d size=0" % fd,
+            b"type=item_store key=wkey status=stored cmd=set ttl=0 clsid=%s cfd=%d size=5" % (cls, fd),
+            b"type=item_get key=wkey status=found clsid=%s cfd=%d size=5" % (cls, fd),
+            b"type=item_get key=nokey status=not_found clsid=0 cfd=%d size=0" % fd,
+            b"type=item_get key=wkey status=found clsid=%s cfd=%d size=5" % (cls, fd),
+            b"type=item_store key=wkey status=not_stored cmd=add ttl=0 clsid=%s cfd=%d size=1" % (cls, fd),
+            b"type=item_get key=n%%2Cfoo status=not_found clsid=0 cfd=%d size=0" % fd,
+            b"type=item_store key=n%%2Cfoo status=stored cmd=set ttl=0 clsid=%s cfd=%d size=2" % (cls, fd),
+        ]
+
+
+def test_mutations_only_and_ttl(server: Server) -> None:
+    with watcher(server, "mutations") as wt, server.wire() as c:
+        fd = own_fd(c)
+        c.expect(b"set ttlkey 0 100 3\r\nabc\r\n", b"STORED\r\n")
+        c.expect(b"cas ttlkey 0 0 1 1\r\nz\r\n", b"EXISTS\r\n")
+        got = lines(wt, 2)
+        assert re.fullmatch(rb"type=item_store key=ttlkey status=stored cmd=set ttl=(99|100) clsid=\d+ cfd=%d size=3"
+                            % fd, got[0]), got
+        assert re.fullmatch(rb"type=item_store key=ttlkey status=exists cmd=cas ttl=0 clsid=\d+ cfd=%d size=1" % fd,
+                            got[1]), got
+
+
+def test_connevents(server: Server) -> None:
+    with watcher(server, "connevents") as wt:
+        c = socket.create_connection((server.host, server.port), timeout=WAIT)
+        port = c.getsockname()[1]
+        c.sendall(b"version\r\n")
+        assert c.recv(100).startswith(b"VERSION ")
+        c.sendall(b"quit\r\n")
+        assert c.recv(100) == b""
+        c.close()
+        new, close = events_of(wt, port, 2)
+        m = re.fullmatch(rb"type=conn_new rip=127\.0\.0\.1 rport=%d transport=tcp cfd=(\d+)" % port, new)
+        assert m, new
+        assert close == b"type=conn_close rip=127.0.0.1 rport=%d transport=tcp reason=normal cfd=%s" % (
+            port, m.group(1)), close
+        # a line that looks like HTTP: memcached hangs up, an error close
+        c = socket.create_connection((server.host, server.port), timeout=WAIT)
+        port = c.getsockname()[1]
+        c.sendall(b"GET / HTTP/1.1\r\n")
+        new, close = events_of(wt, port, 2)
+        c.close()
+        assert new.startswith(b"type=conn_new rip=127.0.0.1 rport=%d transport=tcp cfd=" % port), new
+        assert re.fullmatch(rb"type=conn_close rip=127\.0\.0\.1 rport=%d transport=tcp reason=error cfd=\d+" % port,
+                            close), close
+
+
+def test_evictions(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    server: Server = start_server(target, ["-m", "2"])
+    value = b"E" * 10000
+    with watcher(server, "evictions") as wt, server.wire(timeout=30) as c:
+        for i in range(600):  # 6 MB into 2 MB
+            c.send(b"set ev%d 0 0 %d noreply\r\n%s\r\n" % (i, len(value), value))
+        c.expect(b"mn\r\n", b"MN\r\n", timeout=30)
+        first = lines(wt, 1)[0]
+    assert re.fullmatch(rb"type=eviction key=ev\d+ fetch=no ttl=-1 la=\d+ clsid=\d+ size=10000", first), first
+    assert int(stats(server.host, server.port)["evictions"]) > 0
+
+
+def test_slow_watcher_skips_and_never_blocks(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    server: Server = start_server(target, ["-o", "watcher_logbuf_size=8"])
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect((server.host, server.port))
+    slow.settimeout(WAIT)
+    slow.sendall(b"watch fetchers\r\n")
+    assert slow.recv(4) == b"OK\r\n"
+    key = b"k" * 200
+    with server.wire(timeout=30) as c:
+        for _ in range(40):  # 20000 lookups while the watcher reads nothing
+            c.send(b"".join(b"get %s%d\r\n" % (key, i) for i in range(500)))
+            got = c.read_exact(5 * 500)
+            assert got == b"END\r\n" * 500
+    deadline = time.monotonic() + WAIT
+    st = stats(server.host, server.port)
+    while int(st["log_watcher_skipped"]) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        st = stats(server.host, server.port)
+    assert int(st["log_watcher_skipped"]) > 0, st
+    assert int(st["log_watcher_sent"]) > 0, st
+    # what it reads now: whole lines, and "skipped=N" before the first line after a gap
+    slow.settimeout(0.5)
+    data = b""
+    with server.wire() as c:
+        deadline = time.monotonic() + WAIT
+        while b"skipped=" not in data and time.monotonic() < deadline:
+            c.expect(b"get after\r\n", b"END\r\n")
+            try:
+                data += slow.recv(1 << 16)
+            except TimeoutError:
+                pass
+    slow.close()
+    assert re.search(rb"\nskipped=\d+\nts=\d+\.\d+ gid=\d+ type=item_get key=", data), data[-500:]
+
+
+def test_watcher_count_follows_connections(server: Server) -> None:
+    def watchers() -> int:
+        return int(stats(server.host, server.port)["log_watchers"])
+
+    base = watchers()
+    w1 = watcher(server, "fetchers")
+    w2 = watcher(server, "")
+    assert watchers() == base + 2
+    w1.close()
+    w2.close()
+    deadline = time.monotonic() + WAIT
+    while watchers() != base and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert watchers() == base
+
+
+def test_bad_watch_commands(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    server: Server = start_server(target, [])
+    with server.wire() as c:
+        c.expect(b"watch fetchers bogus\r\n", b"ERROR\r\n")
+        # still a normal connection
+        c.expect(b"get x\r\n", b"END\r\n")
+        c.expect(b"version\r\nwatch\r\n", b"VERSION ")
+        c.read_line()
+        c.expect(b"", b"ERROR cannot pipeline other commands before watch\r\n")
+        c.expect(b"watch noreply\r\nget x\r\n", b"END\r\n")  # (noreply silences its ERROR)
+    many = [watcher(server, "mutations") for _ in range(20)]
+    with server.wire() as c:
+        c.expect(b"watch\r\n", b"WATCHER_TOO_MANY log watcher limit reached\r\n")
+    for w in many:
+        w.close()
+    nowatch: Server = start_server(target, ["-W"])
+    with nowatch.wire() as c:
+        c.expect(b"watch mutations\r\n", b"CLIENT_ERROR watch commands not allowed\r\n")
+        c.expect(b"get x\r\n", b"END\r\n")
+
+
+def test_nothing_is_logged_without_a_watcher(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    server: Server = start_server(target, [])
+    with server.wire() as c:
+        for i in range(50):
+            c.expect(b"set q%d 0 0 1\r\nq\r\n" % i, b"STORED\r\n")
+            c.expect(b"get q%d\r\n" % i, b"VALUE q%d 0 1\r\nq\r\nEND\r\n" % i)
+    st = stats(server.host, server.port)
+    assert st["log_worker_written"] == "0" and st["log_watchers"] == "0", st
+
+
+@pytest.mark.parametrize("kinds", ["fetchers", "mutations evictions"])
+def test_a_watcher_ignores_what_it_is_sent(start_server, target: Target, kinds: str) -> None:  # type: ignore[no-untyped-def]
+    server: Server = start_server(target, [])
+    with watcher(server, kinds) as wt:
+        wt.send(b"get x\r\nversion\r\nset a 0 0 1\r\nb\r\n")
+        wt.expect_silence(0.3)
+        assert stats(server.host, server.port)["curr_items"] == "0"
+
+
+def test_stats_conns_in_descriptor_order(server: Server) -> None:
+    """memcached walks its connections by descriptor; t/watcher_connid.t reads its own fd from the last line."""
+    clients = [server.wire() for _ in range(6)]
+    try:
+        for c in clients:  # each accepted by its worker
+            c.expect(b"mn\r\n", b"MN\r\n")
+        raw = clients[0].request(b"stats conns\r\n", (b"END\r\n",))
+        fds = [int(m) for m in re.findall(rb"STAT (\d+):state ", raw)]
+        assert len(fds) >= 6 and fds == sorted(fds), raw
+        assert {own_fd(c) for c in clients} <= set(fds)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_stats_reset_zeroes_the_log_counters(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    server: Server = start_server(target, [])
+    with watcher(server, "mutations") as wt, server.wire() as c:
+        for i in range(3):
+            c.expect(b"set r%d 0 0 1\r\nr\r\n" % i, b"STORED\r\n")
+        lines(wt, 3)  # delivered: counted
+        st = stats(server.host, server.port)
+        assert int(st["log_worker_written"]) >= 3 and int(st["log_watcher_sent"]) >= 3, st
+        c.expect(b"stats reset\r\n", b"RESET\r\n")
+        st = stats(server.host, server.port)
+        assert (st["log_worker_written"], st["log_watcher_sent"], st["log_watchers"]) == ("0", "0", "1"), st
+
+
+def test_delete_and_incr_log_their_lookup(server: Server) -> None:
+    """memcached's delete and incr/decr fetch the item first: fetchers sees it."""
+    with watcher(server, "fetchers") as wt, server.wire() as c:
+        fd = own_fd(c)
+        c.expect(b"set num 0 0 1\r\n7\r\n", b"STORED\r\n")
+        c.expect(b"incr num 1\r\n", b"8\r\n")
+        c.expect(b"delete num\r\n", b"DELETED\r\n")
+        c.expect(b"decr num 1\r\n", b"NOT_FOUND\r\n")
+        got = lines(wt, 4)
+        cls = re.search(rb"clsid=(\d+)", got[1]).group(1)  # type: ignore[union-attr]
+        assert got == [
+            b"type=item_get key=num status=not_found clsid=0 cfd=%d size=0" % fd,
+            b"type=item_get key=num status=found clsid=%s cfd=%d size=1" % (cls, fd),
+            b"type=item_get key=num status=found clsid=%s cfd=%d size=1" % (cls, fd),
+            b"type=item_get key=num status=not_found clsid=0 cfd=%d size=0" % fd,
+        ]
