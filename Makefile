@@ -87,9 +87,10 @@ PKG_FILES  := pyproject.toml setup.py MANIFEST.in $(shell find stackmap_core sta
 # wheel from PyPI, so libffi-dev is not needed.
 APT_BUILD := build-essential python3-dev python3-venv pkg-config liburing-dev libssl-dev
 # perl and xz-utils: memcached's own t/ suite (tests/test_mc_suite.py) is
-# perl, fetched as a .tar.xz (tests/mcsuite/setup.sh).
+# perl, fetched as a .tar.xz (tests/mcsuite/setup.sh); libio-socket-ssl-perl:
+# its harness's TLS mode (SSL_TEST=1, the ssl_*.t files) speaks TLS with it.
 APT_TEST  := $(APT_BUILD) memcached libmemcached-tools strace prometheus nutcracker iproute2 curl buildah debootstrap \
-             perl xz-utils
+             perl xz-utils libio-socket-ssl-perl
 
 # $(call apt_ensure,packages): install the packages dpkg does not have.
 # apt-get update runs first when there are no package lists (a fresh

@@ -123,7 +123,9 @@ def mcsuite_table(path: Path = MCSUITE_TABLE) -> str:
         ours = MCSUITE_STATUS[row["status"]]
         if row["status"] == "required" and row["memcached"] == "skip":
             ours = "skips itself, as with memcached"
-        lines.append(f"| `{name}` | {row['memcached']} | {ours} | {_cell(row.get('why', ''))} |")
+        shown = f"`{name}`" + (" (SSL_TEST=1)" if row.get("ssl_test") else
+                               " (plain and SSL_TEST=1)" if row.get("also_tls") else "")
+        lines.append(f"| {shown} | {row['memcached']} | {ours} | {_cell(row.get('why', ''))} |")
     counts = {s: sum(1 for r in files.values() if r["status"] == s) for s in MCSUITE_STATUS}
     lines += ["", f"{len(files)} files: {counts['required']} required, {counts['pending']} pending, "
                   f"{counts['not-applicable']} not applicable."]

@@ -24,6 +24,8 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from stackmapd.settings import split_listen_entry
+
 if TYPE_CHECKING:
     from stackmap_core import Engine
 
@@ -38,14 +40,15 @@ _WILDCARD = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1", "*": "127.0.0
 NOTLS = "notls:"
 
 
-def probe_listener(listen: str, tls: bool) -> tuple[str, bool]:
-    """The address to probe for a ``-l`` list and whether it speaks TLS: under
-    ``-Z`` its first ``notls:`` entry if any, else its first entry; loopback
-    for a wildcard."""
+def probe_listener(listen: str, tls: bool) -> tuple[str, int | None, bool]:
+    """The address to probe for a ``-l`` list, its own port if it names one
+    (else the -p port is probed), and whether it speaks TLS: under ``-Z`` its
+    first ``notls:`` entry if any, else its first entry; loopback for a
+    wildcard."""
     entries = [e.strip() for e in listen.split(",") if e.strip()] or [""]
     plain = [e for e in entries if e.startswith(NOTLS)]
-    first = (plain or entries)[0].removeprefix(NOTLS).strip("[]")
-    return _WILDCARD.get(first, first), tls and not plain
+    host, port = split_listen_entry((plain or entries)[0].removeprefix(NOTLS))
+    return _WILDCARD.get(host, host), port, tls and not plain
 
 
 def probe_host(listen: str) -> str:
@@ -99,8 +102,8 @@ class Health:
 
     def __init__(self, engine: Engine, listen: str, port: int, tls: bool = False, unix_path: str = "") -> None:
         self.engine = engine
-        self.host, self.tls = probe_listener(listen, tls)
-        self.port = port
+        self.host, self.entry_port, self.tls = probe_listener(listen, tls)
+        self.port = port  # the -p port, probed unless the entry named its own
         self.unix_path = unix_path  # -s: the engine listens there and not on TCP
 
     def readiness(self) -> dict[str, Any]:
@@ -125,4 +128,5 @@ class Health:
                 return False
         except Exception:
             return False
-        return answers_version(self.host, self.port, tls=self.tls, unix_path=self.unix_path)
+        port = self.port if self.entry_port is None else self.entry_port
+        return answers_version(self.host, port, tls=self.tls, unix_path=self.unix_path)

@@ -101,6 +101,26 @@ def parse_bool(raw: object) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
+def split_listen_entry(entry: str) -> tuple[str, int | None]:
+    """A ``-l`` entry (without ``notls:``) as memcached reads it: ``HOST:PORT``
+    (one colon) or ``[V6]:PORT`` name their own port, ``::1`` and ``[::1]``
+    none.  ValueError, with memcached's words, for a port that is not 0..65535."""
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f'Invalid IPV6 address: "{entry}"')
+        port = rest[1:] if rest else None
+    else:
+        host, colon, port = entry.partition(":")
+        if not colon or ":" in port:
+            return entry, None  # no port, or a bare IPv6 address
+    if port is None:
+        return host, None
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f'Invalid port number: "{port}"')
+    return host, int(port)
+
+
 def parse_listen(raw: object) -> str:
     """A comma-separated address list (or a TOML list of addresses)."""
     if isinstance(raw, list):
@@ -115,6 +135,7 @@ def parse_listen(raw: object) -> str:
             raise ValueError(f"empty or invalid address in {raw!r}")
         if any(c.isspace() for c in part.strip()):
             raise ValueError(f"address {part.strip()!r} contains whitespace")
+        split_listen_entry(part.strip().removeprefix("notls:"))
         addrs.append(part.strip())
     joined = ",".join(addrs)
     if len(joined.encode()) > 511:

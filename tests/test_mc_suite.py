@@ -15,6 +15,15 @@ of a session starts at once on a pool of SUITE_JOBS (default 6) and each
 test waits for its own file's result: the whole suite costs about as long
 as its slowest files.
 
+Rows with ``ssl_test = true`` (the ssl_*.t files, which skip themselves
+otherwise) run in memcached's TLS mode, SSL_TEST=1: the harness starts
+every server with -Z and t/'s certificates and talks to it over TLS
+(IO::Socket::SSL, Debian's libio-socket-ssl-perl).  Rows with ``also_tls =
+true`` run twice, plain and in that mode (test ids ending "-tls"), as
+memcached's ``make test_tls`` runs its whole suite; only a few files do,
+the ones whose connections TLS changes (big values, closes, pipelining):
+the whole suite again would double its time.
+
 A file passes when perl exits 0 and its TAP plan ran (no "not ok"); it
 skipped when it printed "1..0 # SKIP ...".
 """
@@ -51,6 +60,10 @@ def load_table(path: Path = TABLE) -> dict[str, dict[str, str]]:
             raise ValueError(f"{path}: {name}: status must be one of {STATUSES} and memcached one of {OUTCOMES}")
         if row["status"] != "required" and not row.get("why"):
             raise ValueError(f"{path}: {name} is {row['status']}: say why")
+        if not isinstance(row.get("ssl_test", False), bool) or not isinstance(row.get("also_tls", False), bool):
+            raise ValueError(f"{path}: {name}: ssl_test and also_tls are true or false")
+        if row.get("also_tls") and (row["status"] != "required" or row["memcached"] != "pass"):
+            raise ValueError(f"{path}: {name}: also_tls is for required files memcached passes")
     return files
 
 
@@ -94,9 +107,13 @@ def setup_build() -> None:
         pytest.fail(f"tests/mcsuite/setup.sh failed:\n{got.stderr}")
 
 
-def target_env(target: Target) -> dict[str, str]:
+def target_env(target: Target, name: str, tls: bool = False) -> dict[str, str]:
+    """The harness's environment for one file against one target (tls: an also_tls file's TLS run)."""
     env = dict(os.environ)
     env.pop("T_MEMD_USE_DAEMON", None)
+    env.pop("SSL_TEST", None)
+    if tls or FILES[name].get("ssl_test"):
+        env["SSL_TEST"] = "1"  # memcached's TLS mode: -Z, t/'s certificates, TLS sockets
     if target.name == "memcached":
         env["SM_MCTEST_SERVER"] = "/usr/bin/memcached"
     else:
@@ -116,17 +133,17 @@ class Runs:
 
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(max_workers=JOBS)
-        self.futures: dict[tuple[str, str], Future[Outcome]] = {}
+        self.futures: dict[tuple[str, str, bool], Future[Outcome]] = {}
 
-    def start(self, pairs: list[tuple[Target, str]]) -> None:
+    def start(self, runs: list[tuple[Target, str, bool]]) -> None:
         # slowest first: the long files overlap the short ones
-        for target, name in sorted(pairs, key=lambda p: -SLOW.get(p[1], 0)):
-            key = (target.id, name)
+        for target, name, tls in sorted(runs, key=lambda p: -SLOW.get(p[1], 0)):
+            key = (target.id, name, tls)
             if key not in self.futures and runs_file(target, name):
-                self.futures[key] = self.pool.submit(run_file, name, target_env(target))
+                self.futures[key] = self.pool.submit(run_file, name, target_env(target, name, tls))
 
-    def result(self, target: Target, name: str) -> Outcome:
-        return self.futures[(target.id, name)].result()
+    def result(self, target: Target, name: str, tls: bool) -> Outcome:
+        return self.futures[(target.id, name, tls)].result()
 
 
 # Files that take longest (seconds alone, measured): started first.
@@ -139,26 +156,31 @@ SLOW = {"getset.t": 25, "idle-timeout.t": 20, "metaget.t": 22, "shutdown.t": 13,
 def runs(request: pytest.FixtureRequest) -> Runs:
     setup_build()
     r = Runs()
-    # what this session selected: conftest parametrizes "target", we "name"
-    pairs = [(item.callspec.params["target"], item.callspec.params["name"]) for item in request.session.items
+    # what this session selected: conftest parametrizes "target", we "name" and "tls"
+    r.start([(item.callspec.params["target"], item.callspec.params["name"], item.callspec.params["tls"])
+             for item in request.session.items
              if getattr(item, "module", None) is not None and item.module.__name__ == __name__
-             and hasattr(item, "callspec") and "target" in item.callspec.params]
-    r.start(pairs)
+             and hasattr(item, "callspec") and "target" in item.callspec.params])
     yield r
     r.pool.shutdown(cancel_futures=True)
 
 
-@pytest.mark.parametrize("name", sorted(FILES))
-def test_file(runs: Runs, target: Target, name: str) -> None:
+# Every file, and the also_tls ones a second time in the harness's TLS mode.
+CASES = [pytest.param(name, False, id=name) for name in sorted(FILES)] + [
+    pytest.param(name, True, id=f"{name}-tls") for name in sorted(FILES) if FILES[name].get("also_tls")]
+
+
+@pytest.mark.parametrize("name, tls", CASES)
+def test_file(runs: Runs, target: Target, name: str, tls: bool) -> None:
     row = FILES[name]
     if target.name == "memcached":
-        got = runs.result(target, name)
+        got = runs.result(target, name, tls)
         assert got.result == row["memcached"], (
             f"{name}: memcached {got.result}s it, files.toml says {row['memcached']}\n{got.output}")
         return
     if row["status"] == "not-applicable":
         pytest.skip(f"not applicable: {row['why']}")
-    got = runs.result(target, name)
+    got = runs.result(target, name, tls)
     if row["status"] == "pending":
         if got.result == "fail":
             pytest.xfail(f"pending: {row['why']}")
@@ -170,7 +192,7 @@ def test_file(runs: Runs, target: Target, name: str) -> None:
         # failure there is run again on its own before it counts (CI's fresh
         # root once lost lru-maintainer.t's canary this way, 1 check of 226).
         crowded = got
-        got = run_file(name, target_env(target))
+        got = run_file(name, target_env(target, name, tls))
         assert got.result in expected, (
             f"{name} on {target.id}: {got.result} (also in the shared pool: {crowded.result})\n{got.output}")
 

@@ -552,3 +552,228 @@ def test_unix_socket_is_plain_under_tls(target: Target, pki: Pki, tmp_path: Path
     finally:
         terminate(proc)
         os.unlink(log_path)
+
+
+def test_listen_entries_name_their_own_ports(target: Target, pki: Pki) -> None:
+    """memcached's -l HOST:PORT (t/ssl_ports.t's form): a plain notls: listener
+    on one port, TLS on another, one -l list; what one stores the other reads."""
+    plain_port, tls_port = free_port(), free_port()
+    cmd = target.command(tls_port, ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}"])
+    at = cmd.index("-l")
+    cmd[at + 1] = f"notls:{HOST}:{plain_port},{HOST}:{tls_port}"
+    fd, log_path = tempfile.mkstemp(prefix="tls-ports-", suffix=".log")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+    os.close(fd)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
+            try:
+                with TlsWire(tls_port, client_context(pki)) as w:
+                    assert w.request(b"set ports 0 0 8\r\nover tls\r\n") == b"STORED\r\n"
+                break
+            except (ConnectionRefusedError, ConnectionResetError):
+                time.sleep(0.05)
+        with socket.create_connection((HOST, plain_port), timeout=TIMEOUT) as s:
+            s.sendall(b"get ports\r\n")
+            buf = b""
+            while not buf.endswith(b"END\r\n"):
+                chunk = s.recv(4096)
+                assert chunk, f"closed after {buf!r}"
+                buf += chunk
+            assert buf == b"VALUE ports 0 8\r\nover tls\r\nEND\r\n"
+    finally:
+        terminate(proc)
+        os.unlink(log_path)
+
+
+@pytest.mark.parametrize("entry, words", [("127.0.0.1:99999", ['Invalid port number: "99999"']),
+                                          ("127.0.0.1:1x", ['Invalid port number: "1x"']),
+                                          ("[::1", ["Invalid IPV6 address"])])
+def test_bad_listen_entry_is_a_clear_start_error(target: Target, entry: str, words: list[str]) -> None:
+    if target.name != "stackmapd":
+        pytest.skip("stackmapd's own checks (memcached takes 99999 modulo 65536)")
+    cmd = target.command(free_port(), [])
+    cmd[cmd.index("-l") + 1] = entry
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    for word in words:
+        assert word in out.stderr, out.stderr
+
+
+class RecordWire:
+    """A TLS 1.3 client over memory BIOs that also reads the record headers
+    (5 bytes, in clear) of what the server sends: how replies are cut into records."""
+
+    TAG = 17  # TLS 1.3 AEAD: the inner content type byte + a 16-byte tag per record
+
+    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.inc, self.out, server_hostname="localhost")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                chunk = self.sock.recv(65536)
+                assert chunk, "closed in the handshake"
+                self.inc.write(chunk)
+        self._flush()
+        # the session tickets come before this answer: after it the stream is at a record boundary
+        assert self.request(b"version\r\n", b"\r\n")[0].startswith(b"VERSION ")
+
+    def __enter__(self) -> RecordWire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def _flush(self) -> None:
+        data = self.out.read()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, data: bytes, marker: bytes) -> tuple[bytes, list[int]]:
+        """The answer up to marker and the plaintext size of each record it came in."""
+        self.tls.write(data)
+        self._flush()
+        plain, wire, sizes = b"", b"", []
+        while not plain.endswith(marker):
+            chunk = self.sock.recv(65536)
+            assert chunk, f"closed after {plain[-200:]!r}"
+            wire += chunk
+            while len(wire) >= 5 and len(wire) >= 5 + int.from_bytes(wire[3:5], "big"):
+                n = int.from_bytes(wire[3:5], "big")
+                assert wire[0] == 23, f"record type {wire[0]}"  # application data
+                sizes.append(n - self.TAG)
+                wire = wire[5 + n:]
+            self.inc.write(chunk)
+            while True:
+                try:
+                    plain += self.tls.read(65536)
+                except ssl.SSLWantReadError:
+                    break
+        assert not wire
+        return plain, sizes
+
+
+def userspace_tls(target: Target) -> str:
+    """-o options for TLS records made by the server's OpenSSL, not the kernel."""
+    return ",no_ssl_kernel_tls" if target.name == "stackmapd" else ""
+
+
+def test_ssl_wbuf_size_in_stats_settings(target: Target, pki: Pki) -> None:
+    """memcached's -o ssl_wbuf_size (KiB, shown in bytes): 16 KiB by default."""
+    for extra, want in (("", "16384"), ("ssl_wbuf_size=64", "65536")):
+        srv = launch_tls(target, pki, extra)
+        try:
+            assert tls_stats(srv.port, client_context(pki), "settings")["ssl_wbuf_size"] == want
+        finally:
+            srv.stop()
+
+
+def test_reply_pieces_share_a_record(target: Target, pki: Pki) -> None:
+    """A reply's header, value and END go out in one TLS record, as memcached's
+    ssl_wbuf gathers them, not one record each; a 64 KiB value in 16 KiB records."""
+    srv = launch_tls(target, pki, userspace_tls(target).lstrip(","), args=["-I", "2m"])
+    try:
+        with RecordWire(srv.port, client_context(pki)) as w:
+            value = os.urandom(50).hex().encode()
+            assert w.request(b"set g 0 0 100\r\n%s\r\n" % value, b"\r\n") == (b"STORED\r\n", [8])
+            reply = b"VALUE g 0 100\r\n%s\r\nEND\r\n" % value
+            assert w.request(b"get g\r\n", b"END\r\n") == (reply, [len(reply)])
+            got, sizes = w.request(b"get g g g\r\n", b"END\r\n")
+            assert len(sizes) == 1 and got.count(b"VALUE") == 3, sizes
+            big = os.urandom(32768).hex().encode()
+            assert w.request(b"set big 0 0 65536\r\n%s\r\n" % big, b"\r\n")[0] == b"STORED\r\n"
+            got, sizes = w.request(b"get big\r\n", b"END\r\n")
+            assert big in got and max(sizes) == 16384 and len(sizes) <= 6, sizes
+    finally:
+        srv.stop()
+
+
+def test_ssl_wbuf_size_caps_the_records(target: Target, pki: Pki) -> None:
+    """-o ssl_wbuf_size=1: no record carries more than 1 KiB of reply."""
+    srv = launch_tls(target, pki, "ssl_wbuf_size=1" + userspace_tls(target))
+    try:
+        with RecordWire(srv.port, client_context(pki)) as w:
+            value = os.urandom(2000).hex().encode()
+            assert w.request(b"set w 0 0 4000\r\n%s\r\n" % value, b"\r\n")[0] == b"STORED\r\n"
+            got, sizes = w.request(b"get w\r\n", b"END\r\n")
+            assert got == b"VALUE w 0 4000\r\n%s\r\nEND\r\n" % value
+            assert max(sizes) == 1024 and len(sizes) >= 4, sizes
+    finally:
+        srv.stop()
+
+
+def session_end(w: RecordWire) -> str:
+    """Read to the end of the TCP stream: "close_notify" when TLS's end of
+    session came first, "truncated" when the stream just stopped."""
+    while True:
+        try:
+            chunk = w.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            break
+        w.inc.write(chunk)
+    try:
+        while w.tls.read(65536):  # b"": the close_notify was read
+            pass
+    except ssl.SSLWantReadError:  # more was to come: the stream stopped short
+        return "truncated"
+    return "close_notify"
+
+
+@pytest.mark.parametrize("how", ["quit", "idle_timeout"])
+def test_server_close_sends_close_notify(target: Target, pki: Pki, how: str) -> None:
+    """When the server ends a TLS session (quit, an idle kick) it says so with
+    TLS's close_notify first, as memcached's SSL_shutdown does: a client reads
+    a clean end, not a truncated stream (Perl's IO::Socket::SSL died of SIGPIPE
+    in memcached's t/idle-timeout.t without it)."""
+    srv = launch_tls(target, pki, "idle_timeout=1" + userspace_tls(target))
+    try:
+        with RecordWire(srv.port, client_context(pki)) as w:
+            if how == "quit":
+                w.tls.write(b"quit\r\n")
+                w._flush()
+            assert session_end(w) == "close_notify"  # (idle: the kick comes within ~2 s)
+        if how == "idle_timeout":
+            assert int(tls_stats(srv.port, client_context(pki))["idle_kicks"]) >= 1
+        assert_serves(srv, pki)
+    finally:
+        srv.stop()
+
+
+def test_up_probe_goes_to_the_notls_entry_port(target: Target, pki: Pki) -> None:
+    """memcached_up under -Z probes the plain notls: listener, on the port its
+    -l entry names (not -p's, which speaks TLS here)."""
+    if target.name != "stackmapd":
+        pytest.skip("memcached_up is stackmapd's")
+    import urllib.request
+
+    plain_port, tls_port, http_port = free_port(), free_port(), free_port()
+    cmd = target.command(tls_port, ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}",
+                                    "--metrics-listen", f"{HOST}:{http_port}"])
+    cmd[cmd.index("-l") + 1] = f"{HOST}:{tls_port},notls:{HOST}:{plain_port}"
+    fd, log_path = tempfile.mkstemp(prefix="tls-up-", suffix=".log")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+    os.close(fd)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=TIMEOUT) as resp:
+                    body = resp.read().decode()
+                if "\nmemcached_up 1" in body:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+    finally:
+        terminate(proc)
+        os.unlink(log_path)

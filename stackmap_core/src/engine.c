@@ -644,6 +644,45 @@ static int bind_unix(sm_engine *e, char *err, size_t errlen)
     return 0;
 }
 
+/* A -l entry's own port, as memcached reads it: "HOST:PORT" (one colon) or
+ * "[V6]:PORT"; the host is left in place ("[::1]" loses its brackets; a bare
+ * "::1" has no port).  The port, -1 when the entry names none, -2 + err for
+ * one that is not a number in 0..65535 (memcached's message). */
+static int listen_entry_port(char *host, char *err, size_t errlen)
+{
+    char *colon;
+    if (host[0] == '[') {
+        char *rb = strchr(host, ']');
+        if (!rb) {
+            snprintf(err, errlen, "Invalid IPV6 address: \"%s\"", host);
+            return -2;
+        }
+        *rb = '\0';
+        colon = rb[1] == ':' ? rb + 1 : NULL;
+        if (!colon && rb[1] != '\0') {
+            snprintf(err, errlen, "Invalid IPV6 address: \"%s]%s\"", host, rb + 1);
+            return -2;
+        }
+        memmove(host, host + 1, strlen(host + 1) + 1);
+        if (!colon)
+            return -1;
+    } else {
+        colon = strchr(host, ':');
+        if (!colon || strchr(colon + 1, ':'))
+            return -1; /* no port, or a bare IPv6 address */
+        *colon = '\0';
+    }
+    const char *digits = colon + 1;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(digits, &end, 10);
+    if (*digits < '0' || *digits > '9' || *end != '\0' || errno != 0 || v > 65535) {
+        snprintf(err, errlen, "Invalid port number: \"%s\"", digits);
+        return -2;
+    }
+    return (int)v;
+}
+
 /* Bind every listen address for every worker (or, with -s, the unix socket). */
 static int bind_all(sm_engine *e, char *err, size_t errlen)
 {
@@ -663,18 +702,15 @@ static int bind_all(sm_engine *e, char *err, size_t errlen)
         char host[256];
         snprintf(host, sizeof(host), "%s", tok);
         bool notls = tls_listen_notls(host); /* memcached's -l notls:ADDR: plain under -Z */
-        /* Accept "[::1]" as well as "::1". */
-        if (host[0] == '[') {
-            memmove(host, host + 1, strlen(host));
-            char *rb = strchr(host, ']');
-            if (rb)
-                *rb = '\0';
-        }
+        int entry_port = listen_entry_port(host, err, errlen); /* HOST:PORT, [V6]:PORT; -1: none */
+        if (entry_port == -2)
+            return -1;
+        int the_port = entry_port >= 0 ? entry_port : port;
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                                  .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
         struct addrinfo *res = NULL;
         char portstr[16];
-        snprintf(portstr, sizeof(portstr), "%d", port);
+        snprintf(portstr, sizeof(portstr), "%d", the_port);
         int rc = getaddrinfo(host, portstr, &hints, &res);
         if (rc != 0) {
             snprintf(err, errlen, "getaddrinfo(%s): %s", host, gai_strerror(rc));
@@ -687,10 +723,11 @@ static int bind_all(sm_engine *e, char *err, size_t errlen)
                 freeaddrinfo(res);
                 return -1;
             }
-            if (port == 0) {
-                port = bound_port(probe);
-                ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)port);
-                e->settings.port = port;
+            if (the_port == 0) {
+                the_port = bound_port(probe);
+                ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons((uint16_t)the_port);
+                if (entry_port < 0) /* -p 0: the first port picked is the -p port of the rest */
+                    port = e->settings.port = the_port;
             }
             close(probe);
             for (int i = 0; i < nthreads; i++) {

@@ -100,6 +100,7 @@ struct sm_settings {
     int ssl_session_cache;      /* -o ssl_session_cache: server-side session cache */
     int ssl_kernel_tls;         /* -o ssl_kernel_tls: hand the records to the kernel (kTLS) when it can */
     int ssl_min_version;        /* -o ssl_min_version: 0 TLS 1.0 .. 3 TLS 1.3 */
+    int ssl_wbuf_size;          /* -o ssl_wbuf_size: KiB of plaintext gathered into one SSL_write */
     char binding_protocol[16];  /* -B: "auto", "ascii" or "binary" (proto/binary.h) */
     char auth_file[4096];       /* -Y: memcached auth file, "" for none (proto/auth.h) */
     int dump_enabled;           /* 0 when -X disables lru_crawler metadump */

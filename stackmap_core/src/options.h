@@ -55,7 +55,8 @@
     X(unix_mask, FIELD(unix_mask), OCTAL, "0700", 0, 0777, 'a', "MASK", ENGINE, 0,                                     \
       "access mode of the -s socket file, in octal")                                                                   \
     X(listen, FIELD(listen), LISTEN, "127.0.0.1", 0, 0, 'l', "ADDR", ENGINE, 0,                                        \
-      "interfaces to listen on, comma-separated (host, IPv4 or IPv6 address)")                                         \
+      "interfaces to listen on, comma-separated (host, IPv4 or IPv6 address; HOST:PORT or [V6]:PORT "                  \
+      "listen on their own port)")                                                                                     \
     X(memory_limit, FIELD(maxbytes), MB, "64", 1, 1099511627776.0, 'm', "MB", ENGINE, 1,                               \
       "item memory in megabytes")                                                                                      \
     X(disable_evictions, FIELD(evict_to_free), NOT, "off", 0, 1, 'M', "", ENGINE, 0,                                  \
@@ -202,8 +203,9 @@
       "user space (memcached's default is off)")                                                                       \
     X(ssl_min_version, FIELD(ssl_min_version), INT, "2", 0, 3, 0, "N", EXTENDED, 0,                                    \
       "oldest TLS version accepted: 0 TLS 1.0, 1 TLS 1.1, 2 TLS 1.2, 3 TLS 1.3")                                       \
-    X(ssl_wbuf_size, NOFIELD, SIZE, "", 0, 0, 0, "KB", REFUSED, 0,                                                     \
-      "stackmapd encrypts into the connection's output queue, which has no fixed-size TLS write buffer to set")        \
+    X(ssl_wbuf_size, FIELD(ssl_wbuf_size), INT, "16", 1, 1024, 0, "KB", EXTENDED, 0,                                   \
+      "TLS in user space: KiB of queued replies gathered into one TLS write (its records carry at most "               \
+      "16 KiB each, so 1-15 also caps the record size)")                                                               \
     X(slab_chunk_max, NOFIELD, SIZE, "", 0, 0, 0, "SIZE", REFUSED, 0,                                                  \
       "stackmapd never splits items into chunks: its slab pages are at least -I bytes, so there is no chunk "          \
       "maximum to set")

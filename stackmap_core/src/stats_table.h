@@ -374,6 +374,8 @@
       V_STR(st->ssl_ciphers[0] ? st->ssl_ciphers : "NULL"))                                                            \
     X(ssl_ca_cert, "ssl_ca_cert", "CA file for client certificates, NULL for none.",                                   \
       V_STR(st->ssl_ca_cert[0] ? st->ssl_ca_cert : "NULL"))                                                            \
+    X(ssl_wbuf_size, "ssl_wbuf_size", "Bytes of plaintext gathered into one TLS write (-o ssl_wbuf_size KiB).",        \
+      V_INT((long long)st->ssl_wbuf_size * 1024))                                                                      \
     X(ssl_session_cache, "ssl_session_cache", "Whether the server-side TLS session cache is on.",                      \
       V_STR(st->ssl_session_cache ? "yes" : "no"))                                                                     \
     X(ssl_kernel_tls, "ssl_kernel_tls", "Whether TLS records go to the kernel (kTLS) when it can take them.",          \

@@ -46,7 +46,12 @@
  *    stays in user space: received bytes are decrypted (SSL_read) before the
  *    protocols see them, and before each send the plaintext the protocols
  *    queued is replaced by its encryption (conn_out_take_tail, SSL_write)
- *    in the same queue, so every backend still just sends its queue.
+ *    in the same queue, so every backend still just sends its queue.  The
+ *    queue's pieces (a reply's header, its value, END) gather in the
+ *    worker's -o ssl_wbuf_size buffer first, one SSL_write per full buffer,
+ *    as memcached's ssl_wbuf: records carry whole replies, not pieces.
+ *    When the server closes such a session it sends close_notify first
+ *    (tls_goodbye), as memcached's SSL_shutdown does.
  *
  * Counters (each completed handshake in exactly one of the first two):
  * ssl_ktls_conns (connections whose records the kernel took over),
@@ -118,6 +123,7 @@ typedef struct tls_conn {
     bool ktls_wanted;    /* open, TLS 1.3, the ULP is attached: switch at the next exact flush */
     bool ktls_rx;        /* the kernel decrypts what the backend receives */
     bool ktls_tx;        /* the kernel encrypts what the backend sends */
+    bool goodbye;        /* our close_notify is queued (tls_goodbye): the next close is final */
     size_t sealed;       /* ciphertext at the head of the output queue (the rest is plaintext) */
     struct rec_track in; /* client records since the handshake (the RX sequence number) */
     struct rec_track out; /* our records since the handshake (the TX sequence number) */
@@ -298,6 +304,22 @@ int tls_engine_init(sm_engine *e, char *err, size_t errlen)
         free(t);
         return -1;
     }
+    /* memcached's ssl_wbuf: one per worker thread, where a flush's replies
+     * gather before they are encrypted (seal). */
+    size_t wbuf = (size_t)e->settings.ssl_wbuf_size * 1024;
+    for (int i = 0; i < e->settings.num_threads; i++) {
+        e->workers[i].tls_wbuf = malloc(wbuf);
+        if (!e->workers[i].tls_wbuf) {
+            snprintf(err, errlen, "out of memory for -o ssl_wbuf_size (%zu bytes per thread)", wbuf);
+            for (int j = 0; j < i; j++) {
+                free(e->workers[j].tls_wbuf);
+                e->workers[j].tls_wbuf = NULL;
+            }
+            SSL_CTX_free(t->ctx);
+            free(t);
+            return -1;
+        }
+    }
     pthread_rwlock_init(&t->lock, NULL);
     atomic_store(&t->cert_time, (long long)time(NULL));
     e->tls = t;
@@ -313,6 +335,10 @@ void tls_engine_free(sm_engine *e)
     pthread_rwlock_destroy(&t->lock);
     free(t);
     e->tls = NULL;
+    for (int i = 0; i < e->settings.num_threads; i++) {
+        free(e->workers[i].tls_wbuf);
+        e->workers[i].tls_wbuf = NULL;
+    }
 }
 
 int tls_refresh_certs(sm_engine *e, char *err, size_t errlen)
@@ -482,22 +508,50 @@ static bool move_out(conn *c)
     return true;
 }
 
-/* conn_out_take_tail's callback: encrypt one piece of plaintext into the queue. */
+/* Encrypt len bytes with one SSL_write (OpenSSL cuts records of at most
+ * 16 KiB) and move the ciphertext into c's queue. */
+static bool seal_write(conn *c, const char *p, size_t len)
+{
+    tls_conn *t = c->tls;
+    int r = SSL_write(t->ssl, p, (int)len);
+    if (r <= 0 || (size_t)r != len) {
+        ERR_clear_error();
+        return false;
+    }
+    return move_out(c);
+}
+
+/* conn_out_take_tail's callback: one piece of plaintext (an iovec of the
+ * queue).  Pieces gather in the worker's wbuf and each full wbuf is one
+ * SSL_write, as memcached's ssl_wbuf does: a reply's header, value and END
+ * share records instead of being one record each.  A piece at least a
+ * wbuf long, with nothing gathered, is encrypted in place, wbuf bytes at a
+ * time (no copy). */
 static bool seal_piece(void *arg, const char *p, size_t len)
 {
     conn *c = arg;
-    tls_conn *t = c->tls;
+    worker *w = c->worker;
+    size_t cap = (size_t)w->settings->ssl_wbuf_size * 1024;
     while (len > 0) {
-        int n = (int)(len < TLS_PLAIN_MAX ? len : TLS_PLAIN_MAX);
-        int r = SSL_write(t->ssl, p, n);
-        if (r <= 0) {
-            ERR_clear_error();
-            return false;
+        if (w->tls_wbuf_len == 0 && len >= cap) {
+            if (!seal_write(c, p, cap))
+                return false;
+            p += cap;
+            len -= cap;
+            continue;
         }
-        p += r;
-        len -= (size_t)r;
-        if (!move_out(c))
-            return false;
+        size_t n = cap - w->tls_wbuf_len;
+        if (n > len)
+            n = len;
+        memcpy(w->tls_wbuf + w->tls_wbuf_len, p, n);
+        w->tls_wbuf_len += n;
+        p += n;
+        len -= n;
+        if (w->tls_wbuf_len == cap) {
+            w->tls_wbuf_len = 0;
+            if (!seal_write(c, w->tls_wbuf, cap))
+                return false;
+        }
     }
     return true;
 }
@@ -510,8 +564,15 @@ static bool seal(conn *c)
     if (t->ktls_tx)
         return true;
     size_t plain = out_pending(c) - t->sealed;
-    if (plain > 0 && !conn_out_take_tail(c, plain, seal_piece, c))
-        return false;
+    if (plain > 0) {
+        worker *w = c->worker;
+        w->tls_wbuf_len = 0;
+        bool ok = conn_out_take_tail(c, plain, seal_piece, c);
+        size_t rest = w->tls_wbuf_len;
+        w->tls_wbuf_len = 0;
+        if (!ok || (rest > 0 && !seal_write(c, w->tls_wbuf, rest)))
+            return false;
+    }
     return move_out(c);
 }
 
@@ -683,6 +744,24 @@ void tls_sent(worker *w, conn *c, size_t n)
     t->sealed = n < t->sealed ? t->sealed - n : 0;
     if (t->ktls_wanted && t->sealed == 0)
         worker_want_flush(w, c); /* the switch may be possible now */
+}
+
+bool tls_goodbye(worker *w, conn *c)
+{
+    tls_conn *t = c->tls;
+    if (t->goodbye || !t->open || !t->ssl || t->ktls_tx || out_pending(c) > 0 || (c->loop & CONN_LOOP_SENDING))
+        return false;
+    t->goodbye = true;
+    if (t->ktls_wanted) /* no switch for a connection that is ending */
+        stay_userspace(w, t);
+    if (SSL_shutdown(t->ssl) < 0) { /* (0: sent, the peer's is not awaited) */
+        ERR_clear_error();
+        return false;
+    }
+    if (!move_out(c) || out_pending(c) == 0)
+        return false;
+    engine_log(w->engine, 2, "<%d TLS close_notify\n", c->fd);
+    return true;
 }
 
 /* ---- receiving ---- */

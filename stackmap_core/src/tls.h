@@ -3,10 +3,11 @@
  * the worker, then the record layer in the kernel (kTLS) where it can take
  * it, or in user space (OpenSSL over memory BIOs) where it cannot.
  *
- * The worker calls in at five small hook points (worker.c): a connection
+ * The worker calls in at six small hook points (worker.c): a connection
  * accepted on a TLS listener (tls_conn_start), bytes received (tls_input
  * instead of the plain path), bytes sent (tls_sent), the flush before a
- * send (tls_flush) and the close (tls_conn_free).  Everything else -- the
+ * send (tls_flush), the server's decision to close (tls_goodbye) and the
+ * close (tls_conn_free).  Everything else -- the
  * backends, the protocols, the output queue -- sees plain connections.
  */
 #ifndef SM_TLS_H
@@ -57,5 +58,11 @@ void tls_sent(struct worker *w, conn *c, size_t n);
  * may_switch (only at the flush, after the wait delivered everything read):
  * first hand the records to the kernel if it can take them now.  false: close. */
 bool tls_flush(struct worker *w, conn *c, bool may_switch);
+/* The worker is about to close c with nothing queued: queue TLS's
+ * close_notify first, as memcached's SSL_shutdown sends it, so a client
+ * reads the end of the session rather than a reset.  true: queued, send
+ * it, then close; false (said already, the kernel has the records, the
+ * handshake never finished, a send is in flight): close now. */
+bool tls_goodbye(struct worker *w, conn *c);
 
 #endif

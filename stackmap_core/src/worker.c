@@ -527,8 +527,13 @@ static void flush_one(worker *w, conn *c)
 {
     for (int pass = 0; pass < 2; pass++) {
         if (c->loop & CONN_LOOP_CLOSE) {
-            close_now(w, c);
-            return;
+            if (!c->tls || !tls_goodbye(w, c)) {
+                close_now(w, c);
+                return;
+            }
+            /* TLS: the close_notify goes out first, then the close */
+            c->loop &= (uint8_t)~CONN_LOOP_CLOSE;
+            c->state = CONN_CLOSING;
         }
         if (c->loop & CONN_LOOP_SENDING)
             return; /* its completion or room puts it back on the list */
@@ -551,8 +556,11 @@ static void flush_one(worker *w, conn *c)
             /* CONN_CLOSING: the protocol's last words are sent; rd_eof:
              * every reply to what came before the end is sent. */
             if (c->state == CONN_CLOSING || (c->rd_eof && worker_eof_finished(c))) {
-                close_now(w, c);
-                return;
+                if (!c->tls || !tls_goodbye(w, c)) { /* TLS: close_notify first */
+                    close_now(w, c);
+                    return;
+                }
+                c->state = CONN_CLOSING;
             }
             if (out_pending(c) == 0)
                 return;

@@ -59,6 +59,8 @@ typedef struct worker {
     atomic_bool setup_done;          /* the backend's setup succeeded on this thread */
     char error[256];                 /* why it FAILED; written before state becomes FAILED */
     int error_errno;                 /* the errno behind error, 0 when none (picks the remedy) */
+    char *tls_wbuf;                  /* -Z: ssl_wbuf_size bytes where replies gather before SSL_write */
+    size_t tls_wbuf_len;             /* bytes gathered in tls_wbuf, not yet encrypted */
 } worker;
 
 /* conn->loop: where a connection is in the worker's round (worker.c). */
