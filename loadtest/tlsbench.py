@@ -49,6 +49,7 @@ class Target:
         tls = ["-Z", "-o", f"ssl_chain_cert={cert},ssl_key={key}"]
         if self.name == "memcached":
             return ["taskset", "-c", "0", *self.argv, "-U", "0", "-l", HOST, "-p", str(port), "-t", "1", *tls]
+        tls[-1] += ",ssl_kernel_tls"  # the ring path where the kernel has kTLS (off by default, as memcached)
         return ["taskset", "-c", "0", *self.argv, "-l", HOST, "-p", str(port), "-t", "1", "--metrics-listen",
                 "off", *tls]
 

@@ -140,8 +140,14 @@ def tls_stats(port: int, ctx: ssl.SSLContext, group: str = "") -> dict[str, str]
 
 
 def launch_tls(target: Target, pki: Pki, extra: str = "", args: list[str] | None = None) -> Server:
-    """Start target with -Z and the PKI; wait until a TLS "version" is answered."""
-    opts = f"ssl_chain_cert={pki.cert},ssl_key={pki.key}" + (f",{extra}" if extra else "")
+    """Start target with -Z and the PKI; wait until a TLS "version" is answered.
+
+    stackmapd gets -o ssl_kernel_tls (off by default, as memcached's), so its
+    records go to the kernel wherever the kernel takes them; extra comes
+    after it and may turn it off again.
+    """
+    ours = ",ssl_kernel_tls" if target.name == "stackmapd" else ""
+    opts = f"ssl_chain_cert={pki.cert},ssl_key={pki.key}{ours}" + (f",{extra}" if extra else "")
     argv = ["-Z", "-o", opts, *(args or [])]
     ctx = client_context(pki, cert=True)
     port = free_port()

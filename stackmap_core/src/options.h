@@ -198,9 +198,9 @@
       "PEM file of the CAs whose client certificates are accepted")                                                   \
     X(ssl_session_cache, FIELD(ssl_session_cache), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                \
       "server-side TLS session cache, for session resumption (counted in ssl_new_sessions)")                           \
-    X(ssl_kernel_tls, FIELD(ssl_kernel_tls), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                      \
-      "hand TLS 1.3 records to the kernel (kTLS) when it can take them; no_ssl_kernel_tls keeps them in "              \
-      "user space (memcached's default is off)")                                                                       \
+    X(ssl_kernel_tls, FIELD(ssl_kernel_tls), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                      \
+      "hand TLS 1.3 records to the kernel (kTLS) when it can take them, so TLS connections keep the ring "            \
+      "data path; off by default, as memcached's")                                                                    \
     X(ssl_min_version, FIELD(ssl_min_version), INT, "2", 0, 3, 0, "N", EXTENDED, 0,                                    \
       "oldest TLS version accepted: 0 TLS 1.0, 1 TLS 1.1, 2 TLS 1.2, 3 TLS 1.3")                                       \
     X(ssl_wbuf_size, FIELD(ssl_wbuf_size), INT, "16", 1, 1024, 0, "KB", EXTENDED, 0,                                   \

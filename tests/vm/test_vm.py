@@ -528,7 +528,7 @@ def test_tls_ktls(vm: VM, tmp_path: Path) -> None:
     for name in ("server.crt", "server.key"):
         vm.check(f"cat > /tmp/tls/{name} <<'PEM'\n{(tmp_path / name).read_text()}PEM\n", 60)
     restart = f"sm-server {vm.server_args}"
-    vm.check(f"{restart} -I 2m -Z -o ssl_chain_cert=/tmp/tls/server.crt,ssl_key=/tmp/tls/server.key", 60)
+    vm.check(f"{restart} -I 2m -Z -o ssl_chain_cert=/tmp/tls/server.crt,ssl_key=/tmp/tls/server.key,ssl_kernel_tls", 60)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(str(tmp_path / "ca.crt"))
     try:
