@@ -93,6 +93,15 @@ def _extended_epilog() -> str:
     return "\n".join(lines)
 
 
+class JoinListen(argparse.Action):
+    """-l given again adds its addresses to the list, as memcached joins them."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else values)
+
+
 def build_parser() -> UsageParser:
     parser = UsageParser(
         prog=PROG,
@@ -112,6 +121,9 @@ def build_parser() -> UsageParser:
         elif opt.form == LIST:
             parser.add_argument(*names, dest=opt.key, action="append",
                                 metavar=opt.metavar, help=opt.help)
+        elif opt.row is not None and opt.row.type == "listen":
+            parser.add_argument(*names, dest=opt.key, metavar=opt.metavar, action=JoinListen,
+                                help=opt.help + shown + "; given again, the lists join (as memcached's -l)")
         else:
             parser.add_argument(*names, dest=opt.key, metavar=opt.metavar,
                                 help=opt.help + shown)

@@ -400,3 +400,34 @@ def test_memcached_up_probes_the_unix_socket(target: Target, sockdir: Path, proc
         except OSError:
             time.sleep(0.1)
     assert "\nmemcached_up 1.0\n" in body
+
+
+# ---- -l given twice ------------------------------------------------------
+
+
+def answers_on(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"version\r\n")
+            return s.recv(100).startswith(b"VERSION ")
+    except OSError:
+        return False
+
+
+def test_repeated_listen_flags_join(target: Target, procs: list) -> None:
+    """memcached joins repeated -l lists: -l A -l B listens on both (the
+    second must not replace the first); memcached itself checked first."""
+    for kind in ("memcached", "stackmapd"):
+        p1, p2 = free_port(), free_port()
+        listen = ["-l", f"127.0.0.1:{p1}", "-l", f"127.0.0.1:{p2}"]
+        cmd = memcached_cmd(*listen) if kind == "memcached" else smd_cmd(target, *listen)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not answers_on(p2) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            time.sleep(0.05)
+        assert answers_on(p2), kind
+        assert answers_on(p1), kind
+        proc.terminate()
+        proc.wait(timeout=10)
