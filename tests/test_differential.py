@@ -505,3 +505,36 @@ def test_slab_classes(start_server, target, opts: list[str]) -> None:  # type: i
     ref = start_server(MEMCACHED, opts)
     tgt = start_server(target, opts)
     assert slab_classes(tgt, lengths) == slab_classes(ref, lengths)
+
+
+OOM_ARGS = ["-m", "2", "-o", "temporary_ttl=2000"]
+
+
+def arith_out_of_memory(srv: Server) -> tuple[list[bytes], dict[str, str]]:
+    """With memory full of items in the TEMP LRU (never evicted), an incr
+    whose value grows a digit finds no memory, in text, meta and binary;
+    the answers and the stats."""
+    from mcbinary import INCR, arith, call
+
+    with srv.wire() as w:
+        w.expect(b"set t 0 1000 1\r\n9\r\nset m 0 1000 1\r\n9\r\nset b 0 1000 1\r\n9\r\n", b"STORED\r\n" * 3)
+        for batch in range(100):
+            sets = b"".join(b"set f%d 0 1000 1\r\nx\r\n" % (batch * 1000 + i) for i in range(1000))
+            if b"SERVER_ERROR" in w.request(sets + SENTINEL, (SENTINEL.upper(),)):
+                break
+        else:
+            pytest.fail(f"{srv.target.id}: memory never ran out")
+        answers = [w.request(b"incr t 1\r\n"), w.request(b"ma m\r\n")]
+        with srv.wire() as bw:  # a connection speaks the protocol of its first byte
+            answers += [p.raw for p in call(bw, arith(INCR, b"b", 1, 0, 0xFFFFFFFF))]
+        st = dict(parse_stats(w.request(b"stats\r\n", (b"END\r\n",))))
+        slabs = dict(parse_stats(w.request(b"stats slabs\r\n", (b"END\r\n",))))
+    return answers, {k: st[k] for k in ("incr_hits", "incr_misses")} | {"1:incr_hits": slabs["1:incr_hits"]}
+
+
+def test_arith_out_of_memory_counts_a_hit(start_server, target) -> None:  # type: ignore[no-untyped-def]
+    """memcached counts an incr hit once it has read the old value, before
+    the new one fails to allocate: in text, binary and meta ma alike."""
+    want = arith_out_of_memory(start_server(MEMCACHED, OOM_ARGS))
+    assert want[1] == {"incr_hits": "3", "incr_misses": "0", "1:incr_hits": "3"}, want
+    assert arith_out_of_memory(start_server(target, OOM_ARGS)) == want
