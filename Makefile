@@ -40,7 +40,7 @@ build/smd-asan: $(CORE_SRCS) $(CORE_HDRS) tests/c/smd_main.c | build
 
 CACHE_SRCS := $(shell find $(CORE)/cache -name '*.c') $(CORE)/stats.c $(CORE)/prefetch.c $(CORE)/latency.c $(CORE)/proto/parse.c
 build/test_cache: $(CACHE_SRCS) $(CORE_HDRS) tests/c/test_cache.c | build
-	$(CC) $(CFLAGS_CORE) -fsanitize=address,undefined -o $@ $(CACHE_SRCS) tests/c/test_cache.c -pthread
+	$(CC) $(CFLAGS_CORE) -DSM_TEST_HOOKS -fsanitize=address,undefined -o $@ $(CACHE_SRCS) tests/c/test_cache.c -pthread
 
 # Our load generator (loadtest/mcblast.c; python -m loadtest builds it the same way).
 build/mcblast: loadtest/mcblast.c | build

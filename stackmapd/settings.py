@@ -397,8 +397,11 @@ def _extended(row: stackmap_core.OptionInfo) -> Extended:
 EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in ("extended", "refused"))
 
 # What memcached's ``no_modern`` sets, at its place in the ``-o`` list (so a
-# later key wins: ``no_modern,lru_crawler`` runs the crawler).  memcached
-# sets the slab page size as the largest chunk there (ours always is).
+# later key wins: ``no_modern,lru_crawler`` runs the crawler,
+# ``no_modern,lru_maintainer`` the maintainer).  This expansion is all
+# ``modern`` is: its row sets no engine field (NOFIELD), and ``modern``
+# itself changes nothing, as memcached's MODERN.  memcached sets the slab
+# page size as the largest chunk there (ours always is).
 NO_MODERN: dict[str, Any] = {"lru_crawler": False, "lru_maintainer": False, "lru_segmented": False,
                              "slab_reassign": False, "slab_automove": 0}
 
@@ -436,6 +439,8 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
             out[ext.key] = False
             if ext.key == "modern":
                 out.update(NO_MODERN)
+            elif ext.key == "lru_maintainer":
+                out["lru_segmented"] = False  # as memcached's NO_LRU_MAINTAINER
             continue
         ext = EXTENDED_BY_KEY.get(key)
         if ext is None:
@@ -454,6 +459,8 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
             raise OptionError(f"{where}: {key}: {exc}") from None
         if key == "modern" and out[key] is False:
             out.update(NO_MODERN)
+        elif key == "lru_maintainer":
+            out["lru_segmented"] = out[key]  # memcached's LRU_MAINTAINER segments the LRU again
     return out
 
 

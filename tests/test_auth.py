@@ -13,10 +13,12 @@ checked here on their own.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MEMCACHED, Server, Target, launch, stackmapd_executable
+from conftest import MEMCACHED, Server, Target, stackmapd_executable
+from difftools import Raw, run_pair, server_pair
 from mcbinary import (
     AUTH_ERROR,
     EINVAL,
@@ -36,7 +38,6 @@ from mcbinary import (
     store,
 )
 from mcwire import parse_stats
-from test_differential import Raw, run_pair
 
 USERS = b"user:pass\nother:s3cret:with:colons\r\nspace man:pw\n"
 
@@ -49,16 +50,9 @@ def auth_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pair(target: Target, auth_file: Path) -> tuple[Server, Server]:
-    ref = launch(MEMCACHED, ["-Y", str(auth_file)])
-    try:
-        tgt = launch(target, ["-Y", str(auth_file)])
-    except BaseException:
-        ref.stop()
-        raise
-    yield ref, tgt
-    ref.stop()
-    tgt.stop()
+def pair(target: Target, auth_file: Path) -> Iterator[tuple[Server, Server]]:
+    with server_pair(target, ["-Y", str(auth_file)]) as p:
+        yield p
 
 
 TEXT_SESSIONS: dict[str, list[bytes | Raw]] = {

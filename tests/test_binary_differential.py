@@ -5,26 +5,18 @@ steps sent one at a time on one connection to a fresh memcached 1.6.18 and
 to a fresh target, and the responses are compared packet by packet, byte
 for byte (header fields, extras, key and value).
 
-How a step is read back: a complete request is followed by a NOOP with a
-sentinel opaque and the response is every packet up to the NOOP's answer,
-so no step waits on a timer.  Steps wrapped in Raw() (partial requests,
-requests that make the server close the connection) are sent alone and
-read until the connection has been quiet for a moment.
-
-Masked, and only these: the VERSION string and STAT values.  CAS values
-are compared as they are: both servers hand out the same uniques in the
-same order.
+How steps are run, read back and masked: tests/difftools.py (BinaryFrames).
 """
 
 from __future__ import annotations
 
-import difflib
 import struct
-import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 
+import difftools
 import pytest
 from conftest import MEMCACHED, Server, Target, launch
+from difftools import IGNORED_PREFIXES, BinaryFrames, Raw, Step, server_pair
 from mcbinary import (
     ADD,
     ADDQ,
@@ -62,123 +54,27 @@ from mcbinary import (
     TOUCH,
     VERBOSITY,
     VERSION,
-    Packet,
     arith,
-    read_until_opaque,
     req,
     split_packets,
     store,
     touch,
 )
 from mcwire import parse_stats
-from test_differential import IGNORED_PREFIXES
 from test_text import GENERAL_NAMES, GENERAL_NOT_OURS, SETTINGS_NAMES, SETTINGS_NOT_OURS
 
-SENTINEL_OPAQUE = 0x5E47_1E1
 MB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Raw:
-    """A step sent without the sentinel, read until the connection is quiet."""
-
-    data: bytes
-    quiet: float = 0.3
-
-
-Step = bytes | Raw
-
-
-def describe(p: Packet) -> str:
-    """One response packet as a transcript line, with the masks applied."""
-    value = p.value
-    if p.opcode == VERSION and p.status == 0:
-        value = b"<version>"
-    elif p.opcode == STAT and p.key:
-        value = b"<v>"
-    hdr = p.raw[:24]
-    # magic, opcode, key length, extras length, data type, status, opaque (the
-    # body length and CAS are shown decoded)
-    fields = f"{hdr[0]:02x} op={hdr[1]:02x} kl={hdr[2:4].hex()} el={hdr[4]:02x} dt={hdr[5]:02x} st={hdr[6:8].hex()}"
-    body_len = len(p.raw) - 24 if value is p.value else "<masked>"
-    return f"{fields} bl={body_len} opq={hdr[12:16].hex()} cas={p.cas} ext={p.extras.hex()} key={p.key!r} val={value[:200]!r}"
-
-
-class Transcript:
-    """Runs steps on one connection and records the normalised responses."""
-
-    def __init__(self, server: Server) -> None:
-        self.w = server.wire(timeout=10)
-        self.closed = False
-        self.lines: list[str] = []
-
-    def record(self, packets: list[Packet], rest: bytes) -> None:
-        for p in packets:
-            self.lines.append("< " + describe(p))
-        if rest:
-            self.lines.append(f"< (partial) {rest[:100]!r}")
-
-    def step(self, step: Step) -> None:
-        if self.closed:
-            self.lines.append("> (connection closed)")
-            return
-        raw = step.data if isinstance(step, Raw) else step
-        self.lines.append(f"> {raw[:120]!r}" + (f" ...({len(raw)} bytes)" if len(raw) > 120 else ""))
-        try:
-            if isinstance(step, Raw):
-                self.w.send(raw)
-            else:
-                self.w.send(raw + req(NOOP, opaque=SENTINEL_OPAQUE))
-        except (BrokenPipeError, ConnectionResetError):
-            self.w.eof = True
-        if isinstance(step, Raw):
-            got = b""
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                chunk = self.w.read_available(step.quiet)
-                got += chunk
-                if not chunk:
-                    break
-            packets, rest = split_packets(got)
-            self.record(packets, rest)
-        else:
-            packets, rest = read_until_opaque(self.w, SENTINEL_OPAQUE)
-            self.record(packets, rest)
-        if self.w.eof or (isinstance(step, Raw) and self.w.closed_by_peer(0.05)):
-            self.lines.append("< <connection closed>")
-            self.closed = True
-            self.w.close()
-
-    def close(self) -> None:
-        self.w.close()
-
-
 def run_pair(ref: Server, tgt: Server, steps: list[Step]) -> None:
-    a, b = Transcript(ref), Transcript(tgt)
-    try:
-        for s in steps:
-            a.step(s)
-            b.step(s)
-    finally:
-        a.close()
-        b.close()
-    if a.lines != b.lines:
-        diff = "\n".join(difflib.unified_diff(a.lines, b.lines, "memcached", tgt.target.id, lineterm="", n=4))
-        pytest.fail(f"binary responses differ from memcached's:\n{diff}", pytrace=False)
+    difftools.run_pair(ref, tgt, steps, BinaryFrames)
 
 
 @pytest.fixture
-def pair(target: Target) -> tuple[Server, Server]:
+def pair(target: Target) -> Iterator[tuple[Server, Server]]:
     """A fresh memcached and a fresh target per session: CAS uniques start alike."""
-    ref = launch(MEMCACHED, [])
-    try:
-        tgt = launch(target, [])
-    except BaseException:
-        ref.stop()
-        raise
-    yield ref, tgt
-    ref.stop()
-    tgt.stop()
+    with server_pair(target, []) as p:
+        yield p
 
 
 def flags_exp(flags: int = 0, exptime: int = 0) -> bytes:

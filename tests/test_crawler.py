@@ -360,13 +360,17 @@ def test_client_gone_mid_dump(target: Target, start_server) -> None:
 
 
 @pytest.mark.parametrize("opts", ["no_modern", "no_modern,lru_crawler", "lru_crawler,no_modern", "modern",
+                                  "no_modern,lru_maintainer", "no_modern,modern", "no_lru_maintainer,modern",
                                   "no_lru_crawler,lru_crawler_sleep=50,lru_crawler_tocrawl=9"])
 def test_start_options_as_memcached(target: Target, start_server, opts: str) -> None:
-    """-o keys act where they appear in the list, as memcached's getsubopt loop."""
+    """-o keys act where they appear in the list, as memcached's getsubopt loop:
+    no_modern only sets its keys where it stands (a later key overrides it)
+    and modern changes nothing."""
     only_stackmapd(target)
     got = [stats(s.host, s.port, "settings") for s in (start_server(target, ["-o", opts]),
                                                        start_server(MEMCACHED, ["-o", opts]))]
-    for name in ("lru_crawler", "lru_crawler_sleep", "lru_crawler_tocrawl"):
+    for name in ("lru_crawler", "lru_crawler_sleep", "lru_crawler_tocrawl", "lru_maintainer_thread",
+                 "lru_segmented", "slab_reassign", "slab_automove"):
         assert got[0][name] == got[1][name], name
 
 

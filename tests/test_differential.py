@@ -3,27 +3,11 @@
 Each session is a list of byte strings sent one at a time on a fresh
 connection to a fresh memcached 1.6.18 and to a fresh target server; the
 responses are compared byte for byte after masking what legitimately
-differs (see `normalise`).  A failure prints both transcripts as a unified
+differs (see tests/difftools.py).  A failure prints both transcripts as a unified
 diff.
 
-Only bytes are compared, not when they are sent: a response that one server
-sends before the rest of a partial request arrives and the other after it
-would show up as a difference, so sessions avoid such steps.
-
-How a step is read back: a complete request is followed by a "mn\r\n" (meta
-no-op) and the response is everything up to its "MN\r\n", so no step waits
-on a timer.  Steps wrapped in Raw() (partial requests, value headers
-awaiting data, input that makes the server close the connection) are sent
-alone and read until the connection has been quiet for a moment.
-
-Masking decisions:
-  * VERSION strings, STAT values: masked.
-  * CAS numbers (gets/gats lines, meta "c" flags, "cas=" in me): renamed to
-    C1, C2, ... in order of first appearance on each server, so equality
-    between CAS values is still compared, not their absolute numbers.  A
-    step may use "{cas}" for the last CAS number that server returned.
-  * meta "l" (seconds since access) and "t" (TTL, except -1) values, and
-    me's la=, cls=, size=: masked (timing and item layout are not protocol).
+How steps are run, read back and masked: difftools (TextFrames).  Beyond
+that:
   * "stats" and "stats settings": compared as names, not bytes: every name
     memcached prints, except the features stackmapd does not have (see
     test_text.GENERAL_NAMES / SETTINGS_NAMES), must be printed by the
@@ -32,135 +16,23 @@ Masking decisions:
 
 from __future__ import annotations
 
-import difflib
-import re
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import pytest
-from conftest import MEMCACHED, Server, Target, launch
-from mcwire import Wire, parse_stats
+from conftest import MEMCACHED, Server, Target
+from difftools import IGNORED_PREFIXES, Raw, Step, run_pair, server_pair
+from mcwire import parse_stats
 from meta_cases import CASES as META_CASES
 from test_text import GENERAL_NAMES, GENERAL_NOT_OURS, SETTINGS_NAMES, SETTINGS_NOT_OURS
 
 MB = 1024 * 1024
-SENTINEL = b"mn\r\n"
-
-
-@dataclass(frozen=True)
-class Raw:
-    """A step sent without the sentinel, read until the connection is quiet."""
-
-    data: bytes
-    quiet: float = 0.25
-
-
-Step = bytes | Raw
-
-
-class Transcript:
-    """Runs steps on one connection and records normalised responses."""
-
-    def __init__(self, server: Server) -> None:
-        self.w: Wire | None = server.wire(timeout=10)
-        self.cas_names: dict[bytes, bytes] = {}
-        self.last_cas = b"0"
-        self.lines: list[str] = []
-
-    def _cas(self, m: re.Match[bytes]) -> bytes:
-        num = m.group(2)
-        self.last_cas = num
-        name = self.cas_names.setdefault(num, b"C%d" % (len(self.cas_names) + 1))
-        return m.group(1) + name
-
-    def normalise(self, resp: bytes) -> bytes:
-        out = []
-        for line in resp.split(b"\r\n"):
-            if line.startswith(b"VALUE ") and len(line.split(b" ")) == 5:
-                line = re.sub(rb"^(VALUE \S+ \d+ \d+ )(\d+)$", self._cas, line)
-            elif re.match(rb"^(HD|VA|EN|EX|NF|NS)( |$)", line):
-                toks = line.split(b" ")
-                for i, t in enumerate(toks[1:], 1):
-                    if re.fullmatch(rb"c\d+", t):
-                        toks[i] = self._cas(re.match(rb"(c)(\d+)", t))  # type: ignore[arg-type]
-                    elif re.fullmatch(rb"l\d+", t):
-                        toks[i] = b"l<n>"
-                    elif re.fullmatch(rb"t\d+", t):
-                        toks[i] = b"t<n>"
-                line = b" ".join(toks)
-            elif line.startswith(b"ME "):
-                line = re.sub(rb"(cas=)(\d+)", self._cas, line)
-                line = re.sub(rb"\b(la|cls|size)=\d+", rb"\1=<n>", line)
-            elif line.startswith(b"VERSION "):
-                line = b"VERSION <version>"
-            elif line.startswith(b"STAT "):
-                line = re.sub(rb"^(STAT \S+) .*$", rb"\1 <v>", line)
-            out.append(line)
-        return b"\r\n".join(out)
-
-    def step(self, step: Step) -> bytes:
-        if self.w is None:
-            self.lines.append("> (connection closed)")
-            return b""
-        raw = step.data if isinstance(step, Raw) else step
-        raw = raw.replace(b"{cas}", self.last_cas)
-        self.lines.append("> " + repr(raw[:200]) + (f" ...({len(raw)} bytes)" if len(raw) > 200 else ""))
-        if isinstance(step, Raw):
-            try:
-                self.w.send(raw)
-            except (BrokenPipeError, ConnectionResetError):
-                self.w.eof = True  # closed on the first bytes of a long step: what came back is below
-            resp = b""
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                chunk = self.w.read_available(step.quiet)
-                resp += chunk
-                if not chunk:
-                    break
-        else:
-            self.w.send(raw + SENTINEL)
-            resp = self.w.read_response((SENTINEL.upper(),), timeout=10)
-        closed = self.w.eof
-        norm = self.normalise(resp)
-        for line in norm.split(b"\r\n"):
-            if line or len(norm.split(b"\r\n")) == 1:
-                self.lines.append("< " + repr(line[:300]))
-        if closed:
-            self.lines.append("< <connection closed>")
-            self.w.close()
-            self.w = None
-        return resp
-
-    def close(self) -> None:
-        if self.w is not None:
-            self.w.close()
-
-
-def run_pair(ref: Server, tgt: Server, steps: list[Step]) -> None:
-    a, b = Transcript(ref), Transcript(tgt)
-    try:
-        for s in steps:
-            a.step(s)
-            b.step(s)
-    finally:
-        a.close()
-        b.close()
-    if a.lines != b.lines:
-        diff = "\n".join(difflib.unified_diff(a.lines, b.lines, "memcached", tgt.target.id, lineterm="", n=3))
-        pytest.fail(f"responses differ from memcached's:\n{diff}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
-def pair(target: Target) -> tuple[Server, Server]:
-    ref = launch(MEMCACHED, [])
-    try:
-        tgt = launch(target, [])
-    except BaseException:
-        ref.stop()
-        raise
-    yield ref, tgt
-    ref.stop()
-    tgt.stop()
+def pair(target: Target) -> Iterator[tuple[Server, Server]]:
+    with server_pair(target, []) as p:
+        yield p
 
 
 K251 = b"k" * 251
@@ -451,14 +323,6 @@ def test_disconnect_mid_value(pair: tuple[Server, Server]) -> None:
     run_pair(ref, tgt, [b"get dm\r\n", b"mg dm v\r\n"])
 
 
-# memcached features stackmapd has none of (see test_text): libevent's version,
-# NAPI ids, TLS, extstore, memory-file restart.
-IGNORED_PREFIXES = (
-    "libevent", "unexpected_napi_ids", "num_napi_ids",
-    "round_robin_fallback", "ssl_", "ext_", "memory_file",
-)
-
-
 @pytest.mark.parametrize(
     "group,names,not_ours",
     [("", GENERAL_NAMES, GENERAL_NOT_OURS), ("settings", SETTINGS_NAMES, SETTINGS_NOT_OURS)],
@@ -505,3 +369,36 @@ def test_slab_classes(start_server, target, opts: list[str]) -> None:  # type: i
     ref = start_server(MEMCACHED, opts)
     tgt = start_server(target, opts)
     assert slab_classes(tgt, lengths) == slab_classes(ref, lengths)
+
+
+OOM_ARGS = ["-m", "2", "-o", "temporary_ttl=2000"]
+
+
+def arith_out_of_memory(srv: Server) -> tuple[list[bytes], dict[str, str]]:
+    """With memory full of items in the TEMP LRU (never evicted), an incr
+    whose value grows a digit finds no memory, in text, meta and binary;
+    the answers and the stats."""
+    from mcbinary import INCR, arith, call
+
+    with srv.wire() as w:
+        w.expect(b"set t 0 1000 1\r\n9\r\nset m 0 1000 1\r\n9\r\nset b 0 1000 1\r\n9\r\n", b"STORED\r\n" * 3)
+        for batch in range(100):
+            sets = b"".join(b"set f%d 0 1000 1\r\nx\r\n" % (batch * 1000 + i) for i in range(1000))
+            if b"SERVER_ERROR" in w.request(sets + b"mn\r\n", (b"MN\r\n",)):
+                break
+        else:
+            pytest.fail(f"{srv.target.id}: memory never ran out")
+        answers = [w.request(b"incr t 1\r\n"), w.request(b"ma m\r\n")]
+        with srv.wire() as bw:  # a connection speaks the protocol of its first byte
+            answers += [p.raw for p in call(bw, arith(INCR, b"b", 1, 0, 0xFFFFFFFF))]
+        st = dict(parse_stats(w.request(b"stats\r\n", (b"END\r\n",))))
+        slabs = dict(parse_stats(w.request(b"stats slabs\r\n", (b"END\r\n",))))
+    return answers, {k: st[k] for k in ("incr_hits", "incr_misses")} | {"1:incr_hits": slabs["1:incr_hits"]}
+
+
+def test_arith_out_of_memory_counts_a_hit(start_server, target) -> None:  # type: ignore[no-untyped-def]
+    """memcached counts an incr hit once it has read the old value, before
+    the new one fails to allocate: in text, binary and meta ma alike."""
+    want = arith_out_of_memory(start_server(MEMCACHED, OOM_ARGS))
+    assert want[1] == {"incr_hits": "3", "incr_misses": "0", "1:incr_hits": "3"}, want
+    assert arith_out_of_memory(start_server(target, OOM_ARGS)) == want

@@ -24,7 +24,8 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,43 @@ def launch_tls(target: Target, pki: Pki, extra: str = "", args: list[str] | None
     log = srv.log()
     srv.stop()
     pytest.fail(f"{' '.join(cmd)} did not start: {log}")
+
+
+@contextmanager
+def plain_beside_tls(target: Target, pki: Pki, args: list[str],
+                     connect: Callable[[int], socket.socket]) -> Iterator[socket.socket]:
+    """Start target with -Z, the PKI and args; yield the first socket
+    connect(its TCP port) opens, retried until the server listens (a plain
+    one: what it speaks is the test's); closed, and the server stopped, after."""
+    port = free_port()
+    cmd = target.command(port, ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}", *args])
+    fd, log_path = tempfile.mkstemp(prefix=f"{target.id}-plain-", suffix=".log")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+    os.close(fd)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
+            try:
+                sock = connect(port)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                time.sleep(0.05)
+        with sock:
+            yield sock
+    finally:
+        terminate(proc)
+        os.unlink(log_path)
+
+
+def recv_until(sock: socket.socket, end: bytes) -> bytes:
+    """What sock receives up to and including `end` (fails on a close before it)."""
+    buf = b""
+    while not buf.endswith(end):
+        chunk = sock.recv(4096)
+        assert chunk, f"closed after {buf!r}"
+        buf += chunk
+    return buf
 
 
 @pytest.fixture
@@ -428,28 +466,16 @@ def test_bad_certificate_is_a_clear_start_error(target: Target, pki: Pki, tmp_pa
 def test_notls_listener_is_plain(target: Target, pki: Pki) -> None:
     if target.name != "stackmapd":
         pytest.skip("one -l list with two addresses: stackmapd's form")
-    port = free_port()
-    cmd = target.command(port, ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}",
-                                "-l", "127.0.0.1,notls:127.0.0.2"])
-    fd, log_path = tempfile.mkstemp(prefix="notls-", suffix=".log")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
-    os.close(fd)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
-            try:
-                with socket.create_connection(("127.0.0.2", port), timeout=TIMEOUT) as s:
-                    s.sendall(b"version\r\n")
-                    assert s.recv(100).startswith(b"VERSION ")
-                break
-            except ConnectionRefusedError:
-                time.sleep(0.05)
+
+    def connect(port: int) -> socket.socket:
+        return socket.create_connection(("127.0.0.2", port), timeout=TIMEOUT)
+
+    with plain_beside_tls(target, pki, ["-l", "127.0.0.1,notls:127.0.0.2"], connect) as s:
+        port = s.getpeername()[1]
+        s.sendall(b"version\r\n")
+        assert recv_until(s, b"\r\n").startswith(b"VERSION ")
         with TlsWire(port, client_context(pki)) as w:
             assert w.request(b"version\r\n").startswith(b"VERSION ")
-    finally:
-        terminate(proc)
-        os.unlink(log_path)
 
 
 def test_refresh_certs(target: Target, pki: Pki, tmp_path: Path) -> None:
@@ -532,32 +558,20 @@ def test_stats_settings_without_tls(target: Target) -> None:
 def test_unix_socket_is_plain_under_tls(target: Target, pki: Pki, tmp_path: Path) -> None:
     """-Z with -s: the unix socket speaks plain memcached, as memcached's does (TLS is for TCP)."""
     path = tmp_path / "mc.sock"
-    cmd = target.command(free_port(), ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}",
-                                       "-s", str(path)])
-    fd, log_path = tempfile.mkstemp(prefix="tls-unix-", suffix=".log")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
-    os.close(fd)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                    s.settimeout(TIMEOUT)
-                    s.connect(str(path))
-                    s.sendall(b"set k 0 0 1\r\nv\r\nget k\r\n")
-                    buf = b""
-                    while not buf.endswith(b"END\r\n"):
-                        chunk = s.recv(4096)
-                        assert chunk, f"closed after {buf!r}"
-                        buf += chunk
-                    assert buf == b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                time.sleep(0.05)
-    finally:
-        terminate(proc)
-        os.unlink(log_path)
+
+    def connect(port: int) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(TIMEOUT)
+        try:
+            s.connect(str(path))
+        except OSError:
+            s.close()
+            raise
+        return s
+
+    with plain_beside_tls(target, pki, ["-s", str(path)], connect) as s:
+        s.sendall(b"set k 0 0 1\r\nv\r\nget k\r\n")
+        assert recv_until(s, b"END\r\n") == b"STORED\r\nVALUE k 0 1\r\nv\r\nEND\r\n"
 
 
 def test_listen_entries_name_their_own_ports(target: Target, pki: Pki) -> None:

@@ -252,7 +252,7 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
         snprintf(err, errlen, "-o hot_lru_pct + warm_lru_pct cannot be more than 80%% combined");
         return -1;
     }
-    if (s->temporary_ttl >= 0 && !(s->lru_maintainer && s->modern)) {
+    if (s->temporary_ttl >= 0 && !s->lru_maintainer) {
         snprintf(err, errlen, "-o temporary_ttl requires lru_maintainer to be enabled");
         return -1;
     }
@@ -317,7 +317,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .use_cas = e->settings.use_cas,
         .disable_evictions = !e->settings.evict_to_free,
         .lru_segmented = e->settings.lru_segmented,
-        .lru_maintainer = e->settings.lru_maintainer && e->settings.modern,
+        .lru_maintainer = e->settings.lru_maintainer,
         .hot_lru_pct = e->settings.hot_lru_pct,
         .warm_lru_pct = e->settings.warm_lru_pct,
         .hot_max_factor = e->settings.hot_max_factor,

@@ -68,7 +68,6 @@ struct sm_settings {
     int hashpower_init;         /* initial hash table size as a power of two (-o hashpower) */
     int lru_segmented;          /* HOT/WARM/COLD segments per class (-o lru_segmented, default) */
     int lru_maintainer;         /* the LRU maintainer juggles segments (-o lru_maintainer, default) */
-    int modern;                 /* memcached 1.6's defaults; 0 (-o no_modern) turns the maintainer off */
     int hot_lru_pct;            /* HOT's share of a class's bytes, % (-o hot_lru_pct) */
     int warm_lru_pct;           /* WARM's share, % (-o warm_lru_pct) */
     double hot_max_factor;      /* HOT idle limit as a multiple of COLD's age (-o hot_max_factor) */

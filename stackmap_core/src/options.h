@@ -133,9 +133,9 @@
     X(lru_maintainer, FIELD(lru_maintainer), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                      \
       "the LRU maintainer moves items between the segments (no_lru_maintainer: a plain LRU, and \"lru mode\" "        \
       "and \"lru temp_ttl\" answer ERROR, as in memcached)")                                                           \
-    X(modern, FIELD(modern), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                                      \
+    X(modern, NOFIELD, BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                                            \
       "memcached 1.6's defaults (no_modern, where it appears in the -o list: memcached's older ones, "               \
-      "no LRU maintainer (a plain LRU), no LRU crawler, no slab page mover)")                                         \
+      "no LRU maintainer (a plain LRU), no LRU crawler, no slab page mover; a later key overrides it)")             \
     X(hot_lru_pct, FIELD(hot_lru_pct), INT, "20", 1, 79, 0, "N", EXTENDED, 0,                                          \
       "% of a class's HOT+WARM+COLD bytes HOT may hold before its inactive tail goes to COLD")                         \
     X(warm_lru_pct, FIELD(warm_lru_pct), INT, "40", 1, 79, 0, "N", EXTENDED, 0,                                        \

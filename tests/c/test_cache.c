@@ -1242,6 +1242,49 @@ static void test_parse(void)
 /* ---- slab page moves (slab_mover.c) ---- */
 
 /* Walk callback: count shown items and check each value names its key. */
+extern _Atomic uint64_t sm_test_walk_page_steps; /* crawler.c, built with SM_TEST_HOOKS */
+
+/*
+ * A walk of one class steps over that class's pages only: with 40-odd
+ * pages of large items in one class and one page of small items in
+ * another, walking the small class looks at one page, not the page
+ * directory (which once made a full walk classes x pages).
+ */
+static void test_walk_cost_is_the_class_pages(void)
+{
+    cache *c = mk(64 << 20, 1 << 20, 16);
+    char key[32];
+    static char big[100000];
+    memset(big, 'b', sizeof(big));
+    for (int i = 0; i < 400; i++) {
+        snprintf(key, sizeof(key), "b%d", i);
+        CHECK(put(c, key, big, sizeof(big), 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        CHECK(put(c, key, "v", 1, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+    int big_cls = cache_slab_class(c, 4, sizeof(big) + 2), small_cls = cache_slab_class(c, 3, 3);
+    CHECK(big_cls != small_cls);
+    struct statbuf *b = stats_of(c, "slabs");
+    char name[64];
+    snprintf(name, sizeof(name), "%d:total_pages", big_cls);
+    CHECK(stat_get(b, name) >= 30);
+    snprintf(name, sizeof(name), "%d:total_pages", small_cls);
+    CHECK(stat_get(b, name) == 1);
+    uint8_t one[SM_MAX_SLAB_CLASSES] = {0};
+    one[small_cls] = 1;
+    struct walk_count *w = calloc(1, sizeof(*w));
+    uint64_t cur = 0, steps = atomic_load(&sm_test_walk_page_steps);
+    while (cache_walk_classes(c, one, &cur, 10, count_cb, w) == 0)
+        ;
+    CHECK(w->n == 100 && w->dup == 0);
+    steps = atomic_load(&sm_test_walk_page_steps) - steps;
+    CHECK(steps <= 1);
+    free(w);
+    cache_destroy(c);
+}
+
 struct move_walk_count {
     int seen[2000]; /* times each key w<i> was shown */
     int bad;        /* items whose value does not start with their key */
@@ -1338,6 +1381,7 @@ int main(void)
     test_warm_unsized_until_full();
     test_hash_growth();
     test_hugemem();
+    test_walk_cost_is_the_class_pages();
     test_prefetch();
     test_parse();
     test_stats_names();

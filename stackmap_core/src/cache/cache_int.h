@@ -116,6 +116,8 @@ struct slabclass {
     uint32_t npages;             /* pages owned by this class */
     uint32_t pages_cap;          /* capacity of pages[] */
     char **pages;                /* its pages, oldest first (the mover takes pages[0]) */
+    uint32_t *page_seq;          /* pages[i]'s join number, ascending: the walker's cursor (crawler.c) */
+    uint32_t next_page_seq;      /* join number the next page added gets */
     item *heads[LRU_NSEGS];      /* each segment's head: most recently linked */
     item *tails[LRU_NSEGS];      /* each segment's tail: next to move or evict */
     uint64_t seg_items[LRU_NSEGS]; /* items in each segment */

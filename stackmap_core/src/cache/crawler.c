@@ -11,9 +11,10 @@
  * items" need: lru_crawler metadump (proto/crawler_cmd.c), the admin API's
  * key listing, delete by prefix and snapshots (cache_admin.c, admin.c).
  *
- * The walker (walk_items).  It goes over a class's pages chunk by chunk, in
- * batches of WALK_BATCH chunks under that class's lock, never along the
- * LRU lists, so it does not depend on how the LRU is organised (segments,
+ * The walker (walk_items).  It goes over a class's own pages (its pages[]
+ * list, so a walk costs that class's pages, not all of the cache's) chunk
+ * by chunk, in batches of WALK_BATCH chunks under that class's lock, never
+ * along the LRU lists, so it does not depend on how the LRU is organised (segments,
  * policies) and meets every item exactly once whatever the LRU does
  * meanwhile.  Under the class lock a chunk whose ITEM_LINKED is set is an
  * item that cannot be unlinked nor freed (both need the class lock), so
@@ -23,8 +24,8 @@
  * class lock again and checks that the page is still this class's and the
  * chunk still a linked item of that stripe.  The callback runs with both
  * locks held, so it may read the value or unlink the item.  A cursor is
- * (class, page index, chunk); an item stored, moved or whose page changed
- * class during a walk may or may not be shown.
+ * (class, page join number, chunk); an item stored, moved or whose page
+ * changed class during a walk may or may not be shown.
  *
  * The thread.  Two kinds of passes, one class at a time, each looking at up
  * to lru_crawler_tocrawl items (0: the whole class; a limited pass resumes
@@ -60,11 +61,20 @@
 /* Buckets of the remaining-lifetime histogram: [2^b, 2^(b+1)) seconds. */
 #define TTL_BUCKETS 32
 
-/* Cursor layout: class id (8 bits) | page directory id (32 bits) | chunk (24 bits). */
+/* Cursor layout: class id (8 bits) | page join number (32 bits) | chunk (24 bits). */
 #define CUR_CLASS(cur) ((int)((cur) >> 56))
 #define CUR_PAGE(cur) ((uint32_t)((cur) >> 24))
 #define CUR_CHUNK(cur) ((uint32_t)((cur) & 0xFFFFFFu))
 #define CUR_MAKE(k, p, ch) (((uint64_t)(k) << 56) | ((uint64_t)(p) << 24) | (uint64_t)(ch))
+
+#ifdef SM_TEST_HOOKS
+/* Pages the walker has finished or skipped (build/test_cache only: the
+ * check that a class's walk costs that class's pages, not all of them). */
+_Atomic uint64_t sm_test_walk_page_steps;
+#define PAGE_STEP() atomic_fetch_add_explicit(&sm_test_walk_page_steps, 1, memory_order_relaxed)
+#else
+#define PAGE_STEP() ((void)0)
+#endif
 
 size_t cache_item_total(const item *it)
 {
@@ -74,26 +84,42 @@ size_t cache_item_total(const item *it)
 /* ---- the walker ---- */
 
 /*
- * Class k's lock held: the chunk count of the page with directory id `page`
- * (slabs.c's page directory: ids are never reused, and a page keeps its id
- * when the slab mover gives it to another class, so a (page id, chunk)
- * cursor stays valid across moves), 0 when that page is not class k's now,
- * -1 past the last id.  Only the page a class is carving (or a page the
- * mover took while it was being carved) has fewer chunks: the rest of it
- * has never been written by this class and may hold another's bytes.
+ * Class lock held: the index in cls->pages of the first page whose join
+ * number is `seq` or more, npages when none.  A class's pages are its own
+ * list (slabs.c keeps it as pages join and leave the class: a new page, a
+ * page the slab mover hands over or takes away), so a walk looks at that
+ * class's pages only; join numbers ascend along the list and are never
+ * reused within the class, so a (join number, chunk) cursor stays valid
+ * however the list changed.  `hint` is where to look first.
  */
-static int64_t page_chunks(cache *c, const struct slabclass *cls, int k, uint32_t page, char **base)
+static uint32_t page_index(const struct slabclass *cls, uint32_t seq, uint32_t hint)
 {
-    if (page >= atomic_load_explicit(&c->npagedir, memory_order_acquire))
-        return -1;
-    struct page_dir_entry *e = &c->pagedir[page / PAGEDIR_CHUNK][page % PAGEDIR_CHUNK];
-    if (atomic_load_explicit(&e->owner, memory_order_acquire) != k)
-        return 0;
-    *base = e->base;
-    if (cls->evac_page == e->base) /* being emptied: its linked items are still shown */
+    if (hint < cls->npages && cls->page_seq[hint] == seq)
+        return hint;
+    uint32_t lo = 0, hi = cls->npages;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (cls->page_seq[mid] < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/*
+ * Class lock held: the chunk count of cls->pages[i].  Only the page a class
+ * is carving (or a page the mover took while it was being carved) has
+ * fewer chunks: the rest of it has never been written by this class and
+ * may hold another's bytes.
+ */
+static int64_t page_chunks(const struct slabclass *cls, uint32_t i)
+{
+    char *base = cls->pages[i];
+    if (cls->evac_page == base) /* being emptied: its linked items are still shown */
         return cls->evac_chunks;
-    if (cls->carve_page == e->base)
-        return (cls->end_page_ptr - e->base) / cls->size;
+    if (cls->carve_page == base)
+        return (cls->end_page_ptr - base) / cls->size;
     return cls->perslab;
 }
 
@@ -102,7 +128,7 @@ static int64_t page_chunks(cache *c, const struct slabclass *cls, int k, uint32_
  * or NULL when the chunk changed while the class lock was let go (the
  * caller looks at the same chunk again).  *hv gets the key's hash.
  */
-static stripe_lock *lock_item(cache *c, struct slabclass *cls, int k, uint32_t page, char *base, item *it,
+static stripe_lock *lock_item(cache *c, struct slabclass *cls, uint32_t seq, uint32_t idx, char *base, item *it,
                               uint32_t *hv)
 {
     *hv = cache_hash(ITEM_key(it), it->nkey);
@@ -112,8 +138,8 @@ static stripe_lock *lock_item(cache *c, struct slabclass *cls, int k, uint32_t p
     pthread_mutex_unlock(&cls->lock);
     stripe_lock_take(m);
     pthread_mutex_lock(&cls->lock);
-    char *now_base;
-    if (page_chunks(c, cls, k, page, &now_base) <= 0 || now_base != base ||
+    uint32_t i = page_index(cls, seq, idx);
+    if (i >= cls->npages || cls->page_seq[i] != seq || cls->pages[i] != base ||
         !(atomic_load_explicit(&it->it_flags, memory_order_acquire) & ITEM_LINKED)) {
         stripe_unlock(m);
         return NULL;
@@ -133,22 +159,22 @@ bool walk_items(cache *c, const uint8_t *classes, const char *prefix, size_t npr
 {
     uint64_t cur = *cursor;
     int k = CUR_CLASS(cur);
-    uint32_t page = CUR_PAGE(cur), chunk = CUR_CHUNK(cur);
+    uint32_t seq = CUR_PAGE(cur), chunk = CUR_CHUNK(cur);
     if (k == 0) {
         k = 1;
-        page = chunk = 0;
+        seq = chunk = 0;
     }
     uint32_t looked = 0;
-    for (; k <= c->nclasses; k++, page = 0, chunk = 0) {
+    for (; k <= c->nclasses; k++, seq = 0, chunk = 0) {
         if (classes && !classes[k])
             continue;
         struct slabclass *cls = &c->classes[k];
         pthread_mutex_lock(&cls->lock);
-        uint32_t batch = 0;
+        uint32_t batch = 0, idx = 0;
         for (;;) {
             if (looked >= budget) {
                 pthread_mutex_unlock(&cls->lock);
-                *cursor = CUR_MAKE(k, page, chunk);
+                *cursor = CUR_MAKE(k, seq, chunk);
                 return false;
             }
             if (++batch > WALK_BATCH) { /* let the workers in */
@@ -156,16 +182,22 @@ bool walk_items(cache *c, const uint8_t *classes, const char *prefix, size_t npr
                 batch = 1;
                 pthread_mutex_lock(&cls->lock);
             }
-            char *base = NULL;
-            int64_t n = page_chunks(c, cls, k, page, &base);
-            if (n < 0)
-                break; /* past the last page */
-            if (chunk >= n) { /* done with it, or not this class's page */
-                page++;
+            idx = page_index(cls, seq, idx);
+            if (idx >= cls->npages)
+                break; /* past the class's last page */
+            if (cls->page_seq[idx] != seq) { /* that page left the class: the next one */
+                seq = cls->page_seq[idx];
+                chunk = 0;
+            }
+            if (chunk >= page_chunks(cls, idx)) { /* done with it */
+                PAGE_STEP();
+                seq++;
+                idx++;
                 chunk = 0;
                 continue;
             }
             looked++;
+            char *base = cls->pages[idx];
             item *it = (item *)(base + (size_t)chunk * cls->size);
             if (!(atomic_load_explicit(&it->it_flags, memory_order_acquire) & ITEM_LINKED) ||
                 it->nkey < nprefix || (nprefix && memcmp(ITEM_key(it), prefix, nprefix) != 0)) {
@@ -173,7 +205,7 @@ bool walk_items(cache *c, const uint8_t *classes, const char *prefix, size_t npr
                 continue;
             }
             uint32_t hv;
-            stripe_lock *m = lock_item(c, cls, k, page, base, it, &hv);
+            stripe_lock *m = lock_item(c, cls, seq, idx, base, it, &hv);
             if (!m)
                 continue; /* it changed while we waited: look again */
             cache_walk_action act = CACHE_WALK_NEXT;
@@ -187,7 +219,7 @@ bool walk_items(cache *c, const uint8_t *classes, const char *prefix, size_t npr
             stripe_unlock(m);
             if (act == CACHE_WALK_STOP) {
                 pthread_mutex_unlock(&cls->lock);
-                *cursor = CUR_MAKE(k, page, chunk);
+                *cursor = CUR_MAKE(k, seq, chunk);
                 return false;
             }
             chunk++;

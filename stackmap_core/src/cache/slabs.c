@@ -31,8 +31,10 @@
  * not released ones: it is memcached's total_malloced.
  *
  * Every page ever taken has an id in the page directory (pagedir), with its
- * current owner: cache_walk goes over pages by id, so a walk's cursor stays
- * valid however pages move.
+ * current owner.  A class's pages[] lists its pages oldest first, each with
+ * a join number (page_seq[], ascending, never reused in the class):
+ * cache_walk goes over one class's pages by join number, so a walk's
+ * cursor stays valid however pages move.
  *
  * Free chunks are marked ITEM_SLABBED and doubly linked, so the mover can
  * take the free chunks of the page it empties out of the list in O(1)
@@ -109,6 +111,7 @@ void slabs_free_all(cache *c)
     for (int k = 1; k <= c->nclasses; k++) {
         struct slabclass *cls = &c->classes[k];
         free(cls->pages);
+        free(cls->page_seq);
         pthread_mutex_destroy(&cls->lock);
     }
     free(c->classes);
@@ -230,7 +233,7 @@ static char *page_get(cache *c, const struct slabclass *cls, int clsid)
     return page;
 }
 
-/* Class lock held: room for one more entry in pages[]. */
+/* Class lock held: room for one more entry in pages[] and page_seq[]. */
 static int pages_grow(struct slabclass *cls)
 {
     if (cls->npages < cls->pages_cap)
@@ -240,8 +243,23 @@ static int pages_grow(struct slabclass *cls)
     if (!np)
         return -1;
     cls->pages = np;
+    uint32_t *ns = realloc(cls->page_seq, ncap * sizeof(uint32_t));
+    if (!ns)
+        return -1; /* pages[] is larger, harmlessly: pages_cap still says the old size */
+    cls->page_seq = ns;
     cls->pages_cap = ncap;
     return 0;
+}
+
+/* Class lock held, room made by pages_grow: the page joins the class, last.
+ * Join numbers only grow, so page_seq[] stays ascending as pages leave
+ * (slabs_evac_end_locked keeps the order) and the walker can find where it
+ * stopped however the list changed meanwhile. */
+static void pages_append(struct slabclass *cls, char *page)
+{
+    cls->pages[cls->npages] = page;
+    cls->page_seq[cls->npages] = cls->next_page_seq++;
+    cls->npages++;
 }
 
 /* Class lock held: add one page to the class, carved lazily. */
@@ -254,7 +272,7 @@ static int slabs_newpage(cache *c, struct slabclass *cls)
     char *page = page_get(c, cls, (int)(cls - c->classes));
     if (!page)
         return -1;
-    cls->pages[cls->npages++] = page;
+    pages_append(cls, page);
     cls->carve_page = page;
     cls->end_page_ptr = page;
     cls->end_page_free = cls->perslab;
@@ -362,6 +380,7 @@ void slabs_evac_end_locked(struct slabclass *cls, char *page)
     for (uint32_t i = 0; i < cls->npages; i++) {
         if (cls->pages[i] == page) {
             memmove(&cls->pages[i], &cls->pages[i + 1], (cls->npages - i - 1) * sizeof(char *));
+            memmove(&cls->page_seq[i], &cls->page_seq[i + 1], (cls->npages - i - 1) * sizeof(uint32_t));
             cls->npages--;
             break;
         }
@@ -373,7 +392,7 @@ int slabs_add_page_locked(struct slabclass *cls, char *page)
 {
     if (pages_grow(cls) != 0)
         return -1;
-    cls->pages[cls->npages++] = page;
+    pages_append(cls, page);
     if (cls->end_page_free == 0) {
         cls->carve_page = page;
         cls->end_page_ptr = page;

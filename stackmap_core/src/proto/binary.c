@@ -402,13 +402,10 @@ static void process_arith(conn *c, const bin_req *rq, bool incr)
     arith_result r = cache_arith(w->cache, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen), &req, &value, &it,
                                  &cls);
     char body[8];
+    proto_count_arith(w, incr, r, cls);
     switch (r) {
     case ARITH_OK:
-    case ARITH_NO_MEMORY: /* memcached counts the hit before it fails to allocate */
-        if (incr)
-            SM_STAT_INC(w->stats.slab[proto_cls(cls)].incr_hits);
-        else
-            SM_STAT_INC(w->stats.slab[proto_cls(cls)].decr_hits);
+    case ARITH_NO_MEMORY:
         if (r == ARITH_NO_MEMORY) {
             bin_error(c, rq, ST_ENOMEM, "Out of memory incrementing value", 0);
             break;
@@ -433,10 +430,6 @@ static void process_arith(conn *c, const bin_req *rq, bool incr)
         break;
     case ARITH_NOT_FOUND:
     default:
-        if (incr)
-            SM_STAT_INC(w->stats.incr_misses);
-        else
-            SM_STAT_INC(w->stats.decr_misses);
         bin_error(c, rq, ST_KEY_ENOENT, NULL, 0);
         break;
     }

@@ -947,7 +947,6 @@ void proto_meta_arith(conn *c, sm_request *r)
     sm_token *t = r->tokens;
     size_t ntokens = r->ntokens;
     cache *ca = c->worker->cache;
-    struct sm_thread_stats *st = &c->worker->stats;
     meta_flags of = {0};
     const char *errstr = ERR_FORMAT;
     of.delta = 1;
@@ -984,6 +983,7 @@ void proto_meta_arith(conn *c, sm_request *r)
     int clsid = 0;
     proto_log_lookup(c, key, nkey, hv);
     arith_result ar = cache_arith(ca, key, nkey, hv, &req, &value, &it, &clsid);
+    proto_count_arith(c->worker, incr, ar, clsid);
     bool created = ar == ARITH_VIVIFIED;
     if (created)
         ar = ARITH_OK;
@@ -1006,10 +1006,6 @@ void proto_meta_arith(conn *c, sm_request *r)
         ml_put(&l, "EX", 2);
         break;
     default:
-        if (incr)
-            SM_STAT_INC(st->incr_misses);
-        else
-            SM_STAT_INC(st->decr_misses);
         ml_put(&l, "NF", 2);
         break;
     }
@@ -1022,13 +1018,6 @@ void proto_meta_arith(conn *c, sm_request *r)
         ml_crlf(&l);
         meta_send(c, &l);
         return;
-    }
-
-    if (!created) {
-        if (incr)
-            SM_STAT_INC(st->slab[proto_cls(clsid)].incr_hits);
-        else
-            SM_STAT_INC(st->slab[proto_cls(clsid)].decr_hits);
     }
 
     char num[24];

@@ -94,10 +94,10 @@ int sm_cmd_lookup(const char *w, size_t n)
         case 'v': return is(w, SM_CMD_verbosity);
         default: return SM_CMD_NONE;
         }
-    case 13:
-        return w[0] == 'r' ? is(w, SM_CMD_refresh_certs) : SM_CMD_NONE;
     case 11:
         return w[0] == 'l' ? is(w, SM_CMD_lru_crawler) : SM_CMD_NONE;
+    case 13:
+        return w[0] == 'r' ? is(w, SM_CMD_refresh_certs) : SM_CMD_NONE;
     case 14:
         return w[0] == 'c' ? is(w, SM_CMD_cache_memlimit) : SM_CMD_NONE;
     default:

@@ -445,3 +445,31 @@ void proto_count_get(worker *w, const char *key, size_t nkey, const item *it, bo
         SM_STAT_INC(w->stats.slab[proto_cls(it->slabs_clsid)].get_hits);
     }
 }
+
+/*
+ * As memcached's do_add_delta: a hit (incr_hits / decr_hits of the item's
+ * class) once the old value has been read as a number, so also when the
+ * new value then finds no memory; a miss only for a key that was absent
+ * and not created (a vivified key, a CAS mismatch and a non-numeric value
+ * are neither).
+ */
+void proto_count_arith(worker *w, bool incr, arith_result r, int cls)
+{
+    switch (r) {
+    case ARITH_OK:
+    case ARITH_NO_MEMORY:
+        if (incr)
+            SM_STAT_INC(w->stats.slab[proto_cls(cls)].incr_hits);
+        else
+            SM_STAT_INC(w->stats.slab[proto_cls(cls)].decr_hits);
+        break;
+    case ARITH_NOT_FOUND:
+        if (incr)
+            SM_STAT_INC(w->stats.incr_misses);
+        else
+            SM_STAT_INC(w->stats.decr_misses);
+        break;
+    default:
+        break;
+    }
+}

@@ -56,12 +56,14 @@ size_t proto_process(conn *c, char *data, size_t len);
  * counts in both: proto_count_lookup adds get_expired / get_flushed for
  * whatever a lookup found; proto_count_get counts one get or touch lookup
  * (the key's prefix stats, get_cmds or touch_cmds, and the miss or the
- * hit of the item's class).
+ * hit of the item's class); proto_count_arith counts one incr or decr
+ * (text, binary and meta ma alike) from cache_arith's result and class.
  */
 struct worker;
 void proto_count_lookup(struct worker *w, const get_info *info);
 void proto_count_get(struct worker *w, const char *key, size_t nkey, const item *it, bool touch,
                      const get_info *info);
+void proto_count_arith(struct worker *w, bool incr, arith_result r, int cls);
 
 typedef void proto_handler(conn *c, sm_request *r);
 proto_handler proto_text_get, proto_text_store, proto_text_delete, proto_text_arith, proto_text_touch,

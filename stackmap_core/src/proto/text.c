@@ -395,13 +395,10 @@ static void process_arith(conn *c, sm_token *tokens, size_t ntokens, bool incr)
     int cls = 0;
     proto_log_lookup(c, key, nkey, cache_hash(key, nkey));
     arith_result r = cache_arith(w->cache, key, nkey, cache_hash(key, nkey), &req, &value, NULL, &cls);
+    proto_count_arith(w, incr, r, cls);
     switch (r) {
     case ARITH_OK:
-    case ARITH_NO_MEMORY: /* memcached counts the hit before it fails to allocate */
-        if (incr)
-            SM_STAT_INC(w->stats.slab[proto_cls(cls)].incr_hits);
-        else
-            SM_STAT_INC(w->stats.slab[proto_cls(cls)].decr_hits);
+    case ARITH_NO_MEMORY:
         if (r == ARITH_NO_MEMORY) {
             REPLY(c, "SERVER_ERROR out of memory");
         } else if (!c->noreply) {
@@ -419,10 +416,6 @@ static void process_arith(conn *c, sm_token *tokens, size_t ntokens, bool incr)
     case ARITH_NOT_FOUND:
     case ARITH_EXISTS: /* no CAS given: cannot happen */
     default:
-        if (incr)
-            SM_STAT_INC(w->stats.incr_misses);
-        else
-            SM_STAT_INC(w->stats.decr_misses);
         REPLY(c, "NOT_FOUND");
         break;
     }
