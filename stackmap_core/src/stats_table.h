@@ -343,6 +343,7 @@
       V_STR(lru.temp_lru ? "yes" : "no"))                                                                              \
     X(temporary_ttl, "temporary_ttl", "TTL at or under which items go to TEMP (61 until one is set).",             \
       V_INT(lru.temporary_ttl))                                                                                        \
+    X(eviction, "eviction", "Eviction policy: lru (memcached's) or s3fifo (-o eviction).", V_STR(st->eviction))     \
     X(idle_timeout, "idle_timeout", "Idle connection timeout in seconds (-o idle_timeout), 0 never.",                  \
       V_INT(st->idle_timeout))                                                                                         \
     X(track_sizes, "", "no: stats sizes is not tracked.", V_STR("no"))                                                 \
