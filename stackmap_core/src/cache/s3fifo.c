@@ -6,7 +6,7 @@
  * hit in COLD) and lets a sweep over keys read once push out what is read
  * again and again.  S3-FIFO (Yang et al., "FIFO queues are all you need
  * for cache eviction", SOSP'23) keeps per slab class
- *   - a small FIFO S (about SMALL_PCT% of the class's bytes) where new
+ *   - a small FIFO S (about SMALL_PCT% of the class's chunks) where new
  *     items start: most keys are read once or never, and leave from here;
  *   - a main FIFO M for items read again while in S;
  *   - a ghost queue G of the keys S evicted (their hashes only, no
@@ -158,10 +158,11 @@ void s3fifo_free(cache *c)
 
 /* ---- insertion ---- */
 
-/* Does S hold at least its share of the class's S+M bytes? */
+/* Does S hold at least its share of the class's S+M items?  (Within a
+ * slab class every item takes one chunk: memory is counted in items.) */
 static bool small_full(const struct slabclass *cls)
 {
-    uint64_t s = cls->seg_bytes[LRU_HOT], m = cls->seg_bytes[LRU_COLD];
+    uint64_t s = cls->seg_items[LRU_HOT], m = cls->seg_items[LRU_COLD];
     return s * 100 >= (s + m) * SMALL_PCT;
 }
 
