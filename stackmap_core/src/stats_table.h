@@ -431,7 +431,13 @@
     X(hits_to_warm, COUNTER, "", "memcached_slab_lru_hits_total", "lru=warm", "get hits to the WARM LRU.")             \
     X(hits_to_cold, COUNTER, "", "memcached_slab_lru_hits_total", "lru=cold", "get hits to the COLD LRU.")             \
     X(hits_to_temp, COUNTER, "", "memcached_slab_lru_hits_total", "lru=temporary",                                     \
-      "get hits to the TEMPORARY LRU.")
+      "get hits to the TEMPORARY LRU.")                                                                                \
+    X(s3fifo_to_main, COUNTER, "", "stackmap_slab_s3fifo_to_main_total", "",                                           \
+      "-o eviction=s3fifo: items read twice in the small queue moved to the main queue.")                              \
+    X(s3fifo_ghost_hits, COUNTER, "", "stackmap_slab_s3fifo_ghost_hits_total", "",                                     \
+      "-o eviction=s3fifo: new items whose key the ghost queue remembered, stored into the main queue.")               \
+    X(s3fifo_reinserted, COUNTER, "", "stackmap_slab_s3fifo_reinserted_total", "",                                     \
+      "-o eviction=s3fifo: main-queue tail items read since they got there, given another round.")
 
 /* "stats slabs": per slab class, printed as <class>:<name>. */
 #define SM_STATS_SLABS(X)                                                                                              \
