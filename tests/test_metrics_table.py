@@ -135,7 +135,7 @@ def test_metrics_expose_every_stat_that_stats_prints(srv: Proc) -> None:
 S3FIFO_ONLY = {"s3fifo_to_main", "s3fifo_ghost_hits", "s3fifo_reinserted"}
 
 
-def test_every_row_is_printed_and_families_are_consistent(srv: Proc, request: pytest.FixtureRequest) -> None:
+def test_every_row_is_printed_and_families_are_consistent(srv: Proc) -> None:
     """No dead rows (a row nobody prints), and one kind and label set per family."""
     with srv.conn() as s:
         # a TEMP LRU item too, so that number_temp is printed
@@ -143,7 +143,7 @@ def test_every_row_is_printed_and_families_are_consistent(srv: Proc, request: py
                 until=b"OK\r\nSTORED\r\nSTORED\r\n")
     seen = {(group, per_class, name) for group, per_class, _, name, _ in printed(srv.port)}
     table = stackmap_core.metric_table()
-    lru = request.node.callspec.params["srv"] == "lru"
+    lru = dict(stats_over_wire(srv.port, "settings"))["eviction"] == "lru"
     dead = [f"{r.group}:{r.name}" for r in table
             if (r.group, r.per_class, r.name) not in seen and not (lru and r.name in S3FIFO_ONLY)]
     assert not dead, f"rows that stats never prints: {dead}"
