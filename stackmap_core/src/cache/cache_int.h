@@ -17,6 +17,9 @@
  *     two class locks, nor two stripes, except the maintainer when it swaps
  *     hash tables (it takes every stripe, in index order, holding no class
  *     lock).
+ *   - S3-FIFO (s3fifo.c): an item's access counter (it_flags) is raised by
+ *     hits with a compare-exchange under the stripe only, and lowered under
+ *     the class lock; a class's ghost queue is guarded by its class lock.
  *   - Page accounting (mem_malloced) is one atomic counter, no lock.
  *   - Slab page moves (slab_mover.c): the mover thread empties a page of
  *     its source class in short batches under that class lock (trylocking

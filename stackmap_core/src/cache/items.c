@@ -9,7 +9,8 @@
  * (and the access time) once, and a COLD item's second hit is queued for
  * the maintainer on the thread's own lock-free queue.  In flat mode the
  * class lock is taken on a hit only when the item was last moved more than
- * ITEM_UPDATE_INTERVAL (60) seconds ago, as memcached does.  Link, unlink
+ * ITEM_UPDATE_INTERVAL (60) seconds ago, as memcached does.  With
+ * -o eviction=s3fifo a hit only raises the item's counter (s3fifo.c).  Link, unlink
  * and free take the item's class lock after the stripe lock.
  *
  * Reference counts: cache_alloc returns an item with one reference (the

@@ -38,6 +38,11 @@
  *
  * The reclaimer (lru_reclaim_pass, once a second) walks up to
  * RECLAIM_BATCH items from each segment's tail and unlinks the dead ones.
+ *
+ * With -o eviction=s3fifo these lists are S3-FIFO's queues (HOT its small
+ * one, COLD its main one) and s3fifo.c decides what moves and what is
+ * evicted: lru_pull_tail_locked hands over to it, lru_juggle only reclaims
+ * TEMP, and a hit never reaches this file.
  */
 #include "cache_int.h"
 
