@@ -76,7 +76,7 @@ def _memcached_argv(opts: TargetOptions, port: int) -> list[str]:
     return argv
 
 
-def _stackmapd_argv(backend: str) -> Callable[[TargetOptions, int], list[str]]:
+def _stackmapd_argv(backend: str, extra: tuple[str, ...] = ()) -> Callable[[TargetOptions, int], list[str]]:
     def argv(opts: TargetOptions, port: int) -> list[str]:
         return [
             opts.stackmapd,
@@ -90,6 +90,7 @@ def _stackmapd_argv(backend: str) -> Callable[[TargetOptions, int], list[str]]:
             str(port),
             "-m",
             str(opts.memory_mb),
+            *extra,
         ]
 
     return argv
@@ -108,6 +109,12 @@ TARGETS: dict[str, Target] = {
             "stackmapd-epoll",
             "stackmapd --backend epoll",
             _stackmapd_argv("epoll"),
+            lambda o: o.stackmapd,
+        ),
+        Target(
+            "stackmapd-s3fifo",
+            "stackmapd --backend epoll -o eviction=s3fifo (S3-FIFO instead of the segmented LRU)",
+            _stackmapd_argv("epoll", ("-o", "eviction=s3fifo")),
             lambda o: o.stackmapd,
         ),
         Target(

@@ -261,6 +261,10 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
                               "is served by --backend uring or epoll (auto picks them)");
         return -1;
     }
+    if (strcmp(s->eviction, "lru") != 0 && strcmp(s->eviction, "s3fifo") != 0) {
+        snprintf(err, errlen, "-o eviction: must be lru or s3fifo, got '%s'", s->eviction);
+        return -1;
+    }
     if (strcmp(s->binding_protocol, "auto") != 0 && strcmp(s->binding_protocol, "ascii") != 0 &&
         strcmp(s->binding_protocol, "binary") != 0) {
         snprintf(err, errlen, "-B/--protocol: must be auto, ascii or binary, got '%s'", s->binding_protocol);
@@ -331,6 +335,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .slab_automove = e->settings.slab_automove,
         .slab_automove_ratio = e->settings.slab_automove_ratio,
         .slab_automove_window = e->settings.slab_automove_window,
+        .s3fifo = strcmp(e->settings.eviction, "s3fifo") == 0,
     };
     if (e->settings.auth_file[0]) { /* -Y: a file that cannot be used stops the start */
         e->auth = sm_auth_load(e->settings.auth_file, err, errlen);

@@ -73,6 +73,7 @@ struct sm_settings {
     double hot_max_factor;      /* HOT idle limit as a multiple of COLD's age (-o hot_max_factor) */
     double warm_max_factor;     /* WARM idle limit as a multiple of COLD's age (-o warm_max_factor) */
     int temporary_ttl;          /* TTLs up to this go to the TEMP LRU, -1 none (-o temporary_ttl) */
+    char eviction[16];          /* "lru" or "s3fifo" (-o eviction; cache/s3fifo.c) */
     int backend;                /* enum sm_backend_kind (--backend) */
     int uring_entries;          /* io_uring SQ size per worker (-o uring_entries) */
     int uring_bufs;             /* provided buffers per worker ring (-o uring_bufs) */

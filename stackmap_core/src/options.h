@@ -146,6 +146,9 @@
       "WARM items idle longer than COLD's tail age times this go to COLD")                                             \
     X(temporary_ttl, FIELD(temporary_ttl), INT, "-1", -1, 2147483647, 0, "N", EXTENDED, 0,                             \
       "items with a TTL of at most N seconds go to a TEMP LRU, never evicted, only expired; -1 none")                  \
+    X(eviction, FIELD(eviction), STR, "lru", 0, 0, 0, "NAME", EXTENDED, 0,                                             \
+      "eviction policy: lru (memcached's LRU, segmented or flat) or s3fifo (small, main and ghost FIFO queues "        \
+      "per slab class, a hit only counts; \"lru tune\" and \"lru mode\" then answer ERROR)")                          \
     X(lru_crawler, FIELD(lru_crawler), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                            \
       "run the LRU crawler thread, which frees expired items in the background (no_lru_crawler: off; "                 \
       "lru_crawler enable/disable change it live)")                                                                    \

@@ -355,6 +355,7 @@
       V_STR(lru.temp_lru ? "yes" : "no"))                                                                              \
     X(temporary_ttl, "temporary_ttl", "TTL at or under which items go to TEMP (61 until one is set).",             \
       V_INT(lru.temporary_ttl))                                                                                        \
+    X(eviction, "eviction", "Eviction policy: lru (memcached's) or s3fifo (-o eviction).", V_STR(st->eviction))     \
     X(idle_timeout, "idle_timeout", "Idle connection timeout in seconds (-o idle_timeout), 0 never.",                  \
       V_INT(st->idle_timeout))                                                                                         \
     X(watcher_logbuf_size, "watcher_logbuf_size", "Bytes of each watcher's log buffer (-o watcher_logbuf_size, KB).",  \
@@ -448,7 +449,13 @@
     X(hits_to_warm, COUNTER, "", "memcached_slab_lru_hits_total", "lru=warm", "get hits to the WARM LRU.")             \
     X(hits_to_cold, COUNTER, "", "memcached_slab_lru_hits_total", "lru=cold", "get hits to the COLD LRU.")             \
     X(hits_to_temp, COUNTER, "", "memcached_slab_lru_hits_total", "lru=temporary",                                     \
-      "get hits to the TEMPORARY LRU.")
+      "get hits to the TEMPORARY LRU.")                                                                                \
+    X(s3fifo_to_main, COUNTER, "", "stackmap_slab_s3fifo_to_main_total", "",                                           \
+      "-o eviction=s3fifo: items read twice in the small queue moved to the main queue.")                              \
+    X(s3fifo_ghost_hits, COUNTER, "", "stackmap_slab_s3fifo_ghost_hits_total", "",                                     \
+      "-o eviction=s3fifo: new items whose key the ghost queue remembered, stored into the main queue.")               \
+    X(s3fifo_reinserted, COUNTER, "", "stackmap_slab_s3fifo_reinserted_total", "",                                     \
+      "-o eviction=s3fifo: main-queue tail items read since they got there, given another round.")
 
 /* "stats slabs": per slab class, printed as <class>:<name>. */
 #define SM_STATS_SLABS(X)                                                                                              \

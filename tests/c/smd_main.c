@@ -61,6 +61,8 @@ int main(int argc, char **argv)
                 s.uring_batch_usec = atoi(optarg + 17);
             else if (strncmp(optarg, "uring_bufs=", 11) == 0)
                 s.uring_bufs = atoi(optarg + 11);
+            else if (strncmp(optarg, "eviction=", 9) == 0)
+                snprintf(s.eviction, sizeof(s.eviction), "%s", optarg + 9);
             break;
         case 'U': case 'u': break;
         case 'B':

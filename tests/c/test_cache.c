@@ -99,9 +99,13 @@ static struct statbuf *stats_of(cache *c, const char *group)
 
 /* ---- helpers ---- */
 
+/* mk makes S3-FIFO caches (-o eviction=s3fifo) while this is set. */
+static int mk_s3fifo;
+
 static cache *mk(uint64_t maxbytes, uint32_t page, int hashpower)
 {
     cache_config cfg = {
+        .s3fifo = mk_s3fifo,
         .maxbytes = maxbytes,
         .item_size_max = page,
         .chunk_size = 48,
@@ -579,6 +583,140 @@ static void test_eviction(void)
     for (int i = 0; i < nh; i++)
         cache_release(c, held[i]);
     CHECK(put(c, "b-last", big, sizeof(big), 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    cache_destroy(c);
+}
+
+/* ---- S3-FIFO (s3fifo.c) ---- */
+
+/* The queue key's item is in: LRU_HOT (S), LRU_COLD (M), or -1 when missing. */
+static int s3_queue(cache *c, const char *key)
+{
+    size_t n = strlen(key);
+    item *it = cache_get(c, key, n, cache_hash(key, n), CACHE_GET_NOBUMP, 0, NULL);
+    if (!it)
+        return -1;
+    int q = ITEM_lru(atomic_load(&it->it_flags));
+    cache_release(c, it);
+    return q;
+}
+
+static int present(cache *c, const char *key)
+{
+    return s3_queue(c, key) >= 0;
+}
+
+/* Store `count` keys prefix0.. with 200-byte values, never read. */
+static void s3_stream(cache *c, const char *prefix, int from, int count)
+{
+    char val[200], k[32];
+    memset(val, 'v', sizeof(val));
+    for (int i = from; i < from + count; i++) {
+        snprintf(k, sizeof(k), "%s%d", prefix, i);
+        CHECK(put(c, k, val, sizeof(val), 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    }
+}
+
+/*
+ * S3-FIFO's queue rules in one class (200-byte values and keys of one
+ * length, 4 pages of 64 KiB: some 860 items): the items stored before the
+ * first eviction fill S to its share and then M; after that a new item
+ * goes to S, and one never read leaves from S (into the ghost) while M
+ * keeps its items; a key the ghost remembers comes back into M; items read
+ * twice in S move to M and survive a sweep of keys read once over twice
+ * the memory; and M reinserts an item read since it got there (a CLOCK)
+ * and evicts one that was not.
+ */
+static void test_s3fifo(void)
+{
+    mk_s3fifo = 1;
+    cache *c = mk(256 << 10, 64 << 10, 12);
+    mk_s3fifo = 0;
+    int cls = cache_slab_class(c, 8, 202);
+    struct slabclass *sc = &c->classes[cls];
+    char name[64], k[32], buf[256];
+    /* fill: until the first eviction S takes its 10%, M the rest */
+    int fill = 0;
+    while (stat_get(stats_of(c, "general"), "evictions") == 0)
+        s3_stream(c, "f", 100000 + fill++, 1);
+    CHECK(s3_queue(c, "f100000") == -1); /* S's tail went first */
+    CHECK(sc->seg_items[LRU_HOT] > 0 && sc->seg_items[LRU_COLD] > 0);
+    CHECK(sc->seg_items[LRU_HOT] * 100 <= (sc->seg_items[LRU_HOT] + sc->seg_items[LRU_COLD]) * 11);
+    uint64_t main_items = sc->seg_items[LRU_COLD];
+
+    /* one-hit wonders: in S, out of S into the ghost; M untouched */
+    s3_stream(c, "w", 100000, 3 * fill);
+    CHECK(s3_queue(c, "w100000") == -1);
+    snprintf(k, sizeof(k), "w%d", 100000 + 3 * fill - 1);
+    CHECK(s3_queue(c, k) == LRU_HOT);
+    CHECK(sc->seg_items[LRU_COLD] == main_items);
+    snprintf(k, sizeof(k), "f%d", 100000 + fill - 2); /* M's newest fill item stays */
+    CHECK(present(c, k));
+    CHECK(sc->ghost != NULL);
+    CHECK(items_total(c, ":s3fifo_to_main") == 0 && items_total(c, ":s3fifo_reinserted") == 0);
+    /* a key the ghost remembers (evicted lately) is stored into M */
+    uint64_t ghost_hits = items_total(c, ":s3fifo_ghost_hits");
+    int back = 100000 + 3 * fill - (int)sc->seg_items[LRU_HOT] - 50; /* left S some 50 evictions ago */
+    snprintf(k, sizeof(k), "w%d", back);
+    CHECK(s3_queue(c, k) == -1);
+    s3_stream(c, "w", back, 1);
+    CHECK(s3_queue(c, k) == LRU_COLD);
+    CHECK(items_total(c, ":s3fifo_ghost_hits") == ghost_hits + 1);
+    /* ... once: the ghost forgot it when it came back */
+    CHECK(del(c, k, 0, 0, 0) == DEL_DELETED);
+    s3_stream(c, "w", back, 1);
+    CHECK(s3_queue(c, k) == LRU_HOT);
+    CHECK(items_total(c, ":s3fifo_ghost_hits") == ghost_hits + 1);
+
+    /* hot keys: read twice while in S, they move to M when they reach S's
+     * tail and survive a sweep over twice the memory of keys read once;
+     * keys stored with them and read once do not */
+    enum { HOT = 40 };
+    s3_stream(c, "h", 100000, HOT);
+    s3_stream(c, "o", 100000, HOT);
+    for (int i = 0; i < HOT; i++) {
+        snprintf(k, sizeof(k), "h%d", 100000 + i);
+        CHECK(get(c, k, buf, sizeof(buf), NULL, NULL) != NULL);
+        CHECK(get(c, k, buf, sizeof(buf), NULL, NULL) != NULL);
+        snprintf(k, sizeof(k), "o%d", 100000 + i);
+        CHECK(get(c, k, buf, sizeof(buf), NULL, NULL) != NULL);
+    }
+    s3_stream(c, "s", 100000, 2 * fill);
+    int hot_left = 0, once_left = 0;
+    for (int i = 0; i < HOT; i++) {
+        snprintf(k, sizeof(k), "h%d", 100000 + i);
+        hot_left += s3_queue(c, k) == LRU_COLD;
+        snprintf(k, sizeof(k), "o%d", 100000 + i);
+        once_left += present(c, k);
+    }
+    CHECK(hot_left == HOT);
+    CHECK(once_left == 0);
+    snprintf(name, sizeof(name), "items:%d:s3fifo_to_main", cls);
+    CHECK(stat_get(stats_of(c, "items"), name) == HOT);
+
+    /* M's CLOCK: evictions from M (S emptied by deletes) give an item read
+     * since it got to M another round, and evict the one that was not */
+    uint64_t reinserted = items_total(c, ":s3fifo_reinserted");
+    for (item *it = sc->tails[LRU_HOT]; it; it = sc->tails[LRU_HOT]) {
+        snprintf(k, sizeof(k), "%s", ITEM_key(it));
+        CHECK(del(c, k, 0, 0, 0) == DEL_DELETED);
+    }
+    item *t = sc->tails[LRU_COLD];
+    CHECK(t != NULL && t->prev != NULL && sc->seg_items[LRU_HOT] == 0);
+    char read_key[32], cold_key[32];
+    snprintf(read_key, sizeof(read_key), "%s", ITEM_key(t));
+    snprintf(cold_key, sizeof(cold_key), "%s", ITEM_key(t->prev));
+    CHECK(get(c, read_key, buf, sizeof(buf), NULL, NULL) != NULL); /* M's tail read once */
+    int busy;
+    pthread_mutex_lock(&sc->lock);
+    item *ev = lru_pull_tail_locked(c, sc, &busy); /* what an allocation evicts */
+    pthread_mutex_unlock(&sc->lock);
+    CHECK(ev && strcmp(ITEM_key(ev), cold_key) == 0);
+    if (ev)
+        cache_release(c, ev);
+    CHECK(s3_queue(c, read_key) == LRU_COLD);
+    CHECK(!present(c, cold_key));
+    CHECK(items_total(c, ":s3fifo_reinserted") == reinserted + 1);
+    CHECK(cache_test_count_lru(c) == stat_get(stats_of(c, "general"), "curr_items"));
     cache_destroy(c);
 }
 
@@ -1387,7 +1525,11 @@ int main(void)
     test_stats_names();
     test_crawler();
     test_slab_moves();
+    test_s3fifo();
     test_stress();
+    mk_s3fifo = 1; /* the same threads, S3-FIFO's hits and evictions */
+    test_stress();
+    mk_s3fifo = 0;
     stats_free();
     if (failures) {
         printf("test_cache: %d failures\n", failures);

@@ -52,7 +52,9 @@ cache *cache_create(const cache_config *cfg, char *err, size_t errlen)
     pthread_cond_init(&c->maint_cond, &ca);
     pthread_condattr_destroy(&ca);
     c->lru_maintainer = cfg->lru_maintainer != 0;
-    atomic_store(&c->lru_segmented, c->lru_maintainer && cfg->lru_segmented);
+    c->s3fifo = cfg->s3fifo != 0;
+    /* S3-FIFO keeps new items in HOT (its small queue) itself: lru_segment_for must say COLD */
+    atomic_store(&c->lru_segmented, c->lru_maintainer && cfg->lru_segmented && !c->s3fifo);
     atomic_store(&c->hot_lru_pct, cfg->hot_lru_pct);
     atomic_store(&c->warm_lru_pct, cfg->warm_lru_pct);
     atomic_store(&c->hot_max_factor, cfg->hot_max_factor);
@@ -83,6 +85,7 @@ void cache_destroy(cache *c)
         return;
     cache_stop(c);
     crawler_destroy(c);
+    s3fifo_free(c);
     slabs_free_all(c);
     hash_free(c);
     free(c->hit_blocks);
@@ -213,12 +216,20 @@ void cache_lru_get(cache *c, cache_lru_settings *out)
     out->temporary_ttl = atomic_load(&c->temporary_ttl);
 }
 
-void cache_lru_tune(cache *c, int hot_pct, int warm_pct, double hot_factor, double warm_factor)
+int cache_s3fifo(const cache *c)
 {
+    return c->s3fifo;
+}
+
+int cache_lru_tune(cache *c, int hot_pct, int warm_pct, double hot_factor, double warm_factor)
+{
+    if (c->s3fifo)
+        return -1;
     atomic_store(&c->hot_lru_pct, hot_pct);
     atomic_store(&c->warm_lru_pct, warm_pct);
     atomic_store(&c->hot_max_factor, hot_factor);
     atomic_store(&c->warm_max_factor, warm_factor);
+    return 0;
 }
 
 void cache_set_evict_log(cache *c, const atomic_uint *flags, unsigned bit, cache_evict_log_fn *fn, void *arg)
@@ -231,7 +242,7 @@ void cache_set_evict_log(cache *c, const atomic_uint *flags, unsigned bit, cache
 
 int cache_lru_mode(cache *c, int segmented)
 {
-    if (!c->lru_maintainer)
+    if (!c->lru_maintainer || c->s3fifo)
         return -1;
     atomic_store(&c->lru_segmented, segmented != 0);
     return 0;

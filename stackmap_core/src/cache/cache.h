@@ -43,6 +43,11 @@ typedef uint32_t rel_time_t;
  * hit is recorded). */
 #define ITEM_LRU_SHIFT  8
 #define ITEM_LRU_MASK   0x300
+/* Bits 10-11: S3-FIFO's access counter, 0..3 (-o eviction=s3fifo: s3fifo.c);
+ * a hit raises it with a compare-exchange, eviction lowers it under the
+ * class lock.  Unused (0) with the LRU. */
+#define ITEM_FREQ_SHIFT 10
+#define ITEM_FREQ_MASK  0xC00
 
 /* Longest key, in bytes (memcached's KEY_MAX_LENGTH). */
 #define KEY_MAX_LENGTH 250
@@ -98,6 +103,7 @@ typedef struct cache_config {
     int slab_automove;        /* initial automove level: 0 off, 1 age balancing, 2 on every eviction */
     double slab_automove_ratio; /* age ratio below which a class gets a page (memcached's, 0.8) */
     int slab_automove_window; /* seconds of history the automover judges by (memcached's, 30) */
+    int s3fifo;               /* 1: S3-FIFO eviction (-o eviction=s3fifo, s3fifo.c); 0: the LRU (lru.c) */
 } cache_config;
 
 typedef struct cache cache;
@@ -237,9 +243,14 @@ typedef struct cache_lru_settings {
 } cache_lru_settings;
 
 void cache_lru_get(cache *c, cache_lru_settings *out);
-/* "lru tune": checked by the caller as memcached does (hot + warm <= 80, factors > 0). */
-void cache_lru_tune(cache *c, int hot_pct, int warm_pct, double hot_factor, double warm_factor);
-/* "lru mode flat|segmented"; -1 when there is no LRU maintainer (memcached: ERROR). */
+/* Whether the cache evicts by S3-FIFO (-o eviction=s3fifo), which has no
+ * segments for "lru tune" and "lru mode" to change. */
+int cache_s3fifo(const cache *c);
+/* "lru tune": checked by the caller as memcached does (hot + warm <= 80,
+ * factors > 0); -1 with S3-FIFO. */
+int cache_lru_tune(cache *c, int hot_pct, int warm_pct, double hot_factor, double warm_factor);
+/* "lru mode flat|segmented"; -1 when there is no LRU maintainer (memcached:
+ * ERROR) or with S3-FIFO. */
 int cache_lru_mode(cache *c, int segmented);
 /* "lru temp_ttl N": N >= 0 turns the TEMP LRU on with that TTL, N < 0 off;
  * -1 without a maintainer. */

@@ -17,6 +17,9 @@
  *     two class locks, nor two stripes, except the maintainer when it swaps
  *     hash tables (it takes every stripe, in index order, holding no class
  *     lock).
+ *   - S3-FIFO (s3fifo.c): an item's access counter (it_flags) is raised by
+ *     hits with a compare-exchange under the stripe only, and lowered under
+ *     the class lock; a class's ghost queue is guarded by its class lock.
  *   - Page accounting (mem_malloced) is one atomic counter, no lock.
  *   - Slab page moves (slab_mover.c): the mover thread empties a page of
  *     its source class in short batches under that class lock (trylocking
@@ -99,6 +102,9 @@ struct class_stats {
     uint64_t direct_reclaims;   /* allocations that had to pull from the LRU tail */
     uint64_t crawler_reclaimed; /* expired/flushed items the LRU crawler freed (crawler.c) */
     uint64_t crawler_checked;   /* items the LRU crawler looked at (crawler_items_checked) */
+    uint64_t s3_to_main;        /* S3-FIFO: items read twice in the small queue moved to the main one */
+    uint64_t s3_ghost_hits;     /* S3-FIFO: new items whose key was in the ghost, linked into main */
+    uint64_t s3_reinserted;     /* S3-FIFO: main-queue tail items read since, given another round */
 };
 
 /* One slab class: chunks of one size, their pages, free list and LRU. */
@@ -126,6 +132,9 @@ struct slabclass {
     uint32_t juggle_backoff_us;  /* maintainer only: the wait it grows while idle */
     rel_time_t cold_age_ref;     /* maintainer only: COLD's age as the max factors see it (lru.c) */
     rel_time_t cold_age_since;   /* maintainer only: when cold_age_ref last rose or fell */
+    uint32_t *ghost;             /* S3-FIFO's ghost queue: key hashes in buckets (s3fifo.c), or NULL */
+    uint32_t ghost_buckets;      /* buckets in ghost, of GHOST_WAYS slots each */
+    bool s3_evicted;             /* S3-FIFO: the class has evicted (its small queue is now sized) */
     _Atomic uint64_t curr_items; /* linked items (relaxed; written under lock) */
     _Atomic uint64_t curr_bytes; /* sum of linked items' total sizes (mem_requested) */
     uint64_t total_items;        /* items ever linked (since stats reset) */
@@ -284,6 +293,7 @@ struct cache {
     /* ---- the segmented LRU's settings (the "lru" command changes them live) ---- */
     bool lru_maintainer;              /* the maintainer juggles segments (-o lru_maintainer) */
     atomic_int lru_segmented;         /* 1: new items to HOT, COLD hits to WARM; 0: flat, all COLD */
+    bool s3fifo;                      /* S3-FIFO eviction (s3fifo.c): HOT is its small queue, COLD its main */
     atomic_int hot_lru_pct;           /* HOT's share of HOT+WARM+COLD bytes, % */
     atomic_int warm_lru_pct;          /* WARM's share, % */
     _Atomic double hot_max_factor;    /* HOT items idle > COLD age * this move to COLD */
@@ -399,6 +409,49 @@ int item_is_dead(cache *c, item *it, rel_time_t now, get_status *why);
 /* Stripe held and class lock held: unlink and drop the hash table's
  * reference, freeing under the held class lock. */
 void item_unlink_classlocked(cache *c, struct slabclass *cls, item *it, uint32_t hv);
+
+/* ---- s3fifo.c (-o eviction=s3fifo) ---- */
+/*
+ * A hit: raise the item's access counter (at most 3) and mark it FETCHED,
+ * then ACTIVE, as a segmented hit does; take the time when anything
+ * changed.  One compare-exchange on the item, no lock, and nothing at all
+ * once the counter is at 3.
+ */
+static inline void s3fifo_hit(item *it, rel_time_t now)
+{
+    uint16_t f = atomic_load_explicit(&it->it_flags, memory_order_relaxed);
+    uint16_t n;
+    do {
+        n = f;
+        if ((n & ITEM_FREQ_MASK) != ITEM_FREQ_MASK)
+            n = (uint16_t)(n + (1u << ITEM_FREQ_SHIFT));
+        n |= (f & ITEM_FETCHED) ? ITEM_ACTIVE : ITEM_FETCHED;
+        if (n == f)
+            return;
+    } while (!atomic_compare_exchange_weak_explicit(&it->it_flags, &f, n, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    ST(it->time, now);
+}
+/* Stripe of hv and class lock held, it about to be linked: the queue it
+ * goes to (LRU_HOT: small, LRU_COLD: main). */
+int s3fifo_queue_for(struct slabclass *cls, item *it, uint32_t hv);
+/* Stripe held: old is being replaced by new_it (a set on an existing key):
+ * new_it takes old's queue and counter, plus this access. */
+void s3fifo_inherit(item *old, item *new_it);
+/* Class lock held: S3-FIFO's eviction; as lru_pull_tail_locked. */
+item *s3fifo_pull_tail_locked(cache *c, struct slabclass *cls, int *busy);
+/* cache_destroy: free the ghost queues. */
+void s3fifo_free(cache *c);
+
+/* ---- lru.c, shared with s3fifo.c ---- */
+/* Class lock held: unlink tail item it for reuse if its stripe is free and
+ * nobody reads it, counted as reclaimed (dead) or evicted.  Returns 1 when
+ * taken live, 2 taken dead (the item then has one reference: the caller's),
+ * 0 when its stripe was busy (*busy set), -1 when a reader holds it, -2
+ * when it is live and evictions are off (-M: the allocation fails). */
+int lru_take_locked(cache *c, struct slabclass *cls, item *it, uint32_t hv, rel_time_t now, int *busy);
+/* Class lock held: move a linked item to the head of segment seg. */
+void lru_seg_move(struct slabclass *cls, item *it, int seg);
 
 /* ---- items.c ---- */
 /* Stripe of hv held: link (hash + LRU, refcount+1, time, cas). */

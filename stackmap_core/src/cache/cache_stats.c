@@ -194,6 +194,11 @@ void cache_stats_items(cache *c, sm_stat_sink *sink)
             item_stat(sink, k, "hits_to_cold", hits[LRU_COLD]);
             item_stat(sink, k, "hits_to_temp", hits[LRU_TEMP]);
         }
+        if (c->s3fifo) { /* -o eviction=s3fifo (s3fifo.c): HOT is its small queue, COLD its main */
+            item_stat(sink, k, "s3fifo_to_main", s.st.s3_to_main);
+            item_stat(sink, k, "s3fifo_ghost_hits", s.st.s3_ghost_hits);
+            item_stat(sink, k, "s3fifo_reinserted", s.st.s3_reinserted);
+        }
     }
 }
 

@@ -9,7 +9,8 @@
  * (and the access time) once, and a COLD item's second hit is queued for
  * the maintainer on the thread's own lock-free queue.  In flat mode the
  * class lock is taken on a hit only when the item was last moved more than
- * ITEM_UPDATE_INTERVAL (60) seconds ago, as memcached does.  Link, unlink
+ * ITEM_UPDATE_INTERVAL (60) seconds ago, as memcached does.  With
+ * -o eviction=s3fifo a hit only raises the item's counter (s3fifo.c).  Link, unlink
  * and free take the item's class lock after the stripe lock.
  *
  * Reference counts: cache_alloc returns an item with one reference (the
@@ -191,6 +192,8 @@ void item_link(cache *c, item *it, uint32_t hv, uint64_t cas)
     hash_insert(c, it, hv);
     int seg = lru_segment_for(c, LD(it->exptime), now);
     pthread_mutex_lock(&cls->lock);
+    if (c->s3fifo && seg != LRU_TEMP)
+        seg = s3fifo_queue_for(cls, it, hv);
     lru_link_locked(cls, it, seg);
     atomic_store_explicit(&cls->curr_items, atomic_load_explicit(&cls->curr_items, memory_order_relaxed) + 1,
                           memory_order_relaxed);
@@ -221,6 +224,10 @@ void item_unlink(cache *c, item *it, uint32_t hv)
 static void item_update(cache *c, item *it, rel_time_t now)
 {
     struct slabclass *cls = &c->classes[it->slabs_clsid];
+    if (c->s3fifo) {
+        s3fifo_hit(it, now);
+        return;
+    }
     if (atomic_load_explicit(&c->lru_segmented, memory_order_relaxed)) {
         uint16_t f = atomic_load_explicit(&it->it_flags, memory_order_relaxed);
         if (ITEM_lru(f) != LRU_COLD || !(f & ITEM_ACTIVE)) {
@@ -254,6 +261,10 @@ static void item_update(cache *c, item *it, rel_time_t now)
  */
 static void item_bump(cache *c, item *it, uint32_t hv, rel_time_t now)
 {
+    if (c->s3fifo) {
+        s3fifo_hit(it, now); /* S3-FIFO: a counter, no lock, no move */
+        return;
+    }
     uint16_t f = atomic_load_explicit(&it->it_flags, memory_order_relaxed);
     if (atomic_load_explicit(&c->lru_segmented, memory_order_relaxed)) {
         if (f & ITEM_ACTIVE)
@@ -457,6 +468,8 @@ store_result cache_store(cache *c, item *it, uint32_t hv, const store_req *req, 
         }
         if (do_store) {
             stored = new_it ? new_it : it;
+            if (c->s3fifo)
+                s3fifo_inherit(old, stored); /* a set is an access: old's queue, its count + 1 */
             item_unlink(c, old, hv);
             item_link(c, stored, hv, store_cas(c, req->cas_new));
             res = STORE_STORED;

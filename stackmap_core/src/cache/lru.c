@@ -38,6 +38,11 @@
  *
  * The reclaimer (lru_reclaim_pass, once a second) walks up to
  * RECLAIM_BATCH items from each segment's tail and unlinks the dead ones.
+ *
+ * With -o eviction=s3fifo these lists are S3-FIFO's queues (HOT its small
+ * one, COLD its main one) and s3fifo.c decides what moves and what is
+ * evicted: lru_pull_tail_locked hands over to it, lru_juggle only reclaims
+ * TEMP, and a hit never reaches this file.
  */
 #include "cache_int.h"
 
@@ -103,8 +108,7 @@ void lru_unlink_locked(struct slabclass *cls, item *it)
     cls->seg_bytes[seg] -= ITEM_ntotal(it->nkey, it->nbytes);
 }
 
-/* Class lock held: move a linked item to the head of segment seg. */
-static void seg_move(struct slabclass *cls, item *it, int seg)
+void lru_seg_move(struct slabclass *cls, item *it, int seg)
 {
     lru_unlink_locked(cls, it);
     lru_link_locked(cls, it, seg);
@@ -165,6 +169,50 @@ static int reclaim_dead(cache *c, struct slabclass *cls, item *it, rel_time_t no
     return done;
 }
 
+int lru_take_locked(cache *c, struct slabclass *cls, item *it, uint32_t hv, rel_time_t now, int *busy)
+{
+    stripe_lock *m = stripe_of(c, hv);
+    if (!stripe_trylock(m)) {
+        *busy = 1; /* its stripe is held (maybe by our own caller) */
+        return 0;
+    }
+    if (atomic_fetch_add(&it->refcount, 1) != 1) {
+        /* somebody is reading it (a response in flight): leave it */
+        atomic_fetch_sub(&it->refcount, 1);
+        cls->st.lrutail_reflocked++;
+        stripe_unlock(m);
+        return -1;
+    }
+    uint16_t fl = atomic_load(&it->it_flags);
+    int dead = item_is_dead(c, it, now, NULL);
+    if (dead) {
+        cls->st.reclaimed++;
+        if (!(fl & ITEM_FETCHED))
+            cls->st.expired_unfetched++;
+    } else if (c->cfg.disable_evictions) {
+        /* -M: a live tail item stays */
+        atomic_fetch_sub(&it->refcount, 1);
+        stripe_unlock(m);
+        return -2;
+    } else {
+        cls->st.evicted++;
+        cls->st.evicted_time = now - LD(it->time);
+        if (it->exptime != 0)
+            cls->st.evicted_nonzero++;
+        if (!(fl & ITEM_FETCHED))
+            cls->st.evicted_unfetched++;
+        if (fl & ITEM_ACTIVE)
+            cls->st.evicted_active++;
+        if (c->evict_log_flags &&
+            (atomic_load_explicit(c->evict_log_flags, memory_order_relaxed) & c->evict_log_bit))
+            c->evict_log(c->evict_log_arg, it, now);
+    }
+    unlink_core(c, cls, it, hv);
+    atomic_fetch_sub(&it->refcount, 1); /* the hash table's; ours remains */
+    stripe_unlock(m);
+    return dead ? 2 : 1;
+}
+
 /* Class lock held: take COLD's tail (a dead item, or the oldest live one)
  * for reuse, as memcached's lru_pull_tail(COLD_LRU, LRU_PULL_EVICT). */
 static item *evict_cold(cache *c, struct slabclass *cls, int *busy, rel_time_t now)
@@ -172,48 +220,12 @@ static item *evict_cold(cache *c, struct slabclass *cls, int *busy, rel_time_t n
     item *search = cls->tails[LRU_COLD];
     for (int tries = LRU_TAIL_TRIES; search && tries > 0; tries--) {
         item *prev = search->prev;
-        uint32_t hv = cache_hash(ITEM_key(search), search->nkey);
-        stripe_lock *m = stripe_of(c, hv);
-        if (!stripe_trylock(m)) {
-            *busy = 1; /* its stripe is held (maybe by our own caller) */
-            search = prev;
-            continue;
-        }
-        if (atomic_fetch_add(&search->refcount, 1) != 1) {
-            /* somebody is reading it (a response in flight): leave it */
-            atomic_fetch_sub(&search->refcount, 1);
-            cls->st.lrutail_reflocked++;
-            stripe_unlock(m);
-            search = prev;
-            continue;
-        }
-        uint16_t fl = atomic_load(&search->it_flags);
-        if (item_is_dead(c, search, now, NULL)) {
-            cls->st.reclaimed++;
-            if (!(fl & ITEM_FETCHED))
-                cls->st.expired_unfetched++;
-        } else if (c->cfg.disable_evictions) {
-            /* -M: a live tail item stays, and the allocation fails (memcached stops here too) */
-            atomic_fetch_sub(&search->refcount, 1);
-            stripe_unlock(m);
-            return NULL;
-        } else {
-            cls->st.evicted++;
-            cls->st.evicted_time = now - LD(search->time);
-            if (search->exptime != 0)
-                cls->st.evicted_nonzero++;
-            if (!(fl & ITEM_FETCHED))
-                cls->st.evicted_unfetched++;
-            if (fl & ITEM_ACTIVE)
-                cls->st.evicted_active++;
-            if (c->evict_log_flags &&
-                (atomic_load_explicit(c->evict_log_flags, memory_order_relaxed) & c->evict_log_bit))
-                c->evict_log(c->evict_log_arg, search, now);
-        }
-        unlink_core(c, cls, search, hv);
-        atomic_fetch_sub(&search->refcount, 1); /* the hash table's; ours remains */
-        stripe_unlock(m);
-        return search;
+        int r = lru_take_locked(c, cls, search, cache_hash(ITEM_key(search), search->nkey), now, busy);
+        if (r > 0)
+            return search;
+        if (r == -2)
+            return NULL; /* -M: the allocation fails (memcached stops here too) */
+        search = prev;
     }
     return NULL;
 }
@@ -259,15 +271,15 @@ static int juggle_tail(cache *c, struct slabclass *cls, int seg, uint64_t total,
                 removed++;
                 if (seg == LRU_WARM) {
                     cls->st.moves_within_lru++;
-                    seg_move(cls, search, LRU_WARM);
+                    lru_seg_move(cls, search, LRU_WARM);
                     search = prev;
                     continue;
                 }
                 cls->st.moves_to_warm++;
-                seg_move(cls, search, LRU_WARM);
+                lru_seg_move(cls, search, LRU_WARM);
             } else if (over) {
                 cls->st.moves_to_cold++;
-                seg_move(cls, search, LRU_COLD);
+                lru_seg_move(cls, search, LRU_COLD);
                 removed++;
             }
         } else if (seg == LRU_COLD && (f & ITEM_ACTIVE) &&
@@ -275,7 +287,7 @@ static int juggle_tail(cache *c, struct slabclass *cls, int seg, uint64_t total,
             /* a hit the queue lost (or not drained yet): WARM it now */
             atomic_fetch_and(&search->it_flags, (uint16_t)~ITEM_ACTIVE);
             cls->st.moves_to_warm++;
-            seg_move(cls, search, LRU_WARM);
+            lru_seg_move(cls, search, LRU_WARM);
             removed++;
         }
         break; /* TEMP, or a tail that stays: stop here */
@@ -309,11 +321,11 @@ static int demote_for_alloc(struct slabclass *cls)
                 cls->st.moves_to_warm++;
             else
                 cls->st.moves_within_lru++;
-            seg_move(cls, it, LRU_WARM);
+            lru_seg_move(cls, it, LRU_WARM);
             continue;
         }
         cls->st.moves_to_cold++;
-        seg_move(cls, it, LRU_COLD);
+        lru_seg_move(cls, it, LRU_COLD);
         return 1;
     }
     return 0;
@@ -334,6 +346,8 @@ void lru_reclaim_tail_locked(cache *c, struct slabclass *cls)
 
 item *lru_pull_tail_locked(cache *c, struct slabclass *cls, int *busy)
 {
+    if (c->s3fifo)
+        return s3fifo_pull_tail_locked(c, cls, busy);
     *busy = 0;
     rel_time_t now = atomic_load_explicit(&c->current_time, memory_order_relaxed);
     for (int round = 0; round < ALLOC_RETRIES; round++) {
@@ -354,7 +368,7 @@ void lru_bump_cold_locked(cache *c, struct slabclass *cls, item *it, rel_time_t 
     if (ITEM_lru(f) == LRU_COLD && (f & ITEM_ACTIVE)) {
         atomic_fetch_and(&it->it_flags, (uint16_t)~ITEM_ACTIVE);
         cls->st.moves_to_warm++;
-        seg_move(cls, it, LRU_WARM);
+        lru_seg_move(cls, it, LRU_WARM);
     }
 }
 
@@ -458,6 +472,11 @@ int lru_juggle(cache *c, int k)
         if (juggle_tail(c, cls, LRU_TEMP, 0, 0, now) == 0)
             break;
         did++;
+    }
+    if (c->s3fifo) {
+        /* S3-FIFO moves items only when it evicts (s3fifo.c) */
+        pthread_mutex_unlock(&cls->lock);
+        return did;
     }
     bool segmented = atomic_load_explicit(&c->lru_segmented, memory_order_relaxed);
     uint64_t total = 0;

@@ -497,10 +497,13 @@ void proto_text_lru(conn *c, sm_request *r)
             REPLY(c, "ERROR hot and warm pcts must not exceed 80");
         } else if (!(warm_factor > 0) || !(hot_factor > 0)) {
             REPLY(c, "ERROR hot/warm age factors must be greater than 0");
+        } else if (cache_lru_tune(ca, (int)hot, (int)warm, hot_factor, warm_factor) < 0) {
+            REPLY(c, "ERROR eviction=s3fifo has no LRU segments to tune");
         } else {
-            cache_lru_tune(ca, (int)hot, (int)warm, hot_factor, warm_factor);
             REPLY(c, "OK");
         }
+    } else if (strcmp(sub, "mode") == 0 && ntokens >= 4 && cache_s3fifo(ca)) {
+        REPLY(c, "ERROR eviction=s3fifo has no LRU mode");
     } else if (strcmp(sub, "mode") == 0 && ntokens >= 4) {
         const char *m = tokens[2].value;
         int seg = strcmp(m, "segmented") == 0 ? 1 : strcmp(m, "flat") == 0 ? 0 : -1;
