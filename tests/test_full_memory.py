@@ -12,6 +12,7 @@ in "reclaimed", before it takes a free chunk (memcached's t/issue_183.t).
 
 from __future__ import annotations
 
+import pytest
 from conftest import Server, Target
 from mcwire import stats
 
@@ -30,8 +31,11 @@ def fill_until_refused(server: Server, value: bytes) -> int:
             assert n < 100_000, "-M never refused a store"
 
 
-def test_dash_M_refuses_instead_of_evicting(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
-    server: Server = start_server(target, ["-M", "-m", "2"])
+@pytest.mark.parametrize("policy", ["", "s3fifo"])
+def test_dash_M_refuses_instead_of_evicting(start_server, target: Target, policy: str) -> None:  # type: ignore[no-untyped-def]
+    if policy and target.name != "stackmapd":
+        pytest.skip("-o eviction= is stackmapd's")
+    server: Server = start_server(target, ["-M", "-m", "2", *(["-o", f"eviction={policy}"] if policy else [])])
     value = b"B" * 8192
     stored = fill_until_refused(server, value)
     assert stored > 0
