@@ -377,7 +377,8 @@ EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in
 
 # What memcached's ``no_modern`` sets, at its place in the ``-o`` list (so a
 # later key wins: ``no_modern,lru_crawler`` runs the crawler).  memcached
-# sets the slab page size as the largest chunk there (ours always is).
+# also makes the slab page its largest class unless slab_chunk_max is given
+# (anywhere in the list): the engine does that (sm_slab_chunk_max).
 NO_MODERN: dict[str, Any] = {"lru_crawler": False, "lru_maintainer": False, "lru_segmented": False,
                              "slab_reassign": False, "slab_automove": 0}
 

@@ -80,6 +80,7 @@ typedef struct cache_config {
     uint32_t chunk_size;      /* -n: key+value+flags space of the smallest class */
     double factor;            /* -f: chunk size growth factor between classes */
     uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
+    uint32_t slab_chunk_max;  /* largest class of memcached's series; 0: half a page */
     int hashpower_init;       /* initial hash table size, power of two */
     int use_cas;              /* 0: CAS uniques are always 0 */
     int lru_segmented;        /* 1: HOT/WARM/COLD segments (memcached 1.6's default); 0: flat (lru.c) */
