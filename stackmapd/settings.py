@@ -400,10 +400,18 @@ EXTENDED: tuple[Extended, ...] = tuple(_extended(r) for r in TABLE if r.scope in
 # later key wins: ``no_modern,lru_crawler`` runs the crawler,
 # ``no_modern,lru_maintainer`` the maintainer).  This expansion is all
 # ``modern`` is: its row sets no engine field (NOFIELD), and ``modern``
-# itself changes nothing, as memcached's MODERN.  memcached sets the slab
-# page size as the largest chunk there (ours always is).
+# itself changes nothing, as memcached's MODERN.  memcached also makes the
+# slab page (1 MiB) its largest class there unless slab_chunk_max is given
+# anywhere in the list, and -I over 1 MiB takes that back: NO_MODERN_CHUNK
+# marks it until build_settings knows -I.
 NO_MODERN: dict[str, Any] = {"lru_crawler": False, "lru_maintainer": False, "lru_segmented": False,
                              "slab_reassign": False, "slab_automove": 0}
+NO_MODERN_CHUNK = "no_modern"
+
+
+def _no_modern(out: dict[str, Any]) -> None:
+    out.update(NO_MODERN)
+    out.setdefault("slab_chunk_max", NO_MODERN_CHUNK)
 
 EXTENDED_BY_KEY: dict[str, Extended] = {x.key: x for x in EXTENDED}
 EXTENDED_BY_NEGATION: dict[str, Extended] = {x.negation: x for x in EXTENDED if x.negation}
@@ -438,7 +446,7 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
                 raise OptionError(f"{where}: {key} takes no value")
             out[ext.key] = False
             if ext.key == "modern":
-                out.update(NO_MODERN)
+                _no_modern(out)
             elif ext.key == "lru_maintainer":
                 out["lru_segmented"] = False  # as memcached's NO_LRU_MAINTAINER
             continue
@@ -458,7 +466,7 @@ def parse_extended(items: object, where: str) -> dict[str, Any]:
         except ValueError as exc:
             raise OptionError(f"{where}: {key}: {exc}") from None
         if key == "modern" and out[key] is False:
-            out.update(NO_MODERN)
+            _no_modern(out)
         elif key == "lru_maintainer":
             out["lru_segmented"] = out[key]  # memcached's LRU_MAINTAINER segments the LRU again
     return out
@@ -523,6 +531,8 @@ def build_settings(values: Mapping[str, Any]) -> Any:
     fields = {}
     for key, row in FIELD_ROWS.items():
         value = ext.get(key) if row.scope == "extended" else values.get(key)
+        if value == NO_MODERN_CHUNK:
+            value = MIB if (values.get("max_item_size") or MIB) <= MIB else None
         if value is not None:
             fields[row.field] = field_value(row, value)
     settings = Settings(**fields)

@@ -54,7 +54,9 @@ from mcbinary import (
     TOUCH,
     VERBOSITY,
     VERSION,
+    Packet,
     arith,
+    call,
     req,
     split_packets,
     store,
@@ -316,3 +318,26 @@ def test_binary_commands_count_in_stats_detail(pair: tuple[Server, Server]) -> N
     ])
     assert detail_dump(tgt) == detail_dump(ref)
     assert b"PREFIX user " in detail_dump(tgt)
+
+
+def binary_detail_dump(srv: Server) -> list[Packet]:
+    """Binary STAT "detail dump": its packets before the terminator."""
+    with srv.wire() as w:
+        return call(w, req(STAT, b"detail dump", opaque=9))
+
+
+def test_binary_stat_detail(pair: tuple[Server, Server]) -> None:
+    """Binary STAT "detail on|off|dump", as memcached's proto_bin (binary.t
+    turns detail on this way): on and off answer with the terminator alone,
+    another word is Not found, and the dump is one packet keyed "detailed"
+    whose value is the text dump, END included -- byte for byte memcached's."""
+    ref, tgt = pair
+    run_pair(ref, tgt, [
+        req(STAT, b"detail on") + req(STAT, b"detail bogus") + req(STAT, b"detail"),
+        store(SET, b"user:1", b"a") + req(GET, b"user:1") + req(GET, b"user:2") + req(DELETE, b"page:1"),
+        req(STAT, b"detail off") + req(GET, b"user:1"),
+    ])
+    dumps = [binary_detail_dump(srv) for srv in (ref, tgt)]
+    assert [p.raw for p in dumps[1]] == [p.raw for p in dumps[0]]
+    assert len(dumps[1]) == 2 and dumps[1][0].key == b"detailed" and dumps[1][1].key == b""
+    assert dumps[1][0].value.startswith(b"PREFIX ") and dumps[1][0].value.endswith(b"END\r\n")

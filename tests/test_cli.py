@@ -72,7 +72,12 @@ BAD = [
     (["-o", "bogus"], "unknown extended option 'bogus'"),
     (["-o", "hashpower=5"], "hashpower: must be between 12 and 32"),
     (["-o", "hashpower"], "hashpower needs a value"),
-    (["-o", "slab_chunk_max=512k"], "'slab_chunk_max' is not supported"),
+    # memcached's slab_chunk_max checks, in its words
+    (["-I", "1024"], "slab_chunk_max (bytes: 524288) cannot be larger than -I (item_size_max 1024)"),
+    (["-I", "1000000"], "-I (item_size_max: 1000000) must be evenly divisible by slab_chunk_max (bytes: 524288)"),
+    (["-o", "slab_chunk_max=3000"], "-I (item_size_max: 1048576) must be evenly divisible by slab_chunk_max"),
+    (["-I", "3000", "-o", "slab_chunk_max=3000"], "slab_chunk_max (bytes: 3000) must divide evenly into 1048576"),
+    (["-o", "slab_chunk_max=2m"], "slab_chunk_max: must be between 0 and 1048576"),
     (["-o", "tcp_nodelay=maybe"], "tcp_nodelay: expected true or false"),
     (["-o", "uring_buf_size=256"], "uring_buf_size: must be between 512 and 16777216"),
     (["-o", "hot_lru_pct=0"], "hot_lru_pct: must be between 1 and 79, got 0"),

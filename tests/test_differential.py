@@ -358,16 +358,25 @@ def slab_classes(srv: Server, value_lengths: list[int]) -> list[tuple[str, str, 
     ]
 
 
-@pytest.mark.parametrize("opts", [[], ["-f", "1.5", "-n", "96"], ["-f", "1.08", "-n", "16"]], ids=" ".join)
+@pytest.mark.parametrize("opts", [
+    [], ["-f", "1.5", "-n", "96"], ["-f", "1.08", "-n", "16"],
+    ["-o", "slab_chunk_max=16384"], ["-o", "slab_chunk_max=4096,no_modern"], ["-o", "no_modern"],
+    ["-I", "1024", "-o", "slab_chunk_max=1024"],
+], ids=" ".join)
 def test_slab_classes(start_server, target, opts: list[str]) -> None:  # type: ignore[no-untyped-def]
     """An item lands in the class memcached would put it in, of the same chunk
-    size: memory per item, and 'stats slabs', are memcached's.  An item takes
-    69 + value length bytes of chunk in both (header with CAS, key, NUL,
-    "\\r\\n"); lengths either side of class edges, up to 300 KB (above about
-    400 KB memcached chains chunks of its largest class and we do not)."""
-    lengths = [1, 27, 28, 51, 52, 100, 1000, 1024, 1115, 1116, 4000, 60000, 300000]
+    size: memory per item, and 'stats slabs', are memcached's, and so is
+    `stats settings`' slab_chunk_max, memcached's largest class (default half
+    of a 1 MiB page, the whole page with no_modern unless -I is over 1m).
+    An item takes 69 + value length bytes of chunk in both (header with CAS,
+    key, NUL, "\\r\\n"); lengths either side of class edges, up to
+    slab_chunk_max (above it memcached chains chunks of its largest class and
+    we do not)."""
+    lengths = [1, 27, 28, 51, 52, 100, 900, 1000, 1024, 1115, 1116, 4000, 16000, 60000, 300000, 500000, 900000]
     ref = start_server(MEMCACHED, opts)
     tgt = start_server(target, opts)
+    chunk_max = int(stats_settings(ref)["slab_chunk_max"])
+    lengths = [n for n in lengths if 69 + n <= chunk_max]
     assert slab_classes(tgt, lengths) == slab_classes(ref, lengths)
 
 
@@ -402,3 +411,20 @@ def test_arith_out_of_memory_counts_a_hit(start_server, target) -> None:  # type
     want = arith_out_of_memory(start_server(MEMCACHED, OOM_ARGS))
     assert want[1] == {"incr_hits": "3", "incr_misses": "0", "1:incr_hits": "3"}, want
     assert arith_out_of_memory(start_server(target, OOM_ARGS)) == want
+
+
+def stats_settings(srv: Server) -> dict[str, str]:
+    with srv.wire() as w:
+        return dict(parse_stats(w.request(b"stats settings\r\n", (b"END\r\n",))))
+
+
+@pytest.mark.parametrize("opts", [
+    [], ["-o", "no_modern"], ["-o", "slab_chunk_max=4096,no_modern"], ["-o", "no_modern,slab_chunk_max=4096"],
+    ["-I", "2m", "-o", "no_modern"], ["-I", "32m", "-m", "256"], ["-I", "1024", "-o", "slab_chunk_max=1024"],
+], ids=" ".join)
+def test_slab_chunk_max_setting(start_server, target, opts: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """`stats settings` shows memcached's slab_chunk_max and item_size_max for
+    the same flags (its default follows no_modern and -I as memcached's)."""
+    ref, tgt = stats_settings(start_server(MEMCACHED, opts)), stats_settings(start_server(target, opts))
+    for name in ("slab_chunk_max", "item_size_max"):
+        assert tgt[name] == ref[name], name

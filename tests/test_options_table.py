@@ -192,9 +192,10 @@ def test_every_option_is_an_environment_variable() -> None:
                          ids=lambda r: r.key)
 def test_the_engine_checks_each_limit(row: stackmap_core.OptionInfo) -> None:
     """sm_settings_check follows the table: the limit passes, one past it fails naming the option."""
-    roomy = {"maxbytes": 4 << 40}  # so that -I at its limit is below half of -m
+    # -I at its limit below half of -m; a slab_chunk_max that divides -I at its lower limit too
+    roomy = {"maxbytes": 4 << 40, "slab_chunk_max": 1024}
     if row.field == "maxbytes":
-        roomy = {"item_size_max": 1024}  # so that -m at its lower limit holds two items
+        roomy = {"item_size_max": 1024, "slab_chunk_max": 1024}  # so that -m at its lower limit holds two items
     if row.field in ("hot_lru_pct", "warm_lru_pct"):
         roomy = {"hot_lru_pct": 1, "warm_lru_pct": 1}  # so that either at 79 stays within 80 together
     inside = row.lo if row.type != "float" else row.lo + 0.5

@@ -206,6 +206,13 @@ int sm_option_info(int i, struct sm_option_info *out)
     return 0;
 }
 
+uint32_t sm_slab_chunk_max(const struct sm_settings *s)
+{
+    if (s->slab_chunk_max != 0)
+        return s->slab_chunk_max;
+    return ONE_MB / 2; /* no_modern's whole page is set by its expansion (stackmapd/settings.py) */
+}
+
 void sm_settings_derive(struct sm_settings *s)
 {
     if (s->slab_page_size < s->item_size_max)
@@ -246,6 +253,24 @@ int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen)
     if ((uint64_t)s->item_size_max > s->maxbytes / 2) {
         snprintf(err, errlen, "-I/--max-item-size (%u bytes) cannot be larger than half of -m/--memory-limit",
                  s->item_size_max);
+        return -1;
+    }
+    /* memcached's checks of slab_chunk_max, in its words; its slab page is
+     * always 1 MiB (ours grows with -I, but the class series is its) */
+    uint32_t chunk_max = sm_slab_chunk_max(s);
+    if (chunk_max > s->item_size_max) {
+        snprintf(err, errlen, "-o slab_chunk_max (bytes: %u) cannot be larger than -I (item_size_max %u)",
+                 chunk_max, s->item_size_max);
+        return -1;
+    }
+    if (s->item_size_max % chunk_max != 0) {
+        snprintf(err, errlen, "-I (item_size_max: %u) must be evenly divisible by slab_chunk_max (bytes: %u)",
+                 s->item_size_max, chunk_max);
+        return -1;
+    }
+    if (ONE_MB % chunk_max != 0) {
+        snprintf(err, errlen, "-o slab_chunk_max (bytes: %u) must divide evenly into %u (slab_page_size)",
+                 chunk_max, ONE_MB);
         return -1;
     }
     if (s->hot_lru_pct + s->warm_lru_pct > 80) { /* memcached's words */
@@ -307,6 +332,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
     sm_lat_clock_init(); /* before any worker reads it */
     e->settings = *s;
     sm_settings_derive(&e->settings);
+    e->settings.slab_chunk_max = sm_slab_chunk_max(&e->settings); /* 0: memcached's default, as it shows it */
     atomic_init(&e->verbose, s->verbose);
     pthread_mutex_init(&e->wait_lock, NULL);
     pthread_cond_init(&e->wait_cond, NULL);
@@ -317,6 +343,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         .chunk_size = e->settings.chunk_size,
         .factor = e->settings.factor,
         .slab_page_size = e->settings.slab_page_size,
+        .slab_chunk_max = e->settings.slab_chunk_max,
         .hashpower_init = e->settings.hashpower_init,
         .use_cas = e->settings.use_cas,
         .disable_evictions = !e->settings.evict_to_free,

@@ -59,6 +59,7 @@ struct sm_settings {
     double factor;              /* slab chunk growth factor (-f) */
     uint32_t chunk_size;        /* key+value+flags space of the smallest chunk (-n) */
     uint32_t slab_page_size;    /* bytes per slab page: no option, see sm_settings_derive */
+    uint32_t slab_chunk_max;    /* largest class of memcached's series (-o slab_chunk_max); 0: its default */
     int use_cas;                /* 0 when -C disables CAS */
     int verbose;                /* -v count: 0 quiet, 1 errors, 2 commands, 3 internals */
     int shutdown_enabled;       /* -A: allow the "shutdown" command */
@@ -122,8 +123,14 @@ void sm_settings_init(struct sm_settings *s);
 int sm_settings_check(const struct sm_settings *s, char *err, size_t errlen);
 
 /* Set what follows from the options: slab pages of at least 1 MiB and at
- * least -I (an item never spans pages).  sm_engine_create calls it. */
+ * least -I (an item never spans pages).  sm_engine_create calls it, and
+ * then puts sm_slab_chunk_max in its copy's slab_chunk_max. */
 void sm_settings_derive(struct sm_settings *s);
+/* The slab_chunk_max in effect: the one given, else memcached 1.6's default,
+ * half of its 1 MiB slab page.  (-o no_modern's whole page, unless -I is
+ * over 1 MiB, comes from its expansion in stackmapd/settings.py, which sets
+ * slab_chunk_max unless the list gives it.) */
+uint32_t sm_slab_chunk_max(const struct sm_settings *s);
 
 /* ---- the option table (options.h): every option a user can give ---- */
 

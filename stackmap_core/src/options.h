@@ -41,7 +41,8 @@
  *   help     one line, for --help and the README.
  *
  * struct sm_settings (engine.h) keeps one field the table does not set:
- * slab_page_size, derived from -I by sm_settings_derive.
+ * slab_page_size, derived from -I by sm_settings_derive.  slab_chunk_max
+ * 0 becomes memcached's default in the engine's copy (sm_slab_chunk_max).
  */
 #ifndef SM_OPTIONS_H
 #define SM_OPTIONS_H
@@ -209,8 +210,8 @@
     X(ssl_wbuf_size, FIELD(ssl_wbuf_size), INT, "16", 1, 1024, 0, "KB", EXTENDED, 0,                                   \
       "TLS in user space: KiB of queued replies gathered into one TLS write (its records carry at most "               \
       "16 KiB each, so 1-15 also caps the record size)")                                                               \
-    X(slab_chunk_max, NOFIELD, SIZE, "", 0, 0, 0, "SIZE", REFUSED, 0,                                                  \
-      "stackmapd never splits items into chunks: its slab pages are at least -I bytes, so there is no chunk "          \
-      "maximum to set")
+    X(slab_chunk_max, FIELD(slab_chunk_max), SIZE, "0", 0, 1048576, 0, "SIZE", EXTENDED, 0,                         \
+      "size of the largest class of memcached's slab series (k/m suffixes; must divide -I and 1m); bigger items "  \
+      "take whole chunks of bigger classes, never chains; 0: memcached's default, 512k (1m with no_modern)")
 
 #endif

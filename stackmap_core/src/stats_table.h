@@ -327,7 +327,8 @@
       V_F2(cache_automove_ratio(e->cache)))                                                                            \
     X(slab_automove_window, "slab_automove_window", "Automover window in seconds (-o slab_automove_window).",          \
       V_INT(st->slab_automove_window))                                                                                 \
-    X(slab_chunk_max, "", "The slab page size: items are never split into chunks.", V_INT(st->slab_page_size))         \
+    X(slab_chunk_max, "slab_chunk_max", "Largest class of memcached's slab series (-o slab_chunk_max).",               \
+      V_INT(st->slab_chunk_max))                                                                                       \
     X(lru_crawler, "lru_crawler", "Whether the LRU crawler thread runs (-o lru_crawler, lru_crawler enable).",         \
       V_STR(cache_crawler_enabled(e->cache) ? "yes" : "no"))                                                          \
     X(lru_crawler_sleep, "lru_crawler_sleep", "Microseconds the crawler pauses every 1000 items (changes live).",      \

@@ -777,6 +777,49 @@ static void test_slab_classes(void)
     cache_destroy(c);
 }
 
+/* A cache of 1 MiB pages whose memcached series ends at chunk_max. */
+static cache *mk_chunk_max(uint32_t chunk_max)
+{
+    cache_config cfg = {.maxbytes = 64 << 20, .item_size_max = 1 << 20, .chunk_size = 48, .factor = 1.25,
+                        .slab_page_size = 1 << 20, .slab_chunk_max = chunk_max, .hashpower_init = 16,
+                        .use_cas = 1, .lru_segmented = 1, .lru_maintainer = 1, .hot_lru_pct = 20,
+                        .warm_lru_pct = 40, .hot_max_factor = 0.2, .warm_max_factor = 2.0, .temporary_ttl = -1};
+    char err[128];
+    cache *c = cache_create(&cfg, err, sizeof(err));
+    if (!c) {
+        fprintf(stderr, "cache_create: %s\n", err);
+        exit(1);
+    }
+    return c;
+}
+
+/*
+ * -o slab_chunk_max: memcached's series ends in a class of exactly that size
+ * (with -f 1.25 the class before it is the first at least chunk_max / 1.25
+ * away: memcached's loop), then bigger classes up to the page, each size
+ * once -- a chunk_max of the whole page (no_modern) is the last class, not
+ * followed by a second page-sized one.
+ */
+static void test_slab_chunk_max(void)
+{
+    static const struct {
+        uint32_t chunk_max; /* -o slab_chunk_max */
+        int last_memcached; /* its class id in memcached 1.6.18's series */
+        uint32_t before;    /* the class before it there */
+    } cases[] = {{1024, 11, 752}, {4096, 17, 2904}, {16384, 23, 11104}, {1 << 20, 42, 771184}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        cache *c = mk_chunk_max(cases[i].chunk_max);
+        int k = cases[i].last_memcached;
+        CHECK(c->classes[k].size == cases[i].chunk_max);
+        CHECK(c->classes[k - 1].size == cases[i].before);
+        for (int j = 2; j <= c->nclasses; j++)
+            CHECK(c->classes[j].size > c->classes[j - 1].size);
+        CHECK(c->classes[c->nclasses].size == (1 << 20));
+        CHECK(cache_slab_class(c, 3, cache_max_value_bytes(c, 3)) == c->nclasses);
+        cache_destroy(c);
+    }
+}
+
 /* The cache's names in plain "stats", in memcached 1.6.18's order. */
 /* Poll until the crawler has no run under way (a crawl asked for is counted at once). */
 static void crawler_wait_idle(cache *c)
@@ -1511,6 +1554,7 @@ int main(void)
     test_lat_clock();
     test_stripe_lock();
     test_slab_classes();
+    test_slab_chunk_max();
     test_store_modes();
     test_arith();
     test_clock_follows_wall();

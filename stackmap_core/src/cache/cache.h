@@ -85,6 +85,7 @@ typedef struct cache_config {
     uint32_t chunk_size;      /* -n: key+value+flags space of the smallest class */
     double factor;            /* -f: chunk size growth factor between classes */
     uint32_t slab_page_size;  /* bytes per slab page (>= item_size_max) */
+    uint32_t slab_chunk_max;  /* largest class of memcached's series; 0: half a page */
     int hashpower_init;       /* initial hash table size, power of two */
     int use_cas;              /* 0: CAS uniques are always 0 */
     int disable_evictions;    /* 1 (-M): never evict a live item to make room; the alloc fails */

@@ -4,11 +4,11 @@
  *
  * Class sizes are memcached's: the smallest chunk is memcached's item
  * header (48 bytes) + chunk_size (-n), each next class is factor (-f)
- * times bigger, 8-byte aligned, up to a class of half a slab page
- * (memcached's slab_chunk_max).  memcached stores bigger items as chains of
- * chunks; we never chain, so the series goes on until a chunk would exceed
- * page_size / factor and the last class is exactly one page: every item up
- * to item_size_max (<= page size) fits in one chunk.
+ * times bigger, 8-byte aligned, up to a class of exactly slab_chunk_max
+ * (memcached's default: half of its 1 MiB page).  memcached stores bigger
+ * items as chains of chunks; we never chain, so the series goes on until a
+ * chunk would exceed page_size / factor and the last class is exactly one
+ * page: every item up to item_size_max (<= page size) fits in one chunk.
  *
  * Memory: pages of page_size bytes are taken one at a time, on demand,
  * from the page arena (hugemem.c: huge-page regions, to spare TLB misses).
@@ -74,13 +74,16 @@ int slabs_init(cache *c)
     double factor = c->cfg.factor > 1.0 ? c->cfg.factor : 1.25;
     /* memcached's series starts at its own 48-byte item header (its CAS lives
      * in the chunk), not at sizeof(item), which counts our CAS; and it ends
-     * in a class of exactly its slab_chunk_max (half a slab page).  So the
-     * same -n and -f give memcached's chunk sizes and put every item of up
-     * to half a page in memcached's class.  Past that memcached chains
+     * in a class of exactly its slab_chunk_max.  So the same -n, -f and
+     * slab_chunk_max give memcached's chunk sizes and put every item of up
+     * to slab_chunk_max in memcached's class.  Past that memcached chains
      * chunks; we go on with bigger classes up to one page instead.  Class 1
      * can be too small for any item (-n below 12): lookups never pick it. */
     size_t size = MEMCACHED_ITEM_HEADER + (c->cfg.chunk_size ? c->cfg.chunk_size : 48);
-    size_t chunk_max = (c->cfg.slab_page_size ? c->cfg.slab_page_size : c->page_size) / 2;
+    size_t chunk_max = c->cfg.slab_chunk_max ? c->cfg.slab_chunk_max
+                                             : (c->cfg.slab_page_size ? c->cfg.slab_page_size : c->page_size) / 2;
+    if (chunk_max > c->page_size)
+        chunk_max = c->page_size;
     int i = 1;
     size_t prev = 0;
     for (; i < SM_MAX_SLAB_CLASSES - 1 && (prev < chunk_max || (double)size < c->page_size / factor); i++) {
@@ -96,8 +99,12 @@ int slabs_init(cache *c)
         prev = size;
         size = (size_t)((double)size * factor);
     }
-    c->classes[i].size = c->page_size;
-    c->classes[i].perslab = 1;
+    if (prev == c->page_size) {
+        i--; /* slab_chunk_max is the page (no_modern): that class is the last */
+    } else {
+        c->classes[i].size = c->page_size;
+        c->classes[i].perslab = 1;
+    }
     c->nclasses = i;
     for (int k = 1; k <= i; k++)
         pthread_mutex_init(&c->classes[k].lock, NULL);

@@ -32,9 +32,11 @@
 #include "binary.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../engine_internal.h"
+#include "../stats_prefix.h"
 #include "../io/backend.h" /* worker_close_soon: bad magic closes without sending */
 #include "../worker.h"
 #include "auth.h"
@@ -491,6 +493,72 @@ static bool key_starts(const bin_req *rq, const char *word)
     return rq->keylen >= n && memcmp(rq->key, word, n) == 0;
 }
 
+/* "STAT detail dump" collects the dump here, to send it as one packet. */
+typedef struct dump_buf {
+    char *p;    /* malloc'd bytes (a stats command, not the request path) */
+    size_t len; /* bytes used */
+    size_t cap; /* bytes allocated */
+} dump_buf;
+
+static int dump_emit(void *ctx, const char *line, size_t len)
+{
+    dump_buf *b = ctx;
+    if (b->len + len > b->cap) {
+        size_t ncap = b->cap ? b->cap * 2 : 4096;
+        while (ncap < b->len + len)
+            ncap *= 2;
+        char *n = realloc(b->p, ncap);
+        if (!n)
+            return -1;
+        b->p = n;
+        b->cap = ncap;
+    }
+    memcpy(b->p + b->len, line, len);
+    b->len += len;
+    return 0;
+}
+
+/*
+ * memcached's binary "detail on|off|dump" (prefix matches, as its strncmp):
+ * on and off answer with the terminating packet alone; dump sends the text
+ * dump, "END\r\n" included, as the value of one packet keyed "detailed".
+ * false (and an error sent) for any other detail word.
+ */
+static bool stat_detail(conn *c, const bin_req *rq)
+{
+    sm_prefix_stats *p = c->worker->engine->prefixes;
+    const char *w = rq->key + 6;
+    size_t n = rq->keylen - 6;
+    if (n >= 3 && memcmp(w, " on", 3) == 0) {
+        sm_prefix_enable(p, true);
+        return true;
+    }
+    if (n >= 4 && memcmp(w, " off", 4) == 0) {
+        sm_prefix_enable(p, false);
+        return true;
+    }
+    if (!(n >= 5 && memcmp(w, " dump", 5) == 0)) {
+        bin_error(c, rq, ST_KEY_ENOENT, NULL, 0);
+        return false;
+    }
+    dump_buf b = {0};
+    if (sm_prefix_dump(p, dump_emit, &b) < 0 || dump_emit(&b, "END\r\n", 5) < 0) {
+        free(b.p);
+        out_failed(c);
+        return false;
+    }
+    static const char key[] = "detailed";
+    char hdr[SM_BIN_HDR_LEN + sizeof(key) - 1];
+    char *e = put_header(hdr, OP_STAT, ST_SUCCESS, 0, (uint16_t)(sizeof(key) - 1),
+                         (uint32_t)(sizeof(key) - 1 + b.len), rq->opaque, 0);
+    memcpy(e, key, sizeof(key) - 1);
+    bool ok = out_copy(c, hdr, sizeof(hdr)) == 0 && out_copy(c, b.p, b.len) == 0;
+    free(b.p);
+    if (!ok)
+        out_failed(c);
+    return ok;
+}
+
 static void process_stat(conn *c, const bin_req *rq)
 {
     struct sm_engine *e = c->worker->engine;
@@ -507,8 +575,11 @@ static void process_stat(conn *c, const bin_req *rq)
         memcpy(group, rq->key, rq->keylen);
         group[rq->keylen] = '\0';
         engine_stats_group(e, group, &sink);
+    } else if (key_starts(rq, "detail")) {
+        if (!stat_detail(c, rq))
+            return;
     } else {
-        /* memcached's binary STAT has no "conns"; "detail" is not kept here. */
+        /* memcached's binary STAT has no "conns". */
         bin_error(c, rq, ST_KEY_ENOENT, NULL, 0);
         return;
     }
