@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mcwire import Wire, stats  # noqa: E402
+from ports import free_port  # noqa: E402  (this worker's own ports, see ports.py)
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
@@ -103,6 +103,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line(
+        "markers",
+        "serial: measures how the server shares a CPU, so nothing else may run meanwhile; "
+        "`make test` runs the rest on several workers (-m 'not serial') and these afterwards, alone",
+    )
 
 
 def selected_targets(config: pytest.Config) -> list[Target]:
@@ -137,13 +142,6 @@ def terminate(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-
-
-def free_port() -> int:
-    """A loopback port that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @dataclass
