@@ -110,6 +110,23 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# Files that take minutes (an image build, memcached's t/ suite on a pool of
+# its own, package builds), in the order they should start.  Under
+# `pytest -n` (--dist loadfile) a worker takes one file at a time in
+# collection order, so a long file collected late would run alone at the
+# end while the other workers idle: these are collected first.
+LONG_FILES = ("test_container.py", "test_mc_suite.py", "test_build.py", "test_crawler.py",
+              "test_binary_differential.py", "test_slab_move.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: every file keeps its own order
+
+
 def selected_targets(config: pytest.Config) -> list[Target]:
     raw = config.getoption("--target") or [os.environ.get("STACKMAP_TARGETS", "stackmapd")]
     names = [n.strip() for item in raw for n in item.split(",") if n.strip()]
