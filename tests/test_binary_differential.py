@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -149,6 +150,10 @@ class Transcript:
             self.closed = True
             self.w.close()
 
+    def run(self, steps: list[Step]) -> None:
+        for s in steps:
+            self.step(s)
+
     def close(self) -> None:
         self.w.close()
 
@@ -156,9 +161,11 @@ class Transcript:
 def run_pair(ref: Server, tgt: Server, steps: list[Step]) -> None:
     a, b = Transcript(ref), Transcript(tgt)
     try:
-        for s in steps:
-            a.step(s)
-            b.step(s)
+        # Both servers at once: a step that is never answered (the server
+        # dropped the sentinel) waits out the read timeout on each.
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(t.run, steps) for t in (a, b)]:
+                done.result()
     finally:
         a.close()
         b.close()
