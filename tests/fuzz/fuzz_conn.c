@@ -712,7 +712,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     side_init(&b, 1);
     /* same clock origin, so absolute exptimes convert alike on both */
     b.e->cache->process_started = a.e->cache->process_started;
-    b.e->cache->mono_start = a.e->cache->mono_start;
+    b.e->cache->mono_to_wall = a.e->cache->mono_to_wall;
     int cura = 0, curb = 0;
     for (size_t k = 0; k < nops; k++) {
         apply(&a, &cura, &ops[k]);
