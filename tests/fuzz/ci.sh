@@ -14,10 +14,13 @@
 set -u
 cd "$(dirname "$0")/../.."
 status=0
-make --no-print-directory apt-fuzz fuzz-build fuzz-py-deps || exit 1
-harnesses=(fuzz_conn fuzz_snapshot fuzz_config fuzz_snapfile)
 cpus=$(nproc)
 jobs=${CI_FUZZ_JOBS:-$(( cpus < 2 ? 1 : 2 ))}
+make --no-print-directory apt-fuzz || exit 1
+# The builds in parallel too: each harness and TSan binary is one compiler
+# run over the whole core (apt-fuzz first: the compiler may be what it installs).
+make --no-print-directory -j"$jobs" fuzz-build fuzz-py-deps || exit 1
+harnesses=(fuzz_conn fuzz_snapshot fuzz_config fuzz_snapfile)
 lanes=()
 for (( i = 0; i < ${#harnesses[@]}; i++ )); do
     lanes[i % jobs]+="${harnesses[i]} "
@@ -36,7 +39,7 @@ for i in "${!pids[@]}"; do
     cat "${outs[i]}"
     rm -f "${outs[i]}"
 done
-make --no-print-directory tsan || status=1
+make --no-print-directory -j"$jobs" tsan || status=1
 if [ "$status" -eq 0 ]; then
     echo "fuzz+tsan: 0 findings"
 else
