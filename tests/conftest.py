@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from mcwire import Wire, stats  # noqa: E402
+from ports import free_port  # noqa: E402  (this worker's own ports, see ports.py)
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
@@ -103,6 +103,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line(
+        "markers",
+        "serial: measures how the server shares a CPU, so nothing else may run meanwhile; "
+        "`make test` runs the rest on several workers (-m 'not serial') and these afterwards, alone",
+    )
+
+
+# Files that take minutes (an image build, memcached's t/ suite on a pool of
+# its own, package builds), in the order they should start.  Under
+# `pytest -n` (--dist loadfile) a worker takes one file at a time in
+# collection order, so a long file collected late would run alone at the
+# end while the other workers idle: these are collected first.
+LONG_FILES = ("test_container.py", "test_mc_suite.py", "test_build.py", "test_crawler.py",
+              "test_binary_differential.py", "test_slab_move.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: every file keeps its own order
 
 
 def selected_targets(config: pytest.Config) -> list[Target]:
@@ -139,13 +161,6 @@ def terminate(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=5)
 
 
-def free_port() -> int:
-    """A loopback port that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     """A running server process under test."""
@@ -179,6 +194,12 @@ class Server:
         return self.proc.poll() is None
 
     def stop(self) -> None:
+        if self.target.name == "memcached" and self.proc.poll() is None:
+            # The reference: how it exits is not under test, and on SIGTERM it
+            # waits for its next clock tick, up to a second per process (the
+            # differential tests start a pair per session).
+            self.proc.kill()
+            self.proc.wait(timeout=5)
         terminate(self.proc)
         try:
             os.unlink(self.log_path)

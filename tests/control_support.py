@@ -23,14 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ports import free_port  # this worker's own ports (ports.py)
+
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None,

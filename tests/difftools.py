@@ -37,6 +37,7 @@ import difflib
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -202,19 +203,32 @@ class Transcript:
             self.w = None
         return resp
 
+    def run(self, steps: list[Step]) -> None:
+        for s in steps:
+            self.step(s)
+
     def close(self) -> None:
         if self.w is not None:
             self.w.close()
 
 
-def run_pair(ref: Server, tgt: Server, steps: list[Step], frames: type[Frames] = TextFrames) -> None:
+def run_pair(ref: Server, tgt: Server, steps: list[Step], frames: type[Frames] = TextFrames,
+             together: bool = False) -> None:
     """Run steps on a connection to each server; fail with a diff unless the
-    transcripts are the same."""
+    transcripts are the same.  Steps alternate between the servers, or with
+    together each server runs the whole list in its own thread (sessions
+    with no clock in them: a step that is never answered then waits out its
+    read timeout on both at once)."""
     a, b = Transcript(ref, frames()), Transcript(tgt, frames())
     try:
-        for s in steps:
-            a.step(s)
-            b.step(s)
+        if together:
+            with ThreadPoolExecutor(2) as pool:
+                for done in [pool.submit(t.run, steps) for t in (a, b)]:
+                    done.result()
+        else:
+            for s in steps:
+                a.step(s)
+                b.step(s)
     finally:
         a.close()
         b.close()

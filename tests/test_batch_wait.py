@@ -16,6 +16,9 @@ import pytest
 from conftest import HOST, Target, memaslap_cpu0_argv, memaslap_same_cpu
 from mcwire import stats
 
+# Whether a worker's CPU idles is the point of every test here: run them alone.
+pytestmark = pytest.mark.serial
+
 
 def uring_only(target: Target) -> None:
     if target.backend != "uring":

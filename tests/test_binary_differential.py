@@ -69,7 +69,7 @@ MB = 1024 * 1024
 
 
 def run_pair(ref: Server, tgt: Server, steps: list[Step]) -> None:
-    difftools.run_pair(ref, tgt, steps, BinaryFrames)
+    difftools.run_pair(ref, tgt, steps, BinaryFrames, together=True)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 import stackmap_core
 from stackmapd.cli import parse
@@ -41,12 +42,6 @@ def run(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         [*stackmapd_cmd(), *args], capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- bad usage: exit 64 and a precise message --------------------------------

@@ -405,8 +405,12 @@ def test_expiry(wire: Wire, k: str) -> None:
     key = k.encode()
     now = int(time.time())
     month = 30 * 24 * 3600
-    wire.expect(b"set %srel 0 1 1\r\nr\r\n" % key, b"STORED\r\n")
-    wire.expect(b"set %sabs 0 %d 1\r\na\r\n" % (key, now + 2), b"STORED\r\n")
+    # The clock counts whole seconds, so a TTL of N lives N-1 to N seconds:
+    # rel and abs must outlive the round trips up to the first get below
+    # even on a loaded machine (a TTL of 1 may end at once), and be gone
+    # after the 3.5 s sleep.
+    wire.expect(b"set %srel 0 2 1\r\nr\r\n" % key, b"STORED\r\n")
+    wire.expect(b"set %sabs 0 %d 1\r\na\r\n" % (key, now + 3), b"STORED\r\n")
     wire.expect(b"set %sfar 0 %d 1\r\nf\r\n" % (key, now + 3600), b"STORED\r\n")
     wire.expect(b"set %smonth 0 %d 1\r\nm\r\n" % (key, month), b"STORED\r\n")  # relative
     wire.expect(b"set %sneg 0 -1 1\r\nn\r\n" % key, b"STORED\r\n")
