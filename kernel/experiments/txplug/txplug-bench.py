@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """txplug-bench.py -- TX doorbell batching: stock against patched kernel.
 
-Why: kernel/patches/0001-net-per-task-transmit-plug.patch (or, when it did
-not earn its place, kernel/experiments/txplug/) lets the module's TX sync
+Why: 0001-net-per-task-transmit-plug.patch (here until it joins
+kernel/patches/; kernel/README.md, "TX doorbell batching") lets the module's TX sync
 plug the task's transmit path so that one sync's responses reach
 virtio-net as one burst with xmit_more and one device notification.
 Whether that pays is a measurement: device notifications ("kicks"), guest
@@ -14,8 +14,8 @@ the VM directory made by vm-dir.sh (deploy/run-vm.sh with SM_VM_DIR;
 stackmapd -t 1 --backend stackmap in the guest, qemu TCG, 1 vCPU, qemu user
 networking with virtio-net), sets eth0's root qdisc (--qdisc, default fq_codel as on the appliance),
 stores KEYS small values, and for each
-workload (CLIENTSxDEPTH: host connections, each with DEPTH pipelined `get`s
-outstanding) sends REQUESTS gets over the forwarded 127.0.0.1 port, one
+workload (CLIENTSxDEPTH[:REQUESTS]: host connections, each with DEPTH
+pipelined `get`s outstanding) sends REQUESTS gets over the forwarded 127.0.0.1 port, one
 selector loop, every reply counted.  Around each run it reads the guest's
 virtio-net counters through SIOCETHTOOL (`ethtool -S eth0`: tx0_kicks),
 the guest's eth0 tx_packets and busy jiffies (/proc/stat), the host qemu
@@ -24,7 +24,10 @@ every run, then per workload the medians and the median of the
 per-repetition ratios patched / stock.  Under TCG every figure is
 emulated, and this host is shared: compare ratios only.
 
-Usage (as root, from the top of the checkout):
+Usage (as root, from the top of the checkout; the patched kernel from
+`cp kernel/experiments/txplug/0001-*.patch kernel/patches/` and
+kernel/build-kernel.sh appliance with STACKMAPD_CACHE set to a scratch
+directory, so that the shared cache's stock entries are not pruned):
     kernel/experiments/txplug/vm-dir.sh STOCK_KDIR STOCK_KO build/txplug/stock
     kernel/experiments/txplug/vm-dir.sh PATCHED_KDIR build/txplug/patched
     .venv/bin/python kernel/experiments/txplug/txplug-bench.py \\
@@ -206,18 +209,20 @@ def stop(vmdir: Path) -> None:
     subprocess.run([str(TOP / "deploy/run-vm.sh"), "stop"], env=env, check=False)
 
 
-def measure(e: dict[str, str], clients: int, depth: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(e: dict[str, str], clients: int, depth: int, requests: int,
+            args: argparse.Namespace) -> dict[str, float]:
     port, agent, qpid = int(e["SM_VM_PORT"]), int(e["SM_VM_AGENT"]), int(e["SM_VM_PID"])
     p0, s0, g0, q0 = probe(agent), server_stats(port), guest_busy(agent), qemu_cpu(qpid)
     t0 = time.monotonic()
-    load(port, clients, depth, args.requests, args.keys)
+    load(port, clients, depth, requests, args.keys)
     t1 = time.monotonic()
     q1, g1, s1, p1 = qemu_cpu(qpid), guest_busy(agent), server_stats(port), probe(agent)
-    n = (args.requests // clients) * clients
+    n = (requests // clients) * clients
     # Per queue (tx0_kicks, ...); "tx_kicks" is their sum.
     kicks = sum(p1[k] - p0[k] for k in p1 if re.fullmatch(r"tx\d+_kicks", k))
     syncs = int(s1["stackmap_syncs"]) - int(s0["stackmap_syncs"])
     return {
+        "n": n,
         "kicks_req": kicks / n,
         "pkts_req": (p1["tx_packets"] - p0["tx_packets"]) / n,
         "kicks_pkt": kicks / max(1, p1["tx_packets"] - p0["tx_packets"]),
@@ -232,15 +237,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stock", type=Path, help="vm-dir.sh directory of the stock kernel")
     ap.add_argument("patched", type=Path, help="vm-dir.sh directory of the patched kernel")
-    ap.add_argument("--workloads", default="1x1,16x1,16x8")
-    ap.add_argument("--requests", type=int, default=4000)
+    ap.add_argument("--workloads", default="1x1:4000,16x1,16x8",
+                    help="CLIENTSxDEPTH[:REQUESTS], comma separated")
+    ap.add_argument("--requests", type=int, default=20000, help="gets per run unless the workload says")
     ap.add_argument("--keys", type=int, default=100)
     ap.add_argument("--value", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--qdisc", default="fq_codel",
                     help="eth0's root qdisc (the appliance's systemd sets fq_codel; the test VM has pfifo_fast)")
     args = ap.parse_args()
-    wls = [tuple(int(x) for x in w.split("x")) for w in args.workloads.split(",")]
+    # CLIENTSxDEPTH[:REQUESTS]
+    wls = [tuple(int(x) for x in w.replace(":", "x").split("x")) for w in args.workloads.split(",")]
     runs: dict[tuple[str, tuple[int, ...]], list[dict[str, float]]] = {}
     for rep in range(args.reps):
         order = ["stock", "patched"] if rep % 2 == 0 else ["patched", "stock"]
@@ -249,14 +256,14 @@ def main() -> int:
             try:
                 e = boot(vmdir, args)
                 for w in wls:
-                    r = measure(e, w[0], w[1], args)
+                    r = measure(e, w[0], w[1], w[2] if len(w) > 2 else args.requests, args)
                     runs.setdefault((which, w), []).append(r)
-                    print(f"# rep {rep + 1} {which} ({e['uname']}) {w[0]}x{w[1]}: "
-                          + " ".join(f"{k}={v:.3f}" for k, v in r.items()), file=sys.stderr, flush=True)
+                    print(f"# rep {rep + 1} {which} ({e['uname']}) {w[0]}x{w[1]}: n={r['n']:.0f} "
+                          + " ".join(f"{k}={v:.3f}" for k, v in r.items() if k != "n"), file=sys.stderr, flush=True)
             finally:
                 stop(vmdir)
     med = statistics.median
-    print(f"qdisc {args.qdisc}, {args.requests} gets of {args.value}-byte values per run, {args.reps} reps; "
+    print(f"qdisc {args.qdisc}, gets of {args.value}-byte values, {args.reps} reps; "
           f"host load average at the end: {os.getloadavg()[0]:.1f}")
     print("| clients x depth | kicks/req stock | kicks/req patched | kicks/pkt stock | kicks/pkt patched "
           "| guest CPU/req patched/stock | qemu CPU/req patched/stock | req/s patched/stock "
