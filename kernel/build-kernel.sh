@@ -85,8 +85,15 @@ patches=$(find "$here/patches" -maxdepth 1 -name '*.patch' 2>/dev/null | LC_ALL=
 # The tarball by its size and mtime: a different tarball with the same
 # package version is unlikely, and hashing 150 MB would cost the cached run.
 tarid=$(stat -c '%s %Y' "$SOURCE_TAR")
+# A patch counts by its name and its diff (from its first "--- " line on),
+# not by its prose header: the header records the measured effect, which is
+# written after the patched kernel was built and measured, and rewording it
+# must not rebuild both kernels.
+patchids=$(for p in $patches; do
+	printf '%s %s\n' "$(basename "$p")" "$(sed -n '/^--- /,$p' "$p" | sha256sum | cut -c1-16)"
+done)
 # shellcheck disable=SC2086
-srckey=$(hash_of "$SOURCE_PKG" "$srcver" "$tarid" $patches)
+srckey=$(hash_of "$SOURCE_PKG" "$srcver" "$tarid" ${patchids:+"$patchids"})
 ccver=$(gcc --version | head -n1)
 # shellcheck disable=SC2086
 key=$(hash_of "$RECIPE" "$srckey" "$name" "$ccver" $fragments)

@@ -278,6 +278,7 @@ static long sm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return ret;
 	case STACKMAP_IOC_STATS:
 	case STACKMAP_IOC_STATS_V1:	/* binaries from before zero-copy TX */
+	case STACKMAP_IOC_STATS_V2:	/* ... and from before tx_plugged */
 		mutex_lock(&port->mutex);
 		st = port->st;
 		mutex_unlock(&port->mutex);

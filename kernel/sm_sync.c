@@ -36,6 +36,7 @@
  */
 #include <linux/file.h>
 #include <linux/fdtable.h>
+#include <linux/netdevice.h>
 #include <linux/socket.h>
 #include <linux/sched/signal.h>
 #include <linux/wait.h>
@@ -246,10 +247,19 @@ static int sm_txsync(struct sm_port *port)
 	struct sm_txgroup *g = &port->txg;
 	u32 head = READ_ONCE(kr->ring->head);
 	u32 i;
+#ifdef HAVE_NETDEV_XMIT_PLUG
+	/* Our kernel's transmit plug (kernel/patches/0001-*): this sync's
+	 * packets reach the driver as one burst, one device notification.
+	 */
+	struct netdev_xmit_plug plug;
+#endif
 
 	if (head >= kr->num)
 		return sm_bad_head(port, kr);
 
+#ifdef HAVE_NETDEV_XMIT_PLUG
+	netdev_xmit_plug_start(&plug);
+#endif
 	for (i = kr->hwcur; i != head; i = sm_next(i, kr->num)) {
 		struct sm_txslot t;
 		struct sm_att *att;
@@ -301,6 +311,10 @@ static int sm_txsync(struct sm_port *port)
 		}
 	}
 	sm_tx_flush(port, g);
+#ifdef HAVE_NETDEV_XMIT_PLUG
+	netdev_xmit_plug_finish(&plug);
+	port->st.tx_plugged += plug.packets;
+#endif
 
 	kr->hwcur = head;
 	kr->hwtail = head ? head - 1 : kr->num - 1;

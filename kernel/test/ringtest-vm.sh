@@ -14,7 +14,9 @@
 # vmlinux does not start through qemu's PVH entry: KASAN's early shadow
 # setup needs the bzImage's own entry path).  It is a busybox initramfs (every driver the test needs is built
 # into our kernel; no disk, no network device: ringtest talks over
-# 127.0.0.1 inside the guest).  Its /init loads stackmap.ko, runs ringtest
+# 127.0.0.1 inside the guest; with --expect-plug when the kernel has the
+# transmit plug, which puts fq_codel on lo so that the TX sync's packets
+# meet a qdisc and the plug).  Its /init loads stackmap.ko, runs ringtest
 # (many concurrent clients, large values, peer close, a stalled reader,
 # hostile rings, SIGKILL of a port owner, socket and vmalloc accounting),
 # unloads the module, then on a kmemleak kernel waits out kmemleak's minimum
@@ -77,6 +79,14 @@ mkdir -p "$ird/bin" "$ird/dev" "$ird/proc" "$ird/sys" "$ird/tmp"
 cp /bin/busybox "$ird/bin/busybox"
 cp "$kout/stackmap.ko" "$ird/stackmap.ko"
 cp "$work/ringtest" "$ird/ringtest"
+# A kernel with the transmit plug (kernel/patches/0001-*) must show the TX
+# sync using it: ringtest --expect-plug puts fq_codel on lo and checks it.
+if grep -q ' netdev_xmit_plug_start$' "$kout/System.map"; then
+	echo --expect-plug >"$ird/ringtest-args"
+	log "kernel has the transmit plug: ringtest --expect-plug"
+else
+	: >"$ird/ringtest-args"
+fi
 cat >"$ird/init" <<'EOF'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -89,7 +99,8 @@ echo "VM: kernel $(uname -r) cpus $(grep -c ^processor /proc/cpuinfo)"
 rc=0
 if insmod /stackmap.ko; then echo "PASS insmod"; else echo "FAIL insmod"; rc=1; fi
 if [ -c /dev/stackmap ]; then echo "PASS dev-node"; else echo "FAIL dev-node"; rc=1; fi
-[ $rc -eq 0 ] && { /ringtest || rc=1; }
+# shellcheck disable=SC2046
+[ $rc -eq 0 ] && { /ringtest $(cat /ringtest-args) || rc=1; }
 # Unloading only works once every port is released (module refcount 0).
 if rmmod stackmap; then echo "PASS rmmod"; else echo "FAIL rmmod"; rc=1; fi
 if [ -e /sys/kernel/debug/kmemleak ]; then

@@ -227,6 +227,10 @@ struct stackmap_stats {
 	__u64 zc_copied;	/* ... of which the stack had copied anyway */
 	__u64 zc_fallback;	/* F_ZC slots sent by copying (buffer already
 				 * lent, socket cannot, notifier pool empty) */
+	/* TX doorbell batching; appended, the ioctl number moved again. */
+	__u64 tx_plugged;	/* packets the TX sync's transmit plug held
+				 * back and released as one burst (always 0
+				 * on a kernel without the plug patch) */
 };
 
 #define STACKMAP_IOC_MAGIC	0xB7
@@ -237,5 +241,7 @@ struct stackmap_stats {
 #define STACKMAP_IOC_STATS	_IOR(STACKMAP_IOC_MAGIC, 5, struct stackmap_stats)
 /* The counters up to 'attached' only (the struct before zero-copy TX). */
 #define STACKMAP_IOC_STATS_V1	_IOC(_IOC_READ, STACKMAP_IOC_MAGIC, 5, 14 * sizeof(__u64))
+/* The counters up to 'zc_fallback' (the struct before tx_plugged). */
+#define STACKMAP_IOC_STATS_V2	_IOC(_IOC_READ, STACKMAP_IOC_MAGIC, 5, 20 * sizeof(__u64))
 
 #endif /* _UAPI_LINUX_STACKMAP_H */
