@@ -57,13 +57,15 @@ class Target:
         return self.name if self.backend is None else f"{self.name}-{self.backend}"
 
     def command(self, port: int, args: list[str]) -> list[str]:
+        # -l HOST unless args give their own (a second -l joins the first, as memcached's)
+        listen = [] if "-l" in args else ["-l", HOST]
         if self.name == "memcached":
             exe = shutil.which("memcached") or "/usr/bin/memcached"
-            cmd = [exe, "-U", "0", "-l", HOST, "-p", str(port)]
+            cmd = [exe, "-U", "0", *listen, "-p", str(port)]
             if os.geteuid() == 0:
                 cmd += ["-u", "root"]  # memcached refuses to run as root otherwise
             return cmd + args
-        cmd = [stackmapd_executable(), "-l", HOST, "-p", str(port)]
+        cmd = [stackmapd_executable(), *listen, "-p", str(port)]
         if self.backend:
             cmd += [backend_flag(), self.backend]
         return cmd + args

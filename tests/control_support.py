@@ -98,7 +98,8 @@ def start(args: list[str] | None = None, env: dict[str, str] | None = None, port
     port = port or free_port()
     http_port = http_port or free_port()
     fd, log_path = tempfile.mkstemp(prefix="stackmapd-ctl-", suffix=".log")
-    cmd = [str(BIN / "stackmapd"), "-l", HOST, "-p", str(port)]
+    # -l HOST unless args give their own (a second -l joins the first, as memcached's)
+    cmd = [str(BIN / "stackmapd"), *([] if "-l" in args else ["-l", HOST]), "-p", str(port)]
     if metrics_flag:
         cmd += ["--metrics-listen", f"{HOST}:{http_port}"]
     if "-t" not in args:
