@@ -42,10 +42,30 @@ def connect_all(srv: Server, n: int) -> list[Wire]:
     return wires
 
 
+def all_threads_stopped(pid: int) -> bool:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue  # the thread ended
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 @contextmanager
 def stopped(srv: Server) -> Iterator[None]:
-    """The server stopped (SIGSTOP) meanwhile: what is sent now reaches it in one round."""
+    """The server stopped (SIGSTOP) meanwhile: what is sent now reaches it in one round.
+
+    kill() returns before the signal has stopped the threads (one may be on
+    the other CPU, still serving): wait until every thread is in state T,
+    or a busy host lets the first bytes in before the stop."""
     os.kill(srv.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while not all_threads_stopped(srv.pid):
+        assert time.monotonic() < deadline, "the server did not stop"
+        time.sleep(0.01)
     try:
         yield
     finally:
