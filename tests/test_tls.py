@@ -28,10 +28,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import HOST, Server, Target, free_port, terminate
 from pymemcache.client.base import Client
+
+T = TypeVar("T")
 
 START_TIMEOUT = 15.0
 TIMEOUT = 10.0
@@ -171,6 +174,35 @@ def launch_tls(target: Target, pki: Pki, extra: str = "", args: list[str] | None
 
 
 @contextmanager
+def spawned(cmd: list[str], prefix: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """cmd running, its output in a log file; stopped and the log removed after."""
+    fd, log_path = tempfile.mkstemp(prefix=prefix, suffix=".log")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+    os.close(fd)
+    try:
+        yield proc, Path(log_path)
+    finally:
+        terminate(proc)
+        os.unlink(log_path)
+
+
+def wait_for(proc: subprocess.Popen[bytes], log: Path, probe: Callable[[], T | None],
+             retry_on: tuple[type[BaseException], ...] = (OSError,)) -> T:
+    """probe()'s first answer that is not None, retried while it raises one of
+    retry_on, as long as the server runs (fails with its log otherwise)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        try:
+            got = probe()
+            if got is not None:
+                return got
+        except retry_on:
+            pass
+        time.sleep(0.05)
+
+
+@contextmanager
 def plain_beside_tls(target: Target, pki: Pki, args: list[str],
                      connect: Callable[[int], socket.socket]) -> Iterator[socket.socket]:
     """Start target with -Z, the PKI and args; yield the first socket
@@ -178,23 +210,9 @@ def plain_beside_tls(target: Target, pki: Pki, args: list[str],
     one: what it speaks is the test's); closed, and the server stopped, after."""
     port = free_port()
     cmd = target.command(port, ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}", *args])
-    fd, log_path = tempfile.mkstemp(prefix=f"{target.id}-plain-", suffix=".log")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
-    os.close(fd)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
-            try:
-                sock = connect(port)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                time.sleep(0.05)
-        with sock:
+    with spawned(cmd, f"{target.id}-plain-") as (proc, log):
+        with wait_for(proc, log, lambda: connect(port), (FileNotFoundError, ConnectionRefusedError)) as sock:
             yield sock
-    finally:
-        terminate(proc)
-        os.unlink(log_path)
 
 
 def recv_until(sock: socket.socket, end: bytes) -> bytes:
@@ -581,30 +599,16 @@ def test_listen_entries_name_their_own_ports(target: Target, pki: Pki) -> None:
     cmd = target.command(tls_port, ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}"])
     at = cmd.index("-l")
     cmd[at + 1] = f"notls:{HOST}:{plain_port},{HOST}:{tls_port}"
-    fd, log_path = tempfile.mkstemp(prefix="tls-ports-", suffix=".log")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
-    os.close(fd)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
-            try:
-                with TlsWire(tls_port, client_context(pki)) as w:
-                    assert w.request(b"set ports 0 0 8\r\nover tls\r\n") == b"STORED\r\n"
-                break
-            except (ConnectionRefusedError, ConnectionResetError):
-                time.sleep(0.05)
+
+    def store_over_tls() -> bytes:
+        with TlsWire(tls_port, client_context(pki)) as w:
+            return w.request(b"set ports 0 0 8\r\nover tls\r\n")
+
+    with spawned(cmd, "tls-ports-") as (proc, log):
+        assert wait_for(proc, log, store_over_tls, (ConnectionRefusedError, ConnectionResetError)) == b"STORED\r\n"
         with socket.create_connection((HOST, plain_port), timeout=TIMEOUT) as s:
             s.sendall(b"get ports\r\n")
-            buf = b""
-            while not buf.endswith(b"END\r\n"):
-                chunk = s.recv(4096)
-                assert chunk, f"closed after {buf!r}"
-                buf += chunk
-            assert buf == b"VALUE ports 0 8\r\nover tls\r\nEND\r\n"
-    finally:
-        terminate(proc)
-        os.unlink(log_path)
+            assert recv_until(s, b"END\r\n") == b"VALUE ports 0 8\r\nover tls\r\nEND\r\n"
 
 
 @pytest.mark.parametrize("entry, words", [("127.0.0.1:99999", ['Invalid port number: "99999"']),
@@ -779,21 +783,10 @@ def test_up_probe_goes_to_the_notls_entry_port(target: Target, pki: Pki) -> None
     cmd = target.command(tls_port, ["-Z", "-o", f"ssl_chain_cert={pki.cert},ssl_key={pki.key}",
                                     "--metrics-listen", f"{HOST}:{http_port}"])
     cmd[cmd.index("-l") + 1] = f"{HOST}:{tls_port},notls:{HOST}:{plain_port}"
-    fd, log_path = tempfile.mkstemp(prefix="tls-up-", suffix=".log")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
-    os.close(fd)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, Path(log_path).read_text()
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=TIMEOUT) as resp:
-                    body = resp.read().decode()
-                if "\nmemcached_up 1" in body:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-    finally:
-        terminate(proc)
-        os.unlink(log_path)
+
+    def up() -> bool | None:
+        with urllib.request.urlopen(f"http://{HOST}:{http_port}/metrics", timeout=TIMEOUT) as resp:
+            return True if "\nmemcached_up 1" in resp.read().decode() else None
+
+    with spawned(cmd, "tls-up-") as (proc, log):
+        wait_for(proc, log, up)
