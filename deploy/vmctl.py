@@ -213,3 +213,20 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# ---- CPU figures of a guest and of its qemu (the kernel/ benchmarks) --------
+
+
+def guest_busy(agent_port: int) -> int:
+    """Busy jiffies of the guest (all CPUs): user+nice+system+irq+softirq+steal."""
+    _, out = guest_exec(agent_port, "head -n1 /proc/stat", 30)
+    f = [int(x) for x in out.split()[1:]]
+    return f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+
+
+def qemu_cpu(pid: int) -> float:
+    """CPU seconds (user+system) the host's qemu process pid has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

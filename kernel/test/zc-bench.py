@@ -31,7 +31,6 @@ Usage (as root, from the top of the checkout):
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import statistics
 import sys
@@ -70,17 +69,6 @@ def stats(port: int) -> dict[str, str]:
     return out
 
 
-def guest_busy(agent: int) -> int:
-    """Busy jiffies of the guest (all CPUs): user+nice+system+irq+softirq+steal."""
-    rc, out = vmctl.guest_exec(agent, "head -n1 /proc/stat", 30)
-    f = [int(x) for x in out.split()[1:]]
-    return f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
-
-
-def qemu_cpu(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def one_client(port: int, key: bytes, size: int, n: int, errors: list[str]) -> None:
     expect = len(b"VALUE %s 0 %d\r\n" % (key, size)) + size + len(b"\r\nEND\r\n")
@@ -111,7 +99,7 @@ def measure(port: int, agent: int, qpid: int, base: str, size: int, thr: int,
             raise RuntimeError("set failed")
     errors: list[str] = []
     one_client(port, key, size, 20, errors)  # warm up
-    s0, g0, q0, t0 = stats(port), guest_busy(agent), qemu_cpu(qpid), time.monotonic()
+    s0, g0, q0, t0 = stats(port), vmctl.guest_busy(agent), vmctl.qemu_cpu(qpid), time.monotonic()
     per = args.requests // args.clients
     threads = [threading.Thread(target=one_client, args=(port, key, size, per, errors))
                for _ in range(args.clients)]
@@ -119,7 +107,7 @@ def measure(port: int, agent: int, qpid: int, base: str, size: int, thr: int,
         t.start()
     for t in threads:
         t.join()
-    t1, q1, g1, s1 = time.monotonic(), qemu_cpu(qpid), guest_busy(agent), stats(port)
+    t1, q1, g1, s1 = time.monotonic(), vmctl.qemu_cpu(qpid), vmctl.guest_busy(agent), stats(port)
     if errors:
         raise RuntimeError(f"client errors: {errors[:3]}")
     if s1.get("backend") != "stackmap" or s1.get("stackmap_zc_threshold") != str(thr):

@@ -115,17 +115,6 @@ def probe(agent: int) -> dict[str, int]:
     return got
 
 
-def guest_busy(agent: int) -> int:
-    """Busy jiffies of the guest: user+nice+system+irq+softirq+steal."""
-    rc, out = vmctl.guest_exec(agent, "head -n1 /proc/stat", 30)
-    f = [int(x) for x in out.split()[1:]]
-    return f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
-
-
-def qemu_cpu(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def load(port: int, clients: int, depth: int, total: int, keys: int) -> None:
     """TOTAL gets over CLIENTS connections, DEPTH outstanding on each."""
@@ -212,11 +201,11 @@ def stop(vmdir: Path) -> None:
 def measure(e: dict[str, str], clients: int, depth: int, requests: int,
             args: argparse.Namespace) -> dict[str, float]:
     port, agent, qpid = int(e["SM_VM_PORT"]), int(e["SM_VM_AGENT"]), int(e["SM_VM_PID"])
-    p0, s0, g0, q0 = probe(agent), server_stats(port), guest_busy(agent), qemu_cpu(qpid)
+    p0, s0, g0, q0 = probe(agent), server_stats(port), vmctl.guest_busy(agent), vmctl.qemu_cpu(qpid)
     t0 = time.monotonic()
     load(port, clients, depth, requests, args.keys)
     t1 = time.monotonic()
-    q1, g1, s1, p1 = qemu_cpu(qpid), guest_busy(agent), server_stats(port), probe(agent)
+    q1, g1, s1, p1 = vmctl.qemu_cpu(qpid), vmctl.guest_busy(agent), server_stats(port), probe(agent)
     n = (requests // clients) * clients
     # Per queue (tx0_kicks, ...); "tx_kicks" is their sum.
     kicks = sum(p1[k] - p0[k] for k in p1 if re.fullmatch(r"tx\d+_kicks", k))
