@@ -241,3 +241,11 @@ def test_moves_are_counted_in_stats(start_server, target: Target) -> None:  # ty
     assert int(st["moves_to_cold"]) > 0
     assert int(st["lru_maintainer_juggles"]) > 0
     assert st["lru_bumps_dropped"] == "0"
+
+
+@pytest.mark.parametrize("opts", ["no_lru_maintainer", "lru_maintainer"])
+def test_juggles_are_printed_while_the_maintainer_runs(start_server, target: Target, opts: str) -> None:  # type: ignore[no-untyped-def]
+    """memcached prints lru_maintainer_juggles only with the maintainer thread
+    (t/stats.t counts plain stats' names with -o no_lru_maintainer)."""
+    st = stats(HOST, start_server(target, ["-o", opts]).port)
+    assert ("lru_maintainer_juggles" in st) == (opts == "lru_maintainer"), sorted(st)

@@ -77,7 +77,8 @@ static void stats_general_hash(cache *c, sm_stat_sink *sink)
         sm_stat_addf(sink, "lru_crawler_running", "%u", atomic_load(&c->crawler.running) ? 1u : 0u);
         sm_stat_addf(sink, "lru_crawler_starts", "%llu", (unsigned long long)atomic_load(&c->crawler.starts));
     }
-    sm_stat_addf(sink, "lru_maintainer_juggles", "%llu", (unsigned long long)atomic_load(&c->maint_juggles));
+    if (c->lru_maintainer) /* as memcached: only while the LRU maintainer runs */
+        sm_stat_addf(sink, "lru_maintainer_juggles", "%llu", (unsigned long long)atomic_load(&c->maint_juggles));
     sm_stat_addf(sink, "malloc_fails", "%llu", (unsigned long long)atomic_load(&c->malloc_fails));
 }
 
