@@ -571,6 +571,7 @@ static void side_init(struct side *sd, int split)
     s.maxbytes = 8u << 20;
     /* inputs are a few KB: a small -I keeps the dump buffer (one item) cheap per run */
     s.item_size_max = 64u << 10;
+    s.slab_chunk_max = 64u << 10; /* at most -I, as memcached requires */
     s.hashpower_init = 12;
     s.shutdown_enabled = 1;
     s.reqs_per_event = 3; /* short turns: most inputs yield (worker.c), in both feeding modes */
