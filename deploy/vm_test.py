@@ -44,14 +44,6 @@ KERNEL_TESTS = REPO / "tests" / "vm" / "test_vm_kernel.py"
 SERVER_ARGS = ["-l", "0.0.0.0", "-p", "11211"]
 
 
-def read_env(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            env[key.strip()] = value.strip().strip('"')
-    return env
-
 
 def timed(label: str, timings: list[tuple[str, float]], cmd: list[str], **kw: object) -> int:
     """Run CMD (output straight through), record its wall time under LABEL."""
@@ -175,10 +167,10 @@ def main() -> int:
 
     results: dict[str, list[tuple[str, str, str]]] = {}
     rcs: dict[str, int] = {}
-    image = read_env(VM_DIR / "vm.env")
+    image = vmctl.read_env(VM_DIR / "vm.env")
     fwd_backlog = "?"
     try:
-        state = read_env(RUN / "vm.env")
+        state = vmctl.read_env(RUN / "vm.env")
         fwd_backlog = state.get("SM_VM_FWD_BACKLOG", "1")
         port, agent = int(state["SM_VM_PORT"]), int(state["SM_VM_AGENT"])
         backends = choose_backends(opts.backends, agent)

@@ -230,3 +230,14 @@ def qemu_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_env(path: str | os.PathLike[str]) -> dict[str, str]:
+    """KEY=VALUE lines of a shell env file such as vm.env (values may be double-quoted)."""
+    env: dict[str, str] = {}
+    with open(path) as f:
+        for line in f.read().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key and not key.startswith("#"):
+                env[key.strip()] = value.strip().strip('"')
+    return env

@@ -43,15 +43,6 @@ sys.path.insert(0, str(TOP / "deploy"))
 import vmctl  # noqa: E402
 
 
-def read_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in (TOP / "build/vm/run/vm.env").read_text().splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            env[k] = v.strip('"')
-    return env
-
-
 def stats(port: int) -> dict[str, str]:
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(b"stats\r\nstats settings\r\n")
@@ -127,7 +118,7 @@ def measure(port: int, agent: int, qpid: int, base: str, size: int, thr: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    env = read_env()
+    env = vmctl.read_env(TOP / "build/vm/run/vm.env")
     port, agent, qpid = int(env["SM_VM_PORT"]), int(env["SM_VM_AGENT"]), int(env["SM_VM_PID"])
     base = env.get("SM_VM_ARGS", "")
     med = statistics.median

@@ -15,15 +15,7 @@ sys.path.insert(0, str(REPO / "deploy"))
 
 import vmctl  # noqa: E402
 
-
-def read_env(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a shell env file (values may be double-quoted)."""
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key and not key.startswith("#"):
-            env[key.strip()] = value.strip().strip('"')
-    return env
+read_env = vmctl.read_env
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,6 @@ print("tx_packets", open("/sys/class/net/eth0/statistics/tx_packets").read().str
 """
 
 
-def read_env(vmdir: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in (vmdir / "run/vm.env").read_text().splitlines():
-        if "=" in line:
-            k, v = line.split("=", 1)
-            env[k] = v.strip('"')
-    return env
 
 
 def server_stats(port: int) -> dict[str, str]:
@@ -172,7 +165,7 @@ def boot(vmdir: Path, args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ, SM_VM_DIR=str(vmdir))
     subprocess.run([str(TOP / "deploy/run-vm.sh"), "start", "-l", "0.0.0.0", "-p", "11211",
                     "-t", "1", "--backend", "stackmap"], env=env, check=True)
-    e = read_env(vmdir)
+    e = vmctl.read_env(vmdir / "run/vm.env")
     agent, port = int(e["SM_VM_AGENT"]), int(e["SM_VM_PORT"])
     rc, out = vmctl.guest_exec(agent, "cat > /run/txplug-probe.py <<'EOF'\n" + GUEST_PROBE
                                + f"\nEOF\ntc qdisc replace dev eth0 root {args.qdisc} && uname -r"
