@@ -447,7 +447,7 @@ void s3fifo_free(cache *c);
 /* Class lock held: unlink tail item it for reuse if its stripe is free and
  * nobody reads it, counted as reclaimed (dead) or evicted.  Returns 1 when
  * taken live, 2 taken dead (the item then has one reference: the caller's),
- * 0 when its stripe was busy (*busy set), -1 when a reader holds it, -2
+ * 0 when its stripe was busy, -1 when a reader holds it (both set *busy), -2
  * when it is live and evictions are off (-M: the allocation fails). */
 int lru_take_locked(cache *c, struct slabclass *cls, item *it, uint32_t hv, rel_time_t now, int *busy);
 /* Class lock held: move a linked item to the head of segment seg. */

@@ -177,10 +177,13 @@ int lru_take_locked(cache *c, struct slabclass *cls, item *it, uint32_t hv, rel_
         return 0;
     }
     if (atomic_fetch_add(&it->refcount, 1) != 1) {
-        /* somebody is reading it (a response in flight): leave it */
+        /* somebody is reading it (a response in flight, a walker): leave
+         * it, and let the caller try again once it has let go of the class
+         * lock, as memcached's allocation retries its tail pull */
         atomic_fetch_sub(&it->refcount, 1);
         cls->st.lrutail_reflocked++;
         stripe_unlock(m);
+        *busy = 1;
         return -1;
     }
     uint16_t fl = atomic_load(&it->it_flags);
