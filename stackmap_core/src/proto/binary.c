@@ -371,9 +371,9 @@ static void process_delete(conn *c, const bin_req *rq)
     worker *w = c->worker;
     int cls = 0;
     sm_prefix_record(w->engine->prefixes, rq->key, rq->keylen, SM_PREFIX_DELETE);
-    proto_log_lookup(c, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen));
-    delete_result dr = cache_delete(w->cache, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen), rq->cas, 0, 0,
-                                    &cls);
+    uint32_t hv = cache_hash(rq->key, rq->keylen);
+    proto_log_lookup(c, rq->key, rq->keylen, hv);
+    delete_result dr = cache_delete(w->cache, rq->key, rq->keylen, hv, rq->cas, 0, 0, &cls);
     if (dr == DEL_DELETED) {
         SM_STAT_INC(w->stats.slab[proto_cls(cls)].delete_hits);
         bin_ok(c, rq, 0, NULL, 0);
@@ -400,9 +400,9 @@ static void process_arith(conn *c, const bin_req *rq, bool incr)
     uint64_t value = 0;
     item *it = NULL;
     int cls = 0;
-    proto_log_lookup(c, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen));
-    arith_result r = cache_arith(w->cache, rq->key, rq->keylen, cache_hash(rq->key, rq->keylen), &req, &value, &it,
-                                 &cls);
+    uint32_t hv = cache_hash(rq->key, rq->keylen);
+    proto_log_lookup(c, rq->key, rq->keylen, hv);
+    arith_result r = cache_arith(w->cache, rq->key, rq->keylen, hv, &req, &value, &it, &cls);
     char body[8];
     proto_count_arith(w, incr, r, cls);
     switch (r) {

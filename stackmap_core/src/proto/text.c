@@ -393,8 +393,9 @@ static void process_arith(conn *c, sm_token *tokens, size_t ntokens, bool incr)
     arith_req req = {.incr = incr ? 1 : 0, .delta = delta};
     uint64_t value = 0;
     int cls = 0;
-    proto_log_lookup(c, key, nkey, cache_hash(key, nkey));
-    arith_result r = cache_arith(w->cache, key, nkey, cache_hash(key, nkey), &req, &value, NULL, &cls);
+    uint32_t hv = cache_hash(key, nkey);
+    proto_log_lookup(c, key, nkey, hv);
+    arith_result r = cache_arith(w->cache, key, nkey, hv, &req, &value, NULL, &cls);
     proto_count_arith(w, incr, r, cls);
     switch (r) {
     case ARITH_OK:
@@ -445,8 +446,9 @@ void proto_text_delete(conn *c, sm_request *r)
     size_t nkey = tokens[1].length;
     sm_prefix_record(w->engine->prefixes, key, nkey, SM_PREFIX_DELETE);
     int cls = 0;
-    proto_log_lookup(c, key, nkey, cache_hash(key, nkey));
-    delete_result dr = cache_delete(w->cache, key, nkey, cache_hash(key, nkey), 0, 0, 0, &cls);
+    uint32_t hv = cache_hash(key, nkey);
+    proto_log_lookup(c, key, nkey, hv);
+    delete_result dr = cache_delete(w->cache, key, nkey, hv, 0, 0, 0, &cls);
     if (dr == DEL_DELETED) {
         SM_STAT_INC(w->stats.slab[proto_cls(cls)].delete_hits);
         REPLY(c, "DELETED");
