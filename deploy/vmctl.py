@@ -241,3 +241,23 @@ def read_env(path: str | os.PathLike[str]) -> dict[str, str]:
             if sep and key and not key.startswith("#"):
                 env[key.strip()] = value.strip().strip('"')
     return env
+
+
+def server_stats(port: int, groups: tuple[str, ...] = ("",)) -> dict[str, str]:
+    """The STAT lines of the server on 127.0.0.1:port for each stats group
+    ("" is plain "stats"), merged into one name -> value table."""
+    ask = b"".join(b"stats" + (b" " + g.encode() if g else b"") + b"\r\n" for g in groups)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(ask)
+        buf = b""
+        while buf.count(b"END\r\n") < len(groups):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    out: dict[str, str] = {}
+    for line in buf.decode().splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0] == "STAT":
+            out[parts[1]] = parts[2]
+    return out

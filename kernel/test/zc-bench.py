@@ -42,23 +42,7 @@ TOP = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TOP / "deploy"))
 import vmctl  # noqa: E402
 
-
-def stats(port: int) -> dict[str, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"stats\r\nstats settings\r\n")
-        buf = b""
-        while buf.count(b"END\r\n") < 2:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    out: dict[str, str] = {}
-    for line in buf.decode().splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) == 3 and parts[0] == "STAT":
-            out[parts[1]] = parts[2]
-    return out
-
+GROUPS = ("", "settings")  # the stats groups read before and after a run
 
 
 def one_client(port: int, key: bytes, size: int, n: int, errors: list[str]) -> None:
@@ -90,7 +74,7 @@ def measure(port: int, agent: int, qpid: int, base: str, size: int, thr: int,
             raise RuntimeError("set failed")
     errors: list[str] = []
     one_client(port, key, size, 20, errors)  # warm up
-    s0, g0, q0, t0 = stats(port), vmctl.guest_busy(agent), vmctl.qemu_cpu(qpid), time.monotonic()
+    s0, g0, q0, t0 = vmctl.server_stats(port, GROUPS), vmctl.guest_busy(agent), vmctl.qemu_cpu(qpid), time.monotonic()
     per = args.requests // args.clients
     threads = [threading.Thread(target=one_client, args=(port, key, size, per, errors))
                for _ in range(args.clients)]
@@ -98,7 +82,7 @@ def measure(port: int, agent: int, qpid: int, base: str, size: int, thr: int,
         t.start()
     for t in threads:
         t.join()
-    t1, q1, g1, s1 = time.monotonic(), vmctl.qemu_cpu(qpid), vmctl.guest_busy(agent), stats(port)
+    t1, q1, g1, s1 = time.monotonic(), vmctl.qemu_cpu(qpid), vmctl.guest_busy(agent), vmctl.server_stats(port, GROUPS)
     if errors:
         raise RuntimeError(f"client errors: {errors[:3]}")
     if s1.get("backend") != "stackmap" or s1.get("stackmap_zc_threshold") != str(thr):

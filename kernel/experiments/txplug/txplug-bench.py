@@ -77,23 +77,6 @@ print("tx_packets", open("/sys/class/net/eth0/statistics/tx_packets").read().str
 
 
 
-def server_stats(port: int) -> dict[str, str]:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(b"stats\r\n")
-        buf = b""
-        while not buf.endswith(b"END\r\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    out: dict[str, str] = {}
-    for line in buf.decode().splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) == 3 and parts[0] == "STAT":
-            out[parts[1]] = parts[2]
-    return out
-
-
 def probe(agent: int) -> dict[str, int]:
     rc, out = vmctl.guest_exec(agent, "python3 /run/txplug-probe.py", 60)
     if rc != 0:
@@ -173,7 +156,7 @@ def boot(vmdir: Path, args: argparse.Namespace) -> dict[str, str]:
     if rc != 0 or f"qdisc {args.qdisc} " not in out:
         raise RuntimeError(f"guest setup failed: {out}")
     e["uname"] = out.split()[0]
-    if server_stats(port).get("backend") != "stackmap":
+    if vmctl.server_stats(port).get("backend") != "stackmap":
         raise RuntimeError("the guest's stackmapd is not on the stackmap backend")
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         val = b"v" * args.value
@@ -194,11 +177,11 @@ def stop(vmdir: Path) -> None:
 def measure(e: dict[str, str], clients: int, depth: int, requests: int,
             args: argparse.Namespace) -> dict[str, float]:
     port, agent, qpid = int(e["SM_VM_PORT"]), int(e["SM_VM_AGENT"]), int(e["SM_VM_PID"])
-    p0, s0, g0, q0 = probe(agent), server_stats(port), vmctl.guest_busy(agent), vmctl.qemu_cpu(qpid)
+    p0, s0, g0, q0 = probe(agent), vmctl.server_stats(port), vmctl.guest_busy(agent), vmctl.qemu_cpu(qpid)
     t0 = time.monotonic()
     load(port, clients, depth, requests, args.keys)
     t1 = time.monotonic()
-    q1, g1, s1, p1 = vmctl.qemu_cpu(qpid), vmctl.guest_busy(agent), server_stats(port), probe(agent)
+    q1, g1, s1, p1 = vmctl.qemu_cpu(qpid), vmctl.guest_busy(agent), vmctl.server_stats(port), probe(agent)
     n = (requests // clients) * clients
     # Per queue (tx0_kicks, ...); "tx_kicks" is their sum.
     kicks = sum(p1[k] - p0[k] for k in p1 if re.fullmatch(r"tx\d+_kicks", k))
