@@ -25,7 +25,7 @@
  *     its source class in short batches under that class lock (trylocking
  *     stripes, as eviction does), then hands the page over holding one
  *     class lock at a time.  pool_lock guards the global page pool, the
- *     released pages and the page directory; it is taken with at most one
+ *     released pages and the count of pages taken; it is taken with at most one
  *     class lock held, never the other way round.  mover_lock guards the
  *     mover's request (reb_*); nothing else is taken under it except by
  *     the mover thread itself, which holds no class lock then.
@@ -65,10 +65,6 @@ enum { LRU_HOT = 0, LRU_WARM = 1, LRU_COLD = 2, LRU_TEMP = 3, LRU_NSEGS = 4 };
  * a page the mover is taking away.  Set and cleared under the class lock.
  * (A high bit, clear of the ITEM_* bits in cache.h.) */
 #define ITEM_SLABBED 0x8000
-
-/* Page directory: every page ever taken, in chunks of this many entries. */
-#define PAGEDIR_CHUNK 1024
-#define PAGEDIR_TOP 8192
 
 /* memcached's SLAB_GLOBAL_PAGE_POOL: the "class" id of the global page pool. */
 #define SLAB_POOL 0
@@ -168,12 +164,6 @@ struct crawler {
     struct crawl_class cls[SM_MAX_SLAB_CLASSES]; /* thread only: per-class pass state */
 };
 
-/* One page of the page directory: where it is and who owns it now. */
-struct page_dir_entry {
-    char *base;             /* the page's first byte (pages never go back to the arena) */
-    _Atomic uint8_t owner;  /* class id owning it, SLAB_POOL while pooled or released */
-};
-
 /* The mover's counters (memcached's slab_reassign_* and slabs_moved stats). */
 struct mover_stats {
     _Atomic uint64_t slabs_moved;      /* pages handed to another class or the pool */
@@ -253,15 +243,14 @@ struct cache {
     _Atomic uint64_t mem_malloced;    /* bytes of pages allocated */
     _Atomic uint64_t malloc_fails;    /* page allocations that failed */
     struct page_arena arena;          /* where slab pages come from (huge pages) */
-    pthread_mutex_t pool_lock;        /* guards pool, released and pagedir appends */
+    pthread_mutex_t pool_lock;        /* guards pool, released and pages_taken */
     char **pool;                      /* global page pool: backed pages, counted in mem_malloced */
     uint32_t pool_n;                  /* pages in pool */
     uint32_t pool_cap;                /* capacity of pool[] and of released[] */
     char **released;                  /* pages given back to the OS: address space only */
     uint32_t released_n;              /* pages in released */
     _Atomic uint32_t pool_count;      /* pool_n, for stats without the lock */
-    struct page_dir_entry *pagedir[PAGEDIR_TOP]; /* every page ever taken, by id */
-    _Atomic uint32_t npagedir;        /* ids below this are valid (release-published) */
+    uint32_t pages_taken;             /* pages ever taken from the arena (pool_reserve's bound) */
 
     /* ---- slab page mover (slab_mover.c) ---- */
     pthread_t mover_thread;           /* the mover thread */
@@ -362,8 +351,6 @@ int slabs_add_page_locked(struct slabclass *cls, char *page);
 void slabs_pool_put(cache *c, char *page);
 /* Give pool pages back to the OS while mem_malloced exceeds the limit. */
 void slabs_memory_release(cache *c);
-/* Set a page's owner in the page directory. */
-void slabs_set_owner(cache *c, char *page, int clsid);
 
 /* ---- slab_mover.c ---- */
 /* Start / stop the mover thread (cache_start / cache_stop). */

@@ -289,7 +289,6 @@ static void page_hand_over(cache *c, char *page, int dst)
 {
     if (dst != SLAB_POOL) {
         struct slabclass *d = &c->classes[dst];
-        slabs_set_owner(c, page, dst);
         pthread_mutex_lock(&d->lock);
         int rc = slabs_add_page_locked(d, page);
         pthread_mutex_unlock(&d->lock);
@@ -371,7 +370,6 @@ static void move_page(cache *c, int src, int dst)
     pthread_mutex_lock(&cls->lock);
     slabs_evac_end_locked(cls, page);
     pthread_mutex_unlock(&cls->lock);
-    slabs_set_owner(c, page, SLAB_POOL);
     page_hand_over(c, page, dst);
     bump(&c->mst.slabs_moved);
     if (c->cfg.verbose > 1)

@@ -30,8 +30,7 @@
  * is asked for more.  mem_malloced counts the pages of classes and pool,
  * not released ones: it is memcached's total_malloced.
  *
- * Every page ever taken has an id in the page directory (pagedir), with its
- * current owner.  A class's pages[] lists its pages oldest first, each with
+ * A class's pages[] lists its pages oldest first, each with
  * a join number (page_seq[], ascending, never reused in the class):
  * cache_walk goes over one class's pages by join number, so a walk's
  * cursor stays valid however pages move.
@@ -123,8 +122,6 @@ void slabs_free_all(cache *c)
     }
     free(c->classes);
     c->classes = NULL;
-    for (int i = 0; i < PAGEDIR_TOP; i++)
-        free(c->pagedir[i]);
     free(c->pool);
     free(c->released);
     pthread_mutex_destroy(&c->pool_lock);
@@ -161,42 +158,11 @@ static int mem_reserve(cache *c, const struct slabclass *cls)
     }
 }
 
-/* pool_lock held: give the page an id in the directory; -1 on no memory. */
-static int pagedir_add(cache *c, char *page, int owner)
-{
-    uint32_t id = atomic_load_explicit(&c->npagedir, memory_order_relaxed);
-    uint32_t top = id / PAGEDIR_CHUNK;
-    if (top >= PAGEDIR_TOP)
-        return -1;
-    if (!c->pagedir[top]) {
-        c->pagedir[top] = calloc(PAGEDIR_CHUNK, sizeof(struct page_dir_entry));
-        if (!c->pagedir[top])
-            return -1;
-    }
-    struct page_dir_entry *e = &c->pagedir[top][id % PAGEDIR_CHUNK];
-    e->base = page;
-    atomic_store_explicit(&e->owner, (uint8_t)owner, memory_order_relaxed);
-    atomic_store_explicit(&c->npagedir, id + 1, memory_order_release);
-    return 0;
-}
-
-void slabs_set_owner(cache *c, char *page, int clsid)
-{
-    uint32_t n = atomic_load_explicit(&c->npagedir, memory_order_acquire);
-    for (uint32_t id = 0; id < n; id++) {
-        struct page_dir_entry *e = &c->pagedir[id / PAGEDIR_CHUNK][id % PAGEDIR_CHUNK];
-        if (e->base == page) {
-            atomic_store_explicit(&e->owner, (uint8_t)clsid, memory_order_release);
-            return;
-        }
-    }
-}
-
 /* pool_lock held: room in pool[] and released[] for every page there is,
  * plus one, so putting a page in either never needs memory. */
 static int pool_reserve(cache *c)
 {
-    uint32_t need = atomic_load_explicit(&c->npagedir, memory_order_relaxed) + 1;
+    uint32_t need = c->pages_taken + 1;
     if (need <= c->pool_cap)
         return 0;
     uint32_t ncap = c->pool_cap ? c->pool_cap * 2 : 64;
@@ -212,25 +178,23 @@ static int pool_reserve(cache *c)
     return 0;
 }
 
-/* A page for class clsid: from the pool, else (within the limit) from the
+/* A page for class cls: from the pool, else (within the limit) from the
  * released pages or the arena.  NULL when none may be had. */
-static char *page_get(cache *c, const struct slabclass *cls, int clsid)
+static char *page_get(cache *c, const struct slabclass *cls)
 {
     char *page = NULL;
     pthread_mutex_lock(&c->pool_lock);
     if (c->pool_n > 0) {
         page = c->pool[--c->pool_n]; /* already counted in mem_malloced */
         atomic_store_explicit(&c->pool_count, c->pool_n, memory_order_relaxed);
-        slabs_set_owner(c, page, clsid);
     } else if (mem_reserve(c, cls) == 0) {
         if (c->released_n > 0) {
             page = c->released[--c->released_n];
-            slabs_set_owner(c, page, clsid);
         } else {
             page = pool_reserve(c) == 0 ? page_arena_take(&c->arena, c->page_size) : NULL;
-            if (page && pagedir_add(c, page, clsid) != 0)
-                page = NULL; /* the directory is full: that much of the arena stays unused */
-            if (!page) {
+            if (page)
+                c->pages_taken++;
+            else {
                 atomic_fetch_sub(&c->mem_malloced, c->page_size);
                 atomic_fetch_add(&c->malloc_fails, 1);
             }
@@ -276,7 +240,7 @@ static int slabs_newpage(cache *c, struct slabclass *cls)
         atomic_fetch_add(&c->malloc_fails, 1);
         return -1;
     }
-    char *page = page_get(c, cls, (int)(cls - c->classes));
+    char *page = page_get(c, cls);
     if (!page)
         return -1;
     pages_append(cls, page);
@@ -423,8 +387,7 @@ static void page_release(cache *c, char *page)
 
 void slabs_pool_put(cache *c, char *page)
 {
-    pthread_mutex_lock(&c->pool_lock);
-    slabs_set_owner(c, page, SLAB_POOL); /* pool[] and released[] have room: pool_reserve */
+    pthread_mutex_lock(&c->pool_lock); /* pool[] and released[] have room: pool_reserve */
     uint64_t limit = atomic_load(&c->maxbytes);
     if (limit != 0 && atomic_load(&c->mem_malloced) > limit)
         page_release(c, page);
