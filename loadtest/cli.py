@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loadtest import __version__, corun, hitratio, mcblast, plots, report, tslice, workloads
+from loadtest import __version__, corun, hitratio, host, mcblast, plots, report, tslice, workloads
 from loadtest.runner import (
     Pinning,
     RunRecord,
@@ -295,17 +295,6 @@ def _tool_version(argv: list[str]) -> str:
     return text[0] if text else "unknown"
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _command_line(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "loadtest", *argv])
 
@@ -374,10 +363,10 @@ def _same_cpu_ab(
         if args.tslice:
             meta["slice_s"] = args.slice
             records = tslice.run(*common, args.slice, reps, work, progress)
-            table = tslice.markdown(records, meta["command"], duration)
+            table = tslice.markdown(records, meta["command"], duration, meta["host"])
         else:
             records = corun.run(*common, reps, work, progress)
-            table = corun.markdown(records, meta["command"], duration)
+            table = corun.markdown(records, meta["command"], duration, meta["host"])
     meta["ended"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     if args.json:
         payload = {"meta": meta, mode: [r.to_json() for r in records]}
@@ -434,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(hitratio.describe())
         return 0
     if args.host_line:
-        print(hitratio.host_line())
+        print(host.host_line())
         return 0
     if args.hit_ratio:
         return _hit_ratio(parser, args, args_list)
@@ -553,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "kernel": platform.release(),
         "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": host.cpu_model(),
+        "host": host.host_line(),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
         "memcached_version": _tool_version([args.memcached, "-V"]),
         "generator": args.generator,
@@ -625,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(report.markdown(summaries, meta, duration))
     else:
         sys.stdout.write(report.text_table(summaries, duration, syscall_duration))
-        sys.stdout.write(f"\ncommand: {meta['command']}\n")
+        sys.stdout.write(f"\n{meta['host']}\ncommand: {meta['command']}\n")
     failed = [r for r in records if r.error]
     for r in failed:
         print(f"loadtest: {r.target} rep {r.rep + 1} failed: {r.error}", file=sys.stderr)

@@ -140,7 +140,7 @@ def run(
     )
 
 
-def markdown(records: list[CorunRecord], command: str, duration_s: int) -> str:
+def markdown(records: list[CorunRecord], command: str, duration_s: int, host: str) -> str:
     """The co-run table: per value size and target, CPU per request and the ratio."""
     ok = [r for r in records if r.error is None and r.ratio is not None]
     if not ok:
@@ -165,5 +165,5 @@ def markdown(records: list[CorunRecord], command: str, duration_s: int) -> str:
         " median (min–max) over the runs, the ratio is the median of the per-run ratios. Only CPU per"
         " request is compared (throughput there reflects the scheduler's fair share)."
     )
-    lines += samecpu.table_footer(ok, method, len(records) - len(ok), command)
+    lines += samecpu.table_footer(ok, method, len(records) - len(ok), command, host)
     return "\n".join(lines)

@@ -25,10 +25,8 @@ the min-max over repetitions.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import procstat, workloads
+from loadtest.host import host_line
 from loadtest.replay import ReplayError, replay
 from loadtest.targets import PortPicker, Server, ServerError, Target, TargetOptions, server_stats
 
@@ -274,32 +273,6 @@ def table(runs: list[HitRun], scenarios: list[str], targets: list[str], baseline
                 f" | {_spread([float(r.set_errors) for r in rs], '.0f')} |"
             )
     return head + "\n".join(rows) + "\n"
-
-
-def host_line() -> str:
-    """CPU model, clock, kernel and the CPU vulnerabilities that are not "Not affected"."""
-    model, mhz = "unknown CPU", "?"
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("cpu MHz") and mhz == "?":
-                    mhz = f"{float(line.split(':', 1)[1]):.0f}"
-    except OSError:
-        pass
-    vulns = []
-    for path in sorted(glob.glob("/sys/devices/system/cpu/vulnerabilities/*")):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text != "Not affected":
-            vulns.append(f"{Path(path).name}: {text}")
-    return (
-        f"Host: {model} at {mhz} MHz, {os.cpu_count()} vCPU, Linux {platform.release()};"
-        f" {'; '.join(vulns) or 'no CPU vulnerabilities reported'}"
-    )
 
 
 def plot(runs: list[HitRun], scenarios: list[str], targets: list[str], path: Path) -> Path:

@@ -443,8 +443,8 @@ def markdown(summaries: list[ScenarioSummary], meta: dict[str, Any], duration_s:
         f" {noisy} of {total}. " + " ".join(_notes(summaries))
     )
     machine = (
-        f"Machine: {meta['nproc']} vCPU, {meta['cpu_model']}, Linux {meta['kernel']},"
-        f" {meta['memcached_version']}; stackmapd at commit {meta['git']}; {meta['started']}."
+        f"{meta['host']}. {meta['memcached_version']}; stackmapd at commit {meta['git']};"
+        f" {meta['started']}."
     )
     parts.append(conditions + "\n\n" + machine)
     parts.extend(f"Note: {n}." for n in _miss_notes(summaries))

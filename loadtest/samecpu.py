@@ -145,10 +145,10 @@ def groups(ok: Sequence[R]) -> list[tuple[int, str, list[R]]]:
     return [(v, t, [r for r in ok if r.value_size == v and r.target == t]) for v, t in keys]
 
 
-def table_footer(ok: Sequence[PairRecord], method: str, failed: int, command: str) -> list[str]:
+def table_footer(ok: Sequence[PairRecord], method: str, failed: int, command: str, host: str) -> list[str]:
     """Lines under a table: which build is which (two builds of one target), the method, the
-    command line."""
+    host it ran on (loadtest/host.py), the command line."""
     lines = []
     if any(r.target == r.baseline for r in ok):
         lines += ["", f"Target: `{' '.join(ok[0].target_argv)}`; baseline: `{' '.join(ok[0].baseline_argv)}`."]
-    return [*lines, "", method + (f" {failed} runs failed." if failed else ""), "", "```", command, "```", ""]
+    return [*lines, "", method + (f" {failed} runs failed." if failed else ""), "", host, "", "```", command, "```", ""]

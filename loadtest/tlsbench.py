@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtest.host import host_line
 from loadtest.procstat import process_cpu_seconds
 
 HOST = "127.0.0.1"
@@ -178,6 +179,7 @@ def main() -> int:
                 for t in targets:
                     results.setdefault((t.name, depth), []).append(
                         run_once(t, depth, opts.conns, opts.duration, cert, key))
+    print(host_line() + "\n")
     print(f"TLS 1.3, 1 KiB values, {opts.conns} connections, {opts.reps} runs each, server -t 1 on CPU 0, "
           f"clients on CPU 1; median (min-max)\n")
     print("| server | depth | server CPU per request (µs) | requests/s | CPU per request vs memcached |")

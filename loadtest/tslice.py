@@ -215,7 +215,7 @@ def run(
     )
 
 
-def markdown(records: list[TsliceRecord], command: str, duration_s: int) -> str:
+def markdown(records: list[TsliceRecord], command: str, duration_s: int, host: str) -> str:
     """The time-sliced table: per value size and target, CPU per request, throughput, ratios."""
     ok = [r for r in records if r.error is None and r.ratio is not None and r.throughput_ratio is not None]
     if not ok:
@@ -248,5 +248,5 @@ def markdown(records: list[TsliceRecord], command: str, duration_s: int) -> str:
         " the runs, ratios the median of the per-run ratios (throughput included: in a slice one pair"
         " has the CPU to itself)."
     )
-    lines += samecpu.table_footer(ok, method, len(records) - len(ok), command)
+    lines += samecpu.table_footer(ok, method, len(records) - len(ok), command, host)
     return "\n".join(lines)

@@ -20,8 +20,6 @@ Times are wall-clock on this host and vary with its load (printed).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shutil
 import statistics
@@ -33,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))  # loadtest
 
 from conftest import HOST, MEMCACHED, Server, Target, launch  # noqa: E402
 from mcwire import stats  # noqa: E402
@@ -46,16 +45,13 @@ from scaleout_pool import (  # noqa: E402
     start_pool,
 )
 
+from loadtest import host as loadtest_host  # noqa: E402
+
 
 def host_line() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
+    """loadtest's host line (CPU, clock, kernel, mitigations) and the load average now."""
     load = Path("/proc/loadavg").read_text().split()[:3]
-    return (f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-            f"load average {' '.join(load)}")
+    return f"{loadtest_host.host_line()}; load average {' '.join(load)}"
 
 
 def memaslap(port: int, seconds: int, cfg: Path) -> float:
@@ -166,7 +162,7 @@ def main() -> None:
     ap.add_argument("--backend", default="epoll", help="stackmapd --backend for its nodes")
     args = ap.parse_args()
     stackmapd = Target("stackmapd", args.backend)
-    print(f"Host: {host_line()}\n")
+    print(f"{host_line()}\n")
 
     cfg = Path(tempfile.mkdtemp(prefix="scaleout-bench-")) / "memaslap.cfg"
     cfg.write_text("key\n64 64 1\nvalue\n64 64 1\ncmd\n0 0.1\n1 0.9\n")
@@ -203,7 +199,7 @@ def main() -> None:
               f"{fmt_range([r.serve_seconds for r in results])} | "
               f"{statistics.median(r.hit_ratio_after for r in results):.0%} | "
               f"{statistics.median(wrong):.0f} |")
-    print(f"\nHost after the runs: {host_line()}")
+    print(f"\nAfter the runs: {host_line()}")
 
 
 if __name__ == "__main__":

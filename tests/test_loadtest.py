@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # loadtest/ is run from the tree, not installed
     sys.path.insert(0, str(REPO))
 
-from loadtest import mcblast, memaslap, syscalls  # noqa: E402
+from loadtest import host, mcblast, memaslap, syscalls  # noqa: E402
 from loadtest.report import Spread  # noqa: E402
 
 CLEAR = "\x1b[1;1H\x1b[2J"
@@ -144,6 +145,8 @@ def test_quick_run_against_memcached(tmp_path: Path) -> None:
     assert "| memcached |" in proc.stdout
 
     data = json.loads(out.read_text())
+    # Every output names the host it ran on (issue 18): the same line in the table and the JSON.
+    assert data["meta"]["host"] == host.host_line() and host.host_line() in proc.stdout
     assert data["meta"]["workload"]["duration_s"] == 2
     runs = data["runs"]
     assert len(runs) == 1
@@ -279,6 +282,7 @@ def test_quick_corun_beside_memcached(tmp_path: Path) -> None:
         assert r["target_cpu_us_per_op"] > 0 and r["baseline_cpu_us_per_op"] > 0
         assert r["ratio"] == pytest.approx(r["target_cpu_us_per_op"] / r["baseline_cpu_us_per_op"])
     assert "| 64 B | stackmapd-epoll |" in proc.stdout and "CPU/op vs memcached" in proc.stdout
+    assert host.host_line() in proc.stdout
     bad = subprocess.run([*cmd[:3], "--corun", "--pin", "split"], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--corun needs" in bad.stderr
 
@@ -332,6 +336,25 @@ def test_quick_tslice_beside_memcached(tmp_path: Path) -> None:
     assert r["foreign_cpu_s"] >= 0
     assert "| 64 B | stackmapd-epoll |" in proc.stdout
     assert "CPU/op vs memcached" in proc.stdout and "ops/s vs memcached" in proc.stdout
+    assert data["meta"]["host"] in proc.stdout and data["meta"]["host"].startswith("Host: ")
+
+
+def test_host_line_names_cpu_kernel_and_mitigations(tmp_path: Path) -> None:
+    """The host line: CPU model, clock, vCPUs, kernel release, and every CPU vulnerability
+    entry except "Not affected" (what makes a kernel entry dearer on one host than another)."""
+    vulns = tmp_path / "vulnerabilities"
+    vulns.mkdir()
+    (vulns / "spec_rstack_overflow").write_text("Vulnerable: Safe RET, no microcode\n")
+    (vulns / "meltdown").write_text("Not affected\n")
+    (vulns / "spectre_v2").write_text("Mitigation: Retpolines\n")
+    line = host.host_line(str(vulns))
+    assert line.startswith(f"Host: {host.cpu_model()} at ")
+    assert f", {os.cpu_count()} vCPU, Linux {platform.release()};" in line
+    assert line.endswith("; spec_rstack_overflow: Vulnerable: Safe RET, no microcode; spectre_v2: Mitigation: Retpolines")
+    assert "meltdown" not in line
+    (vulns / "spec_rstack_overflow").write_text("Not affected\n")
+    (vulns / "spectre_v2").write_text("Not affected\n")
+    assert host.host_line(str(vulns)).endswith("; no CPU vulnerabilities reported")
 
 
 def test_tslice_argument_checks() -> None:

@@ -40,7 +40,10 @@ from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TOP / "deploy"))
+sys.path.insert(0, str(TOP))
 import vmctl  # noqa: E402
+
+from loadtest.host import host_line  # noqa: E402
 
 GROUPS = ("", "settings")  # the stats groups read before and after a run
 
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     port, agent, qpid = int(env["SM_VM_PORT"]), int(env["SM_VM_AGENT"]), int(env["SM_VM_PID"])
     base = env.get("SM_VM_ARGS", "")
     med = statistics.median
+    print(host_line() + " (qemu TCG: ratios only)\n")
     print("| value | copy: guest ms/req | zc: guest ms/req | guest CPU zc/copy | qemu CPU zc/copy "
           "| req/s zc/copy | TX slots/req | lent/req (zc) | slots copied by the guest kernel/req: copy, zc |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -49,7 +49,10 @@ from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(TOP / "deploy"))
+sys.path.insert(0, str(TOP))
 import vmctl  # noqa: E402
+
+from loadtest.host import host_line  # noqa: E402
 
 # Runs in the guest (python3 of the test VM's disk): virtio-net's ethtool
 # statistics through SIOCETHTOOL and eth0's tx_packets.  (Busy jiffies are
@@ -228,6 +231,7 @@ def main() -> int:
             finally:
                 stop(vmdir)
     med = statistics.median
+    print(host_line() + " (qemu TCG: ratios only)\n")
     print(f"qdisc {args.qdisc}, gets of {args.value}-byte values, {args.reps} reps; "
           f"host load average at the end: {os.getloadavg()[0]:.1f}")
     print("| clients x depth | kicks/req stock | kicks/req patched | kicks/pkt stock | kicks/pkt patched "
