@@ -10,7 +10,11 @@ and server:
   and over ``WINDOWS`` equal windows of requests (the plot);
 - memory per stored item: ``stats`` ``bytes`` / ``curr_items``, and the RSS the run added
   (``VmRSS`` of /proc/PID/status at the end minus at the start) / ``curr_items``; the
-  whole RSS is recorded too (stackmapd's includes its Python control plane);
+  whole RSS is recorded too (stackmapd's includes its Python control plane).  The items
+  counted are the live ones: after the replay every server is sent ``lru_crawler crawl
+  all`` and its figures are read once that crawl is done, so that expired items a server
+  has not met yet (memcached's crawler and ours run on different schedules) count for
+  nobody; ``curr_items`` before that crawl is kept too (``items_before_crawl``);
 - CPU per request: the server's utime+stime (/proc/PID/stat) over the replay divided by
   the requests it counted (``cmd_get + cmd_set``).
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -39,7 +44,7 @@ from typing import Any
 from loadtest import procstat, workloads
 from loadtest.host import host_line
 from loadtest.replay import ReplayError, replay
-from loadtest.targets import PortPicker, Server, ServerError, Target, TargetOptions, server_stats
+from loadtest.targets import HOST, PortPicker, Server, ServerError, Target, TargetOptions, server_stats
 
 # Equal windows of requests over which the hit ratio is plotted.
 WINDOWS = 20
@@ -94,9 +99,11 @@ class HitRun:
     foreign_cpu_s: float = 0.0  # busy time on the pinned vCPU used by neither
     rss_start_kib: int = 0  # VmRSS once the server answered
     rss_end_kib: int = 0  # VmRSS after the replay
-    stats: dict[str, int] = field(default_factory=dict)  # END_STATS after the replay
-    bytes_per_item: float | None = None  # stats bytes / curr_items
-    rss_per_item: float | None = None  # (rss_end - rss_start) / curr_items, bytes
+    stats: dict[str, int] = field(default_factory=dict)  # END_STATS after the replay and a full crawl
+    items_before_crawl: int = 0  # curr_items right after the replay, expired items not yet met included
+    crawl_s: float = 0.0  # how long the final "lru_crawler crawl all" took
+    bytes_per_item: float | None = None  # stats bytes / curr_items, both after the crawl
+    rss_per_item: float | None = None  # (rss_end - rss_start) / curr_items after the crawl, bytes
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -113,6 +120,39 @@ def _rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+CRAWL_TIMEOUT_S = 60.0
+
+
+def crawl_all(port: int, timeout_s: float = CRAWL_TIMEOUT_S) -> tuple[dict[str, int], float]:
+    """``lru_crawler crawl all``, then wait for the crawler to finish; the ``stats`` after it
+    and the seconds it took.  Both servers reclaim every expired item they hold in that crawl,
+    so what ``curr_items`` counts afterwards is what can still hit."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout_s
+    while True:
+        with socket.create_connection((HOST, port), timeout=5) as s:
+            s.sendall(b"lru_crawler crawl all\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        if reply == b"OK\r\n":
+            break
+        # BUSY: the crawler is on a crawl of its own schedule; ask again when it is done.
+        if not reply.startswith(b"BUSY") or time.monotonic() > deadline:
+            raise ReplayError(f"lru_crawler crawl all answered {reply!r}")
+        time.sleep(0.05)
+    while True:
+        stats = server_stats(port) or {}
+        if stats.get("lru_crawler_running", 1) == 0:
+            return stats, time.monotonic() - t0
+        if time.monotonic() > deadline:
+            raise ReplayError(f"the crawl did not end within {timeout_s:.0f} s")
+        time.sleep(0.05)
 
 
 def _pin_self(cpu: int) -> set[int]:
@@ -150,6 +190,8 @@ def run_one(
         scpu1 = procstat.process_cpu_seconds(server.pid)
         after = server_stats(port) or {}
         rec.rss_end_kib = _rss_kib(server.pid)
+        rec.items_before_crawl = after.get("curr_items", 0)
+        live, rec.crawl_s = crawl_all(port)
         if not server.alive():
             raise ServerError(f"{target.name} exited during the replay:\n{server.log_tail()}")
     except (ServerError, ReplayError, OSError) as exc:
@@ -170,10 +212,10 @@ def run_one(
         rec.cpu_us_per_req = rec.server_cpu_s / rec.server_cmds * 1e6
     busy = procstat.delta(snap0, snap1, {cpu}).busy_on
     rec.foreign_cpu_s = max(0.0, busy - rec.server_cpu_s - rec.client_cpu_s)
-    rec.stats = {k: after[k] for k in END_STATS if k in after}
-    items = after.get("curr_items", 0)
+    rec.stats = {k: live[k] for k in END_STATS if k in live}
+    items = live.get("curr_items", 0)
     if items:
-        rec.bytes_per_item = after.get("bytes", 0) / items
+        rec.bytes_per_item = live.get("bytes", 0) / items
         rec.rss_per_item = (rec.rss_end_kib - rec.rss_start_kib) * 1024 / items
     return rec
 
@@ -249,9 +291,10 @@ def _delta(rs: list[HitRun], base: list[HitRun]) -> str:
 def table(runs: list[HitRun], scenarios: list[str], targets: list[str], baseline: str) -> str:
     """The markdown table: one row per scenario and server, median (min-max) over reps."""
     head = (
-        f"| scenario | server | hit ratio | focus window | focus hit ratio | focus vs {baseline} | items stored"
-        " | stats bytes/item | RSS added/item | RSS end MiB | CPU µs/req | set errors |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        f"| scenario | server | hit ratio | focus window | focus hit ratio | focus vs {baseline}"
+        " | items at the end | live items | stats bytes/item | RSS added/item | RSS end MiB | CPU µs/req"
+        " | set errors |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for sc in scenarios:
@@ -259,12 +302,13 @@ def table(runs: list[HitRun], scenarios: list[str], targets: list[str], baseline
         for t in targets:
             rs = [r for r in runs if r.scenario == sc and r.target == t and r.error is None]
             if not rs:
-                rows.append(f"| {sc} | {t} | failed | | | | | | | | | |")
+                rows.append(f"| {sc} | {t} | failed | | | | | | | | | | |")
                 continue
             rows.append(
                 f"| {sc} | {t} | {_spread([r.hit_ratio for r in rs], '.3f')} | {rs[0].focus}"
                 f" | {_spread([r.focus_hit_ratio for r in rs], '.3f')}"
                 f" | {'-' if t == baseline else _delta(rs, base)}"
+                f" | {_spread([float(r.items_before_crawl) for r in rs], '.0f')}"
                 f" | {_spread([float(r.stats.get('curr_items', 0)) for r in rs], '.0f')}"
                 f" | {_spread([r.bytes_per_item for r in rs], '.0f')}"
                 f" | {_spread([r.rss_per_item for r in rs], '.0f')}"

@@ -14,8 +14,10 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # loadtest/ is run from the tree, not installed
     sys.path.insert(0, str(REPO))
 
-from loadtest import host, mcblast, memaslap, syscalls  # noqa: E402
+from loadtest import hitratio, host, mcblast, memaslap, syscalls  # noqa: E402
 from loadtest.report import Spread  # noqa: E402
 
 CLEAR = "\x1b[1;1H\x1b[2J"
@@ -401,6 +403,7 @@ def test_hit_ratio_tiny_run_against_both_servers(tmp_path: Path) -> None:
         assert r["server_cmds"] == r["requests"] + r["sets"]
         assert r["stats"]["curr_items"] > 0 and r["stats"]["limit_maxbytes"] == 32 << 20
         assert r["bytes_per_item"] > 0 and r["rss_end_kib"] > r["rss_start_kib"] > 0
+        assert r["items_before_crawl"] >= r["stats"]["curr_items"] and r["crawl_s"] >= 0
         assert r["cpu_us_per_req"] > 0
     for target in ("memcached", "stackmapd-epoll"):
         # A steeper Zipf concentrates requests on fewer keys: a cache of any policy hits more.
@@ -416,6 +419,27 @@ def test_hit_ratio_tiny_run_against_both_servers(tmp_path: Path) -> None:
     before = scan["ranges"]["last 10% before scan"]
     assert scan["focus_hit_ratio"] < before and scan["ranges"]["first 10% after scan"] < before
     assert "| scan | stackmapd-epoll |" in proc.stdout and "Host: " in proc.stdout
+
+
+@pytest.mark.parametrize("name,backend", [("memcached", None), ("stackmapd", "epoll")])
+def test_crawl_all_leaves_only_live_items(start_server: Any, name: str, backend: str | None) -> None:
+    """The hit-ratio report counts live items: after ``lru_crawler crawl all`` and its end,
+    neither server counts an expired item it had not met yet."""
+    from conftest import Target
+
+    srv = start_server(Target(name, backend))
+    with socket.create_connection((srv.host, srv.port), timeout=5) as s:
+        for i in range(100):
+            ttl = 1 if i % 2 else 0
+            s.sendall(b"set k%d 0 %d 5 noreply\r\nhello\r\n" % (i, ttl))
+        s.sendall(b"mn\r\n")
+        reply = b""
+        while not reply.endswith(b"MN\r\n"):
+            reply += s.recv(4096)
+    time.sleep(2.2)  # the 50 keys of TTL 1 have expired; nothing has read them since
+    stats, seconds = hitratio.crawl_all(srv.port)
+    assert stats["curr_items"] == 50 and stats["lru_crawler_running"] == 0
+    assert seconds >= 0
 
 
 def test_hit_ratio_argument_checks() -> None:
