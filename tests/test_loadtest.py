@@ -359,6 +359,33 @@ def test_host_line_names_cpu_kernel_and_mitigations(tmp_path: Path) -> None:
     assert host.host_line(str(vulns)).endswith("; no CPU vulnerabilities reported")
 
 
+def test_perfcat_groups_a_report() -> None:
+    """loadtest.perfcat: kernel samples grouped by the work they do, user samples by object."""
+    from loadtest import perfcat
+
+    report = """
+    20.00%  [kernel.kallsyms]  [k] tcp_sendmsg_locked
+    10.50%  [kernel.kallsyms]  [k] io_submit_sqes
+     5.00%  [kernel.kallsyms]  [k] finish_task_switch.isra.0
+     4.00%  [kernel.kallsyms]  [k] do_syscall_64
+     3.00%  [kernel.kallsyms]  [k] _copy_to_iter
+     2.00%  [kernel.kallsyms]  [k] some_other_function
+     1.50%  memcached          [.] process_command
+     1.00%  libc.so.6          [.] __libc_sendmsg
+     0.50%  libc.so.6          [.] read
+"""
+    assert perfcat.groups(report) == {
+        "kernel: TCP/IP and loopback": 20.0,
+        "kernel: io_uring": 10.5,
+        "kernel: scheduler and wake-ups": 5.0,
+        "kernel: syscall entry/exit, fd lookup, VFS, epoll": 4.0,
+        "kernel: copies to and from user": 3.0,
+        "kernel: other": 2.0,
+        "user: memcached": 1.5,
+        "user: libc.so.6": 1.5,
+    }
+
+
 def test_tslice_argument_checks() -> None:
     """--tslice excludes --corun and needs what a co-run needs; --slice must be positive."""
     base = [sys.executable, "-m", "loadtest", "--tslice"]
