@@ -177,7 +177,7 @@
       "0 never (k/m suffixes)")                                                                                      \
     X(uring_sqpoll, FIELD(uring_sqpoll), BOOL, "0", 0, 1, 0, "", EXTENDED, 0,                                          \
       "kernel submission-queue polling thread")                                                                        \
-    X(uring_batch_usec, FIELD(uring_batch_usec), INT, "500", 0, 100000, 0, "N", EXTENDED, 0,                           \
+    X(uring_batch_usec, FIELD(uring_batch_usec), INT, "2000", 0, 100000, 0, "N", EXTENDED, 0,                          \
       "a loaded worker whose CPU never idles waits up to this many microseconds for a batch of requests; "             \
       "0 never")                                                                                                       \
     X(slab_reassign, FIELD(slab_reassign), BOOL, "1", 0, 1, 0, "", EXTENDED, 0,                                        \
