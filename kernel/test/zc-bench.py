@@ -42,7 +42,7 @@ TOP = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TOP / "deploy"))
 import vmctl  # noqa: E402
 
-GROUPS = ("", "settings")  # the stats groups read before and after a run
+GROUPS = ("", "backend", "settings")  # the stats groups read before and after a run
 
 
 def one_client(port: int, key: bytes, size: int, n: int, errors: list[str]) -> None:

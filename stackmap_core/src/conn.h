@@ -56,7 +56,10 @@ struct sm_watcher;
 /* Output queue above which a connection stops parsing input (back-pressure). */
 #define OUT_HIGH_WATER (4u * 1024u * 1024u)
 
-/* A scratch chunk holding copied response bytes. */
+/* A scratch chunk holding copied response bytes.  "stats" counts them as
+ * memcached's response objects: response_obj_count the chunks in output
+ * queues now, response_obj_bytes the bytes of all allocated (queued or on
+ * the free list). */
 typedef struct out_chunk {
     struct out_chunk *next; /* next chunk in the queue or the free list */
     uint32_t used;          /* bytes used in data[] */
@@ -75,7 +78,7 @@ typedef struct conn_env {
     int nfree_chunks;              /* length of free_chunks */
     cache *cache;                  /* where the queue's item references are released */
     size_t rbuf_max;               /* longest input carry-over accepted (a longer line is abuse) */
-    struct sm_thread_stats *stats; /* the owner's counters (response_obj_oom, read_buf_oom) */
+    struct sm_thread_stats *stats; /* the owner's counters (response_obj_*, read_buf_oom) */
     const _Atomic unsigned *log_flags; /* the kinds somebody watches (logger.h sm_logger.eflags), or NULL */
 } conn_env;
 

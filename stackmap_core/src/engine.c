@@ -400,6 +400,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         w->settings = &e->settings;
         w->env.cache = e->cache;
         w->env.stats = &w->stats;
+        w->env.pool.stats = &w->stats;
         w->env.log_flags = &e->log.eflags;
         /* A request line longer than this is abuse, not a multiget. */
         w->env.rbuf_max = (size_t)s->item_size_max + (1u << 20);

@@ -570,7 +570,7 @@ static void process_stat(conn *c, const bin_req *rq)
         engine_stats_reset(e);
     } else if (key_starts(rq, "settings")) {
         engine_stats_group(e, "settings", &sink);
-    } else if (key_is(rq, "items") || key_is(rq, "slabs") || key_is(rq, "sizes")) {
+    } else if (key_is(rq, "items") || key_is(rq, "slabs") || key_is(rq, "sizes") || key_is(rq, "backend")) {
         char group[8];
         memcpy(group, rq->key, rq->keylen);
         group[rq->keylen] = '\0';
