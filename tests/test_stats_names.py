@@ -17,6 +17,7 @@ that memory does.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -185,3 +186,22 @@ def test_response_and_read_buffer_figures(start_server: Callable[..., Server], t
     assert after["read_buf_bytes"] == idle["read_buf_bytes"]
     assert after["response_obj_bytes"] == idle["response_obj_bytes"]
 
+
+CACHEDUMP_SESSION = (b"set foo 0 0 6\r\nfooval\r\nset bar 0 1000 3\r\nabc\r\nget foo\r\n"
+                     b"stats cachedump 1 100\r\nstats cachedump 1 1\r\nstats cachedump 1 0\r\n"
+                     b"stats cachedump 1\r\nstats cachedump x 1\r\nstats cachedump 1 -1\r\n"
+                     b"stats cachedump 64 1\r\nstats cachedump 63 0\r\nstats cachedump 0 0\r\nmn\r\n")
+
+
+@pytest.mark.parametrize("flags", [["-o", "no_lru_maintainer"], [], ["-X"]], ids=lambda f: " ".join(f) or "default")
+def test_stats_cachedump(start_server: Callable[..., Server], target: Target, flags: list[str]) -> None:
+    """memcached's "stats cachedump <class> <limit>" (t/stats.t uses it): one class's
+    COLD LRU, newest first, with its refusals; expiry times are unix times."""
+    out = []
+    for t in (MEMCACHED, target):
+        with start_server(t, flags).wire() as w:
+            raw = w.request(CACHEDUMP_SESSION, (b"MN\r\n",))
+        out.append(re.sub(rb"; \d{9,} s\]", b"; T s]", raw))
+    assert out[1] == out[0]
+    if flags == ["-o", "no_lru_maintainer"]:  # not segmented: every item is in COLD
+        assert b"ITEM bar [3 b; T s]\r\nITEM foo [6 b; 0 s]\r\nEND\r\n" in out[1]
