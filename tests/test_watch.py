@@ -16,7 +16,7 @@ import socket
 import time
 
 import pytest
-from conftest import Server, Target
+from conftest import MEMCACHED, Server, Target
 from mcwire import Wire, stats
 
 HEAD = re.compile(rb"^ts=\d+\.\d+ gid=(\d+) ")
@@ -271,3 +271,57 @@ def test_delete_and_incr_log_their_lookup(server: Server) -> None:
             b"type=item_get key=num status=found clsid=%s cfd=%d size=1" % (cls, fd),
             b"type=item_get key=num status=not_found clsid=0 cfd=%d size=0" % fd,
         ]
+
+
+def fill_and_flush(srv: Server) -> None:
+    """About six pages of 1000-byte values in one class, then all of them flushed:
+    the class holds far more than 2.5 pages of free chunks."""
+    with srv.wire() as w:
+        value = b"x" * 1000
+        w.send(b"".join(b"set k%d 0 0 1000 noreply\r\n%s\r\n" % (i, value) for i in range(6000)))
+        w.expect(b"flush_all\r\n", b"OK\r\n")
+
+
+def slab_moves(w: Wire, seconds: float) -> list[bytes]:
+    """The slab_move lines a sysevents watcher gets within `seconds` (memcached's
+    crawler lines, which stackmapd does not send, are left out)."""
+    out = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = w.read_response((b"\n",), timeout=max(0.05, deadline - time.monotonic()))
+        if not line.endswith(b"\n"):  # nothing more within the time
+            w.buf = line + w.buf
+            break
+        m = HEAD.match(line)
+        assert m and line.endswith(b"\n"), line
+        if b" type=slab_move " in line:
+            out.append(line[m.end():-1])
+            break
+    return out
+
+
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_sysevents_slab_move(start_server, target: Target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """The automover's decision to give a mostly free class's page to the global
+    pool reaches a sysevents watcher as memcached's slab_move line (both servers
+    make the same decision here: the class of 1000-byte values, 12, to 0)."""
+    srv = start_server(MEMCACHED if which == "memcached" else target,
+                       ["-m", "64", "-o", "slab_automove_window=3"])
+    w = watcher(srv, "sysevents")
+    fill_and_flush(srv)
+    assert slab_moves(w, 30) == [b"type=slab_move src=12 dst=0"]
+
+
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_sysevents_no_line_for_slabs_reassign(start_server, target: Target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """A page moved by "slabs reassign" is not logged, as in memcached (only its automover logs)."""
+    srv = start_server(MEMCACHED if which == "memcached" else target, ["-m", "64", "-o", "slab_automove=0"])
+    w = watcher(srv, "sysevents")
+    fill_and_flush(srv)
+    with srv.wire() as c:
+        assert c.request(b"slabs reassign 12 0\r\n") == b"OK\r\n"
+        deadline = time.monotonic() + WAIT
+        while stats(srv.host, srv.port)["slabs_moved"] == "0":
+            assert time.monotonic() < deadline, "the page never moved"
+            time.sleep(0.05)
+    assert slab_moves(w, 2) == []

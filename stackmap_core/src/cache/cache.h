@@ -228,6 +228,13 @@ typedef void cache_evict_log_fn(void *arg, const item *it, rel_time_t now);
 /* Call fn(arg, ...) on each eviction while (*flags & bit) != 0 (one relaxed
  * load per eviction otherwise).  Set before the cache is used. */
 void cache_set_evict_log(cache *c, const atomic_uint *flags, unsigned bit, cache_evict_log_fn *fn, void *arg);
+/* A page move the automover decided on (memcached's sysevents slab_move): from src to dst (0: the pool). */
+typedef void cache_slab_move_log_fn(void *arg, int src, int dst);
+/* Call fn(arg, src, dst) from the mover thread on each automover decision while
+ * (*flags & bit) != 0, as memcached logs them (not "slabs reassign", not
+ * automove 2, not a memory limit's shrinking).  Set before the cache is used. */
+void cache_set_slab_move_log(cache *c, const atomic_uint *flags, unsigned bit, cache_slab_move_log_fn *fn,
+                             void *arg);
 
 /* ---- LRU tuning (the "lru" command; memcached's settings of the same names) ---- */
 
