@@ -325,3 +325,47 @@ def test_sysevents_no_line_for_slabs_reassign(start_server, target: Target, whic
             assert time.monotonic() < deadline, "the page never moved"
             time.sleep(0.05)
     assert slab_moves(w, 2) == []
+
+
+# memcached's refused-store line gives its clsid= and cfd= from misplaced
+# arguments (clsid= is the descriptor, cfd= whatever follows); ours are the
+# true ones (0: no class, and the descriptor).  The rest is compared.
+REFUSED = re.compile(rb"(type=item_store key=\S+ status=\S+ cmd=\S+ ttl=\d+) clsid=\d+ cfd=-?\d+ (size=\d+)")
+
+
+def binary_set(key: bytes, value: bytes, cas: int = 0) -> bytes:
+    body = bytes(8) + key + value  # extras: flags 0, exptime 0
+    return (bytes([0x80, 0x01]) + len(key).to_bytes(2, "big") + bytes([8, 0, 0, 0]) + len(body).to_bytes(4, "big")
+            + bytes(4) + cas.to_bytes(8, "big") + body)
+
+
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_refused_stores_log_item_store(start_server, target: Target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """A store refused for its size logs status=too_large from text and meta (it
+    did from text only), and from binary (which crashes memcached 1.6.18 while a
+    mutations watcher is on: only stackmapd is asked)."""
+    srv = start_server(MEMCACHED if which == "memcached" else target,
+                       ["-I", "1024", "-o", "slab_chunk_max=1024"])
+    big = b"B" * 2048
+    with watcher(srv, "mutations") as wt, srv.wire() as c:
+        fd = own_fd(c)
+        c.expect(b"set tl 0 0 2048\r\n" + big + b"\r\n", b"SERVER_ERROR object too large for cache\r\n")
+        c.expect(b"ms tl 2048 T0\r\n" + big + b"\r\n", b"SERVER_ERROR object too large for cache\r\n")
+        c.expect(b"ms tl 2048 MA\r\n" + big + b"\r\n", b"SERVER_ERROR object too large for cache\r\n")
+        c.expect(b"ms tl 2048 C99\r\n" + big + b"\r\n", b"SERVER_ERROR object too large for cache\r\n")
+        got = lines(wt, 4)
+        assert [REFUSED.sub(rb"\1 \2", line) for line in got] == [
+            b"type=item_store key=tl status=too_large cmd=%s ttl=0 size=0" % cmd
+            for cmd in (b"set", b"set", b"append", b"cas")]
+        if which == "memcached":
+            return
+        assert all(b" clsid=0 cfd=%d " % fd in line for line in got), got
+    with watcher(srv, "mutations") as wt, srv.wire() as b:  # (a binary connection of its own)
+        b.send(binary_set(b"tl", big))
+        assert b.read_exact(24 + len(b"Too large."))[:2] == b"\x81\x01"
+        b.send(binary_set(b"tl", big, cas=5))
+        assert b.read_exact(24 + len(b"Too large."))[:2] == b"\x81\x01"
+        got = lines(wt, 2)
+        for line, cmd in zip(got, (b"set", b"cas"), strict=True):
+            assert re.fullmatch(rb"type=item_store key=tl status=too_large cmd=%s ttl=0 clsid=0 cfd=\d+ size=0" % cmd,
+                                line), got
