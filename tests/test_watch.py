@@ -369,3 +369,34 @@ def test_refused_stores_log_item_store(start_server, target: Target, which: str)
         for line, cmd in zip(got, (b"set", b"cas"), strict=True):
             assert re.fullmatch(rb"type=item_store key=tl status=too_large cmd=%s ttl=0 clsid=0 cfd=\d+ size=0" % cmd,
                                 line), got
+
+
+# What memcached 1.6.18 answers to "watch" pipelined after other commands in
+# one batch: "ERROR cannot pipeline ..." while a reply of the batch is unsent
+# (a response object stacked: every command leaves one, noreply and quiet ones
+# too), but OK after a get's END or an mn, which make it send all it has.
+PIPELINED_WATCH = [
+    b"get miss\r\nwatch\r\n", b"get a b\r\nwatch\r\n", b"get h\r\nwatch\r\n", b"get h miss\r\nwatch\r\n",
+    b"gets miss\r\nwatch\r\n", b"gat 0 miss\r\nwatch\r\n", b"get miss\r\nget miss\r\nwatch\r\n",
+    b"mn\r\nwatch\r\n", b"set s 0 0 1\r\ns\r\nget h\r\nwatch\r\n", b"version\r\nwatch\r\n",
+    b"mg miss v\r\nwatch\r\n", b"mg miss v q\r\nwatch\r\n", b"delete nope noreply\r\nwatch\r\n",
+    b"set q 0 0 1 noreply\r\nq\r\nwatch\r\n", b"touch nope 1\r\nwatch\r\n", b"incr nope 1\r\nwatch\r\n",
+    b"get " + b"k" * 251 + b"\r\nwatch\r\n", b"get miss\r\nversion\r\nwatch\r\n", b"version\r\nmn\r\nwatch\r\n",
+]
+
+
+def pipelined_watch_answers(srv: Server) -> list[bytes]:
+    with srv.wire() as c:
+        c.expect(b"set h 0 0 1\r\nh\r\n", b"STORED\r\n")
+    out = []
+    for batch in PIPELINED_WATCH:
+        with srv.wire() as c:
+            c.send(batch)
+            out.append(c.read_response((b"OK\r\n", b"before watch\r\n")))
+    return out
+
+
+def test_watch_pipelined_after_other_commands(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    ref = pipelined_watch_answers(start_server(MEMCACHED, []))
+    assert pipelined_watch_answers(start_server(target, [])) == ref
+    assert ref[0] == b"END\r\nOK\r\n" and ref[9].endswith(b"ERROR cannot pipeline other commands before watch\r\n")

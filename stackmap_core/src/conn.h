@@ -148,6 +148,10 @@ typedef struct conn {
     uint8_t loop;            /* the worker loop's CONN_LOOP_* flags (worker.h) */
     uint8_t proto;           /* conn_proto: text or binary, from the first byte */
     bool authenticated;      /* -Y: this connection has authenticated (proto/auth.h) */
+    bool resp_stack;         /* a reply of this input batch is unsent as memcached counts it: a
+                                command since the batch began or the last flush (watch refuses) */
+    bool flushed;            /* the command just run ends as memcached's get and mn do: every
+                                reply so far is sent before the next command is read */
     int nreqs;               /* requests this turn may still start (-R, set by worker_feed); -1: the
                                 turn ended with a complete request left unanswered (a yield) */
 

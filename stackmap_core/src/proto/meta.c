@@ -1153,4 +1153,5 @@ void proto_meta_noop(conn *c, sm_request *r)
 {
     (void)r;
     out_static(c, "MN\r\n", 4);
+    c->flushed = true; /* memcached's mn sends every reply queued before the next command */
 }

@@ -238,6 +238,7 @@ static void process_get(conn *c, sm_token *tokens, bool return_cas, bool touch)
     engine_log(w->engine, 2, ">%d END\n", c->fd);
     if (out_static(c, "END\r\n", 5) < 0)
         out_failed(c);
+    c->flushed = true; /* memcached sends every reply after a get's END (watch may follow) */
 }
 
 /* ---- set, add, replace, append, prepend, cas ---- */
