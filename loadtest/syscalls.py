@@ -6,7 +6,7 @@ rings).  strace attaches to every thread of the running server, counts each syst
 and prints a summary table when it detaches.  Tracing stops the traced thread at every
 system call, so the server is several times slower while traced: the pass that uses this is
 separate and shorter, and its throughput is never reported.  (A slower server may also
-batch differently; stackmapd's own ``syscalls`` counter, read from ``stats`` in every run,
+batch differently; stackmapd's own ``syscalls`` counter, read from ``stats backend`` in every run,
 is the untraced cross-check.)
 """
 

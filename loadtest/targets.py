@@ -178,16 +178,21 @@ def _answers_version(port: int, timeout: float) -> bool:
 
 
 def server_stats(port: int, timeout: float = 2.0) -> dict[str, int] | None:
-    """Every integer ``STAT name value`` of the server's ``stats``, or None on failure."""
+    """Every integer ``STAT name value`` of the server's ``stats`` and, from
+    stackmapd, ``stats backend`` (syscalls, uring_*; memcached answers it
+    ERROR), or None on failure."""
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as s:
-            s.sendall(b"stats\r\n")
             data = b""
-            while not data.endswith(b"END\r\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            for cmd in (b"stats\r\n", b"stats backend\r\n"):
+                s.sendall(cmd)
+                got = b""
+                while not got.endswith((b"END\r\n", b"ERROR\r\n")):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+                data += got
     except OSError:
         return None
     stats: dict[str, int] = {}

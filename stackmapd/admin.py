@@ -41,7 +41,7 @@ from stackmap_core import Engine, EngineError, ItemInfo
 from stackmapd.log import setup_logging
 from stackmapd.settings import MIB
 
-STATS_GROUPS = ("", "settings", "items", "slabs", "conns")
+STATS_GROUPS = ("", "backend", "settings", "items", "slabs", "conns")
 MAX_FLUSH_DELAY = 30 * 24 * 3600  # memcached's largest relative time; beyond it is a unix time
 MAX_MEMORY_MB = 1 << 40  # -m's own upper bound (settings.OPTIONS)
 MAX_CURSOR = (1 << 64) - 1  # the engine's walk cursor is a uint64_t

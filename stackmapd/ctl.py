@@ -217,7 +217,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    s = sub.add_parser("stats", help="stats groups (general, settings, items, slabs, conns, all)")
+    s = sub.add_parser("stats", help="stats groups (general, backend, settings, items, slabs, conns, all)")
     s.add_argument("group", nargs="?", default="all")
     s.set_defaults(fn=cmd_stats)
 

@@ -100,7 +100,8 @@ def metrics_table() -> str:
     lines = ["| Series | Type | Labels | From `stats` | Meaning |", "| --- | --- | --- | --- | --- |"]
     for fam in FAMILIES:
         kind = "gauge (1)" if fam.kind == "info" else exposed_kind(fam.metric, fam.kind)
-        group = {"": "stats", "items": "stats items", "slabs": "stats slabs"}[fam.rows[0].group]
+        group = {"": "stats", "backend": "stats backend", "items": "stats items",
+                 "slabs": "stats slabs"}[fam.rows[0].group]
         names = ", ".join(f"`{r.name}`" for r in fam.rows)
         labels = ", ".join(f"`{n}`" for n in fam.label_names)
         lines.append(f"| `{fam.metric}` | {kind} | {labels} | {group}: {names} | {_cell(fam.help)} |")

@@ -3,8 +3,8 @@
 Every figure the ``stats`` command prints is a row of the engine's stats
 table (``stackmap_core/src/stats_table.h``, read here through
 ``stackmap_core.metric_table()``): its name, kind, unit, Prometheus family,
-labels and help.  The collector reads the ``stats`` groups (general, items,
-slabs) and the latency histograms at scrape time and turns every numeric
+labels and help.  The collector reads the ``stats`` groups (general, backend,
+items, slabs) and the latency histograms at scrape time and turns every numeric
 value into its row's series; there is no list of names here.  The engine's
 counters are per worker thread and summed when read, so a scrape takes no
 lock that a worker waits for and costs the data path nothing.
@@ -158,7 +158,7 @@ class StackmapCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         up = GaugeMetricFamily(UP.metric, UP.help)
         try:
-            groups = {group: self.source.stats(group) for group in ("", "items", "slabs")}
+            groups = {group: self.source.stats(group) for group in ("", "backend", "items", "slabs")}
             latency = self.source.latency()
         except Exception:  # the engine is gone (stopping): report down, nothing else
             up.add_metric([], 0)
@@ -172,7 +172,7 @@ class StackmapCollector(Collector):
             metric = self._table_family(fam, groups, per_class)
             if metric.samples:
                 yield metric
-        yield from self._derived(groups[""], latency)
+        yield from self._derived(groups["backend"], latency)
         yield from self._latency(latency)
 
     def _table_family(self, fam: Family, groups: Mapping[str, Mapping[str, str]],

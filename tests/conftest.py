@@ -315,10 +315,12 @@ def memaslap_cpu0_argv(srv: Server, seconds: int) -> list[str]:
 def memaslap_same_cpu(srv: Server, seconds: int) -> dict[str, int]:
     """memaslap -c 64 (64 B values, 90% get) with it and the server on CPU 0 for
     `seconds`, as on the reference setup (BENCHMARKING.md): the server runs only
-    when the client yields.  Returns the deltas of the server's numeric stats."""
+    when the client yields.  Returns the deltas of the server's numeric stats
+    (stackmapd's: "stats" and "stats backend")."""
     argv = memaslap_cpu0_argv(srv, seconds)
-    before = stats(HOST, srv.port)
+    groups = ("", "backend") if srv.target.name == "stackmapd" else ("",)
+    before = {k: v for g in groups for k, v in stats(HOST, srv.port, g).items()}
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
-    after = stats(HOST, srv.port)
+    after = {k: v for g in groups for k, v in stats(HOST, srv.port, g).items()}
     return {k: int(after[k]) - int(before[k]) for k in after
             if k in before and after[k].isdigit() and before[k].isdigit()}

@@ -109,8 +109,10 @@ def test_set_verbosity_and_stats(srv: Proc) -> None:
     srv.ctl("set-verbosity", "0")
     r = srv.ctl("--json", "stats", "all")
     groups = json.loads(r.stdout)["stats"]
-    assert set(groups) >= {"general", "settings", "items", "slabs"}
+    assert set(groups) >= {"general", "backend", "settings", "items", "slabs"}
     assert groups["settings"]["maxconns"] == "1024"
+    assert groups["backend"]["backend"] in ("epoll", "uring", "stackmap")
+    assert "backend" not in groups["general"]
     assert srv.ctl("set-verbosity", "9").returncode == 1
 
 

@@ -48,12 +48,12 @@ def test_no_batch_wait_for_one_client(start_server, target: Target) -> None:  # 
     """A lone client's requests are answered at once: no round ever shows load."""
     uring_only(target)
     srv = start_server(target, ["-t", "1"])
-    before = stats(HOST, srv.port)
+    before = stats(HOST, srv.port, "backend")
     with srv.wire() as w:
         w.expect(b"set k 0 0 1\r\nv\r\n", b"STORED\r\n")
         for _ in range(3000):
             w.expect(b"get k\r\n", b"VALUE k 0 1\r\nv\r\nEND\r\n")
-    after = stats(HOST, srv.port)
+    after = stats(HOST, srv.port, "backend")
     assert int(after["uring_batch_waits"]) - int(before["uring_batch_waits"]) == 0
 
 

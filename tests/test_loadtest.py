@@ -494,3 +494,16 @@ def test_hit_ratio_traces_are_reproducible_from_the_seed() -> None:
     for lo, hi in zip(edges, edges[1:], strict=False):
         assert len(set(a.requests[lo:hi])) == hi - lo
     assert {t for t, _ in workloads.TTL_MIX} == set(a.ttls)
+
+
+def test_server_stats_reads_the_backend_group(start_server) -> None:  # type: ignore[no-untyped-def]
+    """The harness's stats reader: stackmapd's syscalls and uring_* are in ``stats
+    backend``, which memcached answers ERROR (its plain stats still read)."""
+    from conftest import MEMCACHED, Target
+
+    from loadtest.targets import server_stats
+
+    ours = server_stats(start_server(Target("stackmapd", "epoll"), []).port)
+    assert ours is not None and "cmd_get" in ours and ours["syscalls"] > 0 and "uring_submits" in ours
+    ref = server_stats(start_server(MEMCACHED, []).port)
+    assert ref is not None and "cmd_get" in ref and "syscalls" not in ref

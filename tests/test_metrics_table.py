@@ -1,7 +1,7 @@
 """/metrics exposes every figure ``stats`` prints, and the stats table knows every name.
 
 A real stackmapd is started; after a small workload (so that slab classes
-and items exist) the test reads ``stats``, ``stats items`` and ``stats
+and items exist) the test reads ``stats``, ``stats backend``, ``stats items`` and ``stats
 slabs`` over the memcached port and ``/metrics`` over HTTP, and compares
 them through the engine's stats table (stackmap_core.metric_table(), the
 rows of stackmap_core/src/stats_table.h):
@@ -80,9 +80,9 @@ def numeric(value: str) -> bool:
 
 
 def printed(port: int) -> list[tuple[str, bool, str, str, str]]:
-    """(group, per_class, slab, name, value) of everything the four groups print."""
+    """(group, per_class, slab, name, value) of everything the five groups print."""
     out = []
-    for group in ("", "settings"):
+    for group in ("", "backend", "settings"):
         for name, value in stats_over_wire(port, group):
             out.append((group, False, "", name, value))
     for name, value in stats_over_wire(port, "items"):

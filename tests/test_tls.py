@@ -8,7 +8,7 @@ pymemcache with an ``ssl.SSLContext`` and ``openssl s_client``.
 
 The record layer: where the kernel has kTLS (the ``tls`` module: TCP_ULP
 "tls" can be set on a socket) ``ssl_ktls_conns`` must move, elsewhere (this
-host: no CONFIG_TLS) ``ssl_userspace_conns``; tests/vm/test_vm.py proves
+host: no CONFIG_TLS) ``ssl_userspace_conns`` (both in ``stats backend``); tests/vm/test_vm.py proves
 the kTLS side on every backend in the VM.
 
 The suite runs against memcached too (``--target memcached``), except for
@@ -250,7 +250,7 @@ def kernel_has_ktls() -> bool:
 
 
 def record_layer_counters(srv: Server, pki: Pki) -> tuple[int, int]:
-    s = tls_stats(srv.port, client_context(pki))
+    s = tls_stats(srv.port, client_context(pki), "backend")
     return int(s["ssl_ktls_conns"]), int(s["ssl_userspace_conns"])
 
 

@@ -31,7 +31,7 @@ def uring_only(target: Target) -> None:
 
 
 def published(srv: Server) -> int:
-    return int(stats(HOST, srv.port)["uring_bufs_published"])
+    return int(stats(HOST, srv.port, "backend")["uring_bufs_published"])
 
 
 def connect_all(srv: Server, n: int) -> list[Wire]:
@@ -98,11 +98,11 @@ def test_burst_beyond_the_published_buffers(start_server, target: Target) -> Non
     assert published(srv) == 64
     wires = connect_all(srv, BURST_CONNS)
     try:
-        empty_before = int(stats(HOST, srv.port)["uring_buf_ring_empty"])
+        empty_before = int(stats(HOST, srv.port, "backend")["uring_buf_ring_empty"])
         burst(srv, wires)
     finally:
         close_all(wires)
-    d = {k: v for k, v in stats(HOST, srv.port).items() if k.startswith("uring")}
+    d = {k: v for k, v in stats(HOST, srv.port, "backend").items() if k.startswith("uring")}
     assert int(d["uring_buf_ring_empty"]) > empty_before, d
     assert int(d["uring_bufs_published"]) >= 128, d
     with srv.wire() as w:
@@ -152,5 +152,5 @@ def test_small_ring_serves_many_connections(start_server, target: Target) -> Non
             assert w.read_exact(len(expected)) == expected
     finally:
         close_all(wires)
-    assert int(stats(HOST, srv.port)["uring_buf_ring_empty"]) > 0
+    assert int(stats(HOST, srv.port, "backend")["uring_buf_ring_empty"]) > 0
     assert_alive(srv)

@@ -16,7 +16,7 @@ import socket
 import time
 
 import pytest
-from conftest import Server, Target
+from conftest import MEMCACHED, Server, Target
 from mcwire import Wire, stats
 
 HEAD = re.compile(rb"^ts=\d+\.\d+ gid=(\d+) ")
@@ -271,3 +271,132 @@ def test_delete_and_incr_log_their_lookup(server: Server) -> None:
             b"type=item_get key=num status=found clsid=%s cfd=%d size=1" % (cls, fd),
             b"type=item_get key=num status=not_found clsid=0 cfd=%d size=0" % fd,
         ]
+
+
+def fill_and_flush(srv: Server) -> None:
+    """About six pages of 1000-byte values in one class, then all of them flushed:
+    the class holds far more than 2.5 pages of free chunks."""
+    with srv.wire() as w:
+        value = b"x" * 1000
+        w.send(b"".join(b"set k%d 0 0 1000 noreply\r\n%s\r\n" % (i, value) for i in range(6000)))
+        w.expect(b"flush_all\r\n", b"OK\r\n")
+
+
+def slab_moves(w: Wire, seconds: float) -> list[bytes]:
+    """The slab_move lines a sysevents watcher gets within `seconds` (memcached's
+    crawler lines, which stackmapd does not send, are left out)."""
+    out = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = w.read_response((b"\n",), timeout=max(0.05, deadline - time.monotonic()))
+        if not line.endswith(b"\n"):  # nothing more within the time
+            w.buf = line + w.buf
+            break
+        m = HEAD.match(line)
+        assert m and line.endswith(b"\n"), line
+        if b" type=slab_move " in line:
+            out.append(line[m.end():-1])
+            break
+    return out
+
+
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_sysevents_slab_move(start_server, target: Target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """The automover's decision to give a mostly free class's page to the global
+    pool reaches a sysevents watcher as memcached's slab_move line (both servers
+    make the same decision here: the class of 1000-byte values, 12, to 0)."""
+    srv = start_server(MEMCACHED if which == "memcached" else target,
+                       ["-m", "64", "-o", "slab_automove_window=3"])
+    w = watcher(srv, "sysevents")
+    fill_and_flush(srv)
+    assert slab_moves(w, 30) == [b"type=slab_move src=12 dst=0"]
+
+
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_sysevents_no_line_for_slabs_reassign(start_server, target: Target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """A page moved by "slabs reassign" is not logged, as in memcached (only its automover logs)."""
+    srv = start_server(MEMCACHED if which == "memcached" else target, ["-m", "64", "-o", "slab_automove=0"])
+    w = watcher(srv, "sysevents")
+    fill_and_flush(srv)
+    with srv.wire() as c:
+        assert c.request(b"slabs reassign 12 0\r\n") == b"OK\r\n"
+        deadline = time.monotonic() + WAIT
+        while stats(srv.host, srv.port)["slabs_moved"] == "0":
+            assert time.monotonic() < deadline, "the page never moved"
+            time.sleep(0.05)
+    assert slab_moves(w, 2) == []
+
+
+# memcached's refused-store line gives its clsid= and cfd= from misplaced
+# arguments (clsid= is the descriptor, cfd= whatever follows); ours are the
+# true ones (0: no class, and the descriptor).  The rest is compared.
+REFUSED = re.compile(rb"(type=item_store key=\S+ status=\S+ cmd=\S+ ttl=\d+) clsid=\d+ cfd=-?\d+ (size=\d+)")
+
+
+def binary_set(key: bytes, value: bytes, cas: int = 0) -> bytes:
+    body = bytes(8) + key + value  # extras: flags 0, exptime 0
+    return (bytes([0x80, 0x01]) + len(key).to_bytes(2, "big") + bytes([8, 0, 0, 0]) + len(body).to_bytes(4, "big")
+            + bytes(4) + cas.to_bytes(8, "big") + body)
+
+
+@pytest.mark.parametrize("which", ["memcached", "target"])
+def test_refused_stores_log_item_store(start_server, target: Target, which: str) -> None:  # type: ignore[no-untyped-def]
+    """A store refused for its size logs status=too_large from text and meta (it
+    did from text only), and from binary (which crashes memcached 1.6.18 while a
+    mutations watcher is on: only stackmapd is asked)."""
+    srv = start_server(MEMCACHED if which == "memcached" else target,
+                       ["-I", "1024", "-o", "slab_chunk_max=1024"])
+    big = b"B" * 2048
+    with watcher(srv, "mutations") as wt, srv.wire() as c:
+        fd = own_fd(c)
+        c.expect(b"set tl 0 0 2048\r\n" + big + b"\r\n", b"SERVER_ERROR object too large for cache\r\n")
+        c.expect(b"ms tl 2048 T0\r\n" + big + b"\r\n", b"SERVER_ERROR object too large for cache\r\n")
+        c.expect(b"ms tl 2048 MA\r\n" + big + b"\r\n", b"SERVER_ERROR object too large for cache\r\n")
+        c.expect(b"ms tl 2048 C99\r\n" + big + b"\r\n", b"SERVER_ERROR object too large for cache\r\n")
+        got = lines(wt, 4)
+        assert [REFUSED.sub(rb"\1 \2", line) for line in got] == [
+            b"type=item_store key=tl status=too_large cmd=%s ttl=0 size=0" % cmd
+            for cmd in (b"set", b"set", b"append", b"cas")]
+        if which == "memcached":
+            return
+        assert all(b" clsid=0 cfd=%d " % fd in line for line in got), got
+    with watcher(srv, "mutations") as wt, srv.wire() as b:  # (a binary connection of its own)
+        b.send(binary_set(b"tl", big))
+        assert b.read_exact(24 + len(b"Too large."))[:2] == b"\x81\x01"
+        b.send(binary_set(b"tl", big, cas=5))
+        assert b.read_exact(24 + len(b"Too large."))[:2] == b"\x81\x01"
+        got = lines(wt, 2)
+        for line, cmd in zip(got, (b"set", b"cas"), strict=True):
+            assert re.fullmatch(rb"type=item_store key=tl status=too_large cmd=%s ttl=0 clsid=0 cfd=\d+ size=0" % cmd,
+                                line), got
+
+
+# What memcached 1.6.18 answers to "watch" pipelined after other commands in
+# one batch: "ERROR cannot pipeline ..." while a reply of the batch is unsent
+# (a response object stacked: every command leaves one, noreply and quiet ones
+# too), but OK after a get's END or an mn, which make it send all it has.
+PIPELINED_WATCH = [
+    b"get miss\r\nwatch\r\n", b"get a b\r\nwatch\r\n", b"get h\r\nwatch\r\n", b"get h miss\r\nwatch\r\n",
+    b"gets miss\r\nwatch\r\n", b"gat 0 miss\r\nwatch\r\n", b"get miss\r\nget miss\r\nwatch\r\n",
+    b"mn\r\nwatch\r\n", b"set s 0 0 1\r\ns\r\nget h\r\nwatch\r\n", b"version\r\nwatch\r\n",
+    b"mg miss v\r\nwatch\r\n", b"mg miss v q\r\nwatch\r\n", b"delete nope noreply\r\nwatch\r\n",
+    b"set q 0 0 1 noreply\r\nq\r\nwatch\r\n", b"touch nope 1\r\nwatch\r\n", b"incr nope 1\r\nwatch\r\n",
+    b"get " + b"k" * 251 + b"\r\nwatch\r\n", b"get miss\r\nversion\r\nwatch\r\n", b"version\r\nmn\r\nwatch\r\n",
+]
+
+
+def pipelined_watch_answers(srv: Server) -> list[bytes]:
+    with srv.wire() as c:
+        c.expect(b"set h 0 0 1\r\nh\r\n", b"STORED\r\n")
+    out = []
+    for batch in PIPELINED_WATCH:
+        with srv.wire() as c:
+            c.send(batch)
+            out.append(c.read_response((b"OK\r\n", b"before watch\r\n")))
+    return out
+
+
+def test_watch_pipelined_after_other_commands(start_server, target: Target) -> None:  # type: ignore[no-untyped-def]
+    ref = pipelined_watch_answers(start_server(MEMCACHED, []))
+    assert pipelined_watch_answers(start_server(target, [])) == ref
+    assert ref[0] == b"END\r\nOK\r\n" and ref[9].endswith(b"ERROR cannot pipeline other commands before watch\r\n")

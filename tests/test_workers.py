@@ -203,7 +203,7 @@ def test_auto_falls_back_to_epoll_and_says_why_once(run: Callable[..., Run]) -> 
     notes = [ln for ln in log.splitlines() if "backend: auto:" in ln]
     assert len(notes) == 1, log
     assert "uring failed" in notes[0] and "using epoll" in notes[0], notes
-    assert stats(HOST, r.port)["backend"] == "epoll"
+    assert stats(HOST, r.port, "backend")["backend"] == "epoll"
     assert r.stop() == 0, r.log()
 
 
@@ -251,17 +251,19 @@ def test_worker_whose_listener_dies_is_not_ready_and_not_up(run: Callable[..., R
 
 
 def _stats(sock: socket.socket) -> dict[str, int]:
-    sock.sendall(b"stats\r\n")
-    raw = b""
-    while not raw.endswith(b"END\r\n"):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed"
-        raw += chunk
+    """The numeric figures of "stats" and "stats backend" (syscalls)."""
     out: dict[str, int] = {}
-    for line in raw.decode().split("\r\n"):
-        parts = line.split(" ")
-        if len(parts) == 3 and parts[2].isdigit():
-            out[parts[1]] = int(parts[2])
+    for cmd in (b"stats\r\n", b"stats backend\r\n"):
+        sock.sendall(cmd)
+        raw = b""
+        while not raw.endswith(b"END\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            raw += chunk
+        for line in raw.decode().split("\r\n"):
+            parts = line.split(" ")
+            if len(parts) == 3 and parts[2].isdigit():
+                out[parts[1]] = int(parts[2])
     return out
 
 

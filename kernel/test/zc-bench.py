@@ -45,7 +45,7 @@ import vmctl  # noqa: E402
 
 from loadtest.host import host_line  # noqa: E402
 
-GROUPS = ("", "settings")  # the stats groups read before and after a run
+GROUPS = ("", "backend", "settings")  # the stats groups read before and after a run
 
 
 def one_client(port: int, key: bytes, size: int, n: int, errors: list[str]) -> None:

@@ -27,9 +27,25 @@ void *pool_take(sm_pool *p, size_t size, size_t *cap)
     if (b) {
         p->free[k] = b->next;
         p->nfree[k]--;
+        if (p->stats)
+            SM_STAT_SUB(p->stats->read_buf_bytes_free, *cap);
         return b;
     }
-    return malloc(*cap);
+    void *n = malloc(*cap);
+    if (n && p->stats) {
+        SM_STAT_INC(p->stats->read_buf_count);
+        SM_STAT_ADD(p->stats->read_buf_bytes, *cap);
+    }
+    return n;
+}
+
+/* A pooled block of cap bytes is freed: it leaves the allocated gauges. */
+static inline void pool_forget(sm_pool *p, size_t cap)
+{
+    if (p->stats) {
+        SM_STAT_SUB(p->stats->read_buf_count, 1);
+        SM_STAT_SUB(p->stats->read_buf_bytes, cap);
+    }
 }
 
 void pool_give(sm_pool *p, void *b, size_t cap)
@@ -46,12 +62,15 @@ void pool_give(sm_pool *p, void *b, size_t cap)
         keep = POOL_KEEP_MIN;
     if (p->nfree[k] >= keep) {
         free(b);
+        pool_forget(p, cap);
         return;
     }
     pool_block *blk = b;
     blk->next = p->free[k];
     p->free[k] = blk;
     p->nfree[k]++;
+    if (p->stats)
+        SM_STAT_ADD(p->stats->read_buf_bytes_free, cap);
 }
 
 void pool_destroy(sm_pool *p)
@@ -61,6 +80,9 @@ void pool_destroy(sm_pool *p)
             pool_block *b = p->free[k];
             p->free[k] = b->next;
             free(b);
+            pool_forget(p, POOL_MIN_SIZE << k);
+            if (p->stats)
+                SM_STAT_SUB(p->stats->read_buf_bytes_free, POOL_MIN_SIZE << k);
         }
         p->nfree[k] = 0;
     }

@@ -17,12 +17,22 @@
  * least POOL_KEEP_MIN); beyond that a given-back block is freed.  Requests
  * above POOL_MAX_SIZE (a rare huge request line or multi-get) are plain
  * malloc and free.
+ *
+ * The pool keeps three gauges in its owner's counters (stats.h), which
+ * "stats" prints as memcached's read_buf_count, read_buf_bytes and
+ * read_buf_bytes_free (memcached's per-thread cache of 16 KiB read buffers
+ * holds the same kind of memory): the pooled blocks allocated now, in use or
+ * free, their bytes, and the bytes of those on the free lists.  Blocks above
+ * POOL_MAX_SIZE are not counted, as memcached leaves out the read buffers it
+ * mallocs past its cache.  Only the owner writes them (relaxed load+store).
  */
 #ifndef SM_BUFPOOL_H
 #define SM_BUFPOOL_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "stats.h"
 
 /* Smallest block (log2 and bytes). */
 #define POOL_MIN_SHIFT 8
@@ -44,6 +54,7 @@ typedef struct pool_block {
 typedef struct sm_pool {
     pool_block *free[POOL_CLASSES]; /* LIFO free list of each class */
     uint32_t nfree[POOL_CLASSES];   /* blocks on each list */
+    struct sm_thread_stats *stats;  /* where read_buf_count/_bytes/_bytes_free are kept, or NULL */
 } sm_pool;
 
 /*

@@ -39,19 +39,26 @@ static out_chunk *chunk_get(conn_env *env)
     if (ch) {
         env->free_chunks = ch->next;
         env->nfree_chunks--;
+        SM_STAT_INC(env->stats->response_obj_count);
         return ch;
     }
     ch = malloc(sizeof(*ch));
-    if (!ch)
+    if (!ch) {
         SM_STAT_INC(env->stats->response_obj_oom);
+        return NULL;
+    }
+    SM_STAT_INC(env->stats->response_obj_count);
+    SM_STAT_ADD(env->stats->response_obj_bytes, sizeof(*ch));
     return ch;
 }
 
 /* Return a chunk to the free list (keeps a bounded number). */
 static void chunk_put(conn_env *env, out_chunk *ch)
 {
+    SM_STAT_SUB(env->stats->response_obj_count, 1);
     if (env->nfree_chunks >= FREE_CHUNKS_MAX) {
         free(ch);
+        SM_STAT_SUB(env->stats->response_obj_bytes, sizeof(*ch));
         return;
     }
     ch->next = env->free_chunks;
@@ -65,6 +72,7 @@ void conn_env_destroy(conn_env *env)
         out_chunk *ch = env->free_chunks;
         env->free_chunks = ch->next;
         free(ch);
+        SM_STAT_SUB(env->stats->response_obj_bytes, sizeof(*ch));
     }
     env->nfree_chunks = 0;
     pool_destroy(&env->pool);

@@ -56,7 +56,10 @@ struct sm_watcher;
 /* Output queue above which a connection stops parsing input (back-pressure). */
 #define OUT_HIGH_WATER (4u * 1024u * 1024u)
 
-/* A scratch chunk holding copied response bytes. */
+/* A scratch chunk holding copied response bytes.  "stats" counts them as
+ * memcached's response objects: response_obj_count the chunks in output
+ * queues now, response_obj_bytes the bytes of all allocated (queued or on
+ * the free list). */
 typedef struct out_chunk {
     struct out_chunk *next; /* next chunk in the queue or the free list */
     uint32_t used;          /* bytes used in data[] */
@@ -75,7 +78,7 @@ typedef struct conn_env {
     int nfree_chunks;              /* length of free_chunks */
     cache *cache;                  /* where the queue's item references are released */
     size_t rbuf_max;               /* longest input carry-over accepted (a longer line is abuse) */
-    struct sm_thread_stats *stats; /* the owner's counters (response_obj_oom, read_buf_oom) */
+    struct sm_thread_stats *stats; /* the owner's counters (response_obj_*, read_buf_oom) */
     const _Atomic unsigned *log_flags; /* the kinds somebody watches (logger.h sm_logger.eflags), or NULL */
 } conn_env;
 
@@ -145,6 +148,10 @@ typedef struct conn {
     uint8_t loop;            /* the worker loop's CONN_LOOP_* flags (worker.h) */
     uint8_t proto;           /* conn_proto: text or binary, from the first byte */
     bool authenticated;      /* -Y: this connection has authenticated (proto/auth.h) */
+    bool resp_stack;         /* a reply of this input batch is unsent as memcached counts it: a
+                                command since the batch began or the last flush (watch refuses) */
+    bool flushed;            /* the command just run ends as memcached's get and mn do: every
+                                reply so far is sent before the next command is read */
     int nreqs;               /* requests this turn may still start (-R, set by worker_feed); -1: the
                                 turn ended with a complete request left unanswered (a yield) */
 

@@ -320,6 +320,12 @@ static void log_eviction(void *arg, const item *it, rel_time_t now)
                     it->nbytes >= 2 ? it->nbytes - 2 : 0);
 }
 
+/* The cache's slab-move hook: an automover decision, to "watch sysevents". */
+static void log_slab_move(void *arg, int src, int dst)
+{
+    sm_log_slab_move(arg, src, dst);
+}
+
 sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errlen)
 {
     if (sm_settings_check(s, err, errlen) < 0)
@@ -392,6 +398,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         return NULL;
     }
     cache_set_evict_log(e->cache, &e->log.eflags, SM_LOG_EVICTIONS, log_eviction, &e->log);
+    cache_set_slab_move_log(e->cache, &e->log.eflags, SM_LOG_SYSEVENTS, log_slab_move, &e->log);
     for (int i = 0; i < s->num_threads; i++) {
         worker *w = &e->workers[i];
         w->id = i;
@@ -400,6 +407,7 @@ sm_engine *sm_engine_create(const struct sm_settings *s, char *err, size_t errle
         w->settings = &e->settings;
         w->env.cache = e->cache;
         w->env.stats = &w->stats;
+        w->env.pool.stats = &w->stats;
         w->env.log_flags = &e->log.eflags;
         /* A request line longer than this is abuse, not a multiget. */
         w->env.rbuf_max = (size_t)s->item_size_max + (1u << 20);

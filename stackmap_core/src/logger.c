@@ -235,6 +235,11 @@ void sm_log_conn_event(sm_logger *lg, bool open, const char *peer, int reason, i
                  transport, reasons[reason & 3], cfd);
 }
 
+void sm_log_slab_move(sm_logger *lg, int src, int dst)
+{
+    log_line(lg, SM_LOG_SYSEVENTS, "type=slab_move src=%d dst=%d", src, dst);
+}
+
 /* ---- watchers' buffers ---- */
 
 static size_t ring_free(const sm_log_ring *r)

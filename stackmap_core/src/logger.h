@@ -4,7 +4,7 @@
  *
  * A client sends "watch fetchers mutations ..." and its connection becomes a
  * watcher: from then on it receives one line per event of the kinds it named
- * (item_get, item_store, eviction, conn_new, conn_close), in memcached 1.6's
+ * (item_get, item_store, eviction, conn_new, conn_close, slab_move), in memcached 1.6's
  * exact format ("ts=SECS.USECS gid=N type=... key=... "), until it goes away.
  *
  * Cost when nobody watches: the producers test sm_log_wants(), one relaxed
@@ -45,7 +45,7 @@
 #include <stdint.h>
 
 /* Event kinds: memcached's LOG_* bits, as "watch" names them. */
-#define SM_LOG_SYSEVENTS (1u << 1)   /* sysevents */
+#define SM_LOG_SYSEVENTS (1u << 1)   /* sysevents: slab_move (the automover's decisions) */
 #define SM_LOG_FETCHERS (1u << 2)    /* fetchers: item_get, one per key looked up */
 #define SM_LOG_MUTATIONS (1u << 3)   /* mutations: item_store */
 #define SM_LOG_CONNEVENTS (1u << 5)  /* connevents: conn_new, conn_close */
@@ -145,6 +145,8 @@ void sm_log_eviction(sm_logger *lg, const char *key, size_t nkey, bool fetched, 
                      int clsid, uint32_t vlen);
 /* conn_new / conn_close of a connection whose peer is "tcp:A:P", "tcp6:[A]:P" or "unix:..." */
 void sm_log_conn_event(sm_logger *lg, bool open, const char *peer, int reason, int cfd);
+/* sysevents slab_move: the automover moves a page of class src to dst (0: the global pool). */
+void sm_log_slab_move(sm_logger *lg, int src, int dst);
 
 /* ---- watchers ---- */
 

@@ -44,6 +44,8 @@ void sm_stat_addf(sm_stat_sink *sink, const char *name, const char *fmt, ...)
     {group, per_class, #name, SM_METRIC_##kind, unit, metric, labels, help, ""},
 #define SM_GENERAL(name, kind, unit, metric, labels, help, value) \
     SM_ROW("", 0, name, kind, unit, metric, labels, help)
+#define SM_BACKEND(name, kind, unit, metric, labels, help, value) \
+    SM_ROW("backend", 0, name, kind, unit, metric, labels, help)
 #define SM_SETTINGS(name, option, help, value) \
     {"settings", 0, #name, SM_METRIC_SETTING, "", "", "", help, option},
 #define SM_ITEMS(name, kind, unit, metric, labels, help) SM_ROW("items", 1, name, kind, unit, metric, labels, help)
@@ -51,10 +53,11 @@ void sm_stat_addf(sm_stat_sink *sink, const char *name, const char *fmt, ...)
 #define SM_SLABS_TOTAL(name, kind, unit, metric, labels, help) \
     SM_ROW("slabs", 0, name, kind, unit, metric, labels, help)
 static const struct sm_metric_info metric_rows[] = {
-    SM_STATS_GENERAL(SM_GENERAL) SM_STATS_SETTINGS(SM_SETTINGS) SM_STATS_ITEMS(SM_ITEMS) SM_STATS_SLABS(SM_SLABS)
+    SM_STATS_GENERAL(SM_GENERAL) SM_STATS_BACKEND(SM_BACKEND) SM_STATS_SETTINGS(SM_SETTINGS) SM_STATS_ITEMS(SM_ITEMS) SM_STATS_SLABS(SM_SLABS)
         SM_STATS_SLABS_TOTAL(SM_SLABS_TOTAL)};
 #undef SM_ROW
 #undef SM_GENERAL
+#undef SM_BACKEND
 #undef SM_SETTINGS
 #undef SM_ITEMS
 #undef SM_SLABS

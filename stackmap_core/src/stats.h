@@ -43,6 +43,11 @@
     X(idle_kicks)          \
     X(response_obj_oom)    \
     X(read_buf_oom)        \
+    X(response_obj_count)  \
+    X(response_obj_bytes)  \
+    X(read_buf_count)      \
+    X(read_buf_bytes)      \
+    X(read_buf_bytes_free) \
     X(store_too_large)     \
     X(store_no_memory)     \
     X(syscalls)            \
@@ -116,6 +121,19 @@ struct sm_stats_sum {
     atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) + (uint64_t)(n), \
                           memory_order_relaxed)
 #define SM_STAT_INC(ctr) SM_STAT_ADD(ctr, 1)
+/* Owner-thread decrement of a gauge (the counters above that go down as well as up). */
+#define SM_STAT_SUB(ctr, n) \
+    atomic_store_explicit(&(ctr), atomic_load_explicit(&(ctr), memory_order_relaxed) - (uint64_t)(n), \
+                          memory_order_relaxed)
+
+/* The gauges among SM_THREAD_STATS: levels, not counts, so "stats reset" leaves them be. */
+#define SM_THREAD_GAUGES(X) \
+    X(uring_bufs_published) \
+    X(response_obj_count)   \
+    X(response_obj_bytes)   \
+    X(read_buf_count)       \
+    X(read_buf_bytes)       \
+    X(read_buf_bytes_free)
 
 /* Reader side: add one thread's counters into a sum. */
 void sm_stats_accumulate(struct sm_stats_sum *sum, const struct sm_thread_stats *ts);

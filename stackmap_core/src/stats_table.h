@@ -7,14 +7,16 @@
  * Everything else is produced from these rows:
  *  - the general "stats" group (stats_groups.c) prints SM_STATS_GENERAL in
  *    row order, which is memcached 1.6.18's order, taking each value from
- *    the row's value column;
+ *    the row's value column; it holds memcached's names only, and
+ *    "stats backend" (SM_STATS_BACKEND) stackmapd's own;
  *  - the per-class groups ("stats items", "stats slabs") are printed by the
  *    cache (cache/cache_stats.c), and their names are declared here;
  *  - sm_metric_count()/sm_metric_info() (stats.c, engine.h) hand the rows
  *    to the control plane, whose Prometheus collector (stackmapd/metrics.py)
  *    and README generator (stackmapd/docs.py) read nothing else.
  *
- * Columns: X(name, kind, unit, metric, labels, help[, value]); the settings
+ * Columns: X(name, kind, unit, metric, labels, help[, value]) (the backend
+ * group has the general group's); the settings
  * group has its own (below).
  *   name    the stat's name as "stats" prints it (per class: after "items:N:"
  *           or "N:");
@@ -26,7 +28,7 @@
  *           apart; for INFO, the one label that carries the text value;
  *           per-class rows also get slab="<class id>";
  *   help    one line, shown by /metrics (# HELP) and the README;
- *   value   (general group only) how stats_groups.c computes it: V_U64,
+ *   value   (general and backend groups) how stats_groups.c computes it: V_U64,
  *           V_INT, V_F2, V_TV, V_STR of an expression over stats_general's
  *           locals, V_CACHE for a value the cache emits (captured, then
  *           placed here), V_IF(cond, v) for a stat memcached prints only
@@ -70,6 +72,18 @@
       V_INT(atomic_load(&e->curr_conns) + listener_count(e)))                                                          \
     X(response_obj_oom, COUNTER, "", "memcached_response_obj_oom_total", "",                                           \
       "Responses that could not be queued for want of memory.", V_U64(s.response_obj_oom))                             \
+    X(response_obj_count, GAUGE, "", "memcached_response_obj_count", "",                                              \
+      "Output scratch chunks (16 KiB) holding queued responses now; memcached counts its response objects.",           \
+      V_U64(s.response_obj_count))                                                                                     \
+    X(response_obj_bytes, GAUGE, "bytes", "memcached_response_obj_bytes", "",                                          \
+      "Bytes of the output scratch chunks allocated, queued or kept free for reuse.", V_U64(s.response_obj_bytes))    \
+    X(read_buf_count, GAUGE, "", "memcached_read_buf_count", "",                                                      \
+      "Blocks of the workers' buffer pools allocated now (read carry-over, output arrays), in use or free.",           \
+      V_U64(s.read_buf_count))                                                                                         \
+    X(read_buf_bytes, GAUGE, "bytes", "memcached_read_buf_bytes", "",                                                  \
+      "Bytes of the workers' buffer pool blocks allocated now, in use or free.", V_U64(s.read_buf_bytes))              \
+    X(read_buf_bytes_free, GAUGE, "bytes", "memcached_read_buf_free_bytes", "",                                        \
+      "Bytes of the workers' buffer pool blocks on the free lists, kept for reuse.", V_U64(s.read_buf_bytes_free))     \
     X(read_buf_oom, COUNTER, "", "memcached_read_buf_oom_total", "",                                                   \
       "Reads that could not get a buffer for want of memory.", V_U64(s.read_buf_oom))                                  \
     X(reserved_fds, GAUGE, "", "memcached_reserved_fds", "",                                                           \
@@ -192,12 +206,12 @@
     X(time_since_server_cert_refresh, GAUGE, "seconds", "memcached_time_since_server_cert_refresh_seconds", "",        \
       "Seconds since the TLS certificates were loaded (start or refresh_certs).",                                      \
       V_IF(e->settings.ssl_enabled, V_INT(tls_cert_age(e))))                                                           \
-    X(ssl_ktls_conns, COUNTER, "", "stackmap_ssl_ktls_connections_total", "",                                          \
-      "TLS connections whose records the kernel took over after the handshake (kTLS).",                                \
-      V_IF(e->settings.ssl_enabled, V_U64(s.ssl_ktls_conns)))                                                          \
-    X(ssl_userspace_conns, COUNTER, "", "stackmap_ssl_userspace_connections_total", "",                                \
-      "TLS connections whose records stayed in user space (no kTLS here, TLS 1.2, or another cipher).",                \
-      V_IF(e->settings.ssl_enabled, V_U64(s.ssl_userspace_conns)))                                                     \
+    X(unexpected_napi_ids, COUNTER, "", "memcached_unexpected_napi_ids_total", "",                                   \
+      "Always 0: memcached counts NAPI ids its -N thread selection did not expect; connections are not placed "        \
+      "by NAPI id here.", V_STR("0"))                                                                                  \
+    X(round_robin_fallback, COUNTER, "", "memcached_round_robin_fallback_total", "",                                 \
+      "Always 0: memcached counts connections its -N thread selection placed round-robin for want of a NAPI id; "     \
+      "there is no such selection here.", V_STR("0"))                                                                  \
     X(bytes, GAUGE, "bytes", "memcached_current_bytes", "", "Current number of bytes used to store items.",            \
       V_CACHE)                                                                                                         \
     X(curr_items, GAUGE, "", "memcached_current_items", "", "Current number of items stored by this instance.",        \
@@ -231,7 +245,17 @@
     X(direct_reclaims, COUNTER, "", "memcached_direct_reclaims_total", "",                                             \
       "Times worker threads had to directly reclaim or evict items.", V_CACHE)                                         \
     X(lru_bumps_dropped, COUNTER, "", "memcached_lru_bumps_dropped_total", "",                                         \
-      "Hits on COLD items not queued for the maintainer (a thread's queue was full).", V_CACHE)                                                 \
+      "Hits on COLD items not queued for the maintainer (a thread's queue was full).", V_CACHE)
+
+/*
+ * "stats backend": stackmapd's own figures, which memcached has no name for
+ * (so plain "stats" prints memcached's names only): the backend serving the
+ * data path first, then its counters.  Each backend's counters are printed
+ * whichever backend runs (0 for the others), the kTLS ones only with -Z.
+ */
+#define SM_STATS_BACKEND(X)                                                                                            \
+    X(backend, INFO, "", "stackmap_backend_info", "backend", "The ring backend serving the data path.",                \
+      V_STR(backend_name(e)))                                                                                          \
     X(syscalls, COUNTER, "", "stackmap_syscalls_total", "", "System calls made by the worker loops (all backends).",   \
       V_U64(s.syscalls))                                                                                               \
     X(uring_submits, COUNTER, "", "stackmap_uring_submits_total", "", "io_uring_enter calls that submitted work.",     \
@@ -272,9 +296,13 @@
     X(stackmap_slots_per_sync, GAUGE, "", "stackmap_slots_per_sync", "",                                               \
       "Average slots (receive and transmit) moved per /dev/stackmap synchronisation since start.",                     \
       V_F2(s.stackmap_syncs ? (double)(s.stackmap_rx_slots + s.stackmap_tx_slots) / (double)s.stackmap_syncs           \
-                            : 0.0))                                                                                    \
-    X(backend, INFO, "", "stackmap_backend_info", "backend", "The ring backend serving the data path.",                \
-      V_STR(backend_name(e)))
+                            : 0.0)) \
+    X(ssl_ktls_conns, COUNTER, "", "stackmap_ssl_ktls_connections_total", "",                                          \
+      "TLS connections whose records the kernel took over after the handshake (kTLS).",                                \
+      V_IF(e->settings.ssl_enabled, V_U64(s.ssl_ktls_conns)))                                                          \
+    X(ssl_userspace_conns, COUNTER, "", "stackmap_ssl_userspace_connections_total", "",                                \
+      "TLS connections whose records stayed in user space (no kTLS here, TLS 1.2, or another cipher).",                \
+      V_IF(e->settings.ssl_enabled, V_U64(s.ssl_userspace_conns)))
 
 /*
  * "stats settings", in memcached's order: X(name, option, help, value).

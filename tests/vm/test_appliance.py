@@ -92,8 +92,8 @@ def mc(appliance: Appliance) -> Iterator[Client]:
     client.close()
 
 
-def stats(client: Client) -> dict[str, str]:
-    return {k.decode(): v.decode() if isinstance(v, bytes) else str(v) for k, v in client.stats().items()}
+def stats(client: Client, *group: str) -> dict[str, str]:
+    return {k.decode(): v.decode() if isinstance(v, bytes) else str(v) for k, v in client.stats(*group).items()}
 
 
 def reports(console: str) -> list[dict[str, str]]:
@@ -153,7 +153,7 @@ def test_seed_configured_memory_and_token(appliance: Appliance, mc: Client) -> N
 
 
 def test_backend_is_stackmap(appliance: Appliance, mc: Client) -> None:
-    assert stats(mc)["backend"] == "stackmap"
+    assert stats(mc, "backend")["backend"] == "stackmap"
     status, metrics = appliance.http("/metrics")
     assert status == 200
     assert re.search(r'^stackmap_backend_info\{backend="stackmap"\} 1\.0$', metrics, re.M), \

@@ -54,6 +54,8 @@ import vmctl  # noqa: E402
 
 from loadtest.host import host_line  # noqa: E402
 
+GROUPS = ("", "backend")  # the stats groups read before and after a run (stackmap_* are "stats backend"'s)
+
 # Runs in the guest (python3 of the test VM's disk): virtio-net's ethtool
 # statistics through SIOCETHTOOL and eth0's tx_packets.  (Busy jiffies are
 # read apart with busybox: a python3 start costs more guest CPU than a run.)
@@ -159,7 +161,7 @@ def boot(vmdir: Path, args: argparse.Namespace) -> dict[str, str]:
     if rc != 0 or f"qdisc {args.qdisc} " not in out:
         raise RuntimeError(f"guest setup failed: {out}")
     e["uname"] = out.split()[0]
-    if vmctl.server_stats(port).get("backend") != "stackmap":
+    if vmctl.server_stats(port, ("backend",)).get("backend") != "stackmap":
         raise RuntimeError("the guest's stackmapd is not on the stackmap backend")
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         val = b"v" * args.value
@@ -180,11 +182,11 @@ def stop(vmdir: Path) -> None:
 def measure(e: dict[str, str], clients: int, depth: int, requests: int,
             args: argparse.Namespace) -> dict[str, float]:
     port, agent, qpid = int(e["SM_VM_PORT"]), int(e["SM_VM_AGENT"]), int(e["SM_VM_PID"])
-    p0, s0, g0, q0 = probe(agent), vmctl.server_stats(port), vmctl.guest_busy(agent), vmctl.qemu_cpu(qpid)
+    p0, s0, g0, q0 = probe(agent), vmctl.server_stats(port, GROUPS), vmctl.guest_busy(agent), vmctl.qemu_cpu(qpid)
     t0 = time.monotonic()
     load(port, clients, depth, requests, args.keys)
     t1 = time.monotonic()
-    q1, g1, s1, p1 = vmctl.qemu_cpu(qpid), vmctl.guest_busy(agent), vmctl.server_stats(port), probe(agent)
+    q1, g1, s1, p1 = vmctl.qemu_cpu(qpid), vmctl.guest_busy(agent), vmctl.server_stats(port, GROUPS), probe(agent)
     n = (requests // clients) * clients
     # Per queue (tx0_kicks, ...); "tx_kicks" is their sum.
     kicks = sum(p1[k] - p0[k] for k in p1 if re.fullmatch(r"tx\d+_kicks", k))

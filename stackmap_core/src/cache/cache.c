@@ -240,6 +240,15 @@ void cache_set_evict_log(cache *c, const atomic_uint *flags, unsigned bit, cache
     c->evict_log_flags = flags;
 }
 
+void cache_set_slab_move_log(cache *c, const atomic_uint *flags, unsigned bit, cache_slab_move_log_fn *fn,
+                             void *arg)
+{
+    c->move_log_bit = bit;
+    c->move_log = fn;
+    c->move_log_arg = arg;
+    c->move_log_flags = flags;
+}
+
 int cache_lru_mode(cache *c, int segmented)
 {
     if (!c->lru_maintainer || c->s3fifo)

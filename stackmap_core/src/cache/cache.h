@@ -228,6 +228,13 @@ typedef void cache_evict_log_fn(void *arg, const item *it, rel_time_t now);
 /* Call fn(arg, ...) on each eviction while (*flags & bit) != 0 (one relaxed
  * load per eviction otherwise).  Set before the cache is used. */
 void cache_set_evict_log(cache *c, const atomic_uint *flags, unsigned bit, cache_evict_log_fn *fn, void *arg);
+/* A page move the automover decided on (memcached's sysevents slab_move): from src to dst (0: the pool). */
+typedef void cache_slab_move_log_fn(void *arg, int src, int dst);
+/* Call fn(arg, src, dst) from the mover thread on each automover decision while
+ * (*flags & bit) != 0, as memcached logs them (not "slabs reassign", not
+ * automove 2, not a memory limit's shrinking).  Set before the cache is used. */
+void cache_set_slab_move_log(cache *c, const atomic_uint *flags, unsigned bit, cache_slab_move_log_fn *fn,
+                             void *arg);
 
 /* ---- LRU tuning (the "lru" command; memcached's settings of the same names) ---- */
 
@@ -437,6 +444,14 @@ uint64_t cache_walk(cache *c, const char *prefix, size_t nprefix, uint64_t *curs
                     cache_walk_fn fn, void *ctx);
 /* Show the live item for key (stripe held) to fn without bumping it. 1 found, 0 not. */
 int cache_peek(cache *c, const char *key, size_t nkey, cache_walk_fn fn, void *ctx);
+/*
+ * memcached's "stats cachedump": "ITEM <key> [<value bytes> b; <expiry> s]\r\n"
+ * for the items of class id's COLD LRU, newest first (expiry: unix time, 0
+ * never), at most limit of them (0: no limit) and no more than fits in cap
+ * bytes, into buf.  Returns the bytes written.  The class's lock is held
+ * for the walk: an administrator's debugging aid, as in memcached.
+ */
+size_t cache_cachedump(cache *c, unsigned id, unsigned limit, char *buf, size_t cap);
 /* Make every CAS unique handed out from now on larger than cas. */
 void cache_cas_at_least(cache *c, uint64_t cas);
 /* Evict from the LRU tails until stored item bytes are <= target; returns items evicted. */

@@ -1,7 +1,8 @@
 /*
  * cache_admin.c -- whole-cache operations for the control plane's admin
  * API: walking every live item (key listing, delete by prefix, snapshots),
- * looking at one item without touching it, evicting down to a memory limit,
+ * looking at one item without touching it, memcached's "stats cachedump"
+ * (one class's COLD LRU, under its lock), evicting down to a memory limit,
  * and the CAS counter and hash growth a snapshot restore needs.
  *
  * The walk is the LRU crawler's walker (walk_items in crawler.c): slab
@@ -11,6 +12,7 @@
  * amount of churn; the crawler, lru_crawler metadump and these calls all
  * see items the same way.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "cache_int.h"
@@ -36,6 +38,29 @@ int cache_peek(cache *c, const char *key, size_t nkey, cache_walk_fn fn, void *c
         fn(ctx, c, it);
     stripe_unlock(m);
     return found;
+}
+
+size_t cache_cachedump(cache *c, unsigned id, unsigned limit, char *buf, size_t cap)
+{
+    if (id < 1 || (int)id > c->nclasses)
+        return 0;
+    struct slabclass *cls = &c->classes[id];
+    size_t len = 0;
+    unsigned shown = 0;
+    pthread_mutex_lock(&cls->lock);
+    for (item *it = cls->heads[LRU_COLD]; it && (limit == 0 || shown < limit); it = it->next) {
+        rel_time_t exp = LD(it->exptime); /* touch changes it under the item's stripe */
+        char line[KEY_MAX_LENGTH + 64];
+        int n = snprintf(line, sizeof(line), "ITEM %.*s [%u b; %llu s]\r\n", (int)it->nkey, ITEM_key(it),
+                         ITEM_vlen(it), exp == 0 ? 0ULL : (unsigned long long)(exp + c->process_started));
+        if (n < 0 || (size_t)n > cap - len)
+            break;
+        memcpy(buf + len, line, (size_t)n);
+        len += (size_t)n;
+        shown++;
+    }
+    pthread_mutex_unlock(&cls->lock);
+    return len;
 }
 
 void cache_cas_at_least(cache *c, uint64_t cas)

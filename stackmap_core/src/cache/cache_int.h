@@ -279,6 +279,12 @@ struct cache {
     cache_evict_log_fn *evict_log;    /* called per eviction while that kind is asked for */
     void *evict_log_arg;              /* its argument */
 
+    /* ---- the automover's decisions log (cache_set_slab_move_log) ---- */
+    const atomic_uint *move_log_flags; /* the watchers' kinds, NULL: no log */
+    unsigned move_log_bit;            /* the kind that asks for slab moves (sysevents) */
+    cache_slab_move_log_fn *move_log; /* called per automover decision while that kind is asked for */
+    void *move_log_arg;               /* its argument */
+
     /* ---- the segmented LRU's settings (the "lru" command changes them live) ---- */
     bool lru_maintainer;              /* the maintainer juggles segments (-o lru_maintainer) */
     atomic_int lru_segmented;         /* 1: new items to HOT, COLD hits to WARM; 0: flat, all COLD */

@@ -60,18 +60,21 @@ static void stats_general_hash(cache *c, sm_stat_sink *sink)
     sm_stat_addf(sink, "hash_power_level", "%u", hp);
     sm_stat_addf(sink, "hash_bytes", "%llu", (unsigned long long)hbytes);
     sm_stat_addf(sink, "hash_is_expanding", "%d", expanding ? 1 : 0);
-    /* The slab page mover (slab_mover.c).  Items are never chained, so no
-     * chunked item can be rescued: chunk_rescues stays 0. */
-    const struct mover_stats *m = &c->mst;
-    sm_stat_addf(sink, "slab_reassign_rescues", "%llu", (unsigned long long)atomic_load(&m->rescues));
-    sink->add(sink, "slab_reassign_chunk_rescues", "0");
-    sm_stat_addf(sink, "slab_reassign_evictions_nomem", "%llu",
-                 (unsigned long long)atomic_load(&m->evictions_nomem));
-    sm_stat_addf(sink, "slab_reassign_inline_reclaim", "%llu", (unsigned long long)atomic_load(&m->inline_reclaim));
-    sm_stat_addf(sink, "slab_reassign_busy_items", "%llu", (unsigned long long)atomic_load(&m->busy_items));
-    sm_stat_addf(sink, "slab_reassign_busy_deletes", "%llu", (unsigned long long)atomic_load(&m->busy_deletes));
-    sm_stat_addf(sink, "slab_reassign_running", "%d", atomic_load(&c->reb_running) ? 1 : 0);
-    sm_stat_addf(sink, "slabs_moved", "%llu", (unsigned long long)atomic_load(&m->slabs_moved));
+    /* The slab page mover (slab_mover.c), printed while it is enabled, as
+     * memcached does.  Items are never chained, so no chunked item can be
+     * rescued: chunk_rescues stays 0. */
+    if (cache_slab_reassign_enabled(c)) {
+        const struct mover_stats *m = &c->mst;
+        sm_stat_addf(sink, "slab_reassign_rescues", "%llu", (unsigned long long)atomic_load(&m->rescues));
+        sink->add(sink, "slab_reassign_chunk_rescues", "0");
+        sm_stat_addf(sink, "slab_reassign_evictions_nomem", "%llu",
+                     (unsigned long long)atomic_load(&m->evictions_nomem));
+        sm_stat_addf(sink, "slab_reassign_inline_reclaim", "%llu", (unsigned long long)atomic_load(&m->inline_reclaim));
+        sm_stat_addf(sink, "slab_reassign_busy_items", "%llu", (unsigned long long)atomic_load(&m->busy_items));
+        sm_stat_addf(sink, "slab_reassign_busy_deletes", "%llu", (unsigned long long)atomic_load(&m->busy_deletes));
+        sm_stat_addf(sink, "slab_reassign_running", "%d", atomic_load(&c->reb_running) ? 1 : 0);
+        sm_stat_addf(sink, "slabs_moved", "%llu", (unsigned long long)atomic_load(&m->slabs_moved));
+    }
     /* The LRU crawler (crawler.c): memcached prints these only while it is enabled. */
     if (cache_crawler_enabled(c)) {
         sm_stat_addf(sink, "lru_crawler_running", "%u", atomic_load(&c->crawler.running) ? 1u : 0u);

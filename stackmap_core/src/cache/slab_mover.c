@@ -47,7 +47,10 @@
  *     sizes shifting from 300 B-1 KiB to 2-8 KiB) that left stackmapd at a
  *     0.58 hit ratio after the shift against memcached's 0.66, and these two
  *     changes bring it to 0.70.  automove 2 asks for a page from any class
- *     on every eviction, as memcached does.
+ *     on every eviction, as memcached does.  Each automover decision is
+ *     logged to "watch sysevents" watchers (cache_set_slab_move_log) as
+ *     memcached's "type=slab_move src=N dst=N" line; "slabs reassign",
+ *     automove 2 and a lowered limit's moves are not, as in memcached.
  *
  * The hot path is untouched but for two compares: slabs_free_locked checks
  * whether the chunk is in the page being emptied, and cache_alloc hands an
@@ -547,6 +550,13 @@ static int shrink_source(cache *c)
     return best_free != -1 ? best_free : best_pages;
 }
 
+/* The sysevents line of an automover decision, if somebody watches them. */
+static void log_move(cache *c, int src, int dst)
+{
+    if (c->move_log_flags && (atomic_load_explicit(c->move_log_flags, memory_order_relaxed) & c->move_log_bit))
+        c->move_log(c->move_log_arg, src, dst);
+}
+
 static void *mover_main(void *arg)
 {
     cache *c = arg;
@@ -569,6 +579,7 @@ static void *mover_main(void *arg)
         }
         rel_time_t now = cache_now(c);
         int src = shrink_source(c), dst = SLAB_POOL;
+        bool shrinking = src != -1; /* a lowered memory limit's move, not the automover's */
         if (src == -1 && am_ok && atomic_load(&c->automove) == 1 && now != last_check) {
             if (am.ratio != cache_automove_ratio(c)) { /* memcached starts over on a new ratio */
                 free(am.w);
@@ -589,8 +600,13 @@ static void *mover_main(void *arg)
         } else {
             burst_src = -1;
         }
-        if (src != -1 && reassign_locked(c, src, dst) == REASSIGN_OK)
-            continue;
+        if (src != -1) {
+            bool ok = reassign_locked(c, src, dst) == REASSIGN_OK;
+            if (!shrinking) /* the automover's choice, logged whatever reassign answered, as memcached */
+                log_move(c, src, dst);
+            if (ok)
+                continue;
+        }
         /* Sleep until the next second starts, or until asked. */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);

@@ -295,6 +295,11 @@ static void process_update(conn *c, const bin_req *rq, store_op op, uint32_t fla
             bin_error(c, rq, ST_ENOMEM, "Out of memory allocating item", vlen);
             SM_STAT_INC(w->stats.store_no_memory);
         }
+        /* The refused store's item_store line (mutations), as text and meta log it.
+         * (memcached 1.6.18 means to log it too, but reads a NULL item there and
+         * crashes; the command logged is the one asked for, CAS included.) */
+        store_op asked = rq->cas != 0 && (op == STORE_SET || op == STORE_ADD || op == STORE_REPLACE) ? STORE_CAS : op;
+        proto_log_store(c, key, nkey, NULL, asked, err == ALLOC_TOO_LARGE ? STORE_TOO_LARGE : STORE_NO_MEMORY);
         /* A failed set must not leave the old value readable (as memcached). */
         if (op == STORE_SET)
             cache_delete(w->cache, key, nkey, hv, 0, 0, 0, NULL);
@@ -570,7 +575,7 @@ static void process_stat(conn *c, const bin_req *rq)
         engine_stats_reset(e);
     } else if (key_starts(rq, "settings")) {
         engine_stats_group(e, "settings", &sink);
-    } else if (key_is(rq, "items") || key_is(rq, "slabs") || key_is(rq, "sizes")) {
+    } else if (key_is(rq, "items") || key_is(rq, "slabs") || key_is(rq, "sizes") || key_is(rq, "backend")) {
         char group[8];
         memcpy(group, rq->key, rq->keylen);
         group[rq->keylen] = '\0';

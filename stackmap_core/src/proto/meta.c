@@ -696,6 +696,8 @@ void proto_meta_set(conn *c, sm_request *r)
                     errstr = "SERVER_ERROR out of memory storing object";
                     SM_STAT_INC(st->store_no_memory);
                 }
+                /* memcached logs the refused store (item_store, mutations) as text does */
+                proto_log_store(c, key, nkey, NULL, op, aerr == ALLOC_TOO_LARGE ? STORE_TOO_LARGE : STORE_NO_MEMORY);
                 /* like memcached: do not leave the old value behind */
                 cache_delete(ca, key, nkey, hv, 0, 0, 0, NULL);
                 meta_error(c, errstr);
@@ -1151,4 +1153,5 @@ void proto_meta_noop(conn *c, sm_request *r)
 {
     (void)r;
     out_static(c, "MN\r\n", 4);
+    c->flushed = true; /* memcached's mn sends every reply queued before the next command */
 }

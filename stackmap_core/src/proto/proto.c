@@ -140,6 +140,7 @@ static void get_stream_end(conn *c)
         r = out_static(c, "END\r\n", 5);
     if (r < 0)
         c->state = CONN_CLOSING;
+    c->resp_stack = g->too_long || g->nkeys == 0; /* memcached flushes after a get's END */
     g->active = false;
     uint64_t now = sm_lat_now();
     c->worker->lat_clock = now;
@@ -216,6 +217,10 @@ static void dispatch_line(conn *c, char *line, size_t len)
         proto_text_unknown(c, &r);
     else
         handlers[r.cmd](c, &r);
+    /* memcached's resp_has_stack, for watch: every command leaves a response
+     * object until the replies are transmitted, which get and mn force */
+    c->resp_stack = !c->flushed;
+    c->flushed = false;
     /* latency.h: time each command; a store is finished in finish_nread */
     if (c->state == CONN_NREAD) {
         c->lat_start = t0;
@@ -309,6 +314,8 @@ static inline bool take_turn(conn *c)
 size_t proto_process(conn *c, char *data, size_t len)
 {
     size_t off = 0;
+    /* memcached reads (or resumes after a yield) only once every reply is sent */
+    c->resp_stack = false;
     while ((off < len || c->dump) && c->state != CONN_CLOSING) {
         if (c->state == CONN_NREAD) {
             size_t n = len - off;

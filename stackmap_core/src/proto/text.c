@@ -35,7 +35,7 @@
  *  - an unknown command whose line looks like HTTP closes the connection
  *    (looks_like_http below).
  * Not implemented (answered "ERROR"): slabs,
- * stats cachedump/sizes_enable/sizes_disable.
+ * stats sizes_enable/sizes_disable.
  */
 #include "proto.h"
 
@@ -238,6 +238,7 @@ static void process_get(conn *c, sm_token *tokens, bool return_cas, bool touch)
     engine_log(w->engine, 2, ">%d END\n", c->fd);
     if (out_static(c, "END\r\n", 5) < 0)
         out_failed(c);
+    c->flushed = true; /* memcached sends every reply after a get's END (watch may follow) */
 }
 
 /* ---- set, add, replace, append, prepend, cas ---- */
@@ -693,6 +694,40 @@ static void stats_detail(conn *c, sm_prefix_stats *p, const char *what)
     }
 }
 
+/* memcached's cap on a cachedump answer. */
+#define CACHEDUMP_MAX (2u * 1024u * 1024u)
+
+/* "stats cachedump <class> <limit>": memcached's checks and answers, in its order. */
+static void stats_cachedump(conn *c, sm_token *tokens, size_t ntokens)
+{
+    uint32_t id, limit;
+    if (!c->worker->settings->dump_enabled) {
+        REPLY(c, "CLIENT_ERROR stats cachedump not allowed");
+        return;
+    }
+    if (ntokens < 5) {
+        REPLY(c, "CLIENT_ERROR bad command line");
+        return;
+    }
+    if (!safe_strtoul(tokens[2].value, &id) || !safe_strtoul(tokens[3].value, &limit)) {
+        REPLY(c, "CLIENT_ERROR bad command line format");
+        return;
+    }
+    if (id >= 64) { /* memcached's MAX_NUMBER_OF_SLAB_CLASSES */
+        REPLY(c, "CLIENT_ERROR Illegal slab id");
+        return;
+    }
+    char *buf = malloc(CACHEDUMP_MAX);
+    if (!buf) {
+        REPLY(c, "SERVER_ERROR out of memory writing stats");
+        return;
+    }
+    size_t len = cache_cachedump(c->worker->cache, id, limit, buf, CACHEDUMP_MAX - 5);
+    if (out_copy(c, buf, len) < 0 || out_static(c, "END\r\n", 5) < 0)
+        out_failed(c);
+    free(buf);
+}
+
 void proto_text_stats(conn *c, sm_request *r)
 {
     sm_token *tokens = r->tokens;
@@ -706,6 +741,10 @@ void proto_text_stats(conn *c, sm_request *r)
     }
     if (ntokens > 2 && strcmp(group, "detail") == 0) {
         stats_detail(c, e->prefixes, ntokens < 4 ? "" : tokens[2].value);
+        return;
+    }
+    if (ntokens > 2 && strcmp(group, "cachedump") == 0) {
+        stats_cachedump(c, tokens, ntokens);
         return;
     }
     sm_stat_sink sink = {.add = conn_stat_add, .ctx = c, .asker = c};

@@ -30,7 +30,7 @@ void proto_text_watch(conn *c, sm_request *r)
         watch_reply(c, noreply, "CLIENT_ERROR watch commands not allowed\r\n");
         return;
     }
-    if (out_pending(c) > 0) { /* memcached: replies of this batch are still queued */
+    if (c->resp_stack) { /* memcached: a reply of this batch is not sent yet */
         watch_reply(c, noreply, "ERROR cannot pipeline other commands before watch\r\n");
         return;
     }
