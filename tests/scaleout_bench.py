@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1]))  # loadtest
+sys.path.append(str(Path(__file__).parents[1]))  # loadtest (after the installed packages)
 
 from conftest import HOST, MEMCACHED, Server, Target, launch  # noqa: E402
 from mcwire import stats  # noqa: E402

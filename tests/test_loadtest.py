@@ -25,7 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # loadtest/ is run from the tree, not installed
-    sys.path.insert(0, str(REPO))
+    sys.path.append(str(REPO))
 
 from loadtest import hitratio, host, mcblast, memaslap, syscalls  # noqa: E402
 from loadtest.report import Spread  # noqa: E402

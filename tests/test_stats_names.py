@@ -201,7 +201,13 @@ def test_stats_cachedump(start_server: Callable[..., Server], target: Target, fl
     for t in (MEMCACHED, target):
         with start_server(t, flags).wire() as w:
             raw = w.request(CACHEDUMP_SESSION, (b"MN\r\n",))
-        out.append(re.sub(rb"; \d{9,} s\]", b"; T s]", raw))
+        raw = re.sub(rb"; \d{9,} s\]", b"; T s]", raw)
+        if flags != ["-o", "no_lru_maintainer"]:
+            # Segmented, new items start in HOT and the maintainer thread moves them to COLD
+            # when it gets round to it, in memcached as in stackmapd: whether a dump already
+            # lists them is timing.  Compare the rest; the listing is compared unsegmented.
+            raw = re.sub(rb"ITEM [^\r]*\r\n", b"", raw)
+        out.append(raw)
     assert out[1] == out[0]
     if flags == ["-o", "no_lru_maintainer"]:  # not segmented: every item is in COLD
         assert b"ITEM bar [3 b; T s]\r\nITEM foo [6 b; 0 s]\r\nEND\r\n" in out[1]
