@@ -214,3 +214,27 @@ def test_snapshot_keeps_chained_values(tmp_path: Path) -> None:
     finally:
         second.stop()
     assert after == before
+
+
+def test_metadump_lists_chained_items_as_memcached(start_server, target) -> None:  # type: ignore[no-untyped-def]
+    """lru_crawler metadump shows each chained item once, with memcached's
+    class and size (its chunks are not items)."""
+
+    def dump(srv: Server) -> dict[str, tuple[str, str]]:
+        with srv.wire(timeout=30) as w:
+            for i, n in enumerate(LENGTHS):
+                w.request(b"set d%d 0 0 %d\r\n%s\r\n" % (i, n, pattern(n, i)))
+            raw = w.request(b"lru_crawler metadump all\r\n", (b"END\r\n",))
+        out: dict[str, tuple[str, str]] = {}
+        for line in raw.decode().splitlines():  # metadump lines end in a bare LF
+            if not line.startswith("key="):
+                continue
+            f = dict(kv.split("=", 1) for kv in line.split())
+            assert f["key"] not in out, line
+            out[f["key"]] = (f["cls"], f["size"])
+        return out
+
+    want = dump(start_server(MEMCACHED, CHUNK_MAX))
+    got = dump(start_server(target, CHUNK_MAX))
+    assert got == want
+    assert len(got) == len(LENGTHS)
