@@ -20,6 +20,13 @@
  *   - S3-FIFO (s3fifo.c): an item's access counter (it_flags) is raised by
  *     hits with a compare-exchange under the stripe only, and lowered under
  *     the class lock; a class's ghost queue is guarded by its class lock.
+ *   - Chained items (cache.h, item_chain): every chunk of a chain is of its
+ *     head's class, so that class lock guards the chunks' allocation and
+ *     freeing, and never a second class lock.  The links of a linked
+ *     chain change only in the mover, under the class lock and the head's
+ *     stripe while the head has no reader (refcount 1); readers walk a
+ *     chain holding a reference, and a reference is only taken under the
+ *     stripe.
  *   - Page accounting (mem_malloced) is one atomic counter, no lock.
  *   - Slab page moves (slab_mover.c): the mover thread empties a page of
  *     its source class in short batches under that class lock (trylocking

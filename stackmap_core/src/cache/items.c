@@ -15,8 +15,9 @@
  *
  * Reference counts: cache_alloc returns an item with one reference (the
  * caller's); linking adds the hash table's; every lookup adds one.  The
- * chunk goes back to its class's free list when the count reaches zero,
- * which can only happen once the item is unlinked.
+ * chunk (with a chained item's body chunks) goes back to its class's free
+ * list when the count reaches zero, which can only happen once the item is
+ * unlinked.
  *
  * cache_store, cache_delete and cache_arith follow memcached 1.6.18's
  * do_store_item, meta delete and do_add_delta (see the comments there).

@@ -21,6 +21,12 @@
  *     swapped in for the original in the hash chain and LRU, keeping its
  *     key, value, flags, exptime and CAS.  With no free chunk it is
  *     evicted (evictions_nomem); dead ones are just freed (inline_reclaim).
+ *     A chained item's head is rescued the same way, taking its chain
+ *     along; a body chunk of a chain (ITEM_CHUNK) is copied into a free
+ *     chunk and put in its place in the chain under the head's stripe
+ *     when the head is linked and unread (memcached's chunk rescue,
+ *     chunk_rescues), else waited for like a busy item; with no free chunk
+ *     its whole item is evicted.
  *     An item a reader holds (a response in flight) is never touched: the
  *     mover comes back to it, backing off up to a millisecond, and only
  *     after MAX_BUSY_PASSES passes unlinks it (busy_deletes), so that the
