@@ -238,3 +238,78 @@ def test_metadump_lists_chained_items_as_memcached(start_server, target) -> None
     got = dump(start_server(target, CHUNK_MAX))
     assert got == want
     assert len(got) == len(LENGTHS)
+
+
+def test_chained_no_evictions_runs_out_and_recovers(start_server, target) -> None:  # type: ignore[no-untyped-def]
+    """-M: a chained store that finds no chunk is SERVER_ERROR out of memory
+    (no partial chain is left behind), and deleting the stored ones gives
+    every chunk back for as many stores again."""
+    srv = start_server(target, ["-m", "4", "-M", *CHUNK_MAX])
+    with srv.wire(timeout=30) as w:
+        stored = 0
+        for i in range(600):
+            r = w.request(b"set m%d 0 0 11000\r\n%s\r\n" % (i, pattern(11000, i)))
+            assert r in (b"STORED\r\n", b"SERVER_ERROR out of memory storing object\r\n"), r
+            stored += r == b"STORED\r\n"
+        assert 0 < stored < 600
+        for i in range(600):
+            w.request(b"delete m%d\r\n" % i)
+        assert stats(srv.host, srv.port, "slabs").get("17:used_chunks", "0") == "0"
+        for i in range(stored):
+            assert w.request(b"set n%d 0 0 11000\r\n%s\r\n" % (i, pattern(11000, i))) == b"STORED\r\n"
+
+
+def test_chained_eviction_s3fifo(start_server, target) -> None:  # type: ignore[no-untyped-def]
+    """-o eviction=s3fifo evicts chained items whole, too."""
+    srv = start_server(target, ["-m", "8", "-o", "slab_chunk_max=4096,eviction=s3fifo"])
+    with srv.wire(timeout=60) as w:
+        for i in range(2000):
+            assert w.request(b"set e%d 0 0 11000\r\n%s\r\n" % (i, pattern(11000, i))) == b"STORED\r\n"
+        hits = 0
+        for i in range(2000):
+            r = w.request(b"get e%d\r\n" % i, (b"END\r\n",))
+            if r != b"END\r\n":
+                assert r == b"VALUE e%d 0 11000\r\n%s\r\nEND\r\n" % (i, pattern(11000, i))
+                hits += 1
+    assert hits > 300
+    assert int(stats(srv.host, srv.port)["evictions"]) > 0
+
+
+def test_crawler_reclaims_expired_chains(start_server, target) -> None:  # type: ignore[no-untyped-def]
+    """The LRU crawler frees expired chained items with all their chunks."""
+    srv = start_server(target, ["-o", "slab_chunk_max=4096,lru_crawler"])
+    with srv.wire(timeout=30) as w:
+        for i in range(100):
+            w.request(b"set x%d 0 1 11000\r\n%s\r\n" % (i, pattern(11000, i)))
+        assert stats(srv.host, srv.port, "slabs")["17:used_chunks"] == "300"
+        threading.Event().wait(2.5)  # rel_time ticks once a second: let them expire
+        assert w.request(b"lru_crawler crawl all\r\n") == b"OK\r\n"
+        for _ in range(100):
+            if stats(srv.host, srv.port, "slabs").get("17:used_chunks", "0") == "0":
+                break
+            threading.Event().wait(0.05)
+    assert stats(srv.host, srv.port, "slabs").get("17:used_chunks", "0") == "0"
+    assert stats(srv.host, srv.port)["curr_items"] == "0"
+
+
+def test_memlimit_shrink_moves_chains(start_server, target) -> None:  # type: ignore[no-untyped-def]
+    """cache_memlimit below what chained items fill: the mover empties pages
+    of the chunk class into the OS (rescuing or evicting chains) and what
+    stays reads back intact."""
+    srv = start_server(target, ["-m", "64", "-o", "slab_chunk_max=4096,slab_reassign"])
+    with srv.wire(timeout=60) as w:
+        for i in range(4000):
+            w.send(b"set y%d 0 0 11000 noreply\r\n%s\r\n" % (i, pattern(11000, i)))
+        assert w.request(b"cache_memlimit 16\r\n") == b"OK\r\n"
+        for _ in range(200):
+            if int(stats(srv.host, srv.port, "slabs")["total_malloced"]) <= 16 * 1024 * 1024:
+                break
+            threading.Event().wait(0.05)
+        assert int(stats(srv.host, srv.port, "slabs")["total_malloced"]) <= 16 * 1024 * 1024
+        hits = 0
+        for i in range(4000):
+            r = w.request(b"get y%d\r\n" % i, (b"END\r\n",))
+            if r != b"END\r\n":
+                assert r == b"VALUE y%d 0 11000\r\n%s\r\nEND\r\n" % (i, pattern(11000, i))
+                hits += 1
+    assert 0 < hits < 4000
