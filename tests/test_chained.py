@@ -106,6 +106,7 @@ def test_chained_counts_match_memcached(start_server, target) -> None:  # type: 
             "curr_items": g["curr_items"],
             "bytes": g["bytes"],
             "items:17:number": it["items:17:number"],
+            "items:17:mem_requested": it["items:17:mem_requested"],
             "17:chunk_size": sl["17:chunk_size"],
             "17:used_chunks": sl["17:used_chunks"],
         }
