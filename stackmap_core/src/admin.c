@@ -204,7 +204,7 @@ static cache_walk_action dump_cb(void *p, cache *c, item *it)
     put64(r + 12, it->exptime ? (uint64_t)(cache_process_started(c) + (int64_t)it->exptime) : 0);
     put64(r + 20, it->cas);
     memcpy(r + REC_HDR, ITEM_key(it), it->nkey);
-    memcpy(r + REC_HDR + it->nkey, ITEM_value(it), vlen);
+    item_value_read(it, 0, (char *)r + REC_HDR + it->nkey, vlen); /* chunk by chunk if chained */
     d->used += need;
     d->n++;
     return CACHE_WALK_NEXT;
@@ -304,8 +304,8 @@ long sm_admin_restore(sm_engine *e, const char *buf, size_t len, int dry_run, ui
             cache_cas_at_least(c, max_cas);
             return -1;
         }
-        memcpy(ITEM_value(it), key + nkey, vlen);
-        memcpy(ITEM_value(it) + vlen, "\r\n", 2);
+        item_value_write(it, 0, (const char *)key + nkey, vlen); /* chunk by chunk if chained */
+        item_value_write(it, vlen, "\r\n", 2);
         uint16_t set = (uint16_t)(((rflags & RFLAG_BINARY) ? ITEM_KEY_BINARY : 0) |
                                   ((rflags & RFLAG_FETCHED) ? ITEM_FETCHED : 0));
         if (set)

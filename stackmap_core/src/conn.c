@@ -258,7 +258,7 @@ int out_printf(conn *c, const char *fmt, ...)
     return 0;
 }
 
-int out_item(conn *c, item *it, const char *p, size_t len)
+int out_item(conn *c, item *it, size_t len)
 {
     if (c->nheld == c->heldcap) {
         size_t sz = sizeof(*c->held), cap;
@@ -279,9 +279,15 @@ int out_item(conn *c, item *it, const char *p, size_t len)
      * responses then leaves as one buffer); large ones go from item memory.
      */
     c->held[c->nheld++] = it;
-    if (len <= OUT_COPY_MAX)
-        return out_copy(c, p, len);
-    return out_ref(c, p, len);
+    const item *nx;
+    uint32_t n;
+    for (const char *p = item_seg_first(it, &n, &nx); p && len > 0; p = item_seg_next(&nx, &n)) {
+        size_t m = n < len ? n : len; /* a chained item: one piece per chunk */
+        if ((m <= OUT_COPY_MAX ? out_copy(c, p, m) : out_ref(c, p, m)) < 0)
+            return -1;
+        len -= m;
+    }
+    return 0;
 }
 
 /* Release held items, recycle chunks, give the arrays back: everything queued is gone. */

@@ -164,6 +164,8 @@ typedef struct conn {
     /* value being received */
     item *nread_item;        /* item being filled (CONN_NREAD), referenced */
     char *nread_dst;         /* where the next value byte goes */
+    uint32_t nread_room;     /* bytes of the item segment at nread_dst (cache.h, item_seg_first) */
+    const item *nread_next;  /* the chained item's chunk after that segment, or NULL */
     uint32_t nread_left;     /* value bytes (incl. "\r\n") still to come */
     uint64_t swallow_left;   /* bytes still to discard (CONN_SWALLOW) */
     pending_store pending;   /* what to do when the value is complete */
@@ -218,11 +220,12 @@ void out_commit(conn *c, size_t used);
 /* printf into scratch and queue it (max OUT_CHUNK_SIZE bytes). */
 int out_printf(conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /*
- * Queue len bytes at p inside item memory; the queue takes over one
- * reference to it (released once sent).  Pass the same item several times
- * with the extra references taken by the caller.
+ * Queue the first len bytes of the item's value (a chained item's chunk by
+ * chunk); the queue takes over one reference to it (released once sent).
+ * Pass the same item several times with the extra references taken by the
+ * caller.
  */
-int out_item(conn *c, item *it, const char *p, size_t len);
+int out_item(conn *c, item *it, size_t len);
 /* Drop everything queued (on close). */
 void out_reset(conn *c);
 /* Bytes queued and not yet sent. */

@@ -212,6 +212,6 @@
       "16 KiB each, so 1-15 also caps the record size)")                                                               \
     X(slab_chunk_max, FIELD(slab_chunk_max), SIZE, "0", 0, 1048576, 0, "SIZE", EXTENDED, 0,                         \
       "size of the largest class of memcached's slab series (k/m suffixes; must divide -I and 1m); bigger items "  \
-      "take whole chunks of bigger classes, never chains; 0: memcached's default, 512k (1m with no_modern)")
+      "are chained across chunks of it; 0: memcached's default, 512k (1m with no_modern)")
 
 #endif

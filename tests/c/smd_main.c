@@ -6,6 +6,7 @@
  *
  *   build/smd [-p port] [-l addrs] [-t threads] [-m MB] [-c conns] [-I size]
  *             [-f factor] [-n bytes] [-C] [-A] [-v...] [-U 0] [-u user] [-B epoll]
+ *             [-o uring_batch_usec=N,uring_bufs=N,eviction=E,slab_chunk_max=SIZE,slab_reassign]
  */
 #include <signal.h>
 #include <stdio.h>
@@ -57,12 +58,19 @@ int main(int argc, char **argv)
         case 'b': s.backlog = atoi(optarg); break;
         case 'R': s.reqs_per_event = atoi(optarg); break;
         case 'o':
-            if (strncmp(optarg, "uring_batch_usec=", 17) == 0)
-                s.uring_batch_usec = atoi(optarg + 17);
-            else if (strncmp(optarg, "uring_bufs=", 11) == 0)
-                s.uring_bufs = atoi(optarg + 11);
-            else if (strncmp(optarg, "eviction=", 9) == 0)
-                snprintf(s.eviction, sizeof(s.eviction), "%s", optarg + 9);
+            /* a comma-separated list, as memcached's -o; unknown keys are ignored */
+            for (char *o = strtok(optarg, ","); o; o = strtok(NULL, ",")) {
+                if (strncmp(o, "uring_batch_usec=", 17) == 0)
+                    s.uring_batch_usec = atoi(o + 17);
+                else if (strncmp(o, "uring_bufs=", 11) == 0)
+                    s.uring_bufs = atoi(o + 11);
+                else if (strncmp(o, "eviction=", 9) == 0)
+                    snprintf(s.eviction, sizeof(s.eviction), "%s", o + 9);
+                else if (strncmp(o, "slab_chunk_max=", 15) == 0)
+                    s.slab_chunk_max = (uint32_t)parse_size(o + 15);
+                else if (strcmp(o, "slab_reassign") == 0)
+                    s.slab_reassign = 1;
+            }
             break;
         case 'U': case 'u': break;
         case 'B':

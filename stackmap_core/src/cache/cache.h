@@ -38,6 +38,8 @@ typedef uint32_t rel_time_t;
 #define ITEM_STALE      0x08 /* meta: invalidated (md I / ms I) */
 #define ITEM_TOKEN_SENT 0x10 /* meta: a recache "win" token was handed out */
 #define ITEM_KEY_BINARY 0x20 /* meta: the key was sent base64-encoded (ms b); k/me echo it encoded */
+#define ITEM_CHAINED    0x40 /* the value goes on in chunks after the head's part (item_chain) */
+#define ITEM_CHUNK      0x80 /* not an item: one chunk of a chained item's value (item_chain) */
 /* Bits 8-9: the LRU segment the item is in (LRU_HOT..LRU_TEMP, lru.c), changed
  * only under its class lock, read anywhere (a stale read only picks how a
  * hit is recorded). */
@@ -74,9 +76,72 @@ typedef struct item {
 } item;
 
 #define ITEM_key(it)   ((it)->data)
+/* The value of an item that is not ITEM_CHAINED (use item_seg_first for any). */
 #define ITEM_value(it) ((it)->data + (it)->nkey + 1)
 /* Value length without the trailing "\r\n". */
 #define ITEM_vlen(it)  ((it)->nbytes - 2)
+
+/*
+ * Chained items (memcached's ITEM_CHUNKED).  An item bigger than the
+ * largest slab class (slab_chunk_max) is a head chunk followed by body
+ * chunks, all of that one class, so that every chunk of a chain is guarded
+ * by the same class lock.  The head is an ordinary item header with
+ * ITEM_CHAINED set; its data[] holds the key, a NUL, padding to 8 bytes,
+ * an item_chain, then the first head_len bytes of the value.  Each body
+ * chunk is laid out as an item too, so page walkers tell it apart by the
+ * same it_flags/slabs_clsid fields: it_flags is ITEM_CHUNK, h_next points
+ * back to its head, next/prev link the chunks in value order, nbytes is
+ * the number of value bytes in its data[], nkey is 0.  it->nbytes of the
+ * head is the whole value's length, as for any item.
+ */
+typedef struct item_chain {
+    struct item *first; /* first body chunk (never NULL in a chained item) */
+    uint32_t head_len;  /* value bytes held in the head itself, after this header */
+    uint32_t nchunks;   /* body chunks in the chain */
+} item_chain;
+
+static inline item_chain *ITEM_chain(const item *it)
+{
+    return (item_chain *)(void *)((char *)it->data + (((size_t)it->nkey + 1 + 7) & ~(size_t)7));
+}
+
+static inline int item_is_chained(const item *it)
+{
+    return (atomic_load_explicit(&it->it_flags, memory_order_relaxed) & ITEM_CHAINED) != 0;
+}
+
+/*
+ * Walk an item's value (with its "\r\n") segment by segment, whether
+ * chained or not.  The caller holds a reference (or the item lock):
+ *     const item *nx; uint32_t n;
+ *     for (char *p = item_seg_first(it, &n, &nx); p; p = item_seg_next(&nx, &n)) ...
+ */
+static inline char *item_seg_first(const item *it, uint32_t *len, const item **next)
+{
+    if (!item_is_chained(it)) {
+        *len = it->nbytes;
+        *next = NULL;
+        return (char *)ITEM_value(it);
+    }
+    item_chain *ch = ITEM_chain(it);
+    *len = ch->head_len;
+    *next = ch->first;
+    return (char *)(ch + 1);
+}
+
+static inline char *item_seg_next(const item **next, uint32_t *len)
+{
+    const item *k = *next;
+    if (!k)
+        return NULL;
+    *len = k->nbytes;
+    *next = k->next;
+    return (char *)k->data;
+}
+
+/* Copy len value bytes from off on out of it / into it (chained or not). */
+void item_value_read(const item *it, uint32_t off, char *dst, uint32_t len);
+void item_value_write(item *it, uint32_t off, const char *src, uint32_t len);
 
 /* Everything the cache is configured with (a subset of sm_settings). */
 typedef struct cache_config {

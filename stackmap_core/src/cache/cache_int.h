@@ -20,6 +20,13 @@
  *   - S3-FIFO (s3fifo.c): an item's access counter (it_flags) is raised by
  *     hits with a compare-exchange under the stripe only, and lowered under
  *     the class lock; a class's ghost queue is guarded by its class lock.
+ *   - Chained items (cache.h, item_chain): every chunk of a chain is of its
+ *     head's class, so that class lock guards the chunks' allocation and
+ *     freeing, and never a second class lock.  The links of a linked
+ *     chain change only in the mover, under the class lock and the head's
+ *     stripe while the head has no reader (refcount 1); readers walk a
+ *     chain holding a reference, and a reference is only taken under the
+ *     stripe.
  *   - Page accounting (mem_malloced) is one atomic counter, no lock.
  *   - Slab page moves (slab_mover.c): the mover thread empties a page of
  *     its source class in short batches under that class lock (trylocking
@@ -168,6 +175,7 @@ struct crawler {
 struct mover_stats {
     _Atomic uint64_t slabs_moved;      /* pages handed to another class or the pool */
     _Atomic uint64_t rescues;          /* items copied to another chunk of their class */
+    _Atomic uint64_t chunk_rescues;    /* body chunks of chained items copied and relinked */
     _Atomic uint64_t evictions_nomem;  /* live items evicted for want of a free chunk */
     _Atomic uint64_t inline_reclaim;   /* expired/flushed items freed while emptying a page */
     _Atomic uint64_t busy_items;       /* times an item was in use and had to be waited for */
@@ -340,6 +348,10 @@ item *slabs_alloc_locked(cache *c, struct slabclass *cls);
 /* With the class lock held: put a chunk on the free list (or, in a page
  * the mover is emptying, just mark it free). */
 void slabs_free_locked(struct slabclass *cls, item *it);
+/* With the class lock held: free the body chunks of a chained item (a no-op
+ * for any other) and clear its ITEM_CHAINED; its head chunk stays.  Every
+ * chunk of a chain is of the head's class (cache.h, item_chain). */
+void slabs_chain_free_locked(struct slabclass *cls, item *it);
 /* With the class lock held: a free chunk without taking a new page, or NULL. */
 item *slabs_alloc_nonew_locked(struct slabclass *cls);
 /* With the class lock held: is this chunk in the page being emptied?  If so

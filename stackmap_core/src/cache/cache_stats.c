@@ -61,12 +61,12 @@ static void stats_general_hash(cache *c, sm_stat_sink *sink)
     sm_stat_addf(sink, "hash_bytes", "%llu", (unsigned long long)hbytes);
     sm_stat_addf(sink, "hash_is_expanding", "%d", expanding ? 1 : 0);
     /* The slab page mover (slab_mover.c), printed while it is enabled, as
-     * memcached does.  Items are never chained, so no chunked item can be
-     * rescued: chunk_rescues stays 0. */
+     * memcached does. */
     if (cache_slab_reassign_enabled(c)) {
         const struct mover_stats *m = &c->mst;
         sm_stat_addf(sink, "slab_reassign_rescues", "%llu", (unsigned long long)atomic_load(&m->rescues));
-        sink->add(sink, "slab_reassign_chunk_rescues", "0");
+        sm_stat_addf(sink, "slab_reassign_chunk_rescues", "%llu",
+                     (unsigned long long)atomic_load(&m->chunk_rescues));
         sm_stat_addf(sink, "slab_reassign_evictions_nomem", "%llu",
                      (unsigned long long)atomic_load(&m->evictions_nomem));
         sm_stat_addf(sink, "slab_reassign_inline_reclaim", "%llu", (unsigned long long)atomic_load(&m->inline_reclaim));
@@ -271,6 +271,7 @@ void cache_stats_reset(cache *c)
     /* memcached's stats_reset clears the mover's counters too */
     atomic_store(&c->mst.slabs_moved, 0);
     atomic_store(&c->mst.rescues, 0);
+    atomic_store(&c->mst.chunk_rescues, 0);
     atomic_store(&c->mst.evictions_nomem, 0);
     atomic_store(&c->mst.inline_reclaim, 0);
     atomic_store(&c->mst.busy_items, 0);

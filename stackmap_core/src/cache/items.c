@@ -15,8 +15,9 @@
  *
  * Reference counts: cache_alloc returns an item with one reference (the
  * caller's); linking adds the hash table's; every lookup adds one.  The
- * chunk goes back to its class's free list when the count reaches zero,
- * which can only happen once the item is unlinked.
+ * chunk (with a chained item's body chunks) goes back to its class's free
+ * list when the count reaches zero, which can only happen once the item is
+ * unlinked.
  *
  * cache_store, cache_delete and cache_arith follow memcached 1.6.18's
  * do_store_item, meta delete and do_add_delta (see the comments there).
@@ -101,26 +102,15 @@ int cache_slab_class(const cache *c, size_t nkey, uint32_t nbytes)
     return slabs_clsid(c, ITEM_ntotal(nkey, nbytes));
 }
 
-item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags, rel_time_t exptime,
-                  uint32_t nbytes, alloc_error *err)
+/*
+ * Class lock held: one chunk, free or taken from the LRU tail.  When the
+ * tail's stripes were only momentarily busy, let go of the class lock and
+ * try again (memcached also retries its tail pull).  *evicted is set when
+ * a live or dead tail item made room.
+ */
+static item *alloc_chunk_locked(cache *c, struct slabclass *cls, int *evicted)
 {
-    alloc_error dummy;
-    if (!err)
-        err = &dummy;
-    int id = nkey > KEY_MAX_LENGTH ? 0 : slabs_clsid(c, ITEM_ntotal(nkey, nbytes));
-    if (id == 0) {
-        *err = ALLOC_TOO_LARGE;
-        return NULL;
-    }
-    struct slabclass *cls = &c->classes[id];
-    pthread_mutex_lock(&cls->lock);
-    if (!atomic_load_explicit(&c->lru_segmented, memory_order_relaxed))
-        lru_reclaim_tail_locked(c, cls);
     item *it = slabs_alloc_locked(c, cls);
-    /* No free chunk and no new page: take the LRU tail's.  When its stripes
-     * were only momentarily busy, let go of the class lock and try again
-     * (memcached also retries its tail pull). */
-    int evicted = 0;
     for (int tries = 0, claims = 0; !it && tries < ALLOC_RETRIES; tries++) {
         int busy;
         it = lru_pull_tail_locked(c, cls, &busy);
@@ -134,7 +124,7 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
         }
         if (it) {
             cls->st.direct_reclaims++;
-            evicted = 1;
+            *evicted = 1;
             break;
         }
         if (!busy)
@@ -143,6 +133,83 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
         sched_yield();
         pthread_mutex_lock(&cls->lock);
         it = slabs_alloc_locked(c, cls);
+    }
+    return it;
+}
+
+/* Bytes of a chained head before its value: header, key, NUL, padding, item_chain. */
+static inline size_t chain_head_off(size_t nkey)
+{
+    return sizeof(item) + ((nkey + 1 + 7) & ~(size_t)7) + sizeof(item_chain);
+}
+
+/*
+ * Class lock held, head allocated with its key length set: give it the body
+ * chunks for a value of nbytes (cache.h, item_chain).  0, or -1 when the
+ * class has no chunk to spare (the chunks taken so far stay on the chain
+ * and go with the head).
+ */
+static int chain_build_locked(cache *c, struct slabclass *cls, item *it, uint32_t nbytes, int *evicted)
+{
+    item_chain *ch = ITEM_chain(it);
+    size_t off = chain_head_off(it->nkey);
+    ch->head_len = (uint32_t)(cls->size - off < nbytes ? cls->size - off : nbytes);
+    ch->first = NULL;
+    ch->nchunks = 0;
+    atomic_store_explicit(&it->it_flags, ITEM_CHAINED, memory_order_relaxed);
+    uint32_t left = nbytes - ch->head_len, cap = cls->size - (uint32_t)sizeof(item);
+    item *last = NULL;
+    while (left > 0) {
+        item *k = alloc_chunk_locked(c, cls, evicted);
+        if (!k)
+            return -1;
+        k->h_next = it;
+        k->prev = last;
+        k->next = NULL;
+        k->nbytes = left < cap ? left : cap;
+        k->slabs_clsid = it->slabs_clsid;
+        ST(k->nkey, 0);
+        atomic_store_explicit(&k->refcount, 1, memory_order_relaxed);
+        atomic_store_explicit(&k->it_flags, ITEM_CHUNK, memory_order_relaxed);
+        if (last)
+            last->next = k;
+        else
+            ch->first = k;
+        last = k;
+        ch->nchunks++;
+        left -= k->nbytes;
+    }
+    return 0;
+}
+
+item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags, rel_time_t exptime,
+                  uint32_t nbytes, alloc_error *err)
+{
+    alloc_error dummy;
+    if (!err)
+        err = &dummy;
+    size_t ntotal = ITEM_ntotal(nkey, nbytes);
+    int id = nkey > KEY_MAX_LENGTH ? 0 : slabs_clsid(c, ntotal);
+    struct slabclass *cls = &c->classes[id];
+    /* Bigger than the largest class: chained, with at least the key in the head. */
+    int chained = id != 0 && ntotal > cls->size;
+    if (id == 0 || (chained && chain_head_off(nkey) >= cls->size)) {
+        *err = ALLOC_TOO_LARGE;
+        return NULL;
+    }
+    pthread_mutex_lock(&cls->lock);
+    if (!atomic_load_explicit(&c->lru_segmented, memory_order_relaxed))
+        lru_reclaim_tail_locked(c, cls);
+    int evicted = 0;
+    item *it = alloc_chunk_locked(c, cls, &evicted);
+    if (it && chained) {
+        it->slabs_clsid = (uint8_t)id;
+        ST(it->nkey, (uint8_t)nkey); /* ITEM_chain() and cache_walk read it */
+        if (chain_build_locked(c, cls, it, nbytes, &evicted) != 0) {
+            atomic_store_explicit(&it->refcount, 0, memory_order_relaxed);
+            slabs_free_locked(cls, it); /* with the chunks it got */
+            it = NULL;
+        }
     }
     if (!it)
         cls->st.outofmemory++;
@@ -160,13 +227,47 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
     it->nbytes = nbytes;
     it->client_flags = client_flags;
     atomic_store(&it->refcount, 1);
-    atomic_store(&it->it_flags, 0);
+    atomic_store(&it->it_flags, chained ? ITEM_CHAINED : 0);
     it->slabs_clsid = (uint8_t)id;
     ST(it->nkey, (uint8_t)nkey); /* cache_walk reads it without the item lock */
     memcpy(ITEM_key(it), key, nkey);
     ITEM_key(it)[nkey] = '\0';
     *err = ALLOC_OK;
     return it;
+}
+
+void item_value_read(const item *it, uint32_t off, char *dst, uint32_t len)
+{
+    const item *nx;
+    uint32_t n;
+    for (char *p = item_seg_first(it, &n, &nx); p && len > 0; p = item_seg_next(&nx, &n)) {
+        if (off >= n) {
+            off -= n;
+            continue;
+        }
+        uint32_t m = n - off < len ? n - off : len;
+        memcpy(dst, p + off, m);
+        dst += m;
+        len -= m;
+        off = 0;
+    }
+}
+
+void item_value_write(item *it, uint32_t off, const char *src, uint32_t len)
+{
+    const item *nx;
+    uint32_t n;
+    for (char *p = item_seg_first(it, &n, &nx); p && len > 0; p = item_seg_next(&nx, &n)) {
+        if (off >= n) {
+            off -= n;
+            continue;
+        }
+        uint32_t m = n - off < len ? n - off : len;
+        memcpy(p + off, src, m);
+        src += m;
+        len -= m;
+        off = 0;
+    }
 }
 
 void cache_release(cache *c, item *it)
@@ -353,6 +454,19 @@ item *cache_get(cache *c, const char *key, size_t nkey, uint32_t hv, int flags, 
 
 /* ---- stores ---- */
 
+/* The first len bytes of src's value into dst's value from off on (either may be chained). */
+static void value_copy(item *dst, uint32_t off, const item *src, uint32_t len)
+{
+    const item *nx;
+    uint32_t n;
+    for (char *p = item_seg_first(src, &n, &nx); p && len > 0; p = item_seg_next(&nx, &n)) {
+        uint32_t m = n < len ? n : len;
+        item_value_write(dst, off, p, m);
+        off += m;
+        len -= m;
+    }
+}
+
 /*
  * The CAS a store links its item with: the next unique, or an explicit one
  * (meta E, snapshot restore).  An explicit value raises the counter to it,
@@ -450,13 +564,12 @@ store_result cache_store(cache *c, item *it, uint32_t hv, const store_req *req, 
                                  it->nbytes + old->nbytes - 2, &ae);
             if (!new_it)
                 break; /* NOT_STORED */
-            char *d = ITEM_value(new_it);
             if (op == STORE_APPEND) {
-                memcpy(d, ITEM_value(old), old->nbytes - 2);
-                memcpy(d + old->nbytes - 2, ITEM_value(it), it->nbytes);
+                value_copy(new_it, 0, old, old->nbytes - 2);
+                value_copy(new_it, old->nbytes - 2, it, it->nbytes);
             } else {
-                memcpy(d, ITEM_value(it), it->nbytes - 2);
-                memcpy(d + it->nbytes - 2, ITEM_value(old), old->nbytes);
+                value_copy(new_it, 0, it, it->nbytes - 2);
+                value_copy(new_it, it->nbytes - 2, old, old->nbytes);
             }
             do_store = true;
             break;
@@ -624,7 +737,7 @@ arith_result cache_arith(cache *c, const char *key, size_t nkey, uint32_t hv, co
     }
     if (clsid_out)
         *clsid_out = it->slabs_clsid;
-    if (it->nbytes <= 2) {
+    if (it->nbytes <= 2 || item_is_chained(it)) { /* memcached: a chained value is too long for a number */
         res = ARITH_NON_NUMERIC;
         goto release;
     }

@@ -212,6 +212,8 @@ int lru_take_locked(cache *c, struct slabclass *cls, item *it, uint32_t hv, rel_
     }
     unlink_core(c, cls, it, hv);
     atomic_fetch_sub(&it->refcount, 1); /* the hash table's; ours remains */
+    /* The caller reuses the head as one chunk: the rest of a chain is free. */
+    slabs_chain_free_locked(cls, it);
     stripe_unlock(m);
     return dead ? 2 : 1;
 }

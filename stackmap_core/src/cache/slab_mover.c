@@ -21,6 +21,12 @@
  *     swapped in for the original in the hash chain and LRU, keeping its
  *     key, value, flags, exptime and CAS.  With no free chunk it is
  *     evicted (evictions_nomem); dead ones are just freed (inline_reclaim).
+ *     A chained item's head is rescued the same way, taking its chain
+ *     along; a body chunk of a chain (ITEM_CHUNK) is copied into a free
+ *     chunk and put in its place in the chain under the head's stripe
+ *     when the head is linked and unread (memcached's chunk rescue,
+ *     chunk_rescues), else waited for like a busy item; with no free chunk
+ *     its whole item is evicted.
  *     An item a reader holds (a response in flight) is never touched: the
  *     mover comes back to it, backing off up to a millisecond, and only
  *     after MAX_BUSY_PASSES passes unlinks it (busy_deletes), so that the
@@ -215,16 +221,87 @@ _Static_assert(offsetof(item, slabs_clsid) == offsetof(item, it_flags) + sizeof(
                    offsetof(item, data) == offsetof(item, nkey) + 1,
                "copy_item copies the fields after refcount one by one: add new ones there");
 
-/* Class lock and the item's stripe held: copy it into a free chunk. */
-static void copy_item(item *n, const item *it, uint16_t flags)
+/* Class lock and the item's stripe held: copy it into a free chunk.  A
+ * chained head keeps its body chunks, which are told of their new head. */
+static void copy_item(const struct slabclass *cls, item *n, const item *it, uint16_t flags)
 {
     memcpy(n, it, offsetof(item, refcount));
     n->h_next = n->prev = n->next = NULL;
     atomic_store_explicit(&n->refcount, 1, memory_order_relaxed);
     n->slabs_clsid = it->slabs_clsid;
     ST(n->nkey, it->nkey);
-    memcpy(n->data, it->data, (size_t)it->nkey + 1 + it->nbytes);
+    if (flags & ITEM_CHAINED) {
+        memcpy(n->data, it->data, cls->size - sizeof(item)); /* key, item_chain, the head's part */
+        for (item *k = ITEM_chain(n)->first; k; k = k->next)
+            k->h_next = n;
+    } else {
+        memcpy(n->data, it->data, (size_t)it->nkey + 1 + it->nbytes);
+    }
     atomic_store(&n->it_flags, flags);
+}
+
+/*
+ * Source class lock held: a body chunk of a chained item (memcached's chunk
+ * rescue).  Its head is of the same class, so it cannot be freed under us;
+ * the chunk is copied to a free chunk and put in its place in the chain
+ * only when the head is linked, its stripe free and no reader holds it
+ * (a response may be sending from the chunk); else it is busy, as an item
+ * would be.  With no free chunk the whole item is evicted.
+ */
+static int move_body_chunk(cache *c, struct slabclass *cls, item *k, uint32_t passes, rel_time_t now)
+{
+    item *head = k->h_next;
+    if (!(atomic_load(&head->it_flags) & ITEM_LINKED)) {
+        bump(&c->mst.busy_items); /* being filled, or unlinked and held: its release frees it */
+        return CHUNK_BUSY;
+    }
+    uint32_t hv = cache_hash(ITEM_key(head), head->nkey);
+    stripe_lock *m = stripe_of(c, hv);
+    if (!stripe_trylock(m)) {
+        bump(&c->mst.busy_items);
+        return CHUNK_BUSY;
+    }
+    int ret = CHUNK_DONE;
+    if (!(atomic_load(&head->it_flags) & ITEM_LINKED)) {
+        ret = CHUNK_BUSY;
+    } else if (atomic_load(&head->refcount) != 1) {
+        bump(&c->mst.busy_items);
+        if (passes > MAX_BUSY_PASSES) {
+            item_unlink_classlocked(c, cls, head, hv);
+            bump(&c->mst.busy_deletes);
+        }
+        ret = CHUNK_BUSY;
+    } else if (item_is_dead(c, head, now, NULL)) {
+        cls->st.reclaimed++;
+        if (!(atomic_load(&head->it_flags) & ITEM_FETCHED))
+            cls->st.expired_unfetched++;
+        item_unlink_classlocked(c, cls, head, hv); /* frees the chain: this chunk is marked free */
+        bump(&c->mst.inline_reclaim);
+    } else {
+        item *n = slabs_alloc_nonew_locked(cls);
+        if (!n) {
+            item_unlink_classlocked(c, cls, head, hv);
+            bump(&c->mst.evictions_nomem);
+        } else {
+            memcpy(n, k, offsetof(item, refcount)); /* h_next (the head), links, nbytes */
+            atomic_store_explicit(&n->refcount, 1, memory_order_relaxed);
+            n->slabs_clsid = k->slabs_clsid;
+            ST(n->nkey, 0);
+            memcpy(n->data, k->data, k->nbytes);
+            atomic_store(&n->it_flags, ITEM_CHUNK);
+            if (n->prev)
+                n->prev->next = n;
+            else
+                ITEM_chain(head)->first = n;
+            if (n->next)
+                n->next->prev = n;
+            atomic_store(&k->refcount, 0);
+            slabs_free_locked(cls, k); /* marked free, not listed */
+            bump(&c->mst.chunk_rescues);
+        }
+    }
+    stripe_unlock(m);
+    return ret;
 }
 
 /* Source class lock held: empty one chunk of the page, or say it is busy. */
@@ -233,6 +310,8 @@ static int move_chunk(cache *c, struct slabclass *cls, item *it, uint32_t passes
     uint16_t fl = atomic_load(&it->it_flags);
     if (fl & ITEM_SLABBED)
         return CHUNK_DONE; /* free: unlisted by slabs_evac_begin_locked, or freed since */
+    if (fl & ITEM_CHUNK)
+        return move_body_chunk(c, cls, it, passes, now);
     if (!(fl & ITEM_LINKED)) {
         /* Being filled by a store, or unlinked with a reader still holding
          * it: its link brings it back here, its release marks it free. */
@@ -273,12 +352,13 @@ static int move_chunk(cache *c, struct slabclass *cls, item *it, uint32_t passes
         } else {
             /* Nobody else can reach it: we hold its stripe, and its only
              * reference is the hash table's. */
-            copy_item(n, it, fl);
+            copy_item(cls, n, it, fl);
             hash_delete(c, it, hv);
             hash_insert(c, n, hv);
             lru_unlink_locked(cls, it);
             lru_link_locked(cls, n, ITEM_lru(fl)); /* where it was, at its segment's head */
             atomic_store(&it->refcount, 0);
+            atomic_fetch_and(&it->it_flags, (uint16_t)~ITEM_CHAINED); /* its chain is n's now */
             slabs_free_locked(cls, it); /* marked free, not listed */
             bump(&c->mst.rescues);
         }

@@ -5,10 +5,10 @@
  * Class sizes are memcached's: the smallest chunk is memcached's item
  * header (48 bytes) + chunk_size (-n), each next class is factor (-f)
  * times bigger, 8-byte aligned, up to a class of exactly slab_chunk_max
- * (memcached's default: half of its 1 MiB page).  memcached stores bigger
- * items as chains of chunks; we never chain, so the series goes on until a
- * chunk would exceed page_size / factor and the last class is exactly one
- * page: every item up to item_size_max (<= page size) fits in one chunk.
+ * (memcached's default: half of its 1 MiB page).  As in memcached, an
+ * item bigger than that largest class is chained (cache.h, item_chain):
+ * a head chunk and body chunks, all of the largest class, so one class
+ * lock guards a whole chain; freeing a head frees its body chunks.
  *
  * Memory: pages of page_size bytes are taken one at a time, on demand,
  * from the page arena (hugemem.c: huge-page regions, to spare TLB misses).
@@ -54,8 +54,7 @@
 #define MEMCACHED_ITEM_HEADER 48
 
 /* The highest class id memcached's series can reach (its
- * MAX_NUMBER_OF_SLAB_CLASSES - 1); SM_MAX_SLAB_CLASSES leaves room above it
- * for our one-page class. */
+ * MAX_NUMBER_OF_SLAB_CLASSES - 1). */
 #define MEMCACHED_LAST_CLASS 63
 
 int slabs_init(cache *c)
@@ -75,9 +74,9 @@ int slabs_init(cache *c)
      * in the chunk), not at sizeof(item), which counts our CAS; and it ends
      * in a class of exactly its slab_chunk_max.  So the same -n, -f and
      * slab_chunk_max give memcached's chunk sizes and put every item of up
-     * to slab_chunk_max in memcached's class.  Past that memcached chains
-     * chunks; we go on with bigger classes up to one page instead.  Class 1
-     * can be too small for any item (-n below 12): lookups never pick it. */
+     * to slab_chunk_max in memcached's class; bigger ones are chained in
+     * that last class.  Class 1 can be too small for any item (-n below
+     * 12): lookups never pick it. */
     size_t size = MEMCACHED_ITEM_HEADER + (c->cfg.chunk_size ? c->cfg.chunk_size : 48);
     size_t chunk_max = c->cfg.slab_chunk_max ? c->cfg.slab_chunk_max
                                              : (c->cfg.slab_page_size ? c->cfg.slab_page_size : c->page_size) / 2;
@@ -85,7 +84,7 @@ int slabs_init(cache *c)
         chunk_max = c->page_size;
     int i = 1;
     size_t prev = 0;
-    for (; i < SM_MAX_SLAB_CLASSES - 1 && (prev < chunk_max || (double)size < c->page_size / factor); i++) {
+    for (; i < SM_MAX_SLAB_CLASSES - 1 && prev < chunk_max; i++) {
         if (prev < chunk_max && ((double)size >= chunk_max / factor || i == MEMCACHED_LAST_CLASS)) {
             size = chunk_max; /* memcached's largest class, exactly */
         } else {
@@ -98,12 +97,7 @@ int slabs_init(cache *c)
         prev = size;
         size = (size_t)((double)size * factor);
     }
-    if (prev == c->page_size) {
-        i--; /* slab_chunk_max is the page (no_modern): that class is the last */
-    } else {
-        c->classes[i].size = c->page_size;
-        c->classes[i].perslab = 1;
-    }
+    i--; /* the class of exactly chunk_max is the last */
     c->nclasses = i;
     for (int k = 1; k <= i; k++)
         pthread_mutex_init(&c->classes[k].lock, NULL);
@@ -134,7 +128,7 @@ int slabs_clsid(const cache *c, size_t ntotal)
         return 0;
     int lo = 1, hi = c->nclasses;
     if (ntotal > c->classes[hi].size)
-        return 0;
+        return hi; /* chained in the largest class, as memcached's slabs_clsid */
     while (lo < hi) { /* first class whose size >= ntotal */
         int mid = (lo + hi) / 2;
         if (c->classes[mid].size >= ntotal)
@@ -308,7 +302,8 @@ static inline int in_evac(const struct slabclass *cls, const item *it)
     return cls->evac_page && p >= cls->evac_page && p < cls->evac_page + (size_t)cls->perslab * cls->size;
 }
 
-void slabs_free_locked(struct slabclass *cls, item *it)
+/* Class lock held: free one chunk (marked only, in the page being emptied). */
+static void chunk_free_locked(struct slabclass *cls, item *it)
 {
     if (in_evac(cls, it)) {
         atomic_store_explicit(&it->it_flags, ITEM_SLABBED, memory_order_relaxed);
@@ -316,6 +311,26 @@ void slabs_free_locked(struct slabclass *cls, item *it)
         return;
     }
     freelist_push(cls, it);
+}
+
+void slabs_chain_free_locked(struct slabclass *cls, item *it)
+{
+    if (!(atomic_load_explicit(&it->it_flags, memory_order_relaxed) & ITEM_CHAINED))
+        return;
+    item *k = ITEM_chain(it)->first;
+    while (k) {
+        item *next = k->next;
+        chunk_free_locked(cls, k);
+        k = next;
+    }
+    ITEM_chain(it)->first = NULL;
+    atomic_fetch_and_explicit(&it->it_flags, (uint16_t)~ITEM_CHAINED, memory_order_relaxed);
+}
+
+void slabs_free_locked(struct slabclass *cls, item *it)
+{
+    slabs_chain_free_locked(cls, it);
+    chunk_free_locked(cls, it);
 }
 
 int slabs_evac_claim_locked(struct slabclass *cls, item *it)

@@ -266,7 +266,7 @@ static void process_get(conn *c, const bin_req *rq, bool touch, bool with_key, b
         return;
     }
     /* The value without its "\r\n"; the queue takes over our reference. */
-    if (out_item(c, it, ITEM_value(it), vlen) < 0)
+    if (out_item(c, it, vlen) < 0)
         out_failed(c);
 }
 

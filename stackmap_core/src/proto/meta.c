@@ -634,7 +634,7 @@ void proto_meta_get(conn *c, sm_request *r)
     }
 
     if (meta_send(c, &l) && of.value) {
-        if (out_item(c, it, ITEM_value(it), it->nbytes) < 0) /* takes our reference */
+        if (out_item(c, it, it->nbytes) < 0) /* takes our reference */
             c->state = CONN_CLOSING;
     } else {
         cache_release(ca, it);

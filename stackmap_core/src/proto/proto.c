@@ -20,7 +20,7 @@
 void proto_begin_nread(conn *c, item *it)
 {
     c->nread_item = it;
-    c->nread_dst = ITEM_value(it);
+    c->nread_dst = item_seg_first(it, &c->nread_room, &c->nread_next);
     c->nread_left = it->nbytes;
     c->state = CONN_NREAD;
 }
@@ -35,12 +35,11 @@ void proto_begin_swallow(conn *c, uint64_t n)
 static void finish_nread(conn *c)
 {
     item *it = c->nread_item;
-    char *end = ITEM_value(it) + it->nbytes - 2;
+    char end[2];
     c->state = CONN_PARSE;
     if (c->pending.proto == PROTO_BINARY) { /* a binary value has no terminator: the item's is ours */
-        end[0] = '\r';
-        end[1] = '\n';
-    } else if (end[0] != '\r' || end[1] != '\n') {
+        item_value_write(it, it->nbytes - 2, "\r\n", 2);
+    } else if ((item_value_read(it, it->nbytes - 2, end, 2), end[0] != '\r' || end[1] != '\n')) {
         /* memcached counts the store attempt even when its data is bad. */
         SM_STAT_INC(c->worker->stats.slab[proto_cls(it->slabs_clsid)].set_cmds);
         cache_release(c->worker->cache, it);
@@ -318,11 +317,16 @@ size_t proto_process(conn *c, char *data, size_t len)
     c->resp_stack = false;
     while ((off < len || c->dump) && c->state != CONN_CLOSING) {
         if (c->state == CONN_NREAD) {
+            if (c->nread_room == 0) /* a chained item: on to its next chunk */
+                c->nread_dst = item_seg_next(&c->nread_next, &c->nread_room);
             size_t n = len - off;
             if (n > c->nread_left)
                 n = c->nread_left;
+            if (n > c->nread_room)
+                n = c->nread_room;
             memcpy(c->nread_dst, data + off, n);
             c->nread_dst += n;
+            c->nread_room -= (uint32_t)n;
             c->nread_left -= (uint32_t)n;
             off += n;
             if (c->nread_left == 0)

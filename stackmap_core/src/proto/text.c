@@ -157,7 +157,7 @@ static bool emit_value(conn *c, item *it, bool return_cas)
     *p++ = '\r';
     *p++ = '\n';
     out_commit(c, (size_t)(p - p0));
-    return out_item(c, it, ITEM_value(it), it->nbytes) == 0;
+    return out_item(c, it, it->nbytes) == 0;
 }
 
 /*
