@@ -170,6 +170,29 @@ def gets_many(sock: socket.socket, keys: list[bytes]) -> dict[bytes, tuple[int, 
     return out
 
 
+def snapshot_round_trip(args: list[str], items: list[tuple[bytes, int, int, bytes]]) -> None:
+    """Store ``items`` (key, flags, exptime, value) in a server started with ``args`` (which
+    name a ``--snapshot``), stop it, start another from the snapshot: every item comes back
+    with the same flags, CAS and bytes."""
+    keys = [k for k, _, _, _ in items]
+    first = start(args)
+    try:
+        with first.conn() as sock:
+            pipeline_sets(sock, items)
+            before = gets_many(sock, keys)
+        assert first.stop() == 0, first.log()
+    finally:
+        first.stop()
+    assert {k: v for k, (_, _, v) in before.items()} == {k: v for k, _, _, v in items}
+    second = start(args)
+    try:
+        with second.conn() as sock:
+            after = gets_many(sock, keys)
+    finally:
+        second.stop()
+    assert after == before
+
+
 @contextmanager
 def running(args: list[str] | None = None) -> Iterator[Proc]:
     """start(args) for the length of a with block (a fixture's body), then stop it."""

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 
 from conftest import MEMCACHED, Server
-from control_support import gets_many, pipeline_sets, start
+from control_support import snapshot_round_trip
 from mcbinary import GET, GETK, call, req
 from mcwire import stats
 
@@ -198,23 +198,7 @@ def test_snapshot_keeps_chained_values(tmp_path: Path) -> None:
     path = tmp_path / "cache.snap"
     args = ["-o", "slab_chunk_max=4096", "--snapshot", str(path)]
     items = [(b"s:%07d" % n, n, 0, pattern(n, n)) for n in (100, 4040, 11000, 65000, 500000)]
-    keys = [k for k, _, _, _ in items]
-    first = start(args)
-    try:
-        with first.conn() as sock:
-            pipeline_sets(sock, items)
-            before = gets_many(sock, keys)
-        assert first.stop() == 0, first.log()
-    finally:
-        first.stop()
-    assert {k: v for k, (_, _, v) in before.items()} == {k: v for k, _, _, v in items}
-    second = start(args)
-    try:
-        with second.conn() as sock:
-            after = gets_many(sock, keys)
-    finally:
-        second.stop()
-    assert after == before
+    snapshot_round_trip(args, items)
 
 
 def test_metadump_lists_chained_items_as_memcached(start_server, target) -> None:  # type: ignore[no-untyped-def]

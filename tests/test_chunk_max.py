@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MEMCACHED, Server
-from control_support import gets_many, pipeline_sets, start
+from control_support import snapshot_round_trip
 
 # An item's size in both servers: 56 bytes of header with CAS, the key, a NUL
 # and the value with its "\r\n" (flags 0: memcached adds no suffix).
@@ -87,21 +87,4 @@ def test_warm_restart_keeps_values_across_chunk_edges(tmp_path: Path) -> None:
     args = ["-o", "slab_chunk_max=4096", "--snapshot", str(path)]
     lengths = edge_lengths(4096, nkey=9)[:-1]  # not the one over -I
     items = [(b"e:%07d" % n, n, 0, pattern(n, n)) for n in lengths]
-    keys = [k for k, _, _, _ in items]
-    first = start(args)
-    try:
-        with first.conn() as sock:
-            pipeline_sets(sock, items)
-            before = gets_many(sock, keys)
-        assert first.stop() == 0, first.log()
-    finally:
-        first.stop()
-    assert len(before) == len(items)
-    assert {k: v for k, (_, _, v) in before.items()} == {k: v for k, _, _, v in items}
-    second = start(args)
-    try:
-        with second.conn() as sock:
-            after = gets_many(sock, keys)
-    finally:
-        second.stop()
-    assert after == before
+    snapshot_round_trip(args, items)

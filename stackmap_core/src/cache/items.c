@@ -236,7 +236,9 @@ item *cache_alloc(cache *c, const char *key, size_t nkey, uint32_t client_flags,
     return it;
 }
 
-void item_value_read(const item *it, uint32_t off, char *dst, uint32_t len)
+/* Copy len bytes between the value of it (from offset off) and buf, chunk by
+ * chunk: into buf when to_item is false, into the item when it is true. */
+static void item_value_copy(const item *it, uint32_t off, char *buf, uint32_t len, bool to_item)
 {
     const item *nx;
     uint32_t n;
@@ -246,28 +248,24 @@ void item_value_read(const item *it, uint32_t off, char *dst, uint32_t len)
             continue;
         }
         uint32_t m = n - off < len ? n - off : len;
-        memcpy(dst, p + off, m);
-        dst += m;
+        if (to_item)
+            memcpy(p + off, buf, m);
+        else
+            memcpy(buf, p + off, m);
+        buf += m;
         len -= m;
         off = 0;
     }
 }
 
+void item_value_read(const item *it, uint32_t off, char *dst, uint32_t len)
+{
+    item_value_copy(it, off, dst, len, false);
+}
+
 void item_value_write(item *it, uint32_t off, const char *src, uint32_t len)
 {
-    const item *nx;
-    uint32_t n;
-    for (char *p = item_seg_first(it, &n, &nx); p && len > 0; p = item_seg_next(&nx, &n)) {
-        if (off >= n) {
-            off -= n;
-            continue;
-        }
-        uint32_t m = n - off < len ? n - off : len;
-        memcpy(p + off, src, m);
-        src += m;
-        len -= m;
-        off = 0;
-    }
+    item_value_copy(it, off, (char *)src, len, true);
 }
 
 void cache_release(cache *c, item *it)
