@@ -34,8 +34,7 @@
  *  - "verbosity" clamps to 2;
  *  - an unknown command whose line looks like HTTP closes the connection
  *    (looks_like_http below).
- * Not implemented (answered "ERROR"): slabs,
- * stats sizes_enable/sizes_disable.
+ * Not implemented (answered "ERROR"): stats sizes_enable/sizes_disable.
  */
 #include "proto.h"
 
