@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         " slices (--duration seconds of slices per side)",
     )
     p.add_argument(
+        "--cpus",
+        default=None,
+        metavar="LIST",
+        help="--corun/--tslice: pin both servers and their clients to these CPUs (e.g. 0,1 with"
+        " --server-threads 2 --client-threads 2: a worker per vCPU); default --server-cpu",
+    )
+    p.add_argument(
         "--slice",
         type=float,
         default=None,
@@ -359,7 +366,8 @@ def _same_cpu_ab(
     with tempfile.TemporaryDirectory(prefix=f"loadtest-{mode}-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        common = (others, baseline, topts, base_topts, workload, args.values, concurrency, args.server_cpu)
+        cpus = args.cpus or str(args.server_cpu)
+        common = (others, baseline, topts, base_topts, workload, args.values, concurrency, cpus)
         if args.tslice:
             meta["slice_s"] = args.slice
             records = tslice.run(*common, args.slice, reps, work, progress)
@@ -448,6 +456,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{same_cpu} needs --generator memaslap, --pin same and the baseline among --targets")
     if args.slice is not None and not args.tslice:
         parser.error("--slice needs --tslice")
+    if args.cpus is not None and not same_cpu:
+        parser.error("--cpus needs --corun or --tslice")
+    if args.cpus is not None:
+        try:
+            wanted = [int(x) for x in args.cpus.split(",")]
+        except ValueError:
+            parser.error(f"--cpus takes a comma list of CPU numbers: {args.cpus!r}")
+        bad = sorted(set(wanted) - os.sched_getaffinity(0))
+        if bad or len(set(wanted)) != len(wanted):
+            parser.error(f"--cpus {args.cpus}: CPUs {bad} are not available, or one is listed twice")
+        args.cpus = ",".join(str(x) for x in wanted)
     args.slice = DEFAULT_SLICE_S if args.slice is None else args.slice
     if not 0 < args.slice <= duration:
         parser.error("--slice must be more than 0 seconds and at most --duration")

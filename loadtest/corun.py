@@ -44,7 +44,7 @@ def corun_once(
     workload: Workload,
     value_size: int,
     concurrency: int,
-    cpu: int,
+    cpu: str,
     config: Path,
     ports: PortPicker,
     workdir: Path,
@@ -107,7 +107,7 @@ def run(
     workload: Workload,
     values: list[int],
     concurrency: int,
-    cpu: int,
+    cpu: str,
     reps: int,
     workdir: Path,
     progress: Callable[[int, int, str], None],
@@ -159,9 +159,10 @@ def markdown(records: list[CorunRecord], command: str, duration_s: int, host: st
             f" | {samecpu.spread([r.baseline_cpu_us_per_op or 0.0 for r in rs], '.2f')}"
             f" | {samecpu.ratio_cell([r.ratio or 0.0 for r in rs])} | {len(rs)} |"
         )
+    where = "one vCPU" if "," not in ok[0].cpu else f"the same vCPUs ({ok[0].cpu})"
     method = (
         "Each run starts the target and the baseline afresh and runs one memaslap against each at the"
-        " same time, all four pinned to one vCPU, so host phases hit both servers alike; cells are"
+        f" same time, all four pinned to {where}, so host phases hit both servers alike; cells are"
         " median (min–max) over the runs, the ratio is the median of the per-run ratios. Only CPU per"
         " request is compared (throughput there reflects the scheduler's fair share)."
     )

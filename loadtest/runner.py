@@ -54,8 +54,8 @@ class Pinning:
     """Where server and client run: the same CPU ("same") or two CPUs ("split")."""
 
     mode: str  # "same" or "split"
-    server_cpu: int  # CPU the server is pinned to
-    client_cpu: int  # CPU the load generator is pinned to
+    server_cpu: int | str  # CPU the server is pinned to (a list "0,1" in --tslice/--corun)
+    client_cpu: int | str  # CPU the load generator is pinned to
 
 
 @dataclass(frozen=True)

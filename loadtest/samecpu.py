@@ -24,13 +24,14 @@ from loadtest.targets import PortPicker, Server, Target, TargetOptions
 
 @dataclass
 class PairRecord:
-    """One measurement of a target against the baseline on one vCPU."""
+    """One measurement of a target against the baseline on one vCPU (or one set of them:
+    ``--server-cpu 0,1`` with ``-t 2`` servers and ``--client-threads 2``)."""
 
     target: str  # the target measured
     baseline: str  # the target it was compared with
     value_size: int  # bytes per value
     concurrency: int  # memaslap connections per client
-    cpu: int  # the one vCPU everything ran on
+    cpu: str  # the vCPUs everything ran on, as taskset -c takes them ("0", "0,1")
     rep: int  # repetition, from 0
     target_ops: int = 0  # requests the target counted (while measured)
     baseline_ops: int = 0  # requests the baseline counted (while measured)
@@ -55,12 +56,13 @@ def start_servers(
     baseline: Target,
     topts: TargetOptions,
     base_topts: TargetOptions,
-    cpu: int,
+    cpu: str,
     ports: PortPicker,
     workdir: Path,
     tag: str,
 ) -> tuple[Server, Server]:
-    """Target and baseline, both pinned to ``cpu``, each on a fresh port (not yet ready)."""
+    """Target and baseline, both pinned to ``cpu`` (a taskset CPU list), each on a fresh
+    port (not yet ready)."""
     pt, pb = ports.next(), ports.next()
     st = Server(target.argv(topts, pt), cpu, pt, workdir / f"{tag}-target.log")
     try:
@@ -96,10 +98,15 @@ def ops_between(before: dict[str, int] | None, after: dict[str, int] | None) -> 
     return sum(after[k] - before[k] for k in ("cmd_get", "cmd_set"))
 
 
-def foreign_cpu_s(before: procstat.CpuSnapshot, after: procstat.CpuSnapshot, cpu: int) -> float:
+def cpu_list(cpu: str) -> set[int]:
+    """The CPUs of a taskset-style list of numbers ("0", "0,1")."""
+    return {int(x) for x in cpu.split(",")}
+
+
+def foreign_cpu_s(before: procstat.CpuSnapshot, after: procstat.CpuSnapshot, cpu: str) -> float:
     """Busy CPU time between two snapshots on the CPUs other than ``cpu``, where the
     servers and clients were pinned: whatever they did not use is foreign."""
-    d = procstat.delta(before, after, {cpu})
+    d = procstat.delta(before, after, cpu_list(cpu))
     return max(0.0, d.busy_total - d.busy_on)
 
 

@@ -214,7 +214,7 @@ def server_command_counts(port: int, timeout: float = 2.0) -> dict[str, int] | N
 class Server:
     """A running, CPU-pinned server process (``taskset`` execs it: same PID)."""
 
-    def __init__(self, argv: list[str], cpu: int, port: int, log_path: Path) -> None:
+    def __init__(self, argv: list[str], cpu: int | str, port: int, log_path: Path) -> None:
         self.argv = ["taskset", "-c", str(cpu), *argv]
         self.port = port
         self.log_path = log_path

@@ -109,7 +109,7 @@ def tslice_once(
     workload: Workload,
     value_size: int,
     concurrency: int,
-    cpu: int,
+    cpu: str,
     slice_s: float,
     config: Path,
     ports: PortPicker,
@@ -178,7 +178,7 @@ def run(
     workload: Workload,
     values: list[int],
     concurrency: int,
-    cpu: int,
+    cpu: str,
     slice_s: float,
     reps: int,
     workdir: Path,
@@ -238,11 +238,12 @@ def markdown(records: list[TsliceRecord], command: str, duration_s: int, host: s
             f" | {samecpu.spread([(r.baseline_ops_per_s or 0.0) / 1000 for r in rs], '.1f')}"
             f" | {samecpu.ratio_cell([r.throughput_ratio or 0.0 for r in rs])} | {len(rs)} |"
         )
+    where = "one vCPU" if "," not in first.cpu else f"the same vCPUs ({first.cpu})"
     method = (
-        "Each run starts the target and the baseline afresh, both pinned to one vCPU with one memaslap"
+        f"Each run starts the target and the baseline afresh, both pinned to {where} with one memaslap"
         " each; only one memaslap runs at a time (the other is stopped with SIGSTOP) and they swap"
         f" every {first.slice_s:g} s, the next resumed before the current is stopped, so in each slice"
-        " one server and its client own the vCPU, as in an alternated run, while host phases fall on"
+        f" one server and its client own {where}, as in an alternated run, while host phases fall on"
         f" both sides alike. After {WARMUP_S:g} s of warm-up per side, each server's CPU (/proc) and"
         " requests (its stats) are summed over its own slices only. Cells are median (min–max) over"
         " the runs, ratios the median of the per-run ratios (throughput included: in a slice one pair"

@@ -386,6 +386,30 @@ def test_perfcat_groups_a_report() -> None:
     }
 
 
+def test_quick_tslice_on_two_cpus(tmp_path: Path) -> None:
+    """--cpus 0,1: both servers with two workers and both memaslaps with two threads pinned
+    to the two vCPUs, still taking turns a slice at a time (no figure judged)."""
+    if not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("needs CPUs 0 and 1")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / "tslice2.json"
+    cmd = [sys.executable, "-m", "loadtest", "--tslice", "--targets", "memcached,stackmapd-epoll", "--values", "64"]
+    cmd += ["--cpus", "0,1", "--server-threads", "2", "--client-threads", "2"]
+    cmd += ["--duration", "2", "--reps", "1", "--slice", "0.5", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (r,) = json.loads(out.read_text())["tslice"]
+    assert r["error"] is None and r["cpu"] == "0,1"
+    assert r["target_argv"][:3] == r["baseline_argv"][:3] == ["taskset", "-c", "0,1"]
+    assert "-t" in r["target_argv"] and r["target_argv"][r["target_argv"].index("-t") + 1] == "2"
+    assert r["target_ops"] > 1000 and r["baseline_ops"] > 1000
+    assert "the same vCPUs (0,1)" in proc.stdout
+    bad = subprocess.run([*cmd[:3], "--cpus", "0,1"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--cpus needs --corun or --tslice" in bad.stderr
+    bad = subprocess.run([*cmd[:4], "--cpus", "0,x"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "comma list of CPU numbers" in bad.stderr
+
+
 def test_tslice_argument_checks() -> None:
     """--tslice excludes --corun and needs what a co-run needs; --slice must be positive."""
     base = [sys.executable, "-m", "loadtest", "--tslice"]
