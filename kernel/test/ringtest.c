@@ -132,6 +132,7 @@ static bool zc_mode;			/* echo with F_ZC, buffer swaps */
 #define ZC_MAXBUFS 4096
 static bool lent[ZC_MAXBUFS];		/* buffer reported F_LOAN, not back */
 static int lent_fd[ZC_MAXBUFS];		/* ... to which connection */
+static long lent_seq[ZC_MAXBUFS];	/* ... as which loan (zcnt.loans then) */
 static uint32_t pool[ZC_MAXBUFS];	/* spare buffers (not in any slot) */
 static uint32_t npool;
 static struct {
@@ -409,6 +410,7 @@ static void tx_results(void)
 			lent[bidx] = true;
 			lent_fd[bidx] = fd;
 			zcnt.loans++;
+			lent_seq[bidx] = zcnt.loans;
 			/* Swap at once: the lent buffer must be in no slot when
 			 * the done ring gives it back to the pool.  (It may
 			 * still be read: the AGAIN remainder below.) */
@@ -536,7 +538,13 @@ static int server_step(int wait_ms)
 
 static uint16_t lport;	/* the listener's port */
 
-static int connect_lo(void)
+/*
+ * A client socket connected to the test listener.  @rcvbuf > 0: that
+ * receive buffer, set before connecting, so that the window the handshake
+ * announces is already that small (set afterwards, the window announced
+ * from the default buffer stays open: Linux does not shrink a window).
+ */
+static int connect_lo_rcvbuf(int rcvbuf)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(lport) };
 	struct timeval tv = { .tv_sec = CLIENT_TIMEOUT_S };
@@ -544,6 +552,8 @@ static int connect_lo(void)
 
 	if (fd < 0)
 		return -1;
+	if (rcvbuf > 0)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
@@ -552,6 +562,11 @@ static int connect_lo(void)
 		return -1;
 	}
 	return fd;
+}
+
+static int connect_lo(void)
+{
+	return connect_lo_rcvbuf(0);
 }
 
 static int write_full(int fd, const void *p, size_t n)
@@ -1315,7 +1330,7 @@ static int run_zc_checker(void *a)
 static int run_zc_victim(void *a)
 {
 	uint8_t *out = malloc(ZC_BYTES), buf[65536];
-	int fd = connect_lo(), small = 16384;
+	int fd = connect_lo_rcvbuf(16384);
 	size_t got = 0;
 	ssize_t r;
 	char c = 'r';
@@ -1325,7 +1340,6 @@ static int run_zc_victim(void *a)
 	close(zc_go[1]);
 	if (!out || fd < 0)
 		return 80;
-	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
 	fill_pattern(out, ZC_BYTES, 12);
 	if (write_full(fd, out, ZC_BYTES) || write(zc_ready[1], &c, 1) != 1 ||
 	    read(zc_go[0], &c, 1) != 1)
@@ -1358,12 +1372,24 @@ static int zc_busiest(int not)
 }
 
 /* A buffer lent to @fd, or UINT32_MAX. */
+/*
+ * A buffer still lent to connection @fd: the one lent last.  The victim's
+ * window is small from its handshake on (connect_lo_rcvbuf), so the first
+ * of what it is sent is delivered and acknowledged -- those loans end, on
+ * loopback the stack copies what it delivers -- and the rest waits unsent
+ * in the send queue, lent, while the victim does not read.  Loans that
+ * ended are published at the next sync, so this cannot see them; the last
+ * loan is in that unsent tail.  The done ring is reaped first all the same.
+ */
 static uint32_t zc_lent_buf(int fd)
 {
+	uint32_t best = UINT32_MAX;
+
+	done_reap();
 	for (uint32_t i = 0; i < ZC_MAXBUFS; i++)
-		if (lent[i] && lent_fd[i] == fd)
-			return i;
-	return UINT32_MAX;
+		if (lent[i] && lent_fd[i] == fd && (best == UINT32_MAX || lent_seq[i] > lent_seq[best]))
+			best = i;
+	return best;
 }
 
 static void zc_phase(void)
