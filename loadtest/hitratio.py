@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,15 @@ from typing import Any
 from loadtest import procstat, workloads
 from loadtest.host import host_line
 from loadtest.replay import ReplayError, replay
-from loadtest.targets import HOST, PortPicker, Server, ServerError, Target, TargetOptions, server_stats
+from loadtest.targets import (
+    PortPicker,
+    Server,
+    ServerError,
+    Target,
+    TargetOptions,
+    server_request,
+    server_stats,
+)
 
 # Equal windows of requests over which the hit ratio is plotted.
 WINDOWS = 20
@@ -132,14 +139,7 @@ def crawl_all(port: int, timeout_s: float = CRAWL_TIMEOUT_S) -> tuple[dict[str, 
     t0 = time.monotonic()
     deadline = t0 + timeout_s
     while True:
-        with socket.create_connection((HOST, port), timeout=5) as s:
-            s.sendall(b"lru_crawler crawl all\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
+        reply = server_request(port, b"lru_crawler crawl all\r\n", (b"\r\n",), timeout=5)
         if reply == b"OK\r\n":
             break
         # BUSY: the crawler is on a crawl of its own schedule; ask again when it is done.

@@ -177,6 +177,24 @@ def _answers_version(port: int, timeout: float) -> bool:
         return False
 
 
+def _reply(s: socket.socket, ends: tuple[bytes, ...]) -> bytes:
+    """Read one reply: until it ends with one of ``ends`` or the server closes."""
+    got = b""
+    while not got.endswith(ends):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def server_request(port: int, line: bytes, ends: tuple[bytes, ...], timeout: float = 2.0) -> bytes:
+    """One command on a fresh connection, and its reply (OSError on failure)."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(line)
+        return _reply(s, ends)
+
+
 def server_stats(port: int, timeout: float = 2.0) -> dict[str, int] | None:
     """Every integer ``STAT name value`` of the server's ``stats`` and, from
     stackmapd, ``stats backend`` (syscalls, uring_*; memcached answers it
@@ -186,13 +204,7 @@ def server_stats(port: int, timeout: float = 2.0) -> dict[str, int] | None:
             data = b""
             for cmd in (b"stats\r\n", b"stats backend\r\n"):
                 s.sendall(cmd)
-                got = b""
-                while not got.endswith((b"END\r\n", b"ERROR\r\n")):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    got += chunk
-                data += got
+                data += _reply(s, (b"END\r\n", b"ERROR\r\n"))
     except OSError:
         return None
     stats: dict[str, int] = {}

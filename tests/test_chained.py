@@ -18,7 +18,7 @@ from pathlib import Path
 from conftest import MEMCACHED, Server
 from control_support import snapshot_round_trip
 from mcbinary import GET, GETK, call, req
-from mcwire import stats
+from mcwire import Wire, stats
 
 CHUNK_MAX = ["-o", "slab_chunk_max=4096"]
 # Values around where memcached's chains start (4096 - 56 - 1 - 2 - len("k")),
@@ -30,6 +30,18 @@ def pattern(n: int, salt: int) -> bytes:
     """n bytes that do not repeat within a chunk, so a misplaced piece shows."""
     out = b":".join(b"%d" % (i * 7 + salt) for i in range(n // 2 + 2))
     return out[:n]
+
+
+def intact_hits(w: Wire, prefix: bytes, sizes: list[int]) -> int:
+    """get prefix0, prefix1, ...: how many are still there, each checked byte for byte
+    against pattern(size, i)."""
+    hits = 0
+    for i, size in enumerate(sizes):
+        r = w.request(b"get %s%d\r\n" % (prefix, i), (b"END\r\n",))
+        if r != b"END\r\n":
+            assert r == b"VALUE %s%d 0 %d\r\n%s\r\nEND\r\n" % (prefix, i, size, pattern(size, i))
+            hits += 1
+    return hits
 
 
 def text_session(srv: Server) -> list[bytes]:
@@ -126,13 +138,7 @@ def test_chained_eviction_under_pressure(start_server, target) -> None:  # type:
         for i in range(n):
             size = 500 if i % 3 == 0 else 5000 + (i * 37) % 15000
             assert w.request(b"set e%d 0 0 %d\r\n%s\r\n" % (i, size, pattern(size, i))) == b"STORED\r\n"
-        hits = 0
-        for i in range(n):
-            size = 500 if i % 3 == 0 else 5000 + (i * 37) % 15000
-            r = w.request(b"get e%d\r\n" % i, (b"END\r\n",))
-            if r != b"END\r\n":
-                assert r == b"VALUE e%d 0 %d\r\n%s\r\nEND\r\n" % (i, size, pattern(size, i))
-                hits += 1
+        hits = intact_hits(w, b"e", [500 if i % 3 == 0 else 5000 + (i * 37) % 15000 for i in range(n)])
     g = stats(srv.host, srv.port)
     assert int(g["evictions"]) > 0
     assert hits > 300
@@ -250,12 +256,7 @@ def test_chained_eviction_s3fifo(start_server, target) -> None:  # type: ignore[
     with srv.wire(timeout=60) as w:
         for i in range(2000):
             assert w.request(b"set e%d 0 0 11000\r\n%s\r\n" % (i, pattern(11000, i))) == b"STORED\r\n"
-        hits = 0
-        for i in range(2000):
-            r = w.request(b"get e%d\r\n" % i, (b"END\r\n",))
-            if r != b"END\r\n":
-                assert r == b"VALUE e%d 0 11000\r\n%s\r\nEND\r\n" % (i, pattern(11000, i))
-                hits += 1
+        hits = intact_hits(w, b"e", [11000] * 2000)
     assert hits > 300
     assert int(stats(srv.host, srv.port)["evictions"]) > 0
 
@@ -292,10 +293,5 @@ def test_memlimit_shrink_moves_chains(start_server, target) -> None:  # type: ig
                 break
             threading.Event().wait(0.05)
         assert int(stats(srv.host, srv.port, "slabs")["total_malloced"]) <= 16 * 1024 * 1024
-        hits = 0
-        for i in range(4000):
-            r = w.request(b"get y%d\r\n" % i, (b"END\r\n",))
-            if r != b"END\r\n":
-                assert r == b"VALUE y%d 0 11000\r\n%s\r\nEND\r\n" % (i, pattern(11000, i))
-                hits += 1
+        hits = intact_hits(w, b"y", [11000] * 4000)
     assert 0 < hits < 4000

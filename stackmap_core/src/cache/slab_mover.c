@@ -241,20 +241,50 @@ static void copy_item(const struct slabclass *cls, item *n, const item *it, uint
 }
 
 /*
- * Source class lock held: a body chunk of a chained item (memcached's chunk
- * rescue).  Its head is of the same class, so it cannot be freed under us;
- * the chunk is copied to a free chunk and put in its place in the chain
- * only when the head is linked, its stripe free and no reader holds it
- * (a response may be sending from the chunk); else it is busy, as an item
- * would be.  With no free chunk the whole item is evicted.
+ * Class lock and the head's stripe held, the head linked and unread: copy
+ * body chunk k of its chain into free chunk n and put n in k's place
+ * (memcached's chunk rescue).
  */
-static int move_body_chunk(cache *c, struct slabclass *cls, item *k, uint32_t passes, rel_time_t now)
+static void rescue_body_chunk(struct slabclass *cls, item *head, item *k, item *n)
 {
-    item *head = k->h_next;
+    memcpy(n, k, offsetof(item, refcount)); /* h_next (the head), links, nbytes */
+    atomic_store_explicit(&n->refcount, 1, memory_order_relaxed);
+    n->slabs_clsid = k->slabs_clsid;
+    ST(n->nkey, 0);
+    memcpy(n->data, k->data, k->nbytes);
+    atomic_store(&n->it_flags, ITEM_CHUNK);
+    if (n->prev)
+        n->prev->next = n;
+    else
+        ITEM_chain(head)->first = n;
+    if (n->next)
+        n->next->prev = n;
+    atomic_store(&k->refcount, 0);
+    slabs_free_locked(cls, k); /* marked free, not listed */
+}
+
+/*
+ * Source class lock held: empty one chunk of the page, or say it is busy.
+ * A body chunk of a chained item (ITEM_CHUNK) is settled through its head,
+ * which is of the same class and so cannot be freed under us: the head's
+ * link, stripe and readers decide, exactly as for an item, and a rescue
+ * copies just the chunk (a response may be sending from it, hence the
+ * head's readers count).
+ */
+static int move_chunk(cache *c, struct slabclass *cls, item *it, uint32_t passes, rel_time_t now)
+{
+    uint16_t fl = atomic_load(&it->it_flags);
+    if (fl & ITEM_SLABBED)
+        return CHUNK_DONE; /* free: unlisted by slabs_evac_begin_locked, or freed since */
+    item *head = (fl & ITEM_CHUNK) ? it->h_next : it;
     if (!(atomic_load(&head->it_flags) & ITEM_LINKED)) {
-        bump(&c->mst.busy_items); /* being filled, or unlinked and held: its release frees it */
+        /* Being filled by a store, or unlinked with a reader still holding
+         * it: its link brings it back here, its release marks it free. */
+        bump(&c->mst.busy_items);
         return CHUNK_BUSY;
     }
+    /* Linked: its key cannot change while we hold the class lock (an
+     * unlink or a free needs it). */
     uint32_t hv = cache_hash(ITEM_key(head), head->nkey);
     stripe_lock *m = stripe_of(c, hv);
     if (!stripe_trylock(m)) {
@@ -265,90 +295,28 @@ static int move_body_chunk(cache *c, struct slabclass *cls, item *k, uint32_t pa
     if (!(atomic_load(&head->it_flags) & ITEM_LINKED)) {
         ret = CHUNK_BUSY;
     } else if (atomic_load(&head->refcount) != 1) {
+        /* A reader holds it (a response in flight): never move it under them. */
         bump(&c->mst.busy_items);
         if (passes > MAX_BUSY_PASSES) {
-            item_unlink_classlocked(c, cls, head, hv);
+            item_unlink_classlocked(c, cls, head, hv); /* the last release frees it */
             bump(&c->mst.busy_deletes);
         }
         ret = CHUNK_BUSY;
     } else if (item_is_dead(c, head, now, NULL)) {
+        uint16_t f = atomic_load(&head->it_flags);
         cls->st.reclaimed++;
-        if (!(atomic_load(&head->it_flags) & ITEM_FETCHED))
+        if (!(f & ITEM_FETCHED))
             cls->st.expired_unfetched++;
-        item_unlink_classlocked(c, cls, head, hv); /* frees the chain: this chunk is marked free */
+        item_unlink_classlocked(c, cls, head, hv); /* refcount 0: marked free (in the page), chain too */
         bump(&c->mst.inline_reclaim);
     } else {
         item *n = slabs_alloc_nonew_locked(cls);
         if (!n) {
             item_unlink_classlocked(c, cls, head, hv);
             bump(&c->mst.evictions_nomem);
-        } else {
-            memcpy(n, k, offsetof(item, refcount)); /* h_next (the head), links, nbytes */
-            atomic_store_explicit(&n->refcount, 1, memory_order_relaxed);
-            n->slabs_clsid = k->slabs_clsid;
-            ST(n->nkey, 0);
-            memcpy(n->data, k->data, k->nbytes);
-            atomic_store(&n->it_flags, ITEM_CHUNK);
-            if (n->prev)
-                n->prev->next = n;
-            else
-                ITEM_chain(head)->first = n;
-            if (n->next)
-                n->next->prev = n;
-            atomic_store(&k->refcount, 0);
-            slabs_free_locked(cls, k); /* marked free, not listed */
+        } else if (head != it) {
+            rescue_body_chunk(cls, head, it, n);
             bump(&c->mst.chunk_rescues);
-        }
-    }
-    stripe_unlock(m);
-    return ret;
-}
-
-/* Source class lock held: empty one chunk of the page, or say it is busy. */
-static int move_chunk(cache *c, struct slabclass *cls, item *it, uint32_t passes, rel_time_t now)
-{
-    uint16_t fl = atomic_load(&it->it_flags);
-    if (fl & ITEM_SLABBED)
-        return CHUNK_DONE; /* free: unlisted by slabs_evac_begin_locked, or freed since */
-    if (fl & ITEM_CHUNK)
-        return move_body_chunk(c, cls, it, passes, now);
-    if (!(fl & ITEM_LINKED)) {
-        /* Being filled by a store, or unlinked with a reader still holding
-         * it: its link brings it back here, its release marks it free. */
-        bump(&c->mst.busy_items);
-        return CHUNK_BUSY;
-    }
-    /* Linked: its key cannot change while we hold the class lock (an
-     * unlink or a free needs it). */
-    uint32_t hv = cache_hash(ITEM_key(it), it->nkey);
-    stripe_lock *m = stripe_of(c, hv);
-    if (!stripe_trylock(m)) {
-        bump(&c->mst.busy_items);
-        return CHUNK_BUSY;
-    }
-    int ret = CHUNK_DONE;
-    if (!(atomic_load(&it->it_flags) & ITEM_LINKED)) {
-        ret = CHUNK_BUSY;
-    } else if (atomic_load(&it->refcount) != 1) {
-        /* A reader holds it (a response in flight): never move it under them. */
-        bump(&c->mst.busy_items);
-        if (passes > MAX_BUSY_PASSES) {
-            item_unlink_classlocked(c, cls, it, hv); /* the last release frees it */
-            bump(&c->mst.busy_deletes);
-        }
-        ret = CHUNK_BUSY;
-    } else if (item_is_dead(c, it, now, NULL)) {
-        uint16_t f = atomic_load(&it->it_flags);
-        cls->st.reclaimed++;
-        if (!(f & ITEM_FETCHED))
-            cls->st.expired_unfetched++;
-        item_unlink_classlocked(c, cls, it, hv); /* refcount 0: marked free (in the page) */
-        bump(&c->mst.inline_reclaim);
-    } else {
-        item *n = slabs_alloc_nonew_locked(cls);
-        if (!n) {
-            item_unlink_classlocked(c, cls, it, hv);
-            bump(&c->mst.evictions_nomem);
         } else {
             /* Nobody else can reach it: we hold its stripe, and its only
              * reference is the hash table's. */

@@ -85,7 +85,7 @@ int slabs_init(cache *c)
     int i = 1;
     size_t prev = 0;
     for (; i < SM_MAX_SLAB_CLASSES - 1 && prev < chunk_max; i++) {
-        if (prev < chunk_max && ((double)size >= chunk_max / factor || i == MEMCACHED_LAST_CLASS)) {
+        if ((double)size >= chunk_max / factor || i == MEMCACHED_LAST_CLASS) {
             size = chunk_max; /* memcached's largest class, exactly */
         } else {
             size = (size + 7) & ~(size_t)7;
