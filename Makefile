@@ -146,8 +146,18 @@ run: apt-build
 # are made once, as in a plain `pytest tests`): most tests wait on servers,
 # sleeps and TTLs rather than burn CPU, so 4 workers on 2 cores take well
 # under half the time of one.  Each worker starts its servers on ports of
-# its own (tests/ports.py).  The tests marked `serial` measure how a server
-# shares a CPU and run afterwards, alone.
+# its own (tests/ports.py).
+#
+# Beside it, in a second lane, the guests boot one after another under qemu
+# TCG (test-guests: the test VM, our kernels' ring tests, the appliance
+# image; their lines start with "[guests] ").  The workers use about one of
+# two cores and a TCG guest about one, so the lanes together take little
+# more than the longer of them, where one after the other they took the sum
+# (measured in .ci/run's header).  Only the guest lane runs apt-get (the VM
+# tools, the kernel build packages, the image's tools), so the two never
+# wait on dpkg's lock; the guests forward ports the kernel picks (bind 0, in
+# the ephemeral range), which the workers' port slices stay below.  The
+# tests marked `serial` measure how a server shares a CPU and run last, alone.
 TEST_JOBS ?= 4
 PYTEST_PARALLEL = $(VENV)/bin/pytest -q -rs -n $(TEST_JOBS) --dist loadfile -m 'not serial'
 PYTEST_SERIAL = $(VENV)/bin/pytest -q -rs -m serial
@@ -157,11 +167,23 @@ test: apt-test
 	@$(MAKE) --no-print-directory $(STAMP_PKG) build/test_cache
 	./build/test_cache
 	$(VENV)/bin/ruff check .
-	$(PYTEST_PARALLEL) tests
+	@$(MAKE) --no-print-directory -j2 test-suite test-guests
 	$(PYTEST_SERIAL) tests
-	@$(MAKE) --no-print-directory vm-test
-	@$(MAKE) --no-print-directory kernel-test
-	@$(MAKE) --no-print-directory appliance-test
+
+.PHONY: test-suite test-guests
+# tests/vm/ is the guest lane's: its tests run against a guest that is up
+# (build/vm/run/vm.env) and skip otherwise, so beside the guest lane they
+# would test its VM a second time, at once.
+test-suite:
+	$(PYTEST_PARALLEL) --ignore=tests/vm tests
+
+# pipefail (bash): the lane fails when a guest test does, not with sed;
+# unbuffered Python: what a guest test printed is in the log even when a
+# time limit kills the lane.
+test-guests:
+	@bash -c 'set -o pipefail; export PYTHONUNBUFFERED=1; { $(MAKE) --no-print-directory vm-test && \
+	  $(MAKE) --no-print-directory kernel-test && \
+	  $(MAKE) --no-print-directory appliance-test; } 2>&1 | sed -u "s/^/[guests] /"'
 
 # memcached 1.6.18's own t/ files against stackmapd (epoll and uring), alone;
 # `make test` runs them too.  build/mctest/ is memcached's harness's build

@@ -1215,9 +1215,16 @@ static void test_stress(void)
     for (int i = 0; i < b->n; i++)
         if (strstr(b->name[i], ":outofmemory"))
             oom += strtoull(b->value[i], NULL, 10);
-    /* every class always has an unreferenced item to evict: nothing pins
-     * them (queued COLD hits once held references and pinned whole classes) */
-    CHECK(oom == 0);
+    /* Nothing pins a class (queued COLD hits once held references and
+     * pinned whole classes: then every store to the class fails, thousands
+     * in a run).  A store may still fail now and then, as memcached's does:
+     * when the tail items it tries are being read by other threads through
+     * all ALLOC_RETRIES of its tries (once in ~5 million operations on a
+     * loaded 2-core host, ASan build).  So: at most one failure per 100,000
+     * operations, and once the threads are gone every class stores again. */
+    CHECK(oom * 100000 <= ops);
+    for (size_t vl = 1; vl < 560; vl += 8)
+        CHECK(put(c, "post", filler, vl, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
     b = stats_of(c, "general");
     printf("stress walker: %llu passes, %llu items shown\n", (unsigned long long)wa.passes,
            (unsigned long long)wa.shown);
