@@ -124,6 +124,18 @@ TARGETS: dict[str, Target] = {
             lambda o: o.stackmapd,
         ),
         Target(
+            "stackmapd-uring-sqpoll",
+            "stackmapd --backend uring -o uring_sqpoll=1 (a kernel thread polls the submission queue)",
+            _stackmapd_argv("uring", ("-o", "uring_sqpoll=1")),
+            lambda o: o.stackmapd,
+        ),
+        Target(
+            "stackmapd-uring-zc",
+            "stackmapd --backend uring -o uring_zc_threshold=16k (zero-copy sends of 16 KiB and more)",
+            _stackmapd_argv("uring", ("-o", "uring_zc_threshold=16k")),
+            lambda o: o.stackmapd,
+        ),
+        Target(
             "stackmapd-stackmap",
             "stackmapd --backend stackmap (needs /dev/stackmap: our kernel module, e.g. in the test VM)",
             _stackmapd_argv("stackmap"),

@@ -531,3 +531,27 @@ def test_server_stats_reads_the_backend_group(start_server) -> None:  # type: ig
     assert ours is not None and "cmd_get" in ours and ours["syscalls"] > 0 and "uring_submits" in ours
     ref = server_stats(start_server(MEMCACHED, []).port)
     assert ref is not None and "cmd_get" in ref and "syscalls" not in ref
+
+
+@pytest.mark.parametrize(
+    ("name", "setting"),
+    [("stackmapd-uring-sqpoll", b"STAT uring_sqpoll yes\r\n"),
+     ("stackmapd-uring-zc", b"STAT uring_zc_threshold 16384\r\n")],
+)
+def test_option_targets_start_servers_with_their_option(tmp_path: Path, name: str, setting: bytes) -> None:
+    """The targets that A/B one uring option against stackmapd-uring start a uring server
+    with that option in effect (its ``stats settings`` says so); stackmapd-uring has not."""
+    from ports import free_port
+
+    from loadtest.targets import TARGETS, Server, TargetOptions, default_stackmapd, server_request
+
+    opts = TargetOptions(memcached="/usr/bin/memcached", stackmapd=default_stackmapd(), memory_mb=64, threads=1)
+    for target, present in ((name, True), ("stackmapd-uring", False)):
+        port = free_port()
+        server = Server(TARGETS[target].argv(opts, port), 0, port, tmp_path / f"{target}.log")
+        try:
+            server.wait_ready(20)
+            settings = server_request(port, b"stats settings\r\n", (b"END\r\n",))
+        finally:
+            server.stop()
+        assert (setting in settings) is present, (target, settings.decode(errors="replace"))
