@@ -1147,6 +1147,16 @@ static void *walker_main(void *p)
     return NULL;
 }
 
+/* Store @key once at every value size the stress uses (1..559 bytes, step 8):
+ * one item in each of their classes. */
+static void store_every_stress_size(cache *c, const char *key)
+{
+    char filler[560];
+    memset(filler, 'p', sizeof(filler));
+    for (size_t vl = 1; vl < sizeof(filler); vl += 8)
+        CHECK(put(c, key, filler, vl, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+}
+
 static void test_stress(void)
 {
     uint32_t page = 64 << 10;
@@ -1154,11 +1164,7 @@ static void test_stress(void)
     cache *c = mk(limit, page, 8);
     /* Give every class the stress uses its first page up front, so the
      * over-the-limit first-page rule cannot apply during the run. */
-    char filler[700];
-    memset(filler, 'p', sizeof(filler));
-    for (size_t vl = 1; vl < 560; vl += 8) {
-        CHECK(put(c, "pre", filler, vl, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
-    }
+    store_every_stress_size(c, "pre");
     del(c, "pre", 0, 0, 0);
     CHECK(cache_test_mem_malloced(c) <= limit);
     CHECK(cache_start(c) == 0);
@@ -1223,8 +1229,7 @@ static void test_stress(void)
      * loaded 2-core host, ASan build).  So: at most one failure per 100,000
      * operations, and once the threads are gone every class stores again. */
     CHECK(oom * 100000 <= ops);
-    for (size_t vl = 1; vl < 560; vl += 8)
-        CHECK(put(c, "post", filler, vl, 0, 0, STORE_SET, 0, NULL) == STORE_STORED);
+    store_every_stress_size(c, "post");
     b = stats_of(c, "general");
     printf("stress walker: %llu passes, %llu items shown\n", (unsigned long long)wa.passes,
            (unsigned long long)wa.shown);
